@@ -1,0 +1,28 @@
+/**
+ * @file cli.h
+ * @brief The subcommands of build/dsv3. Each takes the arguments after the subcommand name
+ *        (argv[0] is the subcommand itself) and returns the process exit status.
+ *
+ * Every subcommand accepts --help, validates every flag (a missing value, a non-number, an
+ * out-of-range number is a one-line error and exit status 2) and prints errors to stderr as
+ * "dsv3 <subcommand>: <message>".
+ */
+#ifndef DSV3_CLI_H
+#define DSV3_CLI_H
+
+/** `dsv3 run`: the demo that `make run` starts. */
+int cmd_run(int argc, char **argv);
+/** `dsv3 logits`: logits of every input position (the golden-test contract). */
+int cmd_logits(int argc, char **argv);
+/** `dsv3 mkckpt`: write a random checkpoint in the real Hugging Face layout. */
+int cmd_mkckpt(int argc, char **argv);
+/** `dsv3 info`: print a checkpoint's config, tensor inventory and memory needs. */
+int cmd_info(int argc, char **argv);
+/** `dsv3 tokenize`: text (or a chat) to ids, as a JSON array on one line. */
+int cmd_tokenize(int argc, char **argv);
+/** `dsv3 detokenize`: ids to text. */
+int cmd_detokenize(int argc, char **argv);
+/** `dsv3 train-tokenizer`: learn a byte-level BPE vocabulary and write tokenizer.json. */
+int cmd_train_tokenizer(int argc, char **argv);
+
+#endif

@@ -1,0 +1,51 @@
+/**
+ * @file main.c
+ * @brief build/dsv3: one binary, one subcommand per job. This file only dispatches;
+ *        each subcommand lives in its own ref/cmd_*.c and is declared in cli.h.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+/** `dsv3 version`: the version and what this build contains. */
+static int cmd_version(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    printf("dsv3 0.1 (reference CPU backend%s)\n",
+#ifdef DSV3_HAVE_CUDA
+           ", CUDA fast backend"
+#else
+           ""
+#endif
+    );
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} Command;
+
+static const Command commands[] = {
+    /* one line per subcommand, in the order `dsv3 --help` lists them */
+    {"version", cmd_version, "print the version and the backends this build has"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: dsv3 <command> [options]   (dsv3 <command> --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "dsv3: unknown command '%s' (dsv3 --help lists them)\n", argv[1]);
+    return 2;
+}

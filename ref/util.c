@@ -1,0 +1,234 @@
+/**
+ * @file util.c
+ * @brief Implementation of util.h: errors, checked arithmetic, files, number formats.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int err_set(Err *e, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int err_prefix(Err *e, const char *fmt, ...) {
+    if (!e) return -1;
+    char prefix[256], old[sizeof e->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, e->msg, sizeof old);
+    snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old);
+    return -1;
+}
+
+int size_mul(size_t *out, size_t a, size_t b) {
+    return __builtin_mul_overflow(a, b, out) ? -1 : 0;
+}
+
+int size_add(size_t *out, size_t a, size_t b) {
+    return __builtin_add_overflow(a, b, out) ? -1 : 0;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    size_t total;
+    if (size_mul(&total, n, size) != 0) return NULL;
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
+int read_file(const char *path, size_t max_bytes, char **data, size_t *len, Err *err) {
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return err_set(err, "%s: not a regular file", path);
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)max_bytes) {
+        fclose(f);
+        return err_set(err, "%s: file is %lld bytes, more than the %zu allowed", path,
+                       (long long)sb.st_size, max_bytes);
+    }
+    size_t n = (size_t)sb.st_size;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        fclose(f);
+        return err_set(err, "%s: out of memory reading %zu bytes", path, n);
+    }
+    if (n && fread(buf, 1, n, f) != n) {
+        free(buf);
+        fclose(f);
+        return err_set(err, "%s: short read", path);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, Err *err) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return err_set(err, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return err_set(err, "%s: cannot create: %s", tmp, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return err_set(err, "%s: write failed: %s", tmp, strerror(e));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        unlink(tmp);
+        return err_set(err, "%s: cannot flush: %s", tmp, strerror(errno));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return err_set(err, "%s: cannot rename into place: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+uint16_t f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    if ((v.u & 0x7f800000u) == 0x7f800000u && (v.u & 0x007fffffu)) return (uint16_t)((v.u >> 16) | 0x40);
+    uint32_t rounding = 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)((v.u + rounding) >> 16);
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    float mag;
+    if (exp == 0) mag = ldexpf((float)man, -24);            /* subnormal: man · 2^-24 */
+    else if (exp == 31) mag = man ? NAN : INFINITY;
+    else mag = ldexpf((float)(man | 0x400), (int)exp - 25); /* (1024+man) · 2^(e-15-10) */
+    union { float f; uint32_t u; } v = { mag };
+    v.u |= sign;
+    return v.f;
+}
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+size_t peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            kb = (size_t)strtoull(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb * 1024;
+}
+
+int parse_long(const char *s, long lo, long hi, long *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+int parse_double(const char *s, double lo, double hi, double *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err) {
+    *ids = NULL;
+    *n = 0;
+    if (!s || !*s) return err_set(err, "--ids: empty list");
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += (*p == ',');
+    int *v = xcalloc(cap, sizeof *v);
+    if (!v) return err_set(err, "--ids: out of memory");
+    int count = 0;
+    const char *p = s;
+    while (1) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || (*end != ',' && *end != 0)) {
+            free(v);
+            return err_set(err, "--ids: '%s' is not a comma-separated list of integers", s);
+        }
+        if (x < 0 || x >= max_id) {
+            free(v);
+            return err_set(err, "--ids: id %ld out of range [0, %ld)", x, max_id);
+        }
+        v[count++] = (int)x;
+        if (*end == 0) break;
+        p = end + 1;
+    }
+    *ids = v;
+    *n = count;
+    return 0;
+}
+
+int utf8_valid(const char *str, size_t len) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c < 0x80) { i++; continue; }
+        else if ((c & 0xe0) == 0xc0) { n = 1; cp = c & 0x1f; }
+        else if ((c & 0xf0) == 0xe0) { n = 2; cp = c & 0x0f; }
+        else if ((c & 0xf8) == 0xf0) { n = 3; cp = c & 0x07; }
+        else return 0;
+        if (len - i <= n) return 0; /* needs n continuation bytes after s[i] */
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000)) return 0;
+        if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+int path_join(char *out, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    return (n < 0 || (size_t)n >= cap) ? -1 : 0;
+}

@@ -1,0 +1,85 @@
+/**
+ * @file util.h
+ * @brief Error reporting, checked size arithmetic, number formats and small OS helpers.
+ *
+ * Two error regimes (docs/style.md):
+ *  - anything that comes from outside (files, flags, prompts) is validated where it
+ *    enters and reported through an ::Err: the function returns -1 and the Err holds
+ *    one line that names the file or field, the value received and the value required;
+ *  - internal invariants use DSV3_ASSERT, which prints file:line and aborts. It must
+ *    never be reachable from bad input.
+ *
+ * Every size computed from outside numbers goes through size_mul()/size_add(),
+ * which refuse to wrap around (the GGUF CVE class in docs/ecosystem.md §1.4).
+ */
+#ifndef DSV3_UTIL_H
+#define DSV3_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/** One-line error message carried back to the caller; empty when nothing failed. */
+typedef struct {
+    char msg[512];
+} Err;
+
+/** Formats the message into @p e (if not NULL) and returns -1, so callers can `return err_set(...)`. */
+int err_set(Err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/** Prepends "prefix: " to an existing message (e.g. the file name), returns -1. */
+int err_prefix(Err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/** Internal invariant; failing it is a bug in dsv3, never a user error. */
+#define DSV3_ASSERT(cond)                                                                   \
+    do {                                                                                    \
+        if (!(cond)) {                                                                      \
+            fprintf(stderr, "dsv3: internal error at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+            abort();                                                                        \
+        }                                                                                   \
+    } while (0)
+
+/** *out = a*b; returns 0, or -1 if the product does not fit in size_t. */
+int size_mul(size_t *out, size_t a, size_t b);
+/** *out = a+b; returns 0, or -1 on overflow. */
+int size_add(size_t *out, size_t a, size_t b);
+
+/** calloc(n, size) with an overflow check; NULL on overflow or exhaustion. */
+void *xcalloc(size_t n, size_t size);
+
+/** Reads a whole file into a NUL-terminated buffer (len excludes the NUL); caps the size at @p max_bytes. */
+int read_file(const char *path, size_t max_bytes, char **data, size_t *len, Err *err);
+
+/** Writes @p len bytes atomically: to "path.tmp", fsync, then rename over @p path. */
+int write_file_atomic(const char *path, const void *data, size_t len, Err *err);
+
+/** bfloat16 bits → float (exact). */
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+/** float → bfloat16 bits, round to nearest even (NaN stays NaN). */
+uint16_t f32_to_bf16(float f);
+/** IEEE half bits → float (exact, incl. subnormals, inf, NaN). */
+float f16_to_f32(uint16_t h);
+
+/** Wall-clock seconds from a monotonic clock. */
+double now_seconds(void);
+/** Peak resident set size of this process in bytes (VmHWM), 0 if unknown. */
+size_t peak_rss_bytes(void);
+
+/** Parses a decimal integer in [lo, hi]; the whole string must be consumed. 0 ok, -1 error. */
+int parse_long(const char *s, long lo, long hi, long *out);
+/** Parses a finite float in [lo, hi]; the whole string must be consumed. 0 ok, -1 error. */
+int parse_double(const char *s, double lo, double hi, double *out);
+/** Parses a comma-separated id list "5,17,3" into a malloc'd array; each id in [0, max_id). */
+int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err);
+
+/** True when [s, s+len) is valid UTF-8 (no overlongs, no surrogates, ≤ U+10FFFF). */
+int utf8_valid(const char *s, size_t len);
+
+/** Joins "dir/name" into @p out (size @p cap); -1 if it does not fit. */
+int path_join(char *out, size_t cap, const char *dir, const char *name);
+
+#endif /* DSV3_UTIL_H */

@@ -1,0 +1,26 @@
+/**
+ * @file util_run.h
+ * @brief Test helper: run a shell command, capture its stdout, stderr and exit status.
+ */
+#ifndef DSV3_TEST_UTIL_RUN_H
+#define DSV3_TEST_UTIL_RUN_H
+#include <stddef.h>
+
+/** Result of run_cmd(); free with run_result_free(). */
+typedef struct {
+    int status;     /**< exit status (0..255), or 128+signal when killed by a signal */
+    char *out;      /**< captured stdout, NUL-terminated */
+    size_t out_len;
+    char *err;      /**< captured stderr, NUL-terminated */
+    size_t err_len;
+} RunResult;
+
+/** Runs `/bin/sh -c cmdline` with @p stdin_text (may be NULL) on its stdin. Returns 0 if it could be run. */
+int run_cmd(const char *cmdline, const char *stdin_text, RunResult *r);
+void run_result_free(RunResult *r);
+/** Path of the dsv3 binary under test: $DSV3_BIN or "build/dsv3". */
+const char *dsv3_bin(void);
+/** Number of lines in @p s (a final line without '\n' counts). */
+int count_lines(const char *s);
+
+#endif
