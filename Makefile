@@ -18,13 +18,13 @@ CC := gcc
 endif
 
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
-DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev pkg-config
+DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev pkg-config
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -MMD -MP
-LDLIBS  := -lcjson -lpcre2-8 -lm
+LDLIBS  := -lcjson -lpcre2-8 -lonig -lm
 ifeq ($(OMP),1)
 CFLAGS  += -fopenmp
 LDLIBS  += -fopenmp
@@ -91,7 +91,7 @@ test: $(BUILD)/dsv3 $(TEST_BIN)
 # ASan/UBSan build in its own tree, same tests.
 test-asan:
 	$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lm -fsanitize=address,undefined" test
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -fsanitize=address,undefined" test
 
 # ---- docs -----------------------------------------------------------------------------
 docs:

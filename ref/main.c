@@ -31,6 +31,9 @@ typedef struct {
 static const Command commands[] = {
     /* one line per subcommand, in the order `dsv3 --help` lists them */
     {"version", cmd_version, "print the version and the backends this build has"},
+    {"tokenize", cmd_tokenize, "text or a chat to token ids (a JSON array on one line)"},
+    {"detokenize", cmd_detokenize, "token ids to text"},
+    {"train-tokenizer", cmd_train_tokenizer, "learn a byte-level BPE tokenizer from text files"},
 };
 
 static void usage(FILE *f) {

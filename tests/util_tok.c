@@ -1,0 +1,196 @@
+/**
+ * @file util_tok.c
+ * @brief Implementation of util_tok.h. The naive BPE uses linear scans over plain arrays and a
+ *        sorted merge table with binary search: slow, short and independent of ref/hashmap.c.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "util_tok.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bytelevel.h"
+#include "util.h"
+
+cJSON *tok_json_file(const char *path) {
+    Err err = {{0}};
+    char *data;
+    size_t len;
+    if (read_file(path, (size_t)1 << 30, &data, &len, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return NULL;
+    }
+    cJSON *j = cJSON_ParseWithLength(data, len);
+    free(data);
+    if (!j) fprintf(stderr, "%s: invalid JSON\n", path);
+    return j;
+}
+
+int *tok_json_ints(const cJSON *arr, int *n) {
+    *n = 0;
+    if (!cJSON_IsArray(arr)) return NULL;
+    int k = cJSON_GetArraySize(arr), i = 0;
+    int *v = calloc((size_t)k + 1, sizeof *v);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        if (!cJSON_IsNumber(it)) {
+            free(v);
+            return NULL;
+        }
+        v[i++] = it->valueint;
+    }
+    *n = k;
+    return v;
+}
+
+int tok_ids_equal(const char *what, const int *got, int ngot, const int *want, int nwant) {
+    int same = ngot == nwant;
+    for (int i = 0; same && i < ngot; i++) same = got[i] == want[i];
+    if (same) return 1;
+    fprintf(stderr, "%s:\n  got  (%d):", what, ngot);
+    for (int i = 0; i < ngot && i < 64; i++) fprintf(stderr, " %d", got[i]);
+    fprintf(stderr, "\n  want (%d):", nwant);
+    for (int i = 0; i < nwant && i < 64; i++) fprintf(stderr, " %d", want[i]);
+    fprintf(stderr, "\n");
+    return 0;
+}
+
+char *tok_tmpdir(void) {
+    char tmpl[] = "/tmp/dsv3-tok-XXXXXX";
+    if (!mkdtemp(tmpl)) return NULL;
+    return strdup(tmpl);
+}
+
+void tok_rmdir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char p[4096];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && path_join(p, sizeof p, dir, e->d_name) == 0)
+                unlink(p);
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+int tok_write(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int ok = fwrite(data, 1, len, f) == len;
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+int tok_write_in(const char *dir, const char *name, const char *text) {
+    char p[4096];
+    if (path_join(p, sizeof p, dir, name) != 0) return -1;
+    return tok_write(p, text, strlen(text));
+}
+
+/* ---- naive BPE ----------------------------------------------------------------------- */
+
+typedef struct {
+    char *s;
+    int id;
+} VocabEntry;
+
+typedef struct {
+    char *pair; /* "left right" */
+    int rank;
+} MergeEntry;
+
+struct NaiveBpe {
+    VocabEntry *v;
+    int nv;
+    MergeEntry *m;
+    int nm;
+};
+
+static int cmp_vocab(const void *a, const void *b) {
+    return strcmp(((const VocabEntry *)a)->s, ((const VocabEntry *)b)->s);
+}
+static int cmp_merge(const void *a, const void *b) {
+    return strcmp(((const MergeEntry *)a)->pair, ((const MergeEntry *)b)->pair);
+}
+
+NaiveBpe *naive_bpe_new(const cJSON *tj) {
+    const cJSON *model = cJSON_GetObjectItem(tj, "model");
+    const cJSON *vocab = cJSON_GetObjectItem(model, "vocab"), *merges = cJSON_GetObjectItem(model, "merges");
+    NaiveBpe *b = calloc(1, sizeof *b);
+    b->v = calloc((size_t)cJSON_GetArraySize(vocab) + 1, sizeof *b->v);
+    b->m = calloc((size_t)cJSON_GetArraySize(merges) + 1, sizeof *b->m);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, vocab) {
+        b->v[b->nv].s = strdup(it->string);
+        b->v[b->nv++].id = it->valueint;
+    }
+    cJSON_ArrayForEach(it, merges) {
+        b->m[b->nm].pair = strdup(it->valuestring);
+        b->m[b->nm].rank = b->nm;
+        b->nm++;
+    }
+    qsort(b->v, (size_t)b->nv, sizeof *b->v, cmp_vocab);
+    qsort(b->m, (size_t)b->nm, sizeof *b->m, cmp_merge);
+    return b;
+}
+
+static int naive_rank(const NaiveBpe *b, const char *l, const char *r) {
+    size_t n = strlen(l) + strlen(r) + 2;
+    char *key = malloc(n);
+    snprintf(key, n, "%s %s", l, r);
+    MergeEntry k = {key, 0}, *hit = bsearch(&k, b->m, (size_t)b->nm, sizeof *b->m, cmp_merge);
+    free(key);
+    return hit ? hit->rank : -1;
+}
+
+int naive_bpe_piece(const NaiveBpe *b, const unsigned char *s, size_t n, int *ids, int count, int cap) {
+    char **sym = calloc(n + 1, sizeof *sym);
+    size_t ns = n;
+    for (size_t i = 0; i < n; i++) {
+        sym[i] = calloc(8, 1);
+        utf8_encode(sym[i], bytelevel_char(s[i]));
+    }
+    for (;;) {
+        int best = -1;
+        for (size_t i = 0; i + 1 < ns; i++) {
+            int r = naive_rank(b, sym[i], sym[i + 1]);
+            if (r >= 0 && (best < 0 || r < best)) best = r;
+        }
+        if (best < 0) break;
+        size_t j = 0;
+        for (size_t i = 0; i < ns;) {
+            if (i + 1 < ns && naive_rank(b, sym[i], sym[i + 1]) == best) {
+                size_t l = strlen(sym[i]) + strlen(sym[i + 1]) + 1;
+                char *m = malloc(l);
+                snprintf(m, l, "%s%s", sym[i], sym[i + 1]);
+                free(sym[i]);
+                free(sym[i + 1]);
+                sym[j++] = m;
+                i += 2;
+            } else {
+                sym[j++] = sym[i++];
+            }
+        }
+        ns = j;
+    }
+    for (size_t i = 0; i < ns; i++) {
+        VocabEntry k = {sym[i], 0}, *hit = bsearch(&k, b->v, (size_t)b->nv, sizeof *b->v, cmp_vocab);
+        if (count >= 0) count = (!hit || count >= cap) ? -1 : (ids[count] = hit->id, count + 1);
+        free(sym[i]);
+    }
+    free(sym);
+    return count;
+}
+
+void naive_bpe_free(NaiveBpe *b) {
+    if (!b) return;
+    for (int i = 0; i < b->nv; i++) free(b->v[i].s);
+    for (int i = 0; i < b->nm; i++) free(b->m[i].pair);
+    free(b->v);
+    free(b->m);
+    free(b);
+}

@@ -1,0 +1,51 @@
+/**
+ * @file util_tok.h
+ * @brief Test helpers for the tokenizer tests: JSON fixtures, temporary directories,
+ *        id-list comparison with a readable diff, and a naive reference BPE.
+ */
+#ifndef DSV3_TEST_UTIL_TOK_H
+#define DSV3_TEST_UTIL_TOK_H
+
+#include <stddef.h>
+
+struct cJSON;
+
+/** The real DeepSeek-V3 tokenizer directory (tests run from the repository root). */
+#define DS_TOKENIZER_DIR "golden/tokenizer/deepseek-v3"
+
+/** Parses a JSON file; NULL (with a message on stderr) if it cannot be read or parsed. */
+struct cJSON *tok_json_file(const char *path);
+
+/** A JSON array of integers as a malloc'd int array; NULL if it is not one. */
+int *tok_json_ints(const struct cJSON *arr, int *n);
+
+/** 1 when the lists are equal; otherwise prints both (labelled with @p what) and returns 0. */
+int tok_ids_equal(const char *what, const int *got, int ngot, const int *want, int nwant);
+
+/** Creates a fresh directory under /tmp; returns a malloc'd path (NULL on failure). */
+char *tok_tmpdir(void);
+
+/** Removes a directory made by tok_tmpdir() and the plain files in it. */
+void tok_rmdir(const char *dir);
+
+/** Writes @p len bytes to @p path (overwrites); 0 on success. */
+int tok_write(const char *path, const void *data, size_t len);
+
+/** Writes a NUL-terminated string to "dir/name"; 0 on success. */
+int tok_write_in(const char *dir, const char *name, const char *text);
+
+/**
+ * A deliberately simple, independent byte-level BPE over a parsed tokenizer.json (GPT-2's
+ * original loop: merge every occurrence of the lowest-ranked adjacent pair, left to right,
+ * until none is left). Used as an oracle on single pre-tokenized pieces.
+ */
+typedef struct NaiveBpe NaiveBpe;
+
+/** Builds the oracle from a parsed tokenizer.json (legacy "a b" merges). */
+NaiveBpe *naive_bpe_new(const struct cJSON *tokenizer_json);
+/** Appends the ids of one piece (raw bytes) to ids (capacity cap); returns the new count or -1. */
+int naive_bpe_piece(const NaiveBpe *b, const unsigned char *s, size_t n, int *ids, int count, int cap);
+/** Releases the oracle. */
+void naive_bpe_free(NaiveBpe *b);
+
+#endif
