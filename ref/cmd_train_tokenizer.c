@@ -39,7 +39,7 @@ static const char HELP[] =
     "frequent pairs go to the smaller left id, then the smaller right id.\n"
     "\n"
     "  --input FILE       a text file (repeatable)\n"
-    "  --input-list LIST  a file naming one input file per line\n"
+    "  --input-list LIST  a file naming one input file per line (relative to LIST's directory)\n"
     "  --output DIR       where to write (created if missing)\n"
     "  --vocab-size N     number of ids, special tokens included (default 4096, 261..1000000)\n"
     "  --min-frequency N  merge only pairs seen at least N times (default 2)\n"
@@ -72,7 +72,13 @@ static int add_list(BpeTrainer *tr, const char *list, int *nfiles) {
         *end = 0;
         if (end > line && end[-1] == '\r') end[-1] = 0;
         if (*line) {
-            rc = add_file(tr, line);
+            /* relative names are relative to the list's own directory */
+            char path[4096];
+            const char *slash = strrchr(list, '/');
+            if (line[0] != '/' && slash &&
+                snprintf(path, sizeof path, "%.*s/%s", (int)(slash - list), list, line) >= (int)sizeof path)
+                rc = fail(1, "%s: path too long: %.100s", list, line);
+            if (rc == 0) rc = add_file(tr, line[0] != '/' && slash ? path : line);
             ++*nfiles;
         }
         line = end + 1;

@@ -241,7 +241,7 @@ static int parse_json_file(const char *path, cJSON **root, Err *err) {
         size_t line = 1;
         for (size_t i = 0; i < off; i++) line += data[i] == '\n';
         free(data);
-        return err_set(err, "%s: invalid JSON at byte %zu (line %zu)%s", path, off, line,
+        return err_set(err, "%s: invalid JSON near byte %zu (line %zu)%s", path, off, line,
                        off >= len ? ": unexpected end of file" : "");
     }
     free(data);
@@ -658,10 +658,10 @@ int tokenizer_load(Tokenizer **out, const char *path, Err *err) {
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(root, "version");
     if (!rc && version && !(cJSON_IsString(version) && !strcmp(version->valuestring, "1.0")))
         rc = err_set(err, "%s: unknown tokenizer version (expected \"1.0\")", file);
-    if (!rc) rc = check_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), file, err);
-    if (!rc) rc = check_decoder(cJSON_GetObjectItemCaseSensitive(root, "decoder"), file, err);
     if (!rc) rc = load_model(t, cJSON_GetObjectItemCaseSensitive(root, "model"), file, err);
     if (!rc) rc = load_added(t, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), file, err);
+    if (!rc) rc = check_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), file, err);
+    if (!rc) rc = check_decoder(cJSON_GetObjectItemCaseSensitive(root, "decoder"), file, err);
     if (!rc && pretok_from_json(&t->pre, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), err) != 0)
         rc = err_prefix(err, "%s", file);
     if (!rc && !pretok_is_byte_level(t->pre))

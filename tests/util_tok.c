@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bpe_train.h"
 #include "bytelevel.h"
 #include "util.h"
 
@@ -89,6 +90,48 @@ int tok_write_in(const char *dir, const char *name, const char *text) {
     char p[4096];
     if (path_join(p, sizeof p, dir, name) != 0) return -1;
     return tok_write(p, text, strlen(text));
+}
+
+cJSON *tiny_tokenizer(void) {
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject();
+    cJSON *vocab = cJSON_CreateObject(), *merges = cJSON_CreateArray(), *added = cJSON_CreateArray();
+    for (int b = 0; b < 256; b++) {
+        char s[8] = {0};
+        utf8_encode(s, bytelevel_char((unsigned char)b));
+        cJSON_AddNumberToObject(vocab, s, b);
+    }
+    static const char *const merged[] = {"th", "the", "Ġthe"};
+    static const char *const rules[] = {"t h", "th e", "Ġ the"};
+    for (int i = 0; i < 3; i++) {
+        cJSON_AddNumberToObject(vocab, merged[i], 256 + i);
+        cJSON_AddItemToArray(merges, cJSON_CreateString(rules[i]));
+    }
+    static const char *const specials[] = {"<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"};
+    for (int i = 0; i < 3; i++) {
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddNumberToObject(t, "id", 259 + i);
+        cJSON_AddStringToObject(t, "content", specials[i]);
+        cJSON_AddBoolToObject(t, "single_word", 0);
+        cJSON_AddBoolToObject(t, "lstrip", 0);
+        cJSON_AddBoolToObject(t, "rstrip", 0);
+        cJSON_AddBoolToObject(t, "normalized", i < 2);
+        cJSON_AddBoolToObject(t, "special", i == 2);
+        cJSON_AddItemToArray(added, t);
+    }
+    cJSON_AddStringToObject(root, "version", "1.0");
+    cJSON_AddItemToObject(root, "added_tokens", added);
+    cJSON *pipe = cJSON_Parse(bpe_train_pipeline_json());
+    static const char *const stages[] = {"normalizer", "pre_tokenizer", "post_processor", "decoder"};
+    for (int i = 0; i < 4; i++)
+        cJSON_AddItemToObject(root, stages[i], cJSON_DetachItemFromObject(pipe, stages[i]));
+    cJSON_Delete(pipe);
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddNullToObject(model, "dropout");
+    cJSON_AddNullToObject(model, "unk_token");
+    cJSON_AddItemToObject(model, "vocab", vocab);
+    cJSON_AddItemToObject(model, "merges", merges);
+    cJSON_AddItemToObject(root, "model", model);
+    return root;
 }
 
 /* ---- naive BPE ----------------------------------------------------------------------- */

@@ -35,6 +35,15 @@ int tok_write(const char *path, const void *data, size_t len);
 int tok_write_in(const char *dir, const char *name, const char *text);
 
 /**
+ * A small valid byte-level BPE tokenizer.json as a cJSON tree for the load tests to mutate:
+ * the 256 byte tokens (ids 0..255 in byte order), merges "t h" → 256 "th", "th e" → 257
+ * "the", "Ġ the" → 258 "Ġthe" (legacy strings; so "the the" is [257, 258]), DeepSeek-V3's
+ * pre-tokenizer and decoder, and added tokens <｜User｜> = 259, <｜Assistant｜> = 260,
+ * <｜end▁of▁sentence｜> = 261 (special).
+ */
+struct cJSON *tiny_tokenizer(void);
+
+/**
  * A deliberately simple, independent byte-level BPE over a parsed tokenizer.json (GPT-2's
  * original loop: merge every occurrence of the lowest-ranked adjacent pair, left to right,
  * until none is left). Used as an oracle on single pre-tokenized pieces.

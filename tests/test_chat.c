@@ -1,0 +1,281 @@
+/**
+ * @file test_chat.c
+ * @brief DeepSeek-V3's chat template (spec.md §9.2): rendered text, ids of multi-turn chats
+ *        with and without system messages, the incremental user-turn form, and errors.
+ *
+ * Expected ids are built piece by piece from the expected rendered string: BOS, the encoded
+ * system text, then per turn the role token id (looked up by content) and the encoded content.
+ * That is valid because every marker is an added token, which the tokenizer cuts out before
+ * any pre-tokenization (Hugging Face apply_chat_template encodes the whole rendered string the
+ * same way).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "tokenizer.h"
+#include "util_tok.h"
+
+static int setup(void **state) {
+    Tokenizer *t;
+    Err err = {{0}};
+    if (tokenizer_load(&t, DS_TOKENIZER_DIR, &err) != 0) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return -1;
+    }
+    *state = t;
+    return 0;
+}
+
+static int teardown(void **state) {
+    tokenizer_free(*state);
+    return 0;
+}
+
+static void push_text(const Tokenizer *t, IntVec *v, const char *s) {
+    Err err = {{0}};
+    assert_int_equal(tokenizer_encode_append(t, s, strlen(s), v, &err), 0);
+}
+
+static void push_id(const Tokenizer *t, IntVec *v, const char *marker) {
+    int id = tokenizer_token_id(t, marker);
+    assert_true(id >= 0);
+    intvec_push(v, id);
+}
+
+static void check_chat(const Tokenizer *t, const ChatMessage *m, int n, int gen, const IntVec *want) {
+    Err err = {{0}};
+    int *ids, nids;
+    assert_int_equal(chat_encode(t, m, n, gen, &ids, &nids, &err), 0);
+    assert_true(tok_ids_equal("chat", ids, nids, want->v, (int)want->n));
+    free(ids);
+}
+
+static void test_render(void **state) {
+    (void)state;
+    const ChatMessage m[] = {
+        {"system", "You are helpful."},
+        {"user", "Hi"},
+        {"assistant", "Hello!"},
+        {"system", "Be brief."}, /* hoisted to the front, joined with a blank line */
+        {"user", "2+2?"},
+    };
+    ByteBuf b = {0};
+    Err err = {{0}};
+    assert_int_equal(chat_render(m, 5, 1, "<｜begin▁of▁sentence｜>", &b, &err), 0);
+    assert_string_equal(b.data, "<｜begin▁of▁sentence｜>You are helpful.\n\nBe brief.<｜User｜>Hi<｜Assistant｜>Hello!"
+                                "<｜end▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜>");
+    b.len = 0;
+    assert_int_equal(chat_render(m + 1, 2, 0, NULL, &b, &err), 0);
+    assert_string_equal(b.data, "<｜User｜>Hi<｜Assistant｜>Hello!<｜end▁of▁sentence｜>");
+    b.len = 0;
+    /* an empty system message still counts as the first (no leading "\n\n" for the next) */
+    const ChatMessage e[] = {{"system", ""}, {"system", "S"}, {"user", "u"}};
+    assert_int_equal(chat_render(e, 3, 0, "B", &b, &err), 0);
+    assert_string_equal(b.data, "B\n\nS<｜User｜>u");
+    bytebuf_free(&b);
+}
+
+static void test_multi_turn_no_system(void **state) {
+    const Tokenizer *t = *state;
+    const ChatMessage m[] = {
+        {"user", "What is 2+2?"},
+        {"assistant", "4"},
+        {"user", "And 3+3?"},
+    };
+    IntVec want = {0};
+    intvec_push(&want, tokenizer_bos_id(t));
+    push_id(t, &want, "<｜User｜>");
+    push_text(t, &want, "What is 2+2?");
+    push_id(t, &want, "<｜Assistant｜>");
+    push_text(t, &want, "4");
+    push_id(t, &want, "<｜end▁of▁sentence｜>");
+    push_id(t, &want, "<｜User｜>");
+    push_text(t, &want, "And 3+3?");
+    push_id(t, &want, "<｜Assistant｜>");
+    check_chat(t, m, 3, 1, &want);
+    /* the first turn, checked against literal ids: BOS 0, User 128803, text, Assistant 128804 */
+    const int first[] = {0, 128803, 3085, 344, 223, 20, 13, 20, 33, 128804};
+    int *ids, n;
+    Err err = {{0}};
+    assert_int_equal(chat_encode(t, m, 1, 1, &ids, &n, &err), 0);
+    assert_true(tok_ids_equal("first turn", ids, n, first, 10));
+    free(ids);
+    /* without the generation prompt the last user turn is the end */
+    want.n--;
+    check_chat(t, m, 3, 0, &want);
+    intvec_free(&want);
+}
+
+static void test_multi_turn_with_system(void **state) {
+    const Tokenizer *t = *state;
+    const ChatMessage m[] = {
+        {"system", "You are a concise assistant."},
+        {"user", "Name a prime."},
+        {"assistant", "7"},
+        {"system", "Answer in French."},
+        {"user", "Encore une ?"},
+        {"assistant", "Onze."},
+    };
+    IntVec want = {0};
+    intvec_push(&want, tokenizer_bos_id(t));
+    push_text(t, &want, "You are a concise assistant.\n\nAnswer in French.");
+    push_id(t, &want, "<｜User｜>");
+    push_text(t, &want, "Name a prime.");
+    push_id(t, &want, "<｜Assistant｜>");
+    push_text(t, &want, "7");
+    push_id(t, &want, "<｜end▁of▁sentence｜>");
+    push_id(t, &want, "<｜User｜>");
+    push_text(t, &want, "Encore une ?");
+    push_id(t, &want, "<｜Assistant｜>");
+    push_text(t, &want, "Onze.");
+    push_id(t, &want, "<｜end▁of▁sentence｜>");
+    check_chat(t, m, 6, 0, &want);
+    push_id(t, &want, "<｜Assistant｜>");
+    check_chat(t, m, 6, 1, &want);
+    intvec_free(&want);
+}
+
+/* chat_encode(m + [a, u]) == chat_encode(m) ++ encode(a) ++ user_turn(u, close_reply=1) */
+static void test_incremental(void **state) {
+    const Tokenizer *t = *state;
+    const ChatMessage m[] = {
+        {"system", "Be kind."},
+        {"user", "Hello there"},
+        {"assistant", "General Kenobi! 你好 👋"},
+        {"user", "  spaces and\nnewlines  "},
+        {"assistant", "ok"},
+        {"user", "last"},
+    };
+    Err err = {{0}};
+    for (int k = 4; k <= 6; k += 2) { /* m[k-2] is the reply, m[k-1] the new user message */
+        int *full, nfull, *prefix, nprefix;
+        assert_int_equal(chat_encode(t, m, k, 1, &full, &nfull, &err), 0);
+        assert_int_equal(chat_encode(t, m, k - 2, 1, &prefix, &nprefix, &err), 0);
+        IntVec inc = {0};
+        intvec_append(&inc, prefix, (size_t)nprefix);
+        push_text(t, &inc, m[k - 2].content); /* the reply as the model generated it */
+        assert_int_equal(chat_encode_user_turn(t, m[k - 1].content, 1, 1, &inc, &err), 0);
+        assert_true(tok_ids_equal("incremental", inc.v, (int)inc.n, full, nfull));
+        free(prefix);
+        free(full);
+        intvec_free(&inc);
+    }
+    /* without close_reply the turn starts right at <｜User｜> */
+    IntVec turn = {0};
+    assert_int_equal(chat_encode_user_turn(t, "x", 0, 0, &turn, &err), 0);
+    const int want[] = {128803, 90};
+    assert_true(tok_ids_equal("bare turn", turn.v, (int)turn.n, want, 2));
+    intvec_free(&turn);
+}
+
+/* Contents are encoded like any text, so marker strings inside them become the markers, as
+ * with Hugging Face (which renders, then encodes the whole string). */
+static void test_marker_in_content(void **state) {
+    const Tokenizer *t = *state;
+    const ChatMessage m[] = {{"user", "say <｜Assistant｜> now"}};
+    int *ids, n;
+    Err err = {{0}};
+    assert_int_equal(chat_encode(t, m, 1, 0, &ids, &n, &err), 0);
+    int found = 0;
+    for (int i = 0; i < n; i++) found += ids[i] == 128804;
+    assert_int_equal(found, 1);
+    free(ids);
+}
+
+static void test_errors(void **state) {
+    const Tokenizer *t = *state;
+    const ChatMessage m[] = {{"user", "hi"}, {"tool", "42"}};
+    int *ids = NULL, n;
+    Err err = {{0}};
+    assert_int_equal(chat_encode(t, m, 2, 1, &ids, &n, &err), -1);
+    assert_string_equal(err.msg, "messages[1]: unknown chat role 'tool' (expected system, user or assistant)");
+    assert_null(ids);
+
+    ChatLog log;
+    static const struct {
+        const char *json, *want;
+    } bad[] = {
+        {"{\"role\": \"user\", \"content\": \"hi\"}", "expected a JSON array"},
+        {"[{\"role\": \"user\", \"content\": \"hi\"}", "invalid JSON"},
+        {"[\"hi\"]", "messages[0]: expected an object"},
+        {"[{\"role\": \"user\"}]", "messages[0]: \"content\" must be a string"},
+        {"[{\"role\": 3, \"content\": \"x\"}]", "messages[0]: \"role\" must be a string"},
+        {"[{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"robot\", \"content\": \"x\"}]",
+         "messages[1]: unknown chat role 'robot'"},
+        {"[{\"role\": \"assistant\", \"content\": null, \"tool_calls\": []}]", "tool calls are not supported"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(chat_parse_json(bad[i].json, strlen(bad[i].json), &log, &err), -1);
+        if (!strstr(err.msg, bad[i].want)) fprintf(stderr, "'%s' vs '%s'\n", err.msg, bad[i].want);
+        assert_non_null(strstr(err.msg, bad[i].want));
+    }
+    const char *ok = "[{\"role\": \"system\", \"content\": \"S\", \"name\": \"x\"}, {\"role\": \"user\", \"content\": \"U\"}]";
+    assert_int_equal(chat_parse_json(ok, strlen(ok), &log, &err), 0);
+    assert_int_equal(log.n, 2);
+    assert_string_equal(log.msg[1].content, "U");
+    chat_log_free(&log);
+}
+
+/* Without tokenizer_config.json there is no bos_token for the template. */
+static void test_needs_bos(void **state) {
+    (void)state;
+    char *dir = tok_tmpdir();
+    char link[4200], target[4200];
+    assert_non_null(getcwd(target, sizeof target - 64));
+    strcat(target, "/" DS_TOKENIZER_DIR "/tokenizer.json");
+    snprintf(link, sizeof link, "%s/tokenizer.json", dir);
+    assert_int_equal(symlink(target, link), 0);
+    Tokenizer *t;
+    Err err = {{0}};
+    assert_int_equal(tokenizer_load(&t, dir, &err), 0);
+    const ChatMessage m[] = {{"user", "hi"}};
+    int *ids, n;
+    assert_int_equal(chat_encode(t, m, 1, 1, &ids, &n, &err), -1);
+    assert_non_null(strstr(err.msg, "bos_token"));
+    tokenizer_free(t);
+    tok_rmdir(dir);
+    free(dir);
+}
+
+/* The template implemented by chat.c, checked against the one shipped with the tokenizer:
+ * if a future tokenizer_config.json changes these pieces, this test says so. */
+static void test_template_is_deepseek_v3(void **state) {
+    const Tokenizer *t = *state;
+    const char *tpl = tokenizer_chat_template(t);
+    assert_non_null(tpl);
+    static const char *const pieces[] = {
+        "{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}",
+        "{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}",
+        "{{bos_token}}{{ns.system_prompt}}",
+        "{{'<｜User｜>' + message['content']}}",
+        "{{'<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}",
+        "{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜>'}}{% endif %}",
+    };
+    for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+        if (!strstr(tpl, pieces[i])) fprintf(stderr, "template lacks: %s\n", pieces[i]);
+        assert_non_null(strstr(tpl, pieces[i]));
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_render),
+        cmocka_unit_test(test_multi_turn_no_system),
+        cmocka_unit_test(test_multi_turn_with_system),
+        cmocka_unit_test(test_incremental),
+        cmocka_unit_test(test_marker_in_content),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_needs_bos),
+        cmocka_unit_test(test_template_is_deepseek_v3),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
