@@ -20,7 +20,7 @@ endif
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
 DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev pkg-config
 
-WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation -Wno-unknown-pragmas
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -MMD -MP

@@ -83,3 +83,20 @@ int utf8_valid(const char *s, size_t len);
 int path_join(char *out, size_t cap, const char *dir, const char *name);
 
 #endif /* DSV3_UTIL_H */
+
+#ifndef DSV3_ARENA
+#define DSV3_ARENA
+/**
+ * Carves many arrays out of one allocation, in two passes over the same code: with base = NULL
+ * it only adds up the sizes (overflow-checked), then with a real base it hands out pointers.
+ */
+typedef struct {
+    char *base;   /**< NULL while counting */
+    size_t used;  /**< bytes handed out (or counted) so far, each array 64-byte aligned */
+    size_t cap;   /**< bytes available at base */
+    int overflow; /**< set when a size computation overflowed or cap was exceeded */
+} Arena;
+
+/** Reserves n × elem bytes (64-byte aligned); returns NULL while counting or on overflow. */
+void *arena_take(Arena *a, size_t n, size_t elem);
+#endif
