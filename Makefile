@@ -43,6 +43,7 @@ CUDA_HOME ?= /usr/local/cuda-13.0
 NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 
+.SECONDARY:
 .PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz
 all: $(BUILD)/dsv3
 

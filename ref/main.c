@@ -31,6 +31,7 @@ typedef struct {
 static const Command commands[] = {
     /* one line per subcommand, in the order `dsv3 --help` lists them */
     {"logits", cmd_logits, "write the logits of every position of a token sequence (float32 file)"},
+    {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
     {"version", cmd_version, "print the version and the backends this build has"},
 };
 

@@ -489,24 +489,41 @@ static int cmp_entries(const void *a, const void *b) {
     return strcmp(x->name, y->name);
 }
 
+uint64_t st_entry_bytes(const StEntry *e) {
+    uint64_t numel = 1, bits;
+    for (int d = 0; d < e->ndim; d++)
+        if (e->shape[d] < 0 || __builtin_mul_overflow(numel, (uint64_t)e->shape[d], &numel)) return UINT64_MAX;
+    if (__builtin_mul_overflow(numel, (uint64_t)dtype_bits(e->dtype), &bits) || bits % 8) return UINT64_MAX;
+    return bits / 8;
+}
+
+static int fill_copy(void *ctx, const StEntry *e, void *buf, size_t n) {
+    (void)ctx;
+    memcpy(buf, e->data, n);
+    return 0;
+}
+
 int st_write(const char *path, const StEntry *entries, int n, const char *metadata, Err *err) {
+    return st_write_stream(path, entries, n, metadata, fill_copy, NULL, err);
+}
+
+int st_write_stream(const char *path, const StEntry *entries, int n, const char *metadata,
+                    int (*fill)(void *ctx, const StEntry *e, void *buf, size_t nbytes), void *ctx, Err *err) {
     const StEntry **order = malloc(((size_t)n + 1) * sizeof *order);
-    if (!order) return err_set(err, "%s: out of memory", path);
-    for (int i = 0; i < n; i++) order[i] = &entries[i];
-    qsort(order, (size_t)n, sizeof *order, cmp_entries);
-    /* Header JSON. */
+    uint64_t *sizes = calloc((size_t)n + 1, sizeof *sizes);
     cJSON *root = cJSON_CreateObject();
-    uint64_t pos = 0;
-    size_t *sizes = calloc((size_t)n + 1, sizeof *sizes);
     int rc = -1;
     char *hdr = NULL;
+    void *buf = NULL;
     FILE *f = NULL;
     char tmp[4096];
     tmp[0] = 0;
-    if (!root || !sizes) {
+    if (!order || !sizes || !root) {
         err_set(err, "%s: out of memory", path);
         goto done;
     }
+    for (int i = 0; i < n; i++) order[i] = &entries[i];
+    qsort(order, (size_t)n, sizeof *order, cmp_entries);
     if (metadata) {
         cJSON *m = cJSON_Parse(metadata);
         if (!m || !cJSON_IsObject(m)) {
@@ -516,20 +533,15 @@ int st_write(const char *path, const StEntry *entries, int n, const char *metada
         }
         cJSON_AddItemToObject(root, "__metadata__", m);
     }
+    uint64_t pos = 0, largest = 0;
     for (int i = 0; i < n; i++) {
         const StEntry *e = order[i];
-        uint64_t numel = 1;
-        for (int d = 0; d < e->ndim; d++)
-            if (e->shape[d] < 0 || __builtin_mul_overflow(numel, (uint64_t)e->shape[d], &numel)) {
-                err_set(err, "%s: tensor '%s': bad shape", path, e->name);
-                goto done;
-            }
-        uint64_t bits;
-        if (__builtin_mul_overflow(numel, (uint64_t)dtype_bits(e->dtype), &bits) || bits % 8) {
-            err_set(err, "%s: tensor '%s': size is not a whole number of bytes", path, e->name);
+        sizes[i] = st_entry_bytes(e);
+        if (sizes[i] == UINT64_MAX || sizes[i] > (1ull << 53) - pos) {
+            err_set(err, "%s: tensor '%s': bad shape or size", path, e->name);
             goto done;
         }
-        sizes[i] = (size_t)(bits / 8);
+        if (sizes[i] > largest) largest = sizes[i];
         cJSON *t = cJSON_CreateObject();
         cJSON_AddItemToObject(root, e->name, t);
         cJSON_AddStringToObject(t, "dtype", dtype_name(e->dtype));
@@ -541,25 +553,34 @@ int st_write(const char *path, const StEntry *entries, int n, const char *metada
         pos += sizes[i];
     }
     hdr = cJSON_PrintUnformatted(root);
-    if (!hdr) {
+    buf = malloc(largest ? (size_t)largest : 1);
+    if (!hdr || !buf) {
         err_set(err, "%s: out of memory", path);
         goto done;
     }
     size_t hlen = strlen(hdr), padded = (hlen + 7) / 8 * 8;
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        tmp[0] = 0;
         err_set(err, "%s: path too long", path);
         goto done;
     }
     f = fopen(tmp, "wb");
     if (!f) {
         err_set(err, "%s: cannot create: %s", tmp, strerror(errno));
+        tmp[0] = 0;
         goto done;
     }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen;
     for (size_t i = hlen; i < padded && ok; i++) ok = fputc(' ', f) != EOF;
-    for (int i = 0; i < n && ok; i++) ok = sizes[i] == 0 || fwrite(order[i]->data, 1, sizes[i], f) == sizes[i];
+    for (int i = 0; i < n && ok; i++) {
+        if (fill(ctx, order[i], buf, (size_t)sizes[i])) {
+            err_set(err, "%s: could not produce tensor '%s'", path, order[i]->name);
+            goto done;
+        }
+        ok = sizes[i] == 0 || fwrite(buf, 1, (size_t)sizes[i], f) == sizes[i];
+    }
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     if (fclose(f) != 0) ok = 0;
     f = NULL;
@@ -576,6 +597,7 @@ int st_write(const char *path, const StEntry *entries, int n, const char *metada
 done:
     if (f) fclose(f);
     if (tmp[0]) unlink(tmp);
+    free(buf);
     free(hdr);
     free(sizes);
     free(order);

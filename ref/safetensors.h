@@ -113,4 +113,15 @@ typedef struct {
  */
 int st_write(const char *path, const StEntry *entries, int n, const char *metadata, Err *err);
 
+/**
+ * Like st_write, but the data of each entry is produced on demand: @p fill is called once per
+ * tensor, in file order, with a buffer of the tensor's byte size (entries' data may be NULL).
+ * Lets a multi-gigabyte checkpoint be written without holding it in memory.
+ */
+int st_write_stream(const char *path, const StEntry *entries, int n, const char *metadata,
+                    int (*fill)(void *ctx, const StEntry *e, void *buf, size_t nbytes), void *ctx, Err *err);
+
+/** Byte size of an entry (numel × bits / 8), or UINT64_MAX on overflow / partial bytes. */
+uint64_t st_entry_bytes(const StEntry *e);
+
 #endif /* DSV3_SAFETENSORS_H */

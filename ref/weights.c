@@ -56,10 +56,11 @@ typedef struct {
     Where where;
     size_t offset;      /* into LayerWeights */
     int f32_only;
+    int fp8;            /* see WeightSlot.fp8 */
 } LayerEntry;
 
-#define MAT(s, r, c, w, field) { s, WEIGHT_MATRIX, r, c, w, offsetof(LayerWeights, field), 0 }
-#define VEC(s, n, w, field) { s, WEIGHT_VECTOR, DIM_ONE, n, w, offsetof(LayerWeights, field), 0 }
+#define MAT(s, r, c, w, field) { s, WEIGHT_MATRIX, r, c, w, offsetof(LayerWeights, field), 0, 1 }
+#define VEC(s, n, w, field) { s, WEIGHT_VECTOR, DIM_ONE, n, w, offsetof(LayerWeights, field), 0, 0 }
 
 /** Decoder block tensors (spec §1.3), in the order of the official Block. */
 static const LayerEntry layer_table[] = {
@@ -75,9 +76,10 @@ static const LayerEntry layer_table[] = {
     MAT("mlp.gate_proj.weight", DIM_I, DIM_D, IN_DENSE, mlp.gate_proj),
     MAT("mlp.up_proj.weight", DIM_I, DIM_D, IN_DENSE, mlp.up_proj),
     MAT("mlp.down_proj.weight", DIM_D, DIM_I, IN_DENSE, mlp.down_proj),
-    MAT("mlp.gate.weight", DIM_E, DIM_D, IN_MOE, gate),
+    /* The gate stays BF16 in the FP8 checkpoint (it is not a Linear in the official code). */
+    { "mlp.gate.weight", WEIGHT_MATRIX, DIM_E, DIM_D, IN_MOE, offsetof(LayerWeights, gate), 0, 0 },
     { "mlp.gate.e_score_correction_bias", WEIGHT_VECTOR, DIM_ONE, DIM_E, IN_MOE,
-      offsetof(LayerWeights, e_score_correction_bias), 1 },
+      offsetof(LayerWeights, e_score_correction_bias), 1, 0 },
     MAT("mlp.shared_experts.gate_proj.weight", DIM_SHARED, DIM_D, IN_MOE_SHARED, shared_experts.gate_proj),
     MAT("mlp.shared_experts.up_proj.weight", DIM_SHARED, DIM_D, IN_MOE_SHARED, shared_experts.up_proj),
     MAT("mlp.shared_experts.down_proj.weight", DIM_D, DIM_SHARED, IN_MOE_SHARED, shared_experts.down_proj),
@@ -102,13 +104,14 @@ static const struct {
     WeightKind kind;
     Dim rows, cols;
     size_t offset; /* into MTPWeights */
+    int fp8;
 } mtp_table[] = {
-    { "embed_tokens.weight", WEIGHT_MATRIX, DIM_V, DIM_D, offsetof(MTPWeights, embed_tokens) },
-    { "enorm.weight", WEIGHT_VECTOR, DIM_ONE, DIM_D, offsetof(MTPWeights, enorm) },
-    { "hnorm.weight", WEIGHT_VECTOR, DIM_ONE, DIM_D, offsetof(MTPWeights, hnorm) },
-    { "eh_proj.weight", WEIGHT_MATRIX, DIM_D, DIM_2D, offsetof(MTPWeights, eh_proj) },
-    { "shared_head.norm.weight", WEIGHT_VECTOR, DIM_ONE, DIM_D, offsetof(MTPWeights, shared_head_norm) },
-    { "shared_head.head.weight", WEIGHT_MATRIX, DIM_V, DIM_D, offsetof(MTPWeights, shared_head_head) },
+    { "embed_tokens.weight", WEIGHT_MATRIX, DIM_V, DIM_D, offsetof(MTPWeights, embed_tokens), 0 },
+    { "enorm.weight", WEIGHT_VECTOR, DIM_ONE, DIM_D, offsetof(MTPWeights, enorm), 0 },
+    { "hnorm.weight", WEIGHT_VECTOR, DIM_ONE, DIM_D, offsetof(MTPWeights, hnorm), 0 },
+    { "eh_proj.weight", WEIGHT_MATRIX, DIM_D, DIM_2D, offsetof(MTPWeights, eh_proj), 2 },
+    { "shared_head.norm.weight", WEIGHT_VECTOR, DIM_ONE, DIM_D, offsetof(MTPWeights, shared_head_norm), 0 },
+    { "shared_head.head.weight", WEIGHT_MATRIX, DIM_V, DIM_D, offsetof(MTPWeights, shared_head_head), 0 },
 };
 
 int weights_alloc(Weights *w, const Config *c, int n_mtp, Err *err) {
@@ -156,6 +159,7 @@ static int foreach_block(LayerWeights *L, const Config *c, int layer, int mtp,
         s.rows = dim_value(c, e->rows);
         s.cols = dim_value(c, e->cols);
         s.f32_only = e->f32_only;
+        s.fp8 = e->fp8;
         if (e->kind == WEIGHT_MATRIX) s.matrix = (Tensor *)((char *)L + e->offset);
         else s.vector = (const float **)((char *)L + e->offset);
         s.layer = layer;
@@ -170,6 +174,7 @@ static int foreach_block(LayerWeights *L, const Config *c, int layer, int mtp,
                     memset(&s, 0, sizeof s);
                     snprintf(s.name, sizeof s.name, "model.layers.%d.mlp.experts.%d.%s", layer, x, expert_table[j].suffix);
                     s.kind = WEIGHT_MATRIX;
+                    s.fp8 = 1;
                     s.rows = dim_value(c, expert_table[j].rows);
                     s.cols = dim_value(c, expert_table[j].cols);
                     s.matrix = (Tensor *)((char *)&L->experts[x] + expert_table[j].offset);
@@ -210,6 +215,7 @@ int weights_foreach(Weights *w, const Config *c, int (*fn)(void *ctx, const Weig
             memset(&s, 0, sizeof s);
             snprintf(s.name, sizeof s.name, "model.layers.%d.%s", layer, mtp_table[i].suffix);
             s.kind = mtp_table[i].kind;
+            s.fp8 = mtp_table[i].fp8;
             s.rows = dim_value(c, mtp_table[i].rows);
             s.cols = dim_value(c, mtp_table[i].cols);
             if (s.kind == WEIGHT_MATRIX) s.matrix = (Tensor *)((char *)m + mtp_table[i].offset);

@@ -77,6 +77,8 @@ typedef struct {
     WeightKind kind;
     int64_t rows, cols;        /**< expected shape; vectors have rows = 1, cols = length */
     int f32_only;              /**< must be stored as F32 (e_score_correction_bias, spec §1.3 note 2) */
+    int fp8;                   /**< in an FP8 checkpoint: 0 kept BF16 (embeddings, heads, gate; spec §8.5),
+                                    1 stored F8_E4M3 + scale, 2 either (MTP eh_proj, spec §1.3 note 4) */
     Tensor *matrix;            /**< slot for WEIGHT_MATRIX */
     const float **vector;      /**< slot for WEIGHT_VECTOR */
     int layer;                 /**< decoder layer (MTP modules: num_hidden_layers + k), -1 for globals */
