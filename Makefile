@@ -20,7 +20,10 @@ endif
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
 DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev pkg-config
 
-WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation -Wno-unknown-pragmas
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-unknown-pragmas
+ifneq ($(findstring clang,$(CC)),clang)
+WARN    += -Wno-format-truncation
+endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -MMD -MP
@@ -65,19 +68,21 @@ deps: $(BUILD)/.deps-ok
 # ---- the library and the binary -------------------------------------------------------
 $(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libdsv3.a: $(REF_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(BUILD)/libdsv3.a
-	$(CC) -o $@ $^ $(LDLIBS)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $^ $(LDLIBS)
 
 # ---- tests ----------------------------------------------------------------------------
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
-	$(CC) -o $@ $^ $(LDLIBS) -lcmocka
+	@$(CC) -o $@ $^ $(LDLIBS) -lcmocka
 
 # Each test binary runs from the repository root; tests that call the CLI use build/dsv3.
 test: $(BUILD)/dsv3 $(TEST_BIN)
@@ -91,7 +96,7 @@ test: $(BUILD)/dsv3 $(TEST_BIN)
 
 # ASan/UBSan build in its own tree, same tests.
 test-asan:
-	$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  LDLIBS="-lcjson -lpcre2-8 -lm -fsanitize=address,undefined" test
 
 # ---- docs -----------------------------------------------------------------------------
@@ -112,7 +117,11 @@ BENCH_SRC := $(wildcard tests/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BUILD)/bench/%)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
-	$(CC) -o $@ $^ $(LDLIBS)
+	@$(CC) -o $@ $^ $(LDLIBS)
 
 bench: $(BUILD)/dsv3 $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "=== $$b"; DSV3_BIN=$(BUILD)/dsv3 $$b || exit 1; done
+
+# Regenerates the committed corpus of malformed checkpoints under tests/bad/.
+bad-inputs: $(BUILD)/tests/test_bad_inputs
+	$(BUILD)/tests/test_bad_inputs --regen

@@ -417,12 +417,12 @@ static int open_index(SafeTensors *st, const char *index_path, FILE *log, Err *e
             err_set(err, "%s: shard path too long", index_path);
             goto done;
         }
-        if (log) fprintf(log, "\rdsv3: mapping shard %d/%d %s", i + 1, n_shards, shards[i]), fflush(log);
+        if (log) fprintf(log, "\rdsv3: mapping and validating shard %d/%d %s", i + 1, n_shards, shards[i]), fflush(log);
         if (map_file(st, path, err)) goto done;
         const StFile *f = &st->files[st->n_files - 1];
         if (st_parse_buffer(st, f->map, f->size, st->n_files - 1, path, err)) goto done;
     }
-    if (log && n_shards) fprintf(log, "\n");
+    if (log) fprintf(log, "\n");
     if (build_table(st, err)) {
         err_prefix(err, "%s", index_path);
         goto done;
@@ -458,6 +458,8 @@ done:
 
 int st_open(SafeTensors *st, const char *path, FILE *log, Err *err) {
     memset(st, 0, sizeof *st);
+    /* Progress lines are for people watching a terminal; logs and pipes get only errors. */
+    if (log && !isatty(fileno(log))) log = NULL;
     struct stat sb;
     if (stat(path, &sb) != 0) return err_set(err, "%s: %s", path, strerror(errno));
     int rc;

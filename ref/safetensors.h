@@ -72,7 +72,7 @@ typedef struct {
 /**
  * Opens a checkpoint. @p path is a `.safetensors` file, a `model.safetensors.index.json`,
  * or a directory holding one of the two (the index wins). Every file is mapped and fully
- * validated before this returns. @p log, if not NULL, receives one progress line per shard.
+ * validated before this returns. @p log, if not NULL and a terminal, shows a progress line.
  * On error nothing stays mapped or allocated.
  */
 int st_open(SafeTensors *st, const char *path, FILE *log, Err *err);
