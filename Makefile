@@ -79,6 +79,10 @@ $(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(BUILD)/libdsv3.a
 	@echo "  LINK    $@"
 	@$(CC) -o $@ $^ $(LDLIBS)
 
+# The demo: the reference on the bundled model.
+run: $(BUILD)/dsv3
+	@$(BUILD)/dsv3 run
+
 # ---- tests ----------------------------------------------------------------------------
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
@@ -125,3 +129,16 @@ bench: $(BUILD)/dsv3 $(BENCH_BIN)
 # Regenerates the committed corpus of malformed checkpoints under tests/bad/.
 bad-inputs: $(BUILD)/tests/test_bad_inputs
 	$(BUILD)/tests/test_bad_inputs --regen
+
+# Coverage-guided fuzzing with libFuzzer (clang). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -O1 -g -Iref -fsanitize=fuzzer,address,undefined
+fuzz:
+	@mkdir -p $(BUILD)/fuzz/corpus-st $(BUILD)/fuzz/corpus-cfg
+	@cp golden/official-tiny/config.json $(BUILD)/fuzz/corpus-cfg/tiny.json; cp golden/fp8-small/config.json $(BUILD)/fuzz/corpus-cfg/small.json
+	@head -c 40000 golden/official-tiny/model.safetensors > $(BUILD)/fuzz/corpus-st/tiny-head
+	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/safetensors.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/config.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
+	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
+	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg

@@ -8,6 +8,7 @@
 
 #include "rmsnorm.h"
 
+/** Reserves n elements of ptr's type from the arena `ar` in scope. */
 #define TAKE(ptr, n) ((ptr) = arena_take(ar, (size_t)(n), sizeof *(ptr)))
 
 void layer_acts_layout(LayerActs *a, const Config *c, const LayerActsSpec *s, Arena *ar) {

@@ -19,7 +19,7 @@ typedef struct {
     float *h_in;      /**< [T][D] residual entering the block (training) */
     float *x_attn;    /**< [T][D] input_layernorm(h) */
     float *rstd_attn; /**< [T] */
-    MLAActs mla;
+    MLAActs mla;      /**< attention intermediates */
     float *attn_out;  /**< [T][D] */
     float *h_mid;     /**< [T][D] residual after attention (training) */
     float *x_ffn;     /**< [T][D] post_attention_layernorm(h) */
@@ -33,7 +33,8 @@ typedef struct {
 typedef struct {
     int64_t T;          /**< tokens per chunk */
     int64_t att_stride; /**< > 0: keep attention probabilities [T][H][att_stride] (training) */
-    int dense, moe;     /**< allocate the dense-FFN / MoE parts */
+    int dense;          /**< allocate the dense-FFN part */
+    int moe;            /**< allocate the MoE part */
     AttnMode attn;      /**< which MLA intermediates */
     int training;       /**< keep h_in/h_mid */
 } LayerActsSpec;

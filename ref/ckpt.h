@@ -21,7 +21,7 @@ typedef enum { CKPT_F32, CKPT_BF16, CKPT_FP8 } CkptFormat;
 
 /** How to lay a checkpoint out. */
 typedef struct {
-    CkptFormat format;
+    CkptFormat format; /**< storage of the matrices */
     int fp8_eh_proj;   /**< FP8 checkpoints: store the MTP eh_proj as FP8 too (default BF16) */
     int shards;        /**< 1: model.safetensors; N > 1: N shards + index.json */
     int n_mtp;         /**< MTP modules to write (0 .. num_nextn_predict_layers) */
@@ -40,7 +40,7 @@ int ckpt_write(const char *dir, const Config *c, const CkptLayout *layout, CkptS
 
 /** Parameters of random checkpoints. */
 typedef struct {
-    uint64_t seed;
+    uint64_t seed;  /**< base seed, mixed with each tensor's name */
     float bias_std; /**< std of e_score_correction_bias (large values make the bias decide routing) */
 } RandomInit;
 

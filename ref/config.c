@@ -289,12 +289,14 @@ int config_layer_is_moe(const Config *c, int layer) {
     return layer >= c->first_k_dense_replace && layer % c->moe_layer_freq == 0;
 }
 
+/** Adds field k of the Config `c` to the JSON object `o` as a number (used by config_to_json). */
+#define NUM(k) cJSON_AddNumberToObject(o, #k, (double)c->k)
+
 char *config_to_json(const Config *c) {
     cJSON *o = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(o, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("DeepseekV3ForCausalLM"));
     cJSON_AddStringToObject(o, "model_type", "deepseek_v3");
-#define NUM(k) cJSON_AddNumberToObject(o, #k, (double)c->k)
     NUM(vocab_size); NUM(hidden_size); NUM(intermediate_size); NUM(moe_intermediate_size);
     NUM(num_hidden_layers); NUM(num_nextn_predict_layers); NUM(num_attention_heads);
     cJSON_AddNumberToObject(o, "num_key_value_heads", c->num_attention_heads);

@@ -13,7 +13,7 @@
 
 /** Shared inputs and scratch of one forward call over a chunk of T tokens. */
 typedef struct {
-    const Config *cfg;
+    const Config *cfg;      /**< hyper-parameters */
     AttnMode attn;          /**< MLA form */
     Fp8Mode fp8;            /**< FP8 numerics */
     LinearScratch lin;      /**< scratch of linear_forward */

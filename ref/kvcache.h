@@ -28,12 +28,12 @@ typedef struct {
 
 /** Caches of @p n_layers layers, one allocation. */
 typedef struct {
-    AttnMode mode;
-    int n_layers;
+    AttnMode mode;     /**< which pointers of each LayerCache are set */
+    int n_layers;      /**< layers (1 for an MTP module's cache) */
     int64_t max_seq;   /**< positions each layer can hold */
     int64_t len;       /**< positions filled so far (the next position to write) */
-    LayerCache *layers;
-    float *mem;
+    LayerCache *layers; /**< [n_layers] */
+    float *mem;        /**< the one allocation behind every layer */
     size_t bytes;      /**< bytes allocated for the cache data */
 } KVCache;
 
@@ -41,6 +41,7 @@ typedef struct {
 int64_t kvcache_floats_per_token(const Config *c, AttnMode mode);
 /** Allocates caches for @p n_layers layers and @p max_seq positions (checked for overflow). */
 int kvcache_init(KVCache *kv, const Config *c, AttnMode mode, int n_layers, int64_t max_seq, Err *err);
+/** Frees the cache; safe on a zeroed struct. */
 void kvcache_free(KVCache *kv);
 
 #endif

@@ -53,14 +53,46 @@ float dot_f32(const float *a, const float *b, int64_t n) {
     return sum;
 }
 
-/** Dequant mode: one decoded row, dotted with every token. */
+/**
+ * Σ a[i]·b[i] over one ≤128-wide block of e4m3 values, exactly: each product of two e4m3
+ * values has ≤ 8 significant bits and lies in [2^-18, 2^17.6], so every partial sum of 128 of
+ * them is a multiple of 2^-24 below 2^25 — exact in a double whatever the order, which lets
+ * the four accumulators below vectorize.
+ */
+static double dot_exact_e4m3(const float *a, const float *b, int64_t n) {
+    double acc[4] = { 0, 0, 0, 0 };
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) acc[j] += (double)a[i + j] * (double)b[i + j];
+    for (; i < n; i++) acc[0] += (double)a[i] * (double)b[i];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/**
+ * Dequant mode: decode a row once (raw e4m3 values for FP8, exact floats otherwise), dot it
+ * with every token. FP8 blocks are scaled per 128-wide block, y = Σ_b s_w[o/128][b] · (x_b·q_b),
+ * which is the dequantized product up to FP32 rounding and the same arithmetic for any T.
+ */
 static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
-    int64_t out = W->rows, in = W->cols;
+    int64_t out = W->rows, in = W->cols, blocks = tensor_col_blocks(W);
+    int fp8 = W->dtype == DT_F8_E4M3;
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < out; o++) {
         float *row = s->row + (size_t)thread_id() * (size_t)s->max_in;
-        tensor_row(W, o, 0, in, 1, row);
-        for (int64_t t = 0; t < T; t++) y[t * out + o] = dot_f32(x + t * in, row, in);
+        tensor_row(W, o, 0, in, !fp8, row);
+        for (int64_t t = 0; t < T; t++) {
+            const float *xt = x + t * in;
+            if (!fp8) {
+                y[t * out + o] = dot_f32(xt, row, in);
+                continue;
+            }
+            float acc = 0.0f;
+            for (int64_t b = 0; b < blocks; b++) {
+                int64_t k0 = b * FP8_BLOCK, n = in - k0 < FP8_BLOCK ? in - k0 : FP8_BLOCK;
+                acc += dot_f32(xt + k0, row + k0, n) * tensor_scale(W, o, k0);
+            }
+            y[t * out + o] = acc;
+        }
     }
 }
 
@@ -76,10 +108,9 @@ static void linear_w8a8(float *y, const float *x, int64_t T, const Tensor *W, co
             const float *xq = s->xq + t * in;
             float acc = 0.0f;
             for (int64_t b = 0; b < blocks; b++) {
-                int64_t k0 = b * FP8_BLOCK, k1 = k0 + FP8_BLOCK < in ? k0 + FP8_BLOCK : in;
-                double partial = 0.0; /* exact */
-                for (int64_t k = k0; k < k1; k++) partial += (double)xq[k] * (double)wq[k];
-                acc += (float)partial * s->x_scale[t * blocks + b] * tensor_scale(W, o, k0);
+                int64_t k0 = b * FP8_BLOCK, n = in - k0 < FP8_BLOCK ? in - k0 : FP8_BLOCK;
+                float partial = (float)dot_exact_e4m3(xq + k0, wq + k0, n);
+                acc += partial * s->x_scale[t * blocks + b] * tensor_scale(W, o, k0);
             }
             y[t * out + o] = acc;
         }

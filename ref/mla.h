@@ -24,7 +24,7 @@ typedef struct {
     float *q_abs;     /**< absorb: [T][H][Dc] W_UKᵀ q_nope */
     float *u;         /**< absorb: [T][H][Dc] Σ_t P(t) ĉ_kv(t) */
     float *att;       /**< optional [T][H][att_stride] softmax probabilities (training); NULL → not kept */
-    int64_t att_stride;
+    int64_t att_stride; /**< row length of att (≥ the longest sequence) */
     float *o;         /**< [T][H][Dv]   per-head attention output (eq. 10) */
 } MLAActs;
 

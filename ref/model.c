@@ -163,8 +163,39 @@ void model_free(Model *m) {
 }
 
 /* ------------------------------------------------------------------------------------- */
+/* sizes                                                                                   */
+
+/** Bytes of one tensor slot as stored (scales included). */
+static int add_bytes(void *ctx, const WeightSlot *s) {
+    uint64_t *acc = ctx; /* [0] total, [1] routed experts, [2] MTP */
+    uint64_t b = s->kind == WEIGHT_MATRIX ? tensor_bytes(s->matrix) : (uint64_t)s->cols * 4;
+    acc[0] += b;
+    if (s->expert >= 0 && s->mtp < 0) acc[1] += b;
+    if (s->mtp >= 0) acc[2] += b;
+    return 0;
+}
+
+void model_weight_bytes(const Model *m, uint64_t out[3]) {
+    out[0] = out[1] = out[2] = 0;
+    weights_foreach((Weights *)&m->w, &m->config, add_bytes, out);
+}
+
+uint64_t model_decode_weight_bytes(const Model *m) {
+    const Config *c = &m->config;
+    uint64_t acc[3];
+    model_weight_bytes(m, acc);
+    uint64_t embed = tensor_bytes(&m->w.embed_tokens);
+    uint64_t dense_part = acc[0] - acc[1] - acc[2] - embed + embed / (uint64_t)c->vocab_size;
+    int moe_layers = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) moe_layers += config_layer_is_moe(c, l);
+    uint64_t per_expert = moe_layers ? acc[1] / ((uint64_t)moe_layers * (uint64_t)c->n_routed_experts) : 0;
+    return dense_part + (uint64_t)moe_layers * (uint64_t)c->num_experts_per_tok * per_expert;
+}
+
+/* ------------------------------------------------------------------------------------- */
 /* run state                                                                               */
 
+/** Reserves n elements of ptr's type from the arena `ar` in scope. */
 #define TAKE(ptr, n) ((ptr) = arena_take(ar, (size_t)(n), sizeof *(ptr)))
 
 static void runstate_layout(RunState *s, const Config *c, int64_t max_T, int64_t max_seq, Arena *ar) {

@@ -20,11 +20,11 @@
 
 /** A loaded model. Tensors point into the mapped checkpoint (or into a trainer's memory). */
 typedef struct {
-    Config config;
+    Config config;     /**< hyper-parameters from config.json */
     SafeTensors st;    /**< the mapped checkpoint (empty when the weights belong to a trainer) */
     Weights w;         /**< pointers into st, by the tensor table */
     float *vectors;    /**< FP32 copies of the 1-D tensors (norm weights, correction biases) */
-    Rope rope;
+    Rope rope;         /**< YaRN frequencies */
     int n_unused;      /**< tensors in the checkpoint that the model does not use */
 } Model;
 
@@ -34,27 +34,37 @@ typedef struct {
  * bound when the checkpoint has them. @p log (may be NULL) receives progress lines.
  */
 int model_load(Model *m, const char *dir, FILE *log, Err *err);
+/** Unmaps the checkpoint and frees everything model_load allocated. */
 void model_free(Model *m);
+
+/** Stored bytes (scales included): out[0] all tensors, out[1] routed experts of the main model,
+ *  out[2] MTP modules. */
+void model_weight_bytes(const Model *m, uint64_t out[3]);
+
+/** Weight bytes one decoded token reads: everything but the routed experts and the embedding
+ *  table, plus one embedding row and K experts per MoE layer (MTP excluded). */
+uint64_t model_decode_weight_bytes(const Model *m);
 
 /** Scratch and activations of forward passes over chunks of up to max_T tokens. */
 typedef struct {
     int64_t max_T;     /**< chunk capacity */
     int64_t max_seq;   /**< longest sequence the attention scratch can hold */
-    Fp8Mode fp8;
-    AttnMode attn;
+    Fp8Mode fp8;       /**< FP8 numerics of the linears */
+    AttnMode attn;     /**< MLA form (must match the KV cache) */
     float *h;          /**< [max_T][D] residual stream */
     float *normed;     /**< [max_T][D] final-norm output (the MTP module's h input) */
     float *cat;        /**< [max_T][2D] MTP input [enorm(e) | hnorm(h)] */
     float *rope_cos;   /**< [max_T][Dr/2] */
-    float *rope_sin;
+    float *rope_sin;   /**< [max_T][Dr/2] */
     LayerActs acts;    /**< shared by all layers */
-    ForwardContext ctx;
-    float *mem;
-    size_t bytes;
+    ForwardContext ctx; /**< what the ops share, pointing into this state */
+    float *mem;        /**< the one allocation behind every buffer */
+    size_t bytes;      /**< its size */
 } RunState;
 
 /** Allocates a RunState for chunks of up to @p max_T tokens and sequences of up to @p max_seq. */
 int runstate_init(RunState *s, const Model *m, int64_t max_T, int64_t max_seq, AttnMode attn, Fp8Mode fp8, Err *err);
+/** Frees the run state; safe on a zeroed struct. */
 void runstate_free(RunState *s);
 
 /**

@@ -10,7 +10,8 @@
 
 /** PCG32 state: 64-bit LCG state + odd increment. */
 typedef struct {
-    uint64_t state, inc;
+    uint64_t state; /**< LCG state */
+    uint64_t inc;   /**< LCG increment (odd) */
 } Rng;
 
 /** Seeds the generator (sequence 54 + seed-derived state, as in the PCG reference). */

@@ -24,6 +24,7 @@ typedef struct {
 
 /** Computes θ'_i from the config (YaRN whenever rope_scaling says so, spec §4.3). */
 int rope_init(Rope *r, const Config *c, Err *err);
+/** Frees the frequency table. */
 void rope_free(Rope *r);
 
 /** cos/sin of the angles p·θ'_i (FP32 angle, spec §4.2) into cos_out, sin_out [dim/2]. */

@@ -42,9 +42,9 @@ int dtype_from_name(const char *s);
 /** One tensor of a checkpoint: a view into a mapped file. */
 typedef struct {
     char *name;                    /**< HF tensor name, e.g. "model.layers.3.mlp.gate.weight" */
-    DType dtype;
-    int ndim;
-    int64_t shape[ST_MAX_DIMS];
+    DType dtype;                   /**< element type */
+    int ndim;                      /**< number of dimensions (0 for a scalar) */
+    int64_t shape[ST_MAX_DIMS];    /**< dimensions, outermost first */
     uint64_t numel;                /**< product of shape (1 for a 0-rank scalar) */
     uint64_t nbytes;               /**< numel × bits / 8, equal to the data_offsets span */
     const uint8_t *data;           /**< first byte inside the mapping (possibly unaligned) */
@@ -53,19 +53,19 @@ typedef struct {
 
 /** One mapped .safetensors file. */
 typedef struct {
-    char *path;
+    char *path;                    /**< as opened */
     const uint8_t *map;            /**< whole file, PROT_READ */
-    size_t size;
+    size_t size;                   /**< bytes mapped */
 } StFile;
 
 /** A whole checkpoint: every tensor of every shard, looked up by name. */
 typedef struct {
-    StFile *files;
-    int n_files;
-    StTensor *tensors;
-    int n_tensors;
+    StFile *files;                 /**< the mapped shards */
+    int n_files;                   /**< number of shards */
+    StTensor *tensors;             /**< every tensor of every shard */
+    int n_tensors;                 /**< number of tensors */
     int *table;                    /**< open-addressing hash: tensor index or -1 */
-    size_t table_cap;
+    size_t table_cap;              /**< slots in table (a power of two) */
     char *metadata_json;           /**< __metadata__ of the first file as JSON text, or NULL */
 } SafeTensors;
 
@@ -98,11 +98,11 @@ static inline float st_load_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); r
 
 /** One tensor to write; @p data holds nbytes = numel × bits / 8 bytes. */
 typedef struct {
-    const char *name;
-    DType dtype;
-    int ndim;
-    int64_t shape[ST_MAX_DIMS];
-    const void *data;
+    const char *name;              /**< tensor name */
+    DType dtype;                   /**< element type */
+    int ndim;                      /**< number of dimensions */
+    int64_t shape[ST_MAX_DIMS];    /**< dimensions */
+    const void *data;              /**< the bytes (st_write) or NULL (st_write_stream) */
 } StEntry;
 
 /**

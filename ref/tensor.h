@@ -18,7 +18,8 @@
 typedef struct {
     const uint8_t *data;       /**< stored elements, possibly unaligned (mapping) */
     DType dtype;               /**< DT_F32, DT_BF16, DT_F16 or DT_F8_E4M3 */
-    int64_t rows, cols;
+    int64_t rows;              /**< output features (1 for a vector) */
+    int64_t cols;              /**< input features (the vector length) */
     const uint8_t *scale_inv;  /**< F8_E4M3 only: F32 [ceil(rows/128)][ceil(cols/128)], else NULL */
 } Tensor;
 

@@ -2,7 +2,6 @@
  * @file util.c
  * @brief Implementation of util.h: errors, checked arithmetic, files, number formats.
  */
-#define _POSIX_C_SOURCE 200809L
 #include "util.h"
 
 #include <errno.h>
@@ -14,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+/* err_set, err_prefix: see util.h */
 int err_set(Err *e, const char *fmt, ...) {
     if (e) {
         va_list ap;

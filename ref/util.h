@@ -22,7 +22,7 @@
 
 /** One-line error message carried back to the caller; empty when nothing failed. */
 typedef struct {
-    char msg[512];
+    char msg[512]; /**< the message, NUL-terminated */
 } Err;
 
 /** Formats the message into @p e (if not NULL) and returns -1, so callers can `return err_set(...)`. */
@@ -84,8 +84,6 @@ int path_join(char *out, size_t cap, const char *dir, const char *name);
 
 #endif /* DSV3_UTIL_H */
 
-#ifndef DSV3_ARENA
-#define DSV3_ARENA
 /**
  * Carves many arrays out of one allocation, in two passes over the same code: with base = NULL
  * it only adds up the sizes (overflow-checked), then with a real base it hands out pointers.
@@ -99,4 +97,3 @@ typedef struct {
 
 /** Reserves n × elem bytes (64-byte aligned); returns NULL while counting or on overflow. */
 void *arena_take(Arena *a, size_t n, size_t elem);
-#endif

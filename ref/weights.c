@@ -59,7 +59,9 @@ typedef struct {
     int fp8;            /* see WeightSlot.fp8 */
 } LayerEntry;
 
+/** A matrix entry of the layer table. */
 #define MAT(s, r, c, w, field) { s, WEIGHT_MATRIX, r, c, w, offsetof(LayerWeights, field), 0, 1 }
+/** A vector entry of the layer table. */
 #define VEC(s, n, w, field) { s, WEIGHT_VECTOR, DIM_ONE, n, w, offsetof(LayerWeights, field), 0, 0 }
 
 /** Decoder block tensors (spec §1.3), in the order of the official Block. */

@@ -74,8 +74,9 @@ typedef enum { WEIGHT_MATRIX, WEIGHT_VECTOR } WeightKind;
 /** One concrete tensor of a model, as weights_foreach() presents it. */
 typedef struct {
     char name[160];            /**< full HF name, e.g. "model.layers.3.mlp.experts.17.up_proj.weight" */
-    WeightKind kind;
-    int64_t rows, cols;        /**< expected shape; vectors have rows = 1, cols = length */
+    WeightKind kind;           /**< matrix or vector */
+    int64_t rows;              /**< expected rows (1 for vectors) */
+    int64_t cols;              /**< expected columns (the length of a vector) */
     int f32_only;              /**< must be stored as F32 (e_score_correction_bias, spec §1.3 note 2) */
     int fp8;                   /**< in an FP8 checkpoint: 0 kept BF16 (embeddings, heads, gate; spec §8.5),
                                     1 stored F8_E4M3 + scale, 2 either (MTP eh_proj, spec §1.3 note 4) */
