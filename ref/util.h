@@ -82,8 +82,6 @@ int utf8_valid(const char *s, size_t len);
 /** Joins "dir/name" into @p out (size @p cap); -1 if it does not fit. */
 int path_join(char *out, size_t cap, const char *dir, const char *name);
 
-#endif /* DSV3_UTIL_H */
-
 /**
  * Carves many arrays out of one allocation, in two passes over the same code: with base = NULL
  * it only adds up the sizes (overflow-checked), then with a real base it hands out pointers.
@@ -97,3 +95,5 @@ typedef struct {
 
 /** Reserves n × elem bytes (64-byte aligned); returns NULL while counting or on overflow. */
 void *arena_take(Arena *a, size_t n, size_t elem);
+
+#endif /* DSV3_UTIL_H */
