@@ -20,7 +20,10 @@ endif
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
 DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev pkg-config
 
-WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-unknown-pragmas
+ifneq ($(findstring clang,$(CC)),clang)
+WARN    += -Wno-format-truncation
+endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -MMD -MP
@@ -43,6 +46,7 @@ CUDA_HOME ?= /usr/local/cuda-13.0
 NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 
+.SECONDARY:
 .PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz
 all: $(BUILD)/dsv3
 
@@ -64,19 +68,25 @@ deps: $(BUILD)/.deps-ok
 # ---- the library and the binary -------------------------------------------------------
 $(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libdsv3.a: $(REF_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(BUILD)/libdsv3.a
-	$(CC) -o $@ $^ $(LDLIBS)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $^ $(LDLIBS)
+
+# The demo: the reference on the bundled model.
+run: $(BUILD)/dsv3
+	@$(BUILD)/dsv3 run
 
 # ---- tests ----------------------------------------------------------------------------
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
-	$(CC) -o $@ $^ $(LDLIBS) -lcmocka
+	@$(CC) -o $@ $^ $(LDLIBS) -lcmocka
 
 # Each test binary runs from the repository root; tests that call the CLI use build/dsv3.
 test: $(BUILD)/dsv3 $(TEST_BIN)
@@ -90,7 +100,7 @@ test: $(BUILD)/dsv3 $(TEST_BIN)
 
 # ASan/UBSan build in its own tree, same tests.
 test-asan:
-	$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -fsanitize=address,undefined" test
 
 # ---- docs -----------------------------------------------------------------------------
@@ -111,7 +121,24 @@ BENCH_SRC := $(wildcard tests/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BUILD)/bench/%)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
-	$(CC) -o $@ $^ $(LDLIBS)
+	@$(CC) -o $@ $^ $(LDLIBS)
 
 bench: $(BUILD)/dsv3 $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "=== $$b"; DSV3_BIN=$(BUILD)/dsv3 $$b || exit 1; done
+
+# Regenerates the committed corpus of malformed checkpoints under tests/bad/.
+bad-inputs: $(BUILD)/tests/test_bad_inputs
+	$(BUILD)/tests/test_bad_inputs --regen
+
+# Coverage-guided fuzzing with libFuzzer (clang). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -O1 -g -Iref -fsanitize=fuzzer,address,undefined
+fuzz:
+	@mkdir -p $(BUILD)/fuzz/corpus-st $(BUILD)/fuzz/corpus-cfg
+	@cp golden/official-tiny/config.json $(BUILD)/fuzz/corpus-cfg/tiny.json; cp golden/fp8-small/config.json $(BUILD)/fuzz/corpus-cfg/small.json
+	@head -c 40000 golden/official-tiny/model.safetensors > $(BUILD)/fuzz/corpus-st/tiny-head
+	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/safetensors.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/config.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
+	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
+	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg

@@ -31,6 +31,7 @@ int bytebuf_reserve(ByteBuf *b, size_t extra) {
     if (!p) return -1;
     b->data = p;
     b->cap = nc;
+    b->data[b->len] = 0; /* allocated means NUL-terminated, even before the first append */
     return 0;
 }
 

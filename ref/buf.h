@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-/** Bytes with a length and a capacity; always NUL-terminated once anything was appended. */
+/** Bytes with a length and a capacity; NUL-terminated whenever data is not NULL. */
 typedef struct {
     char *data;  /**< malloc'd, NULL while empty */
     size_t len;  /**< bytes in use, excluding the terminating NUL */

@@ -23,24 +23,12 @@
 #include "buf.h"
 #include "chat.h"
 #include "cli.h"
+#include "cli_util.h"
 #include "tokenizer.h"
 #include "util.h"
 
 /* Largest --file we read (a prompt or an id list). */
 #define CMD_MAX_INPUT ((size_t)1 << 30)
-
-static int fail(const char *cmd, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(const char *cmd, int status, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    for (char *p = msg; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' '; /* exactly one line, whatever the message holds */
-    fprintf(stderr, "dsv3 %s: %s\n", cmd, msg);
-    return status;
-}
 
 /* One flag of a command: its name, whether it takes a value, where the value goes. */
 typedef struct {
@@ -49,8 +37,9 @@ typedef struct {
     const char **value; /* has_value: the string; else set to "1" when present */
 } Flag;
 
-/* Parses "--name value", "--name=value" and "--help". Returns -1 after --help (printed),
- * 0 on success, or an exit status (2) after printing the error. */
+/* Parses "--name value" (cli_value: a value that looks like a flag counts as missing),
+ * "--name=value" (any value, e.g. --text=-x) and "--help". Returns -1 after --help (printed),
+ * 0 on success, or EXIT_USAGE after printing the error. */
 static int parse_flags(const char *cmd, int argc, char **argv, Flag *flags, int nflags, const char *help) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -59,22 +48,21 @@ static int parse_flags(const char *cmd, int argc, char **argv, Flag *flags, int 
             return -1;
         }
         if (strncmp(a, "--", 2) != 0)
-            return fail(cmd, 2, "unexpected argument '%.200s' (dsv3 %s --help lists the options)", a, cmd);
+            return cli_fail(cmd, EXIT_USAGE, "unexpected argument '%.200s' (dsv3 %s --help lists the options)", a, cmd);
         const char *eq = strchr(a, '=');
         size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
         Flag *f = NULL;
         for (int k = 0; k < nflags; k++)
             if (strlen(flags[k].name) == nlen && !strncmp(flags[k].name, a, nlen)) f = &flags[k];
-        if (!f) return fail(cmd, 2, "unknown option '%.*s' (dsv3 %s --help lists the options)", (int)(nlen > 200 ? 200 : nlen), a, cmd);
-        if (*f->value) return fail(cmd, 2, "option %s given twice", f->name);
+        if (!f) return cli_fail(cmd, EXIT_USAGE, "unknown option '%.*s' (dsv3 %s --help lists the options)", (int)(nlen > 200 ? 200 : nlen), a, cmd);
+        if (*f->value) return cli_fail(cmd, EXIT_USAGE, "option %s given twice", f->name);
         if (!f->has_value) {
-            if (eq) return fail(cmd, 2, "option %s takes no value", f->name);
+            if (eq) return cli_fail(cmd, EXIT_USAGE, "option %s takes no value", f->name);
             *f->value = "1";
         } else if (eq) {
             *f->value = eq + 1;
-        } else {
-            if (i + 1 >= argc) return fail(cmd, 2, "option %s needs a value", f->name);
-            *f->value = argv[++i];
+        } else if (!(*f->value = cli_value(cmd, argc, argv, &i))) {
+            return EXIT_USAGE;
         }
     }
     return 0;
@@ -104,7 +92,7 @@ static int read_input(const char *path, char **data, size_t *len, Err *err) {
 
 static int write_out(const char *cmd, const void *p, size_t n) {
     if ((n && fwrite(p, 1, n, stdout) != n) || fflush(stdout) != 0)
-        return fail(cmd, 1, "cannot write to standard output");
+        return cli_fail(cmd, EXIT_RUNTIME, "cannot write to standard output");
     return 0;
 }
 
@@ -113,7 +101,7 @@ static int print_ids(const char *cmd, const int *ids, int n) {
     int rc = bytebuf_puts(&b, "[");
     for (int i = 0; i < n && rc == 0; i++) rc = bytebuf_printf(&b, i ? ",%d" : "%d", ids[i]);
     if (rc == 0) rc = bytebuf_puts(&b, "]\n");
-    rc = rc ? fail(cmd, 1, "out of memory") : write_out(cmd, b.data, b.len);
+    rc = rc ? cli_fail(cmd, EXIT_RUNTIME, "out of memory") : write_out(cmd, b.data, b.len);
     bytebuf_free(&b);
     return rc;
 }
@@ -139,30 +127,30 @@ int cmd_tokenize(int argc, char **argv) {
     Flag flags[] = {{"--tokenizer", 1, &dir}, {"--text", 1, &text}, {"--file", 1, &file}, {"--chat", 0, &chat}};
     int rc = parse_flags(cmd, argc, argv, flags, 4, TOKENIZE_HELP);
     if (rc) return rc < 0 ? 0 : rc;
-    if (!dir) return fail(cmd, 2, "--tokenizer DIR is required");
-    if (!!text == !!file) return fail(cmd, 2, "give exactly one of --text and --file");
-    if (text && !chat && !utf8_valid(text, strlen(text))) return fail(cmd, 2, "--text is not valid UTF-8");
+    if (!dir) return cli_fail(cmd, EXIT_USAGE, "--tokenizer DIR is required");
+    if (!!text == !!file) return cli_fail(cmd, EXIT_USAGE, "give exactly one of --text and --file");
+    if (text && !chat && !utf8_valid(text, strlen(text))) return cli_fail(cmd, EXIT_USAGE, "--text is not valid UTF-8");
 
     Err err = {{0}};
     char *data = NULL;
     size_t len = 0;
-    if (file && read_input(file, &data, &len, &err) != 0) return fail(cmd, 1, "%s", err.msg);
+    if (file && read_input(file, &data, &len, &err) != 0) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     const char *in = text ? text : data;
     if (text) len = strlen(text);
 
     Tokenizer *t = NULL;
     int *ids = NULL, n = 0;
     if (tokenizer_load(&t, dir, &err) != 0) {
-        rc = fail(cmd, 1, "%s", err.msg);
+        rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     } else if (chat) {
         ChatLog log;
         if (chat_parse_json(in, len, &log, &err) != 0 || chat_encode(t, log.msg, log.n, 1, &ids, &n, &err) != 0)
-            rc = fail(cmd, 1, "%s: %s", file ? file : "--text", err.msg);
+            rc = cli_fail(cmd, EXIT_RUNTIME, "%s: %s", file ? file : "--text", err.msg);
         else
             rc = print_ids(cmd, ids, n);
         chat_log_free(&log);
     } else if (tokenizer_encode(t, in, len, &ids, &n, &err) != 0) {
-        rc = fail(cmd, 1, "%s: %s", file, err.msg);
+        rc = cli_fail(cmd, EXIT_RUNTIME, "%s: %s", file, err.msg);
     } else {
         rc = print_ids(cmd, ids, n);
     }
@@ -227,30 +215,30 @@ int cmd_detokenize(int argc, char **argv) {
     Flag flags[] = {{"--tokenizer", 1, &dir}, {"--ids", 1, &idstr}, {"--file", 1, &file}};
     int rc = parse_flags(cmd, argc, argv, flags, 3, DETOKENIZE_HELP);
     if (rc) return rc < 0 ? 0 : rc;
-    if (!dir) return fail(cmd, 2, "--tokenizer DIR is required");
-    if (!!idstr == !!file) return fail(cmd, 2, "give exactly one of --ids and --file");
+    if (!dir) return cli_fail(cmd, EXIT_USAGE, "--tokenizer DIR is required");
+    if (!!idstr == !!file) return cli_fail(cmd, EXIT_USAGE, "give exactly one of --ids and --file");
 
     Err err = {{0}};
     IntVec ids = {0};
     char *data = NULL;
     size_t len = 0;
-    int bad_status = idstr ? 2 : 1; /* a bad id is a usage error when it came from the flag */
+    int bad_status = idstr ? EXIT_USAGE : EXIT_RUNTIME; /* a bad id is a usage error when it came from the flag */
     const char *src = idstr ? "--ids" : file;
-    if (file && read_input(file, &data, &len, &err) != 0) return fail(cmd, 1, "%s", err.msg);
+    if (file && read_input(file, &data, &len, &err) != 0) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     if (parse_ids(idstr ? idstr : data, idstr ? strlen(idstr) : len, &ids, &err) != 0) {
         free(data);
         intvec_free(&ids);
-        return fail(cmd, bad_status, "%s: %s", src, err.msg);
+        return cli_fail(cmd, bad_status, "%s: %s", src, err.msg);
     }
     free(data);
     Tokenizer *t = NULL;
     char *text = NULL;
     if (tokenizer_load(&t, dir, &err) != 0) {
-        rc = fail(cmd, 1, "%s", err.msg);
+        rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     } else if (ids.n > 0x7fffffff) {
-        rc = fail(cmd, bad_status, "%s: too many ids", src);
+        rc = cli_fail(cmd, bad_status, "%s: too many ids", src);
     } else if (tokenizer_decode(t, ids.v, (int)ids.n, &text, &len, &err) != 0) {
-        rc = fail(cmd, bad_status, "%s: %s", src, err.msg);
+        rc = cli_fail(cmd, bad_status, "%s: %s", src, err.msg);
     } else {
         rc = write_out(cmd, text, len);
     }

@@ -11,22 +11,12 @@
 #include "bpe_train.h"
 #include "buf.h"
 #include "cli.h"
+#include "cli_util.h"
 #include "util.h"
 
 #define TRAIN_MAX_FILE ((size_t)1 << 30)
 
-static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int status, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    for (char *p = msg; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-    fprintf(stderr, "dsv3 train-tokenizer: %s\n", msg);
-    return status;
-}
+#define CMD "train-tokenizer"
 
 static const char HELP[] =
     "usage: dsv3 train-tokenizer --input FILE [--input FILE ...] [--input-list LIST] --output DIR\n"
@@ -50,12 +40,12 @@ static int add_file(BpeTrainer *tr, const char *path) {
     Err err = {{0}};
     char *data;
     size_t len;
-    if (read_file(path, TRAIN_MAX_FILE, &data, &len, &err) != 0) return fail(1, "%s", err.msg);
+    if (read_file(path, TRAIN_MAX_FILE, &data, &len, &err) != 0) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     if (!utf8_valid(data, len)) {
         free(data);
-        return fail(1, "%s: not valid UTF-8", path);
+        return cli_fail(CMD, EXIT_RUNTIME, "%s: not valid UTF-8", path);
     }
-    int rc = bpe_train_feed(tr, data, len, &err) != 0 ? fail(1, "%s: %s", path, err.msg) : 0;
+    int rc = bpe_train_feed(tr, data, len, &err) != 0 ? cli_fail(CMD, EXIT_RUNTIME, "%s: %s", path, err.msg) : 0;
     free(data);
     return rc;
 }
@@ -64,7 +54,7 @@ static int add_list(BpeTrainer *tr, const char *list, int *nfiles) {
     Err err = {{0}};
     char *data;
     size_t len;
-    if (read_file(list, TRAIN_MAX_FILE, &data, &len, &err) != 0) return fail(1, "%s", err.msg);
+    if (read_file(list, TRAIN_MAX_FILE, &data, &len, &err) != 0) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     int rc = 0;
     for (char *line = data; rc == 0 && line < data + len;) {
         char *end = memchr(line, '\n', (size_t)(data + len - line));
@@ -77,7 +67,7 @@ static int add_list(BpeTrainer *tr, const char *list, int *nfiles) {
             const char *slash = strrchr(list, '/');
             if (line[0] != '/' && slash &&
                 snprintf(path, sizeof path, "%.*s/%s", (int)(slash - list), list, line) >= (int)sizeof path)
-                rc = fail(1, "%s: path too long: %.100s", list, line);
+                rc = cli_fail(CMD, EXIT_RUNTIME, "%s: path too long: %.100s", list, line);
             if (rc == 0) rc = add_file(tr, line[0] != '/' && slash ? path : line);
             ++*nfiles;
         }
@@ -92,7 +82,7 @@ int cmd_train_tokenizer(int argc, char **argv) {
     const char *out = NULL, *list = NULL;
     int ninputs = 0;
     const char **inputs = xcalloc((size_t)argc + 1, sizeof *inputs);
-    if (!inputs) return fail(1, "out of memory");
+    if (!inputs) return cli_fail(CMD, EXIT_RUNTIME, "out of memory");
     int rc = 0;
     for (int i = 1; i < argc && rc == 0; i++) {
         const char *a = argv[i], *v = NULL;
@@ -108,30 +98,29 @@ int cmd_train_tokenizer(int argc, char **argv) {
         for (int q = 0; q < 5; q++)
             if (strlen(names[q]) == nlen && !strncmp(a, names[q], nlen)) k = q;
         if (k < 0) {
-            rc = strncmp(a, "--", 2) ? fail(2, "unexpected argument '%.200s' (--help lists the options)", a)
-                                     : fail(2, "unknown option '%.*s' (--help lists the options)", (int)(nlen > 200 ? 200 : nlen), a);
+            rc = strncmp(a, "--", 2) ? cli_fail(CMD, EXIT_USAGE, "unexpected argument '%.200s' (--help lists the options)", a)
+                                     : cli_fail(CMD, EXIT_USAGE, "unknown option '%.*s' (--help lists the options)", (int)(nlen > 200 ? 200 : nlen), a);
             break;
         }
         if (eq) v = eq + 1;
-        else if (i + 1 < argc) v = argv[++i];
-        else { rc = fail(2, "option %s needs a value", names[k]); break; }
+        else if (!(v = cli_value(CMD, argc, argv, &i))) { rc = EXIT_USAGE; break; }
         long n;
         switch (k) {
         case 0: inputs[ninputs++] = v; break;
-        case 1: if (list) rc = fail(2, "option --input-list given twice"); list = v; break;
-        case 2: if (out) rc = fail(2, "option --output given twice"); out = v; break;
+        case 1: if (list) rc = cli_fail(CMD, EXIT_USAGE, "option --input-list given twice"); list = v; break;
+        case 2: if (out) rc = cli_fail(CMD, EXIT_USAGE, "option --output given twice"); out = v; break;
         case 3:
-            if (parse_long(v, 261, 1000000, &n) != 0) rc = fail(2, "--vocab-size: '%.40s' is not an integer in [261, 1000000]", v);
+            if (parse_long(v, 261, 1000000, &n) != 0) rc = cli_fail(CMD, EXIT_USAGE, "--vocab-size: '%.40s' is not an integer in [261, 1000000]", v);
             else opt.vocab_size = (int)n;
             break;
         case 4:
-            if (parse_long(v, 1, 2147483647L, &n) != 0) rc = fail(2, "--min-frequency: '%.40s' is not a positive integer", v);
+            if (parse_long(v, 1, 2147483647L, &n) != 0) rc = cli_fail(CMD, EXIT_USAGE, "--min-frequency: '%.40s' is not a positive integer", v);
             else opt.min_frequency = (int)n;
             break;
         }
     }
-    if (rc == 0 && !out) rc = fail(2, "--output DIR is required");
-    if (rc == 0 && !ninputs && !list) rc = fail(2, "give at least one --input FILE or an --input-list");
+    if (rc == 0 && !out) rc = cli_fail(CMD, EXIT_USAGE, "--output DIR is required");
+    if (rc == 0 && !ninputs && !list) rc = cli_fail(CMD, EXIT_USAGE, "give at least one --input FILE or an --input-list");
     if (rc) {
         free(inputs);
         return rc;
@@ -140,14 +129,14 @@ int cmd_train_tokenizer(int argc, char **argv) {
     Err err = {{0}};
     BpeTrainer *tr = NULL;
     double t0 = now_seconds();
-    if (bpe_train_new(&tr, &opt, &err) != 0) rc = fail(1, "%s", err.msg);
+    if (bpe_train_new(&tr, &opt, &err) != 0) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     for (int i = 0; rc == 0 && i < ninputs; i++) rc = add_file(tr, inputs[i]);
     int nfiles = ninputs;
     if (rc == 0 && list) rc = add_list(tr, list, &nfiles);
     double t1 = now_seconds();
-    if (rc == 0 && bpe_train_run(tr, &err) != 0) rc = fail(1, "%s", err.msg);
+    if (rc == 0 && bpe_train_run(tr, &err) != 0) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     double t2 = now_seconds();
-    if (rc == 0 && bpe_train_save(tr, out, &err) != 0) rc = fail(1, "%s", err.msg);
+    if (rc == 0 && bpe_train_save(tr, out, &err) != 0) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     if (rc == 0) {
         BpeTrainStats s = bpe_train_stats(tr);
         printf("train-tokenizer: %d ids (%d merges) from %d file%s, %.2f MB, %zu pieces (%zu distinct); "

@@ -30,10 +30,14 @@ typedef struct {
 
 static const Command commands[] = {
     /* one line per subcommand, in the order `dsv3 --help` lists them */
-    {"version", cmd_version, "print the version and the backends this build has"},
+    {"run", cmd_run, "the demo of `make run`: a golden checkpoint, checked against DeepSeek's own numbers"},
+    {"info", cmd_info, "describe a checkpoint: configuration, storage, per-token costs"},
+    {"logits", cmd_logits, "write the logits of every position of a token sequence (float32 file)"},
+    {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
     {"tokenize", cmd_tokenize, "text or a chat to token ids (a JSON array on one line)"},
     {"detokenize", cmd_detokenize, "token ids to text"},
     {"train-tokenizer", cmd_train_tokenizer, "learn a byte-level BPE tokenizer from text files"},
+    {"version", cmd_version, "print the version and the backends this build has"},
 };
 
 static void usage(FILE *f) {
@@ -42,6 +46,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].summary);
 }
 
+/** Dispatches argv[1] to its subcommand. */
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);

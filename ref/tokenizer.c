@@ -101,6 +101,8 @@ static size_t utf8_first_invalid(const unsigned char *s, size_t len) {
 
 int utf8_lossy_append(ByteBuf *out, const unsigned char *s, size_t n, int final, size_t *consumed) {
     static const char REPLACEMENT[3] = {(char)0xef, (char)0xbf, (char)0xbd};
+    *consumed = 0;
+    if (n == 0) return 0; /* s may be NULL */
     size_t i = 0, run = 0; /* [run, i) is valid text not yet copied */
     while (i < n) {
         unsigned b = s[i];
@@ -963,6 +965,7 @@ int tokenizer_decode(const Tokenizer *t, const int *ids, int n, char **text, siz
         return err_set(err, "detokenize: out of memory");
     }
     bytebuf_free(&raw);
+    out.data[out.len] = 0;
     *text = out.data;
     *len = out.len;
     return 0;
@@ -988,6 +991,7 @@ int decode_stream_step(DecodeStream *s, int id, const char **text, size_t *len, 
         return err_set(err, "detokenize: out of memory");
     s->npending = (int)(s->raw.len - used); /* at most 3: a valid prefix of one character */
     memcpy(s->pending, s->raw.data + used, (size_t)s->npending);
+    s->out.data[s->out.len] = 0;
     *text = s->out.data;
     *len = s->out.len;
     return 0;
@@ -1000,6 +1004,7 @@ int decode_stream_flush(DecodeStream *s, const char **text, size_t *len, Err *er
         utf8_lossy_append(&s->out, s->pending, (size_t)s->npending, 1, &used) != 0)
         return err_set(err, "detokenize: out of memory");
     s->npending = 0;
+    s->out.data[s->out.len] = 0;
     *text = s->out.data;
     *len = s->out.len;
     return 0;

@@ -2,7 +2,6 @@
  * @file util.c
  * @brief Implementation of util.h: errors, checked arithmetic, files, number formats.
  */
-#define _POSIX_C_SOURCE 200809L
 #include "util.h"
 
 #include <errno.h>
@@ -14,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+/* err_set, err_prefix: see util.h */
 int err_set(Err *e, const char *fmt, ...) {
     if (e) {
         va_list ap;
@@ -231,4 +231,21 @@ int utf8_valid(const char *str, size_t len) {
 int path_join(char *out, size_t cap, const char *dir, const char *name) {
     int n = snprintf(out, cap, "%s/%s", dir, name);
     return (n < 0 || (size_t)n >= cap) ? -1 : 0;
+}
+
+void *arena_take(Arena *a, size_t n, size_t elem) {
+    size_t bytes, start, end;
+    if (a->overflow || size_mul(&bytes, n, elem) || size_add(&start, a->used, 63) ||
+        size_add(&end, start & ~(size_t)63, bytes)) {
+        a->overflow = 1;
+        return NULL;
+    }
+    start &= ~(size_t)63;
+    a->used = end;
+    if (!a->base) return NULL;
+    if (end > a->cap) {
+        a->overflow = 1;
+        return NULL;
+    }
+    return a->base + start;
 }

@@ -22,7 +22,7 @@
 
 /** One-line error message carried back to the caller; empty when nothing failed. */
 typedef struct {
-    char msg[512];
+    char msg[512]; /**< the message, NUL-terminated */
 } Err;
 
 /** Formats the message into @p e (if not NULL) and returns -1, so callers can `return err_set(...)`. */
@@ -81,5 +81,19 @@ int utf8_valid(const char *s, size_t len);
 
 /** Joins "dir/name" into @p out (size @p cap); -1 if it does not fit. */
 int path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/**
+ * Carves many arrays out of one allocation, in two passes over the same code: with base = NULL
+ * it only adds up the sizes (overflow-checked), then with a real base it hands out pointers.
+ */
+typedef struct {
+    char *base;   /**< NULL while counting */
+    size_t used;  /**< bytes handed out (or counted) so far, each array 64-byte aligned */
+    size_t cap;   /**< bytes available at base */
+    int overflow; /**< set when a size computation overflowed or cap was exceeded */
+} Arena;
+
+/** Reserves n × elem bytes (64-byte aligned); returns NULL while counting or on overflow. */
+void *arena_take(Arena *a, size_t n, size_t elem);
 
 #endif /* DSV3_UTIL_H */

@@ -71,6 +71,10 @@ static void test_tokenize_ok(void **state) {
     assert_int_equal(r.status, 0);
     assert_string_equal(r.out, "[]\n");
     run_result_free(&r);
+    run(&r, NULL, "tokenize " TOK " --text=--x");  /* '=' lets a value start with dashes */
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "[610,90]\n"); /* "--" (punctuation run) + "x" */
+    run_result_free(&r);
     /* --file, and '-' for standard input */
     assert_int_equal(tok_write_in(dir, "in.txt", "<｜User｜>What is 2+2?<｜Assistant｜>4<｜end▁of▁sentence｜>"), 0);
     run(&r, NULL, "tokenize " TOK " --file %s/in.txt", dir);
@@ -131,6 +135,8 @@ static void test_usage_errors(void **state) {
     RunResult r;
     run(&r, NULL, "tokenize " TOK " --text");
     expect_error(&r, 2, "tokenize", "--text needs a value");
+    run(&r, NULL, "tokenize " TOK " --text --file x");
+    expect_error(&r, 2, "tokenize", "--text needs a value, got the flag --file");
     run(&r, NULL, "tokenize " TOK " --text hi --colour");
     expect_error(&r, 2, "tokenize", "unknown option '--colour'");
     run(&r, NULL, "tokenize --text hi");

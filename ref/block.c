@@ -1,0 +1,92 @@
+/**
+ * @file block.c
+ * @brief Decoder block forward and activation layout.
+ */
+#include "block.h"
+
+#include <string.h>
+
+#include "rmsnorm.h"
+
+/** Reserves n elements of ptr's type from the arena `ar` in scope. */
+#define TAKE(ptr, n) ((ptr) = arena_take(ar, (size_t)(n), sizeof *(ptr)))
+
+void layer_acts_layout(LayerActs *a, const Config *c, const LayerActsSpec *s, Arena *ar) {
+    int64_t T = s->T, D = c->hidden_size, H = c->num_attention_heads, Dq = c->q_lora_rank;
+    int64_t Dc = c->kv_lora_rank, Dr = c->qk_rope_head_dim, Dn = c->qk_nope_head_dim, Dv = c->v_head_dim;
+    int64_t E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
+    int64_t Is = (int64_t)c->n_shared_experts * Ie;
+    memset(a, 0, sizeof *a);
+    if (s->training) {
+        TAKE(a->h_in, T * D);
+        TAKE(a->h_mid, T * D);
+    }
+    TAKE(a->x_attn, T * D);
+    TAKE(a->rstd_attn, T);
+    MLAActs *m = &a->mla;
+    TAKE(m->c_q, T * Dq);
+    TAKE(m->c_q_norm, T * Dq);
+    TAKE(m->rstd_q, T);
+    TAKE(m->q, T * H * (Dn + Dr));
+    TAKE(m->kv_a, T * (Dc + Dr));
+    TAKE(m->c_kv, T * Dc);
+    TAKE(m->rstd_kv, T);
+    TAKE(m->k_pe, T * Dr);
+    if (s->attn == ATTN_NAIVE) TAKE(m->kv, T * H * (Dn + Dv));
+    else {
+        TAKE(m->q_abs, T * H * Dc);
+        TAKE(m->u, T * H * Dc);
+    }
+    if (s->att_stride > 0) {
+        TAKE(m->att, T * H * s->att_stride);
+        m->att_stride = s->att_stride;
+    }
+    TAKE(m->o, T * H * Dv);
+    TAKE(a->attn_out, T * D);
+    TAKE(a->x_ffn, T * D);
+    TAKE(a->rstd_ffn, T);
+    if (s->dense) {
+        TAKE(a->dense.h_gate, T * c->intermediate_size);
+        TAKE(a->dense.h_up, T * c->intermediate_size);
+        TAKE(a->dense.h_act, T * c->intermediate_size);
+    }
+    if (s->moe) {
+        MoEActs *e = &a->moe;
+        TAKE(e->logits, T * E);
+        TAKE(e->scores, T * E);
+        TAKE(e->idx, T * K);
+        TAKE(e->weights, T * K);
+        TAKE(e->perm, T * K);
+        TAKE(e->expert_start, E + 1);
+        TAKE(e->x_perm, T * K * D);
+        TAKE(e->routed.h_gate, T * K * Ie);
+        TAKE(e->routed.h_up, T * K * Ie);
+        TAKE(e->routed.h_act, T * K * Ie);
+        TAKE(e->y_perm, T * K * D);
+        if (Is > 0) {
+            TAKE(e->shared.h_gate, T * Is);
+            TAKE(e->shared.h_up, T * Is);
+            TAKE(e->shared.h_act, T * Is);
+            TAKE(e->y_shared, T * D);
+        }
+    }
+    TAKE(a->ffn_out, T * D);
+}
+
+void block_forward(float *h, int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache, LayerActs *a,
+                   const ForwardContext *ctx) {
+    const Config *c = ctx->cfg;
+    int64_t D = c->hidden_size;
+    float eps = (float)c->rms_norm_eps;
+    if (a->h_in) memcpy(a->h_in, h, (size_t)(T * D) * sizeof *h);
+    /* h = h + MLA(attn_norm(h)) */
+    rmsnorm_forward(a->x_attn, D, h, D, w->input_layernorm, T, D, eps, a->rstd_attn);
+    mla_forward(a->attn_out, a->x_attn, T, pos0, w, cache, &a->mla, ctx);
+    for (int64_t i = 0; i < T * D; i++) h[i] += a->attn_out[i];
+    if (a->h_mid) memcpy(a->h_mid, h, (size_t)(T * D) * sizeof *h);
+    /* h = h + FFN(ffn_norm(h)), dense for the first layers, MoE after (spec §5.4) */
+    rmsnorm_forward(a->x_ffn, D, h, D, w->post_attention_layernorm, T, D, eps, a->rstd_ffn);
+    if (w->is_moe) moe_forward(a->ffn_out, a->x_ffn, T, w, &a->moe, ctx);
+    else ffn_forward(a->ffn_out, a->x_ffn, T, &w->mlp, &a->dense, ctx->fp8, &ctx->lin);
+    for (int64_t i = 0; i < T * D; i++) h[i] += a->ffn_out[i];
+}

@@ -1,0 +1,58 @@
+/**
+ * @file ckpt.h
+ * @brief Writes checkpoints in the real Hugging Face DeepSeek-V3 layout (config.json +
+ *        model.safetensors, or N shards + model.safetensors.index.json) from any source of
+ *        FP32 values: random weights (`dsv3 mkckpt`, tests, benchmarks) or trained parameters.
+ *
+ * Storage follows the official checkpoint (spec §1.3, §8): in an FP8 checkpoint every linear
+ * projection is F8_E4M3 with a 128×128-block F32 `weight_scale_inv` (scale = block amax / 448,
+ * so W = e4m3 · scale_inv), while embeddings, lm_head, the MoE gate and norms stay BF16 and the
+ * correction bias F32.
+ */
+#ifndef DSV3_CKPT_H
+#define DSV3_CKPT_H
+
+#include <stdio.h>
+
+#include "weights.h"
+
+/** Storage format of the matrices. */
+typedef enum { CKPT_F32, CKPT_BF16, CKPT_FP8 } CkptFormat;
+
+/** How to lay a checkpoint out. */
+typedef struct {
+    CkptFormat format; /**< storage of the matrices */
+    int fp8_eh_proj;   /**< FP8 checkpoints: store the MTP eh_proj as FP8 too (default BF16) */
+    int shards;        /**< 1: model.safetensors; N > 1: N shards + index.json */
+    int n_mtp;         /**< MTP modules to write (0 .. num_nextn_predict_layers) */
+} CkptLayout;
+
+/** Produces the FP32 values of one tensor ([rows][cols] floats into @p out); 0 on success. */
+typedef int (*CkptSource)(void *ctx, const WeightSlot *s, float *out);
+
+/**
+ * Writes config.json (num_nextn_predict_layers = n_mtp, quantization_config iff FP8) and the
+ * safetensors file(s) into directory @p dir (created if missing). Every file is written
+ * atomically. @p log (may be NULL) receives one progress line per file.
+ */
+int ckpt_write(const char *dir, const Config *c, const CkptLayout *layout, CkptSource src, void *ctx, FILE *log,
+               Err *err);
+
+/** Parameters of random checkpoints. */
+typedef struct {
+    uint64_t seed;  /**< base seed, mixed with each tensor's name */
+    float bias_std; /**< std of e_score_correction_bias (large values make the bias decide routing) */
+} RandomInit;
+
+/**
+ * CkptSource for random weights: matrices N(0, 1/cols), embeddings N(0, 1), norm weights
+ * 1 + N(0, 0.1²), biases N(0, bias_std²). Deterministic per tensor name and seed; the MTP's
+ * embed_tokens/shared_head.head equal the main embedding/lm_head, as in the real checkpoint.
+ * @p ctx is a RandomInit.
+ */
+int ckpt_random_source(void *ctx, const WeightSlot *s, float *out);
+
+/** Fills @p c with a named preset: "tiny", "small", "mini", "v3" (the real 671B shape). */
+int config_preset(Config *c, const char *name, Err *err);
+
+#endif

@@ -1,0 +1,157 @@
+/**
+ * @file cmd_logits.c
+ * @brief `dsv3 logits`: the golden-test contract (issue: ref spine, item 6).
+ *
+ *   dsv3 logits -m MODEL_DIR --ids 5,17,3,... -o OUT.f32 [--attn absorb|naive] [--prefill N]
+ *               [--fp8 dequant|w8a8] [--hidden HID.f32] [--mtp]
+ *
+ * Writes the logits of every input position as little-endian float32 [T][vocab_size].
+ * --prefill N runs the first N ids as one chunk and the rest one token at a time through the
+ * KV cache (same output); default one chunk of all T. --hidden also writes the residual stream
+ * after the last block, before the final norm, [T][hidden_size]. --mtp writes the MTP head's
+ * logits instead, [T−1][vocab_size] (row p from h_p and token p+1, spec §7.2).
+ * Output files are written atomically: on any error no partial file is left behind.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_util.h"
+#include "model.h"
+#include "mtp.h"
+
+static const char *const CMD = "logits";
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: dsv3 logits -m MODEL_DIR --ids 5,17,3,... -o OUT.f32 [options]\n"
+            "  -m, --model DIR      checkpoint directory (config.json + safetensors)\n"
+            "  --ids LIST           comma-separated token ids\n"
+            "  -o, --output PATH    float32 [T][vocab] logits of every position\n"
+            "  --attn absorb|naive  MLA form: latent cache with absorbed W_UK/W_UV (default) or full K/V\n"
+            "  --prefill N          first N ids as one chunk, then one token at a time (default: all T)\n"
+            "  --fp8 dequant|w8a8   FP8 numerics: FP32 x dequantized weights (default) or GPU-like W8A8\n"
+            "  --hidden PATH        also write the last block's residual output [T][hidden]\n"
+            "  --mtp                write the MTP module's logits [T-1][vocab] instead\n");
+}
+
+int cmd_logits(int argc, char **argv) {
+    const char *model_dir = NULL, *ids_arg = NULL, *out_path = NULL, *hidden_path = NULL;
+    AttnMode attn = ATTN_ABSORB;
+    Fp8Mode fp8 = FP8_DEQUANT;
+    long prefill = -1;
+    int want_mtp = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return EXIT_OK;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            if (!(model_dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+        } else if (!strcmp(a, "--ids")) {
+            if (!(ids_arg = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            if (!(out_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+        } else if (!strcmp(a, "--hidden")) {
+            if (!(hidden_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+        } else if (!strcmp(a, "--attn")) {
+            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+            if (!strcmp(v, "absorb")) attn = ATTN_ABSORB;
+            else if (!strcmp(v, "naive")) attn = ATTN_NAIVE;
+            else return cli_fail(CMD, EXIT_USAGE, "--attn must be absorb or naive, got '%s'", v);
+        } else if (!strcmp(a, "--fp8")) {
+            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+            if (!strcmp(v, "dequant")) fp8 = FP8_DEQUANT;
+            else if (!strcmp(v, "w8a8")) fp8 = FP8_W8A8;
+            else return cli_fail(CMD, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v);
+        } else if (!strcmp(a, "--prefill")) {
+            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 1L << 30, &prefill)) return EXIT_USAGE;
+        } else if (!strcmp(a, "--mtp")) {
+            want_mtp = 1;
+        } else {
+            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 logits --help)", a);
+        }
+    }
+    if (!model_dir || !ids_arg || !out_path)
+        return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR, --ids and -o OUT are required (dsv3 logits --help)");
+
+    Err err = { "" };
+    Model m;
+    if (model_load(&m, model_dir, stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    const Config *c = &m.config;
+    int *ids = NULL, T = 0, rc = EXIT_RUNTIME;
+    float *logits = NULL, *hidden = NULL, *normed = NULL, *mtp_logits = NULL;
+    RunState s;
+    KVCache kv;
+    memset(&s, 0, sizeof s);
+    memset(&kv, 0, sizeof kv);
+    if (parse_id_list(ids_arg, c->vocab_size, &ids, &T, &err)) {
+        rc = cli_fail(CMD, EXIT_USAGE, "%s (vocab_size = %d)", err.msg, c->vocab_size);
+        goto done;
+    }
+    if (prefill > T) {
+        rc = cli_fail(CMD, EXIT_USAGE, "--prefill %ld exceeds the %d ids given", prefill, T);
+        goto done;
+    }
+    if (want_mtp && m.w.n_mtp == 0) {
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s has no MTP module (model.layers.%d.* absent; num_nextn_predict_layers = %d)",
+                      model_dir, c->num_hidden_layers, c->num_nextn_predict_layers);
+        goto done;
+    }
+    if (want_mtp && T < 2) {
+        rc = cli_fail(CMD, EXIT_USAGE, "--mtp needs at least 2 ids");
+        goto done;
+    }
+    int64_t first = prefill > 0 ? prefill : T;
+    size_t V = (size_t)c->vocab_size, D = (size_t)c->hidden_size;
+    logits = xcalloc((size_t)T * V, sizeof *logits);
+    hidden = xcalloc((size_t)T * D, sizeof *hidden);
+    normed = xcalloc((size_t)T * D, sizeof *normed);
+    if (!logits || !hidden || !normed) {
+        rc = cli_fail(CMD, EXIT_RUNTIME, "out of memory for %d × %zu logits", T, V);
+        goto done;
+    }
+    if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+        goto done;
+    }
+    double t0 = now_seconds();
+    /* First chunk of `first` ids, then one token at a time. */
+    if (model_forward(&m, &s, &kv, ids, first, logits, first, hidden, normed, &err)) goto fail_msg;
+    for (int64_t p = first; p < T; p++)
+        if (model_forward(&m, &s, &kv, ids + p, 1, logits + p * V, 1, hidden + p * D, normed + p * D, &err))
+            goto fail_msg;
+    double t1 = now_seconds();
+    if (want_mtp) {
+        mtp_logits = xcalloc((size_t)(T - 1) * V, sizeof *mtp_logits);
+        if (!mtp_logits) {
+            rc = cli_fail(CMD, EXIT_RUNTIME, "out of memory");
+            goto done;
+        }
+        if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, mtp_logits, &err)) goto fail_msg;
+        if (write_f32_file(out_path, mtp_logits, (size_t)(T - 1) * V, &err)) goto fail_msg;
+    } else if (write_f32_file(out_path, logits, (size_t)T * V, &err)) {
+        goto fail_msg;
+    }
+    if (hidden_path && write_f32_file(hidden_path, hidden, (size_t)T * D, &err)) {
+        remove(out_path); /* all or nothing */
+        goto fail_msg;
+    }
+    fprintf(stderr, "dsv3 logits: %d tokens through %d layers (%s, fp8 %s) in %.3f s; wrote %s [%d][%zu]\n", T,
+            c->num_hidden_layers, attn == ATTN_ABSORB ? "absorb" : "naive", fp8 == FP8_W8A8 ? "w8a8" : "dequant",
+            t1 - t0, out_path, want_mtp ? T - 1 : T, V);
+    rc = EXIT_OK;
+    goto done;
+fail_msg:
+    rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+done:
+    free(ids);
+    free(logits);
+    free(hidden);
+    free(normed);
+    free(mtp_logits);
+    kvcache_free(&kv);
+    runstate_free(&s);
+    model_free(&m);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/**
+ * @file linear.h
+ * @brief y = x · Wᵀ for a stored weight W [out][in], in one of two numerics modes (spec §8.5):
+ *        `dequant` (FP32 activations × FP32-dequantized weights, the default) and `w8a8`
+ *        (emulates the GPU: 1×128 FP8 activations, per-128-K exact block partials, FP32
+ *        accumulation, spec §8.3–8.4). Non-FP8 weights always take the FP32 path.
+ */
+#ifndef DSV3_LINEAR_H
+#define DSV3_LINEAR_H
+
+#include "tensor.h"
+
+/** How FP8 weights are multiplied. */
+typedef enum {
+    FP8_DEQUANT = 0, /**< W dequantized block by block to FP32; activations stay FP32 */
+    FP8_W8A8 = 1,    /**< activations quantized per token per 128 channels; W8A8 block GEMM */
+} Fp8Mode;
+
+/** Scratch a linear needs; sized by linear_scratch_floats(). */
+typedef struct {
+    float *row;       /**< one decoded weight row per thread: [threads][max_in] */
+    float *xq;        /**< W8A8: quantized activations [T][max_in] */
+    float *x_scale;   /**< W8A8: activation scales [T][ceil(max_in/128)] */
+    int64_t max_in;   /**< capacity of a row */
+} LinearScratch;
+
+/** Floats the three scratch arrays need together for up to @p T tokens and @p max_in inputs. */
+size_t linear_scratch_floats(int64_t T, int64_t max_in);
+/** Carves a LinearScratch out of @p buf (linear_scratch_floats() floats). */
+LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in);
+
+/**
+ * y[t][o] = Σ_i x[t][i] · W[o][i] for t < T, o < W->rows, i < W->cols.
+ * y [T][W->rows], x [T][W->cols]. y must not alias x.
+ */
+void linear_forward(float *y, const float *x, int64_t T, const Tensor *W, Fp8Mode mode, const LinearScratch *s);
+
+/**
+ * Backward of linear_forward in FP32 (training; W must be DT_F32):
+ * dx[T][in] += dy · W (if dx), dW[out][in] += dyᵀ · x (if dW).
+ */
+void linear_backward(float *dx, float *dW, const float *dy, const float *x, int64_t T, const Tensor *W);
+
+/** Σ_i a[i]·b[i] in FP32 with 8 independent partial sums (deterministic, vectorizable). */
+float dot_f32(const float *a, const float *b, int64_t n);
+
+#endif /* DSV3_LINEAR_H */

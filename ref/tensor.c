@@ -1,0 +1,55 @@
+/**
+ * @file tensor.c
+ * @brief Row decoding of stored weights (spec §8.2).
+ */
+#include "tensor.h"
+
+#include "fp8.h"
+
+Tensor tensor_f32(const float *data, int64_t rows, int64_t cols) {
+    Tensor t = { (const uint8_t *)data, DT_F32, rows, cols, NULL };
+    return t;
+}
+
+float tensor_scale(const Tensor *t, int64_t r, int64_t c) {
+    if (t->dtype != DT_F8_E4M3) return 1.0f;
+    return st_load_f32(t->scale_inv + 4 * ((r / 128) * tensor_col_blocks(t) + c / 128));
+}
+
+void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_scale, float *out) {
+    int64_t n = c1 - c0, base = r * t->cols + c0;
+    switch (t->dtype) {
+    case DT_F32:
+        for (int64_t j = 0; j < n; j++) out[j] = st_load_f32(t->data + 4 * (base + j));
+        break;
+    case DT_BF16:
+        for (int64_t j = 0; j < n; j++) out[j] = bf16_to_f32(st_load_u16(t->data + 2 * (base + j)));
+        break;
+    case DT_F16:
+        for (int64_t j = 0; j < n; j++) out[j] = f16_to_f32(st_load_u16(t->data + 2 * (base + j)));
+        break;
+    case DT_F8_E4M3: {
+        const uint8_t *q = t->data + base;
+        if (!apply_scale) {
+            for (int64_t j = 0; j < n; j++) out[j] = fp8_e4m3_to_f32(q[j]);
+            break;
+        }
+        /* One scale per 128-column block of this row's 128-row block. */
+        for (int64_t j = 0; j < n;) {
+            int64_t c = c0 + j, block_end = (c / 128 + 1) * 128 - c0;
+            if (block_end > n) block_end = n;
+            float s = tensor_scale(t, r, c);
+            for (; j < block_end; j++) out[j] = fp8_e4m3_to_f32(q[j]) * s;
+        }
+        break;
+    }
+    default:
+        DSV3_ASSERT(!"tensor_row: dtype not validated at load");
+    }
+}
+
+uint64_t tensor_bytes(const Tensor *t) {
+    uint64_t n = (uint64_t)t->rows * (uint64_t)t->cols * (uint64_t)(dtype_bits(t->dtype) / 8);
+    if (t->dtype == DT_F8_E4M3) n += 4 * (uint64_t)((t->rows + 127) / 128) * (uint64_t)tensor_col_blocks(t);
+    return n;
+}

@@ -1,0 +1,99 @@
+/**
+ * @file test_rope.c
+ * @brief YaRN RoPE (spec §4): the θ' table of spec §4.2, the softmax scale of §3.5, the
+ *        interleaved pairing of §4.1, and rope_backward as the exact inverse rotation.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ckpt.h"
+#include "rope.h"
+
+/* θ'_i for DeepSeek-V3, fp64 reference values printed in spec §4.2 (7 significant digits). */
+static const double theta_v3[32] = {
+    1, 0.7498942, 0.5623413, 0.4216965, 0.3162278, 0.2371374, 0.1778279, 0.1333521, 0.1, 0.07498942,
+    0.05623413, 0.03900693, 0.02687936, 0.01837815, 0.01244796, 0.008334509, 0.0055, 0.003561997,
+    0.002249365, 0.001370514, 7.905694e-4, 4.149904e-4, 1.778279e-4, 3.333804e-5, 2.5e-5, 1.874736e-5,
+    1.405853e-5, 1.054241e-5, 7.905694e-6, 5.928434e-6, 4.445699e-6, 3.333804e-6,
+};
+
+static void yarn_table(void **state) {
+    (void)state;
+    Config c;
+    Err err;
+    assert_int_equal(config_preset(&c, "v3", &err), 0);
+    Rope r;
+    assert_int_equal(rope_init(&r, &c, &err), 0);
+    assert_int_equal(r.dim, 64);
+    for (int i = 0; i < 32; i++) {
+        double rel = fabs(r.inv_freq[i] - theta_v3[i]) / theta_v3[i];
+        if (rel > 2e-6) printf("    theta'[%d] = %.9g, spec %.9g\n", i, r.inv_freq[i], theta_v3[i]);
+        assert_true(rel <= 2e-6);
+    }
+    /* i ≤ 10 keep the original frequency, i ≥ 23 are divided by 40 exactly. */
+    assert_true(r.inv_freq[10] == 1.0f / powf(10000.0f, 20.0f / 64.0f));
+    assert_true(r.inv_freq[23] == (1.0f / powf(10000.0f, 46.0f / 64.0f)) / 40.0f);
+    assert_true(r.attention_factor == 1.0f); /* spec §11 #6: cos/sin unscaled */
+    rope_free(&r);
+}
+
+static void softmax_scale(void **state) {
+    (void)state;
+    Config c;
+    Err err;
+    assert_int_equal(config_preset(&c, "v3", &err), 0);
+    /* 192^-0.5 · (1 + 0.1 ln 40)² = 0.1352337788608801 (spec §3.5) */
+    assert_true(fabs(c.softmax_scale - 0.1352337788608801) < 1e-8);
+    /* Without rope_scaling: plain 1/sqrt(192). */
+    const char *plain = "{\"model_type\":\"deepseek_v3\",\"vocab_size\":8,\"hidden_size\":8,\"intermediate_size\":8,"
+                        "\"moe_intermediate_size\":8,\"num_hidden_layers\":1,\"num_attention_heads\":1,\"q_lora_rank\":8,"
+                        "\"kv_lora_rank\":8,\"qk_nope_head_dim\":128,\"qk_rope_head_dim\":64,\"v_head_dim\":8,"
+                        "\"n_routed_experts\":4,\"num_experts_per_tok\":2,\"n_group\":2,\"topk_group\":1}";
+    assert_int_equal(config_parse(&c, plain, strlen(plain), "plain", &err), 0);
+    assert_false(c.has_yarn);
+    assert_true(fabs(c.softmax_scale - 0.07216878364870322) < 1e-8);
+}
+
+/** Interleaved pairs (x[2i], x[2i+1]) rotate as complex numbers; the inverse undoes it. */
+static void interleaved_rotation(void **state) {
+    (void)state;
+    Config c;
+    Err err;
+    assert_int_equal(config_preset(&c, "v3", &err), 0);
+    Rope r;
+    assert_int_equal(rope_init(&r, &c, &err), 0);
+    float cs[32], sn[32], x[64], y[64];
+    for (int i = 0; i < 64; i++) x[i] = y[i] = (float)(i % 5) - 2.0f + 0.1f * (float)i;
+    rope_cos_sin(cs, sn, 1234, &r);
+    rope_forward(y, cs, sn, 64);
+    for (int i = 0; i < 32; i++) {
+        double ang = 1234.0f * r.inv_freq[i];
+        double re = x[2 * i] * cos(ang) - x[2 * i + 1] * sin(ang), im = x[2 * i] * sin(ang) + x[2 * i + 1] * cos(ang);
+        assert_true(fabs(y[2 * i] - re) < 1e-4 && fabs(y[2 * i + 1] - im) < 1e-4);
+    }
+    rope_backward(y, cs, sn, 64);
+    for (int i = 0; i < 64; i++) assert_true(fabs(y[i] - x[i]) < 1e-5);
+    /* Position 0 is the identity. */
+    rope_cos_sin(cs, sn, 0, &r);
+    memcpy(y, x, sizeof x);
+    rope_forward(y, cs, sn, 64);
+    assert_memory_equal(x, y, sizeof x);
+    rope_free(&r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(yarn_table),
+        cmocka_unit_test(softmax_scale),
+        cmocka_unit_test(interleaved_rotation),
+    };
+    return cmocka_run_group_tests_name("rope", tests, NULL, NULL);
+}

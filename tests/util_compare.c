@@ -1,0 +1,108 @@
+/**
+ * @file util_compare.c
+ * @brief Implementation of util_compare.h.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "util_compare.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+double max_rel_diff(const float *a, const float *b, size_t n) {
+    double md = 0, mb = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > md || isnan(d)) md = isnan(d) ? INFINITY : d;
+        if (fabs(b[i]) > mb) mb = fabs(b[i]);
+    }
+    return mb > 0 ? md / mb : md;
+}
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+int argmax_agree(const float *a, const float *b, int rows, int cols) {
+    int ok = 0;
+    for (int r = 0; r < rows; r++) ok += argmax(a + (size_t)r * cols, cols) == argmax(b + (size_t)r * cols, cols);
+    return ok;
+}
+
+static int cmp_double(const void *x, const void *y) {
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+double median_row_rel_diff(const float *a, const float *b, int rows, int cols) {
+    double *v = malloc((size_t)rows * sizeof *v);
+    for (int r = 0; r < rows; r++) v[r] = max_rel_diff(a + (size_t)r * cols, b + (size_t)r * cols, (size_t)cols);
+    qsort(v, (size_t)rows, sizeof *v, cmp_double);
+    double m = rows % 2 ? v[rows / 2] : 0.5 * (v[rows / 2 - 1] + v[rows / 2]);
+    free(v);
+    return m;
+}
+
+float *read_f32(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    float *v = malloc((size_t)len + 4);
+    if (!v || fread(v, 1, (size_t)len, f) != (size_t)len) {
+        free(v);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    *n = (size_t)len / sizeof(float);
+    return v;
+}
+
+int *read_ids_json(const char *path, int *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char buf[65536];
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    cJSON *a = cJSON_Parse(buf);
+    if (!cJSON_IsArray(a)) {
+        cJSON_Delete(a);
+        return NULL;
+    }
+    *n = cJSON_GetArraySize(a);
+    int *ids = malloc((size_t)*n * sizeof *ids + 1), i = 0;
+    for (cJSON *c = a->child; c; c = c->next) ids[i++] = c->valueint;
+    cJSON_Delete(a);
+    return ids;
+}
+
+char *ids_to_csv(const int *ids, int n) {
+    char *s = malloc((size_t)n * 12 + 2);
+    size_t off = 0;
+    s[0] = 0;
+    for (int i = 0; i < n; i++) off += (size_t)sprintf(s + off, "%s%d", i ? "," : "", ids[i]);
+    return s;
+}
+
+char *make_temp_dir(const char *tag) {
+    const char *base = getenv("TMPDIR");
+    char tmpl[4096];
+    snprintf(tmpl, sizeof tmpl, "%s/dsv3-%s-XXXXXX", base && *base ? base : "/tmp", tag);
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+void remove_tree(const char *dir) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);
+}
