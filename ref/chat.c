@@ -3,11 +3,11 @@
  * @brief Implementation of chat.h: the DeepSeek-V3 chat template (spec.md §9.2).
  *
  * Checked against the Jinja chat_template in golden/tokenizer/deepseek-v3/tokenizer_config.json:
- * the system prompt is accumulated first (`ns.system_prompt`, joined with '\n\n' after the
+ * the system prompt is accumulated first (`ns.system_prompt`, joined by a blank line after the
  * first, `ns.is_first_sp`), then `{{bos_token}}{{ns.system_prompt}}`, then per message
- * `'<｜User｜>' + content` or `'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'` (the
+ * `<｜User｜>` + content or `<｜Assistant｜>` + content + `<｜end▁of▁sentence｜>` (the
  * branch with `ns.is_tool` false, since tool messages are not accepted here), and finally
- * `'<｜Assistant｜>'` when add_generation_prompt. test_chat.c keeps a check that the shipped
+ * `<｜Assistant｜>` when add_generation_prompt. test_chat.c keeps a check that the shipped
  * template still contains these pieces.
  */
 #include "chat.h"

@@ -34,20 +34,22 @@
 
 /** One chat message. role must be "system", "user" or "assistant"; content is UTF-8 text. */
 typedef struct {
-    const char *role;
-    const char *content;
+    const char *role;    /**< "system", "user" or "assistant" */
+    const char *content; /**< the text, NUL-terminated UTF-8 */
 } ChatMessage;
 
 /** Messages parsed from JSON, owning their strings. Free with chat_log_free(). */
 typedef struct {
     ChatMessage *msg; /**< [n] */
-    int n;
+    int n;            /**< number of messages */
     void *json;       /**< the parsed document the strings point into */
 } ChatLog;
 
-/** The template's literal markers (their ids come from the tokenizer's added_tokens). */
+/** The user-turn marker of the template (its id comes from the tokenizer's added_tokens). */
 #define CHAT_USER "<｜User｜>"
+/** The assistant-turn marker, also the generation prompt. */
 #define CHAT_ASSISTANT "<｜Assistant｜>"
+/** What closes an assistant turn (DeepSeek-V3's EOS). */
 #define CHAT_END "<｜end▁of▁sentence｜>"
 
 /**
@@ -58,7 +60,7 @@ int chat_render(const ChatMessage *msgs, int n, int add_generation_prompt, const
                 Err *err);
 
 /**
- * Renders and encodes @p n messages (+ "<｜Assistant｜>" when @p add_generation_prompt) into
+ * Renders and encodes @p n messages (+ `<｜Assistant｜>` when @p add_generation_prompt) into
  * a malloc'd @p *ids of @p *n_ids ids, BOS first. Needs a tokenizer whose config names a
  * bos_token and whose added tokens include the three markers above.
  */
@@ -67,9 +69,9 @@ int chat_encode(const Tokenizer *t, const ChatMessage *msgs, int n, int add_gene
 
 /**
  * Appends to @p out the ids that extend a conversation by one user message:
- * [<｜end▁of▁sentence｜> if @p close_reply] <｜User｜> content [<｜Assistant｜> if
- * @p add_generation_prompt]. Pass close_reply = 1 after a generated assistant reply whose
- * closing <｜end▁of▁sentence｜> was sampled but not fed back into the model.
+ * `<｜end▁of▁sentence｜>` if @p close_reply, then `<｜User｜>` and the content, then
+ * `<｜Assistant｜>` if @p add_generation_prompt. Pass close_reply = 1 after a generated
+ * assistant reply whose closing `<｜end▁of▁sentence｜>` was sampled but not fed back into the model.
  */
 int chat_encode_user_turn(const Tokenizer *t, const char *content, int close_reply, int add_generation_prompt,
                           IntVec *out, Err *err);

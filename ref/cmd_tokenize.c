@@ -3,14 +3,15 @@
  * @brief `dsv3 tokenize` and `dsv3 detokenize` (spec.md §9.2): the command-line contract
  *        other tools rely on.
  *
- *   dsv3 tokenize   --tokenizer DIR (--text STR | --file PATH)   → [id,id,...]\n  (no special tokens added)
- *   dsv3 tokenize   --tokenizer DIR --chat (--file MSGS.json | --text JSON)  → ids of the templated
- *                   prompt, BOS first, ending with <｜Assistant｜> (the generation prompt)
- *   dsv3 detokenize --tokenizer DIR (--ids 1,2,3 | --file PATH)  → the text, byte for byte what
- *                   Hugging Face decode(ids) returns; no newline is added (the text may end in one)
+ * - `dsv3 tokenize --tokenizer DIR (--text STR | --file PATH)` prints `[id,id,...]` and a
+ *   newline (no special tokens added);
+ * - `dsv3 tokenize --tokenizer DIR --chat (--file MSGS.json | --text JSON)` prints the ids of the
+ *   templated prompt, BOS first, ending with `<｜Assistant｜>` (the generation prompt);
+ * - `dsv3 detokenize --tokenizer DIR (--ids 1,2,3 | --file PATH)` prints the text, byte for byte
+ *   what Hugging Face decode(ids) returns; no newline is added (the text may end in one).
  *
  * DIR may also be a tokenizer.json file; PATH may be "-" for standard input. Errors are one
- * line "dsv3 <command>: <message>" on stderr; exit status 2 for usage errors (unknown flag,
+ * line `dsv3 COMMAND: MESSAGE` on stderr; exit status 2 for usage errors (unknown flag,
  * missing value, a malformed or out-of-range id, invalid UTF-8 in --text), 1 for run-time
  * errors (a file that cannot be read or is not valid UTF-8/JSON, a tokenizer that does not
  * load, a message list that the template rejects).
@@ -27,7 +28,7 @@
 #include "tokenizer.h"
 #include "util.h"
 
-/* Largest --file we read (a prompt or an id list). */
+/** Largest --file we read (a prompt or an id list). */
 #define CMD_MAX_INPUT ((size_t)1 << 30)
 
 /* One flag of a command: its name, whether it takes a value, where the value goes. */

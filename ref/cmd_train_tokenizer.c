@@ -14,8 +14,10 @@
 #include "cli_util.h"
 #include "util.h"
 
+/** Largest input file read whole. */
 #define TRAIN_MAX_FILE ((size_t)1 << 30)
 
+/** The subcommand name in error messages. */
 #define CMD "train-tokenizer"
 
 static const char HELP[] =

@@ -27,23 +27,25 @@
 
 #include "util.h"
 
-struct cJSON;
+#include <cjson/cJSON.h>
 
 /** A piece of the text being split: bytes [off, off + len). */
 typedef struct {
-    size_t off;
-    size_t len;
+    size_t off; /**< first byte */
+    size_t len; /**< bytes */
 } Span;
 
 /** A growable list of spans. */
 typedef struct {
-    Span *v;
-    size_t n, cap;
+    Span *v;    /**< [cap] */
+    size_t n;   /**< spans in use */
+    size_t cap; /**< spans allocated */
 } SpanVec;
 
 /** One entry of a pattern's match list: [start, end) and whether the pattern matched it. */
 typedef struct {
-    size_t start, end;
+    size_t start; /**< first byte, relative to the piece */
+    size_t end;   /**< one past the last byte */
     int flag; /**< is_match while matching, then "remove" after the behaviour is applied */
 } SplitMark;
 
@@ -52,7 +54,8 @@ typedef struct {
     SpanVec cur;       /**< the result of pretok_split() */
     SpanVec next;      /**< scratch */
     SplitMark *marks;  /**< scratch */
-    size_t nmarks, capmarks;
+    size_t nmarks;     /**< marks in use */
+    size_t capmarks;   /**< marks allocated */
     void *region;      /**< OnigRegion*, created on first use */
 } PretokWork;
 
@@ -64,7 +67,7 @@ typedef struct PreTokenizer PreTokenizer;
  * Accepts Sequence (nested), Split {pattern: {Regex|String}, behavior, invert} and ByteLevel
  * (which must come last). Errors name the step and the unsupported value.
  */
-int pretok_from_json(PreTokenizer **out, const struct cJSON *node, Err *err);
+int pretok_from_json(PreTokenizer **out, const cJSON *node, Err *err);
 
 /** Releases a pre-tokenizer (NULL is fine). */
 void pretok_free(PreTokenizer *p);

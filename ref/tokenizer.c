@@ -25,10 +25,10 @@
 #include "hashmap.h"
 #include "pretok.h"
 
-/* Largest id accepted from a file: bounds the per-id arrays a hostile file can make us allocate
- * (DeepSeek-V3 uses 128 815 ids; the largest public vocabularies are ~256k). */
+/** Largest id accepted from a file: bounds the per-id arrays a hostile file can make us allocate
+ *  (DeepSeek-V3 uses 128 815 ids; the largest public vocabularies are ~256k). */
 #define TOK_MAX_ID 16777215
-/* Largest tokenizer.json / tokenizer_config.json we read (DeepSeek-V3's is 7.8 MB). */
+/** Largest tokenizer.json / tokenizer_config.json we read (DeepSeek-V3's is 7.8 MB). */
 #define TOK_MAX_FILE ((size_t)512 << 20)
 
 enum { KIND_NONE = 0, KIND_VOCAB = 1, KIND_ADDED = 2 };

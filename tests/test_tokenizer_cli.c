@@ -198,6 +198,17 @@ static void test_runtime_errors(void **state) {
     cJSON_Delete(j);
     run(&r, NULL, "tokenize --tokenizer %s/merge.json --text hi", dir);
     expect_error(&r, 1, "tokenize", "'zz' is not in the vocabulary");
+    j = tiny_tokenizer();
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "model"), "vocab"), "zz", 65);
+    full = cJSON_Print(j);
+    assert_int_equal(tok_write_in(dir, "dup.json", full), 0);
+    free(full);
+    cJSON_Delete(j);
+    run(&r, NULL, "tokenize --tokenizer %s/dup.json --text hi", dir);
+    expect_error(&r, 1, "tokenize", "id 65 is used by both 'A' and 'zz'");
+    assert_int_equal(tok_write_in(dir, "brace.json", "{"), 0);
+    run(&r, NULL, "detokenize --tokenizer %s/brace.json --ids 1", dir);
+    expect_error(&r, 1, "detokenize", "brace.json: invalid JSON");
 
     /* chats the template refuses */
     assert_int_equal(tok_write_in(dir, "role.json", "[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"wizard\", \"content\": \"b\"}]"), 0);
