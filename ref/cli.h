@@ -25,4 +25,7 @@ int cmd_detokenize(int argc, char **argv);
 /** `dsv3 train-tokenizer`: learn a byte-level BPE vocabulary and write tokenizer.json. */
 int cmd_train_tokenizer(int argc, char **argv);
 
+/** `dsv3 plan`: deployment memory/communication/time estimates. */
+int cmd_plan(int argc, char **argv);
+
 #endif

@@ -34,6 +34,7 @@ static const Command commands[] = {
     {"info", cmd_info, "describe a checkpoint: configuration, storage, per-token costs"},
     {"logits", cmd_logits, "write the logits of every position of a token sequence (float32 file)"},
     {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
+    {"plan", cmd_plan, "weights, KV cache and all-to-all per GPU for serving on GPU clusters"},
     {"tokenize", cmd_tokenize, "text or a chat to token ids (a JSON array on one line)"},
     {"detokenize", cmd_detokenize, "token ids to text"},
     {"train-tokenizer", cmd_train_tokenizer, "learn a byte-level BPE tokenizer from text files"},

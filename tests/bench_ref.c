@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "ckpt.h"
+#include "generate.h"
 #include "model.h"
 
 #define MINI_DIR "build/bench/mini"
@@ -104,6 +105,27 @@ int main(void) {
                " = %.2fx streaming read\n",
                mode ? "w8a8" : "dequant", P, prefill_tps[mode], D, 1.0 / decode_s[mode],
                (double)model_decode_weight_bytes(&m) / 1048576.0, gbs / 1e9, gbs / bw);
+    }
+    /* Speculative decoding with the MTP module (greedy, so every variant emits the same tokens). */
+    for (int draft = 0; draft <= 2; draft++) {
+        Sampler smp;
+        Generator g;
+        if (sampler_init(&smp, 0.0f, 0, 1.0f, 1, &err) || gen_init(&g, &m, &smp, T + 8, draft, P, ATTN_ABSORB, FP8_DEQUANT, &err) ||
+            gen_feed(&g, ids, P, &err))
+            return fprintf(stderr, "%s\n", err.msg), 1;
+        int out[8], k, produced = 0;
+        while (produced < D) {
+            if (gen_next(&g, out, &k, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+            produced += k;
+        }
+        double tps = g.stats.generated / g.stats.decode_seconds;
+        static double plain_tps;
+        if (draft == 0) plain_tps = tps;
+        if (draft == 0) printf("decode    greedy, no speculation: %.1f tokens/s\n", tps);
+        else printf("spec      MTP, %d draft(s)/step: %.1f tokens/s = %.2fx plain, acceptance %.1f%% (%lld/%lld; random weights:"
+                    " expect ~1/vocab)\n", draft, tps, tps / plain_tps, 100.0 * g.stats.accepted / g.stats.drafted,
+                    (long long)g.stats.accepted, (long long)g.stats.drafted);
+        gen_free(&g);
     }
     printf("memory    peak RSS %.1f MiB = %.2fx the %.1f MiB checkpoint (mapped, never copied to FP32)\n",
            (double)rss / 1048576.0, (double)rss / (double)file_bytes, (double)file_bytes / 1048576.0);
