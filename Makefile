@@ -121,7 +121,7 @@ test-asan:
 docs:
 	@command -v doxygen >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends doxygen graphviz; else sudo apt-get install -y doxygen graphviz; fi; }
 	@mkdir -p $(BUILD)/docs
-	doxygen docs/Doxyfile 2> $(BUILD)/docs/warnings.log; \
+	@doxygen docs/Doxyfile 2> $(BUILD)/docs/warnings.log; \
 	  if [ -s $(BUILD)/docs/warnings.log ]; then cat $(BUILD)/docs/warnings.log; echo "doxygen: warnings above"; exit 1; fi
 	@echo "docs: $(BUILD)/docs/html/index.html"
 
