@@ -47,7 +47,7 @@ NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz
+.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz notebooks bad-inputs
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -83,14 +83,28 @@ $(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(BUILD)/libdsv3.a
 run: $(BUILD)/dsv3
 	@$(BUILD)/dsv3 run
 
+# ---- notebooks: runnable walkthroughs, also run (quietly) by `make test` ----------------
+NOTEBOOK_SRC := $(wildcard notebooks-c/*.c)
+NOTEBOOK_BIN := $(NOTEBOOK_SRC:notebooks-c/%.c=$(BUILD)/notebooks/%)
+$(BUILD)/notebooks/%: $(BUILD)/obj/notebooks-c/%.o $(BUILD)/libdsv3.a
+	@mkdir -p $(dir $@)
+	@$(CC) -o $@ $^ $(LDLIBS)
+
+notebooks: $(NOTEBOOK_BIN)
+	@for n in $(NOTEBOOK_BIN); do echo "=== $$n"; $$n || exit 1; done
+
 # ---- tests ----------------------------------------------------------------------------
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
 	@$(CC) -o $@ $^ $(LDLIBS) -lcmocka
 
 # Each test binary runs from the repository root; tests that call the CLI use build/dsv3.
-test: $(BUILD)/dsv3 $(TEST_BIN)
+test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN)
 	@pass=0; fail=0; failed=""; \
+	for n in $(NOTEBOOK_BIN); do \
+	  if $$n > $(BUILD)/notebook.log 2>&1; then pass=$$((pass+1)); echo "notebook $$n: ok"; \
+	  else fail=$$((fail+1)); failed="$$failed $$n"; cat $(BUILD)/notebook.log; fi; \
+	done; \
 	for t in $(TEST_BIN); do \
 	  echo "=== $$t"; \
 	  if DSV3_BIN=$(BUILD)/dsv3 $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$t"; fi; \
@@ -107,7 +121,7 @@ test-asan:
 docs:
 	@command -v doxygen >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends doxygen graphviz; else sudo apt-get install -y doxygen graphviz; fi; }
 	@mkdir -p $(BUILD)/docs
-	doxygen docs/Doxyfile 2> $(BUILD)/docs/warnings.log; \
+	@doxygen docs/Doxyfile 2> $(BUILD)/docs/warnings.log; \
 	  if [ -s $(BUILD)/docs/warnings.log ]; then cat $(BUILD)/docs/warnings.log; echo "doxygen: warnings above"; exit 1; fi
 	@echo "docs: $(BUILD)/docs/html/index.html"
 
