@@ -25,6 +25,10 @@ int cmd_detokenize(int argc, char **argv);
 /** `dsv3 train-tokenizer`: learn a byte-level BPE vocabulary and write tokenizer.json. */
 int cmd_train_tokenizer(int argc, char **argv);
 
+/** `dsv3 generate`: complete a prompt, streaming text. */
+int cmd_generate(int argc, char **argv);
+/** `dsv3 chat`: interactive multi-turn chat over one KV cache. */
+int cmd_chat(int argc, char **argv);
 /** `dsv3 plan`: deployment memory/communication/time estimates. */
 int cmd_plan(int argc, char **argv);
 

@@ -49,6 +49,7 @@ int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int dr
     g->m = m;
     g->sampler = sampler;
     g->draft = draft;
+    g->n_sample = c->vocab_size;
     g->ctx = ctx;
     int64_t max_T = prefill_chunk > draft + 1 ? prefill_chunk : draft + 1;
     if (max_T > ctx + 1) max_T = ctx + 1;
@@ -72,6 +73,25 @@ void gen_free(Generator *g) {
     kvcache_free(&g->mtp_kv);
     free(g->mem);
     memset(g, 0, sizeof *g);
+}
+
+void gen_limit_vocab(Generator *g, int n) {
+    if (n >= 1 && n <= g->m->config.vocab_size) g->n_sample = n;
+}
+
+int gen_keep(Generator *g, int keep, Err *err) {
+    if (keep < 1 || keep > g->last_out) return err_set(err, "gen_keep: %d of %d tokens", keep, g->last_out);
+    if (keep == g->last_out) return 0;
+    /* Only a speculative step returns several tokens: [d_1..d_a, next] with d_i at position
+     * last_pos + i, all of them in the cache; keeping k leaves d_k pending at last_pos + k. */
+    int64_t D = g->m->config.hidden_size, L = g->last_pos;
+    g->kv.len = L + keep;
+    g->n_tokens = L + keep + 1;
+    g->mtp_kv.len = g->kv.len - 1;
+    memcpy(g->h_last, g->normed + (int64_t)(keep - 1) * D, (size_t)D * sizeof(float));
+    g->stats.generated -= g->last_out - keep;
+    g->last_out = keep;
+    return 0;
 }
 
 int64_t gen_room(const Generator *g) { return g->ctx - g->kv.len - g->pending; }
@@ -133,7 +153,7 @@ int gen_feed(Generator *g, const int *ids, int64_t n, Err *err) {
 
 /** Plain step: run the pending token (if any), sample the next one. */
 static int next_plain(Generator *g, int *out, Err *err) {
-    int V = g->m->config.vocab_size;
+    int V = g->n_sample;
     if (g->pending) {
         if (main_chunk(g, 1, 1, err)) return -1;
         g->pending = 0;
@@ -150,7 +170,7 @@ static int next_plain(Generator *g, int *out, Err *err) {
 /** MTP drafts d_1..d_n for positions L+1..: row L−1 from the true h_{L−1}, then recycled outputs. */
 static int draft_tokens(Generator *g, int n, Err *err) {
     const Config *c = &g->m->config;
-    int V = c->vocab_size;
+    int V = g->n_sample, stride = c->vocab_size;
     int64_t D = c->hidden_size, L = g->kv.len;
     int token = g->tokens[L]; /* the pending token */
     const float *h = g->h_last;
@@ -158,7 +178,7 @@ static int draft_tokens(Generator *g, int n, Err *err) {
         /* Row k sits at position L−1+k; rows k ≥ 1 are speculative and rolled back in commit. */
         memcpy(g->mtp_h, h, (size_t)D * sizeof(float));
         if (mtp_forward(g->m, 0, &g->rs, &g->mtp_kv, &token, g->mtp_h, 1, g->mtp_logits, 1, g->normed, err)) return -1;
-        float *q = g->q_probs + (size_t)k * V;
+        float *q = g->q_probs + (size_t)k * stride;
         sampler_probs(g->sampler, g->mtp_logits, V, q, g->cands);
         g->drafts[k] = g->sampler->temperature == 0.0f ? sampler_argmax(g->mtp_logits, V) : sampler_draw(g->sampler, q, V);
         token = g->drafts[k];
@@ -171,7 +191,7 @@ static int draft_tokens(Generator *g, int n, Err *err) {
 /** Speculative step: draft, verify in one main chunk, accept/resample, commit. */
 static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
     const Config *c = &g->m->config;
-    int V = c->vocab_size;
+    int V = g->n_sample, stride = c->vocab_size;
     int64_t D = c->hidden_size, L = g->kv.len;
     /* Drafts that still fit the context: the chunk [pending, d_1..d_n] needs n+1 positions. */
     int n = g->draft;
@@ -188,7 +208,7 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
     g->pending = 0;
     int a = 0, next = -1;
     for (; a < n; a++) {
-        const float *logits = g->logits + (size_t)a * V;
+        const float *logits = g->logits + (size_t)a * stride;
         int d = g->drafts[a];
         if (g->sampler->temperature == 0.0f) {
             int target = sampler_argmax(logits, V);
@@ -196,7 +216,7 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
             next = target;
             break;
         }
-        const float *q = g->q_probs + (size_t)a * V;
+        const float *q = g->q_probs + (size_t)a * stride;
         sampler_probs(g->sampler, logits, V, g->p_probs, g->cands);
         float ratio = g->p_probs[d] / q[d]; /* q[d] > 0: d was drawn from q */
         if (rng_uniform_double(&g->sampler->rng) < (double)ratio) continue;
@@ -211,7 +231,7 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
         next = sampler_draw(g->sampler, g->p_probs, V);
         break;
     }
-    if (next < 0) next = sampler_sample(g->sampler, g->logits + (size_t)n * V, V, g->p_probs, g->cands); /* bonus */
+    if (next < 0) next = sampler_sample(g->sampler, g->logits + (size_t)n * stride, V, g->p_probs, g->cands); /* bonus */
     /* Commit: pending + a accepted drafts are in the cache; the new token becomes pending. */
     g->kv.len = L + 1 + a;
     g->n_tokens = L + 1 + a;
@@ -225,6 +245,7 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
     for (int i = 0; i < a; i++) out[i] = g->drafts[i];
     out[a] = next;
     *n_out = a + 1;
+    g->last_pos = L;
     g->stats.steps++;
     g->stats.drafted += n;
     g->stats.accepted += a;
@@ -241,6 +262,7 @@ int gen_next(Generator *g, int *out, int *n_out, Err *err) {
     if (g->draft > 0 && g->pending) rc = next_speculative(g, out, n_out, err);
     else rc = next_plain(g, out, err);
     if (rc == 0) g->stats.generated += *n_out;
+    g->last_out = rc == 0 ? *n_out : 0;
     g->stats.decode_seconds += now_seconds() - t0;
     return rc;
 }

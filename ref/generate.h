@@ -39,6 +39,7 @@ typedef struct {
     const Model *m;      /**< the model (not owned) */
     Sampler *sampler;    /**< sampling settings and PRNG (not owned) */
     int draft;           /**< MTP drafts per step; 0 = plain decoding */
+    int n_sample;        /**< ids ≥ n_sample are never generated (tokenizer smaller than the padded vocab) */
     int64_t ctx;         /**< positions the caches hold */
     RunState rs;         /**< activations, shared by the main model and the MTP module */
     KVCache kv;          /**< main model cache */
@@ -56,6 +57,8 @@ typedef struct {
     float *p_probs;      /**< [V] */
     SamplerCand *cands;  /**< [V] */
     int *drafts;         /**< [draft] */
+    int64_t last_pos;    /**< position of the pending token at the start of the last speculative step */
+    int last_out;        /**< tokens the last gen_next returned */
     GenStats stats;      /**< counters */
     void *mem;           /**< the one allocation behind the buffers above */
 } Generator;
@@ -78,6 +81,16 @@ int gen_feed(Generator *g, const int *ids, int64_t n, Err *err);
  * Fails with a message when the context is full.
  */
 int gen_next(Generator *g, int *out, int *n_out, Err *err);
+
+/**
+ * Keeps only the first @p keep (1 ≤ keep ≤ n_out) tokens the last gen_next returned, as if the
+ * others had never been generated: the last kept token becomes the pending one and both caches
+ * are rolled back (a chat stops at an EOS that a speculative step returned mid-way).
+ */
+int gen_keep(Generator *g, int keep, Err *err);
+
+/** Never generate ids ≥ @p n (e.g. the tokenizer's vocabulary size); 1 ≤ n ≤ vocab_size. */
+void gen_limit_vocab(Generator *g, int n);
 
 /** Positions left before the context is full (counting the pending token). */
 int64_t gen_room(const Generator *g);
