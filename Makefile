@@ -47,7 +47,7 @@ NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz notebooks bad-inputs
+.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz notebooks bad-inputs data
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -82,6 +82,32 @@ $(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(BUILD)/libdsv3.a
 # The demo: the reference on the bundled model.
 run: $(BUILD)/dsv3
 	@$(BUILD)/dsv3 run
+
+# ---- training data: the King James Bible from Debian's bible-kjv (public domain text) -----
+# data/kjv.txt (one chapter per paragraph), data/tokenizer (a 4096-id BPE trained on it),
+# data/train.bin + data/val.bin (uint32 ids, BOS per chapter), data/MANIFEST (provenance).
+DATA_VOCAB ?= 4096
+data: data/train.bin
+data/kjv.txt: | $(BUILD)/.deps-ok
+	@mkdir -p data
+	@dpkg-query -W -f='$${Status}' bible-kjv 2>/dev/null | grep -q "ok installed" || { \
+	  echo "dsv3: installing Debian packages: bible-kjv bible-kjv-text"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends bible-kjv bible-kjv-text; }
+	@bible -l1000000 "gen1:1-rev22:21" | awk 'BEGIN { para = "" } \
+	  /^[ ]*$$/ { next } \
+	  /^[1-3]? ?[A-Z][A-Za-z ]+ [0-9]+$$/ { if (para != "") print para "\n"; para = ""; next } \
+	  { sub(/^ *[0-9]+ /, ""); para = (para == "" ? $$0 : para " " $$0) } \
+	  END { if (para != "") print para }' > $@.tmp && mv $@.tmp $@
+	@{ echo "corpus: data/kjv.txt, the King James Version (1611) as printed by bible(1)"; \
+	   echo "package: $$(dpkg-query -W -f='$${Package} $${Version}' bible-kjv-text) + $$(dpkg-query -W -f='$${Package} $${Version}' bible-kjv)"; \
+	   echo "licence: the KJV text is in the public domain (copyright expired); packaging GPL-2+ (see /usr/share/doc/bible-kjv-text/copyright)"; \
+	   echo "sha256: $$(sha256sum $@ | cut -d' ' -f1)"; } > data/MANIFEST
+	@echo "data: $$(wc -c < $@) bytes of text in $@"
+data/tokenizer/tokenizer.json: data/kjv.txt $(BUILD)/dsv3
+	$(BUILD)/dsv3 train-tokenizer --input data/kjv.txt --vocab-size $(DATA_VOCAB) --output data/tokenizer
+data/train.bin: data/tokenizer/tokenizer.json
+	$(BUILD)/dsv3 prepare-data --tokenizer data/tokenizer --input data/kjv.txt --train data/train.bin --val data/val.bin
 
 # ---- notebooks: runnable walkthroughs, also run (quietly) by `make test` ----------------
 NOTEBOOK_SRC := $(wildcard notebooks-c/*.c)
