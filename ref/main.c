@@ -33,6 +33,7 @@ static const Command commands[] = {
     {"run", cmd_run, "the demo of `make run`: a golden checkpoint, checked against DeepSeek's own numbers"},
     {"info", cmd_info, "describe a checkpoint: configuration, storage, per-token costs"},
     {"logits", cmd_logits, "write the logits of every position of a token sequence (float32 file)"},
+    {"train", cmd_train, "train or fine-tune on pre-tokenized uint32 id files (AdamW, MTP, aux-loss-free balancing)"},
     {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
     {"version", cmd_version, "print the version and the backends this build has"},
 };

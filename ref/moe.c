@@ -84,6 +84,27 @@ void moe_count_load(int64_t *load, const MoEActs *a, int64_t T, const Config *c)
     for (int64_t s = 0; s < T * K; s++) load[a->idx[s]]++;
 }
 
+void moe_update_bias(float *bias, const int64_t *load, int E, double gamma) {
+    int64_t total = 0;
+    for (int e = 0; e < E; e++) total += load[e];
+    /* Compare load_i·E with Σ load instead of load_i with a fractional mean: exact in integers. */
+    for (int e = 0; e < E; e++) {
+        int64_t scaled = load[e] * E;
+        float step = (float)gamma;
+        if (scaled < total) bias[e] += step;
+        else if (scaled > total) bias[e] -= step;
+    }
+}
+
+double moe_max_violation(const int64_t *load, int E) {
+    int64_t total = 0, max = 0;
+    for (int e = 0; e < E; e++) {
+        total += load[e];
+        if (load[e] > max) max = load[e];
+    }
+    return total > 0 ? (double)max * E / (double)total - 1.0 : 0.0;
+}
+
 /** f_i = E/(K·T) · (selections of expert i) into f [E]. */
 static void balance_f(float *f, const MoEActs *a, int64_t T, const Config *c) {
     int64_t E = c->n_routed_experts, K = c->num_experts_per_tok;

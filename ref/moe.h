@@ -42,6 +42,18 @@ void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, M
 void moe_count_load(int64_t *load, const MoEActs *a, int64_t T, const Config *c);
 
 /**
+ * The auxiliary-loss-free balance update at the end of a training step (paper §2.1.2; spec §6):
+ *     b_i ← b_i + γ · sign(mean_load − load_i)
+ * with load_i the selections of expert i over all tokens of the step and mean_load = Σ load / E:
+ * overloaded experts become less attractive, underloaded ones more. Exact loads equal to the
+ * mean leave b_i unchanged.
+ */
+void moe_update_bias(float *bias, const int64_t *load, int E, double gamma);
+
+/** MaxVio of one layer's step (Wang et al. 2024, used by the paper's Fig. 9): max_i load_i / mean_load − 1. */
+double moe_max_violation(const int64_t *load, int E);
+
+/**
  * Complementary sequence-wise balance loss of one sequence of T tokens (paper eqs. 17–20):
  *     L_Bal = α Σ_i f_i P_i,  f_i = E/(K·T) Σ_t 1(i ∈ idx_t),  P_i = (1/T) Σ_t s_{i,t}/Σ_j s_{j,t}
  * from the forward's affinities and selections. Returned in double. @p work: E floats of scratch.
