@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "rng.h"
 
@@ -39,7 +40,7 @@ GradCheck gradcheck(const char *name, float *p, const float *an, size_t n, int s
         double tol = atol + rtol * fmax(fabs(fd), fabs(a));
         double ratio = tol > 0 ? fabs(fd - a) / tol : (fd == a ? 0.0 : INFINITY);
         if (ratio > r.worst) r.worst = ratio;
-        if (ratio > 1.0) printf("      %s[%zu]: fd %.9g analytic %.9g\n", name, i, fd, a);
+        if (ratio > 1.0 || getenv("GC_VERBOSE")) printf("      %s[%zu]: fd %.9g analytic %.9g\n", name, i, fd, a);
         dot += fd * a, nf += fd * fd, na += a * a;
         r.an_max = fmax(r.an_max, fabs(a));
         r.checked++;

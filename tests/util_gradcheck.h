@@ -32,7 +32,8 @@ typedef struct {
  * Checks an[i] = ∂L/∂p[i] for up to @p samples indices of p [n] (all if n ≤ samples; otherwise
  * drawn with a fixed seed). Step h = @p h·max(1, |p_i|). An element passes when
  *     |fd − an| ≤ atol + rtol·max(|fd|, |an|),   atol = @p atol_frac · max_i |an_i|  (whole tensor)
- * p is restored bit for bit. Prints one summary line with @p name.
+ * p is restored bit for bit. Prints one summary line with @p name, and every failing element
+ * (every element when the environment has GC_VERBOSE set).
  */
 GradCheck gradcheck(const char *name, float *p, const float *an, size_t n, int samples, const GradFn *f, double h,
                     double rtol, double atol_frac, uint64_t seed);
