@@ -77,16 +77,22 @@ typedef struct {
     CkptFormat format;
 } Args;
 
+/* Flag helpers of parse(), over its locals f (flag), v (value), l, d, argc, argv, i. */
+/** The flag's value into v (NULL and a message when missing). */
+#define VALUE() (v = cli_value(CMD, argc, argv, &i))
+/** The flag's integer value in [lo, hi] into l. */
+#define LONG(lo, hi) (VALUE() && cli_long(CMD, f, v, lo, hi, &l) == 0)
+/** The flag's number in [lo, hi] into d. */
+#define DBL(lo, hi) (VALUE() && cli_double(CMD, f, v, lo, hi, &d) == 0)
+/** Whether the current argument is flag s. */
+#define IS(s) (!strcmp(f, s))
+
 /** Applies the flags of argv to @p a (called once for a new run, twice around --resume). */
 static int parse(Args *a, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = NULL;
         long l;
         double d;
-#define VALUE() (v = cli_value(CMD, argc, argv, &i))
-#define LONG(lo, hi) (VALUE() && cli_long(CMD, f, v, lo, hi, &l) == 0)
-#define DBL(lo, hi) (VALUE() && cli_double(CMD, f, v, lo, hi, &d) == 0)
-#define IS(s) (!strcmp(f, s))
         if (IS("--help") || IS("-h")) continue;
         else if (IS("--train")) { if (!VALUE()) return -1; a->train = v; }
         else if (IS("--val")) { if (!VALUE()) return -1; a->val = v; }
@@ -135,10 +141,6 @@ static int parse(Args *a, int argc, char **argv) {
         else if (IS("--resume")) { if (!VALUE()) return -1; a->resume = v; }
         else if (IS("--stop-after")) { if (!LONG(1, 1L << 40)) return -1; a->stop_after = l; }
         else return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 train --help)", f), -1;
-#undef VALUE
-#undef LONG
-#undef DBL
-#undef IS
     }
     return 0;
 }
