@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "cli_util.h"
@@ -348,6 +349,13 @@ int cmd_train(int argc, char **argv) {
         (a.val && tokenfile_open(&valf, a.val, c->vocab_size, tr.opt.seq_len + 1, &err))) {
         rc = cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
         goto done;
+    }
+    if (a.tokenizer) { /* fail now rather than at the first checkpoint */
+        char tok[4096];
+        if (path_join(tok, sizeof tok, a.tokenizer, "tokenizer.json") || access(tok, R_OK) != 0) {
+            rc = cli_fail(CMD, EXIT_USAGE, "--tokenizer %s: no readable tokenizer.json there", a.tokenizer);
+            goto done;
+        }
     }
     if (a.log && !(log = fopen(a.log, "a"))) {
         rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending", a.log);

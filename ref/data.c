@@ -1,6 +1,11 @@
 /**
  * @file data.c
- * @brief Token files (data.h).
+ * @brief Token files (data.h): mmap, one validation pass, and the sequence cursor.
+ *
+ * Every id is checked against vocab_size when the file is opened, so an id file produced with a
+ * different tokenizer fails at once with the offending position rather than indexing past the
+ * embedding table mid-run. Sequences are windows of T+1 consecutive ids; they cross document
+ * boundaries (the EOS/BOS ids the tokenizer wrote), as in GPT-style pre-training.
  */
 #include "data.h"
 

@@ -1,6 +1,17 @@
 /**
  * @file params.c
- * @brief ParamSet: the tensor table turned into FP32 parameter and gradient buffers.
+ * @brief ParamSet: the tensor table (spec §1.3, weights.c) turned into FP32 parameter and gradient
+ *        buffers, and the initializations a training run starts from.
+ *
+ * Two walks of weights_foreach: the first lists every tensor with its offset (aliases for the MTP
+ * copies of the embedding and head, paper §2.2), the second binds a ::Weights struct to the values
+ * and another to the gradients. Anything that iterates the table afterwards — the optimizer,
+ * ckpt_write through params_ckpt_source, the resume reader — therefore sees the same order and the
+ * same shapes as the checkpoint loader.
+ *
+ * Initialization (paper §4.2: "all learnable parameters are randomly initialized with a standard
+ * deviation of 0.006"): matrices N(0, std²); RMSNorm weights start at 1 and the correction biases at
+ * 0, the values that make those tensors neutral (the paper does not list them separately).
  */
 #include "params.h"
 

@@ -407,8 +407,11 @@ static void resume_after_stop(void **state) {
     (void)state;
     char flags[8192], cmd[16384], p1[4096], p2[4096];
     cli_setup(flags, sizeof flags);
-    snprintf(cmd, sizeof cmd, "%s train %s -n 12 -o %s/full --log %s/full.log > /dev/null", dsv3_bin(), flags, tmp, tmp);
+    snprintf(cmd, sizeof cmd, "%s train %s -n 12 -o %s/full --log %s/full.log --tokenizer golden/tokenizer/deepseek-v3 > /dev/null",
+             dsv3_bin(), flags, tmp, tmp);
     run_ok(cmd);
+    snprintf(p1, sizeof p1, "%s/full/latest/tokenizer.json", tmp); /* the checkpoint is complete for generation */
+    assert_same_file(p1, "golden/tokenizer/deepseek-v3/tokenizer.json");
     snprintf(cmd, sizeof cmd, "%s train %s -n 12 -o %s/cut --log %s/cut.log --stop-after 6 > /dev/null", dsv3_bin(), flags,
              tmp, tmp);
     run_ok(cmd);
