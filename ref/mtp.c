@@ -19,6 +19,15 @@
  *
  * vLLM also zeroes the embedding at position 0; the golden mtp_logits.f32 of fp8-small do not,
  * and neither do we (it only changes the MTP cache entry of position 0).
+ *
+ * Backward (training, mtp_module_backward), read bottom-up:
+ *     dz    = shared_head.normᵀ dout                      (rmsnorm_backward)
+ *     dz'   = blockᵀ dz                                   (block_backward; z' = eh_proj output)
+ *     dcat  = eh_projᵀ dz'
+ *     de    = enormᵀ dcat[:D]  → scatter-add into the embedding rows of the tokens used
+ *     dh   += hnormᵀ dcat[D:]  → the previous depth's (or the main model's post-norm) gradient
+ * The head (eq. 23) and the cross-entropy (eq. 24) are the trainer's, because the head is the
+ * main model's lm_head shared by every depth (paper §2.2).
  */
 #include "mtp.h"
 

@@ -1,6 +1,7 @@
 /**
  * @file mtp.h
- * @brief Multi-Token Prediction module at inference (paper §2.2 eqs. 21–23; spec §7.2).
+ * @brief Multi-Token Prediction modules (paper §2.2 eqs. 21–25; spec §7.2): one module's forward
+ *        and backward (used by inference and training alike) and the inference drivers.
  */
 #ifndef DSV3_MTP_H
 #define DSV3_MTP_H

@@ -112,7 +112,8 @@ static void trainer_layout(Trainer *tr, Arena *ar) {
         TAKE(a->h, T * D);
         TAKE(a->normed, T * D);
         TAKE(a->rstd_out, T);
-        LayerActsSpec spec = { T, T, 0, 1, ATTN_NAIVE, 1 };
+        int moe = config_layer_is_moe(c, (int)(L + k)); /* MoE for V3; dense if moe_layer_freq skips it */
+        LayerActsSpec spec = { T, T, !moe, moe, ATTN_NAIVE, 1 };
         layer_acts_layout(&a->block, c, &spec, ar);
     }
     TAKE(tr->dmtp.emb, T * D);
@@ -184,7 +185,9 @@ int trainer_init(Trainer *tr, const Config *cfg, const TrainOptions *opt, Err *e
     Arena ar = { tr->mem, 0, count.used, 0 };
     trainer_layout(tr, &ar);
     DSV3_ASSERT(!ar.overflow);
-    LayerActsSpec dspec = { T, T, c->first_k_dense_replace > 0, tr->n_moe > 0, ATTN_NAIVE, 0 };
+    int n_dense = 0;
+    for (int l = 0; l < L + o->n_mtp; l++) n_dense += !config_layer_is_moe(c, l);
+    LayerActsSpec dspec = { T, T, n_dense > 0, tr->n_moe > 0, ATTN_NAIVE, 0 };
     if (!(tr->dmem = acts_alloc(&tr->dacts, c, &dspec, &tr->dbytes, err))) goto fail;
     tr->dmtp.block = tr->dacts;
     if (kvcache_init(&tr->kv, c, ATTN_NAIVE, (int)L, T, err) ||

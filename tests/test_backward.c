@@ -493,6 +493,24 @@ static void balance_loss_grad(void **state) {
     fx_free(&f);
 }
 
+/** The skip rule is live: with a step large enough to re-route tokens, flips are detected. */
+static void routing_flips_detected(void **state) {
+    (void)state;
+    Fx f;
+    fx_init(&f, 1, 1);
+    fx_backward(&f);
+    const ParamEntry *e = params_find(&f.ps, "model.layers.1.mlp.gate.weight");
+    assert_non_null(e);
+    GradFn fn = { fx_loss, fx_same_routing, &f };
+    GradCheck big = gradcheck("gate.weight, h = 2 (re-routes)", f.ps.data + e->offset, f.ps.grad + e->offset, e->n,
+                              FD_SAMPLES, &fn, 2.0, FD_RTOL, FD_ATOL, 3);
+    GradCheck small = gradcheck("gate.weight, h = 1e-3", f.ps.data + e->offset, f.ps.grad + e->offset, e->n, FD_SAMPLES,
+                                &fn, FD_H, FD_RTOL, FD_ATOL, 3);
+    assert_true(big.skipped > 0);
+    assert_true(gradcheck_passed(&small));
+    fx_free(&f);
+}
+
 static void dense_block_grad(void **state) {
     (void)state;
     Fx f;
@@ -545,6 +563,7 @@ int main(void) {
         cmocka_unit_test(embedding_grad), cmocka_unit_test(rmsnorm_grad),     cmocka_unit_test(rope_grad),
         cmocka_unit_test(linear_grad),    cmocka_unit_test(ffn_grad),         cmocka_unit_test(cross_entropy_grad),
         cmocka_unit_test(mla_grad),       cmocka_unit_test(moe_grad),         cmocka_unit_test(balance_loss_grad),
+        cmocka_unit_test(routing_flips_detected),
         cmocka_unit_test(dense_block_grad),
         cmocka_unit_test(moe_block_grad), cmocka_unit_test(mtp_module_grad),
     };
