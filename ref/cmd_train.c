@@ -318,14 +318,25 @@ int cmd_train(int argc, char **argv) {
     Err err = { "" };
     Trainer tr;
     memset(&tr, 0, sizeof tr);
-    char ckpt[4096];
+    char ckpt[4096], run_dir[4096];
     if (a.resume) {
         if (a.shape_flags) return cli_fail(CMD, EXIT_USAGE, "--resume takes the model from the checkpoint: drop --preset/--config/--init/--vocab/--set/--mtp");
         Config c;
         if (train_resolve_checkpoint(a.resume, ckpt, sizeof ckpt, &err) || train_read_checkpoint_options(ckpt, &c, &a.o, &err))
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         parse(&a, argc, argv); /* flags given now override the checkpoint's options */
-        if (!a.out) a.out = strcmp(ckpt, a.resume) ? a.resume : "out";
+        if (!a.out) { /* continue in the run directory the checkpoint belongs to */
+            snprintf(run_dir, sizeof run_dir, "%s", a.resume);
+            if (!strcmp(ckpt, a.resume)) {
+                size_t n = strlen(run_dir);
+                while (n > 1 && run_dir[n - 1] == '/') run_dir[--n] = 0;
+                char *slash = strrchr(run_dir, '/');
+                if (!slash) snprintf(run_dir, sizeof run_dir, ".");
+                else if (slash == run_dir) run_dir[1] = 0; /* "/step_N" → "/" */
+                else *slash = 0;
+            }
+            a.out = run_dir;
+        }
         if (trainer_init(&tr, &c, &a.o, &err) || trainer_load_state(&tr, ckpt, &err)) {
             trainer_free(&tr);
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
