@@ -1,6 +1,12 @@
 /**
  * @file block.c
- * @brief Decoder block forward and activation layout.
+ * @brief Decoder block forward, backward and activation layout (spec §2).
+ *
+ *   forward:  h_mid = h_in + MLA(attn_norm(h_in));   h_out = h_mid + FFN(ffn_norm(h_mid))
+ *   backward: the residual adds pass dh through unchanged, each branch adds its own term:
+ *             dh_mid = dh_out + ffn_normᵀ FFNᵀ dh_out;   dh_in = dh_mid + attn_normᵀ MLAᵀ dh_mid
+ * The gradient of the activations uses a second LayerActs (same layout) as scratch, so every
+ * intermediate has a gradient buffer of its own shape.
  */
 #include "block.h"
 
@@ -89,4 +95,19 @@ void block_forward(float *h, int64_t T, int64_t pos0, const LayerWeights *w, Lay
     if (w->is_moe) moe_forward(a->ffn_out, a->x_ffn, T, w, &a->moe, ctx);
     else ffn_forward(a->ffn_out, a->x_ffn, T, &w->mlp, &a->dense, ctx->fp8, &ctx->lin);
     for (int64_t i = 0; i < T * D; i++) h[i] += a->ffn_out[i];
+}
+
+void block_backward(float *dh, int64_t T, const LayerWeights *w, const LayerWeights *dw, const LayerCache *cache,
+                    LayerCache *dcache, const LayerActs *a, LayerActs *da, double balance_alpha,
+                    const ForwardContext *ctx) {
+    int64_t D = ctx->cfg->hidden_size;
+    DSV3_ASSERT(a->h_in && a->h_mid);
+    /* h_out = h_mid + FFN(ffn_norm(h_mid)) */
+    if (w->is_moe) moe_backward(da->x_ffn, dw, dh, a->x_ffn, T, w, &a->moe, &da->moe, balance_alpha, ctx);
+    else ffn_backward(da->x_ffn, &dw->mlp, dh, a->x_ffn, T, &w->mlp, &a->dense, &da->dense);
+    rmsnorm_backward(dh, D, f32_mut(dw->post_attention_layernorm), da->x_ffn, D, a->h_mid, D, w->post_attention_layernorm,
+                     a->rstd_ffn, T, D);
+    /* h_mid = h_in + MLA(attn_norm(h_in)) */
+    mla_backward(da->x_attn, dw, dh, a->x_attn, T, w, cache, dcache, &a->mla, &da->mla, ctx);
+    rmsnorm_backward(dh, D, f32_mut(dw->input_layernorm), da->x_attn, D, a->h_in, D, w->input_layernorm, a->rstd_attn, T, D);
 }

@@ -46,4 +46,15 @@ void layer_acts_layout(LayerActs *a, const Config *c, const LayerActsSpec *spec,
 void block_forward(float *h, int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache, LayerActs *a,
                    const ForwardContext *ctx);
 
+/**
+ * Backward of block_forward over one whole sequence (training: pos0 = 0, naive attention, acts
+ * laid out with training = 1 and att_stride ≥ T). On entry @p dh [T][D] = ∂L/∂h_out, on return
+ * ∂L/∂h_in. Weight gradients accumulate into the FP32 tensors/vectors of @p dw. @p da (a
+ * LayerActs of the same spec, used as gradient scratch) and @p dcache (naive, T positions) must
+ * be zero on entry. @p balance_alpha weights the MoE layer's sequence-wise balance loss.
+ */
+void block_backward(float *dh, int64_t T, const LayerWeights *w, const LayerWeights *dw, const LayerCache *cache,
+                    LayerCache *dcache, const LayerActs *a, LayerActs *da, double balance_alpha,
+                    const ForwardContext *ctx);
+
 #endif

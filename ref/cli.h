@@ -18,6 +18,8 @@ int cmd_logits(int argc, char **argv);
 int cmd_mkckpt(int argc, char **argv);
 /** `dsv3 info`: print a checkpoint's config, tensor inventory and memory needs. */
 int cmd_info(int argc, char **argv);
+/** `dsv3 train`: train a model on pre-tokenized id files, writing Hugging Face checkpoints. */
+int cmd_train(int argc, char **argv);
 /** `dsv3 tokenize`: text (or a chat) to ids, as a JSON array on one line. */
 int cmd_tokenize(int argc, char **argv);
 /** `dsv3 detokenize`: ids to text. */

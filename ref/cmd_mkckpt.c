@@ -6,7 +6,6 @@
  *   dsv3 mkckpt -o DIR [--preset tiny|small|mini|v3 | --config FILE] [--format fp8|bf16|f32]
  *               [--mtp N] [--shards N] [--seed S] [--bias-std X] [--eh-proj-fp8] [--set KEY=VALUE]...
  */
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -29,37 +28,6 @@ static void usage(FILE *f) {
             "  --shards N             split into N files + model.safetensors.index.json (default 1)\n"
             "  --seed S               random seed (default 1)\n"
             "  --bias-std X           std of the gate correction biases (default 0.1)\n");
-}
-
-/** Applies KEY=VALUE overrides to @p c by editing its JSON form and parsing it again. */
-static int apply_sets(Config *c, char **sets, int n, Err *err) {
-    if (n == 0) return 0;
-    char *json = config_to_json(c);
-    cJSON *o = json ? cJSON_Parse(json) : NULL;
-    free(json);
-    if (!o) return err_set(err, "out of memory");
-    for (int i = 0; i < n; i++) {
-        char key[128];
-        const char *eq = strchr(sets[i], '=');
-        double v;
-        if (!eq || eq == sets[i] || (size_t)(eq - sets[i]) >= sizeof key || parse_double(eq + 1, -1e12, 1e12, &v)) {
-            cJSON_Delete(o);
-            return err_set(err, "--set '%s': expected KEY=NUMBER", sets[i]);
-        }
-        memcpy(key, sets[i], (size_t)(eq - sets[i]));
-        key[eq - sets[i]] = 0;
-        if (!cJSON_GetObjectItemCaseSensitive(o, key)) {
-            cJSON_Delete(o);
-            return err_set(err, "--set: config has no numeric field '%s'", key);
-        }
-        cJSON_ReplaceItemInObjectCaseSensitive(o, key, cJSON_CreateNumber(v));
-    }
-    json = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!json) return err_set(err, "out of memory");
-    int rc = config_parse(c, json, strlen(json), "--set", err);
-    free(json);
-    return rc;
 }
 
 int cmd_mkckpt(int argc, char **argv) {
@@ -105,7 +73,7 @@ int cmd_mkckpt(int argc, char **argv) {
     Err err = { "" };
     Config c;
     if ((config_path ? config_load(&c, config_path, &err) : config_preset(&c, preset, &err)) ||
-        apply_sets(&c, sets, n_sets, &err))
+        config_apply_sets(&c, sets, n_sets, &err))
         return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
     CkptLayout layout = { c.has_fp8 ? CKPT_FP8 : CKPT_BF16, eh_fp8, (int)shards,
                           n_mtp < 0 ? c.num_nextn_predict_layers : (int)n_mtp };

@@ -289,6 +289,38 @@ int config_layer_is_moe(const Config *c, int layer) {
     return layer >= c->first_k_dense_replace && layer % c->moe_layer_freq == 0;
 }
 
+/* config_apply_sets: see config.h. Edits the JSON form and parses it again, so every derived
+ * field and every validation rule applies to the result exactly as to a loaded config. */
+int config_apply_sets(Config *c, char *const *sets, int n, Err *err) {
+    if (n == 0) return 0;
+    char *json = config_to_json(c);
+    cJSON *o = json ? cJSON_Parse(json) : NULL;
+    free(json);
+    if (!o) return err_set(err, "out of memory");
+    for (int i = 0; i < n; i++) {
+        char key[128];
+        const char *eq = strchr(sets[i], '=');
+        double v;
+        if (!eq || eq == sets[i] || (size_t)(eq - sets[i]) >= sizeof key || parse_double(eq + 1, -1e12, 1e12, &v)) {
+            cJSON_Delete(o);
+            return err_set(err, "--set '%s': expected KEY=NUMBER", sets[i]);
+        }
+        memcpy(key, sets[i], (size_t)(eq - sets[i]));
+        key[eq - sets[i]] = 0;
+        if (!cJSON_GetObjectItemCaseSensitive(o, key)) {
+            cJSON_Delete(o);
+            return err_set(err, "--set: config has no numeric field '%s'", key);
+        }
+        cJSON_ReplaceItemInObjectCaseSensitive(o, key, cJSON_CreateNumber(v));
+    }
+    json = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!json) return err_set(err, "out of memory");
+    int rc = config_parse(c, json, strlen(json), "--set", err);
+    free(json);
+    return rc;
+}
+
 /** Adds field k of the Config `c` to the JSON object `o` as a number (used by config_to_json). */
 #define NUM(k) cJSON_AddNumberToObject(o, #k, (double)c->k)
 

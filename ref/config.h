@@ -71,6 +71,12 @@ int config_validate(const Config *c, const char *label, Err *err);
 /** Writes @p c as a Hugging Face config.json text (malloc'd), the layout the official checkpoint uses. */
 char *config_to_json(const Config *c);
 
+/**
+ * Applies "KEY=NUMBER" overrides (`--set` flags) to numeric fields of @p c that its config.json
+ * form has, re-deriving and re-validating everything. Unknown keys and malformed values are errors.
+ */
+int config_apply_sets(Config *c, char *const *sets, int n, Err *err);
+
 /** True if decoder layer @p layer has a routed-expert MoE FFN (layer ≥ first_k_dense_replace, freq). */
 int config_layer_is_moe(const Config *c, int layer);
 

@@ -1,6 +1,12 @@
 /**
  * @file ffn.c
- * @brief SwiGLU FFN (spec §2; official MLP/Expert.forward: w2(silu(w1(x)) * w3(x))).
+ * @brief SwiGLU FFN (spec §2; official MLP/Expert.forward: w2(silu(w1(x)) * w3(x))) and its
+ *        backward. Shapes: T rows, D hidden, I the FFN width (dense or expert).
+ *
+ *   forward:  g = W1 x,  u = W3 x,  a = silu(g) ⊙ u,  out = W2 a
+ *   backward: da = W2ᵀ dout,  dW2 += dout aᵀ
+ *             dg = da ⊙ u ⊙ silu'(g),  du = da ⊙ silu(g),   silu'(z) = σ(z)(1 + z(1 − σ(z)))
+ *             dx = W1ᵀ dg + W3ᵀ du,  dW1 += dg xᵀ,  dW3 += du xᵀ
  */
 #include "ffn.h"
 
@@ -26,4 +32,13 @@ void ffn_forward(float *out, const float *x, int64_t T, const FFNWeights *w, FFN
     linear_forward(a->h_up, x, T, &w->up_proj, mode, s);
     swiglu_forward(a->h_act, a->h_gate, a->h_up, T * I);
     linear_forward(out, a->h_act, T, &w->down_proj, mode, s);
+}
+
+void ffn_backward(float *dx, const FFNWeights *dw, const float *dout, const float *x, int64_t T, const FFNWeights *w,
+                  const FFNActs *a, FFNActs *da) {
+    int64_t I = w->gate_proj.rows;
+    linear_backward(da->h_act, tensor_f32_mut(&dw->down_proj), dout, a->h_act, T, &w->down_proj);
+    swiglu_backward(da->h_gate, da->h_up, da->h_act, a->h_gate, a->h_up, T * I);
+    linear_backward(dx, tensor_f32_mut(&dw->gate_proj), da->h_gate, x, T, &w->gate_proj);
+    linear_backward(dx, tensor_f32_mut(&dw->up_proj), da->h_up, x, T, &w->up_proj);
 }

@@ -36,6 +36,17 @@ typedef struct {
 void mla_forward(float *y, const float *x, int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache,
                  MLAActs *a, const ForwardContext *ctx);
 
+/**
+ * Backward of mla_forward over a whole sequence (training: pos0 = 0, naive form, attention
+ * probabilities kept in a->att), accumulating (+=): dx [T][D] += ∂L/∂x, weight and latent-norm
+ * gradients into the FP32 tensors/vectors of @p dw (entries without data are skipped), given
+ * dy [T][D] = ∂L/∂y. @p cache holds the keys/values the forward wrote (positions 0..T−1);
+ * @p dcache (same layout, naive) and the MLAActs-shaped scratch @p da must be zero on entry.
+ * Weights must be FP32. See mla_backward.c for the derivation.
+ */
+void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const float *x, int64_t T, const LayerWeights *w,
+                  const LayerCache *cache, LayerCache *dcache, const MLAActs *a, MLAActs *da, const ForwardContext *ctx);
+
 /** x[i] ← exp(x[i] − max) / Σ, in FP32 (spec §3.4: softmax over keys in FP32). */
 void softmax_inplace(float *x, int64_t n);
 

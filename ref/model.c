@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "embed.h"
 #include "rmsnorm.h"
 
 /* ------------------------------------------------------------------------------------- */
@@ -208,6 +209,7 @@ static void runstate_layout(RunState *s, const Config *c, int64_t max_T, int64_t
         if (cand[i] > max_in) max_in = cand[i];
     TAKE(s->h, max_T * D);
     TAKE(s->normed, max_T * D);
+    TAKE(s->emb, max_T * D);
     TAKE(s->cat, max_T * 2 * D);
     TAKE(s->rope_cos, max_T * half);
     TAKE(s->rope_sin, max_T * half);
@@ -267,7 +269,7 @@ static void forward_chunk(const Model *m, RunState *s, KVCache *kv, const int *i
     const Config *c = &m->config;
     int64_t D = c->hidden_size, pos0 = kv->len;
     /* h0 = Emb[token] (no scaling, spec §2) */
-    for (int64_t t = 0; t < T; t++) tensor_row(&m->w.embed_tokens, ids[t], 0, D, 1, s->h + t * D);
+    embedding_forward(s->h, ids, T, &m->w.embed_tokens);
     runstate_set_positions(s, m, pos0, T);
     for (int l = 0; l < c->num_hidden_layers; l++)
         block_forward(s->h, T, pos0, &m->w.layers[l], &kv->layers[l], &s->acts, &s->ctx);

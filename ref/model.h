@@ -53,6 +53,7 @@ typedef struct {
     AttnMode attn;     /**< MLA form (must match the KV cache) */
     float *h;          /**< [max_T][D] residual stream */
     float *normed;     /**< [max_T][D] final-norm output (the MTP module's h input) */
+    float *emb;        /**< [max_T][D] MTP: embeddings of the next tokens */
     float *cat;        /**< [max_T][2D] MTP input [enorm(e) | hnorm(h)] */
     float *rope_cos;   /**< [max_T][Dr/2] */
     float *rope_sin;   /**< [max_T][Dr/2] */

@@ -9,6 +9,25 @@
  * Tokens are permuted into expert order so each expert's weights are decoded once per chunk
  * and applied to all of its tokens at once. Accumulation per token follows ascending expert
  * index, then the shared expert is added, all in FP32 (spec §5.2).
+ *
+ * Backward (training; paper eqs. 12–20, spec §6). With out_t = Σ_k w_{t,k} y_{t,k} + shared(x_t)
+ * and y_{t,k} = FFN_{e(t,k)}(x_t):
+ *     dw_{t,k}  = dout_t · y_{t,k}                    (a routing weight's gradient)
+ *     dy_{t,k}  = w_{t,k} dout_t                      (into expert e(t,k)'s FFN backward)
+ *     dx_t     += Σ_k FFN_e backward + gate backward + shared backward
+ * The gate passes dw to the logits through the selected, renormalized affinities only
+ * (gate_backward); the selection itself — top-K of s + b with group limits — is piecewise
+ * constant, so neither the bias b nor the unselected experts get a gradient (eq. 16: the bias
+ * "is only used for routing"). The expert permutation of the forward is reused: the routed
+ * work runs in the same expert order, and the scatter back to tokens is its transpose.
+ *
+ * Balance loss (eqs. 17–20) of the T tokens of one sequence: f_i counts the actual selections
+ * (top-K of the biased scores with group limits, what the token really used; eq. 18 writes the
+ * unbiased top-K — spec §6 notes the ambiguity and that trainers use the routing decision) and
+ * is a constant for the gradient; P_i = (1/T) Σ_t s'_{i,t} with s' = s / Σ_j s_j is not:
+ *     ∂L/∂s'_{i,t} = α f_i / T =: g_i
+ *     ∂L/∂s_{j,t}  = (g_j − Σ_i g_i s'_{i,t}) / Σ_i s_{i,t}
+ *     ∂L/∂logit_{j,t} = ∂L/∂s_{j,t} · s_{j,t}(1 − s_{j,t})
  */
 #include "moe.h"
 
@@ -58,4 +77,107 @@ void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, M
         ffn_forward(a->y_shared, x, T, &w->shared_experts, &a->shared, ctx->fp8, &ctx->lin);
         for (int64_t i = 0; i < T * D; i++) out[i] += a->y_shared[i];
     }
+}
+
+void moe_count_load(int64_t *load, const MoEActs *a, int64_t T, const Config *c) {
+    int64_t K = c->num_experts_per_tok;
+    for (int64_t s = 0; s < T * K; s++) load[a->idx[s]]++;
+}
+
+void moe_update_bias(float *bias, const int64_t *load, int E, double gamma) {
+    int64_t total = 0;
+    for (int e = 0; e < E; e++) total += load[e];
+    /* Compare load_i·E with Σ load instead of load_i with a fractional mean: exact in integers. */
+    for (int e = 0; e < E; e++) {
+        int64_t scaled = load[e] * E;
+        float step = (float)gamma;
+        if (scaled < total) bias[e] += step;
+        else if (scaled > total) bias[e] -= step;
+    }
+}
+
+double moe_max_violation(const int64_t *load, int E) {
+    int64_t total = 0, max = 0;
+    for (int e = 0; e < E; e++) {
+        total += load[e];
+        if (load[e] > max) max = load[e];
+    }
+    return total > 0 ? (double)max * E / (double)total - 1.0 : 0.0;
+}
+
+/** f_i = E/(K·T) · (selections of expert i) into f [E]. */
+static void balance_f(float *f, const MoEActs *a, int64_t T, const Config *c) {
+    int64_t E = c->n_routed_experts, K = c->num_experts_per_tok;
+    for (int64_t e = 0; e < E; e++) f[e] = 0.0f;
+    for (int64_t s = 0; s < T * K; s++) f[a->idx[s]] += 1.0f;
+    for (int64_t e = 0; e < E; e++) f[e] *= (float)E / (float)(K * T);
+}
+
+double moe_balance_loss(const MoEActs *a, int64_t T, const Config *c, double alpha, float *work) {
+    int64_t E = c->n_routed_experts;
+    if (alpha == 0.0 || T == 0) return 0.0;
+    float *f = work;
+    balance_f(f, a, T, c);
+    double loss = 0.0; /* Σ_t Σ_i f_i s'_{i,t} = T · Σ_i f_i P_i */
+    for (int64_t t = 0; t < T; t++) {
+        const float *s = a->scores + t * E;
+        double sum = 0.0, fs = 0.0;
+        for (int64_t e = 0; e < E; e++) {
+            sum += s[e];
+            fs += (double)f[e] * s[e];
+        }
+        loss += fs / sum;
+    }
+    return alpha * loss / (double)T;
+}
+
+void moe_backward(float *dx, const LayerWeights *dw, const float *dout, const float *x, int64_t T, const LayerWeights *w,
+                  const MoEActs *a, MoEActs *da, double alpha, const ForwardContext *ctx) {
+    const Config *c = ctx->cfg;
+    int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
+    /* 1. Combine: out_t += w_s y_r for each permuted row r of slot s. */
+    for (int64_t r = 0; r < T * K; r++) {
+        int s = a->perm[r];
+        const float *g = dout + (s / K) * D, *y = a->y_perm + r * D;
+        float *dy = da->y_perm + r * D, wgt = a->weights[s];
+        da->weights[s] = dot_f32(g, y, D);
+        for (int64_t i = 0; i < D; i++) dy[i] = wgt * g[i];
+    }
+    /* 2. Routed experts, in the forward's expert order. */
+    for (int64_t e = 0; e < E; e++) {
+        int64_t r0 = a->expert_start[e], r1 = a->expert_start[e + 1];
+        if (r1 == r0) continue;
+        FFNActs acts = { a->routed.h_gate + r0 * Ie, a->routed.h_up + r0 * Ie, a->routed.h_act + r0 * Ie };
+        FFNActs dacts = { da->routed.h_gate + r0 * Ie, da->routed.h_up + r0 * Ie, da->routed.h_act + r0 * Ie };
+        ffn_backward(da->x_perm + r0 * D, &dw->experts[e], da->y_perm + r0 * D, a->x_perm + r0 * D, r1 - r0, &w->experts[e],
+                     &acts, &dacts);
+    }
+    /* 3. The gather x_perm[r] = x[token of r] transposes to a scatter-add. */
+    for (int64_t r = 0; r < T * K; r++) {
+        float *d = dx + (a->perm[r] / K) * D;
+        const float *g = da->x_perm + r * D;
+        for (int64_t i = 0; i < D; i++) d[i] += g[i];
+    }
+    /* 4. Gate: routing weights → logits; balance loss → logits; logits = x Gᵀ. */
+    for (int64_t t = 0; t < T; t++)
+        gate_backward(da->logits + t * E, da->weights + t * K, a->idx + t * K, a->scores + t * E, c);
+    if (alpha != 0.0) {
+        float *f = ctx->gate_work; /* E floats of scratch */
+        balance_f(f, a, T, c);
+        for (int64_t t = 0; t < T; t++) {
+            const float *s = a->scores + t * E;
+            float *dl = da->logits + t * E, sum = 0.0f, gs = 0.0f;
+            for (int64_t e = 0; e < E; e++) sum += s[e];
+            for (int64_t e = 0; e < E; e++) gs += f[e] * s[e];
+            float g = (float)alpha / (float)T;
+            for (int64_t e = 0; e < E; e++) {
+                float ds = g * (f[e] - gs / sum) / sum;
+                dl[e] += ds * s[e] * (1.0f - s[e]);
+            }
+        }
+    }
+    linear_backward(dx, tensor_f32_mut(&dw->gate), da->logits, x, T, &w->gate);
+    /* 5. Shared experts see every token with weight 1. */
+    if (c->n_shared_experts > 0)
+        ffn_backward(dx, &dw->shared_experts, dout, x, T, &w->shared_experts, &a->shared, &da->shared);
 }

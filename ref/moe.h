@@ -35,4 +35,38 @@ typedef struct {
 /** out [T][D] = MoE(x [T][D]) (x is the post_attention_layernorm output). */
 void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, const ForwardContext *ctx);
 
+/**
+ * Adds one forward's expert loads to @p load [E]: the number of (token, choice) slots routed to
+ * each expert (what the aux-loss-free bias update balances, spec §6).
+ */
+void moe_count_load(int64_t *load, const MoEActs *a, int64_t T, const Config *c);
+
+/**
+ * The auxiliary-loss-free balance update at the end of a training step (paper §2.1.2; spec §6):
+ *     b_i ← b_i + γ · sign(mean_load − load_i)
+ * with load_i the selections of expert i over all tokens of the step and mean_load = Σ load / E:
+ * overloaded experts become less attractive, underloaded ones more. Exact loads equal to the
+ * mean leave b_i unchanged.
+ */
+void moe_update_bias(float *bias, const int64_t *load, int E, double gamma);
+
+/** MaxVio of one layer's step (Wang et al. 2024, used by the paper's Fig. 9): max_i load_i / mean_load − 1. */
+double moe_max_violation(const int64_t *load, int E);
+
+/**
+ * Complementary sequence-wise balance loss of one sequence of T tokens (paper eqs. 17–20):
+ *     L_Bal = α Σ_i f_i P_i,  f_i = E/(K·T) Σ_t 1(i ∈ idx_t),  P_i = (1/T) Σ_t s_{i,t}/Σ_j s_{j,t}
+ * from the forward's affinities and selections. Returned in double. @p work: E floats of scratch.
+ */
+double moe_balance_loss(const MoEActs *a, int64_t T, const Config *c, double alpha, float *work);
+
+/**
+ * Backward of moe_forward plus @p alpha × moe_balance_loss (alpha = 0: none), accumulating
+ * (+=) into dx [T][D] and the FP32 gradients of @p dw (gate matrix, routed and shared experts;
+ * the correction bias never gets one: it only selects). @p da is MoEActs-shaped scratch, zero
+ * on entry. @p x is the forward's input. See moe.c for the derivation.
+ */
+void moe_backward(float *dx, const LayerWeights *dw, const float *dout, const float *x, int64_t T, const LayerWeights *w,
+                  const MoEActs *a, MoEActs *da, double alpha, const ForwardContext *ctx);
+
 #endif

@@ -1,11 +1,46 @@
 /**
  * @file mtp.h
- * @brief Multi-Token Prediction module at inference (paper §2.2 eqs. 21–23; spec §7.2).
+ * @brief Multi-Token Prediction modules (paper §2.2 eqs. 21–25; spec §7.2): one module's forward
+ *        and backward (used by inference and training alike) and the inference drivers.
  */
 #ifndef DSV3_MTP_H
 #define DSV3_MTP_H
 
 #include "model.h"
+
+/**
+ * Intermediates of one MTP module over T rows (spec §7.2). Training keeps one per module
+ * (with the rstd arrays); inference points them into its RunState (rstd arrays NULL).
+ */
+typedef struct {
+    float *emb;      /**< [T][D] Emb(x_{p+k}): the embeddings of the tokens k ahead */
+    float *rstd_e;   /**< [T] 1/rms of enorm's input (training; NULL: not kept) */
+    float *rstd_h;   /**< [T] 1/rms of hnorm's input (training) */
+    float *cat;      /**< [T][2D] [enorm(e) | hnorm(h)], embedding first (spec §11 #1) */
+    float *h;        /**< [T][D] eh_proj output, then the block's residual stream in place */
+    LayerActs block; /**< the decoder block's intermediates */
+    float *normed;   /**< [T][D] shared_head.norm output: the head's input and the next depth's h */
+    float *rstd_out; /**< [T] 1/rms of shared_head.norm's input (training) */
+} MTPActs;
+
+/**
+ * One MTP module (paper eqs. 21–22 with the released weights' wiring, spec §7.2) over T rows at
+ * positions pos0..: row i combines @p h_prev [T][D] (the previous depth's representation at
+ * position pos0+i) with the embedding of @p next_ids[i], runs the module's block (keys into
+ * @p cache) and leaves shared_head.norm's output in a->normed. The head (eq. 23) is the caller's.
+ */
+void mtp_module_forward(const int *next_ids, const float *h_prev, int64_t T, int64_t pos0, const MTPWeights *w,
+                        LayerCache *cache, MTPActs *a, const ForwardContext *ctx);
+
+/**
+ * Backward of mtp_module_forward over a whole sequence (training: pos0 = 0, naive attention),
+ * accumulating (+=): @p dh_prev [T][D] += ∂L/∂h_prev given @p dnormed = ∂L/∂a->normed; weight
+ * gradients into @p dw (its embed_tokens is the main embedding's gradient when they are shared).
+ * @p da (emb, cat, h and the block's LayerActs as scratch) and @p dcache must be zero on entry.
+ */
+void mtp_module_backward(float *dh_prev, const MTPWeights *dw, const float *dnormed, const int *next_ids,
+                         const float *h_prev, int64_t T, const MTPWeights *w, const LayerCache *cache, LayerCache *dcache,
+                         const MTPActs *a, MTPActs *da, double balance_alpha, const ForwardContext *ctx);
 
 /**
  * Runs MTP module @p k over T rows at positions mtp_kv->len.. (then mtp_kv->len += T).

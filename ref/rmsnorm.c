@@ -20,16 +20,17 @@ void rmsnorm_forward(float *y, int64_t y_stride, const float *x, int64_t x_strid
     }
 }
 
-void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
-                      int64_t N, int64_t D) {
+void rmsnorm_backward(float *dx, int64_t dx_stride, float *dw, const float *dy, int64_t dy_stride, const float *x,
+                      int64_t x_stride, const float *w, const float *rstd, int64_t N, int64_t D) {
     for (int64_t t = 0; t < N; t++) {
-        const float *xr = x + t * D, *g = dy + t * D;
+        const float *xr = x + t * x_stride, *g = dy + t * dy_stride;
         float r = rstd[t];
         if (dx) {
             float s = 0.0f; /* Σ_i w_i dy_i x_i */
             for (int64_t i = 0; i < D; i++) s += w[i] * g[i] * xr[i];
             float c = r * r * r * s / (float)D;
-            for (int64_t i = 0; i < D; i++) dx[t * D + i] += r * w[i] * g[i] - c * xr[i];
+            float *d = dx + t * dx_stride;
+            for (int64_t i = 0; i < D; i++) d[i] += r * w[i] * g[i] - c * xr[i];
         }
         if (dw)
             for (int64_t i = 0; i < D; i++) dw[i] += g[i] * xr[i] * r;

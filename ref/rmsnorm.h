@@ -18,11 +18,12 @@ void rmsnorm_forward(float *y, int64_t y_stride, const float *x, int64_t x_strid
                      int64_t D, float eps, float *rstd);
 
 /**
- * Backward of rmsnorm_forward (contiguous rows): with r = rstd[t],
+ * Backward of rmsnorm_forward, accumulating (+=): with r = rstd[t] and y = w ⊙ x·r,
  *   dx_j += r·w_j·dy_j − r³·x_j/D · Σ_i w_i·dy_i·x_i,   dw_i += Σ_t dy_i·x_i·r.
- * dx or dw may be NULL.
+ * Rows are strided like the forward's (the kv latent norm reads the first Dc of each Dc+Dr
+ * row, the MTP norms write into one half of a 2D-wide row). dx or dw may be NULL.
  */
-void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
-                      int64_t N, int64_t D);
+void rmsnorm_backward(float *dx, int64_t dx_stride, float *dw, const float *dy, int64_t dy_stride, const float *x,
+                      int64_t x_stride, const float *w, const float *rstd, int64_t N, int64_t D);
 
 #endif

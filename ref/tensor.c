@@ -11,6 +11,12 @@ Tensor tensor_f32(const float *data, int64_t rows, int64_t cols) {
     return t;
 }
 
+float *tensor_f32_mut(const Tensor *t) {
+    if (!t->data) return NULL;
+    DSV3_ASSERT(t->dtype == DT_F32);
+    return (float *)(uintptr_t)t->data;
+}
+
 float tensor_scale(const Tensor *t, int64_t r, int64_t c) {
     if (t->dtype != DT_F8_E4M3) return 1.0f;
     return st_load_f32(t->scale_inv + 4 * ((r / 128) * tensor_col_blocks(t) + c / 128));

@@ -26,6 +26,17 @@ typedef struct {
 /** Builds a Tensor over FP32 memory the caller owns (training parameters, tests). */
 Tensor tensor_f32(const float *data, int64_t rows, int64_t cols);
 
+/**
+ * The writable FP32 elements behind @p t (NULL if it has none). Training binds gradients into a
+ * ::Weights struct with the same tensor table as the parameters, so a gradient arrives as a
+ * Tensor whose data is declared const for the forward's sake; the memory is the trainer's own.
+ * This (and f32_mut) is the one place where that const is dropped. @p t must be DT_F32.
+ */
+float *tensor_f32_mut(const Tensor *t);
+
+/** The writable form of a gradient vector bound like a norm weight (see tensor_f32_mut). */
+static inline float *f32_mut(const float *v) { return (float *)(uintptr_t)v; }
+
 /** Number of 128-wide column blocks: ceil(cols/128). */
 static inline int64_t tensor_col_blocks(const Tensor *t) { return (t->cols + 127) / 128; }
 
