@@ -116,7 +116,7 @@ static int parse_rope(Reader *r, Config *c) {
         rs = cJSON_GetObjectItemCaseSensitive(r->root, "rope_parameters");
         key = "rope_parameters.";
     }
-    double theta;
+    double theta = 10000.0;
     if (get_num_in(r->root, "rope_theta", 0, 10000.0, 1.0, 1e12, &theta, r->label, "", r->err)) return -1;
     c->has_yarn = 0;
     c->rope_factor = 1.0;

@@ -502,7 +502,7 @@ static int load_added(Tokenizer *t, const cJSON *list, const char *path, Err *er
         size_t clen = strlen(c);
         if (clen == 0) continue; /* Hugging Face skips empty added tokens */
         if (!utf8_valid(c, clen)) return err_set(err, "%s: \"content\" is not valid UTF-8", where);
-        int special, normalized, lstrip, rstrip, single_word;
+        int special = 0, normalized = 0, lstrip = 0, rstrip = 0, single_word = 0;
         if (json_bool(it, "special", 0, &special, where, err) != 0 ||
             json_bool(it, "normalized", !special, &normalized, where, err) != 0 ||
             json_bool(it, "lstrip", 0, &lstrip, where, err) != 0 ||
