@@ -47,7 +47,7 @@ NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz notebooks bad-inputs data
+.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -182,3 +182,21 @@ fuzz:
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/config.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
 	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
 	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg
+
+# ---- training experiments (docs/experiments.md): load balancing arms and MTP on/off ------
+# Same model (models/kjv-config.json), data, seed and steps; only gamma / alpha / lambda differ.
+EXP_STEPS ?= 250
+EXP_ARGS = --train data/train.bin --val data/val.bin --config models/kjv-config.json -n $(EXP_STEPS) -b 8 -t 256 \
+  --lr 1.5e-3 --lr-min 1e-4 --warmup 20 --shuffle --val-every 25 --val-batches 8 --seed 7
+$(BUILD)/train_report: tools/train_report.c $(BUILD)/libdsv3.a
+	@$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+experiments: data $(BUILD)/dsv3 $(BUILD)/train_report
+	@mkdir -p runs/exp docs/img
+	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0.001 --balance-alpha 0 --mtp-lambda 0.3 -o runs/exp/bias --log runs/exp/bias.jsonl
+	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0 --balance-alpha 0.01 --mtp-lambda 0.3 -o runs/exp/auxloss --log runs/exp/auxloss.jsonl
+	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0 --balance-alpha 0 --mtp-lambda 0.3 -o runs/exp/none --log runs/exp/none.jsonl
+	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0.001 --balance-alpha 0 --mtp-lambda 0 -o runs/exp/nomtp --log runs/exp/nomtp.jsonl
+	$(BUILD)/train_report runs/exp bias=runs/exp/bias.jsonl auxloss=runs/exp/auxloss.jsonl none=runs/exp/none.jsonl \
+	  nomtp=runs/exp/nomtp.jsonl | tee runs/exp/table.md
+	@command -v gnuplot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y gnuplot-nox; fi; }
+	gnuplot -e 'dir="runs/exp"' tools/plot_experiments.gp

@@ -14,8 +14,6 @@
 
 #include "rmsnorm.h"
 
-/** Reserves n elements of ptr's type from the arena `ar` in scope. */
-#define TAKE(ptr, n) ((ptr) = arena_take(ar, (size_t)(n), sizeof *(ptr)))
 
 void layer_acts_layout(LayerActs *a, const Config *c, const LayerActsSpec *s, Arena *ar) {
     int64_t T = s->T, D = c->hidden_size, H = c->num_attention_heads, Dq = c->q_lora_rank;
@@ -24,59 +22,59 @@ void layer_acts_layout(LayerActs *a, const Config *c, const LayerActsSpec *s, Ar
     int64_t Is = (int64_t)c->n_shared_experts * Ie;
     memset(a, 0, sizeof *a);
     if (s->training) {
-        TAKE(a->h_in, T * D);
-        TAKE(a->h_mid, T * D);
+        ARENA_TAKE(ar, a->h_in, T * D);
+        ARENA_TAKE(ar, a->h_mid, T * D);
     }
-    TAKE(a->x_attn, T * D);
-    TAKE(a->rstd_attn, T);
+    ARENA_TAKE(ar, a->x_attn, T * D);
+    ARENA_TAKE(ar, a->rstd_attn, T);
     MLAActs *m = &a->mla;
-    TAKE(m->c_q, T * Dq);
-    TAKE(m->c_q_norm, T * Dq);
-    TAKE(m->rstd_q, T);
-    TAKE(m->q, T * H * (Dn + Dr));
-    TAKE(m->kv_a, T * (Dc + Dr));
-    TAKE(m->c_kv, T * Dc);
-    TAKE(m->rstd_kv, T);
-    TAKE(m->k_pe, T * Dr);
-    if (s->attn == ATTN_NAIVE) TAKE(m->kv, T * H * (Dn + Dv));
+    ARENA_TAKE(ar, m->c_q, T * Dq);
+    ARENA_TAKE(ar, m->c_q_norm, T * Dq);
+    ARENA_TAKE(ar, m->rstd_q, T);
+    ARENA_TAKE(ar, m->q, T * H * (Dn + Dr));
+    ARENA_TAKE(ar, m->kv_a, T * (Dc + Dr));
+    ARENA_TAKE(ar, m->c_kv, T * Dc);
+    ARENA_TAKE(ar, m->rstd_kv, T);
+    ARENA_TAKE(ar, m->k_pe, T * Dr);
+    if (s->attn == ATTN_NAIVE) ARENA_TAKE(ar, m->kv, T * H * (Dn + Dv));
     else {
-        TAKE(m->q_abs, T * H * Dc);
-        TAKE(m->u, T * H * Dc);
+        ARENA_TAKE(ar, m->q_abs, T * H * Dc);
+        ARENA_TAKE(ar, m->u, T * H * Dc);
     }
     if (s->att_stride > 0) {
-        TAKE(m->att, T * H * s->att_stride);
+        ARENA_TAKE(ar, m->att, T * H * s->att_stride);
         m->att_stride = s->att_stride;
     }
-    TAKE(m->o, T * H * Dv);
-    TAKE(a->attn_out, T * D);
-    TAKE(a->x_ffn, T * D);
-    TAKE(a->rstd_ffn, T);
+    ARENA_TAKE(ar, m->o, T * H * Dv);
+    ARENA_TAKE(ar, a->attn_out, T * D);
+    ARENA_TAKE(ar, a->x_ffn, T * D);
+    ARENA_TAKE(ar, a->rstd_ffn, T);
     if (s->dense) {
-        TAKE(a->dense.h_gate, T * c->intermediate_size);
-        TAKE(a->dense.h_up, T * c->intermediate_size);
-        TAKE(a->dense.h_act, T * c->intermediate_size);
+        ARENA_TAKE(ar, a->dense.h_gate, T * c->intermediate_size);
+        ARENA_TAKE(ar, a->dense.h_up, T * c->intermediate_size);
+        ARENA_TAKE(ar, a->dense.h_act, T * c->intermediate_size);
     }
     if (s->moe) {
         MoEActs *e = &a->moe;
-        TAKE(e->logits, T * E);
-        TAKE(e->scores, T * E);
-        TAKE(e->idx, T * K);
-        TAKE(e->weights, T * K);
-        TAKE(e->perm, T * K);
-        TAKE(e->expert_start, E + 1);
-        TAKE(e->x_perm, T * K * D);
-        TAKE(e->routed.h_gate, T * K * Ie);
-        TAKE(e->routed.h_up, T * K * Ie);
-        TAKE(e->routed.h_act, T * K * Ie);
-        TAKE(e->y_perm, T * K * D);
+        ARENA_TAKE(ar, e->logits, T * E);
+        ARENA_TAKE(ar, e->scores, T * E);
+        ARENA_TAKE(ar, e->idx, T * K);
+        ARENA_TAKE(ar, e->weights, T * K);
+        ARENA_TAKE(ar, e->perm, T * K);
+        ARENA_TAKE(ar, e->expert_start, E + 1);
+        ARENA_TAKE(ar, e->x_perm, T * K * D);
+        ARENA_TAKE(ar, e->routed.h_gate, T * K * Ie);
+        ARENA_TAKE(ar, e->routed.h_up, T * K * Ie);
+        ARENA_TAKE(ar, e->routed.h_act, T * K * Ie);
+        ARENA_TAKE(ar, e->y_perm, T * K * D);
         if (Is > 0) {
-            TAKE(e->shared.h_gate, T * Is);
-            TAKE(e->shared.h_up, T * Is);
-            TAKE(e->shared.h_act, T * Is);
-            TAKE(e->y_shared, T * D);
+            ARENA_TAKE(ar, e->shared.h_gate, T * Is);
+            ARENA_TAKE(ar, e->shared.h_up, T * Is);
+            ARENA_TAKE(ar, e->shared.h_act, T * Is);
+            ARENA_TAKE(ar, e->y_shared, T * D);
         }
     }
-    TAKE(a->ffn_out, T * D);
+    ARENA_TAKE(ar, a->ffn_out, T * D);
 }
 
 void block_forward(float *h, int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache, LayerActs *a,

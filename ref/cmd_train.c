@@ -12,6 +12,7 @@
  * optimizer.safetensors for `--resume`; OUT/latest points at the newest.
  */
 #include <math.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -256,6 +257,14 @@ static void log_step(FILE *log, const Trainer *tr, const TrainLosses *L, const S
     fprintf(log, "],\"balance\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"tokens\":%lld,\"tok_per_s\":%.1f,\"maxvio\":[",
             L->balance, st->lr, st->grad_norm, (long long)tr->tokens, tok_s);
     for (int j = 0; j < tr->n_moe; j++) fprintf(log, "%s%.17g", j ? "," : "", tr->maxvio[j]);
+    /* Per-expert loads of the step (selections over its tokens), one array per MoE layer. */
+    int E = tr->ps.config.n_routed_experts;
+    fprintf(log, "],\"load\":[");
+    for (int j = 0; j < tr->n_moe; j++) {
+        fprintf(log, "%s[", j ? "," : "");
+        for (int e = 0; e < E; e++) fprintf(log, "%s%lld", e ? "," : "", (long long)tr->load[(size_t)j * E + e]);
+        fprintf(log, "]");
+    }
     fprintf(log, "]}\n");
     fflush(log);
 }
@@ -369,7 +378,7 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (a.log && !(log = fopen(a.log, "a"))) {
-        rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending", a.log);
+        rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending: %s", a.log, strerror(errno));
         goto done;
     }
     uint64_t main_p, mtp_p;

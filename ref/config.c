@@ -285,6 +285,15 @@ int config_load(Config *c, const char *path, Err *err) {
     return rc;
 }
 
+int64_t config_max_linear_in(const Config *c) {
+    int64_t max_in = 2 * (int64_t)c->hidden_size;
+    int64_t cand[] = { c->q_lora_rank, c->kv_lora_rank, (int64_t)c->num_attention_heads * c->v_head_dim,
+                       c->intermediate_size, (int64_t)c->n_shared_experts * c->moe_intermediate_size };
+    for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
+        if (cand[i] > max_in) max_in = cand[i];
+    return max_in;
+}
+
 int config_layer_is_moe(const Config *c, int layer) {
     return layer >= c->first_k_dense_replace && layer % c->moe_layer_freq == 0;
 }

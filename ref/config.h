@@ -77,6 +77,10 @@ char *config_to_json(const Config *c);
  */
 int config_apply_sets(Config *c, char *const *sets, int n, Err *err);
 
+/** The widest input of any linear layer: D, Dq, Dc, H·Dv, I, S·Ie or 2D (the MTP eh_proj);
+ *  sizes the row scratch of linear_forward. */
+int64_t config_max_linear_in(const Config *c);
+
 /** True if decoder layer @p layer has a routed-expert MoE FFN (layer ≥ first_k_dense_replace, freq). */
 int config_layer_is_moe(const Config *c, int layer);
 

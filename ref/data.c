@@ -9,13 +9,8 @@
  */
 #include "data.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 int tokenfile_get(const TokenFile *f, int64_t i) {
     const unsigned char *b = f->map + 4 * i;
@@ -26,28 +21,21 @@ int tokenfile_get(const TokenFile *f, int64_t i) {
 int tokenfile_open(TokenFile *f, const char *path, int vocab_size, int64_t min_tokens, Err *err) {
     memset(f, 0, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return err_set(err, "%s: not a regular file", path);
-    }
-    f->bytes = (size_t)sb.st_size;
+    const uint8_t *map;
+    if (map_file_readonly(path, &map, &f->bytes, err)) return -1;
+    f->map = map;
     if (f->bytes % 4) {
-        close(fd);
-        return err_set(err, "%s: %zu bytes is not a whole number of uint32 token ids", path, f->bytes);
+        size_t bytes = f->bytes;
+        tokenfile_close(f);
+        return err_set(err, "%s: %zu bytes is not a whole number of uint32 token ids", path, bytes);
     }
     f->n = (int64_t)(f->bytes / 4);
     if (f->n < min_tokens) {
-        close(fd);
-        return err_set(err, "%s: %lld tokens, need at least %lld (one sequence of seq_len + 1)", path, (long long)f->n,
+        int64_t n = f->n;
+        tokenfile_close(f);
+        return err_set(err, "%s: %lld tokens, need at least %lld (one sequence of seq_len + 1)", path, (long long)n,
                        (long long)min_tokens);
     }
-    void *map = mmap(NULL, f->bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return err_set(err, "%s: mmap failed: %s", path, strerror(errno));
-    f->map = map;
     for (int64_t i = 0; i < f->n; i++) {
         const unsigned char *b = f->map + 4 * i;
         uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
@@ -62,7 +50,7 @@ int tokenfile_open(TokenFile *f, const char *path, int vocab_size, int64_t min_t
 }
 
 void tokenfile_close(TokenFile *f) {
-    if (f->map) munmap((void *)(uintptr_t)f->map, f->bytes);
+    unmap_file(f->map, f->bytes);
     memset(f, 0, sizeof *f);
 }
 

@@ -9,24 +9,22 @@
 
 #include "mtp.h"
 
-/** Reserves n elements of ptr's type from the arena `ar` in scope. */
-#define TAKE(ptr, n) ((ptr) = arena_take(&ar, (size_t)(n), sizeof *(ptr)))
 
 static int alloc_buffers(Generator *g, int64_t max_T, void **mem) {
     const Config *c = &g->m->config;
     int64_t V = c->vocab_size, D = c->hidden_size, N = g->draft;
     Arena ar = { 0 };
     for (int pass = 0; pass < 2; pass++) {
-        TAKE(g->tokens, g->ctx + 1);
-        TAKE(g->logits, (N + 1) * V);
-        TAKE(g->normed, max_T * D);
-        TAKE(g->h_last, D);
-        TAKE(g->mtp_h, max_T * D);
-        TAKE(g->mtp_logits, V);
-        TAKE(g->q_probs, (N > 0 ? N : 1) * V);
-        TAKE(g->p_probs, V);
-        TAKE(g->cands, V);
-        TAKE(g->drafts, N + 1);
+        ARENA_TAKE(&ar, g->tokens, g->ctx + 1);
+        ARENA_TAKE(&ar, g->logits, (N + 1) * V);
+        ARENA_TAKE(&ar, g->normed, max_T * D);
+        ARENA_TAKE(&ar, g->h_last, D);
+        ARENA_TAKE(&ar, g->mtp_h, max_T * D);
+        ARENA_TAKE(&ar, g->mtp_logits, V);
+        ARENA_TAKE(&ar, g->q_probs, (N > 0 ? N : 1) * V);
+        ARENA_TAKE(&ar, g->p_probs, V);
+        ARENA_TAKE(&ar, g->cands, V);
+        ARENA_TAKE(&ar, g->drafts, N + 1);
         if (ar.overflow) return -1;
         if (pass == 0) {
             *mem = calloc(1, ar.used + 64);

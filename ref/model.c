@@ -196,27 +196,20 @@ uint64_t model_decode_weight_bytes(const Model *m) {
 /* ------------------------------------------------------------------------------------- */
 /* run state                                                                               */
 
-/** Reserves n elements of ptr's type from the arena `ar` in scope. */
-#define TAKE(ptr, n) ((ptr) = arena_take(ar, (size_t)(n), sizeof *(ptr)))
 
 static void runstate_layout(RunState *s, const Config *c, int64_t max_T, int64_t max_seq, Arena *ar) {
     int64_t D = c->hidden_size, half = c->qk_rope_head_dim / 2;
-    /* The widest input any linear sees: D, Dq, Dc, H·Dv, I, Ie·S, or 2D (MTP eh_proj). */
-    int64_t max_in = 2 * (int64_t)D;
-    int64_t cand[] = { c->q_lora_rank, c->kv_lora_rank, (int64_t)c->num_attention_heads * c->v_head_dim,
-                       c->intermediate_size, (int64_t)c->n_shared_experts * c->moe_intermediate_size };
-    for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
-        if (cand[i] > max_in) max_in = cand[i];
-    TAKE(s->h, max_T * D);
-    TAKE(s->normed, max_T * D);
-    TAKE(s->emb, max_T * D);
-    TAKE(s->cat, max_T * 2 * D);
-    TAKE(s->rope_cos, max_T * half);
-    TAKE(s->rope_sin, max_T * half);
-    float *lin = TAKE(lin, linear_scratch_floats(max_T, max_in));
+    int64_t max_in = config_max_linear_in(c);
+    ARENA_TAKE(ar, s->h, max_T * D);
+    ARENA_TAKE(ar, s->normed, max_T * D);
+    ARENA_TAKE(ar, s->emb, max_T * D);
+    ARENA_TAKE(ar, s->cat, max_T * 2 * D);
+    ARENA_TAKE(ar, s->rope_cos, max_T * half);
+    ARENA_TAKE(ar, s->rope_sin, max_T * half);
+    float *lin = ARENA_TAKE(ar, lin, linear_scratch_floats(max_T, max_in));
     if (lin) s->ctx.lin = linear_scratch_init(lin, max_T, max_in);
-    TAKE(s->ctx.att_row, max_seq);
-    TAKE(s->ctx.gate_work, 2 * ((int64_t)c->n_routed_experts + c->n_group));
+    ARENA_TAKE(ar, s->ctx.att_row, max_seq);
+    ARENA_TAKE(ar, s->ctx.gate_work, 2 * ((int64_t)c->n_routed_experts + c->n_group));
     LayerActsSpec spec = { max_T, 0, 0, 0, s->attn, 0 };
     for (int l = 0; l < c->num_hidden_layers + c->num_nextn_predict_layers; l++) {
         if (config_layer_is_moe(c, l)) spec.moe = 1;

@@ -22,10 +22,8 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -305,30 +303,15 @@ done:
 /* files and shards                                                                        */
 
 static int map_file(SafeTensors *st, const char *path, Err *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return err_set(err, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    const uint8_t *map = NULL;
-    if (size > 0) {
-        void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            close(fd);
-            return err_set(err, "%s: mmap failed: %s", path, strerror(errno));
-        }
-        map = m;
-    }
-    close(fd);
+    const uint8_t *map;
+    size_t size;
+    if (map_file_readonly(path, &map, &size, err)) return -1;
     StFile *grown = realloc(st->files, ((size_t)st->n_files + 1) * sizeof *grown);
     char *p = strdup(path);
     if (!grown || !p) {
         free(p);
         if (grown) st->files = grown;
-        if (map) munmap((void *)map, size);
+        unmap_file(map, size);
         return err_set(err, "%s: out of memory", path);
     }
     st->files = grown;
@@ -338,7 +321,7 @@ static int map_file(SafeTensors *st, const char *path, Err *err) {
 
 void st_close(SafeTensors *st) {
     for (int i = 0; i < st->n_files; i++) {
-        if (st->files[i].map) munmap((void *)st->files[i].map, st->files[i].size);
+        unmap_file(st->files[i].map, st->files[i].size);
         free(st->files[i].path);
     }
     for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);

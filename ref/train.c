@@ -70,34 +70,28 @@ TrainOptions train_options_default(int hidden) {
 /* ------------------------------------------------------------------------------------- */
 /* allocation                                                                              */
 
-/** Reserves n elements of ptr's type from the arena `ar` in scope. */
-#define TAKE(ptr, n) ((ptr) = arena_take(ar, (size_t)(n), sizeof *(ptr)))
 
 static void trainer_layout(Trainer *tr, Arena *ar) {
     const Config *c = &tr->ps.config;
     int64_t T = tr->opt.seq_len, D = c->hidden_size, V = c->vocab_size, Dm = tr->opt.n_mtp, L = c->num_hidden_layers;
     int64_t E = c->n_routed_experts, half = c->qk_rope_head_dim / 2;
-    int64_t max_in = 2 * D;
-    int64_t cand[] = { c->q_lora_rank, c->kv_lora_rank, (int64_t)c->num_attention_heads * c->v_head_dim,
-                       c->intermediate_size, (int64_t)c->n_shared_experts * c->moe_intermediate_size };
-    for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
-        if (cand[i] > max_in) max_in = cand[i];
-    TAKE(tr->h, T * D);
-    TAKE(tr->normed, T * D);
-    TAKE(tr->rstd, T);
-    TAKE(tr->logits, (1 + Dm) * T * V);
-    TAKE(tr->probs, (1 + Dm) * T * V);
-    TAKE(tr->dlogits, T * V);
-    TAKE(tr->dnormed, (1 + Dm) * T * D);
-    TAKE(tr->dh, T * D);
-    TAKE(tr->targets, (1 + Dm) * T);
-    TAKE(tr->seq, T + 1);
-    float *lin = TAKE(lin, linear_scratch_floats(T, max_in));
+    int64_t max_in = config_max_linear_in(c);
+    ARENA_TAKE(ar, tr->h, T * D);
+    ARENA_TAKE(ar, tr->normed, T * D);
+    ARENA_TAKE(ar, tr->rstd, T);
+    ARENA_TAKE(ar, tr->logits, (1 + Dm) * T * V);
+    ARENA_TAKE(ar, tr->probs, (1 + Dm) * T * V);
+    ARENA_TAKE(ar, tr->dlogits, T * V);
+    ARENA_TAKE(ar, tr->dnormed, (1 + Dm) * T * D);
+    ARENA_TAKE(ar, tr->dh, T * D);
+    ARENA_TAKE(ar, tr->targets, (1 + Dm) * T);
+    ARENA_TAKE(ar, tr->seq, T + 1);
+    float *lin = ARENA_TAKE(ar, lin, linear_scratch_floats(T, max_in));
     if (lin) tr->ctx.lin = linear_scratch_init(lin, T, max_in);
-    tr->ctx.rope_cos = TAKE(tr->rope_cos, T * half);
-    tr->ctx.rope_sin = TAKE(tr->rope_sin, T * half);
-    TAKE(tr->ctx.att_row, T);
-    TAKE(tr->ctx.gate_work, 2 * (E + c->n_group));
+    tr->ctx.rope_cos = ARENA_TAKE(ar, tr->rope_cos, T * half);
+    tr->ctx.rope_sin = ARENA_TAKE(ar, tr->rope_sin, T * half);
+    ARENA_TAKE(ar, tr->ctx.att_row, T);
+    ARENA_TAKE(ar, tr->ctx.gate_work, 2 * (E + c->n_group));
     for (int64_t l = 0; l < L; l++) {
         int moe = config_layer_is_moe(c, (int)l);
         LayerActsSpec spec = { T, T, !moe, moe, ATTN_NAIVE, 1 };
@@ -105,23 +99,23 @@ static void trainer_layout(Trainer *tr, Arena *ar) {
     }
     for (int64_t k = 0; k < Dm; k++) {
         MTPActs *a = &tr->mtp[k];
-        TAKE(a->emb, T * D);
-        TAKE(a->rstd_e, T);
-        TAKE(a->rstd_h, T);
-        TAKE(a->cat, T * 2 * D);
-        TAKE(a->h, T * D);
-        TAKE(a->normed, T * D);
-        TAKE(a->rstd_out, T);
+        ARENA_TAKE(ar, a->emb, T * D);
+        ARENA_TAKE(ar, a->rstd_e, T);
+        ARENA_TAKE(ar, a->rstd_h, T);
+        ARENA_TAKE(ar, a->cat, T * 2 * D);
+        ARENA_TAKE(ar, a->h, T * D);
+        ARENA_TAKE(ar, a->normed, T * D);
+        ARENA_TAKE(ar, a->rstd_out, T);
         int moe = config_layer_is_moe(c, (int)(L + k)); /* MoE for V3; dense if moe_layer_freq skips it */
         LayerActsSpec spec = { T, T, !moe, moe, ATTN_NAIVE, 1 };
         layer_acts_layout(&a->block, c, &spec, ar);
     }
-    TAKE(tr->dmtp.emb, T * D);
-    TAKE(tr->dmtp.cat, T * 2 * D);
-    TAKE(tr->dmtp.h, T * D);
-    TAKE(tr->moe_layer, tr->n_moe);
-    TAKE(tr->load, (int64_t)tr->n_moe * E);
-    TAKE(tr->maxvio, tr->n_moe);
+    ARENA_TAKE(ar, tr->dmtp.emb, T * D);
+    ARENA_TAKE(ar, tr->dmtp.cat, T * 2 * D);
+    ARENA_TAKE(ar, tr->dmtp.h, T * D);
+    ARENA_TAKE(ar, tr->moe_layer, tr->n_moe);
+    ARENA_TAKE(ar, tr->load, (int64_t)tr->n_moe * E);
+    ARENA_TAKE(ar, tr->maxvio, tr->n_moe);
 }
 
 /** Lays out @p a in a fresh zeroed allocation (for a LayerActs that is cleared as a whole). */

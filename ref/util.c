@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -248,4 +249,33 @@ void *arena_take(Arena *a, size_t n, size_t elem) {
         return NULL;
     }
     return a->base + start;
+}
+
+int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *err) {
+    *map = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return err_set(err, "%s: not a regular file", path);
+    }
+    size_t n = (size_t)sb.st_size;
+    if (n > 0) {
+        void *m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return err_set(err, "%s: mmap failed: %s", path, strerror(e));
+        }
+        *map = m;
+    }
+    close(fd);
+    *size = n;
+    return 0;
+}
+
+void unmap_file(const uint8_t *map, size_t size) {
+    if (map) munmap((void *)map, size);
 }

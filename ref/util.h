@@ -96,4 +96,15 @@ typedef struct {
 /** Reserves n × elem bytes (64-byte aligned); returns NULL while counting or on overflow. */
 void *arena_take(Arena *a, size_t n, size_t elem);
 
+/** `ptr = n elements of ptr's type from Arena *ar` — the one idiom every layout function uses. */
+#define ARENA_TAKE(ar, ptr, n) ((ptr) = arena_take((ar), (size_t)(n), sizeof *(ptr)))
+
+/**
+ * Maps a regular file read-only (an empty file maps to NULL with size 0). Errors name the
+ * file: cannot open, not a regular file, mmap failure. Release with unmap_file().
+ */
+int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *err);
+/** Releases a mapping made by map_file_readonly (NULL is fine). */
+void unmap_file(const uint8_t *map, size_t size);
+
 #endif /* DSV3_UTIL_H */

@@ -53,22 +53,9 @@ typedef struct {
 
 static StImage base; /* model.safetensors of the valid micro checkpoint */
 
-static uint8_t *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)len + 1);
-    if (fread(b, 1, (size_t)len, f) != (size_t)len) len = 0;
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static void load_image(StImage *im, const char *path) {
     size_t n;
-    uint8_t *b = slurp(path, &n);
+    uint8_t *b = (uint8_t *)read_bytes(path, &n);
     uint64_t h = 0;
     for (int i = 7; i >= 0; i--) h = (h << 8) | b[i];
     im->header = cJSON_ParseWithLength((const char *)b + 8, (size_t)h);
@@ -444,14 +431,14 @@ static void copy_sharded(void) {
         char p[8192];
         snprintf(p, sizeof p, "%s/%s", sharded_src, files[i]);
         size_t n;
-        uint8_t *b = slurp(p, &n);
+        uint8_t *b = (uint8_t *)read_bytes(p, &n);
         write_bytes(in_case(files[i]), b, n);
         free(b);
     }
 }
 static cJSON *read_index(void) {
     size_t n;
-    uint8_t *b = slurp(in_case("model.safetensors.index.json"), &n);
+    uint8_t *b = (uint8_t *)read_bytes(in_case("model.safetensors.index.json"), &n);
     cJSON *j = cJSON_ParseWithLength((const char *)b, n);
     free(b);
     return j;

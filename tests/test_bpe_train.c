@@ -22,6 +22,7 @@
 #include "chat.h"
 #include "pretok.h"
 #include "tokenizer.h"
+#include "util_compare.h"
 #include "util_tok.h"
 
 /* A deterministic little corpus: English words, numbers, code, CJK, accents, whitespace. */
@@ -77,7 +78,7 @@ static void test_copies_match_deepseek(void **state) {
 
 static void test_train_reload_roundtrip(void **state) {
     (void)state;
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     ByteBuf text = {0};
     corpus(&text, 200000);
     BpeTrainStats st;
@@ -145,7 +146,7 @@ static void test_train_reload_roundtrip(void **state) {
     free(ids);
     tokenizer_free(t);
     bytebuf_free(&text);
-    tok_rmdir(dir);
+    remove_tree(dir);
     free(dir);
 }
 
@@ -159,7 +160,7 @@ static char *slurp(const char *dir, const char *name, size_t *len) {
 
 static void test_deterministic(void **state) {
     (void)state;
-    char *a = tok_tmpdir(), *b = tok_tmpdir();
+    char *a = make_temp_dir("tok"), *b = make_temp_dir("tok");
     ByteBuf text = {0};
     corpus(&text, 50000);
     train_to(a, text.data, text.len, 400, 2, NULL);
@@ -178,8 +179,8 @@ static void test_deterministic(void **state) {
     cJSON_Delete(cfg);
     free(fa);
     bytebuf_free(&text);
-    tok_rmdir(a);
-    tok_rmdir(b);
+    remove_tree(a);
+    remove_tree(b);
     free(a);
     free(b);
 }
@@ -188,7 +189,7 @@ static void test_deterministic(void **state) {
  * Ġ (space, id 3+32) before a (3+97); then a·b (left 100) before Ġc·d (left 259). */
 static void test_tie_breaking(void **state) {
     (void)state;
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     BpeTrainStats st;
     train_to(dir, "ab cd", 5, 400, 1, &st);
     assert_int_equal(st.merges, 3);
@@ -216,14 +217,14 @@ static void test_tie_breaking(void **state) {
     assert_true(tok_ids_equal("ab cd", ids, n, w, 2));
     free(ids);
     tokenizer_free(t);
-    tok_rmdir(dir);
+    remove_tree(dir);
     free(dir);
 }
 
 /* Overlapping runs ("aaaa", "abab") merge left to right, and the result still round-trips. */
 static void test_repetitive_text(void **state) {
     (void)state;
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     const char *text = "aaaa aaaa aaaaa abab abab ababa bbbbbbbb 1111111 ab ab ab bc bc abc abc xbcd xbcd";
     BpeTrainStats st;
     train_to(dir, text, strlen(text), 300, 2, &st);
@@ -240,7 +241,7 @@ static void test_repetitive_text(void **state) {
     free(back);
     free(ids);
     tokenizer_free(t);
-    tok_rmdir(dir);
+    remove_tree(dir);
     free(dir);
 }
 
@@ -259,7 +260,7 @@ static void test_against_naive(void **state) {
     ByteBuf text = {0};
     corpus(&text, 30000);
     bytebuf_puts(&text, "aaaa aaaaa bbb abab ababab 1111 11 000000 "); /* runs and overlaps */
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     BpeTrainStats st;
     train_to(dir, text.data, text.len, 261 + NAIVE_MERGES, 2, &st);
     assert_int_equal(st.merges, NAIVE_MERGES);
@@ -364,7 +365,7 @@ static void test_against_naive(void **state) {
     pretok_work_free(&w);
     pretok_free(p);
     bytebuf_free(&text);
-    tok_rmdir(dir);
+    remove_tree(dir);
     free(dir);
 }
 

@@ -22,6 +22,7 @@
 
 #include "chat.h"
 #include "tokenizer.h"
+#include "util_compare.h"
 #include "util_tok.h"
 
 static int setup(void **state) {
@@ -228,7 +229,7 @@ static void test_errors(void **state) {
 /* Without tokenizer_config.json there is no bos_token for the template. */
 static void test_needs_bos(void **state) {
     (void)state;
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     char link[4200], target[4200];
     assert_non_null(getcwd(target, sizeof target - 64));
     strcat(target, "/" DS_TOKENIZER_DIR "/tokenizer.json");
@@ -242,7 +243,7 @@ static void test_needs_bos(void **state) {
     assert_int_equal(chat_encode(t, m, 1, 1, &ids, &n, &err), -1);
     assert_non_null(strstr(err.msg, "bos_token"));
     tokenizer_free(t);
-    tok_rmdir(dir);
+    remove_tree(dir);
     free(dir);
 }
 

@@ -21,19 +21,7 @@
 #include "config.h"
 #include "rng.h"
 #include "safetensors.h"
-
-static uint8_t *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)len + 1);
-    if (fread(b, 1, (size_t)len, f) != (size_t)len) len = 0;
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
+#include "util_compare.h"
 
 /** One random mutation of buf[0..n) in place; may shrink *n. */
 static void mutate(uint8_t *buf, size_t *n, size_t header_end, Rng *r) {
@@ -59,7 +47,7 @@ static void mutate(uint8_t *buf, size_t *n, size_t header_end, Rng *r) {
 static void safetensors_mutants(void **state) {
     (void)state;
     size_t n;
-    uint8_t *orig = slurp("golden/official-tiny/model.safetensors", &n);
+    uint8_t *orig = (uint8_t *)read_bytes("golden/official-tiny/model.safetensors", &n);
     assert_non_null(orig);
     /* The header plus a little data keeps each iteration cheap; the tail is fixed-length. */
     uint64_t h = 0;
@@ -102,7 +90,7 @@ static void config_mutants(void **state) {
     int ok = 0, rejected = 0;
     for (size_t f = 0; f < 2; f++) {
         size_t n;
-        uint8_t *orig = slurp(files[f], &n);
+        uint8_t *orig = (uint8_t *)read_bytes(files[f], &n);
         assert_non_null(orig);
         uint8_t *buf = malloc(n + 1);
         for (int it = 0; it < 2000; it++) {

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "util_run.h"
+#include "util_compare.h"
 #include "util_tok.h"
 
 static void run(RunResult *r, const char *stdin_text, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -46,13 +47,13 @@ static void expect_error(RunResult *r, int status, const char *cmd, const char *
 }
 
 static int setup(void **state) {
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     *state = dir;
     return dir ? 0 : -1;
 }
 
 static int teardown(void **state) {
-    tok_rmdir(*state);
+    remove_tree(*state);
     free(*state);
     return 0;
 }
@@ -265,7 +266,7 @@ static void test_train_tokenizer_cli(void **state) {
     run_result_free(&r);
     char p[4200];
     snprintf(p, sizeof p, "%s/t", dir);
-    tok_rmdir(p);
+    remove_tree(p);
 }
 
 int main(void) {

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "tokenizer.h"
+#include "util_compare.h"
 #include "util_tok.h"
 
 /* Writes j (or the raw text) as dir/tokenizer.json and loads it. */
@@ -41,13 +42,13 @@ static void expect_fail(const char *dir, const cJSON *j, const char *raw, const 
 }
 
 static int setup(void **state) {
-    char *dir = tok_tmpdir();
+    char *dir = make_temp_dir("tok");
     *state = dir;
     return dir ? 0 : -1;
 }
 
 static int teardown(void **state) {
-    tok_rmdir(*state);
+    remove_tree(*state);
     free(*state);
     return 0;
 }

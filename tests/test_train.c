@@ -34,16 +34,7 @@
 #include "util_gradcheck.h"
 #include "util_run.h"
 
-/** Two layers (dense + MoE), 8 experts in 4 groups, top-2, two MTP depths, YaRN; all dims distinct. */
-static const char *const TINY =
-    "{\"model_type\":\"deepseek_v3\",\"vocab_size\":50,\"hidden_size\":32,\"intermediate_size\":40,"
-    "\"moe_intermediate_size\":12,\"num_hidden_layers\":2,\"first_k_dense_replace\":1,"
-    "\"num_nextn_predict_layers\":2,\"num_attention_heads\":3,\"q_lora_rank\":20,\"kv_lora_rank\":14,"
-    "\"qk_nope_head_dim\":6,\"qk_rope_head_dim\":8,\"v_head_dim\":10,\"n_routed_experts\":8,"
-    "\"n_shared_experts\":1,\"num_experts_per_tok\":2,\"n_group\":4,\"topk_group\":2,"
-    "\"routed_scaling_factor\":2.5,\"norm_topk_prob\":true,\"topk_method\":\"noaux_tc\","
-    "\"rope_theta\":10000,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":40,\"beta_fast\":32,"
-    "\"beta_slow\":1,\"mscale\":1.0,\"mscale_all_dim\":1.0,\"original_max_position_embeddings\":64}}";
+static const char *const TINY = GRADCHECK_CONFIG_JSON;
 
 static Config cfg;
 static char *tmp;

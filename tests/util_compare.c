@@ -5,6 +5,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "util_compare.h"
 
+#include "util.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -49,31 +51,28 @@ double median_row_rel_diff(const float *a, const float *b, int rows, int cols) {
     return m;
 }
 
+unsigned char *read_bytes(const char *path, size_t *n) {
+    char *data;
+    Err err;
+    if (read_file(path, (size_t)1 << 31, &data, n, &err)) return NULL;
+    return (unsigned char *)data;
+}
+
 float *read_f32(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    float *v = malloc((size_t)len + 4);
-    if (!v || fread(v, 1, (size_t)len, f) != (size_t)len) {
-        free(v);
-        fclose(f);
-        return NULL;
-    }
-    fclose(f);
-    *n = (size_t)len / sizeof(float);
-    return v;
+    size_t bytes;
+    unsigned char *b = read_bytes(path, &bytes);
+    if (!b) return NULL;
+    /* read_file's buffer comes from malloc: suitably aligned for float. */
+    *n = bytes / sizeof(float);
+    return (float *)(void *)b;
 }
 
 int *read_ids_json(const char *path, int *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char buf[65536];
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = 0;
-    cJSON *a = cJSON_Parse(buf);
+    size_t len;
+    unsigned char *buf = read_bytes(path, &len);
+    if (!buf) return NULL;
+    cJSON *a = cJSON_ParseWithLength((const char *)buf, len);
+    free(buf);
     if (!cJSON_IsArray(a)) {
         cJSON_Delete(a);
         return NULL;

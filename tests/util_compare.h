@@ -13,6 +13,8 @@ double max_rel_diff(const float *a, const float *b, size_t n);
 int argmax_agree(const float *a, const float *b, int rows, int cols);
 /** Median over rows of max|a−b|/max|b| per row. */
 double median_row_rel_diff(const float *a, const float *b, int rows, int cols);
+/** Reads a whole file (NUL-terminated, length in *n); NULL if it cannot be read. */
+unsigned char *read_bytes(const char *path, size_t *n);
 /** Reads a float32 file; returns a malloc'd array and its count in *n (NULL on error). */
 float *read_f32(const char *path, size_t *n);
 /** Reads a JSON array of integers (e.g. golden ids.json); malloc'd, count in *n. */

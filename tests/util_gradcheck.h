@@ -41,4 +41,18 @@ GradCheck gradcheck(const char *name, float *p, const float *an, size_t n, int s
 /** 1 if a check passed: worst ≤ 1, cosine ≥ 0.9999, a non-zero gradient, ≤ 10% of the samples skipped. */
 int gradcheck_passed(const GradCheck *g);
 
+/**
+ * The model of the gradient tests: two layers (dense + MoE), 8 experts in 4 groups with 2 kept,
+ * top-2, two MTP depths, YaRN; every dimension distinct, so a transposed index cannot pass.
+ */
+#define GRADCHECK_CONFIG_JSON \
+    "{\"model_type\":\"deepseek_v3\",\"vocab_size\":50,\"hidden_size\":32,\"intermediate_size\":40," \
+    "\"moe_intermediate_size\":12,\"num_hidden_layers\":2,\"first_k_dense_replace\":1," \
+    "\"num_nextn_predict_layers\":2,\"num_attention_heads\":3,\"q_lora_rank\":20,\"kv_lora_rank\":14," \
+    "\"qk_nope_head_dim\":6,\"qk_rope_head_dim\":8,\"v_head_dim\":10,\"n_routed_experts\":8," \
+    "\"n_shared_experts\":1,\"num_experts_per_tok\":2,\"n_group\":4,\"topk_group\":2," \
+    "\"routed_scaling_factor\":2.5,\"norm_topk_prob\":true,\"topk_method\":\"noaux_tc\"," \
+    "\"rope_theta\":10000,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":40,\"beta_fast\":32," \
+    "\"beta_slow\":1,\"mscale\":1.0,\"mscale_all_dim\":1.0,\"original_max_position_embeddings\":64}}"
+
 #endif

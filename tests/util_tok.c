@@ -60,25 +60,6 @@ int tok_ids_equal(const char *what, const int *got, int ngot, const int *want, i
     return 0;
 }
 
-char *tok_tmpdir(void) {
-    char tmpl[] = "/tmp/dsv3-tok-XXXXXX";
-    if (!mkdtemp(tmpl)) return NULL;
-    return strdup(tmpl);
-}
-
-void tok_rmdir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char p[4096];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && path_join(p, sizeof p, dir, e->d_name) == 0)
-                unlink(p);
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 int tok_write(const char *path, const void *data, size_t len) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;

@@ -22,12 +22,6 @@ int *tok_json_ints(const struct cJSON *arr, int *n);
 /** 1 when the lists are equal; otherwise prints both (labelled with @p what) and returns 0. */
 int tok_ids_equal(const char *what, const int *got, int ngot, const int *want, int nwant);
 
-/** Creates a fresh directory under /tmp; returns a malloc'd path (NULL on failure). */
-char *tok_tmpdir(void);
-
-/** Removes a directory made by tok_tmpdir() and the plain files in it. */
-void tok_rmdir(const char *dir);
-
 /** Writes @p len bytes to @p path (overwrites); 0 on success. */
 int tok_write(const char *path, const void *data, size_t len);
 
