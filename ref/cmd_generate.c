@@ -55,6 +55,9 @@ static void usage(FILE *f, const char *cmd) {
                "  --fp8 dequant|w8a8    FP8 numerics (default dequant)\n");
 }
 
+/** Inside parse_args: takes the current flag's value into v, or fails the parse. */
+#define VALUE() if (!(v = cli_value(cmd, argc, argv, &i))) return -1
+
 /** Parses the flags of @p cmd; returns -1 (message printed) on an invalid one, 1 for --help. */
 static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
     memset(a, 0, sizeof *a);
@@ -67,7 +70,6 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
             usage(stdout, cmd);
             return 1;
         }
-#define VALUE() if (!(v = cli_value(cmd, argc, argv, &i))) return -1
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) { VALUE(); a->model = v; }
         else if (!strcmp(f, "--tokenizer")) { VALUE(); a->tokenizer = v; }
         else if (!is_chat && (!strcmp(f, "-p") || !strcmp(f, "--prompt"))) { VALUE(); a->prompt = v; }
@@ -104,13 +106,13 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
             else return cli_fail(cmd, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v), -1;
         }
         else return cli_fail(cmd, EXIT_USAGE, "unknown option '%s' (dsv3 %s --help)", f, cmd), -1;
-#undef VALUE
     }
     if (!a->model) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 %s --help)", cmd), -1;
     if (!is_chat && !!a->prompt == !!a->prompt_file)
         return cli_fail(cmd, EXIT_USAGE, "give exactly one of -p PROMPT or -f FILE"), -1;
     return 0;
 }
+#undef VALUE
 
 /** Everything a session needs, loaded from the flags. */
 typedef struct {
