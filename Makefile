@@ -27,7 +27,7 @@ endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -MMD -MP
-LDLIBS  := -lcjson -lpcre2-8 -lonig -lm
+LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
 ifeq ($(OMP),1)
 CFLAGS  += -fopenmp
 LDLIBS  += -fopenmp
@@ -141,7 +141,7 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN)
 # ASan/UBSan build in its own tree, same tests.
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -fsanitize=address,undefined" test
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined" test
 
 # ---- docs -----------------------------------------------------------------------------
 docs:

@@ -21,6 +21,7 @@ typedef struct {
     const float *rope_sin;  /**< [T][Dr/2] */
     float *att_row;         /**< [max_seq] one attention row, when the acts do not keep probabilities */
     float *gate_work;       /**< [2·(E + n_group)] gate_forward scratch */
+    struct EpRank *ep;      /**< expert parallelism: MoE layers dispatch/combine through it (NULL: local) */
 } ForwardContext;
 
 #endif

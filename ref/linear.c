@@ -40,6 +40,7 @@ LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in) {
     s.xq = s.row + (size_t)max_threads() * (size_t)max_in;
     s.x_scale = s.xq + (size_t)T * (size_t)max_in;
     s.max_in = max_in;
+    s.max_T = T;
     return s;
 }
 
@@ -119,7 +120,10 @@ static void linear_w8a8(float *y, const float *x, int64_t T, const Tensor *W, co
 
 void linear_forward(float *y, const float *x, int64_t T, const Tensor *W, Fp8Mode mode, const LinearScratch *s) {
     DSV3_ASSERT(W->cols <= s->max_in);
-    if (mode == FP8_W8A8 && W->dtype == DT_F8_E4M3) linear_w8a8(y, x, T, W, s);
+    if (mode == FP8_W8A8 && W->dtype == DT_F8_E4M3) {
+        DSV3_ASSERT(T <= s->max_T);
+        linear_w8a8(y, x, T, W, s);
+    }
     else linear_dequant(y, x, T, W, s);
 }
 
