@@ -1,0 +1,156 @@
+/**
+ * @file bootstrap.c
+ * @brief torchrun environment and the TCP exchange of the NCCL unique id (see bootstrap.h).
+ *
+ * Protocol: rank 0 listens; each other rank connects and sends {magic, rank}; rank 0 answers
+ * {magic, n} followed by the n bytes. Every read and write loops over partial transfers;
+ * connects retry with a short sleep until the deadline, since ranks start in any order.
+ */
+#include "bootstrap.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { MAGIC = 0x64737633 /* "dsv3" */ };
+
+static int env_int(const char *name, int def, int lo, int hi, int *out, Err *err) {
+    const char *v = getenv(name);
+    if (!v || !*v) {
+        *out = def;
+        return 0;
+    }
+    long x;
+    if (parse_long(v, lo, hi, &x)) return err_set(err, "environment %s='%s' is not an integer in [%d, %d]", name, v, lo, hi);
+    *out = (int)x;
+    return 0;
+}
+
+int launch_env_read(LaunchEnv *e, Err *err) {
+    memset(e, 0, sizeof *e);
+    if (env_int("WORLD_SIZE", 1, 1, 1 << 20, &e->world_size, err) ||
+        env_int("RANK", 0, 0, e->world_size - 1, &e->rank, err) ||
+        env_int("LOCAL_RANK", e->rank, 0, 1 << 20, &e->local_rank, err) ||
+        env_int("MASTER_PORT", 29500, 1, 65535, &e->master_port, err))
+        return -1;
+    const char *addr = getenv("MASTER_ADDR");
+    if (!addr || !*addr) addr = "127.0.0.1";
+    if (strlen(addr) >= sizeof e->master_addr) return err_set(err, "environment MASTER_ADDR is too long");
+    snprintf(e->master_addr, sizeof e->master_addr, "%s", addr);
+    return 0;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/** Sends or receives exactly n bytes before the deadline. */
+static int xfer(int fd, void *buf, size_t n, int sending, double deadline, Err *err) {
+    char *p = buf;
+    while (n > 0) {
+        double left = deadline - now();
+        if (left <= 0) return err_set(err, "bootstrap: timed out %s", sending ? "sending" : "receiving");
+        struct pollfd pf = { fd, (short)(sending ? POLLOUT : POLLIN), 0 };
+        int pr = poll(&pf, 1, (int)(left * 1000) + 1);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr <= 0) continue;
+        ssize_t k = sending ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (k <= 0) return err_set(err, "bootstrap: connection %s", k == 0 ? "closed early" : strerror(errno));
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int serve(const LaunchEnv *e, const void *blob, size_t n, double deadline, Err *err) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return err_set(err, "bootstrap: socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = { 0 };
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)e->master_port);
+    sa.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 128) != 0) {
+        int rc = err_set(err, "bootstrap: rank 0 cannot listen on port %d: %s", e->master_port, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    int rc = 0;
+    for (int served = 0; served < e->world_size - 1 && rc == 0;) {
+        double left = deadline - now();
+        struct pollfd pf = { fd, POLLIN, 0 };
+        if (left <= 0 || poll(&pf, 1, (int)(left * 1000) + 1) <= 0) {
+            if (left <= 0) rc = err_set(err, "bootstrap: rank 0 timed out after %d of %d ranks connected", served + 1, e->world_size);
+            continue;
+        }
+        int c = accept(fd, NULL, NULL);
+        if (c < 0) continue;
+        uint32_t hello[2], reply[2] = { MAGIC, (uint32_t)n };
+        if (xfer(c, hello, sizeof hello, 0, deadline, err) == 0) {
+            if (hello[0] != MAGIC || (int)hello[1] <= 0 || (int)hello[1] >= e->world_size)
+                rc = err_set(err, "bootstrap: a connection on port %d is not a dsv3 rank", e->master_port);
+            else if (xfer(c, reply, sizeof reply, 1, deadline, err) || xfer(c, (void *)blob, n, 1, deadline, err))
+                rc = -1;
+            else served++;
+        } else {
+            rc = -1;
+        }
+        close(c);
+    }
+    close(fd);
+    return rc;
+}
+
+static int fetch(const LaunchEnv *e, void *blob, size_t n, double deadline, Err *err) {
+    struct addrinfo hints = { 0 }, *res = NULL;
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    char port[16];
+    snprintf(port, sizeof port, "%d", e->master_port);
+    int g = getaddrinfo(e->master_addr, port, &hints, &res);
+    if (g != 0) return err_set(err, "bootstrap: MASTER_ADDR '%s': %s", e->master_addr, gai_strerror(g));
+    int rc = -1;
+    while (1) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+            uint32_t hello[2] = { MAGIC, (uint32_t)e->rank }, reply[2];
+            if (xfer(fd, hello, sizeof hello, 1, deadline, err) == 0 && xfer(fd, reply, sizeof reply, 0, deadline, err) == 0) {
+                if (reply[0] != MAGIC || reply[1] != n)
+                    err_set(err, "bootstrap: rank 0 at %s:%d answered with a different protocol or size", e->master_addr,
+                            e->master_port);
+                else rc = xfer(fd, blob, n, 0, deadline, err);
+            }
+            close(fd);
+            break;
+        }
+        if (fd >= 0) close(fd);
+        if (now() > deadline) {
+            err_set(err, "bootstrap: rank %d could not reach rank 0 at %s:%d", e->rank, e->master_addr, e->master_port);
+            break;
+        }
+        struct timespec ts = { 0, 20 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+int bootstrap_share(const LaunchEnv *e, void *blob, size_t n, double timeout_s, Err *err) {
+    if (e->world_size == 1) return 0;
+    double deadline = now() + timeout_s;
+    return e->rank == 0 ? serve(e, blob, n, deadline, err) : fetch(e, blob, n, deadline, err);
+}

@@ -1,0 +1,39 @@
+/**
+ * @file bootstrap.h
+ * @brief Launching N processes as one expert-parallel group: the torchrun environment
+ *        (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and a TCP exchange of the
+ *        ncclUniqueId from rank 0 to every other rank (docs/ecosystem.md §7: NCCL needs the id
+ *        "broadcast ... using any CPU communication system"). With MPI builds, MPI_Bcast does it.
+ *
+ * Plain C and POSIX sockets, no CUDA: the exchange is tested on the CPU (tests/test_bootstrap.c).
+ */
+#ifndef DSV3_BOOTSTRAP_H
+#define DSV3_BOOTSTRAP_H
+
+#include <stddef.h>
+
+#include "util.h"
+
+/** Where this process sits in the group, as torchrun describes it. */
+typedef struct {
+    int world_size;    /**< WORLD_SIZE (default 1) */
+    int rank;          /**< RANK in [0, world_size) (default 0) */
+    int local_rank;    /**< LOCAL_RANK: the GPU of this process on its node (default rank) */
+    char master_addr[256]; /**< MASTER_ADDR: host or IPv4 address of rank 0 (default 127.0.0.1) */
+    int master_port;   /**< MASTER_PORT in [1, 65535] (default 29500) */
+} LaunchEnv;
+
+/**
+ * Reads and validates the torchrun variables (absent ones take the defaults above; a present
+ * but malformed one — not a number, out of range, RANK ≥ WORLD_SIZE — is an error naming it).
+ */
+int launch_env_read(LaunchEnv *e, Err *err);
+
+/**
+ * Rank 0 serves @p blob (@p n bytes, e.g. an ncclUniqueId) to world_size − 1 connections on
+ * master_port; every other rank connects to master_addr:master_port (retrying until
+ * @p timeout_s) and receives it. Each connection is checked with a magic word and the size.
+ */
+int bootstrap_share(const LaunchEnv *e, void *blob, size_t n, double timeout_s, Err *err);
+
+#endif
