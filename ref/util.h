@@ -20,6 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** One-line error message carried back to the caller; empty when nothing failed. */
 typedef struct {
     char msg[512]; /**< the message, NUL-terminated */
@@ -95,5 +99,9 @@ typedef struct {
 
 /** Reserves n × elem bytes (64-byte aligned); returns NULL while counting or on overflow. */
 void *arena_take(Arena *a, size_t n, size_t elem);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DSV3_UTIL_H */
