@@ -1,6 +1,6 @@
 /**
  * @file moe.cu
- * @brief MoE routing, permutation, gather and combine (fast/moe.h). The grouped expert GEMM
+ * @brief MoE routing, permutation, gather and combine (fast/moe_cuda.h). The grouped expert GEMM
  *        is fp8_gemm_cuda (kernels/fp8_gemm.cu) with group_start = expert_start.
  *        T tokens, E experts, K = top-k, D hidden, R = T·K permuted rows.
  *
@@ -14,7 +14,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
-#include "moe.h"
+#include "moe_cuda.h"
 
 namespace dsv3 {
 

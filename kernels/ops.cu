@@ -134,7 +134,7 @@ extern "C" int rope_cos_sin_cuda(float *cos_out, float *sin_out, const int *pos,
     const char *fn = "rope_cos_sin_cuda";
     if (T < 0 || dim <= 0 || dim % 2) return err_set(err, "%s: T = %lld, dim = %d: need T >= 0 and dim even > 0", fn, (long long)T, dim);
     if (T == 0) return 0;
-    unsigned blocks;
+    unsigned blocks = 0;
     if (grid_1d(T * (dim / 2), &blocks, fn, err)) return -1;
     rope_cos_sin_kernel<<<blocks, 256, 0, stream>>>(cos_out, sin_out, pos, T, inv_freq, dim / 2, attention_factor);
     return fast_check_launch(fn, "rope_cos_sin_kernel", err);
@@ -149,7 +149,7 @@ extern "C" int rope_forward_cuda(void *x, FastDType dtype, int64_t T, int64_t nv
                        fn, (long long)T, (long long)nvec, dim, (long long)vec_stride, (long long)row_stride);
     if (!dtype_ok(dtype)) return err_set(err, "%s: dtype must be f32 or bf16", fn);
     if (T == 0) return 0;
-    unsigned blocks;
+    unsigned blocks = 0;
     if (grid_1d(T * nvec * (dim / 2), &blocks, fn, err)) return -1;
     rope_kernel<<<blocks, 256, 0, stream>>>(x, dtype, T, nvec, vec_stride, row_stride, cos_v, sin_v, dim / 2);
     return fast_check_launch(fn, "rope_kernel", err);
@@ -164,7 +164,7 @@ extern "C" int swiglu_forward_cuda(void *h, FastDType h_dtype, int64_t h_stride,
                        fn, (long long)T, (long long)I, (long long)h_stride, (long long)in_stride);
     if (!dtype_ok(h_dtype) || !dtype_ok(in_dtype)) return err_set(err, "%s: dtypes must be f32 or bf16", fn);
     if (T == 0) return 0;
-    unsigned blocks;
+    unsigned blocks = 0;
     if (grid_1d(T * I, &blocks, fn, err)) return -1;
     swiglu_kernel<<<blocks, 256, 0, stream>>>(h, h_dtype, h_stride, gate, up, in_dtype, in_stride, T, I);
     return fast_check_launch(fn, "swiglu_kernel", err);
@@ -178,7 +178,7 @@ extern "C" int residual_add_cuda(void *y, FastDType y_dtype, const void *a, Fast
     if ((y == a && y_dtype != a_dtype) || (y == b && y_dtype != b_dtype))
         return err_set(err, "%s: an aliased input must have the output's dtype", fn);
     if (n == 0) return 0;
-    unsigned blocks;
+    unsigned blocks = 0;
     if (grid_1d(n, &blocks, fn, err)) return -1;
     residual_add_kernel<<<blocks, 256, 0, stream>>>(y, y_dtype, a, a_dtype, b, b_dtype, n);
     return fast_check_launch(fn, "residual_add_kernel", err);

@@ -1,5 +1,5 @@
 /**
- * @file moe.h
+ * @file moe_cuda.h
  * @brief DeepSeekMoE on the GPU (spec §5): the noaux_tc gate for a batch of tokens, the
  *        permutation of (token, choice) slots into expert order, the row gather that feeds
  *        the grouped FP8 GEMM (fp8_gemm_cuda with group_start = expert_start), and the
@@ -18,8 +18,8 @@
  *
  * VALIDATION STATUS: compiled only; never run on a GPU.
  */
-#ifndef DSV3_FAST_MOE_H
-#define DSV3_FAST_MOE_H
+#ifndef DSV3_FAST_MOE_CUDA_H
+#define DSV3_FAST_MOE_CUDA_H
 
 #include "config.h"
 #include "fast.h"
@@ -76,4 +76,4 @@ int moe_combine_cuda(float *out, const void *y_perm, FastDType y_dtype, const vo
 }
 #endif
 
-#endif /* DSV3_FAST_MOE_H */
+#endif /* DSV3_FAST_MOE_CUDA_H */
