@@ -8,6 +8,7 @@
 #   make test-gpu / bench-gpu   CUDA tests and benchmarks (need nvcc; skip cleanly without a GPU)
 #   make sanitize-gpu           compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the GPU test
 #   make cuda                   compile the CUDA library, GPU test and benchmark only
+#   make test-gpu-mock          the GPU test against a host emulation of the kernels (no GPU needed)
 #   make clean
 #
 # Variables: OMP=1 adds -fopenmp (the code stays plain single-threaded C without it);
@@ -72,7 +73,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu sanitize-gpu cuda fuzz
+.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu sanitize-gpu test-gpu-mock cuda fuzz
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -236,8 +237,18 @@ sanitize-gpu: $(GPU_TEST_BIN)
 	  $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 99 $(GPU_TEST_BIN) --quick || fail=$$((fail+1)); \
 	done; echo "sanitize-gpu: $$fail tool run(s) failed"; test $$fail -eq 0
 
+# The GPU test against a host emulation of the kernels' algorithms (tests/gpu/mock_cuda.c):
+# checks the harness and the algorithms on a machine without a GPU; proves nothing about the CUDA code.
+$(BUILD)/tests/test_gpu_mock: $(GPU)/obj/tests/gpu/test_kernels.o $(GPU)/obj/tests/gpu/gpu_util.o \
+                              $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/fast/fast.o $(GPU)/libdsv3ref.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $^ -Wl,--gc-sections -fopenmp -lm
+test-gpu-mock: $(BUILD)/tests/test_gpu_mock
+	@$(BUILD)/tests/test_gpu_mock --quick
+
 -include $(shell find $(GPU)/obj -name '*.d' 2>/dev/null)
 else
-cuda test-gpu bench-gpu sanitize-gpu:
+cuda test-gpu bench-gpu sanitize-gpu test-gpu-mock:
 	@echo "$@: nvcc not found at $(NVCC) (set CUDA_HOME); nothing to do"
 endif

@@ -746,10 +746,10 @@ static void gate_case(const char *label, const float *logits, const float *bias,
         devbuf_download(w_g, &dw, (size_t)(T * K) * 4);
         devbuf_download(sc_g, &ds, (size_t)(T * E) * 4);
         guards(&di, what), guards(&dw, what), guards(&ds, what);
-        /* Affinities: one ulp apart at most (correctly rounded exp vs glibc expf). */
-        Tol ts = { 0.0, 0x1p-23, NULL, 1e-12 };
+        /* Affinities: a 1-ulp exp difference moves 1/(1+e) by up to ~3 ulps: allow 4 (relative 2^-21). */
+        Tol ts = { 0.0, 0x1p-21, NULL, 1e-12 };
         char w2[200];
-        snprintf(w2, sizeof w2, "%s scores (<= 1 ulp)", what);
+        snprintf(w2, sizeof w2, "%s scores (<= 4 ulp)", what);
         check_close(w2, sc_g, sc, T * E, E, ts);
         int64_t ties = 0, tie_diff = 0, bad = 0, first_bad = -1;
         for (int64_t t = 0; t < T; t++) {
@@ -771,13 +771,13 @@ static void gate_case(const char *label, const float *logits, const float *bias,
         }
         report(bad == 0, "%s selection: %lld tokens differ without a near tie (%lld near-tie tokens, %lld of them differ)",
                what, (long long)bad, (long long)ties, (long long)tie_diff);
-        /* Weights: same selection → same sum and quotient up to the affinities' ulp: rel 4 ulp. */
+        /* Weights of identically routed tokens: the affinities (≤ 4 ulp) through a sum and a quotient: 8 ulp. */
         float *wr = xmalloc((size_t)(T * K) * 4), *wg2 = xmalloc((size_t)(T * K) * 4);
         int64_t n = 0;
         for (int64_t t = 0; t < T; t++)
             if (memcmp(idx + t * K, idx_g + t * K, (size_t)K * sizeof(int)) == 0)
                 for (int k = 0; k < K; k++) wr[n] = w[t * K + k], wg2[n] = w_g[t * K + k], n++;
-        Tol tw = { 0.0, 0x1p-21, NULL, 1e-12 };
+        Tol tw = { 0.0, 0x1p-20, NULL, 1e-12 };
         snprintf(w2, sizeof w2, "%s weights of identically routed tokens", what);
         check_close(w2, wg2, wr, n, K, tw);
         free(wr), free(wg2);
