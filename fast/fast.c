@@ -24,6 +24,7 @@ int fast_check_launch(const char *fn, const char *kernel, Err *err) {
 }
 
 /* One slot per device ordinal, filled on first use (not thread-safe: call once before spawning threads). */
+/** Device ordinals the cache covers. */
 #define FAST_MAX_DEVICES 64
 static FastDevice cache[FAST_MAX_DEVICES];
 static int cached[FAST_MAX_DEVICES];

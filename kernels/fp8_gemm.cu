@@ -34,24 +34,27 @@ namespace dsv3 {
 
 /** Device copy of Fp8GemmParams (passed by value). */
 struct GemmArgs {
-    void *out;
-    FastDType out_dtype;
-    int64_t ldo;
-    const uint8_t *a;
-    const float *a_scale;
-    const uint8_t *b;
-    const float *b_scale;
-    int64_t M, N, K;
-    const int *group_start; /* NULL: dense */
-    int num_groups;
-    int splits;             /* > 1: write FP32 partials to workspace[split][M][N] */
-    float *workspace;
+    void *out;              /**< [M][ldo] output */
+    FastDType out_dtype;    /**< FAST_F32 or FAST_BF16 */
+    int64_t ldo;            /**< output row stride (elements) */
+    const uint8_t *a;       /**< [M][K] e4m3 activations */
+    const float *a_scale;   /**< [M][K/128] */
+    const uint8_t *b;       /**< [G][N][K] e4m3 weights */
+    const float *b_scale;   /**< [G][ceil(N/128)][K/128] */
+    int64_t M;              /**< rows */
+    int64_t N;              /**< output features */
+    int64_t K;              /**< input features (multiple of 128) */
+    const int *group_start; /**< [G+1] row offsets; NULL: dense */
+    int num_groups;         /**< G */
+    int splits;             /**< > 1: write FP32 partials to workspace[split][M][N] */
+    float *workspace;       /**< split-K partials */
 };
 
 /** Rows a CTA owns: [row0, row_end) of group `group` (row_end clips the last tile). */
 struct TileRows {
-    int group;
-    int64_t row0, row_end;
+    int group;       /**< weight matrix (expert) of these rows */
+    int64_t row0;    /**< first row of the tile */
+    int64_t row_end; /**< one past the group's last row (rows ≥ row_end are masked) */
 };
 
 /**
@@ -129,15 +132,20 @@ __device__ __forceinline__ float promote(float acc, float part, float sa, float 
 
 /** Static shape of one MMA kernel instance: WARPS_M × WARPS_N warps, each MT × NT mma tiles. */
 template <int WARPS_M_, int WARPS_N_, int MT_, int NT_, int STAGES_> struct MmaTile {
-    static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, MT = MT_, NT = NT_, STAGES = STAGES_;
+    static constexpr int WARPS_M = WARPS_M_; /**< warps along M */
+    static constexpr int WARPS_N = WARPS_N_; /**< warps along N */
+    static constexpr int MT = MT_;           /**< m16 tiles per warp */
+    static constexpr int NT = NT_;           /**< n8 tiles per warp */
+    static constexpr int STAGES = STAGES_;   /**< cp.async ring depth */
     static constexpr int BM = WARPS_M * MT * 16; /**< rows per CTA */
     static constexpr int BN = WARPS_N * NT * 8;  /**< columns per CTA */
     static constexpr int BK = 128;               /**< one scale block of K per stage */
-    static constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    static constexpr int THREADS = WARPS_M * WARPS_N * 32; /**< threads per CTA */
     static constexpr int LDS = BK + 16; /**< padded smem row: rows g = 0..7 start 4g banks apart */
-    static constexpr int A_BYTES = BM * LDS, B_BYTES = BN * LDS;
-    static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
-    static constexpr int SMEM = STAGES * STAGE_BYTES;
+    static constexpr int A_BYTES = BM * LDS;               /**< A tile bytes per stage */
+    static constexpr int B_BYTES = BN * LDS;               /**< B tile bytes per stage */
+    static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;  /**< one ring slot */
+    static constexpr int SMEM = STAGES * STAGE_BYTES;      /**< dynamic shared memory */
     static_assert(BN == 128, "a CTA's columns must lie in one 128-row weight scale block");
     static_assert(STAGES >= 2, "the cp.async ring needs at least two stages");
 };
@@ -148,6 +156,7 @@ template <int WARPS_M_, int WARPS_N_, int MT_, int NT_, int STAGES_> struct MmaT
 using MmaSmall = MmaTile<1, 8, 1, 2, 6>; /**< BM = 16: decode, M ≤ 16 (a weight stream) */
 using MmaMid = MmaTile<2, 4, 2, 4, 4>;   /**< BM = 64: everything larger */
 
+/** Kernel 1: one CTA computes a BM × 128 output tile (blockIdx.x: N tile, y: M tile, z: K split). */
 template <class Tile> __global__ void __launch_bounds__(Tile::THREADS) fp8_gemm_mma_kernel(const GemmArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     constexpr int BM = Tile::BM, MT = Tile::MT, NT = Tile::NT, LDS = Tile::LDS, STAGES = Tile::STAGES;
@@ -294,14 +303,18 @@ __global__ void splitk_reduce_kernel(const GemmArgs p) {
 
 /** Static shape of the WGMMA kernel (a struct, so that passes without sm_90a see no unused constants). */
 struct wg {
-    static constexpr int BM = 128, BN = 128, BK = 128;
-    static constexpr int STAGES = 5;
+    static constexpr int BM = 128;    /**< rows per CTA (two consumer warpgroups × 64) */
+    static constexpr int BN = 128;    /**< columns per CTA (one wgmma n128) */
+    static constexpr int BK = 128;    /**< K per stage: one scale block, 4 × k32 */
+    static constexpr int STAGES = 5;  /**< TMA ring depth (5 × 32 KiB) */
     static constexpr int THREADS = 384;                       /**< WG0 producer, WG1–WG2 consumers */
-    static constexpr int A_STAGE = BM * BK, B_STAGE = BN * BK; /**< 16 KiB each */
+    static constexpr int A_STAGE = BM * BK; /**< A tile bytes (16 KiB) */
+    static constexpr int B_STAGE = BN * BK; /**< B tile bytes (16 KiB) */
     static constexpr int CONSUMER_WARPS = 8;                  /**< arrivals that free a stage */
     static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) + 2 * STAGES * 8 + 1024; /**< + barriers + alignment slack */
 };
 
+/** Kernel 2: one CTA computes a 128 × 128 output tile with TMA, mbarriers and wgmma (sm_90a). */
 __global__ void __launch_bounds__(wg::THREADS, 1)
     fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tmap_a, const __grid_constant__ CUtensorMap tmap_b,
                           const GemmArgs p) {
@@ -432,6 +445,7 @@ static int launch_mma(const GemmArgs &args, int64_t m_tiles, int splits, const F
     return fast_check_launch(fn, "fp8_gemm_mma_kernel", err);
 }
 
+/** cuTensorMapEncodeTiled's signature. */
 typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);

@@ -8,13 +8,15 @@
  * NEVER RUN ON HARDWARE when written (compiled with nvcc 13.0 for sm_90a only).
  */
 #ifndef DSV3_KERNELS_HOPPER_CUH
+/** Include guard. */
 #define DSV3_KERNELS_HOPPER_CUH
 
 #include <cuda.h> /* CUtensorMap (a type only; nothing from libcuda is linked) */
 #include <stdint.h>
 
+/** 1 while nvcc compiles the sm_90a device pass (wgmma, setmaxnreg available), else 0. */
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSV3_SM90A 1 /**< compiling the sm_90a device pass */
+#define DSV3_SM90A 1
 #else
 #define DSV3_SM90A 0
 #endif

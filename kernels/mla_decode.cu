@@ -32,37 +32,43 @@ namespace dsv3 {
 
 /** Static shape of the decode kernel. */
 template <int STAGES_> struct MlaTile {
-    static constexpr int STAGES = STAGES_;
+    static constexpr int STAGES = STAGES_;       /**< cp.async ring depth */
     static constexpr int HB = MLA_HEADS_PER_CTA; /**< heads per CTA */
     static constexpr int TN = 32;                /**< positions per tile */
     static constexpr int D = MLA_DC + MLA_DR;    /**< 576 */
     static constexpr int LDK = D + 8;            /**< padded row (elements): 1168 bytes, rows 4 banks apart */
     static constexpr int LDS_S = TN + 4;         /**< S row (floats) */
     static constexpr int LDP = TN + 8;           /**< P row (bf16): 80 bytes */
-    static constexpr int THREADS = 256;
-    static constexpr int Q_BYTES = HB * LDK * 2;
-    static constexpr int K_BYTES = TN * LDK * 2; /**< one tile of the ring */
-    static constexpr int S_BYTES = HB * LDS_S * 4;
-    static constexpr int P_BYTES = HB * LDP * 2;
-    static constexpr int SMEM = Q_BYTES + STAGES * K_BYTES + S_BYTES + P_BYTES + HB * 4 * 2;
+    static constexpr int THREADS = 256;            /**< 8 warps */
+    static constexpr int Q_BYTES = HB * LDK * 2;   /**< the Q tile */
+    static constexpr int K_BYTES = TN * LDK * 2;   /**< one tile of the ring */
+    static constexpr int S_BYTES = HB * LDS_S * 4; /**< scores */
+    static constexpr int P_BYTES = HB * LDP * 2;   /**< bf16 probabilities */
+    static constexpr int SMEM = Q_BYTES + STAGES * K_BYTES + S_BYTES + P_BYTES + HB * 4 * 2; /**< + α and l rows */
 };
 
 /** The kernel's arguments (device copy of MlaDecodeParams plus the resolved split count). */
 struct MlaArgs {
-    float *u, *lse;
-    const uint16_t *q_abs, *q_pe, *kv_cache;
-    const int *block_table;
-    int block_table_stride;
-    const int *seq_lens;
-    int B, H, num_splits;
-    float scale_log2;    /* scale · log2(e) */
-    float *o_part;       /* [B][splits][H][512] */
-    float *lse2_part;    /* [B][splits][H], base-2 */
+    float *u;                 /**< [B][H][512] output */
+    float *lse;               /**< [B][H] natural log-sum-exp, or NULL */
+    const uint16_t *q_abs;    /**< [B][H][512] bf16 */
+    const uint16_t *q_pe;     /**< [B][H][64] bf16 */
+    const uint16_t *kv_cache; /**< [blocks][64][576] bf16 */
+    const int *block_table;   /**< [B][block_table_stride] */
+    int block_table_stride;   /**< entries per block-table row */
+    const int *seq_lens;      /**< [B] */
+    int B;                    /**< requests */
+    int H;                    /**< heads */
+    int num_splits;           /**< position splits per request */
+    float scale_log2;         /**< softmax scale · log2(e) */
+    float *o_part;            /**< [B][splits][H][512] normalized partial outputs */
+    float *lse2_part;         /**< [B][splits][H] base-2 log-sum-exp of each split */
 };
 
-constexpr float LOG2E = 1.4426950408889634f;
-constexpr float LN2 = 0.6931471805599453f;
+constexpr float LOG2E = 1.4426950408889634f; /**< log2(e) */
+constexpr float LN2 = 0.6931471805599453f;   /**< ln(2) */
 
+/** One CTA: 64 heads (blockIdx.y) × one position split (blockIdx.x) of request blockIdx.z. */
 template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_decode_kernel(const MlaArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int HB = Tile::HB, TN = Tile::TN, LDK = Tile::LDK, LDS_S = Tile::LDS_S, LDP = Tile::LDP;

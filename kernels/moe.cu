@@ -18,17 +18,18 @@
 
 namespace dsv3 {
 
-constexpr int GATE_MAX_E = 512;
-constexpr int GATE_WARPS = 4; /* tokens per block */
+constexpr int GATE_MAX_E = 512; /**< experts the gate kernel's shared arrays hold */
+constexpr int GATE_WARPS = 4;   /**< tokens (warps) per block */
 
 /** A candidate of argmax_free (ref gate.c): a finite-or-+∞ value beats none; ties → lower index. */
 struct Cand {
-    int has;     /* 1: (v, i) is a candidate (v > −∞) */
-    float v;
-    int i;
-    int first;   /* lowest free index seen (fallback when no candidate), INT_MAX if none */
+    int has;     /**< 1: (v, i) is a candidate (v > −∞) */
+    float v;     /**< its value */
+    int i;       /**< its index */
+    int first;   /**< lowest free index seen (fallback when no candidate), INT_MAX if none */
 };
 
+/** The reduction of two lanes' candidates: larger value, then lower index; lowest free index kept. */
 __device__ __forceinline__ Cand better(const Cand &a, const Cand &b) {
     Cand r;
     r.first = min(a.first, b.first);
@@ -63,6 +64,7 @@ __device__ __forceinline__ void offer(Cand &c, float v, int i, bool taken) {
     if (v > -INFINITY && (!c.has || v > c.v)) c.has = 1, c.v = v, c.i = i;
 }
 
+/** One warp per token: sigmoid, biased choice, group top-2 sums, kept groups, top-K, weights. */
 __global__ void __launch_bounds__(GATE_WARPS * 32)
     gate_kernel(int *__restrict__ idx, float *__restrict__ weights, float *__restrict__ scores,
                 const float *__restrict__ logits, const float *__restrict__ bias, int64_t T, int E, int G,
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(GATE_WARPS * 32)
 
 /* ---- permutation ---------------------------------------------------------------------- */
 
-constexpr int PERM_CHUNK = 1024; /* slots per chunk */
+constexpr int PERM_CHUNK = 1024; /**< slots per chunk of the permutation */
 
 /** counts[c][e] = slots of chunk c routed to expert e. */
 __global__ void permute_count_kernel(int *__restrict__ counts, const int *__restrict__ idx, int64_t n, int E) {
@@ -225,7 +227,7 @@ __global__ void gather_rows_kernel(uint8_t *__restrict__ xq_perm, float *__restr
     for (int64_t i = threadIdx.x; i < D / 128; i += blockDim.x) xs_perm[r * (D / 128) + i] = xs[tok * (D / 128) + i];
 }
 
-constexpr int COMBINE_MAX_K = 32;
+constexpr int COMBINE_MAX_K = 32; /**< largest top-k the combine kernel sorts */
 
 /** One block per token: its K rows sorted ascending (thread 0, into shared memory), then each column summed in that order. */
 __global__ void combine_kernel(float *__restrict__ out, const void *__restrict__ y_perm, FastDType y_dtype,

@@ -15,7 +15,7 @@
 
 namespace dsv3 {
 
-constexpr int NORM_THREADS = 256;
+constexpr int NORM_THREADS = 256; /**< threads per RMSNorm row */
 
 /** One block per row: sum of squares (FP32, tree order), then y = w·(x·r). */
 __global__ void __launch_bounds__(NORM_THREADS)
@@ -43,6 +43,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
     }
 }
 
+/** cos/sin of pos·θ'_i, one thread per (token, frequency). */
 __global__ void rope_cos_sin_kernel(float *cos_out, float *sin_out, const int *pos, int64_t T,
                                     const float *inv_freq, int half, float af) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -56,6 +57,7 @@ __global__ void rope_cos_sin_kernel(float *cos_out, float *sin_out, const int *p
     sin_out[i] = __fmul_rn(s, af);
 }
 
+/** One thread per rotated pair (token, vector, i). */
 __global__ void rope_kernel(void *x, FastDType dtype, int64_t T, int64_t nvec, int64_t vec_stride, int64_t row_stride,
                             const float *__restrict__ cos_v, const float *__restrict__ sin_v, int half) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -69,6 +71,7 @@ __global__ void rope_kernel(void *x, FastDType dtype, int64_t T, int64_t nvec, i
     store_elem(x, dtype, base + 1, __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c)));
 }
 
+/** One thread per output element. */
 __global__ void swiglu_kernel(void *h, FastDType h_dtype, int64_t h_stride, const void *gate, const void *up,
                               FastDType in_dtype, int64_t in_stride, int64_t T, int64_t I) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -79,6 +82,7 @@ __global__ void swiglu_kernel(void *h, FastDType h_dtype, int64_t h_stride, cons
     store_elem(h, h_dtype, t * h_stride + j, __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf_cr(-g))), u));
 }
 
+/** One thread per element. */
 __global__ void residual_add_kernel(void *y, FastDType y_dtype, const void *a, FastDType a_dtype, const void *b,
                                     FastDType b_dtype, int64_t n) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -86,6 +90,7 @@ __global__ void residual_add_kernel(void *y, FastDType y_dtype, const void *a, F
     store_elem(y, y_dtype, i, __fadd_rn(load_elem(a, a_dtype, i), load_elem(b, b_dtype, i)));
 }
 
+/** One block per token row. */
 __global__ void embedding_kernel(void *out, FastDType out_dtype, const uint16_t *__restrict__ table, int64_t vocab,
                                  int64_t D, const int *__restrict__ ids, int *bad_id) {
     const int64_t t = blockIdx.x;
