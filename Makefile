@@ -215,26 +215,34 @@ cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN)
 
 # Every group in its own process, so that a kernel that traps (and kills the CUDA context)
 # cannot hide the results of the others; WGMMA last. Exit status: failures anywhere.
-GPU_GROUPS := ops act_quant gemm_mma mla moe gemm_wgmma
+GPU_GROUPS ?= ops act_quant gemm_mma mla moe gemm_wgmma
+GPU_TEST_ARGS ?=
 test-gpu: $(GPU_TEST_BIN)
 	@fail=0; for g in $(GPU_GROUPS); do \
-	  echo "=== test_gpu_kernels --group $$g"; \
-	  $(GPU_TEST_BIN) --group $$g || fail=$$((fail+1)); \
+	  echo "=== test_gpu_kernels --group $$g $(GPU_TEST_ARGS)"; \
+	  $(GPU_TEST_BIN) --group $$g $(GPU_TEST_ARGS) || fail=$$((fail+1)); \
 	done; \
 	echo "test-gpu: $$fail group(s) failed"; test $$fail -eq 0
 
+# BENCH_ARGS="--only gemm|grouped|mla|ops" narrows the C benchmark; PEERS=0 skips the Python peers.
+BENCH_ARGS ?=
+PEERS ?= 1
 bench-gpu: $(GPU_BENCH_BIN)
-	@$(GPU_BENCH_BIN)
-	@if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+	@$(GPU_BENCH_BIN) $(BENCH_ARGS)
+	@if [ "$(PEERS)" != 1 ]; then echo "bench_peers: skipped (PEERS=$(PEERS))"; \
+	elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
 	  python3 tools/bench_peers.py; \
 	else echo "bench_peers: skipped (python3 with a CUDA-enabled torch is not importable here)"; fi
 
 # compute-sanitizer over the quick test: memcheck, racecheck (shared memory), synccheck, initcheck.
+# Narrow it with SANITIZE_TOOLS="memcheck" SANITIZE_ARGS="--quick --group mla".
+SANITIZE_TOOLS ?= memcheck racecheck synccheck initcheck
+SANITIZE_ARGS ?= --quick
 sanitize-gpu: $(GPU_TEST_BIN)
 	@test -n "$(COMPUTE_SANITIZER)" || { echo "sanitize-gpu: compute-sanitizer not found (CUDA_HOME=$(CUDA_HOME), PATH)"; exit 1; }
-	@fail=0; for tool in memcheck racecheck synccheck initcheck; do \
-	  echo "=== compute-sanitizer --tool $$tool"; \
-	  $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 99 $(GPU_TEST_BIN) --quick || fail=$$((fail+1)); \
+	@fail=0; for tool in $(SANITIZE_TOOLS); do \
+	  echo "=== compute-sanitizer --tool $$tool $(GPU_TEST_BIN) $(SANITIZE_ARGS)"; \
+	  $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 99 $(GPU_TEST_BIN) $(SANITIZE_ARGS) || fail=$$((fail+1)); \
 	done; echo "sanitize-gpu: $$fail tool run(s) failed"; test $$fail -eq 0
 
 # The GPU test against a host emulation of the kernels' algorithms (tests/gpu/mock_cuda.c):

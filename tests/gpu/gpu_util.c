@@ -112,7 +112,7 @@ int devbuf_guards_ok(const DevBuf *b) {
 }
 
 int check_close(const char *what, const float *got, const float *want, int64_t n, int64_t cols, Tol tol) {
-    int64_t nonfinite_bad = 0, first_nf = -1, worst = -1, fails = 0;
+    int64_t nonfinite_bad = 0, first_nf = -1, worst = -1, worst_abs = -1, fails = 0;
     double worst_ratio = 0.0, se = 0.0, sw = 0.0, max_abs = 0.0;
     for (int64_t i = 0; i < n; i++) {
         int gf = isfinite(got[i]), wf = isfinite(want[i]);
@@ -130,12 +130,13 @@ int check_close(const char *what, const float *got, const float *want, int64_t n
         double ratio = bound > 0 ? d / bound : (d > 0 ? INFINITY : 0.0);
         if (d > bound) fails++;
         if (ratio > worst_ratio || worst < 0) worst_ratio = ratio, worst = i;
-        if (d > max_abs) max_abs = d;
+        if (d > max_abs || worst_abs < 0) max_abs = d, worst_abs = i;
         se += d * d;
         sw += (double)want[i] * (double)want[i];
     }
     double nmse = sw > 0 ? se / sw : (se > 0 ? INFINITY : 0.0);
     int ok = nonfinite_bad == 0 && fails == 0 && (tol.nmse_max < 0 || nmse <= tol.nmse_max);
+    if (worst_ratio == 0.0) worst = worst_abs; /* infinite or zero bounds: show the largest |d| */
     char where[128] = "-";
     if (worst >= 0)
         snprintf(where, sizeof where, "[%lld][%lld] got %.9g want %.9g", (long long)(worst / cols),

@@ -185,9 +185,10 @@ static void test_act_quant(void) {
 typedef struct {
     int64_t M, N, K;
     int G;
-    float *x;     /* [M][K] */
-    uint8_t *w;   /* [G][N][K] e4m3 codes */
-    float *ws;    /* [G][ceil(N/128)][K/128] */
+    float *x;       /* [M][K] */
+    uint8_t *w;     /* [G][N][K] e4m3 codes */
+    float *ws;      /* [G][ceil(N/128)][K/128] */
+    uint8_t *w_abs; /* |w| (codes & 0x7F), made on first use by gemm_ref */
 } GemmData;
 
 static int64_t nblk(int64_t N) { return (N + 127) / 128; }
@@ -202,19 +203,33 @@ static Tensor weight_tensor(const GemmData *d, int g) {
     return t;
 }
 
-/** Random realistic operands: activations with per-row scales and outliers, weights from N(0, 100²). */
-static GemmData gemm_random(int64_t M, int64_t N, int64_t K, int G) {
-    GemmData d = { M, N, K, G, NULL, NULL, NULL };
-    d.x = xmalloc((size_t)(M * K) * sizeof *d.x);
-    d.w = xmalloc((size_t)(G * N * K));
-    d.ws = xmalloc((size_t)(G * nblk(N) * (K / 128)) * sizeof *d.ws);
+/** (Re)draws M rows of activations: normal values, per-row magnitudes from 1e-3 to 50, 0.5% outliers ×20. */
+static void gemm_new_x(GemmData *d, int64_t M) {
+    free(d->x);
+    d->M = M;
+    d->x = xmalloc((size_t)(M * d->K) * sizeof *d->x);
     for (int64_t m = 0; m < M; m++) {
         float mag = (m % 7 == 3) ? 1e-3f : (m % 11 == 5) ? 50.0f : 1.0f;
-        for (int64_t k = 0; k < K; k++) d.x[m * K + k] = randn() * mag * (randint(200) == 0 ? 20.0f : 1.0f);
+        for (int64_t k = 0; k < d->K; k++) d->x[m * d->K + k] = randn() * mag * (randint(200) == 0 ? 20.0f : 1.0f);
     }
-    for (int64_t i = 0; i < G * N * K; i++) {
-        uint8_t c = fp8_e4m3_from_f32(randn() * 100.0f);
-        d.w[i] = (c & 0x7F) == 0x7F ? 0x7E : c; /* never NaN (the encoder saturates anyway) */
+}
+
+/**
+ * Random operands: activations as gemm_new_x; weights uniform over the 254 finite e4m3 codes
+ * (every magnitude from 2^-9 to 448, both signs: harsher than a checkpoint's bell curve, and
+ * fast to draw for 264 M-element matrices); weight scales in [1e-5, 1e-3].
+ */
+static GemmData gemm_random(int64_t M, int64_t N, int64_t K, int G) {
+    GemmData d = { 0, N, K, G, NULL, NULL, NULL, NULL };
+    gemm_new_x(&d, M);
+    d.w = xmalloc((size_t)(G * N * K));
+    d.ws = xmalloc((size_t)(G * nblk(N) * (K / 128)) * sizeof *d.ws);
+    for (int64_t i = 0; i < G * N * K; i += 4) {
+        uint32_t u = rng_u32(&g_rng);
+        for (int j = 0; j < 4 && i + j < G * N * K; j++) {
+            uint8_t c = (uint8_t)(u >> (8 * j));
+            d.w[i + j] = (c & 0x7F) == 0x7F ? (uint8_t)(c - 1) : c; /* never NaN */
+        }
     }
     for (int64_t i = 0; i < G * nblk(N) * (K / 128); i++) d.ws[i] = 1e-5f * (1.0f + 99.0f * rng_uniform(&g_rng));
     return d;
@@ -227,7 +242,7 @@ static GemmData gemm_random(int64_t M, int64_t N, int64_t K, int G) {
  * on any tensor core) and all sums stay within 24 bits: GPU and reference must agree bit for bit.
  */
 static GemmData gemm_exact(int64_t M, int64_t N, int64_t K, int G) {
-    GemmData d = { M, N, K, G, NULL, NULL, NULL };
+    GemmData d = { M, N, K, G, NULL, NULL, NULL, NULL };
     d.x = xmalloc((size_t)(M * K) * sizeof *d.x);
     d.w = xmalloc((size_t)(G * N * K));
     d.ws = xmalloc((size_t)(G * nblk(N) * (K / 128)) * sizeof *d.ws);
@@ -237,7 +252,7 @@ static GemmData gemm_exact(int64_t M, int64_t N, int64_t K, int G) {
     return d;
 }
 
-static void gemm_free(GemmData *d) { free(d->x), free(d->w), free(d->ws); }
+static void gemm_free(GemmData *d) { free(d->x), free(d->w), free(d->ws), free(d->w_abs); }
 
 /** Device operands: quantized activations (by the GPU kernel), weights, scales. */
 typedef struct {
@@ -321,7 +336,7 @@ static int gemm_run(float *out, GemmDev *g, const GemmData *d, Fp8GemmPath path,
 }
 
 /** Reference on the listed rows of x with weight matrix g: W8A8 result, Σ|terms| bound, and dequant result. */
-static void gemm_ref(float *y, float *mag, float *y_deq, const GemmData *d, int g, const int64_t *rows, int nrows) {
+static void gemm_ref(float *y, float *mag, float *y_deq, GemmData *d, int g, const int64_t *rows, int nrows) {
     const int64_t K = d->K, N = d->N;
     float *xs = xmalloc((size_t)(nrows * K) * sizeof *xs);
     for (int r = 0; r < nrows; r++) memcpy(xs + r * K, d->x + rows[r] * K, (size_t)K * sizeof *xs);
@@ -332,14 +347,15 @@ static void gemm_ref(float *y, float *mag, float *y_deq, const GemmData *d, int 
     if (y_deq) linear_forward(y_deq, xs, nrows, &W, FP8_DEQUANT, &s);
     if (mag) {
         /* Σ_kb Σ_k |xq·wq|·s_x·s_w via the same function on |x| and |W| (quantization is sign-symmetric). */
-        uint8_t *wa = xmalloc((size_t)(N * K));
-        const uint8_t *wsrc = W.data;
-        for (int64_t i = 0; i < N * K; i++) wa[i] = wsrc[i] & 0x7F;
+        const int64_t nw = (int64_t)d->G * N * K;
+        if (!d->w_abs) {
+            d->w_abs = xmalloc((size_t)nw);
+            for (int64_t i = 0; i < nw; i++) d->w_abs[i] = d->w[i] & 0x7F;
+        }
         for (int64_t i = 0; i < nrows * K; i++) xs[i] = fabsf(xs[i]);
         Tensor Wa = W;
-        Wa.data = wa;
+        Wa.data = d->w_abs + (int64_t)g * N * K;
         linear_forward(mag, xs, nrows, &Wa, FP8_W8A8, &s);
-        free(wa);
     }
     free(xs), free(scratch);
 }
@@ -437,26 +453,26 @@ static void gemm_exact_case(int64_t M, int64_t N, int64_t K, Fp8GemmPath path) {
 }
 
 /** One random problem: reference on sampled rows once, then every requested GPU variant. */
-static void gemm_random_case(int64_t M, int64_t N, int64_t K, Fp8GemmPath path) {
-    GemmData d = gemm_random(M, N, K, 1);
-    GemmDev g = gemm_upload(&d);
+static void gemm_random_case(GemmData *d, int64_t M, Fp8GemmPath path) {
+    gemm_new_x(d, M);
+    const int64_t N = d->N, K = d->K;
+    GemmDev g = gemm_upload(d);
     int64_t rows[16];
     int nrows = sample_rows(rows, g_quick ? 4 : 8, M);
     float *y = xmalloc((size_t)(nrows * N) * sizeof *y), *mag = xmalloc((size_t)(nrows * N) * sizeof *mag),
           *yd = xmalloc((size_t)(nrows * N) * sizeof *yd), *out = xmalloc((size_t)(M * N) * sizeof *out);
-    gemm_ref(y, mag, yd, &d, 0, rows, nrows);
+    gemm_ref(y, mag, yd, d, 0, rows, nrows);
     char what[200];
     snprintf(what, sizeof what, "gemm %s M=%lld N=%lld K=%lld", fp8_gemm_path_name(path), (long long)M, (long long)N,
              (long long)K);
-    if (gemm_run(out, &g, &d, path, 1, FAST_F32, NULL, what)) gemm_check_rows(what, out, &d, rows, nrows, y, mag, yd);
+    if (gemm_run(out, &g, d, path, 1, FAST_F32, NULL, what)) gemm_check_rows(what, out, d, rows, nrows, y, mag, yd);
     if (path == FP8_GEMM_MMA && fp8_gemm_workspace_bytes(M, N, K) > 0) {
         snprintf(what, sizeof what, "gemm mma M=%lld N=%lld K=%lld split-K auto", (long long)M, (long long)N, (long long)K);
-        if (gemm_run(out, &g, &d, path, 0, FAST_F32, NULL, what))
-            gemm_check_rows(what, out, &d, rows, nrows, y, mag, NULL);
+        if (gemm_run(out, &g, d, path, 0, FAST_F32, NULL, what))
+            gemm_check_rows(what, out, d, rows, nrows, y, mag, NULL);
     }
     free(y), free(mag), free(yd), free(out);
     gemm_dev_free(&g);
-    gemm_free(&d);
 }
 
 /** Grouped GEMM with uneven groups (empty, one row, tile-straddling), every row checked. */
@@ -514,15 +530,22 @@ static void test_gemm(Fp8GemmPath path) {
      * shape; 4096 on two shapes (the host oracle checks sampled rows only, but still costs). */
     static const int64_t Ms[] = { 1, 37, 200, 4096 };
     const int nshapes = g_quick ? 3 : 8;
-    for (int s = 0; s < nshapes; s++)
+    for (int s = 0; s < nshapes; s++) {
+        GemmData d = gemm_random(1, shapes[s][0], shapes[s][1], 1); /* weights drawn once per shape */
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             int64_t M = Ms[mi];
             if (M == 4096 && (g_quick || (s != 5 && s != 0))) continue;
             if (g_quick && M == 37) continue;
-            gemm_random_case(M, shapes[s][0], shapes[s][1], path);
+            gemm_random_case(&d, M, path);
         }
+        gemm_free(&d);
+    }
     /* AUTO must pick a path the device runs and give the same contract. */
-    if (path == FP8_GEMM_MMA) gemm_random_case(300, 576, 7168, FP8_GEMM_AUTO);
+    if (path == FP8_GEMM_MMA) {
+        GemmData d = gemm_random(1, 576, 7168, 1);
+        gemm_random_case(&d, 300, FP8_GEMM_AUTO);
+        gemm_free(&d);
+    }
     /* Rejected inputs. */
     Fp8GemmParams p;
     memset(&p, 0, sizeof p);
