@@ -12,7 +12,8 @@
 #   make clean
 #
 # Variables: OMP=1 adds -fopenmp (the code stays plain single-threaded C without it);
-#            CUDA_HOME (default /usr/local/cuda-13.0) — the fast/ backend is built when nvcc exists.
+#            CUDA_HOME (default /usr/local/cuda-13.0, else /usr/local/cuda, else nvcc's on PATH) — the fast/
+#            backend is built when $(CUDA_HOME)/bin/nvcc exists.
 
 SHELL := /bin/bash
 CC ?= gcc
@@ -49,7 +50,9 @@ TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 # only when nvcc exists. The GPU test and benchmark link a private copy of ref/ (built with
 # -ffunction-sections and OpenMP, linked with --gc-sections) so they need neither cJSON, PCRE2
 # nor cmocka: the GPU machines have CUDA and gcc but none of the Debian packages.
-CUDA_HOME ?= /usr/local/cuda-13.0
+# CUDA_HOME: the first of /usr/local/cuda-13.0, /usr/local/cuda, or the directory of the nvcc on PATH.
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda-13.0) $(wildcard /usr/local/cuda) \
+                         $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null)))
 NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 # sm_80: bf16 kernels only (MLA, ops, MoE routing); sm_89: + the FP8 mma.sync GEMM; sm_90a: + WGMMA/TMA.
