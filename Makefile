@@ -6,10 +6,14 @@
 #   make bench      CPU benchmarks (ratios against baselines measured in the same run)
 #   make docs       Doxygen HTML into build/docs (warnings are errors)
 #   make test-gpu / bench-gpu   CUDA tests and benchmarks (need nvcc; skip cleanly without a GPU)
+#   make sanitize-gpu           compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the GPU test
+#   make cuda                   compile the CUDA library, GPU test and benchmark only
+#   make test-gpu-mock          the GPU test against a host emulation of the kernels (no GPU needed)
 #   make clean
 #
 # Variables: OMP=1 adds -fopenmp (the code stays plain single-threaded C without it);
-#            CUDA_HOME (default /usr/local/cuda-13.0) — the fast/ backend is built when nvcc exists.
+#            CUDA_HOME (default /usr/local/cuda-13.0, else /usr/local/cuda, else nvcc's on PATH) — the fast/
+#            backend is built when $(CUDA_HOME)/bin/nvcc exists.
 
 SHELL := /bin/bash
 CC ?= gcc
@@ -26,7 +30,7 @@ WARN    += -Wno-format-truncation
 endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
-CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -MMD -MP
+CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
 LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
 ifeq ($(OMP),1)
 CFLAGS  += -fopenmp
@@ -34,7 +38,9 @@ LDLIBS  += -fopenmp
 endif
 
 BUILD   := build
-REF_SRC := $(filter-out ref/main.c,$(wildcard ref/*.c))
+# fast/ files that are plain C without CUDA (the launch bootstrap) belong to the CPU library too.
+CPU_FAST_SRC := fast/bootstrap.c
+REF_SRC := $(filter-out ref/main.c,$(wildcard ref/*.c)) $(CPU_FAST_SRC)
 REF_OBJ := $(REF_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -42,12 +48,37 @@ TEST_SUPPORT := $(wildcard tests/util_*.c)
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 
 # ---- CUDA (fast/ + kernels/) ------------------------------------------------------------
-CUDA_HOME ?= /usr/local/cuda-13.0
+# kernels/*.cu and fast/*.cu are compiled by nvcc, fast/*.c by $(CC), into $(BUILD)/libdsv3fast.a,
+# only when nvcc exists. The GPU test and benchmark link a private copy of ref/ (built with
+# -ffunction-sections and OpenMP, linked with --gc-sections) so they need neither cJSON, PCRE2
+# nor cmocka: the GPU machines have CUDA and gcc but none of the Debian packages.
+# CUDA_HOME: the first of /usr/local/cuda-13.0, /usr/local/cuda, or the directory of the nvcc on PATH.
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda-13.0) $(wildcard /usr/local/cuda) \
+                         $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null)))
 NVCC := $(CUDA_HOME)/bin/nvcc
 HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
+# sm_80: bf16 kernels only (MLA, ops, MoE routing); sm_89: + the FP8 mma.sync GEMM; sm_90a: + WGMMA/TMA.
+NVCC_GENCODE ?= -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \
+                -gencode=arch=compute_90a,code=sm_90a
+NVCC_FLAGS := -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -Werror all-warnings \
+              -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -Xptxas -v -Iref -Ifast -Ikernels $(NVCC_GENCODE)
+GPU     := $(BUILD)/gpu
+CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
+FAST_C  := $(filter-out $(CPU_FAST_SRC),$(wildcard fast/*.c))
+FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
+# ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
+GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
+GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/include -MMD -MP \
+              -ffunction-sections -fdata-sections -fopenmp
+GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm
+GPU_TEST_SUPPORT := $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/gpu_fill.o
+GPU_TEST_BIN := $(BUILD)/tests/test_gpu_kernels
+GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
+COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu fuzz notebooks bad-inputs data experiments
+.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu sanitize-gpu test-gpu-mock cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -125,7 +156,12 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@$(CC) -o $@ $^ $(LDLIBS) -lcmocka
 
 # Each test binary runs from the repository root; tests that call the CLI use build/dsv3.
-test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN)
+# With nvcc present, the CUDA code is compiled too and the GPU test runs in --quick mode
+# (it prints SKIP and passes on a machine without a GPU).
+ifeq ($(HAVE_CUDA),1)
+TEST_GPU_RUN := $(GPU_TEST_BIN)
+endif
+test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN))
 	@pass=0; fail=0; failed=""; \
 	for n in $(NOTEBOOK_BIN); do \
 	  if $$n > $(BUILD)/notebook.log 2>&1; then pass=$$((pass+1)); echo "notebook $$n: ok"; \
@@ -135,12 +171,16 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN)
 	  echo "=== $$t"; \
 	  if DSV3_BIN=$(BUILD)/dsv3 $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$t"; fi; \
 	done; \
+	for t in $(TEST_GPU_RUN); do \
+	  echo "=== $$t --quick"; \
+	  if $$t --quick; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$t"; fi; \
+	done; \
 	echo "test binaries: $$pass passed, $$fail failed$$failed"; \
 	test $$fail -eq 0
 
-# ASan/UBSan build in its own tree, same tests.
+# ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
 test-asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined" test
 
 # ---- docs -----------------------------------------------------------------------------
@@ -200,3 +240,86 @@ experiments: data $(BUILD)/dsv3 $(BUILD)/train_report
 	  nomtp=runs/exp/nomtp.jsonl | tee runs/exp/table.md
 	@command -v gnuplot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y gnuplot-nox; fi; }
 	gnuplot -e 'dir="runs/exp"' tools/plot_experiments.gp
+
+# ---- CUDA build, GPU tests and benchmarks --------------------------------------------------
+ifeq ($(HAVE_CUDA),1)
+# nvcc objects; ptxas's register/spill report for every kernel goes to <object>.ptxas.txt.
+$(GPU)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "  NVCC    $<"
+	@$(NVCC) $(NVCC_FLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@ 2> $@.ptxas.txt || { cat $@.ptxas.txt; exit 1; }
+	@grep -v "^ptxas info\|^    [0-9]* bytes stack frame\|^$$" $@.ptxas.txt || true
+
+$(GPU)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (gpu)"
+	@$(CC) $(GPU_CFLAGS) -c $< -o $@
+
+$(BUILD)/libdsv3fast.a: $(FAST_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+
+$(GPU)/libdsv3ref.a: $(GPU_REF_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+
+$(GPU_TEST_BIN): $(GPU)/obj/tests/gpu/test_kernels.o $(GPU_TEST_SUPPORT) $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS)
+
+$(GPU_BENCH_BIN): $(GPU)/obj/tests/gpu/bench_kernels.o $(GPU_TEST_SUPPORT) $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -lcublasLt
+
+# Compile everything CUDA (CI's compile check).
+cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN)
+
+# Every group in its own process, so that a kernel that traps (and kills the CUDA context)
+# cannot hide the results of the others; WGMMA last. Exit status: failures anywhere.
+GPU_GROUPS ?= ops act_quant gemm_mma mla moe gemm_wgmma
+GPU_TEST_ARGS ?=
+test-gpu: $(GPU_TEST_BIN)
+	@fail=0; for g in $(GPU_GROUPS); do \
+	  echo "=== test_gpu_kernels --group $$g $(GPU_TEST_ARGS)"; \
+	  $(GPU_TEST_BIN) --group $$g $(GPU_TEST_ARGS) || fail=$$((fail+1)); \
+	done; \
+	echo "test-gpu: $$fail group(s) failed"; test $$fail -eq 0
+
+# BENCH_ARGS="--only gemm|grouped|mla|ops" narrows the C benchmark; PEERS=0 skips the Python peers.
+BENCH_ARGS ?=
+PEERS ?= 1
+bench-gpu: $(GPU_BENCH_BIN)
+	@$(GPU_BENCH_BIN) $(BENCH_ARGS)
+	@if [ "$(PEERS)" != 1 ]; then echo "bench_peers: skipped (PEERS=$(PEERS))"; \
+	elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+	  python3 tools/bench_peers.py; \
+	else echo "bench_peers: skipped (python3 with a CUDA-enabled torch is not importable here)"; fi
+
+# compute-sanitizer over the quick test: memcheck, racecheck (shared memory), synccheck, initcheck.
+# Narrow it with SANITIZE_TOOLS="memcheck" SANITIZE_ARGS="--quick --group mla".
+SANITIZE_TOOLS ?= memcheck racecheck synccheck initcheck
+SANITIZE_ARGS ?= --quick
+sanitize-gpu: $(GPU_TEST_BIN)
+	@test -n "$(COMPUTE_SANITIZER)" || { echo "sanitize-gpu: compute-sanitizer not found (CUDA_HOME=$(CUDA_HOME), PATH)"; exit 1; }
+	@fail=0; for tool in $(SANITIZE_TOOLS); do \
+	  echo "=== compute-sanitizer --tool $$tool $(GPU_TEST_BIN) $(SANITIZE_ARGS)"; \
+	  $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 99 $(GPU_TEST_BIN) $(SANITIZE_ARGS) || fail=$$((fail+1)); \
+	done; echo "sanitize-gpu: $$fail tool run(s) failed"; test $$fail -eq 0
+
+# The GPU test against a host emulation of the kernels' algorithms (tests/gpu/mock_cuda.c):
+# checks the harness and the algorithms on a machine without a GPU; proves nothing about the CUDA code.
+$(BUILD)/tests/test_gpu_mock: $(GPU)/obj/tests/gpu/test_kernels.o $(GPU)/obj/tests/gpu/gpu_util.o \
+                              $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/fast/fast.o $(GPU)/libdsv3ref.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $^ -Wl,--gc-sections -fopenmp -lm
+test-gpu-mock: $(BUILD)/tests/test_gpu_mock
+	@$(BUILD)/tests/test_gpu_mock --quick
+
+-include $(shell find $(GPU)/obj -name '*.d' 2>/dev/null)
+else
+cuda test-gpu bench-gpu sanitize-gpu test-gpu-mock:
+	@echo "$@: nvcc not found at $(NVCC) (set CUDA_HOME); nothing to do"
+endif

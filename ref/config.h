@@ -11,6 +11,10 @@
 
 #include "util.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** Hyper-parameters of a DeepSeek-V3-shaped model. */
 typedef struct {
     /* sizes */
@@ -83,5 +87,9 @@ int64_t config_max_linear_in(const Config *c);
 
 /** True if decoder layer @p layer has a routed-expert MoE FFN (layer ≥ first_k_dense_replace, freq). */
 int config_layer_is_moe(const Config *c, int layer);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DSV3_CONFIG_H */

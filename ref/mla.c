@@ -78,6 +78,23 @@ static void attention_naive(int64_t T, int64_t pos0, const LayerWeights *w, Laye
     }
 }
 
+void mla_attend_absorb(float *u, const float *q_abs, const float *q_pe, int64_t q_pe_stride, const float *c_kv,
+                       const float *k_pe, int64_t S, int64_t H, int64_t Dc, int64_t Dr, float scale, float *P,
+                       int64_t P_stride) {
+    for (int64_t h = 0; h < H; h++) {
+        const float *qa = q_abs + h * Dc, *qpe = q_pe + h * q_pe_stride;
+        float *Ph = P + h * P_stride, *uh = u + h * Dc;
+        for (int64_t j = 0; j < S; j++)
+            Ph[j] = scale * (dot_f32(qa, c_kv + j * Dc, Dc) + dot_f32(qpe, k_pe + j * Dr, Dr));
+        softmax_inplace(Ph, S);
+        memset(uh, 0, (size_t)Dc * sizeof *uh);
+        for (int64_t j = 0; j < S; j++) {
+            const float *ckv = c_kv + j * Dc;
+            for (int64_t i = 0; i < Dc; i++) uh[i] += Ph[j] * ckv[i];
+        }
+    }
+}
+
 /** Absorbed form: attend over the latent cache with q_abs = W_UKᵀ q_nope, apply W_UV after the sum. */
 static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache, MLAActs *a,
                              const ForwardContext *ctx) {
@@ -101,19 +118,10 @@ static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, Lay
         memcpy(cache->k_pe + (pos0 + t) * Dr, a->k_pe + t * Dr, (size_t)Dr * sizeof(float));
     }
     for (int64_t t = 0; t < T; t++) {
-        int64_t S = pos0 + t + 1;
-        for (int64_t h = 0; h < H; h++) {
-            const float *qa = a->q_abs + (t * H + h) * Dc, *qpe = a->q + (t * H + h) * Dqk + Dn;
-            float *P = att_row(a, ctx, t, h, H), *u = a->u + (t * H + h) * Dc;
-            for (int64_t j = 0; j < S; j++)
-                P[j] = c->softmax_scale * (dot_f32(qa, cache->c_kv + j * Dc, Dc) + dot_f32(qpe, cache->k_pe + j * Dr, Dr));
-            softmax_inplace(P, S);
-            memset(u, 0, (size_t)Dc * sizeof *u);
-            for (int64_t j = 0; j < S; j++) {
-                const float *ckv = cache->c_kv + j * Dc;
-                for (int64_t i = 0; i < Dc; i++) u[i] += P[j] * ckv[i];
-            }
-        }
+        float *P = att_row(a, ctx, t, 0, H);
+        int64_t P_stride = a->att ? a->att_stride : 0; /* kept per head, or one shared scratch row */
+        mla_attend_absorb(a->u + t * H * Dc, a->q_abs + t * H * Dc, a->q + t * H * Dqk + Dn, Dqk, cache->c_kv,
+                          cache->k_pe, pos0 + t + 1, H, Dc, Dr, c->softmax_scale, P, P_stride);
     }
     /* o[t][h][d] = u[t][h] · W_UV[h][d]   (einsum "shc,hdc->shd") */
     for (int64_t h = 0; h < H; h++)

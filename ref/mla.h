@@ -47,6 +47,18 @@ void mla_forward(float *y, const float *x, int64_t T, int64_t pos0, const LayerW
 void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const float *x, int64_t T, const LayerWeights *w,
                   const LayerCache *cache, LayerCache *dcache, const MLAActs *a, MLAActs *da, const ForwardContext *ctx);
 
+/**
+ * The absorbed attention of ONE query token over S cached positions (spec §3.3), for all H heads:
+ *     s_h(t) = scale · (q_abs[h]·c_kv[t] + q_pe[h]·k_pe[t]),  P_h = softmax_t(s_h),  u[h] = Σ_t P_h(t) c_kv[t].
+ * u [H][Dc] (output), q_abs [H][Dc], q_pe: head h at q_pe + h·q_pe_stride (Dr values), c_kv [S][Dc],
+ * k_pe [S][Dr]. P receives each head's probabilities: head h's S values at P + h·P_stride
+ * (P_stride = 0: one scratch row reused by every head). mla_forward's absorbed path calls this
+ * once per token; it is also the oracle of the CUDA MLA decode kernel (kernels/mla_decode.cu).
+ */
+void mla_attend_absorb(float *u, const float *q_abs, const float *q_pe, int64_t q_pe_stride, const float *c_kv,
+                       const float *k_pe, int64_t S, int64_t H, int64_t Dc, int64_t Dr, float scale, float *P,
+                       int64_t P_stride);
+
 /** x[i] ← exp(x[i] − max) / Σ, in FP32 (spec §3.4: softmax over keys in FP32). */
 void softmax_inplace(float *x, int64_t n);
 

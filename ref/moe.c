@@ -42,6 +42,31 @@ static void expert_rows(const FFNWeights *w, MoEActs *a, int64_t r0, int64_t r1,
     ffn_forward(a->y_perm + r0 * D, a->x_perm + r0 * D, r1 - r0, w, &rows, ctx->fp8, &ctx->lin);
 }
 
+void moe_permute(int *perm, int *expert_start, const int *idx, int64_t T, int64_t K, int64_t E) {
+    memset(expert_start, 0, (size_t)(E + 1) * sizeof *expert_start);
+    for (int64_t s = 0; s < T * K; s++) expert_start[idx[s] + 1]++;
+    for (int64_t e = 0; e < E; e++) expert_start[e + 1] += expert_start[e];
+    /* Place each slot at its expert's cursor; expert_start[e] serves as the cursor and ends
+     * up at the start of expert e+1, so shifting the array by one restores the starts. */
+    for (int64_t s = 0; s < T * K; s++) perm[expert_start[idx[s]]++] = (int)s;
+    for (int64_t e = E; e > 0; e--) expert_start[e] = expert_start[e - 1];
+    expert_start[0] = 0;
+}
+
+void moe_combine(float *out, const float *y_perm, const float *y_shared, const int *perm, const float *weights,
+                 int64_t T, int64_t K, int64_t D) {
+    memset(out, 0, (size_t)(T * D) * sizeof *out);
+    for (int64_t r = 0; r < T * K; r++) {
+        int s = perm[r];
+        float wgt = weights[s];
+        float *o = out + (s / K) * D;
+        const float *y = y_perm + r * D;
+        for (int64_t i = 0; i < D; i++) o[i] += wgt * y[i];
+    }
+    if (y_shared)
+        for (int64_t i = 0; i < T * D; i++) out[i] += y_shared[i];
+}
+
 void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, const ForwardContext *ctx) {
     const Config *c = ctx->cfg;
     int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
@@ -50,33 +75,16 @@ void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, M
     for (int64_t t = 0; t < T; t++)
         gate_forward(a->idx + t * K, a->weights + t * K, a->scores + t * E, a->logits + t * E,
                      w->e_score_correction_bias, c, ctx->gate_work);
-    /* 2. Permute: counting sort of the T·K slots by expert (stable, so tokens stay ascending). */
-    memset(a->expert_start, 0, (size_t)(E + 1) * sizeof *a->expert_start);
-    for (int64_t s = 0; s < T * K; s++) a->expert_start[a->idx[s] + 1]++;
-    for (int64_t e = 0; e < E; e++) a->expert_start[e + 1] += a->expert_start[e];
-    /* Place each slot at its expert's cursor; expert_start[e] serves as the cursor and ends
-     * up at the start of expert e+1, so shifting the array by one restores the starts. */
-    for (int64_t s = 0; s < T * K; s++) a->perm[a->expert_start[a->idx[s]]++] = (int)s;
-    for (int64_t e = E; e > 0; e--) a->expert_start[e] = a->expert_start[e - 1];
-    a->expert_start[0] = 0;
+    /* 2. Permute: counting sort of the T·K slots by expert, then gather the inputs. */
+    moe_permute(a->perm, a->expert_start, a->idx, T, K, E);
     for (int64_t r = 0; r < T * K; r++) memcpy(a->x_perm + r * D, x + (a->perm[r] / K) * D, (size_t)D * sizeof(float));
-    /* 3. Routed experts, one grouped pass each. */
+    /* 3. Routed experts, one grouped pass each; the shared experts on every token. */
     for (int64_t e = 0; e < E; e++)
         if (a->expert_start[e + 1] > a->expert_start[e])
             expert_rows(&w->experts[e], a, a->expert_start[e], a->expert_start[e + 1], D, Ie, ctx);
+    if (c->n_shared_experts > 0) ffn_forward(a->y_shared, x, T, &w->shared_experts, &a->shared, ctx->fp8, &ctx->lin);
     /* 4. Combine in ascending expert order, weighted; then add the shared experts. */
-    memset(out, 0, (size_t)(T * D) * sizeof *out);
-    for (int64_t r = 0; r < T * K; r++) {
-        int s = a->perm[r];
-        float wgt = a->weights[s];
-        float *o = out + (s / K) * D;
-        const float *y = a->y_perm + r * D;
-        for (int64_t i = 0; i < D; i++) o[i] += wgt * y[i];
-    }
-    if (c->n_shared_experts > 0) {
-        ffn_forward(a->y_shared, x, T, &w->shared_experts, &a->shared, ctx->fp8, &ctx->lin);
-        for (int64_t i = 0; i < T * D; i++) out[i] += a->y_shared[i];
-    }
+    moe_combine(out, a->y_perm, c->n_shared_experts > 0 ? a->y_shared : NULL, a->perm, a->weights, T, K, D);
 }
 
 void moe_count_load(int64_t *load, const MoEActs *a, int64_t T, const Config *c) {

@@ -32,6 +32,22 @@ typedef struct {
     float *y_shared;      /**< [T][D] */
 } MoEActs;
 
+/**
+ * Stable counting sort of the T·K assignment slots (slot = t·K + k, expert idx[slot]) by expert:
+ * perm [T·K] lists the slots expert by expert (ascending expert, then ascending slot),
+ * expert_start [E+1] the first permuted row of each expert (expert_start[E] = T·K).
+ * idx must hold experts in [0, E). Oracle of the CUDA permutation (kernels/moe.cu).
+ */
+void moe_permute(int *perm, int *expert_start, const int *idx, int64_t T, int64_t K, int64_t E);
+
+/**
+ * out [T][D] = Σ_k weights[t·K+k] · y_perm[row of slot t·K+k] (+ y_shared[t] if not NULL), the
+ * weighted sum taken in permuted-row order, i.e. ascending expert per token, in FP32 (spec §5.2).
+ * y_perm [T·K][D] rows in the order of perm [T·K] (from moe_permute). Oracle of the CUDA combine.
+ */
+void moe_combine(float *out, const float *y_perm, const float *y_shared, const int *perm, const float *weights,
+                 int64_t T, int64_t K, int64_t D);
+
 /** out [T][D] = MoE(x [T][D]) (x is the post_attention_layernorm output). */
 void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, const ForwardContext *ctx);
 

@@ -20,6 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** One-line error message carried back to the caller; empty when nothing failed. */
 typedef struct {
     char msg[512]; /**< the message, NUL-terminated */
@@ -106,5 +110,8 @@ void *arena_take(Arena *a, size_t n, size_t elem);
 int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *err);
 /** Releases a mapping made by map_file_readonly (NULL is fine). */
 void unmap_file(const uint8_t *map, size_t size);
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DSV3_UTIL_H */
