@@ -159,7 +159,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 # With nvcc present, the CUDA code is compiled too and the GPU test runs in --quick mode
 # (it prints SKIP and passes on a machine without a GPU).
 ifeq ($(HAVE_CUDA),1)
-TEST_GPU_RUN := $(GPU_TEST_BIN)
+TEST_GPU_RUN := $(GPU_TEST_BIN) $(BUILD)/tests/test_gpu_ep_nccl
 endif
 test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN))
 	@pass=0; fail=0; failed=""; \
@@ -273,18 +273,26 @@ $(GPU_BENCH_BIN): $(GPU)/obj/tests/gpu/bench_kernels.o $(GPU_TEST_SUPPORT) $(BUI
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -lcublasLt
 
+# Expert parallelism over NCCL, 1 rank (single-GPU machines); ref/ep.c and the bootstrap link from the GPU ref lib.
+GPU_EP_TEST_BIN := $(BUILD)/tests/test_gpu_ep_nccl
+$(GPU_EP_TEST_BIN): $(GPU)/obj/tests/gpu/test_ep_nccl.o $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -lnccl -Xcompiler -pthread
+
 # Compile everything CUDA (CI's compile check).
-cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN)
+cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_EP_TEST_BIN)
 
 # Every group in its own process, so that a kernel that traps (and kills the CUDA context)
 # cannot hide the results of the others; WGMMA last. Exit status: failures anywhere.
 GPU_GROUPS ?= ops act_quant gemm_mma mla moe gemm_wgmma
 GPU_TEST_ARGS ?=
-test-gpu: $(GPU_TEST_BIN)
+test-gpu: $(GPU_TEST_BIN) $(GPU_EP_TEST_BIN)
 	@fail=0; for g in $(GPU_GROUPS); do \
 	  echo "=== test_gpu_kernels --group $$g $(GPU_TEST_ARGS)"; \
 	  $(GPU_TEST_BIN) --group $$g $(GPU_TEST_ARGS) || fail=$$((fail+1)); \
 	done; \
+	echo "=== test_gpu_ep_nccl"; $(GPU_EP_TEST_BIN) || fail=$$((fail+1)); \
 	echo "test-gpu: $$fail group(s) failed"; test $$fail -eq 0
 
 # BENCH_ARGS="--only gemm|grouped|mla|ops" narrows the C benchmark; PEERS=0 skips the Python peers.
