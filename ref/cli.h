@@ -33,6 +33,8 @@ int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 /** `dsv3 prepare-data`: text corpus → uint32 token-id files. */
 int cmd_prepare_data(int argc, char **argv);
+/** `dsv3 perplexity`: evaluate a checkpoint on held-out tokens. */
+int cmd_perplexity(int argc, char **argv);
 /** `dsv3 plan`: deployment memory/communication/time estimates. */
 int cmd_plan(int argc, char **argv);
 

@@ -37,6 +37,7 @@ static const Command commands[] = {
     {"chat", cmd_chat, "interactive multi-turn chat that keeps its KV cache across turns"},
     {"prepare-data", cmd_prepare_data, "encode a text corpus into token-id files for training"},
     {"train", cmd_train, "train or fine-tune on pre-tokenized uint32 id files (AdamW, MTP, aux-loss-free balancing)"},
+    {"perplexity", cmd_perplexity, "cross-entropy and perplexity of a checkpoint on held-out tokens"},
     {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
     {"plan", cmd_plan, "weights, KV cache and all-to-all per GPU for serving on GPU clusters"},
     {"tokenize", cmd_tokenize, "text or a chat to token ids (a JSON array on one line)"},

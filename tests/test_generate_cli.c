@@ -147,6 +147,24 @@ static void bad_inputs(void **state) {
     bad("-c beyond the model", 2, "max_position_embeddings", "generate -m %s -p hi -c 999999999", model);
     bad("chat: bad -sys", 2, "not valid UTF-8", "chat -m %s -sys \"$(printf '\\377')\"", model);
     bad("chat: unknown flag", 2, "unknown option", "chat -m %s -p hi", model);
+    bad("perplexity: no input", 2, "exactly one of", "perplexity -m %s", model);
+    bad("perplexity: too short", 2, "fewer than one chunk", "perplexity -m %s -f README.md -c 100000", model);
+    bad("perplexity: bad ids file", 1, "not a whole number of uint32", "perplexity -m %s --ids README.md", model);
+}
+
+/** perplexity on text: a finite cross-entropy near log(vocab) for random weights; --mtp scores the MTP head. */
+static void perplexity_runs(void **state) {
+    (void)state;
+    RunResult r = run("%s perplexity -m %s -f docs/fp8.md -c 64 --mtp", dsv3_bin(), model);
+    assert_int_equal(r.status, 0);
+    double ce = 0;
+    const char *p = strstr(r.out, "cross-entropy ");
+    assert_non_null(p);
+    ce = strtod(p + strlen("cross-entropy "), NULL);
+    printf("    %s", r.out);
+    assert_true(ce > 3.0 && ce < 12.0); /* log(400) = 5.99 for a uniform guess; random weights are near it */
+    assert_non_null(strstr(r.out, "MTP head"));
+    run_result_free(&r);
 }
 
 /* ---- chat in a pseudo-terminal --------------------------------------------------------- */
@@ -228,6 +246,7 @@ int main(void) {
         cmocka_unit_test(generate_streams_and_reproduces),
         cmocka_unit_test(bad_inputs),
         cmocka_unit_test(chat_keeps_cache_across_turns),
+        cmocka_unit_test(perplexity_runs),
     };
     return cmocka_run_group_tests_name("generate_cli", tests, setup, teardown);
 }
