@@ -35,6 +35,8 @@ int cmd_chat(int argc, char **argv);
 int cmd_prepare_data(int argc, char **argv);
 /** `dsv3 perplexity`: evaluate a checkpoint on held-out tokens. */
 int cmd_perplexity(int argc, char **argv);
+/** `dsv3 convert`: rewrite a checkpoint in another format or sharding. */
+int cmd_convert(int argc, char **argv);
 /** `dsv3 plan`: deployment memory/communication/time estimates. */
 int cmd_plan(int argc, char **argv);
 

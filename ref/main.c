@@ -38,6 +38,7 @@ static const Command commands[] = {
     {"prepare-data", cmd_prepare_data, "encode a text corpus into token-id files for training"},
     {"train", cmd_train, "train or fine-tune on pre-tokenized uint32 id files (AdamW, MTP, aux-loss-free balancing)"},
     {"perplexity", cmd_perplexity, "cross-entropy and perplexity of a checkpoint on held-out tokens"},
+    {"convert", cmd_convert, "rewrite a checkpoint as FP8 / BF16 / F32, optionally sharded"},
     {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
     {"plan", cmd_plan, "weights, KV cache and all-to-all per GPU for serving on GPU clusters"},
     {"tokenize", cmd_tokenize, "text or a chat to token ids (a JSON array on one line)"},
