@@ -127,6 +127,36 @@ int main(void) {
                     (long long)g.stats.accepted, (long long)g.stats.drafted);
         gen_free(&g);
     }
+    /* The bundled trained model: where MTP acceptance means something. */
+    Model kjv;
+    if (model_load(&kjv, "models/kjv", NULL, &err) == 0) {
+        int prompt[6] = { 0, 300, 400, 500, 600, 700 };
+        double plain = 0;
+        for (int mode = 0; mode < 2; mode++)
+            for (int draft = 0; draft <= 3; draft++) {
+                Sampler smp;
+                Generator g;
+                if (sampler_init(&smp, mode ? 0.8f : 0.0f, mode ? 40 : 0, mode ? 0.95f : 1.0f, 7, &err) ||
+                    gen_init(&g, &kjv, &smp, 300, draft, 64, ATTN_ABSORB, FP8_DEQUANT, &err) || gen_feed(&g, prompt, 6, &err))
+                    return fprintf(stderr, "%s\n", err.msg), 1;
+                int out[8], k, produced = 0;
+                while (produced < 200) {
+                    if (gen_next(&g, out, &k, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+                    produced += k;
+                }
+                double tps = g.stats.generated / g.stats.decode_seconds;
+                if (draft == 0) plain = tps;
+                printf("kjv       %s, %s: %.1f tokens/s = %.2fx plain", mode ? "sampling T=0.8" : "greedy",
+                       draft ? (draft == 1 ? "MTP 1 draft " : draft == 2 ? "MTP 2 drafts" : "MTP 3 drafts") : "no MTP      ",
+                       tps, tps / plain);
+                if (draft) printf(", acceptance %.1f%% (%lld/%lld), %.2f tokens per main-model step",
+                                  100.0 * g.stats.accepted / g.stats.drafted, (long long)g.stats.accepted,
+                                  (long long)g.stats.drafted, (double)g.stats.generated / (double)g.stats.steps);
+                printf("\n");
+                gen_free(&g);
+            }
+        model_free(&kjv);
+    }
     printf("memory    peak RSS %.1f MiB = %.2fx the %.1f MiB checkpoint (mapped, never copied to FP32)\n",
            (double)rss / 1048576.0, (double)rss / (double)file_bytes, (double)file_bytes / 1048576.0);
     free(ids);
