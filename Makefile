@@ -69,7 +69,10 @@ FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
 # ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
 GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
-GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/include -MMD -MP \
+# NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
+NCCL_HOME ?= $(CUDA_HOME)
+NCCL_LIB ?= -lnccl
+GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include -MMD -MP \
               -ffunction-sections -fdata-sections -fopenmp
 GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm
 GPU_TEST_SUPPORT := $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/gpu_fill.o
@@ -135,9 +138,9 @@ data/kjv.txt: | $(BUILD)/.deps-ok
 	   echo "licence: the KJV text is in the public domain (copyright expired); packaging GPL-2+ (see /usr/share/doc/bible-kjv-text/copyright)"; \
 	   echo "sha256: $$(sha256sum $@ | cut -d' ' -f1)"; } > data/MANIFEST
 	@echo "data: $$(wc -c < $@) bytes of text in $@"
-data/tokenizer/tokenizer.json: data/kjv.txt $(BUILD)/dsv3
+data/tokenizer/tokenizer.json: data/kjv.txt | $(BUILD)/dsv3
 	$(BUILD)/dsv3 train-tokenizer --input data/kjv.txt --vocab-size $(DATA_VOCAB) --output data/tokenizer
-data/train.bin: data/tokenizer/tokenizer.json
+data/train.bin: data/tokenizer/tokenizer.json | $(BUILD)/dsv3
 	$(BUILD)/dsv3 prepare-data --tokenizer data/tokenizer --input data/kjv.txt --train data/train.bin --val data/val.bin
 
 # ---- notebooks: runnable walkthroughs, also run (quietly) by `make test` ----------------
@@ -278,7 +281,7 @@ GPU_EP_TEST_BIN := $(BUILD)/tests/test_gpu_ep_nccl
 $(GPU_EP_TEST_BIN): $(GPU)/obj/tests/gpu/test_ep_nccl.o $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
-	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -lnccl -Xcompiler -pthread
+	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB) -Xcompiler -pthread
 
 # Compile everything CUDA (CI's compile check).
 cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_EP_TEST_BIN)

@@ -15,7 +15,7 @@
  *  - bf16 outputs: round to nearest even of the FP32 value (may differ by 1 bf16 ulp where the
  *    FP32 values differ).
  *
- * VALIDATION STATUS: compiled only; never run on a GPU.
+ * VALIDATION STATUS: make test-gpu and compute-sanitizer pass on an H100 (2026-11-22).
  */
 #ifndef DSV3_FAST_OPS_H
 #define DSV3_FAST_OPS_H

@@ -24,7 +24,6 @@
 #include "rng.h"
 #include "util_compare.h"
 
-static char *tmp;
 static Model model;
 
 static void plan_layout(void **state) {
@@ -219,11 +218,11 @@ static void model_2_4_8(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    tmp = make_temp_dir("ep");
+    if (test_tmp_setup(state)) return -1;
     Config c;
     Err err;
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/tiny", tmp);
+    snprintf(dir, sizeof dir, "%s/tiny", test_tmp);
     CkptLayout layout = { CKPT_BF16, 0, 1, 0 };
     RandomInit ri = { 3, 0.2f };
     if (config_preset(&c, "tiny", &err) || ckpt_write(dir, &c, &layout, ckpt_random_source, &ri, NULL, &err) ||
@@ -237,8 +236,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
     (void)state;
     model_free(&model);
-    remove_tree(tmp);
-    free(tmp);
+    test_tmp_teardown(state);
     return 0;
 }
 

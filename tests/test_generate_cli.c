@@ -34,7 +34,7 @@
 #include "util_compare.h"
 #include "util_run.h"
 
-static char *tmp, model[4096], model_nomtp[4096];
+static char model[4096], model_nomtp[4096];
 
 static RunResult run(const char *fmt, ...) {
     char cmd[16384];
@@ -49,11 +49,10 @@ static RunResult run(const char *fmt, ...) {
 
 static int setup(void **state) {
     (void)state;
-    tmp = make_temp_dir("gen");
-    if (!tmp) return -1;
+    if (test_tmp_setup(state)) return -1;
     /* A 400-id tokenizer trained on the project's own prose, and a tiny model of that vocab. */
-    snprintf(model, sizeof model, "%s/model", tmp);
-    snprintf(model_nomtp, sizeof model_nomtp, "%s/nomtp", tmp);
+    snprintf(model, sizeof model, "%s/model", test_tmp);
+    snprintf(model_nomtp, sizeof model_nomtp, "%s/nomtp", test_tmp);
     RunResult r = run("%s train-tokenizer --input README.md --input docs/fp8.md --input docs/architecture.md"
                       " --vocab-size 400 --output %s", dsv3_bin(), model);
     if (r.status) fprintf(stderr, "%s", r.err);
@@ -66,13 +65,6 @@ static int setup(void **state) {
     ok = ok && r.status == 0;
     run_result_free(&r);
     return ok ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    remove_tree(tmp);
-    free(tmp);
-    return 0;
 }
 
 static void generate_streams_and_reproduces(void **state) {
@@ -122,7 +114,7 @@ static void bad(const char *what, int status, const char *expect, const char *fm
 static void bad_inputs(void **state) {
     (void)state;
     char path[4200];
-    snprintf(path, sizeof path, "%s/bad_utf8.txt", tmp);
+    snprintf(path, sizeof path, "%s/bad_utf8.txt", test_tmp);
     FILE *f = fopen(path, "wb");
     fputs("caf\xc3 \xff\xfe", f);
     fclose(f);
@@ -141,7 +133,7 @@ static void bad_inputs(void **state) {
     bad("unknown flag", 2, "unknown option", "generate -m %s -p hi --frobnicate", model);
     bad("no prompt", 2, "exactly one of", "generate -m %s", model);
     bad("both prompts", 2, "exactly one of", "generate -m %s -p a -f %s", model, path);
-    bad("missing model", 1, "cannot open", "generate -m %s/none -p hi", tmp);
+    bad("missing model", 1, "cannot open", "generate -m %s/none -p hi", test_tmp);
     bad("--spec mtp without MTP", 2, "no MTP module", "generate -m %s -p hi --spec mtp", model_nomtp);
     bad("--draft 0", 2, "--draft", "generate -m %s -p hi --draft 0", model);
     bad("-c beyond the model", 2, "max_position_embeddings", "generate -m %s -p hi -c 999999999", model);
@@ -248,5 +240,5 @@ int main(void) {
         cmocka_unit_test(chat_keeps_cache_across_turns),
         cmocka_unit_test(perplexity_runs),
     };
-    return cmocka_run_group_tests_name("generate_cli", tests, setup, teardown);
+    return cmocka_run_group_tests_name("generate_cli", tests, setup, test_tmp_teardown);
 }

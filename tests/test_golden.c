@@ -24,7 +24,6 @@
 #include "util_compare.h"
 #include "util_run.h"
 
-static char *tmp_dir;
 
 /** Runs `dsv3 logits` on a golden checkpoint and checks the output (and --hidden) files. */
 static void check_logits(const char *dir, const char *extra, const char *expected_file, int rows, int cols,
@@ -35,8 +34,8 @@ static void check_logits(const char *dir, const char *extra, const char *expecte
     int *ids = read_ids_json(path, &n);
     assert_non_null(ids);
     char *csv = ids_to_csv(ids, n);
-    snprintf(out, sizeof out, "%s/out.f32", tmp_dir);
-    snprintf(hid, sizeof hid, "%s/hidden.f32", tmp_dir);
+    snprintf(out, sizeof out, "%s/out.f32", test_tmp);
+    snprintf(hid, sizeof hid, "%s/hidden.f32", test_tmp);
     snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s -o %s %s %s %s", dsv3_bin(), dir, csv, out,
              hidden_file ? "--hidden" : "", hidden_file ? hid : "", extra);
     RunResult r;
@@ -114,8 +113,8 @@ static void mtp_prefill_vs_decode(void **state) {
     int n = 0;
     int *ids = read_ids_json("golden/fp8-small/ids.json", &n);
     char *csv = ids_to_csv(ids, n);
-    snprintf(a_path, sizeof a_path, "%s/mtp_prefill.f32", tmp_dir);
-    snprintf(b_path, sizeof b_path, "%s/mtp_decode.f32", tmp_dir);
+    snprintf(a_path, sizeof a_path, "%s/mtp_prefill.f32", test_tmp);
+    snprintf(b_path, sizeof b_path, "%s/mtp_decode.f32", test_tmp);
     RunResult r;
     snprintf(cmd, sizeof cmd, "%s logits -m golden/fp8-small --ids %s -o %s --mtp", dsv3_bin(), csv, a_path);
     assert_int_equal(run_cmd(cmd, NULL, &r), 0);
@@ -144,7 +143,7 @@ static void fp8_w8a8_whole_model(void **state) {
     int n = 0;
     int *ids = read_ids_json("golden/fp8-small/ids.json", &n);
     char *csv = ids_to_csv(ids, n);
-    snprintf(out, sizeof out, "%s/w8a8.f32", tmp_dir);
+    snprintf(out, sizeof out, "%s/w8a8.f32", test_tmp);
     snprintf(cmd, sizeof cmd, "%s logits -m golden/fp8-small --ids %s -o %s --fp8 w8a8", dsv3_bin(), csv, out);
     RunResult r;
     assert_int_equal(run_cmd(cmd, NULL, &r), 0);
@@ -165,18 +164,6 @@ static void fp8_w8a8_whole_model(void **state) {
     free(ids);
 }
 
-static int setup(void **state) {
-    (void)state;
-    tmp_dir = make_temp_dir("golden");
-    return tmp_dir ? 0 : -1;
-}
-static int teardown(void **state) {
-    (void)state;
-    remove_tree(tmp_dir);
-    free(tmp_dir);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(official_absorb),       cmocka_unit_test(official_naive),
@@ -184,5 +171,5 @@ int main(void) {
         cmocka_unit_test(fp8_mtp),               cmocka_unit_test(mtp_prefill_vs_decode),
         cmocka_unit_test(fp8_w8a8_whole_model),
     };
-    return cmocka_run_group_tests_name("golden", tests, setup, teardown);
+    return cmocka_run_group_tests_name("golden", tests, test_tmp_setup, test_tmp_teardown);
 }

@@ -21,15 +21,14 @@
 #include "mtp.h"
 #include "util_compare.h"
 
-static char *tmp;
 
-/** Writes a random checkpoint of a preset into tmp/<name>. */
+/** Writes a random checkpoint of a preset into test_tmp/<name>. */
 static void write_ckpt(const char *name, const char *preset, CkptFormat fmt, int shards, uint64_t seed, char *dir,
                        size_t cap) {
     Config c;
     Err err;
     assert_int_equal(config_preset(&c, preset, &err), 0);
-    snprintf(dir, cap, "%s/%s", tmp, name);
+    snprintf(dir, cap, "%s/%s", test_tmp, name);
     CkptLayout layout = { fmt, 0, shards, c.num_nextn_predict_layers };
     RandomInit ri = { seed, 0.3f };
     if (ckpt_write(dir, &c, &layout, ckpt_random_source, &ri, NULL, &err)) fail_msg("%s", err.msg);
@@ -147,23 +146,11 @@ static void v3_parameter_count(void **state) {
     assert_true(mtp_p - copies > 11500000000ull && mtp_p - copies < 11700000000ull);
 }
 
-static int setup(void **state) {
-    (void)state;
-    tmp = make_temp_dir("model");
-    return tmp ? 0 : -1;
-}
-static int teardown(void **state) {
-    (void)state;
-    remove_tree(tmp);
-    free(tmp);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tiny_bf16),           cmocka_unit_test(small_fp8),
         cmocka_unit_test(sharded_equals_single), cmocka_unit_test(mtp_copies_identical),
         cmocka_unit_test(v3_parameter_count),
     };
-    return cmocka_run_group_tests_name("model", tests, setup, teardown);
+    return cmocka_run_group_tests_name("model", tests, test_tmp_setup, test_tmp_teardown);
 }

@@ -25,7 +25,6 @@
 #include "mtp.h"
 #include "util_compare.h"
 
-static char *tmp;
 
 /** A small DeepSeek-V3-shaped config (1 dense + 1 MoE layer, 8 experts, MTP) so that the
  *  thousands of generations below stay fast; vocab set per test. */
@@ -44,7 +43,7 @@ static void make_model(Model *m, int vocab, uint64_t seed, const char *name) {
     c.vocab_size = vocab;
     assert_int_equal(config_validate(&c, "test", &err), 0);
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/%s", tmp, name);
+    snprintf(dir, sizeof dir, "%s/%s", test_tmp, name);
     CkptLayout layout = { CKPT_F32, 0, 1, 1 };
     RandomInit ri = { seed, 0.2f };
     if (ckpt_write(dir, &c, &layout, ckpt_random_source, &ri, NULL, &err)) fail_msg("%s", err.msg);
@@ -239,18 +238,6 @@ static void sampling_law(float temperature, int top_k, float top_p) {
 static void sampling_law_full(void **state) { (void)state; sampling_law(1.0f, 0, 1.0f); }
 static void sampling_law_truncated(void **state) { (void)state; sampling_law(0.8f, 5, 0.9f); }
 
-static int setup(void **state) {
-    (void)state;
-    tmp = make_temp_dir("spec");
-    return tmp ? 0 : -1;
-}
-static int teardown(void **state) {
-    (void)state;
-    remove_tree(tmp);
-    free(tmp);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(greedy_equivalence),
@@ -258,5 +245,5 @@ int main(void) {
         cmocka_unit_test(sampling_law_full),
         cmocka_unit_test(sampling_law_truncated),
     };
-    return cmocka_run_group_tests_name("speculative", tests, setup, teardown);
+    return cmocka_run_group_tests_name("speculative", tests, test_tmp_setup, test_tmp_teardown);
 }

@@ -46,17 +46,6 @@ static void expect_error(RunResult *r, int status, const char *cmd, const char *
     run_result_free(r);
 }
 
-static int setup(void **state) {
-    char *dir = make_temp_dir("tok");
-    *state = dir;
-    return dir ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    remove_tree(*state);
-    free(*state);
-    return 0;
-}
 
 #define TOK "--tokenizer " DS_TOKENIZER_DIR
 
@@ -278,5 +267,5 @@ int main(void) {
         cmocka_unit_test(test_runtime_errors),
         cmocka_unit_test(test_train_tokenizer_cli),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmp_setup, test_tmp_teardown);
 }

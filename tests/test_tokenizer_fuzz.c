@@ -234,23 +234,10 @@ static void test_random_ids(void **state) {
         size_t len;
         assert_int_equal(tokenizer_decode(f->tok, ids, n, &text, &len, &err), 0);
         assert_true(utf8_valid(text, len));
-        DecodeStream ds;
-        decode_stream_init(&ds, f->tok);
         ByteBuf all = {0};
-        for (int i = 0; i < n; i++) {
-            const char *p;
-            size_t l;
-            assert_int_equal(decode_stream_step(&ds, ids[i], &p, &l, &err), 0);
-            assert_true(utf8_valid(p, l));
-            bytebuf_append(&all, p, l);
-        }
-        const char *p;
-        size_t l;
-        assert_int_equal(decode_stream_flush(&ds, &p, &l, &err), 0);
-        bytebuf_append(&all, p, l);
+        assert_true(stream_decode_all(f->tok, ids, n, &all) >= 0);
         assert_int_equal(all.len, len);
         if (len) assert_memory_equal(all.data, text, len);
-        decode_stream_free(&ds);
         bytebuf_free(&all);
         free(text);
     }

@@ -41,17 +41,6 @@ static void expect_fail(const char *dir, const cJSON *j, const char *raw, const 
     assert_null(strchr(err.msg, '\n'));
 }
 
-static int setup(void **state) {
-    char *dir = make_temp_dir("tok");
-    *state = dir;
-    return dir ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    remove_tree(*state);
-    free(*state);
-    return 0;
-}
 
 static cJSON *model_of(cJSON *j) { return cJSON_GetObjectItem(j, "model"); }
 
@@ -303,5 +292,5 @@ int main(void) {
         cmocka_unit_test(test_pipeline_errors),
         cmocka_unit_test(test_config),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmp_setup, test_tmp_teardown);
 }

@@ -37,7 +37,6 @@
 static const char *const TINY = GRADCHECK_CONFIG_JSON;
 
 static Config cfg;
-static char *tmp;
 
 /** A trainer on the tiny config with T tokens per sequence, randomly initialized. */
 static void tiny_trainer(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std) {
@@ -259,7 +258,7 @@ static void write_ids(const char *path, const int *ids, int64_t n) {
 static void token_files(void **state) {
     (void)state;
     char path[4096];
-    snprintf(path, sizeof path, "%s/ids.bin", tmp);
+    snprintf(path, sizeof path, "%s/ids.bin", test_tmp);
     int ids[10] = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 49 };
     write_ids(path, ids, 10);
     TokenFile f;
@@ -319,11 +318,11 @@ static void overfit_fixed_batch(void **state) {
 /* ---------------------------------------------------------------------------------------- */
 /* resume                                                                                     */
 
-/** Writes the tiny config and a token file under tmp; returns the common flags. */
+/** Writes the tiny config and a token file under test_tmp; returns the common flags. */
 static void cli_setup(char *flags, size_t cap) {
     char cfgp[4096], data[4096];
-    snprintf(cfgp, sizeof cfgp, "%s/tiny.json", tmp);
-    snprintf(data, sizeof data, "%s/train.bin", tmp);
+    snprintf(cfgp, sizeof cfgp, "%s/tiny.json", test_tmp);
+    snprintf(data, sizeof data, "%s/train.bin", test_tmp);
     FILE *f = fopen(cfgp, "w");
     fputs(TINY, f);
     fclose(f);
@@ -399,25 +398,25 @@ static void resume_after_stop(void **state) {
     char flags[8192], cmd[16384], p1[4096], p2[4096];
     cli_setup(flags, sizeof flags);
     snprintf(cmd, sizeof cmd, "%s train %s -n 12 -o %s/full --log %s/full.log --tokenizer golden/tokenizer/deepseek-v3 > /dev/null",
-             dsv3_bin(), flags, tmp, tmp);
+             dsv3_bin(), flags, test_tmp, test_tmp);
     run_ok(cmd);
-    snprintf(p1, sizeof p1, "%s/full/latest/tokenizer.json", tmp); /* the checkpoint is complete for generation */
+    snprintf(p1, sizeof p1, "%s/full/latest/tokenizer.json", test_tmp); /* the checkpoint is complete for generation */
     assert_same_file(p1, "golden/tokenizer/deepseek-v3/tokenizer.json");
     snprintf(cmd, sizeof cmd, "%s train %s -n 12 -o %s/cut --log %s/cut.log --stop-after 6 > /dev/null", dsv3_bin(), flags,
-             tmp, tmp);
+             test_tmp, test_tmp);
     run_ok(cmd);
-    snprintf(p1, sizeof p1, "%s/cut/step_00000012", tmp);
+    snprintf(p1, sizeof p1, "%s/cut/step_00000012", test_tmp);
     assert_int_equal(access(p1, F_OK), -1); /* really stopped */
-    snprintf(cmd, sizeof cmd, "%s train --resume %s/cut --train %s/train.bin --log %s/cut.log > /dev/null", dsv3_bin(), tmp,
-             tmp, tmp);
+    snprintf(cmd, sizeof cmd, "%s train --resume %s/cut --train %s/train.bin --log %s/cut.log > /dev/null", dsv3_bin(), test_tmp,
+             test_tmp, test_tmp);
     run_ok(cmd);
-    snprintf(p1, sizeof p1, "%s/full.log", tmp);
-    snprintf(p2, sizeof p2, "%s/cut.log", tmp);
+    snprintf(p1, sizeof p1, "%s/full.log", test_tmp);
+    snprintf(p2, sizeof p2, "%s/cut.log", test_tmp);
     assert_same_run(p1, p2, 12);
     const char *files[] = { "model.safetensors", "optimizer.safetensors", "config.json" };
     for (int i = 0; i < 3; i++) {
-        snprintf(p1, sizeof p1, "%s/full/latest/%s", tmp, files[i]);
-        snprintf(p2, sizeof p2, "%s/cut/latest/%s", tmp, files[i]);
+        snprintf(p1, sizeof p1, "%s/full/latest/%s", test_tmp, files[i]);
+        snprintf(p2, sizeof p2, "%s/cut/latest/%s", test_tmp, files[i]);
         assert_same_file(p1, p2);
     }
 }
@@ -432,18 +431,18 @@ static void resume_after_kill(void **state) {
     char flags[8192], cmd[16384], p1[4096], p2[4096];
     cli_setup(flags, sizeof flags);
     const int N = 40;
-    snprintf(cmd, sizeof cmd, "%s train %s -n %d -o %s/kfull --log %s/kfull.log > /dev/null", dsv3_bin(), flags, N, tmp, tmp);
+    snprintf(cmd, sizeof cmd, "%s train %s -n %d -o %s/kfull --log %s/kfull.log > /dev/null", dsv3_bin(), flags, N, test_tmp, test_tmp);
     run_ok(cmd);
     snprintf(cmd, sizeof cmd,
              "%s train %s -n %d -o %s/kill --log %s/kill.log --save-every 1 --keep 2 > /dev/null 2>&1 & pid=$!; "
              "while [ ! -e %s/kill/step_00000005 ] && kill -0 $pid 2>/dev/null; do sleep 0.005; done; "
              "kill -9 $pid; wait $pid; echo $?",
-             dsv3_bin(), flags, N, tmp, tmp, tmp);
+             dsv3_bin(), flags, N, test_tmp, test_tmp, test_tmp);
     RunResult r;
     assert_int_equal(run_cmd(cmd, NULL, &r), 0);
     int killed = atoi(r.out) == 137;
     run_result_free(&r);
-    snprintf(p1, sizeof p1, "%s/kill.log", tmp);
+    snprintf(p1, sizeof p1, "%s/kill.log", test_tmp);
     char before[64][40];
     memset(before, 0, sizeof before);
     int reached = read_losses(p1, before, 64);
@@ -453,17 +452,17 @@ static void resume_after_kill(void **state) {
     /* Output flags are per invocation (only the training options travel with the checkpoint). */
     snprintf(cmd, sizeof cmd,
              "%s train --resume %s/kill --train %s/train.bin --log %s/kill.log --save-every 1 --keep 2 > /dev/null 2>&1",
-             dsv3_bin(), tmp, tmp, tmp);
+             dsv3_bin(), test_tmp, test_tmp, test_tmp);
     run_ok(cmd);
-    snprintf(p1, sizeof p1, "%s/kfull.log", tmp);
-    snprintf(p2, sizeof p2, "%s/kill.log", tmp);
+    snprintf(p1, sizeof p1, "%s/kfull.log", test_tmp);
+    snprintf(p2, sizeof p2, "%s/kill.log", test_tmp);
     assert_same_run(p1, p2, N); /* later lines of a step (the resumed ones) override the killed run's */
-    snprintf(p1, sizeof p1, "%s/kfull/latest/model.safetensors", tmp);
-    snprintf(p2, sizeof p2, "%s/kill/latest/model.safetensors", tmp);
+    snprintf(p1, sizeof p1, "%s/kfull/latest/model.safetensors", test_tmp);
+    snprintf(p2, sizeof p2, "%s/kill/latest/model.safetensors", test_tmp);
     assert_same_file(p1, p2);
-    snprintf(p1, sizeof p1, "%s/kill/step_00000039/model.safetensors", tmp); /* --keep 2 kept the last two */
+    snprintf(p1, sizeof p1, "%s/kill/step_00000039/model.safetensors", test_tmp); /* --keep 2 kept the last two */
     assert_int_equal(access(p1, F_OK), 0);
-    snprintf(p1, sizeof p1, "%s/kill/step_00000038", tmp);
+    snprintf(p1, sizeof p1, "%s/kill/step_00000038", test_tmp);
     assert_int_equal(access(p1, F_OK), -1);
 }
 
@@ -495,7 +494,7 @@ static void checkpoint_matches_inference(void **state) {
     }
     char out[4096], path[4096], cmd[16384];
     Err err;
-    snprintf(out, sizeof out, "%s/consistency", tmp);
+    snprintf(out, sizeof out, "%s/consistency", test_tmp);
     if (trainer_checkpoint(&tr, out, CKPT_F32, NULL, 0, path, sizeof path, &err)) fail_msg("%s", err.msg);
     trainer_eval(&tr, seqs, 1, &L); /* the trainer's logits of sequence 0 */
     size_t V = (size_t)cfg.vocab_size, n = (size_t)T * V;
@@ -521,18 +520,18 @@ static void checkpoint_matches_inference(void **state) {
 
     /* The command line: main logits and the MTP module's (depth 1: rows 0..T−2). */
     char *ids = ids_to_csv(seqs, (int)T);
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --attn naive -o %s/main.f32 2>/dev/null", dsv3_bin(), path, ids, tmp);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --attn naive -o %s/main.f32 2>/dev/null", dsv3_bin(), path, ids, test_tmp);
     run_ok(cmd);
     snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --attn naive --mtp -o %s/mtp.f32 2>/dev/null", dsv3_bin(), path, ids,
-             tmp);
+             test_tmp);
     run_ok(cmd);
     free(ids);
     size_t got;
-    snprintf(path, sizeof path, "%s/main.f32", tmp);
+    snprintf(path, sizeof path, "%s/main.f32", test_tmp);
     float *cli = read_all_f32(path, &got);
     assert_int_equal(got, n);
     double rel = max_rel_diff(cli, tr.logits, n);
-    snprintf(path, sizeof path, "%s/mtp.f32", tmp);
+    snprintf(path, sizeof path, "%s/mtp.f32", test_tmp);
     float *mtp = read_all_f32(path, &got);
     assert_int_equal(got, (size_t)(T - 1) * V);
     double rel_mtp = max_rel_diff(mtp, tr.logits + n, (size_t)(T - 1) * V);
@@ -558,7 +557,7 @@ static void bf16_checkpoint_keeps_masters(void **state) {
     trainer_update(&a, &st);
     char out[4096], path[4096];
     Err err;
-    snprintf(out, sizeof out, "%s/bf16", tmp);
+    snprintf(out, sizeof out, "%s/bf16", test_tmp);
     if (trainer_checkpoint(&a, out, CKPT_BF16, NULL, 0, path, sizeof path, &err)) fail_msg("%s", err.msg);
     Config c;
     TrainOptions o;
@@ -584,15 +583,7 @@ static int setup(void **state) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
-    tmp = make_temp_dir("train");
-    return tmp ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    remove_tree(tmp);
-    free(tmp);
-    return 0;
+    return test_tmp_setup(state);
 }
 
 int main(void) {
@@ -603,5 +594,5 @@ int main(void) {
         cmocka_unit_test(resume_after_stop),     cmocka_unit_test(resume_after_kill),
         cmocka_unit_test(checkpoint_matches_inference), cmocka_unit_test(bf16_checkpoint_keeps_masters),
     };
-    return cmocka_run_group_tests_name("train", tests, setup, teardown);
+    return cmocka_run_group_tests_name("train", tests, setup, test_tmp_teardown);
 }

@@ -105,3 +105,19 @@ void remove_tree(const char *dir) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);
 }
+
+char *test_tmp;
+
+int test_tmp_setup(void **state) {
+    test_tmp = make_temp_dir("test");
+    if (state) *state = test_tmp; /* tests may take the directory from their state too */
+    return test_tmp ? 0 : -1;
+}
+
+int test_tmp_teardown(void **state) {
+    (void)state;
+    if (test_tmp) remove_tree(test_tmp);
+    free(test_tmp);
+    test_tmp = NULL;
+    return 0;
+}

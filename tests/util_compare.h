@@ -26,4 +26,11 @@ char *make_temp_dir(const char *tag);
 /** rm -rf of a directory made by make_temp_dir. */
 void remove_tree(const char *dir);
 
+/** The scratch directory of a test program, made by test_tmp_setup (NULL before). */
+extern char *test_tmp;
+/** cmocka group setup: creates test_tmp (also stored in *state). */
+int test_tmp_setup(void **state);
+/** cmocka group teardown: removes test_tmp and everything in it. */
+int test_tmp_teardown(void **state);
+
 #endif

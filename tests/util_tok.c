@@ -15,6 +15,7 @@
 
 #include "bpe_train.h"
 #include "bytelevel.h"
+#include "tokenizer.h"
 #include "util.h"
 
 cJSON *tok_json_file(const char *path) {
@@ -217,4 +218,26 @@ void naive_bpe_free(NaiveBpe *b) {
     free(b->v);
     free(b->m);
     free(b);
+}
+
+long stream_decode_all(const Tokenizer *tok, const int *ids, int n, ByteBuf *all) {
+    DecodeStream ds;
+    decode_stream_init(&ds, tok);
+    Err err = {{0}};
+    const char *piece;
+    size_t len;
+    long rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (decode_stream_step(&ds, ids[i], &piece, &len, &err) || !utf8_valid(piece, len)) rc = -1;
+        else bytebuf_append(all, piece, len);
+    }
+    if (rc == 0) {
+        if (decode_stream_flush(&ds, &piece, &len, &err)) rc = -1;
+        else {
+            bytebuf_append(all, piece, len);
+            rc = (long)len;
+        }
+    }
+    decode_stream_free(&ds);
+    return rc;
 }

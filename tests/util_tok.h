@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 
+#include "buf.h"
+
 struct cJSON;
 
 /** The real DeepSeek-V3 tokenizer directory (tests run from the repository root). */
@@ -50,5 +52,13 @@ NaiveBpe *naive_bpe_new(const struct cJSON *tokenizer_json);
 int naive_bpe_piece(const NaiveBpe *b, const unsigned char *s, size_t n, int *ids, int count, int cap);
 /** Releases the oracle. */
 void naive_bpe_free(NaiveBpe *b);
+
+/**
+ * Decodes @p ids one at a time through a DecodeStream, appending every piece (and the final
+ * flush) to @p all. Returns the flush's length, or -1 if a step failed or returned a piece that
+ * is not valid UTF-8 (the stream's promise).
+ */
+struct Tokenizer;
+long stream_decode_all(const struct Tokenizer *tok, const int *ids, int n, ByteBuf *all);
 
 #endif

@@ -8,10 +8,10 @@
  *        accepts it, cuBLASLt FP8 with 1×128 / 128×128 block scales. Lines starting with
  *        "RESULT" are machine-readable (key=value).
  *
- * Usage: bench_gpu_kernels [--only gemm|grouped|mla|ops]...
+ * Usage: bench_gpu_kernels [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--impl cublaslt-fp8]
+ * (--shape/--m/--mla narrow the GEMM shapes, the GEMM row counts and the MLA cases; --impl times
+ * cuBLASLt's FP8 GEMM alone: for ncu).
  * Peaks used for "% of peak" (H100 SXM datasheet, dense): FP8 1979 TFLOP/s, BF16 989, HBM 3.35 TB/s.
- *
- * Written without access to a GPU: compiled, never run.
  */
 #include <math.h>
 #include <stdio.h>
@@ -36,6 +36,9 @@
 #define PEAK_BW 3.35e12
 
 static FastDevice g_dev;
+static int64_t g_only_n, g_only_k, g_only_m; /* 0: all */
+static int g_only_b, g_only_s;
+static int g_peer_fp8_only; /* --impl cublaslt-fp8: time only cuBLASLt's FP8 GEMM (for ncu) */
 static cublasLtHandle_t g_lt;
 static void *g_lt_ws;
 static const size_t LT_WS_BYTES = 64u << 20;
@@ -253,6 +256,7 @@ static void bench_gemm_shape(int64_t N, int64_t K) {
            (double)(N * K) / 1e6, g.copies);
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
         const int64_t M = Ms[mi];
+        if (g_only_m && M != g_only_m) continue;
         g.M = M;
         g.a = dmalloc((size_t)(M * K)), g.as = dmalloc((size_t)(M * kb) * 4), g.as_t = dmalloc((size_t)(M * kb) * 4);
         g.a16 = dmalloc((size_t)(M * K) * 2), g.out = dmalloc((size_t)(M * N) * 2), g.out_peer = dmalloc((size_t)(M * N) * 2);
@@ -273,7 +277,7 @@ static void bench_gemm_shape(int64_t N, int64_t K) {
         const double flops = 2.0 * (double)M * (double)N * (double)K, wbytes = (double)(N * K);
         printf(" M=%lld\n", (long long)M);
         double best = -1.0;
-        for (int path = FP8_GEMM_AUTO; path <= FP8_GEMM_WGMMA; path++) {
+        for (int path = FP8_GEMM_AUTO; path <= FP8_GEMM_WGMMA && !g_peer_fp8_only; path++) {
             if (path == FP8_GEMM_WGMMA && !(g_dev.cc_major == 9 && g_dev.cc_minor == 0)) continue;
             g.path = (Fp8GemmPath)path;
             double us = time_us(run_ours, &g);
@@ -287,13 +291,15 @@ static void bench_gemm_shape(int64_t N, int64_t K) {
             if (us > 0 && (best < 0 || us < best)) best = us;
         }
         plan_peers(&g);
-        double us16 = g.have16 ? time_us(run_bf16, &g) : -1.0;
+        double us16 = g.have16 && !g_peer_fp8_only ? time_us(run_bf16, &g) : -1.0;
         print_time("cuBLASLt bf16", us16, flops, 2 * wbytes);
         if (us16 > 0)
             printf("RESULT kernel=gemm impl=cublaslt_bf16 N=%lld K=%lld M=%lld us=%.2f tflops=%.2f\n", (long long)N,
                    (long long)K, (long long)M, us16, flops / us16 * 1e-6);
         double us8 = g.have8 ? time_us(run_fp8, &g) : -1.0;
-        if (g.have8 && us8 > 0) {
+        if (g.have8 && us8 > 0 && g_peer_fp8_only) {
+            print_time("cuBLASLt fp8-blk", us8, flops, wbytes);
+        } else if (g.have8 && us8 > 0) {
             print_time("cuBLASLt fp8-blk", us8, flops, wbytes);
             /* Same inputs, same contract: the outputs should agree to bf16 rounding. */
             run_ours(&g, 0), run_fp8(&g, 0);
@@ -498,9 +504,18 @@ int main(int argc, char **argv) {
     char *only[8];
     int nonly = 0;
     for (int i = 1; i < argc; i++) {
+        long long x, y;
         if (!strcmp(argv[i], "--only") && i + 1 < argc && nonly < 8) only[nonly++] = argv[++i];
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc && sscanf(argv[i + 1], "%lldx%lld", &x, &y) == 2)
+            g_only_n = x, g_only_k = y, i++;
+        else if (!strcmp(argv[i], "--m") && i + 1 < argc && sscanf(argv[i + 1], "%lld", &x) == 1 && x > 0)
+            g_only_m = x, i++;
+        else if (!strcmp(argv[i], "--mla") && i + 1 < argc && sscanf(argv[i + 1], "%lldx%lld", &x, &y) == 2)
+            g_only_b = (int)x, g_only_s = (int)y, i++;
+        else if (!strcmp(argv[i], "--impl") && i + 1 < argc && !strcmp(argv[i + 1], "cublaslt-fp8"))
+            g_peer_fp8_only = 1, i++;
         else {
-            fprintf(stderr, "usage: %s [--only gemm|grouped|mla|ops]...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--impl cublaslt-fp8]\n", argv[0]);
             return 2;
         }
     }
@@ -529,7 +544,8 @@ int main(int argc, char **argv) {
     if (want("gemm", only, nonly)) {
         static const int64_t shapes[][2] = { { 2112, 7168 }, { 24576, 1536 }, { 32768, 512 }, { 7168, 16384 },
                                              { 4096, 7168 }, { 7168, 2048 },  { 36864, 7168 }, { 7168, 18432 } };
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) bench_gemm_shape(shapes[s][0], shapes[s][1]);
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            if (!g_only_n || (shapes[s][0] == g_only_n && shapes[s][1] == g_only_k)) bench_gemm_shape(shapes[s][0], shapes[s][1]);
     }
     if (want("grouped", only, nonly)) {
         bench_grouped(4096, 7168);
@@ -538,7 +554,8 @@ int main(int argc, char **argv) {
     if (want("mla", only, nonly)) {
         printf("== mla decode (H=128, bf16 latent cache, paged 64)\n");
         static const int bs[][2] = { { 1, 4096 }, { 32, 4096 }, { 64, 8192 }, { 128, 4096 } };
-        for (int i = 0; i < 4; i++) bench_mla(bs[i][0], bs[i][1]);
+        for (int i = 0; i < 4; i++)
+            if (!g_only_b || (bs[i][0] == g_only_b && bs[i][1] == g_only_s)) bench_mla(bs[i][0], bs[i][1]);
     }
     if (want("ops", only, nonly)) bench_ops();
     cudaFree(g_lt_ws);

@@ -10,7 +10,7 @@
  *        gemm_wgmma mla moe (default: all). Without a CUDA device it prints SKIP and exits 0.
  * Exit status: 0 when every check passed, 1 otherwise. Last line: "test_gpu_kernels: N passed, M failed".
  *
- * Written without access to a GPU: this program has been compiled, never run.
+ * First run on an H100 on 2026-11-22: 190 checks pass (docs/kernels.md).
  */
 #include <math.h>
 #include <stdio.h>

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One device call of a GPU session (docs/kernels.md, "GPU session: what to run").
+#   tools/gpu_session.sh test    environment, build, SASS check, every test group (each its own process)
+#   tools/gpu_session.sh bench   C benchmark (our kernels, cuBLASLt peers), then the PyTorch peers
+#   tools/gpu_session.sh sanitize compute-sanitizer memcheck + racecheck over the quick test
+#   tools/gpu_session.sh ncu     Nsight Compute sections of the GEMM, grouped GEMM, cuBLASLt FP8 and MLA decode kernels
+# Logs go to $OUT (the device tool brings them back), or to build/gpu-session/ elsewhere.
+# Also runs by hand on any CUDA machine.
+set -u
+OUT=${OUT:-build/gpu-session}
+mkdir -p "$OUT"
+JOBS=$(nproc)
+
+# NCCL: the CUDA toolkit's, else the one the PyTorch wheel brings (nvidia-nccl-cu13).
+nccl_args=()
+cuda_home=""   # the Makefile's rule: /usr/local/cuda-13.0, /usr/local/cuda, or the nvcc on PATH
+for d in /usr/local/cuda-13.0 /usr/local/cuda "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")"; do
+  [ -x "$d/bin/nvcc" ] && { cuda_home=$d; break; }
+done
+if [ ! -f "${cuda_home:-/nonexistent}/include/nccl.h" ]; then
+  wheel=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null)
+  if [ -n "$wheel" ] && [ -f "$wheel/include/nccl.h" ]; then
+    nccl_args=(NCCL_HOME="$wheel" NCCL_LIB=-l:libnccl.so.2)
+    echo "nccl: $wheel (pip wheel)"
+  else
+    echo "nccl: not found; the EP test will not build"
+  fi
+fi
+
+build() {
+  make -j"$JOBS" "${nccl_args[@]}" build/tests/test_gpu_kernels build/bench/bench_gpu_kernels 2>&1 | tail -5
+  make -j"$JOBS" "${nccl_args[@]}" build/tests/test_gpu_ep_nccl 2>&1 | tail -3
+}
+
+case "${1:-test}" in
+test)
+  { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    nvcc --version | tail -1; command -v compute-sanitizer cuobjdump; nproc; } 2>&1
+  t0=$(date +%s); build; echo "build: $(( $(date +%s) - t0 )) s"
+  cuobjdump -sass build/libdsv3fast.a > "$OUT/sass.txt" 2>&1
+  echo "SASS: QGMMA $(grep -c QGMMA "$OUT/sass.txt"), HGMMA $(grep -c HGMMA "$OUT/sass.txt"), HMMA $(grep -c HMMA "$OUT/sass.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/sass.txt")"
+  gzip -f "$OUT/sass.txt"
+  for g in ops act_quant gemm_mma mla moe gemm_wgmma; do
+    echo "=== $g"
+    timeout 150 build/tests/test_gpu_kernels --group "$g" > "$OUT/test-$g.log" 2>&1; echo "exit $?" >> "$OUT/test-$g.log"
+    grep -E 'FAIL|fail|error|passed|exit' "$OUT/test-$g.log" | tail -12
+  done
+  echo "=== ep_nccl"
+  if [ -x build/tests/test_gpu_ep_nccl ]; then timeout 120 build/tests/test_gpu_ep_nccl 2>&1 | tail -8; fi
+  ;;
+bench)
+  build >/dev/null
+  timeout "${BENCH_TIMEOUT:-400}" build/bench/bench_gpu_kernels ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1; echo "bench exit $?"
+  grep -v '^RESULT' "$OUT/bench.log" | tail -120
+  if [ "${PEERS:-1}" = 1 ]; then
+    PYTHONUNBUFFERED=1 timeout 200 python3 tools/bench_peers.py > "$OUT/peers.log" 2>&1; echo "peers exit $?"
+    grep -v '^RESULT' "$OUT/peers.log" | tail -40
+  fi
+  ;;
+sanitize)
+  build >/dev/null
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+    echo "=== $tool"
+    timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 99 build/tests/test_gpu_kernels --quick ${SANITIZE_ARGS:-} \
+      > "$OUT/sanitize-$tool.log" 2>&1; echo "exit $?"
+    grep -E 'ERROR|Error|error|SUMMARY|passed' "$OUT/sanitize-$tool.log" | tail -10
+  done
+  ;;
+ncu)
+  # Nsight Compute on the kernels that miss their targets (clocks left as found: --clock-control none).
+  build >/dev/null
+  sec="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
+  prof() { # name, kernel regex, bench args
+    local name=$1 kre=$2; shift 2
+    timeout 150 ncu --clock-control none --kernel-name "regex:$kre" --launch-skip 2 --launch-count 1 $sec \
+      build/bench/bench_gpu_kernels "$@" > "$OUT/ncu-$name.txt" 2>&1; echo "ncu $name exit $?"
+    grep -E 'Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Executed Ipc A|Shared Memory Configuration Size|One or More Eligible|Issued Warp|No Eligible|Stall' "$OUT/ncu-$name.txt" | head -24
+  }
+  prof gemm_wgmma 'fp8_gemm_wgmma' --only gemm --shape 7168x16384 --m 4096
+  prof gemm_cublaslt '^[^fd]' --only gemm --shape 7168x16384 --m 4096 --impl cublaslt-fp8
+  prof grouped 'fp8_gemm_wgmma' --only grouped
+  prof mla 'mla_decode_kernel' --only mla --mla 64x8192
+  ;;
+*) echo "usage: $0 test|bench|sanitize|ncu"; exit 2 ;;
+esac
