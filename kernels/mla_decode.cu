@@ -11,13 +11,15 @@
  *
  * Design (one CTA = 64 heads × a range of positions of one request, 8 warps, tiles of 32
  * positions, a cp.async ring of tiles):
- *   phase 1  S = Q·Kᵀ: warp w → heads 16(w%4).., positions 16(w/4).. (2 n8 tiles), 36 k16 steps
- *            of mma.m16n8k16 bf16; S·scale·log2(e) to shared memory (masked positions −∞).
- *   phase 2  online softmax: 4 threads per head row (8 positions each) update the running max
+ *   phase 1  S = Q·Kᵀ: warp w → positions 16(w%2).. (2 n8 tiles) × KSPLIT m16 tiles of heads ×
+ *            1/KSPLIT of the 576-d dot (KSPLIT = 2 on Hopper, 1 where shared memory is short),
+ *            mma.m16n8k16 bf16; the KSPLIT partial S tiles go to shared memory.
+ *   phase 2  sums the partials, ·scale·log2(e), masks positions past the end with −∞, then
+ *            online softmax: 4 threads per head row (8 positions each) update the running max
  *            m and sum l (registers; the row→thread map never changes), write P (bf16) and the
  *            rescale factor α = 2^(m_old − m_new) to shared memory.
- *   phase 3  O = α·O + P·V: warp w → heads 16(w%4).., latent columns 256(w/4).. (128 FP32
- *            accumulators per thread), V = the c_kv part of the tile, via ldmatrix.trans.
+ *   phase 3  O = α·O + P·V: warp w → all 64 heads × latent columns 64w.. (128 FP32 accumulators
+ *            per thread), V = the c_kv part of the tile, via ldmatrix.trans.
  * The 64-head Q tile (576 × bf16) stays in shared memory for the whole CTA; both head halves
  * of a request read the same cache tiles (from L2 the second time, if they run together).
  *
@@ -31,8 +33,9 @@
 namespace dsv3 {
 
 /** Static shape of the decode kernel. */
-template <int STAGES_> struct MlaTile {
+template <int STAGES_, int KSPLIT_> struct MlaTile {
     static constexpr int STAGES = STAGES_;       /**< cp.async ring depth */
+    static constexpr int KSPLIT = KSPLIT_;       /**< phase 1: warps splitting the 576-d dot (partial S buffers) */
     static constexpr int HB = MLA_HEADS_PER_CTA; /**< heads per CTA */
     static constexpr int TN = 32;                /**< positions per tile */
     static constexpr int D = MLA_DC + MLA_DR;    /**< 576 */
@@ -44,7 +47,7 @@ template <int STAGES_> struct MlaTile {
     static constexpr int K_BYTES = TN * LDK * 2;   /**< one tile of the ring */
     static constexpr int S_BYTES = HB * LDS_S * 4; /**< scores */
     static constexpr int P_BYTES = HB * LDP * 2;   /**< bf16 probabilities */
-    static constexpr int SMEM = Q_BYTES + STAGES * K_BYTES + S_BYTES + P_BYTES + HB * 4 * 2; /**< + α and l rows */
+    static constexpr int SMEM = Q_BYTES + STAGES * K_BYTES + KSPLIT * S_BYTES + P_BYTES + HB * 4 * 2; /**< + α and l rows */
 };
 
 /** The kernel's arguments (device copy of MlaDecodeParams plus the resolved split count). */
@@ -76,9 +79,10 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
     extern __shared__ __align__(16) uint8_t smem[];
     uint16_t *sQ = reinterpret_cast<uint16_t *>(smem);
     uint16_t *sK = reinterpret_cast<uint16_t *>(smem + Tile::Q_BYTES);
-    float *sS = reinterpret_cast<float *>(smem + Tile::Q_BYTES + STAGES * Tile::K_BYTES);
-    uint16_t *sP = reinterpret_cast<uint16_t *>(smem + Tile::Q_BYTES + STAGES * Tile::K_BYTES + Tile::S_BYTES);
-    float *sAlpha = reinterpret_cast<float *>(smem + Tile::Q_BYTES + STAGES * Tile::K_BYTES + Tile::S_BYTES +
+    constexpr int KSPLIT = Tile::KSPLIT;
+    float *sS = reinterpret_cast<float *>(smem + Tile::Q_BYTES + STAGES * Tile::K_BYTES); /* [KSPLIT][HB][LDS_S] */
+    uint16_t *sP = reinterpret_cast<uint16_t *>(smem + Tile::Q_BYTES + STAGES * Tile::K_BYTES + KSPLIT * Tile::S_BYTES);
+    float *sAlpha = reinterpret_cast<float *>(smem + Tile::Q_BYTES + STAGES * Tile::K_BYTES + KSPLIT * Tile::S_BYTES +
                                               Tile::P_BYTES);
     float *sL = sAlpha + HB; /* final row sums, then reused for 1/l */
 
@@ -122,15 +126,20 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
     /* Phase-2 ownership: row r2 = tid / 4, positions 8·q2 .. 8·q2+7. */
     const int r2 = tid / 4, q2 = tid % 4;
     float m_run = -INFINITY, l_run = 0.0f;
-    /* Phase-1/3 warp roles. */
-    const int wr = (warp % 4) * 16;   /* head rows of this warp */
-    const int wn1 = (warp / 4) * 16;  /* phase 1: positions */
-    const int wc3 = (warp / 4) * 256; /* phase 3: latent columns */
-    float o[32][4];
+    /* Phase 1 roles: MT1 = KSPLIT m16 tiles of heads from wr1, positions wn1..wn1+15, k part kp1. */
+    constexpr int MT1 = KSPLIT, KLEN = Tile::D / KSPLIT;
+    const int wn1 = (warp & 1) * 16;
+    const int kp1 = (warp >> 1) % KSPLIT;
+    const int wr1 = ((warp >> 1) / KSPLIT) * 16 * MT1;
+    /* Phase 3 roles: all 64 heads (4 m16 tiles) × latent columns wc3..wc3+63 (8 n8 tiles). */
+    const int wc3 = warp * 64;
+    float o[4][8][4];
 #pragma unroll
-    for (int j = 0; j < 32; j++)
+    for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) o[j][e] = 0.0f;
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[mt][j][e] = 0.0f;
 
     for (int it = 0; it < ntiles; it++) {
         cp_async_wait<STAGES - 2>();
@@ -140,29 +149,38 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
         const uint16_t *tK = sK + (it % STAGES) * (TN * LDK);
         const int valid = min(TN, t_end - (t_begin + it * TN));
 
-        /* Phase 1: S[16 heads][16 positions] per warp over the 576-d dot. */
+        /* Phase 1: partial S[16·MT1 heads][16 positions] per warp over k part kp1 of the 576-d dot.
+         * MT1 = 2 (Hopper): one B fragment feeds two m tiles, 384 instead of 512 bytes of
+         * ldmatrix per mma; shared-memory bandwidth is this kernel's limit (ncu, docs/kernels.md). */
         {
-            float acc[2][4];
+            float acc[MT1][2][4];
 #pragma unroll
-            for (int j = 0; j < 2; j++)
+            for (int mt = 0; mt < MT1; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-#pragma unroll 4
-            for (int k0 = 0; k0 < Tile::D; k0 += 16) {
-                uint32_t a[4], bb[4];
-                ldmatrix_x4(a[0], a[1], a[2], a[3], sQ + (wr + (lane & 15)) * LDK + k0 + (lane >> 4) * 8);
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[mt][j][e] = 0.0f;
+#pragma unroll 2
+            for (int k0 = kp1 * KLEN; k0 < (kp1 + 1) * KLEN; k0 += 16) {
+                uint32_t bb[4];
                 ldmatrix_x4(bb[0], bb[1], bb[2], bb[3],
                             tK + (wn1 + (lane & 7) + ((lane >> 4) << 3)) * LDK + k0 + ((lane >> 3) & 1) * 8);
-                mma_bf16_16816(acc[0], a, bb[0], bb[1]);
-                mma_bf16_16816(acc[1], a, bb[2], bb[3]);
-            }
 #pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = wr + g + 8 * (e / 2), col = wn1 + 8 * j + 2 * t + (e % 2);
-                    sS[row * LDS_S + col] = col < valid ? acc[j][e] * p.scale_log2 : -INFINITY;
+                for (int mt = 0; mt < MT1; mt++) {
+                    uint32_t a[4];
+                    ldmatrix_x4(a[0], a[1], a[2], a[3], sQ + (wr1 + 16 * mt + (lane & 15)) * LDK + k0 + (lane >> 4) * 8);
+                    mma_bf16_16816(acc[mt][0], a, bb[0], bb[1]);
+                    mma_bf16_16816(acc[mt][1], a, bb[2], bb[3]);
                 }
+            }
+            float *sSk = sS + kp1 * (HB * LDS_S);
+#pragma unroll
+            for (int mt = 0; mt < MT1; mt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        sSk[(wr1 + 16 * mt + g + 8 * (e / 2)) * LDS_S + wn1 + 8 * j + 2 * t + (e % 2)] = acc[mt][j][e];
         }
         __syncthreads(); /* (B) S complete */
 
@@ -171,7 +189,10 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
             float sv[8], mx = -INFINITY;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
-                sv[i] = sS[r2 * LDS_S + 8 * q2 + i];
+                float sum_k = sS[r2 * LDS_S + 8 * q2 + i];
+#pragma unroll
+                for (int kp = 1; kp < KSPLIT; kp++) sum_k += sS[kp * (HB * LDS_S) + r2 * LDS_S + 8 * q2 + i];
+                sv[i] = 8 * q2 + i < valid ? sum_k * p.scale_log2 : -INFINITY;
                 mx = fmaxf(mx, sv[i]);
             }
             mx = quad_max(mx);
@@ -193,27 +214,36 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
         }
         __syncthreads(); /* (C) P and α complete */
 
-        /* Phase 3: O[16 heads][256 cols] = α·O + P[16][32]·V[32][256]. */
+        /* Phase 3: O[64 heads][64 cols] = α·O + P[64][32]·V[32][64]. Each V fragment feeds 4 m
+         * tiles and each P fragment 8 n tiles: 128 bytes of ldmatrix per mma (was 256). */
         {
-            const float al0 = sAlpha[wr + g], al1 = sAlpha[wr + g + 8];
 #pragma unroll
-            for (int j = 0; j < 32; j++) {
-                o[j][0] *= al0;
-                o[j][1] *= al0;
-                o[j][2] *= al1;
-                o[j][3] *= al1;
+            for (int mt = 0; mt < 4; mt++) {
+                const float al0 = sAlpha[16 * mt + g], al1 = sAlpha[16 * mt + g + 8];
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    o[mt][j][0] *= al0;
+                    o[mt][j][1] *= al0;
+                    o[mt][j][2] *= al1;
+                    o[mt][j][3] *= al1;
+                }
             }
 #pragma unroll
             for (int ks = 0; ks < TN; ks += 16) {
-                uint32_t a[4];
-                ldmatrix_x4(a[0], a[1], a[2], a[3], sP + (wr + (lane & 15)) * LDP + ks + (lane >> 4) * 8);
+                uint32_t a[4][4];
 #pragma unroll
-                for (int j = 0; j < 32; j += 2) {
+                for (int mt = 0; mt < 4; mt++)
+                    ldmatrix_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], sP + (16 * mt + (lane & 15)) * LDP + ks + (lane >> 4) * 8);
+#pragma unroll
+                for (int j = 0; j < 8; j += 2) {
                     uint32_t v0, v1, v2, v3;
                     ldmatrix_x4_trans(v0, v1, v2, v3,
                                       tK + (ks + (lane & 7) + ((lane >> 3) & 1) * 8) * LDK + wc3 + 8 * j + (lane >> 4) * 8);
-                    mma_bf16_16816(o[j], a, v0, v1);
-                    mma_bf16_16816(o[j + 1], a, v2, v3);
+#pragma unroll
+                    for (int mt = 0; mt < 4; mt++) {
+                        mma_bf16_16816(o[mt][j], a[mt], v0, v1);
+                        mma_bf16_16816(o[mt][j + 1], a[mt], v2, v3);
+                    }
                 }
             }
         }
@@ -229,19 +259,21 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
     __syncthreads();
     const int64_t bh0 = (int64_t)b * p.H + h0;
 #pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        const int row = wr + g + 8 * hh;
-        const float l = sL[row];
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        float *dst = p.num_splits > 1
-                         ? p.o_part + (((int64_t)b * p.num_splits + split) * p.H + h0 + row) * MLA_DC
-                         : p.u + (bh0 + row) * MLA_DC;
+    for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
-            const int c = wc3 + 8 * j + 2 * t;
-            *reinterpret_cast<float2 *>(dst + c) = make_float2(o[j][2 * hh] * inv, o[j][2 * hh + 1] * inv);
+        for (int hh = 0; hh < 2; hh++) {
+            const int row = 16 * mt + g + 8 * hh;
+            const float l = sL[row];
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            float *dst = p.num_splits > 1
+                             ? p.o_part + (((int64_t)b * p.num_splits + split) * p.H + h0 + row) * MLA_DC
+                             : p.u + (bh0 + row) * MLA_DC;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int c = wc3 + 8 * j + 2 * t;
+                *reinterpret_cast<float2 *>(dst + c) = make_float2(o[mt][j][2 * hh] * inv, o[mt][j][2 * hh + 1] * inv);
+            }
         }
-    }
     if (tid < HB) {
         const float lse2 = sAlpha[tid];
         if (p.num_splits > 1) p.lse2_part[((int64_t)b * p.num_splits + split) * p.H + h0 + tid] = lse2;
@@ -352,11 +384,12 @@ extern "C" int mla_decode_cuda(const MlaDecodeParams *p, cudaStream_t stream, Er
         a.lse2_part = p->workspace + (size_t)p->B * splits * p->H * MLA_DC;
     }
     int rc;
-    if ((size_t)MlaTile<3>::SMEM <= dev.smem_optin) rc = launch<MlaTile<3>>(a, stream, err);
-    else if ((size_t)MlaTile<2>::SMEM <= dev.smem_optin) rc = launch<MlaTile<2>>(a, stream, err);
+    /* Hopper (227 KB): 3-stage ring and the split phase 1; A100 (163 KB): 2 stages, one S buffer. */
+    if ((size_t)MlaTile<3, 2>::SMEM <= dev.smem_optin) rc = launch<MlaTile<3, 2>>(a, stream, err);
+    else if ((size_t)MlaTile<2, 1>::SMEM <= dev.smem_optin) rc = launch<MlaTile<2, 1>>(a, stream, err);
     else
-        return err_set(err, "%s: needs %d bytes of shared memory per block, device %s allows %zu", fn, MlaTile<2>::SMEM,
-                       dev.name, dev.smem_optin);
+        return err_set(err, "%s: needs %d bytes of shared memory per block, device %s allows %zu", fn,
+                       MlaTile<2, 1>::SMEM, dev.name, dev.smem_optin);
     if (rc || splits == 1) return rc;
     mla_combine_kernel<<<dim3((unsigned)p->H, (unsigned)p->B), MLA_DC / 4, 0, stream>>>(a);
     return fast_check_launch(fn, "mla_combine_kernel", err);
