@@ -328,10 +328,12 @@ extern "C" int mla_decode_num_splits(int B, int H, int max_seq_len) {
     FastDevice dev;
     if (B <= 0 || H <= 0 || fast_device(&dev, NULL)) return 1;
     const int ctas = B * ceil_div(H, MLA_HEADS_PER_CTA);
-    /* Enough CTAs for ~1.5 waves, but ≥ 256 positions per split: the 64-head Q tile costs as
-     * much to load as 64 positions of cache, so shorter splits waste bandwidth. */
-    int s = ceil_div(3 * dev.sm_count, 2 * ctas);
-    const int cap = ceil_div(max_seq_len > 0 ? max_seq_len : 1, 256);
+    /* At most one wave (one CTA per SM: 210 KB of shared memory), and ≥ 128 positions per
+     * split (the 64-head Q tile costs as much to load as 64 positions of cache). Measured on
+     * H100 (docs/benchmarks.md, split sweep): best or within 2% of best at B = 1, 32, 64, 128;
+     * the former "1.5 waves, ≥ 256 positions" rule was 1.38× slower at B = 1 and 1.06× at B = 32. */
+    int s = dev.sm_count / ctas;
+    const int cap = ceil_div(max_seq_len > 0 ? max_seq_len : 1, 128);
     s = s < cap ? s : cap;
     return s < 1 ? 1 : s > 64 ? 64 : s;
 }

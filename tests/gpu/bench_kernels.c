@@ -8,9 +8,10 @@
  *        accepts it, cuBLASLt FP8 with 1×128 / 128×128 block scales. Lines starting with
  *        "RESULT" are machine-readable (key=value).
  *
- * Usage: bench_gpu_kernels [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--impl cublaslt-fp8]
- * (--shape/--m/--mla narrow the GEMM shapes, the GEMM row counts and the MLA cases; --impl times
- * cuBLASLt's FP8 GEMM alone: for ncu).
+ * Usage: bench_gpu_kernels [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--mla-sweep]
+ *                          [--impl cublaslt-fp8]
+ * (--shape/--m/--mla narrow the GEMM shapes, the GEMM row counts and the MLA cases; --mla-sweep also
+ * times MLA split counts 1..64, * marks the automatic choice; --impl times cuBLASLt's FP8 GEMM alone: for ncu).
  * Peaks used for "% of peak" (H100 SXM datasheet, dense): FP8 1979 TFLOP/s, BF16 989, HBM 3.35 TB/s.
  */
 #include <math.h>
@@ -38,6 +39,7 @@
 static FastDevice g_dev;
 static int64_t g_only_n, g_only_k, g_only_m; /* 0: all */
 static int g_only_b, g_only_s;
+static int g_mla_sweep;     /* --mla-sweep: also time split counts 1, 2, 4, ..., 64 */
 static int g_peer_fp8_only; /* --impl cublaslt-fp8: time only cuBLASLt's FP8 GEMM (for ncu) */
 static cublasLtHandle_t g_lt;
 static void *g_lt_ws;
@@ -424,27 +426,32 @@ static void bench_mla(int B, int S) {
     CHECK_CUDA(gpu_fill_bf16(qa, (size_t)B * H * MLA_DC, 1.0f, 1, 0));
     CHECK_CUDA(gpu_fill_bf16(qp, (size_t)B * H * MLA_DR, 1.0f, 2, 0));
     float *u = dmalloc((size_t)B * H * MLA_DC * 4);
-    const int splits = mla_decode_num_splits(B, H, S);
-    const size_t wsb = mla_decode_workspace_bytes(B, H, splits);
-    void *ws = wsb ? dmalloc(wsb) : NULL;
+    const int auto_splits = mla_decode_num_splits(B, H, S);
+    const size_t wsb = mla_decode_workspace_bytes(B, H, 64);
+    void *ws = dmalloc(wsb);
     m.p.u = u, m.p.q_abs = qa, m.p.q_pe = qp, m.p.block_table = d_table, m.p.block_table_stride = pages;
     m.p.seq_lens = d_lens, m.p.B = B, m.p.H = H, m.p.max_seq_len = S, m.p.scale = 0.1352337788608801f;
-    m.p.num_splits = splits, m.p.workspace = ws, m.p.workspace_bytes = wsb;
-    double us = time_us(run_mla, &m);
+    m.p.workspace = ws, m.p.workspace_bytes = wsb;
     const double bytes = (double)B * S * D * 2, flops = 2.0 * B * H * (double)S * (MLA_DC + D);
-    if (us < 0) {
-        printf("  mla B=%d S=%d: failed: %s\n", B, S, m.err.msg);
-    } else {
-        printf("  mla B=%3d S=%5d splits=%2d: %8.1f us %7.0f GB/s of cache (%4.1f%% of HBM) %6.1f TFLOP/s (%4.1f%% of "
-               "BF16 peak)\n",
-               B, S, splits, us, bytes / us * 1e-3, 100.0 * bytes / (us * 1e-6) / PEAK_BW, flops / us * 1e-6,
-               100.0 * flops / (us * 1e-6) / PEAK_BF16);
-        printf("RESULT kernel=mla_decode impl=dsv3 B=%d S=%d H=%d splits=%d us=%.2f gbs=%.1f tflops=%.2f\n", B, S, H,
-               splits, us, bytes / us * 1e-3, flops / us * 1e-6);
+    for (int sweep = 0; sweep <= (g_mla_sweep ? 7 : 0); sweep++) {
+        const int splits = sweep == 0 ? auto_splits : 1 << (sweep - 1); /* auto first, then 1..64 */
+        if (sweep > 0 && splits == auto_splits) continue;
+        m.p.num_splits = splits;
+        double us = time_us(run_mla, &m);
+        if (us < 0) {
+            printf("  mla B=%d S=%d splits=%d: failed: %s\n", B, S, splits, m.err.msg);
+            continue;
+        }
+        printf("  mla B=%3d S=%5d splits=%2d%s: %8.1f us %7.0f GB/s of cache (%4.1f%% of HBM) %6.1f TFLOP/s (%4.1f%% "
+               "of BF16 peak)\n",
+               B, S, splits, sweep ? "" : "*", us, bytes / us * 1e-3, 100.0 * bytes / (us * 1e-6) / PEAK_BW,
+               flops / us * 1e-6, 100.0 * flops / (us * 1e-6) / PEAK_BF16);
+        printf("RESULT kernel=mla_decode impl=dsv3 B=%d S=%d H=%d splits=%d auto=%d us=%.2f gbs=%.1f tflops=%.2f\n", B,
+               S, H, splits, !sweep, us, bytes / us * 1e-3, flops / us * 1e-6);
     }
     for (int c = 0; c < m.copies; c++) cudaFree(m.cache[c]);
     cudaFree(d_table), cudaFree(d_lens), cudaFree(qa), cudaFree(qp), cudaFree(u);
-    if (ws) cudaFree(ws);
+    cudaFree(ws);
     free(m.cache), free(table), free(lens);
 }
 
@@ -512,10 +519,12 @@ int main(int argc, char **argv) {
             g_only_m = x, i++;
         else if (!strcmp(argv[i], "--mla") && i + 1 < argc && sscanf(argv[i + 1], "%lldx%lld", &x, &y) == 2)
             g_only_b = (int)x, g_only_s = (int)y, i++;
+        else if (!strcmp(argv[i], "--mla-sweep"))
+            g_mla_sweep = 1;
         else if (!strcmp(argv[i], "--impl") && i + 1 < argc && !strcmp(argv[i + 1], "cublaslt-fp8"))
             g_peer_fp8_only = 1, i++;
         else {
-            fprintf(stderr, "usage: %s [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--impl cublaslt-fp8]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--mla-sweep] [--impl cublaslt-fp8]\n", argv[0]);
             return 2;
         }
     }
