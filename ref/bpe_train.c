@@ -147,15 +147,9 @@ int bpe_train_feed(BpeTrainer *tr, const char *text, size_t len, Err *err) {
         long w = strmap_intern(&tr->words, text + sp.off, sp.len, NULL);
         if (w < 0) return err_set(err, "out of memory counting pieces");
         if ((size_t)w >= tr->freq_cap) {
-            size_t nc, bytes;
-            if (buf_grow_cap(tr->freq_cap, (size_t)w + 1, sizeof *tr->freq, &nc) != 0 ||
-                size_mul(&bytes, nc, sizeof *tr->freq) != 0)
-                return err_set(err, "out of memory counting pieces");
-            int64_t *nf = realloc(tr->freq, bytes);
+            int64_t *nf = buf_grow(tr->freq, &tr->freq_cap, (size_t)w + 1, sizeof *tr->freq);
             if (!nf) return err_set(err, "out of memory counting pieces");
-            memset(nf + tr->freq_cap, 0, (nc - tr->freq_cap) * sizeof *nf);
             tr->freq = nf;
-            tr->freq_cap = nc;
         }
         tr->freq[w]++;
     }
@@ -211,13 +205,9 @@ static void train_free(Train *s) {
 /* Grows an array of n-element capacity *cap to hold need elements (zero-filled growth). */
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return 0;
-    size_t nc, bytes;
-    if (buf_grow_cap(*cap, need, elem, &nc) != 0 || size_mul(&bytes, nc, elem) != 0) return -1;
-    char *q = realloc(*p, bytes);
+    void *q = buf_grow(*p, cap, need, elem);
     if (!q) return -1;
-    memset(q + *cap * elem, 0, (nc - *cap) * elem);
     *p = q;
-    *cap = nc;
     return 0;
 }
 

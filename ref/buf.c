@@ -21,6 +21,17 @@ int buf_grow_cap(size_t cur_cap, size_t need, size_t elem, size_t *new_cap) {
     return 0;
 }
 
+void *buf_grow(void *p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap && p) return p;
+    size_t nc, bytes;
+    if (buf_grow_cap(*cap, need, elem, &nc) != 0 || size_mul(&bytes, nc, elem) != 0) return NULL;
+    char *q = realloc(p, bytes);
+    if (!q) return NULL;
+    memset(q + *cap * elem, 0, (nc - *cap) * elem);
+    *cap = nc;
+    return q;
+}
+
 int bytebuf_reserve(ByteBuf *b, size_t extra) {
     size_t need;
     if (size_add(&need, b->len, extra) != 0 || size_add(&need, need, 1) != 0) return -1;
@@ -70,13 +81,9 @@ int intvec_reserve(IntVec *v, size_t extra) {
     size_t need;
     if (size_add(&need, v->n, extra) != 0) return -1;
     if (need <= v->cap) return 0;
-    size_t nc, bytes;
-    if (buf_grow_cap(v->cap, need, sizeof *v->v, &nc) != 0 || size_mul(&bytes, nc, sizeof *v->v) != 0)
-        return -1;
-    int *p = realloc(v->v, bytes);
+    int *p = buf_grow(v->v, &v->cap, need, sizeof *v->v);
     if (!p) return -1;
     v->v = p;
-    v->cap = nc;
     return 0;
 }
 

@@ -48,5 +48,11 @@ void intvec_free(IntVec *v);
 
 /** Grows a capacity for @p need elements of @p elem bytes: doubling, at least 16; -1 on overflow. */
 int buf_grow_cap(size_t cur_cap, size_t need, size_t elem, size_t *new_cap);
+/**
+ * Grows array @p p of *@p cap elements of @p elem bytes to hold at least @p need (buf_grow_cap's
+ * policy), zero-filling the new elements. Returns the (possibly moved) array and updates *@p cap;
+ * returns NULL on overflow or out of memory, leaving @p p and *@p cap as they were.
+ */
+void *buf_grow(void *p, size_t *cap, size_t need, size_t elem);
 
 #endif /* DSV3_BUF_H */

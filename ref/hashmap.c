@@ -120,13 +120,9 @@ long strmap_intern(StrMap *m, const void *key, size_t len, int *is_new) {
             return (long)idx;
     }
     if (m->n == m->ecap) {
-        size_t nc, bytes;
-        if (buf_grow_cap(m->ecap, m->n + 1, sizeof *m->ent, &nc) != 0 || size_mul(&bytes, nc, sizeof *m->ent) != 0)
-            return -1;
-        StrMapEntry *ne = realloc(m->ent, bytes);
+        StrMapEntry *ne = buf_grow(m->ent, &m->ecap, m->n + 1, sizeof *m->ent);
         if (!ne) return -1;
         m->ent = ne;
-        m->ecap = nc;
     }
     size_t off = m->keys.len;
     if (bytebuf_append(&m->keys, key, len) != 0) return -1;

@@ -41,14 +41,9 @@ static const char GPT2_PATTERN[] =
 
 int spanvec_push(SpanVec *v, size_t off, size_t len) {
     if (v->n == v->cap) {
-        size_t nc, bytes;
-        if (buf_grow_cap(v->cap, v->n + 1, sizeof *v->v, &nc) != 0 ||
-            size_mul(&bytes, nc, sizeof *v->v) != 0)
-            return -1;
-        Span *p = realloc(v->v, bytes);
+        Span *p = buf_grow(v->v, &v->cap, v->n + 1, sizeof *v->v);
         if (!p) return -1;
         v->v = p;
-        v->cap = nc;
     }
     v->v[v->n].off = off;
     v->v[v->n].len = len;
@@ -58,14 +53,9 @@ int spanvec_push(SpanVec *v, size_t off, size_t len) {
 
 static int mark_push(PretokWork *w, size_t start, size_t end, int flag) {
     if (w->nmarks == w->capmarks) {
-        size_t nc, bytes;
-        if (buf_grow_cap(w->capmarks, w->nmarks + 1, sizeof *w->marks, &nc) != 0 ||
-            size_mul(&bytes, nc, sizeof *w->marks) != 0)
-            return -1;
-        SplitMark *p = realloc(w->marks, bytes);
+        SplitMark *p = buf_grow(w->marks, &w->capmarks, w->nmarks + 1, sizeof *w->marks);
         if (!p) return -1;
         w->marks = p;
-        w->capmarks = nc;
     }
     w->marks[w->nmarks].start = start;
     w->marks[w->nmarks].end = end;

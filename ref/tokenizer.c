@@ -750,13 +750,9 @@ static int heap_less(const HeapItem *a, const HeapItem *b) {
 
 static int heap_push(EncodeWork *w, HeapItem it) {
     if (w->nheap == w->capheap) {
-        size_t nc, bytes;
-        if (buf_grow_cap(w->capheap, w->nheap + 1, sizeof it, &nc) != 0 || size_mul(&bytes, nc, sizeof it) != 0)
-            return -1;
-        HeapItem *p = realloc(w->heap, bytes);
+        HeapItem *p = buf_grow(w->heap, &w->capheap, w->nheap + 1, sizeof it);
         if (!p) return -1;
         w->heap = p;
-        w->capheap = nc;
     }
     size_t i = w->nheap++;
     while (i > 0) {

@@ -151,13 +151,21 @@ int check_close(const char *what, const float *got, const float *want, int64_t n
     return ok;
 }
 
-int check_bits_f32(const char *what, const float *got, const float *want, int64_t n, int64_t cols) {
-    int64_t bad = 0, first = -1;
+/* How many of n elements of `size` bytes differ bitwise; *first = the first such index (or -1). */
+static int64_t count_diff(const void *got, const void *want, int64_t n, size_t size, int64_t *first) {
+    int64_t bad = 0;
+    *first = -1;
     for (int64_t i = 0; i < n; i++)
-        if (memcmp(&got[i], &want[i], sizeof(float)) != 0) {
-            if (first < 0) first = i;
+        if (memcmp((const char *)got + i * size, (const char *)want + i * size, size) != 0) {
+            if (*first < 0) *first = i;
             bad++;
         }
+    return bad;
+}
+
+int check_bits_f32(const char *what, const float *got, const float *want, int64_t n, int64_t cols) {
+    int64_t first;
+    const int64_t bad = count_diff(got, want, n, sizeof *got, &first);
     if (first >= 0)
         return report(0, "%s: %lld of %lld differ bitwise; first at [%lld][%lld]: got %.9g want %.9g", what,
                       (long long)bad, (long long)n, (long long)(first / cols), (long long)(first % cols), got[first],
@@ -166,12 +174,8 @@ int check_bits_f32(const char *what, const float *got, const float *want, int64_
 }
 
 int check_bytes(const char *what, const uint8_t *got, const uint8_t *want, int64_t n, int64_t cols) {
-    int64_t bad = 0, first = -1;
-    for (int64_t i = 0; i < n; i++)
-        if (got[i] != want[i]) {
-            if (first < 0) first = i;
-            bad++;
-        }
+    int64_t first;
+    const int64_t bad = count_diff(got, want, n, 1, &first);
     if (first >= 0)
         return report(0, "%s: %lld of %lld bytes differ; first at [%lld][%lld]: got 0x%02x want 0x%02x", what,
                       (long long)bad, (long long)n, (long long)(first / cols), (long long)(first % cols), got[first],
@@ -180,12 +184,8 @@ int check_bytes(const char *what, const uint8_t *got, const uint8_t *want, int64
 }
 
 int check_ints(const char *what, const int *got, const int *want, int64_t n, int64_t cols) {
-    int64_t bad = 0, first = -1;
-    for (int64_t i = 0; i < n; i++)
-        if (got[i] != want[i]) {
-            if (first < 0) first = i;
-            bad++;
-        }
+    int64_t first;
+    const int64_t bad = count_diff(got, want, n, sizeof *got, &first);
     if (first >= 0)
         return report(0, "%s: %lld of %lld differ; first at [%lld][%lld]: got %d want %d", what, (long long)bad,
                       (long long)n, (long long)(first / cols), (long long)(first % cols), got[first], want[first]);
