@@ -60,8 +60,10 @@ HAVE_CUDA := $(shell test -x $(NVCC) && echo 1)
 # sm_80: bf16 kernels only (MLA, ops, MoE routing); sm_89: + the FP8 mma.sync GEMM; sm_90a: + WGMMA/TMA.
 NVCC_GENCODE ?= -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \
                 -gencode=arch=compute_90a,code=sm_90a
+# NVCC_EXTRA: e.g. "-DDSV3_WG_STAGES=6" to build a tuning variant (kernels/fp8_gemm.cu).
+NVCC_EXTRA ?=
 NVCC_FLAGS := -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -Werror all-warnings \
-              -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -Xptxas -v -Iref -Ifast -Ikernels $(NVCC_GENCODE)
+              -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -Xptxas -v -Iref -Ifast -Ikernels $(NVCC_GENCODE) $(NVCC_EXTRA)
 GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(filter-out $(CPU_FAST_SRC),$(wildcard fast/*.c))
@@ -239,8 +241,9 @@ experiments: data $(BUILD)/dsv3 $(BUILD)/train_report
 	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0 --balance-alpha 0.01 --mtp-lambda 0.3 -o runs/exp/auxloss --log runs/exp/auxloss.jsonl
 	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0 --balance-alpha 0 --mtp-lambda 0.3 -o runs/exp/none --log runs/exp/none.jsonl
 	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0.001 --balance-alpha 0 --mtp-lambda 0 -o runs/exp/nomtp --log runs/exp/nomtp.jsonl
-	$(BUILD)/train_report runs/exp bias=runs/exp/bias.jsonl auxloss=runs/exp/auxloss.jsonl none=runs/exp/none.jsonl \
-	  nomtp=runs/exp/nomtp.jsonl | tee runs/exp/table.md
+	$(BUILD)/dsv3 train $(EXP_ARGS) --bias-update 0.01 --balance-alpha 0 --mtp-lambda 0.3 -o runs/exp/bias10 --log runs/exp/bias10.jsonl
+	$(BUILD)/train_report runs/exp bias=runs/exp/bias.jsonl bias10=runs/exp/bias10.jsonl auxloss=runs/exp/auxloss.jsonl \
+	  none=runs/exp/none.jsonl nomtp=runs/exp/nomtp.jsonl | tee runs/exp/table.md
 	@command -v gnuplot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y gnuplot-nox; fi; }
 	gnuplot -e 'dir="runs/exp"' tools/plot_experiments.gp
 

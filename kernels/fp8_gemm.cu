@@ -301,12 +301,24 @@ __global__ void splitk_reduce_kernel(const GemmArgs p) {
  * Kernel 2: WGMMA + TMA (sm_90a)
  * ---------------------------------------------------------------------------------------- */
 
+/* Tuning knobs of the WGMMA kernel, overridable at build time (NVCC_EXTRA="-D..."; variants are
+ * built and timed side by side by tools/gpu_tune_gemm.sh). RASTER: dense CTAs walk groups of this
+ * many row tiles column by column (0 = row-major grid), so a wave shares A and B tiles in L2.
+ * H100, M = 4096 (docs/benchmarks.md): RASTER 16 vs 0: 36864×7168 3865 → 3289 µs (1.18×),
+ * 7168×16384 1422 → 1388 µs, 7168×2048 198 → 203 µs (noise); STAGES 6 vs 5: within noise. */
+#ifndef DSV3_WG_STAGES
+#define DSV3_WG_STAGES 5
+#endif
+#ifndef DSV3_WG_RASTER
+#define DSV3_WG_RASTER 16
+#endif
+
 /** Static shape of the WGMMA kernel (a struct, so that passes without sm_90a see no unused constants). */
 struct wg {
     static constexpr int BM = 128;    /**< rows per CTA (two consumer warpgroups × 64) */
     static constexpr int BN = 128;    /**< columns per CTA (one wgmma n128) */
     static constexpr int BK = 128;    /**< K per stage: one scale block, 4 × k32 */
-    static constexpr int STAGES = 5;  /**< TMA ring depth (5 × 32 KiB) */
+    static constexpr int STAGES = DSV3_WG_STAGES; /**< TMA ring depth (5 × 32 KiB) */
     static constexpr int THREADS = 384;                       /**< WG0 producer, WG1–WG2 consumers */
     static constexpr int A_STAGE = BM * BK; /**< A tile bytes (16 KiB) */
     static constexpr int B_STAGE = BN * BK; /**< B tile bytes (16 KiB) */
@@ -322,15 +334,23 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
     constexpr int BM = wg::BM, BN = wg::BN, BK = wg::BK, STAGES = wg::STAGES, A_STAGE = wg::A_STAGE,
                   B_STAGE = wg::B_STAGE;
     extern __shared__ uint8_t smem_raw[];
+    int64_t m_tile = blockIdx.y, n_tile = blockIdx.x;
+    if (DSV3_WG_RASTER > 0 && !p.group_start) {
+        const int64_t pid = (int64_t)blockIdx.y * gridDim.x + blockIdx.x, per_group = (int64_t)DSV3_WG_RASTER * gridDim.x;
+        const int64_t first_m = pid / per_group * DSV3_WG_RASTER;
+        const int64_t gm = min((int64_t)gridDim.y - first_m, (int64_t)DSV3_WG_RASTER);
+        m_tile = first_m + pid % per_group % gm;
+        n_tile = pid % per_group / gm;
+    }
     TileRows tr;
-    if (!resolve_tile<BM>(p, blockIdx.y, tr)) return;
+    if (!resolve_tile<BM>(p, m_tile, tr)) return;
 
     /* 1024-byte aligned ring: [STAGES] A tiles, [STAGES] B tiles, then 2·STAGES mbarriers. */
     const uint32_t raw = smem_u32(smem_raw);
     const uint32_t base = (raw + 1023u) & ~1023u;
     const uint32_t sA = base, sB = base + STAGES * A_STAGE;
     const uint32_t full = sB + STAGES * B_STAGE, empty = full + STAGES * 8;
-    const int64_t n0 = (int64_t)blockIdx.x * BN;
+    const int64_t n0 = n_tile * BN;
     const int nk = (int)(p.K / BK);
 
     if (threadIdx.x == 0) {

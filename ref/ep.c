@@ -84,17 +84,19 @@ void ep_rank_free(EpRank *r) {
     memset(r, 0, sizeof *r);
 }
 
-/** Grows every exchange buffer to hold @p rows rows. */
-static int ensure(EpRank *r, size_t rows, int64_t D, int64_t Ie, Err *err) {
-    if (rows <= r->cap_rows) return 0;
-    size_t cap = r->cap_rows ? r->cap_rows : 64;
-    while (cap < rows) cap *= 2;
+/** Grows buffer @p p to @p n elements; inside ensure(): returns an error when out of memory. */
 #define GROW(p, n)                                                               \
     do {                                                                         \
         void *q_ = realloc((p), (n) * sizeof *(p));                              \
         if (!q_) return err_set(err, "out of memory growing the EP buffers");   \
         (p) = q_;                                                                \
     } while (0)
+
+/** Grows every exchange buffer to hold @p rows rows. */
+static int ensure(EpRank *r, size_t rows, int64_t D, int64_t Ie, Err *err) {
+    if (rows <= r->cap_rows) return 0;
+    size_t cap = r->cap_rows ? r->cap_rows : 64;
+    while (cap < rows) cap *= 2;
     GROW(r->send_rows, cap * (size_t)D);
     GROW(r->send_meta, cap);
     GROW(r->send_slot, cap);

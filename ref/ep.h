@@ -55,6 +55,7 @@ typedef struct {
  * a copy of each expert in @p redundant (n_redundant ids) on the rank after its owner.
  */
 int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int n_redundant, Err *err);
+/** Releases a plan's arrays and zeroes it. */
 void ep_plan_free(EpPlan *p);
 
 /** The rank a (token, expert) pair from @p origin is sent to: spreads over the expert's copies. */
@@ -73,7 +74,9 @@ typedef struct EpRank {
     int *recv_meta;        /**< [cap] expert id of each received row */
     float *work_in;        /**< [cap][D] rows of one expert gathered */
     float *work_out;       /**< [cap][D] their outputs */
-    float *h_gate, *h_up, *h_act; /**< [cap][Ie] FFN intermediates */
+    float *h_gate;         /**< [cap][Ie] FFN gate projection */
+    float *h_up;           /**< [cap][Ie] FFN up projection */
+    float *h_act;          /**< [cap][Ie] SwiGLU output */
     float *y_slot;         /**< [cap][D] combine results by slot */
     size_t *counts;        /**< [4][nranks] byte counts and offsets of one exchange */
     size_t *rows_n;        /**< [3][nranks]+1 rows sent to / received from each rank, send starts */
@@ -84,6 +87,7 @@ typedef struct EpRank {
 
 /** Prepares a rank; exchange buffers grow on first use. */
 int ep_rank_init(EpRank *r, int rank, EpTransport *t, const EpPlan *plan, Err *err);
+/** Releases a rank's buffers (not its transport or plan) and zeroes it. */
 void ep_rank_free(EpRank *r);
 
 /**
@@ -96,6 +100,7 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
 
 /** An in-process transport for @p nranks ranks running as threads (tests, CPU runs). */
 int ep_cpu_transport_init(EpTransport *t, int nranks, Err *err);
+/** Releases an in-process transport made by ep_cpu_transport_init(). */
 void ep_cpu_transport_free(EpTransport *t);
 
 #endif
