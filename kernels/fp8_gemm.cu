@@ -438,7 +438,10 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
 static int auto_splits(int64_t m_tiles, int64_t n_tiles, int kblocks, int sm_count) {
     const int64_t tiles = m_tiles * n_tiles;
     if (tiles >= sm_count || kblocks < 4) return 1;
-    int64_t s = ceil_div<int64_t>(2LL * sm_count, tiles);
+    /* One wave: measured on H100 (docs/benchmarks.md, --split-sweep), a second partial wave
+     * costs more than the extra parallelism gives (7168×16384, M = 1: 2 splits 73 µs, 5 splits
+     * = 2.1 waves 86 µs). */
+    int64_t s = sm_count / tiles;
     s = s < kblocks / 2 ? s : kblocks / 2; /* at least two K blocks per split */
     s = s < 16 ? s : 16;
     if (s < 2) return 1;

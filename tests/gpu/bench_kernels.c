@@ -9,9 +9,10 @@
  *        "RESULT" are machine-readable (key=value).
  *
  * Usage: bench_gpu_kernels [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--mla-sweep]
- *                          [--impl cublaslt-fp8]
+ *                          [--split-sweep] [--impl cublaslt-fp8]
  * (--shape/--m/--mla narrow the GEMM shapes, the GEMM row counts and the MLA cases; --mla-sweep also
- * times MLA split counts 1..64, * marks the automatic choice; --impl times cuBLASLt's FP8 GEMM alone: for ncu).
+ * times MLA split counts 1..64, * marks the automatic choice; --split-sweep times the MMA GEMM's
+ * split-K 1..32 at M <= 64; --impl times cuBLASLt's FP8 GEMM alone: for ncu).
  * Peaks used for "% of peak" (H100 SXM datasheet, dense): FP8 1979 TFLOP/s, BF16 989, HBM 3.35 TB/s.
  */
 #include <math.h>
@@ -39,6 +40,7 @@
 static FastDevice g_dev;
 static int64_t g_only_n, g_only_k, g_only_m; /* 0: all */
 static int g_only_b, g_only_s;
+static int g_split_sweep;   /* --split-sweep: also time the MMA path's split-K 1..32 at M <= 64 */
 static int g_mla_sweep;     /* --mla-sweep: also time split counts 1, 2, 4, ..., 64 */
 static int g_peer_fp8_only; /* --impl cublaslt-fp8: time only cuBLASLt's FP8 GEMM (for ncu) */
 static cublasLtHandle_t g_lt;
@@ -120,6 +122,7 @@ typedef struct {
     uint16_t *out_peer;  /* [M][N] bf16 */
     float *ws;
     size_t ws_bytes;
+    int splits; /* FP8_GEMM_MMA split-K factor; 0 = automatic */
     Fp8GemmPath path;
     const int *group_start;
     int groups;
@@ -138,7 +141,7 @@ static int run_ours(void *ctx, int rep) {
     memset(&p, 0, sizeof p);
     p.out = g->out, p.out_dtype = FAST_BF16, p.ldo = g->N;
     p.a = g->a, p.a_scale = g->as, p.b = g->b[rep % g->copies], p.b_scale = g->bs[rep % g->copies];
-    p.M = g->M, p.N = g->N, p.K = g->K, p.path = g->path, p.splits = 0, p.workspace = g->ws,
+    p.M = g->M, p.N = g->N, p.K = g->K, p.path = g->path, p.splits = g->splits, p.workspace = g->ws,
     p.workspace_bytes = g->ws_bytes, p.group_start = g->group_start, p.num_groups = g->groups ? g->groups : 1;
     return fp8_gemm_cuda(&p, 0, &g->err);
 }
@@ -291,6 +294,21 @@ static void bench_gemm_shape(int64_t N, int64_t K) {
                         fp8_gemm_path_name(g.path), (long long)N, (long long)K, (long long)M, us, flops / us * 1e-6,
                         wbytes / us * 1e-3);
             if (us > 0 && (best < 0 || us < best)) best = us;
+        }
+        if (g_split_sweep && M <= 64) {
+            const size_t wsb = (size_t)32 * (size_t)(M * N) * sizeof(float);
+            void *ws = dmalloc(wsb), *ws_auto = g.ws;
+            const size_t wsb_auto = g.ws_bytes;
+            g.ws = ws, g.ws_bytes = wsb, g.path = FP8_GEMM_MMA;
+            for (int sp = 1; sp <= 32; sp *= 2) {
+                g.splits = sp;
+                const double us = time_us(run_ours, &g);
+                if (us > 0)
+                    printf("RESULT kernel=gemm_splits impl=dsv3_mma N=%lld K=%lld M=%lld splits=%d us=%.2f weight_gbs=%.1f\n",
+                           (long long)N, (long long)K, (long long)M, sp, us, wbytes / us * 1e-3);
+            }
+            g.splits = 0, g.ws = ws_auto, g.ws_bytes = wsb_auto;
+            cudaFree(ws);
         }
         plan_peers(&g);
         double us16 = g.have16 && !g_peer_fp8_only ? time_us(run_bf16, &g) : -1.0;
@@ -519,12 +537,14 @@ int main(int argc, char **argv) {
             g_only_m = x, i++;
         else if (!strcmp(argv[i], "--mla") && i + 1 < argc && sscanf(argv[i + 1], "%lldx%lld", &x, &y) == 2)
             g_only_b = (int)x, g_only_s = (int)y, i++;
+        else if (!strcmp(argv[i], "--split-sweep"))
+            g_split_sweep = 1;
         else if (!strcmp(argv[i], "--mla-sweep"))
             g_mla_sweep = 1;
         else if (!strcmp(argv[i], "--impl") && i + 1 < argc && !strcmp(argv[i + 1], "cublaslt-fp8"))
             g_peer_fp8_only = 1, i++;
         else {
-            fprintf(stderr, "usage: %s [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--mla-sweep] [--impl cublaslt-fp8]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--only gemm|grouped|mla|ops]... [--shape NxK] [--m M] [--mla BxS] [--mla-sweep] [--split-sweep] [--impl cublaslt-fp8]\n", argv[0]);
             return 2;
         }
     }
