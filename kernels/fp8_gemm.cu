@@ -312,6 +312,14 @@ __global__ void splitk_reduce_kernel(const GemmArgs p) {
 #ifndef DSV3_WG_RASTER
 #define DSV3_WG_RASTER 16
 #endif
+/* MULTICAST: dense GEMMs run the 2-CTA cluster variant (B multicast over TMA). Off: on the
+ * H100 it passes every test but is slower (M = 4096: 7168×16384 1346 → 1381 µs, 32768×512
+ * 426 → 648 µs): without a persistent scheduler each pair pays a cluster launch and two cluster
+ * barriers per tile, and the slower CTA of a pair stalls the other at every stage. Kept as the
+ * base of the persistent version (docs/benchmarks.md). */
+#ifndef DSV3_WG_MULTICAST
+#define DSV3_WG_MULTICAST 0
+#endif
 
 /** Static shape of the WGMMA kernel (a struct, so that passes without sm_90a see no unused constants). */
 struct wg {
@@ -326,7 +334,15 @@ struct wg {
     static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) + 2 * STAGES * 8 + 1024; /**< + barriers + alignment slack */
 };
 
-/** Kernel 2: one CTA computes a 128 × 128 output tile with TMA, mbarriers and wgmma (sm_90a). */
+/**
+ * Kernel 2: one CTA computes a 128 × 128 output tile with TMA, mbarriers and wgmma (sm_90a).
+ * MC (dense GEMMs): CTAs run in clusters of 2 along M, the two row tiles of one column tile;
+ * each loads its own A tile and one 64-row half of the shared B tile, multicast into both
+ * CTAs, so B crosses L2 → SM once per pair (−25 % L2 traffic: the kernel is L2-bound, ncu in
+ * docs/benchmarks.md). A stage may be refilled only when the consumers of *both* CTAs are done
+ * with it, so each consumer warp arrives on the empty barriers of both.
+ */
+template <bool MC>
 __global__ void __launch_bounds__(wg::THREADS, 1)
     fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tmap_a, const __grid_constant__ CUtensorMap tmap_b,
                           const GemmArgs p) {
@@ -334,16 +350,24 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
     constexpr int BM = wg::BM, BN = wg::BN, BK = wg::BK, STAGES = wg::STAGES, A_STAGE = wg::A_STAGE,
                   B_STAGE = wg::B_STAGE;
     extern __shared__ uint8_t smem_raw[];
+    const uint32_t rank = MC ? sm90::cluster_ctarank() : 0u; /* 0/1 inside the pair */
+    /* Tile of this CTA: row-major grid, or RASTER groups of row tiles walked column by column
+     * (for MC, in units of row-tile pairs, the cluster being the pair). */
     int64_t m_tile = blockIdx.y, n_tile = blockIdx.x;
     if (DSV3_WG_RASTER > 0 && !p.group_start) {
-        const int64_t pid = (int64_t)blockIdx.y * gridDim.x + blockIdx.x, per_group = (int64_t)DSV3_WG_RASTER * gridDim.x;
-        const int64_t first_m = pid / per_group * DSV3_WG_RASTER;
-        const int64_t gm = min((int64_t)gridDim.y - first_m, (int64_t)DSV3_WG_RASTER);
-        m_tile = first_m + pid % per_group % gm;
+        const int64_t unit = MC ? 2 : 1, rows = gridDim.y / unit, R = MC ? DSV3_WG_RASTER / 2 : DSV3_WG_RASTER;
+        const int64_t pid = (int64_t)(blockIdx.y / unit) * gridDim.x + blockIdx.x, per_group = R * gridDim.x;
+        const int64_t first_m = pid / per_group * R;
+        const int64_t gm = min(rows - first_m, R);
+        m_tile = (first_m + pid % per_group % gm) * unit + rank;
         n_tile = pid % per_group / gm;
     }
     TileRows tr;
-    if (!resolve_tile<BM>(p, m_tile, tr)) return;
+    if (MC) { /* dense; a pair's second tile may lie past M: it still loads its half of B */
+        tr.group = 0, tr.row0 = m_tile * BM, tr.row_end = p.M;
+    } else if (!resolve_tile<BM>(p, m_tile, tr)) {
+        return;
+    }
 
     /* 1024-byte aligned ring: [STAGES] A tiles, [STAGES] B tiles, then 2·STAGES mbarriers. */
     const uint32_t raw = smem_u32(smem_raw);
@@ -356,11 +380,12 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             sm90::mbar_init(full + 8 * s, 1);
-            sm90::mbar_init(empty + 8 * s, wg::CONSUMER_WARPS);
+            sm90::mbar_init(empty + 8 * s, (MC ? 2 : 1) * wg::CONSUMER_WARPS);
         }
         sm90::fence_mbar_init();
     }
-    __syncthreads();
+    if (MC) sm90::cluster_sync(); /* the peer's barriers exist before anything arrives on them */
+    else __syncthreads();
 
     const int wgi = threadIdx.x / 128;
     if (wgi == 0) {
@@ -372,61 +397,69 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
             for (int kt = 0; kt < nk; kt++) {
                 const int s = kt % STAGES;
                 const uint32_t ph = (uint32_t)(kt / STAGES) & 1u;
-                sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers released the previous use */
+                sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers (of both CTAs) released it */
                 sm90::mbar_arrive_expect_tx(full + 8 * s, A_STAGE + B_STAGE);
                 sm90::tma_load_2d(sA + s * A_STAGE, &tmap_a, kt * BK, a_row, full + 8 * s);
-                sm90::tma_load_2d(sB + s * B_STAGE, &tmap_b, kt * BK, b_row, full + 8 * s);
+                if (MC)
+                    sm90::tma_load_2d_multicast(sB + s * B_STAGE + rank * (B_STAGE / 2), &tmap_b, kt * BK,
+                                                b_row + (int32_t)rank * (BN / 2), full + 8 * s, 0x3);
+                else
+                    sm90::tma_load_2d(sB + s * B_STAGE, &tmap_b, kt * BK, b_row, full + 8 * s);
             }
         }
-        return;
-    }
+    } else {
+        /* Consumer warpgroups: cw = 0/1 owns tile rows 64·cw .. 64·cw+63. */
+        sm90::setmaxnreg_inc<232>();
+        const int cw = wgi - 1;
+        const int lane = threadIdx.x % 32, warp_in_wg = (threadIdx.x / 32) % 4;
+        const int g = lane / 4, t = lane % 4;
+        const int64_t r_lo = tr.row0 + cw * 64 + warp_in_wg * 16 + g, r_hi = r_lo + 8;
+        const float *bsg = p.b_scale + ((int64_t)tr.group * ceil_div<int64_t>(p.N, 128) + n0 / 128) * nk;
 
-    /* Consumer warpgroups: cw = 0/1 owns tile rows 64·cw .. 64·cw+63. */
-    sm90::setmaxnreg_inc<232>();
-    const int cw = wgi - 1;
-    const int lane = threadIdx.x % 32, warp_in_wg = (threadIdx.x / 32) % 4;
-    const int g = lane / 4, t = lane % 4;
-    const int64_t r_lo = tr.row0 + cw * 64 + warp_in_wg * 16 + g, r_hi = r_lo + 8;
-    const float *bsg = p.b_scale + ((int64_t)tr.group * ceil_div<int64_t>(p.N, 128) + n0 / 128) * nk;
-
-    float acc[64], part[64];
+        float acc[64], part[64];
 #pragma unroll
-    for (int i = 0; i < 64; i++) acc[i] = part[i] = 0.0f;
+        for (int i = 0; i < 64; i++) acc[i] = part[i] = 0.0f;
 
-    for (int kt = 0; kt < nk; kt++) {
-        const int s = kt % STAGES;
-        const uint32_t ph = (uint32_t)(kt / STAGES) & 1u;
-        /* Scales first: their global loads overlap the wait and the wgmma. */
-        const float sa_lo = r_lo < tr.row_end ? p.a_scale[r_lo * nk + kt] : 0.0f;
-        const float sa_hi = r_hi < tr.row_end ? p.a_scale[r_hi * nk + kt] : 0.0f;
-        const float sb = bsg[kt];
-        sm90::mbar_wait(full + 8 * s, ph);
+        for (int kt = 0; kt < nk; kt++) {
+            const int s = kt % STAGES;
+            const uint32_t ph = (uint32_t)(kt / STAGES) & 1u;
+            /* Scales first: their global loads overlap the wait and the wgmma. */
+            const float sa_lo = r_lo < tr.row_end ? p.a_scale[r_lo * nk + kt] : 0.0f;
+            const float sa_hi = r_hi < tr.row_end ? p.a_scale[r_hi * nk + kt] : 0.0f;
+            const float sb = bsg[kt];
+            sm90::mbar_wait(full + 8 * s, ph);
 
 #pragma unroll
-        for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-        sm90::wgmma_fence();
+            for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
+            sm90::wgmma_fence();
 #pragma unroll
-        for (int k = 0; k < BK / 32; k++) {
-            const uint64_t da = sm90::smem_desc_sw128(sA + s * A_STAGE + cw * 64 * BK + k * 32);
-            const uint64_t db = sm90::smem_desc_sw128(sB + s * B_STAGE + k * 32);
-            sm90::wgmma_m64n128k32_e4m3(part, da, db, k > 0 ? 1 : 0);
+            for (int k = 0; k < BK / 32; k++) {
+                const uint64_t da = sm90::smem_desc_sw128(sA + s * A_STAGE + cw * 64 * BK + k * 32);
+                const uint64_t db = sm90::smem_desc_sw128(sB + s * B_STAGE + k * 32);
+                sm90::wgmma_m64n128k32_e4m3(part, da, db, k > 0 ? 1 : 0);
+            }
+            sm90::wgmma_commit();
+            sm90::wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
+            if (lane == 0) { /* this warp is done reading stage s */
+                sm90::mbar_arrive(empty + 8 * s);
+                if (MC) sm90::mbar_arrive_cluster(empty + 8 * s, rank ^ 1u);
+            }
+
+#pragma unroll
+            for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
         }
-        sm90::wgmma_commit();
-        sm90::wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-        if (lane == 0) sm90::mbar_arrive(empty + 8 * s); /* this warp is done reading stage s */
 
 #pragma unroll
-        for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
+        for (int j = 0; j < 16; j++) {
+            const int64_t n = n0 + j * 8 + 2 * t;
+            if (r_lo < tr.row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
+            if (r_hi < tr.row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
+        }
     }
-
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const int64_t n = n0 + j * 8 + 2 * t;
-        if (r_lo < tr.row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
-        if (r_hi < tr.row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    /* Neither CTA of a pair may exit while the other can still arrive on its barriers. */
+    if (MC) sm90::cluster_sync();
 #endif
 }
 
@@ -489,13 +522,14 @@ static EncodeTiledFn encode_tiled(Err *err) {
     return fn;
 }
 
-/** Tensor map over a [rows][K] e4m3 matrix, 128 × 128-byte boxes, 128-byte swizzle, zero OOB fill. */
-static int make_tmap(CUtensorMap *map, const uint8_t *ptr, int64_t rows, int64_t K, const char *what, Err *err) {
+/** Tensor map over a [rows][K] e4m3 matrix, @p box_rows × 128-byte boxes, 128-byte swizzle, zero OOB fill. */
+static int make_tmap(CUtensorMap *map, const uint8_t *ptr, int64_t rows, int64_t K, uint32_t box_rows, const char *what,
+                     Err *err) {
     EncodeTiledFn enc = encode_tiled(err);
     if (!enc) return -1;
     cuuint64_t dims[2] = { (cuuint64_t)K, (cuuint64_t)rows };
     cuuint64_t strides[1] = { (cuuint64_t)K };
-    cuuint32_t box[2] = { 128, 128 };
+    cuuint32_t box[2] = { 128, box_rows };
     cuuint32_t estr[2] = { 1, 1 };
     CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t *>(ptr), dims, strides, box, estr,
                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -523,15 +557,36 @@ static Fp8GemmPath auto_path(int cc, int64_t rows, bool grouped, int64_t N, int6
 
 static int launch_wgmma(const GemmArgs &args, int64_t m_tiles, cudaStream_t stream, Err *err) {
     const char *fn = "fp8_gemm_cuda";
+    const bool mc = DSV3_WG_MULTICAST && !args.group_start && m_tiles < 65535; /* grid.y rounds up to even */
     CUtensorMap ta, tb;
-    if (make_tmap(&ta, args.a, args.M, args.K, "A", err)) return -1;
-    if (make_tmap(&tb, args.b, (int64_t)args.num_groups * args.N, args.K, "B", err)) return -1;
-    if (fast_cuda_err(cudaFuncSetAttribute(fp8_gemm_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM),
-                      fn, "cudaFuncSetAttribute(wgmma)", err))
+    if (make_tmap(&ta, args.a, args.M, args.K, wg::BM, "A", err)) return -1;
+    if (make_tmap(&tb, args.b, (int64_t)args.num_groups * args.N, args.K, mc ? wg::BN / 2 : wg::BN, "B", err)) return -1;
+    if (!mc) {
+        if (fast_cuda_err(cudaFuncSetAttribute(fp8_gemm_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               wg::SMEM),
+                          fn, "cudaFuncSetAttribute(wgmma)", err))
+            return -1;
+        dim3 grid((unsigned)ceil_div<int64_t>(args.N, wg::BN), (unsigned)m_tiles, 1);
+        fp8_gemm_wgmma_kernel<false><<<grid, wg::THREADS, wg::SMEM, stream>>>(ta, tb, args);
+        return fast_check_launch(fn, "fp8_gemm_wgmma_kernel", err);
+    }
+    if (fast_cuda_err(cudaFuncSetAttribute(fp8_gemm_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           wg::SMEM),
+                      fn, "cudaFuncSetAttribute(wgmma, cluster)", err))
         return -1;
-    dim3 grid((unsigned)ceil_div<int64_t>(args.N, wg::BN), (unsigned)m_tiles, 1);
-    fp8_gemm_wgmma_kernel<<<grid, wg::THREADS, wg::SMEM, stream>>>(ta, tb, args);
-    return fast_check_launch(fn, "fp8_gemm_wgmma_kernel", err);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)ceil_div<int64_t>(args.N, wg::BN), (unsigned)((m_tiles + 1) / 2 * 2), 1);
+    cfg.blockDim = dim3(wg::THREADS, 1, 1);
+    cfg.dynamicSmemBytes = wg::SMEM;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1, attr[0].val.clusterDim.y = 2, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr, cfg.numAttrs = 1;
+    if (fast_cuda_err(cudaLaunchKernelEx(&cfg, fp8_gemm_wgmma_kernel<true>, ta, tb, args), fn,
+                      "cudaLaunchKernelEx(wgmma, cluster of 2)", err))
+        return -1;
+    return fast_check_launch(fn, "fp8_gemm_wgmma_kernel<cluster>", err);
 }
 
 } // namespace dsv3

@@ -5,7 +5,7 @@
  *        section is named above it. Bodies compile to nothing outside sm_90a, where the
  *        kernels that call them are never launched (fp8_gemm_cuda checks the device).
  *
- * NEVER RUN ON HARDWARE when written (compiled with nvcc 13.0 for sm_90a only).
+ * Run on an H100 on 2026-11-22 (make test-gpu, compute-sanitizer).
  */
 #ifndef DSV3_KERNELS_HOPPER_CUH
 /** Include guard. */
@@ -97,6 +97,48 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
                  "[%2];" ::"r"(dst),
                  "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
                  : "memory");
+#endif
+}
+
+/**
+ * The same 2-D TMA load, multicast: the box lands at offset @p dst of the shared memory of every
+ * CTA of the cluster in @p cta_mask, each completing the mbarrier at offset @p bar of its own
+ * shared memory (PTX ISA 9.7.9.25.5.1, .multicast::cluster).
+ */
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap *map, int32_t c0, int32_t c1,
+                                                      uint32_t bar, uint16_t cta_mask) {
+#if DSV3_SM90A
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+                 "[%0], [%1, {%4, %5}], [%2], %3;" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "h"(cta_mask), "r"(c0), "r"(c1)
+                 : "memory");
+#endif
+}
+
+/** This CTA's rank in its cluster (%cluster_ctarank). */
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+    uint32_t r = 0;
+#if DSV3_SM90A
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+    return r;
+}
+
+/** One arrival on the mbarrier at offset @p bar in the shared memory of cluster CTA @p cta (mapa + arrive). */
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+#if DSV3_SM90A
+    asm volatile("{\n\t.reg .b32 remote;\n\t"
+                 "mapa.shared::cluster.u32 remote, %0, %1;\n\t"
+                 "mbarrier.arrive.shared::cluster.b64 _, [remote];\n\t}" ::"r"(bar),
+                 "r"(cta)
+                 : "memory");
+#endif
+}
+
+/** Every thread of the cluster arrives, then waits for all (barrier.cluster; all threads of each warp). */
+__device__ __forceinline__ void cluster_sync() {
+#if DSV3_SM90A
+    asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
 #endif
 }
 

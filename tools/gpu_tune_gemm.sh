@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds WGMMA GEMM variants (kernels/fp8_gemm.cu tuning knobs) side by side, checks each with the
 # gemm_wgmma test group, and times each on the shapes given. Logs under $OUT.
-#   tools/gpu_tune_gemm.sh "5:0 6:0 5:8" 7168x16384 36864x7168     (STAGES:RASTER pairs, then N×K shapes)
+#   tools/gpu_tune_gemm.sh "5:0 6:0 5:8 5:16:1" 7168x16384 36864x7168
+#   (STAGES:RASTER[:MULTICAST] variants, then N×K shapes)
 set -u
 OUT=${OUT:-build/gpu-session}
 mkdir -p "$OUT"
@@ -11,13 +12,13 @@ nccl=()
 wheel=$(python3 -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null)
 [ -n "$wheel" ] && [ -f "$wheel/include/nccl.h" ] && nccl=(NCCL_HOME="$wheel" NCCL_LIB=-l:libnccl.so.2)
 for v in $variants; do
-  st=${v%%:*}; ra=${v##*:}; b=build/tune-s$st-r$ra
-  make -j"$(nproc)" "${nccl[@]}" BUILD=$b NVCC_EXTRA="-DDSV3_WG_STAGES=$st -DDSV3_WG_RASTER=$ra" \
-    $b/tests/test_gpu_kernels $b/bench/bench_gpu_kernels > "$OUT/build-$st-$ra.log" 2>&1 || { echo "$v: build failed"; tail -5 "$OUT/build-$st-$ra.log"; continue; }
-  $b/tests/test_gpu_kernels --group gemm_wgmma > "$OUT/test-$st-$ra.log" 2>&1
-  echo "variant stages=$st raster=$ra: $(tail -1 "$OUT/test-$st-$ra.log")"
+  IFS=: read -r st ra mc <<< "$v"; mc=${mc:-0}; b=build/tune-s$st-r$ra-m$mc
+  make -j"$(nproc)" "${nccl[@]}" BUILD=$b NVCC_EXTRA="-DDSV3_WG_STAGES=$st -DDSV3_WG_RASTER=$ra -DDSV3_WG_MULTICAST=$mc" \
+    $b/tests/test_gpu_kernels $b/bench/bench_gpu_kernels > "$OUT/build-$st-$ra-$mc.log" 2>&1 || { echo "$v: build failed"; tail -5 "$OUT/build-$st-$ra-$mc.log"; continue; }
+  $b/tests/test_gpu_kernels --group gemm_wgmma > "$OUT/test-$st-$ra-$mc.log" 2>&1
+  echo "variant stages=$st raster=$ra multicast=$mc: $(tail -1 "$OUT/test-$st-$ra-$mc.log")"
   for sh in "${shapes[@]}"; do
-    $b/bench/bench_gpu_kernels --only gemm --shape "$sh" --m 4096 > "$OUT/bench-$st-$ra-$sh.log" 2>&1
-    grep '^RESULT' "$OUT/bench-$st-$ra-$sh.log" | grep -E 'dsv3_wgmma|cublaslt_fp8' | sed "s/^RESULT/  s$st r$ra/" | cut -c1-150
+    $b/bench/bench_gpu_kernels --only gemm --shape "$sh" --m 4096 > "$OUT/bench-$st-$ra-$mc-$sh.log" 2>&1
+    grep '^RESULT' "$OUT/bench-$st-$ra-$mc-$sh.log" | grep -E 'dsv3_wgmma|cublaslt_fp8' | sed "s/^RESULT/  s$st r$ra m$mc/" | cut -c1-150
   done
 done
