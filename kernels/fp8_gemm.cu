@@ -48,6 +48,7 @@ struct GemmArgs {
     int num_groups;         /**< G */
     int splits;             /**< > 1: write FP32 partials to workspace[split][M][N] */
     float *workspace;       /**< split-K partials */
+    int raster;             /**< WGMMA, dense: walk the grid in groups of DSV3_WG_RASTER row tiles */
 };
 
 /** Rows a CTA owns: [row0, row_end) of group `group` (row_end clips the last tile). */
@@ -303,7 +304,8 @@ __global__ void splitk_reduce_kernel(const GemmArgs p) {
 
 /* Tuning knobs of the WGMMA kernel, overridable at build time (NVCC_EXTRA="-D..."; variants are
  * built and timed side by side by tools/gpu_tune_gemm.sh). RASTER: dense CTAs walk groups of this
- * many row tiles column by column (0 = row-major grid), so a wave shares A and B tiles in L2.
+ * many row tiles column by column (0 = row-major grid), so a wave shares A and B tiles in L2;
+ * used when B exceeds half the L2 (GemmArgs::raster).
  * H100, M = 4096 (docs/benchmarks.md): RASTER 16 vs 0: 36864×7168 3865 → 3289 µs (1.18×),
  * 7168×16384 1422 → 1388 µs, 7168×2048 198 → 203 µs (noise); STAGES 6 vs 5: within noise. */
 #ifndef DSV3_WG_STAGES
@@ -354,7 +356,7 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
     /* Tile of this CTA: row-major grid, or RASTER groups of row tiles walked column by column
      * (for MC, in units of row-tile pairs, the cluster being the pair). */
     int64_t m_tile = blockIdx.y, n_tile = blockIdx.x;
-    if (DSV3_WG_RASTER > 0 && !p.group_start) {
+    if (DSV3_WG_RASTER > 0 && p.raster && !p.group_start) {
         const int64_t unit = MC ? 2 : 1, rows = gridDim.y / unit, R = MC ? DSV3_WG_RASTER / 2 : DSV3_WG_RASTER;
         const int64_t pid = (int64_t)(blockIdx.y / unit) * gridDim.x + blockIdx.x, per_group = R * gridDim.x;
         const int64_t first_m = pid / per_group * R;
@@ -656,6 +658,9 @@ extern "C" int fp8_gemm_cuda(const Fp8GemmParams *p, cudaStream_t stream, Err *e
     args.num_groups = G;
     args.splits = 1;
     args.workspace = nullptr;
+    /* Rasterize when B does not fit in half the L2 (measured: +6–26 % for 29–264 MB of weights,
+     * −5–10 % for the 15–17 MB ones, where every B tile stays in L2 anyway). */
+    args.raster = (size_t)p->N * (size_t)p->K > dev.l2_bytes / 2;
 
     const int bm = path == FP8_GEMM_WGMMA ? wg::BM : mma_bm(rows_per_group);
     /* Grouped: each non-empty group adds at most one partial tile; CTAs past the last tile exit. */
