@@ -99,7 +99,7 @@ static int demo_generate(const char *dir, const char *prompt, long n_tokens, uin
     printf("\n\n        %lld tokens at %.0f tokens/s on one core",
            (long long)g.stats.generated, g.stats.generated / (g.stats.decode_seconds + 1e-9));
     if (spec && g.stats.drafted)
-        printf("; the MTP module drafted %lld tokens, %.0f%% accepted (speculative decoding: same output law, fewer steps)",
+        printf("; the MTP module drafted %lld tokens, %.0f%% accepted (speculative decoding: same output law, fewer main-model steps)",
                (long long)g.stats.drafted, 100.0 * g.stats.accepted / g.stats.drafted);
     printf("\n\n");
     rc = EXIT_OK;

@@ -33,7 +33,7 @@ static const Command commands[] = {
     {"run", cmd_run, "the demo of `make run`: a golden checkpoint, checked against DeepSeek's own numbers"},
     {"info", cmd_info, "describe a checkpoint: configuration, storage, per-token costs"},
     {"logits", cmd_logits, "write the logits of every position of a token sequence (float32 file)"},
-    {"generate", cmd_generate, "complete a prompt, streaming text (MTP speculative decoding when available)"},
+    {"generate", cmd_generate, "complete a prompt, streaming text (--spec mtp: MTP speculative decoding)"},
     {"chat", cmd_chat, "interactive multi-turn chat that keeps its KV cache across turns"},
     {"prepare-data", cmd_prepare_data, "encode a text corpus into token-id files for training"},
     {"train", cmd_train, "train or fine-tune on pre-tokenized uint32 id files (AdamW, MTP, aux-loss-free balancing)"},

@@ -30,6 +30,7 @@ unset key; unset grid
 set multiplot layout 1,4 title "Expert load / mean load in MoE layer 1, per 10-step window (1 = balanced)"
 set xlabel "expert"; set ylabel "window (10 steps)"
 set cbrange [0:3]
+set xrange [-0.5:15.5]; set yrange [-0.5:24.5]
 set palette defined (0 "white", 1 "#3b6fb6", 2 "#e8a33d", 3 "#b3261e")
 set title "bias, gamma = 0.001"; plot dir."/bias.heat.dat" matrix w image
 set title "bias, gamma = 0.01"; plot dir."/bias10.heat.dat" matrix w image
