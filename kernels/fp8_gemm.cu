@@ -309,9 +309,11 @@ __global__ void splitk_reduce_kernel(const GemmArgs p) {
  * H100, M = 4096 (docs/benchmarks.md): RASTER 16 vs 0: 36864×7168 3865 → 3289 µs (1.18×),
  * 7168×16384 1422 → 1388 µs, 7168×2048 198 → 203 µs (noise); STAGES 6 vs 5: within noise. */
 #ifndef DSV3_WG_STAGES
+/** TMA ring depth of the WGMMA kernel (stages of 32 KiB). */
 #define DSV3_WG_STAGES 5
 #endif
 #ifndef DSV3_WG_RASTER
+/** Row tiles per raster group of the WGMMA grid (0: row-major). */
 #define DSV3_WG_RASTER 16
 #endif
 /* MULTICAST: dense GEMMs run the 2-CTA cluster variant (B multicast over TMA). Off: on the
@@ -320,6 +322,7 @@ __global__ void splitk_reduce_kernel(const GemmArgs p) {
  * barriers per tile, and the slower CTA of a pair stalls the other at every stage. Kept as the
  * base of the persistent version (docs/benchmarks.md). */
 #ifndef DSV3_WG_MULTICAST
+/** 1: dense WGMMA GEMMs in 2-CTA clusters with B multicast (measured slower; off). */
 #define DSV3_WG_MULTICAST 0
 #endif
 
