@@ -342,8 +342,8 @@ static void bench_gemm_shape(int64_t N, int64_t K) {
 
 /* ---- grouped GEMM (MoE) ---------------------------------------------------------------- */
 
-static void bench_grouped(int64_t N, int64_t K) {
-    const int64_t T = 4096, TOPK = 8, E = 256, R = T * TOPK, nb = (N + 127) / 128, kb = K / 128;
+static void bench_grouped(int64_t N, int64_t K, int64_t T) {
+    const int64_t TOPK = 8, E = 256, R = T * TOPK, nb = (N + 127) / 128, kb = K / 128;
     /* Uniform routing, K distinct experts per token (the load a balanced router aims for). */
     Rng rng;
     rng_seed(&rng, 7);
@@ -375,12 +375,14 @@ static void bench_grouped(int64_t N, int64_t K) {
     CHECK_CUDA(gpu_fill_uniform(g.bs[0], (size_t)(E * nb * kb), 1e-4f, 1e-3f, 12, 0));
     CHECK_CUDA(gpu_fill_e4m3(g.a, (size_t)(R * K), 13, 0));
     CHECK_CUDA(gpu_fill_uniform(g.as, (size_t)(R * kb), 1e-3f, 1e-2f, 14, 0));
-    const double flops = 2.0 * (double)R * (double)N * (double)K, wbytes = (double)(E * N * K);
+    int64_t touched = 0; /* experts with at least one row: the weights that must be read */
+    for (int e = 0; e < E; e++) touched += count[e] > 0;
+    const double flops = 2.0 * (double)R * (double)N * (double)K, wbytes = (double)(touched * N * K);
     const double floor_us = fmax(flops / PEAK_FP8, (wbytes + (double)(R * K) + 2.0 * (double)(R * N)) / PEAK_BW) * 1e6;
-    printf("== grouped gemm (MoE) T=%lld top-%lld E=%lld: N=%lld K=%lld, %.2f TFLOP, %.2f GB of weights; roofline "
-           "floor %.0f us = %.0f TFLOP/s\n",
-           (long long)T, (long long)TOPK, (long long)E, (long long)N, (long long)K, flops * 1e-12, wbytes * 1e-9,
-           floor_us, flops / floor_us * 1e-6);
+    printf("== grouped gemm (MoE) T=%lld top-%lld E=%lld (%lld experts hit): N=%lld K=%lld, %.3f TFLOP, %.2f GB of "
+           "weights; roofline floor %.0f us = %.0f TFLOP/s\n",
+           (long long)T, (long long)TOPK, (long long)E, (long long)touched, (long long)N, (long long)K, flops * 1e-12,
+           wbytes * 1e-9, floor_us, flops / floor_us * 1e-6);
     for (int path = FP8_GEMM_AUTO; path <= FP8_GEMM_WGMMA; path++) {
         if (path == FP8_GEMM_WGMMA && !(g_dev.cc_major == 9 && g_dev.cc_minor == 0)) continue;
         g.path = (Fp8GemmPath)path;
@@ -576,9 +578,12 @@ int main(int argc, char **argv) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             if (!g_only_n || (shapes[s][0] == g_only_n && shapes[s][1] == g_only_k)) bench_gemm_shape(shapes[s][0], shapes[s][1]);
     }
-    if (want("grouped", only, nonly)) {
-        bench_grouped(4096, 7168);
-        bench_grouped(7168, 2048);
+    if (want("grouped", only, nonly)) { /* decode-sized batches (a few rows per expert), then prefill-sized */
+        static const int64_t Ts[] = { 64, 512, 4096 };
+        for (int i = 0; i < 3; i++) {
+            bench_grouped(4096, 7168, Ts[i]);
+            bench_grouped(7168, 2048, Ts[i]);
+        }
     }
     if (want("mla", only, nonly)) {
         printf("== mla decode (H=128, bf16 latent cache, paged 64)\n");
