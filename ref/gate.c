@@ -25,6 +25,18 @@ static int argmax_free(const float *v, const float *taken, int n) {
     return best >= 0 ? best : first_free;
 }
 
+void gate_group_scores(float *group_score, const float *choice, int E, int G) {
+    const int per = E / G;
+    for (int g = 0; g < G; g++) {
+        float m1 = -INFINITY, m2 = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; e++) {
+            if (choice[e] > m1) m2 = m1, m1 = choice[e];
+            else if (choice[e] > m2) m2 = choice[e];
+        }
+        group_score[g] = m1 + m2;
+    }
+}
+
 void gate_forward(int *idx, float *weights, float *scores, const float *logits, const float *bias, const Config *c,
                   float *work) {
     int E = c->n_routed_experts, G = c->n_group, per = E / G, K = c->num_experts_per_tok;
@@ -34,14 +46,7 @@ void gate_forward(int *idx, float *weights, float *scores, const float *logits, 
         choice[e] = scores[e] + bias[e];
     }
     /* Group score: sum of the two largest biased scores of the group (V3's node-limited routing). */
-    for (int g = 0; g < G; g++) {
-        float m1 = -INFINITY, m2 = -INFINITY;
-        for (int e = g * per; e < (g + 1) * per; e++) {
-            if (choice[e] > m1) m2 = m1, m1 = choice[e];
-            else if (choice[e] > m2) m2 = choice[e];
-        }
-        group_score[g] = m1 + m2;
-    }
+    gate_group_scores(group_score, choice, E, G);
     /* Keep the topk_group best groups; mask the experts of the others with −∞. */
     float *kept = work + E + G, *picked = kept + G; /* 0/1 flags */
     for (int i = 0; i < G + E; i++) kept[i] = 0.0f;

@@ -25,6 +25,12 @@ void gate_forward(int *idx, float *weights, float *scores, const float *logits, 
                   float *work);
 
 /**
+ * Step 3 of gate_forward: @p group_score [G] = sum of the two largest @p choice values [E] in
+ * each of the @p G contiguous groups of E/G experts (−∞ stays −∞).
+ */
+void gate_group_scores(float *group_score, const float *choice, int E, int G);
+
+/**
  * Backward of gate_forward's weights with respect to the logits: the gradient flows only
  * through the selected affinities (the bias gets none). @p dweights [K] = dL/dw, adds into
  * @p dlogits [E].

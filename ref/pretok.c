@@ -294,21 +294,13 @@ static void apply_behavior(SplitBehavior b, PretokWork *w) {
     case SPLIT_REMOVED:
         return;
     case SPLIT_CONTIGUOUS:
-        for (size_t i = 0; i < n; i++) {
-            int is_match = m[i].flag;
-            if (is_match == previous_match && out > 0) {
-                m[out - 1].end = m[i].end;
-            } else {
-                m[out] = m[i];
-                m[out++].flag = 0;
-            }
-            previous_match = is_match;
-        }
-        break;
     case SPLIT_MERGED_WITH_PREVIOUS:
+        /* A piece joins the previous one: contiguous when both are matches or both are not;
+         * merged-with-previous when a match follows a non-match. */
         for (size_t i = 0; i < n; i++) {
             int is_match = m[i].flag;
-            if (is_match && !previous_match && out > 0) {
+            int joins = b == SPLIT_CONTIGUOUS ? is_match == previous_match : is_match && !previous_match;
+            if (joins && out > 0) {
                 m[out - 1].end = m[i].end;
             } else {
                 m[out] = m[i];

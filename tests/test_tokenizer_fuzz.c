@@ -34,12 +34,7 @@ typedef struct {
 static int setup(void **state) {
     Fixture *f = calloc(1, sizeof *f);
     Err err = {{0}};
-    if (tokenizer_load(&f->tok, DS_TOKENIZER_DIR, &err) != 0) {
-        fprintf(stderr, "setup: %s\n", err.msg);
-        return -1;
-    }
-    f->json = tok_json_file(DS_TOKENIZER_DIR "/tokenizer.json");
-    if (!f->json) return -1;
+    if (tok_load_deepseek(&f->tok, &f->json) != 0) return -1;
     f->naive = naive_bpe_new(f->json);
     if (pretok_from_json(&f->pre, cJSON_GetObjectItem(f->json, "pre_tokenizer"), &err) != 0) return -1;
     *state = f;

@@ -18,6 +18,16 @@
 #include "tokenizer.h"
 #include "util.h"
 
+int tok_load_deepseek(Tokenizer **tok, cJSON **json) {
+    Err err = {{0}};
+    if (tokenizer_load(tok, DS_TOKENIZER_DIR, &err) != 0) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return -1;
+    }
+    *json = tok_json_file(DS_TOKENIZER_DIR "/tokenizer.json");
+    return *json ? 0 : -1;
+}
+
 cJSON *tok_json_file(const char *path) {
     Err err = {{0}};
     char *data;

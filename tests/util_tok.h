@@ -18,6 +18,13 @@ struct cJSON;
 /** Parses a JSON file; NULL (with a message on stderr) if it cannot be read or parsed. */
 struct cJSON *tok_json_file(const char *path);
 
+struct Tokenizer;
+/**
+ * Fixture set-up: loads DS_TOKENIZER_DIR into *@p tok and parses its tokenizer.json into
+ * *@p json; 0, or -1 with a message on stderr.
+ */
+int tok_load_deepseek(struct Tokenizer **tok, struct cJSON **json);
+
 /** A JSON array of integers as a malloc'd int array; NULL if it is not one. */
 int *tok_json_ints(const struct cJSON *arr, int *n);
 

@@ -11,21 +11,7 @@ OUT=${OUT:-build/gpu-session}
 mkdir -p "$OUT"
 JOBS=$(nproc)
 
-# NCCL: the CUDA toolkit's, else the one the PyTorch wheel brings (nvidia-nccl-cu13).
-nccl_args=()
-cuda_home=""   # the Makefile's rule: /usr/local/cuda-13.0, /usr/local/cuda, or the nvcc on PATH
-for d in /usr/local/cuda-13.0 /usr/local/cuda "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")"; do
-  [ -x "$d/bin/nvcc" ] && { cuda_home=$d; break; }
-done
-if [ ! -f "${cuda_home:-/nonexistent}/include/nccl.h" ]; then
-  wheel=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null)
-  if [ -n "$wheel" ] && [ -f "$wheel/include/nccl.h" ]; then
-    nccl_args=(NCCL_HOME="$wheel" NCCL_LIB=-l:libnccl.so.2)
-    echo "nccl: $wheel (pip wheel)"
-  else
-    echo "nccl: not found; the EP test will not build"
-  fi
-fi
+. "$(dirname "$0")/gpu_nccl.sh"
 
 build() {
   make -j"$JOBS" "${nccl_args[@]}" build/tests/test_gpu_kernels build/bench/bench_gpu_kernels 2>&1 | tail -5

@@ -8,12 +8,10 @@ OUT=${OUT:-build/gpu-session}
 mkdir -p "$OUT"
 variants=$1; shift
 shapes=("$@")
-nccl=()
-wheel=$(python3 -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null)
-[ -n "$wheel" ] && [ -f "$wheel/include/nccl.h" ] && nccl=(NCCL_HOME="$wheel" NCCL_LIB=-l:libnccl.so.2)
+. "$(dirname "$0")/gpu_nccl.sh"
 for v in $variants; do
   IFS=: read -r st ra mc <<< "$v"; mc=${mc:-0}; b=build/tune-s$st-r$ra-m$mc
-  make -j"$(nproc)" "${nccl[@]}" BUILD=$b NVCC_EXTRA="-DDSV3_WG_STAGES=$st -DDSV3_WG_RASTER=$ra -DDSV3_WG_MULTICAST=$mc" \
+  make -j"$(nproc)" "${nccl_args[@]}" BUILD=$b NVCC_EXTRA="-DDSV3_WG_STAGES=$st -DDSV3_WG_RASTER=$ra -DDSV3_WG_MULTICAST=$mc" \
     $b/tests/test_gpu_kernels $b/bench/bench_gpu_kernels > "$OUT/build-$st-$ra-$mc.log" 2>&1 || { echo "$v: build failed"; tail -5 "$OUT/build-$st-$ra-$mc.log"; continue; }
   $b/tests/test_gpu_kernels --group gemm_wgmma > "$OUT/test-$st-$ra-$mc.log" 2>&1
   echo "variant stages=$st raster=$ra multicast=$mc: $(tail -1 "$OUT/test-$st-$ra-$mc.log")"

@@ -242,6 +242,25 @@ static void print_time(const char *label, double us, double flops, double wbytes
            100.0 * wbytes / (us * 1e-6) / PEAK_BW);
 }
 
+/* Times each of our paths (WGMMA on sm_90 only) and prints a line and a RESULT line per path;
+ * @p kernel and @p shape ("N=.. K=.. M=..") label the RESULT. Returns the best time (µs), or −1. */
+static double time_our_paths(GemmBench *g, const char *kernel, const char *shape, double flops, double wbytes) {
+    double best = -1.0;
+    for (int path = FP8_GEMM_AUTO; path <= FP8_GEMM_WGMMA; path++) {
+        if (path == FP8_GEMM_WGMMA && !(g_dev.cc_major == 9 && g_dev.cc_minor == 0)) continue;
+        g->path = (Fp8GemmPath)path;
+        double us = time_us(run_ours, g);
+        char label[32];
+        snprintf(label, sizeof label, "dsv3 %s", fp8_gemm_path_name(g->path));
+        print_time(label, us, flops, wbytes);
+        if (us < 0) printf("    (%s)\n", g->err.msg);
+        else printf("RESULT kernel=%s impl=dsv3_%s %s us=%.2f tflops=%.2f weight_gbs=%.1f\n", kernel,
+                    fp8_gemm_path_name(g->path), shape, us, flops / us * 1e-6, wbytes / us * 1e-3);
+        if (us > 0 && (best < 0 || us < best)) best = us;
+    }
+    return best;
+}
+
 static void bench_gemm_shape(int64_t N, int64_t K) {
     static const int64_t Ms[] = { 1, 16, 64, 512, 4096 };
     const int64_t nb = (N + 127) / 128, kb = K / 128;
@@ -281,20 +300,9 @@ static void bench_gemm_shape(int64_t N, int64_t K) {
         g.ws = g.ws_bytes ? dmalloc(g.ws_bytes) : NULL;
         const double flops = 2.0 * (double)M * (double)N * (double)K, wbytes = (double)(N * K);
         printf(" M=%lld\n", (long long)M);
-        double best = -1.0;
-        for (int path = FP8_GEMM_AUTO; path <= FP8_GEMM_WGMMA && !g_peer_fp8_only; path++) {
-            if (path == FP8_GEMM_WGMMA && !(g_dev.cc_major == 9 && g_dev.cc_minor == 0)) continue;
-            g.path = (Fp8GemmPath)path;
-            double us = time_us(run_ours, &g);
-            char label[32];
-            snprintf(label, sizeof label, "dsv3 %s", fp8_gemm_path_name(g.path));
-            print_time(label, us, flops, wbytes);
-            if (us < 0) printf("    (%s)\n", g.err.msg);
-            else printf("RESULT kernel=gemm impl=dsv3_%s N=%lld K=%lld M=%lld us=%.2f tflops=%.2f weight_gbs=%.1f\n",
-                        fp8_gemm_path_name(g.path), (long long)N, (long long)K, (long long)M, us, flops / us * 1e-6,
-                        wbytes / us * 1e-3);
-            if (us > 0 && (best < 0 || us < best)) best = us;
-        }
+        char shape[96];
+        snprintf(shape, sizeof shape, "N=%lld K=%lld M=%lld", (long long)N, (long long)K, (long long)M);
+        const double best = g_peer_fp8_only ? -1.0 : time_our_paths(&g, "gemm", shape, flops, wbytes);
         if (g_split_sweep && M <= 64) {
             const size_t wsb = (size_t)32 * (size_t)(M * N) * sizeof(float);
             void *ws = dmalloc(wsb), *ws_auto = g.ws;
@@ -383,19 +391,10 @@ static void bench_grouped(int64_t N, int64_t K, int64_t T) {
            "weights; roofline floor %.0f us = %.0f TFLOP/s\n",
            (long long)T, (long long)TOPK, (long long)E, (long long)touched, (long long)N, (long long)K, flops * 1e-12,
            wbytes * 1e-9, floor_us, flops / floor_us * 1e-6);
-    for (int path = FP8_GEMM_AUTO; path <= FP8_GEMM_WGMMA; path++) {
-        if (path == FP8_GEMM_WGMMA && !(g_dev.cc_major == 9 && g_dev.cc_minor == 0)) continue;
-        g.path = (Fp8GemmPath)path;
-        double us = time_us(run_ours, &g);
-        char label[32];
-        snprintf(label, sizeof label, "dsv3 %s", fp8_gemm_path_name(g.path));
-        print_time(label, us, flops, wbytes);
-        if (us < 0) printf("    (%s)\n", g.err.msg);
-        else printf("RESULT kernel=grouped_gemm impl=dsv3_%s N=%lld K=%lld T=%lld topk=%lld E=%lld us=%.2f tflops=%.2f "
-                    "weight_gbs=%.1f\n",
-                    fp8_gemm_path_name(g.path), (long long)N, (long long)K, (long long)T, (long long)TOPK, (long long)E,
-                    us, flops / us * 1e-6, wbytes / us * 1e-3);
-    }
+    char shape[96];
+    snprintf(shape, sizeof shape, "N=%lld K=%lld T=%lld topk=%lld E=%lld", (long long)N, (long long)K, (long long)T,
+             (long long)TOPK, (long long)E);
+    time_our_paths(&g, "grouped_gemm", shape, flops, wbytes);
     cudaFree(g.b[0]), cudaFree(g.bs[0]), cudaFree(g.a), cudaFree(g.as), cudaFree(g.out), cudaFree(d_start);
     free(g.b), free(g.bs), free(count), free(start);
 }
@@ -447,8 +446,8 @@ static void bench_mla(int B, int S) {
     CHECK_CUDA(gpu_fill_bf16(qp, (size_t)B * H * MLA_DR, 1.0f, 2, 0));
     float *u = dmalloc((size_t)B * H * MLA_DC * 4);
     const int auto_splits = mla_decode_num_splits(B, H, S);
-    const size_t wsb = mla_decode_workspace_bytes(B, H, 64);
-    void *ws = dmalloc(wsb);
+    const size_t wsb = mla_decode_workspace_bytes(B, H, g_mla_sweep ? 64 : auto_splits);
+    void *ws = wsb ? dmalloc(wsb) : NULL;
     m.p.u = u, m.p.q_abs = qa, m.p.q_pe = qp, m.p.block_table = d_table, m.p.block_table_stride = pages;
     m.p.seq_lens = d_lens, m.p.B = B, m.p.H = H, m.p.max_seq_len = S, m.p.scale = 0.1352337788608801f;
     m.p.workspace = ws, m.p.workspace_bytes = wsb;
@@ -471,7 +470,7 @@ static void bench_mla(int B, int S) {
     }
     for (int c = 0; c < m.copies; c++) cudaFree(m.cache[c]);
     cudaFree(d_table), cudaFree(d_lens), cudaFree(qa), cudaFree(qp), cudaFree(u);
-    cudaFree(ws);
+    if (ws) cudaFree(ws);
     free(m.cache), free(table), free(lens);
 }
 

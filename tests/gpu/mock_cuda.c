@@ -23,6 +23,7 @@
 #include "act_quant.h"
 #include "fp8.h"
 #include "fp8_gemm.h"
+#include "gate.h"
 #include "mla_decode.h"
 #include "moe_cuda.h"
 #include "ops.h"
@@ -245,14 +246,7 @@ int gate_forward_cuda(int *idx, float *weights, float *scores, const float *logi
             ch[e] = s[e] + bias[e];
             if (scores) scores[t * E + e] = s[e];
         }
-        for (int g = 0; g < G; g++) {
-            float m1 = -INFINITY, m2 = -INFINITY;
-            for (int e = g * per; e < (g + 1) * per; e++) {
-                if (ch[e] > m1) m2 = m1, m1 = ch[e];
-                else if (ch[e] > m2) m2 = ch[e];
-            }
-            gs[g] = m1 + m2;
-        }
+        gate_group_scores(gs, ch, E, G); /* the kernel's lane-per-group loop is the reference's */
         unsigned char kept[64] = { 0 }, taken[1024] = { 0 };
         for (int k = 0; k < c->topk_group; k++) kept[argmax_rule(gs, kept, G)] = 1;
         for (int e = 0; e < E; e++)

@@ -714,14 +714,7 @@ static int near_tie(const float *scores, const float *bias, const Config *c) {
     const int E = c->n_routed_experts, G = c->n_group, per = E / G, K = c->num_experts_per_tok;
     float ch[1024], gs[64];
     for (int e = 0; e < E; e++) ch[e] = scores[e] + bias[e];
-    for (int g = 0; g < G; g++) {
-        float m1 = -INFINITY, m2 = -INFINITY;
-        for (int e = g * per; e < (g + 1) * per; e++) {
-            if (ch[e] > m1) m2 = m1, m1 = ch[e];
-            else if (ch[e] > m2) m2 = ch[e];
-        }
-        gs[g] = m1 + m2;
-    }
+    gate_group_scores(gs, ch, E, G);
     float sorted_gs[64];
     memcpy(sorted_gs, gs, (size_t)G * sizeof(float));
     for (int i = 0; i < G; i++) /* descending selection sort, G is small */
