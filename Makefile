@@ -32,6 +32,14 @@ CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
 LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
+# DEB_ROOT: where the Debian packages above were unpacked with `dpkg -x` on a machine that cannot
+# install them (the GPU machines; tools/gpu_session.sh does this from carried .deb files).
+DEB_ROOT ?=
+ifneq ($(DEB_ROOT),)
+DEB_LIBDIR := $(DEB_ROOT)/usr/lib/x86_64-linux-gnu
+CFLAGS  += -I$(DEB_ROOT)/usr/include
+LDLIBS  := -L$(DEB_LIBDIR) -Wl,-rpath,$(abspath $(DEB_LIBDIR)) $(LDLIBS)
+endif
 ifeq ($(OMP),1)
 CFLAGS  += -fopenmp
 LDLIBS  += -fopenmp
@@ -75,15 +83,17 @@ GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 NCCL_HOME ?= $(CUDA_HOME)
 NCCL_LIB ?= -lnccl
 GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include -MMD -MP \
-              -ffunction-sections -fdata-sections -fopenmp
+              -ffunction-sections -fdata-sections -fopenmp $(if $(DEB_ROOT),-I$(DEB_ROOT)/usr/include)
 GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm
 GPU_TEST_SUPPORT := $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/gpu_fill.o
 GPU_TEST_BIN := $(BUILD)/tests/test_gpu_kernels
+FAST_MODEL_TEST_BIN := $(BUILD)/tests/test_fast_model
+FAST_MODEL_BENCH_BIN := $(BUILD)/bench/bench_fast_model
 GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps test-gpu bench-gpu sanitize-gpu test-gpu-mock cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test test-asan bench docs clean deps gpu-debs test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -101,6 +111,13 @@ $(BUILD)/.deps-ok: Makefile
 	@touch $@
 deps: $(BUILD)/.deps-ok
 
+# The runtime/header packages as .deb files, for a machine that has gcc and CUDA but cannot install
+# Debian packages (the GPU machines): carry build/debs there, unpack with `dpkg -x` and build with
+# DEB_ROOT=<dir> (tools/gpu_session.sh model does both).
+GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev
+gpu-debs:
+	@mkdir -p $(BUILD)/debs && cd $(BUILD)/debs && apt-get download $(GPU_DEBS) && ls -1 $(CURDIR)/$(BUILD)/debs
+
 # ---- the library and the binary -------------------------------------------------------
 $(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
@@ -111,9 +128,17 @@ $(BUILD)/libdsv3.a: $(REF_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
-$(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(BUILD)/libdsv3.a
+# With nvcc, dsv3 carries the GPU backend (`--backend fast`): fast/backend_gpu.c's strong symbols
+# replace ref/backend_stub.c's weak ones, and the CUDA runtime is linked statically, so the
+# binary still runs (and says "no CUDA device") on a machine without a GPU or driver.
+ifeq ($(HAVE_CUDA),1)
+DSV3_GPU_OBJ := $(BUILD)/gpu/obj/fast/backend_gpu.o
+DSV3_GPU_LIBS := $(BUILD)/libdsv3fast.a
+DSV3_GPU_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+endif
+$(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(DSV3_GPU_OBJ) $(BUILD)/libdsv3.a $(DSV3_GPU_LIBS)
 	@echo "  LINK    $@"
-	@$(CC) -o $@ $^ $(LDLIBS)
+	@$(CC) -o $@ $^ $(LDLIBS) $(DSV3_GPU_LDLIBS)
 
 # The demo: the reference on the bundled model.
 run: $(BUILD)/dsv3
@@ -164,9 +189,9 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 # With nvcc present, the CUDA code is compiled too and the GPU test runs in --quick mode
 # (it prints SKIP and passes on a machine without a GPU).
 ifeq ($(HAVE_CUDA),1)
-TEST_GPU_RUN := $(GPU_TEST_BIN) $(BUILD)/tests/test_gpu_ep_nccl
+TEST_GPU_RUN := $(GPU_TEST_BIN) $(BUILD)/tests/test_gpu_ep_nccl $(BUILD)/tests/test_fast_model $(BUILD)/tests/test_fast_model_mock
 endif
-test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN))
+test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
 	@pass=0; fail=0; failed=""; \
 	for n in $(NOTEBOOK_BIN); do \
 	  if $$n > $(BUILD)/notebook.log 2>&1; then pass=$$((pass+1)); echo "notebook $$n: ok"; \
@@ -177,8 +202,9 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 	  if DSV3_BIN=$(BUILD)/dsv3 $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$t"; fi; \
 	done; \
 	for t in $(TEST_GPU_RUN); do \
-	  echo "=== $$t --quick"; \
-	  if $$t --quick; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$t"; fi; \
+	  args="--quick"; case $$t in *test_fast_model_mock) args="--cli $(BUILD)/tests/dsv3_mock";; *test_fast_model) args="--cli $(BUILD)/dsv3";; esac; \
+	  echo "=== $$t $$args"; \
+	  if $$t $$args; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$t"; fi; \
 	done; \
 	echo "test binaries: $$pass passed, $$fail failed$$failed"; \
 	test $$fail -eq 0
@@ -287,18 +313,19 @@ $(GPU_EP_TEST_BIN): $(GPU)/obj/tests/gpu/test_ep_nccl.o $(BUILD)/libdsv3fast.a $
 	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB) -Xcompiler -pthread
 
 # Compile everything CUDA (CI's compile check).
-cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_EP_TEST_BIN)
+cuda: $(BUILD)/libdsv3fast.a $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_EP_TEST_BIN) $(FAST_MODEL_TEST_BIN) $(FAST_MODEL_BENCH_BIN)
 
 # Every group in its own process, so that a kernel that traps (and kills the CUDA context)
 # cannot hide the results of the others; WGMMA last. Exit status: failures anywhere.
-GPU_GROUPS ?= ops act_quant gemm_mma mla moe gemm_wgmma
+GPU_GROUPS ?= ops act_quant gemm_mma mla moe generic gemm_wgmma
 GPU_TEST_ARGS ?=
-test-gpu: $(GPU_TEST_BIN) $(GPU_EP_TEST_BIN)
+test-gpu: $(GPU_TEST_BIN) $(GPU_EP_TEST_BIN) $(FAST_MODEL_TEST_BIN) $(BUILD)/dsv3
 	@fail=0; for g in $(GPU_GROUPS); do \
 	  echo "=== test_gpu_kernels --group $$g $(GPU_TEST_ARGS)"; \
 	  $(GPU_TEST_BIN) --group $$g $(GPU_TEST_ARGS) || fail=$$((fail+1)); \
 	done; \
 	echo "=== test_gpu_ep_nccl"; $(GPU_EP_TEST_BIN) || fail=$$((fail+1)); \
+	echo "=== test_fast_model"; $(FAST_MODEL_TEST_BIN) --cli $(BUILD)/dsv3 || fail=$$((fail+1)); \
 	echo "test-gpu: $$fail group(s) failed"; test $$fail -eq 0
 
 # BENCH_ARGS="--only gemm|grouped|mla|ops" narrows the C benchmark; PEERS=0 skips the Python peers.
@@ -325,15 +352,68 @@ sanitize-gpu: $(GPU_TEST_BIN)
 # The GPU test against a host emulation of the kernels' algorithms (tests/gpu/mock_cuda.c):
 # checks the harness and the algorithms on a machine without a GPU; proves nothing about the CUDA code.
 $(BUILD)/tests/test_gpu_mock: $(GPU)/obj/tests/gpu/test_kernels.o $(GPU)/obj/tests/gpu/gpu_util.o \
-                              $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/fast/fast.o $(GPU)/libdsv3ref.a
+                              $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/tests/gpu/mock_generic.o \
+                              $(GPU)/obj/fast/fast.o $(GPU)/libdsv3ref.a
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) -o $@ $^ -Wl,--gc-sections -fopenmp -lm
-test-gpu-mock: $(BUILD)/tests/test_gpu_mock
+test-gpu-mock: $(BUILD)/tests/test_gpu_mock $(BUILD)/tests/test_fast_model_mock $(BUILD)/tests/dsv3_mock
 	@$(BUILD)/tests/test_gpu_mock --quick
+	@$(BUILD)/tests/test_fast_model_mock --cli $(BUILD)/tests/dsv3_mock
+
+# The whole-model GPU path (fast/*_gpu.c) against the reference. Two builds of one test:
+#   test_fast_model       the CUDA kernels (make test-gpu; SKIP without a GPU)
+#   test_fast_model_mock  the host emulation of the kernels (make test): checks the orchestration
+# Both link the full reference library (model_load needs cJSON: DEB_ROOT on the GPU machines).
+FAST_HOST_OBJ := $(FAST_C:%.c=$(GPU)/obj/%.o)
+$(GPU)/libdsv3fast_host.a: $(FAST_HOST_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+$(BUILD)/tests/test_fast_model_mock: $(GPU)/obj/tests/gpu/test_fast_model.o $(GPU)/obj/tests/gpu/mock_cuda.o \
+                                     $(GPU)/obj/tests/gpu/mock_generic.o $(GPU)/libdsv3fast_host.a \
+                                     $(BUILD)/obj/tests/util_compare.o $(BUILD)/libdsv3.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $^ -fopenmp $(LDLIBS)
+# End-to-end speed of the GPU path (make bench-gpu-model; the peers: tools/bench_e2e_peers.py).
+$(FAST_MODEL_BENCH_BIN): $(GPU)/obj/tests/gpu/bench_fast_model.o $(BUILD)/libdsv3fast.a $(BUILD)/libdsv3.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(NVCC) -o $@ $^ -Xcompiler -fopenmp,-pthread $(if $(DEB_ROOT),-L$(DEB_LIBDIR) -Xlinker -rpath=$(abspath $(DEB_LIBDIR))) \
+	  -lcjson -lpcre2-8 -lonig -lm
+$(BUILD)/tests/bench_fast_model_mock: $(GPU)/obj/tests/gpu/bench_fast_model.o $(GPU)/obj/tests/gpu/mock_cuda.o \
+                                      $(GPU)/obj/tests/gpu/mock_generic.o $(GPU)/libdsv3fast_host.a $(BUILD)/libdsv3.a
+	@mkdir -p $(dir $@)
+	@$(CC) -o $@ $^ -fopenmp $(LDLIBS)
+# A real-width, reduced-depth FP8 checkpoint (hidden 7168, 128 heads, 256 experts; BENCH_LAYERS layers:
+# the first 3 dense like V3, then MoE), the peers' and ours alike.
+BENCH_LAYERS ?= 4
+BENCH_MODEL ?= $(BUILD)/bench-model-$(BENCH_LAYERS)l
+$(BENCH_MODEL)/config.json: | $(BUILD)/dsv3
+	$(BUILD)/dsv3 mkckpt -o $(BENCH_MODEL) --preset v3 --set num_hidden_layers=$(BENCH_LAYERS) --mtp 0
+BENCH_E2E_ARGS ?= --batches 1,8,64 --prompt-len 512 --decode-steps 32
+bench-gpu-model: $(FAST_MODEL_BENCH_BIN) $(BENCH_MODEL)/config.json
+	@$(FAST_MODEL_BENCH_BIN) --model $(BENCH_MODEL) $(BENCH_E2E_ARGS)
+	@if [ "$(PEERS)" != 1 ]; then echo "bench_e2e_peers: skipped (PEERS=$(PEERS))"; \
+	elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+	  python3 tools/bench_e2e_peers.py --model $(BENCH_MODEL) $(BENCH_E2E_ARGS); \
+	else echo "bench_e2e_peers: skipped (python3 with a CUDA-enabled torch is not importable here)"; fi
+
+# dsv3 itself over the host emulation: the CLI's --backend fast path end to end, on any machine with nvcc.
+$(BUILD)/tests/dsv3_mock: $(BUILD)/obj/ref/main.o $(GPU)/obj/fast/backend_gpu.o $(BUILD)/libdsv3.a $(GPU)/libdsv3fast_host.a \
+                          $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/tests/gpu/mock_generic.o
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) -o $@ $^ -fopenmp $(LDLIBS)
+$(FAST_MODEL_TEST_BIN): $(GPU)/obj/tests/gpu/test_fast_model.o $(BUILD)/libdsv3fast.a $(BUILD)/obj/tests/util_compare.o \
+                        $(BUILD)/libdsv3.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(NVCC) -o $@ $^ -Xcompiler -fopenmp,-pthread $(if $(DEB_ROOT),-L$(DEB_LIBDIR) -Xlinker -rpath=$(abspath $(DEB_LIBDIR))) \
+	  -lcjson -lpcre2-8 -lonig -lm
 
 -include $(shell find $(GPU)/obj -name '*.d' 2>/dev/null)
 else
-cuda test-gpu bench-gpu sanitize-gpu test-gpu-mock:
+cuda test-gpu bench-gpu bench-gpu-model sanitize-gpu test-gpu-mock:
 	@echo "$@: nvcc not found at $(NVCC) (set CUDA_HOME); nothing to do"
 endif

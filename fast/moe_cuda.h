@@ -37,7 +37,8 @@ extern "C" {
  * topk_group, K, norm_topk_prob and routed_scaling_factor.
  * Sigmoid uses a correctly rounded exp (glibc's expf, used by the reference, differs from it
  * by one ulp for ~1e-4 of inputs; a selection can differ only where that ulp decides a tie).
- * Limits: E % 32 == 0, E ≤ 512, n_group ≤ 32 and divides E, K ≤ 32, topk_group ≤ n_group.
+ * Limits: E ≤ 512 (any value: the tiny checkpoints have 12 and 16), n_group ≤ 32 and divides E,
+ * K ≤ 32, topk_group ≤ n_group.
  */
 int gate_forward_cuda(int *idx, float *weights, float *scores, const float *logits, const float *bias, int64_t T,
                       const Config *c, cudaStream_t stream, Err *err);

@@ -74,6 +74,20 @@ int residual_add_cuda(void *y, FastDType y_dtype, const void *a, FastDType a_dty
 int embedding_gather_cuda(void *out, FastDType out_dtype, const uint16_t *table, int64_t vocab, int64_t D,
                           const int *ids, int64_t T, int *bad_id, cudaStream_t stream, Err *err);
 
+/**
+ * dst[i][:] = src[rows[i] / div][:] for i < n (cols FP32 values; strides in elements): the
+ * MoE's gather of token rows into expert order (rows = perm, div = top-k) and the selection
+ * of the rows whose logits are wanted (div = 1). rows lives on the device.
+ */
+int gather_rows_cuda(float *dst, int64_t dst_stride, const float *src, int64_t src_stride, const int *rows, int64_t n,
+                     int64_t div, int64_t cols, cudaStream_t stream, Err *err);
+
+/**
+ * out[r] = the index of the largest of x[r][0..cols), the first one on ties (ref
+ * sampler_argmax; NaN never wins, an all-NaN row gives 0). One block per row.
+ */
+int argmax_rows_cuda(int *out, const float *x, int64_t rows, int64_t cols, cudaStream_t stream, Err *err);
+
 #ifdef __cplusplus
 }
 #endif

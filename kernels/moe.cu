@@ -269,8 +269,10 @@ extern "C" int gate_forward_cuda(int *idx, float *weights, float *scores, const 
                                  int64_t T, const Config *c, cudaStream_t stream, Err *err) {
     const char *fn = "gate_forward_cuda";
     const int E = c->n_routed_experts, G = c->n_group, K = c->num_experts_per_tok, kg = c->topk_group;
-    if (E <= 0 || E % 32 != 0 || E > GATE_MAX_E)
-        return err_set(err, "%s: n_routed_experts = %d, need a positive multiple of 32 up to %d", fn, E, GATE_MAX_E);
+    /* Any E up to GATE_MAX_E: lane l owns experts l, l+32, ... < E (lanes past E own none) and
+     * bit j of its `taken` mask is expert l + 32j, j < 16; groups are one lane each (G <= 32). */
+    if (E <= 0 || E > GATE_MAX_E)
+        return err_set(err, "%s: n_routed_experts = %d, need 1..%d", fn, E, GATE_MAX_E);
     if (G <= 0 || G > 32 || E % G != 0)
         return err_set(err, "%s: n_group = %d, need 1..32 dividing n_routed_experts = %d", fn, G, E);
     if (K <= 0 || K > 32 || K > E) return err_set(err, "%s: num_experts_per_tok = %d, need 1..32 and <= %d", fn, K, E);

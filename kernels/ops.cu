@@ -105,6 +105,43 @@ __global__ void embedding_kernel(void *out, FastDType out_dtype, const uint16_t 
 }
 
 /** Grid of ceil(n / 256) blocks of 256, or an error when it does not fit. */
+/** dst[i][c] = src[rows[i] / div][c]: one thread per element (coalesced along c). */
+__global__ void gather_rows_kernel(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
+                                   const int *rows, int64_t n, int64_t div, int64_t cols) {
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n * cols) return;
+    const int64_t i = e / cols, c = e % cols;
+    dst[i * dst_stride + c] = src[(int64_t)(rows[i] / div) * src_stride + c];
+}
+
+constexpr int ARGMAX_THREADS = 256; /**< threads per row of argmax_kernel */
+
+/** One block per row: each thread scans a strided slice keeping (value, first index), then a tree merge. */
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(int *out, const float *x, int64_t cols) {
+    __shared__ float s_v[ARGMAX_THREADS];
+    __shared__ int64_t s_i[ARGMAX_THREADS];
+    const float *row = x + (int64_t)blockIdx.x * cols;
+    float best = -INFINITY;
+    int64_t bi = -1;
+    for (int64_t c = threadIdx.x; c < cols; c += ARGMAX_THREADS) {
+        const float v = row[c];
+        if (v > best || (bi < 0 && v == best)) best = v, bi = c; /* NaN compares false: never taken */
+    }
+    s_v[threadIdx.x] = best, s_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int half = ARGMAX_THREADS / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) {
+            const float v = s_v[threadIdx.x + half];
+            const int64_t i = s_i[threadIdx.x + half];
+            const int64_t mine = s_i[threadIdx.x];
+            if (i >= 0 && (mine < 0 || v > s_v[threadIdx.x] || (v == s_v[threadIdx.x] && i < mine)))
+                s_v[threadIdx.x] = v, s_i[threadIdx.x] = i;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = s_i[0] < 0 ? 0 : (int)s_i[0];
+}
+
 static int grid_1d(int64_t n, unsigned *blocks, const char *fn, Err *err) {
     const int64_t b = ceil_div<int64_t>(n, 256);
     if (b > 0x7FFFFFFF) return err_set(err, "%s: %lld elements are too many for one grid", fn, (long long)n);
@@ -200,4 +237,26 @@ extern "C" int embedding_gather_cuda(void *out, FastDType out_dtype, const uint1
     if (T > 0x7FFFFFFF) return err_set(err, "%s: T = %lld exceeds the grid limit", fn, (long long)T);
     embedding_kernel<<<(unsigned)T, 256, 0, stream>>>(out, out_dtype, table, vocab, D, ids, bad_id);
     return fast_check_launch(fn, "embedding_kernel", err);
+}
+
+extern "C" int gather_rows_cuda(float *dst, int64_t dst_stride, const float *src, int64_t src_stride, const int *rows,
+                                int64_t n, int64_t div, int64_t cols, cudaStream_t stream, Err *err) {
+    const char *fn = "gather_rows_cuda";
+    if (n < 0 || cols <= 0 || div <= 0 || dst_stride < cols || src_stride < cols)
+        return err_set(err, "%s: n = %lld, cols = %lld, div = %lld, strides %lld/%lld: need n >= 0, cols > 0, div > 0, strides >= cols",
+                       fn, (long long)n, (long long)cols, (long long)div, (long long)dst_stride, (long long)src_stride);
+    if (n == 0) return 0;
+    unsigned blocks = 0;
+    if (grid_1d(n * cols, &blocks, fn, err)) return -1;
+    gather_rows_kernel<<<blocks, 256, 0, stream>>>(dst, dst_stride, src, src_stride, rows, n, div, cols);
+    return fast_check_launch(fn, "gather_rows_kernel", err);
+}
+
+extern "C" int argmax_rows_cuda(int *out, const float *x, int64_t rows, int64_t cols, cudaStream_t stream, Err *err) {
+    const char *fn = "argmax_rows_cuda";
+    if (rows < 0 || cols <= 0) return err_set(err, "%s: rows = %lld, cols = %lld: need rows >= 0, cols > 0", fn, (long long)rows, (long long)cols);
+    if (rows == 0) return 0;
+    if (rows > 0x7FFFFFFF) return err_set(err, "%s: rows = %lld exceeds the grid limit", fn, (long long)rows);
+    argmax_kernel<<<(unsigned)rows, ARGMAX_THREADS, 0, stream>>>(out, x, cols);
+    return fast_check_launch(fn, "argmax_kernel", err);
 }

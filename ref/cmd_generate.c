@@ -34,6 +34,9 @@ typedef struct {
     int spec, have_seed, no_bos, seed_given;
     AttnMode attn;
     Fp8Mode fp8;
+    int fp8_given;  /* --fp8 on the command line (the GPU backend defaults to w8a8) */
+    int gpu;        /* --backend fast */
+    int kv_bf16;    /* --kv-cache: -1 auto, 0 f32, 1 bf16 */
 } GenArgs;
 
 static void usage(FILE *f, const char *cmd) {
@@ -55,7 +58,9 @@ static void usage(FILE *f, const char *cmd) {
                "  --spec mtp|none       speculative decoding with the MTP module (default: none; see docs/benchmarks.md)\n"
                "  --draft N             MTP drafts per step, recycling the module's output (default 1)\n"
                "  --attn absorb|naive   MLA form (default absorb)\n"
-               "  --fp8 dequant|w8a8    FP8 numerics (default dequant)\n");
+               "  --fp8 dequant|w8a8    FP8 numerics (default dequant; w8a8 with --backend fast)\n"
+               "  --backend ref|fast    the C reference (default) or the whole model on a GPU (plain decoding)\n"
+               "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n");
 }
 
 /** Inside parse_args: takes the current flag's value into v, or fails the parse. */
@@ -65,7 +70,7 @@ static void usage(FILE *f, const char *cmd) {
 static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
     memset(a, 0, sizeof *a);
     a->n_predict = 256, a->ctx = 0, a->top_k = 40, a->draft = 1, a->chunk = 256;
-    a->temp = 0.8, a->top_p = 0.95, a->spec = 0;
+    a->temp = 0.8, a->top_p = 0.95, a->spec = 0, a->kv_bf16 = -1;
     int is_chat = !strcmp(cmd, "chat");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v;
@@ -107,6 +112,20 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
             if (!strcmp(v, "dequant")) a->fp8 = FP8_DEQUANT;
             else if (!strcmp(v, "w8a8")) a->fp8 = FP8_W8A8;
             else return cli_fail(cmd, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v), -1;
+            a->fp8_given = 1;
+        }
+        else if (!strcmp(f, "--backend")) {
+            VALUE();
+            if (!strcmp(v, "ref")) a->gpu = 0;
+            else if (!strcmp(v, "fast")) a->gpu = 1;
+            else return cli_fail(cmd, EXIT_USAGE, "--backend must be ref or fast, got '%s'", v), -1;
+        }
+        else if (!strcmp(f, "--kv-cache")) {
+            VALUE();
+            if (!strcmp(v, "auto")) a->kv_bf16 = -1;
+            else if (!strcmp(v, "f32")) a->kv_bf16 = 0;
+            else if (!strcmp(v, "bf16")) a->kv_bf16 = 1;
+            else return cli_fail(cmd, EXIT_USAGE, "--kv-cache must be auto, f32 or bf16, got '%s'", v), -1;
         }
         else return cli_fail(cmd, EXIT_USAGE, "unknown option '%s' (dsv3 %s --help)", f, cmd), -1;
     }
@@ -123,6 +142,7 @@ typedef struct {
     Tokenizer *tok;
     Sampler sampler;
     Generator g;
+    GpuEngine *gpu; /* --backend fast */
     DecodeStream ds;
     int eos;
     int loaded_model;
@@ -131,6 +151,7 @@ typedef struct {
 
 static void session_free(Session *s) {
     gen_free(&s->g);
+    gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
     tokenizer_free(s->tok);
     if (s->loaded_model) model_free(&s->m);
@@ -159,8 +180,16 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s) {
     long ctx = a->ctx ? a->ctx : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
     if (ctx > c->max_position_embeddings)
         return cli_fail(cmd, EXIT_USAGE, "-c %ld exceeds max_position_embeddings = %d", ctx, c->max_position_embeddings);
+    if (a->gpu && spec) return cli_fail(cmd, EXIT_USAGE, "--spec mtp is not available with --backend fast (plain decoding only)");
+    if (a->gpu && a->attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
     if (gen_init(&s->g, &s->m, &s->sampler, ctx, spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    if (a->gpu) {
+        GpuEngineOptions go = { a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, s->g.rs.max_T, ctx };
+        if (gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err) || gen_use_gpu(&s->g, s->gpu, &err))
+            return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));
+    }
     gen_limit_vocab(&s->g, tv);
     decode_stream_init(&s->ds, s->tok);
     snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s", ctx,

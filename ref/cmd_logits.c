@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
 #include "cli.h"
 #include "cli_util.h"
 #include "model.h"
@@ -32,7 +33,10 @@ static void usage(FILE *f) {
             "  --prefill N          first N ids as one chunk, then one token at a time (default: all T)\n"
             "  --fp8 dequant|w8a8   FP8 numerics: FP32 x dequantized weights (default) or GPU-like W8A8\n"
             "  --hidden PATH        also write the last block's residual output [T][hidden]\n"
-            "  --mtp                write the MTP module's logits [T-1][vocab] instead\n");
+            "  --mtp                write the MTP module's logits [T-1][vocab] instead\n"
+            "  --backend ref|fast   the C reference (default) or the whole model on a GPU\n"
+            "  --kv-cache auto|f32|bf16  latent cache (GPU auto: bf16 where the tensor-core MLA kernel applies;\n"
+            "                       the reference is f32 and emulates bf16 rounding with --kv-cache bf16)\n");
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -40,7 +44,7 @@ int cmd_logits(int argc, char **argv) {
     AttnMode attn = ATTN_ABSORB;
     Fp8Mode fp8 = FP8_DEQUANT;
     long prefill = -1;
-    int want_mtp = 0;
+    int want_mtp = 0, gpu = 0, kv_bf16 = -1, fp8_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -64,6 +68,18 @@ int cmd_logits(int argc, char **argv) {
             if (!strcmp(v, "dequant")) fp8 = FP8_DEQUANT;
             else if (!strcmp(v, "w8a8")) fp8 = FP8_W8A8;
             else return cli_fail(CMD, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v);
+            fp8_given = 1;
+        } else if (!strcmp(a, "--backend")) {
+            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+            if (!strcmp(v, "ref")) gpu = 0;
+            else if (!strcmp(v, "fast")) gpu = 1;
+            else return cli_fail(CMD, EXIT_USAGE, "--backend must be ref or fast, got '%s'", v);
+        } else if (!strcmp(a, "--kv-cache")) {
+            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+            if (!strcmp(v, "auto")) kv_bf16 = -1;
+            else if (!strcmp(v, "f32")) kv_bf16 = 0;
+            else if (!strcmp(v, "bf16")) kv_bf16 = 1;
+            else return cli_fail(CMD, EXIT_USAGE, "--kv-cache must be auto, f32 or bf16, got '%s'", v);
         } else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 1L << 30, &prefill)) return EXIT_USAGE;
         } else if (!strcmp(a, "--mtp")) {
@@ -74,6 +90,9 @@ int cmd_logits(int argc, char **argv) {
     }
     if (!model_dir || !ids_arg || !out_path)
         return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR, --ids and -o OUT are required (dsv3 logits --help)");
+    if (gpu && (want_mtp || attn != ATTN_ABSORB))
+        return cli_fail(CMD, EXIT_USAGE, "--backend fast runs the main model's absorbed attention only (no --mtp, no --attn naive)");
+    if (gpu && !fp8_given) fp8 = FP8_W8A8; /* what GPUs run; --fp8 dequant for the reference's default numerics */
 
     Err err = { "" };
     Model m;
@@ -83,6 +102,7 @@ int cmd_logits(int argc, char **argv) {
     float *logits = NULL, *hidden = NULL, *normed = NULL, *mtp_logits = NULL;
     RunState s;
     KVCache kv;
+    GpuEngine *engine = NULL;
     memset(&s, 0, sizeof s);
     memset(&kv, 0, sizeof kv);
     if (parse_id_list(ids_arg, c->vocab_size, &ids, &T, &err)) {
@@ -111,16 +131,23 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "out of memory for %d × %zu logits", T, V);
         goto done;
     }
-    if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
+    if (gpu) {
+        GpuEngineOptions go = { fp8, kv_bf16, first, T };
+        if (gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
+    } else if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;
+    } else {
+        kvcache_set_bf16(&kv, kv_bf16 == 1); /* the reference emulates a BF16 GPU cache on request */
     }
     double t0 = now_seconds();
     /* First chunk of `first` ids, then one token at a time. */
-    if (model_forward(&m, &s, &kv, ids, first, logits, first, hidden, normed, &err)) goto fail_msg;
-    for (int64_t p = first; p < T; p++)
-        if (model_forward(&m, &s, &kv, ids + p, 1, logits + p * V, 1, hidden + p * D, normed + p * D, &err))
-            goto fail_msg;
+    for (int64_t p = 0; p < T; p += p ? 1 : first) {
+        int64_t n = p ? 1 : first;
+        int bad = engine ? gpu_engine_forward(engine, ids + p, n, logits + p * V, n, hidden + p * D, normed + p * D, &err)
+                         : model_forward(&m, &s, &kv, ids + p, n, logits + p * V, n, hidden + p * D, normed + p * D, &err);
+        if (bad) goto fail_msg;
+    }
     double t1 = now_seconds();
     if (want_mtp) {
         mtp_logits = xcalloc((size_t)(T - 1) * V, sizeof *mtp_logits);
@@ -137,9 +164,9 @@ int cmd_logits(int argc, char **argv) {
         remove(out_path); /* all or nothing */
         goto fail_msg;
     }
-    fprintf(stderr, "dsv3 logits: %d tokens through %d layers (%s, fp8 %s) in %.3f s; wrote %s [%d][%zu]\n", T,
+    fprintf(stderr, "dsv3 logits: %d tokens through %d layers (%s, fp8 %s%s%s) in %.3f s; wrote %s [%d][%zu]\n", T,
             c->num_hidden_layers, attn == ATTN_ABSORB ? "absorb" : "naive", fp8 == FP8_W8A8 ? "w8a8" : "dequant",
-            t1 - t0, out_path, want_mtp ? T - 1 : T, V);
+            engine ? ", GPU: " : "", engine ? gpu_engine_describe(engine) : "", t1 - t0, out_path, want_mtp ? T - 1 : T, V);
     rc = EXIT_OK;
     goto done;
 fail_msg:
@@ -152,6 +179,7 @@ done:
     free(mtp_logits);
     kvcache_free(&kv);
     runstate_free(&s);
+    gpu_engine_close(engine);
     model_free(&m);
     return rc;
 }

@@ -65,6 +65,19 @@ int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int dr
     return 0;
 }
 
+int gen_use_gpu(Generator *g, GpuEngine *gpu, Err *err) {
+    if (g->draft > 0) return err_set(err, "--backend fast runs plain decoding only (--spec none): MTP drafting on the GPU is not implemented");
+    if (g->n_tokens > 0) return err_set(err, "gen_use_gpu: the session has already run tokens");
+    /* Keep only the bookkeeping of the reference's state: the chunk size and the positions. */
+    int64_t max_T = g->rs.max_T, ctx = g->kv.max_seq;
+    runstate_free(&g->rs);
+    kvcache_free(&g->kv);
+    g->rs.max_T = max_T;
+    g->kv.max_seq = ctx;
+    g->gpu = gpu;
+    return 0;
+}
+
 void gen_free(Generator *g) {
     runstate_free(&g->rs);
     kvcache_free(&g->kv);
@@ -119,7 +132,12 @@ static int mtp_catch_up(Generator *g, int64_t chunk_pos, const float *chunk_norm
 /** Runs tokens[kv.len .. kv.len+k) through the main model; logits of the last n_logits positions. */
 static int main_chunk(Generator *g, int64_t k, int64_t n_logits, Err *err) {
     int64_t D = g->m->config.hidden_size, pos = g->kv.len;
-    if (model_forward(g->m, &g->rs, &g->kv, g->tokens + pos, k, g->logits, n_logits, NULL, g->normed, err)) return -1;
+    if (g->gpu) {
+        if (gpu_engine_forward(g->gpu, g->tokens + pos, k, g->logits, n_logits, NULL, g->normed, err)) return -1;
+        g->kv.len += k;
+    } else if (model_forward(g->m, &g->rs, &g->kv, g->tokens + pos, k, g->logits, n_logits, NULL, g->normed, err)) {
+        return -1;
+    }
     if (g->draft > 0 && mtp_catch_up(g, pos, g->normed, err)) return -1;
     memcpy(g->h_last, g->normed + (k - 1) * D, (size_t)D * sizeof(float));
     return 0;

@@ -20,6 +20,7 @@
 #ifndef DSV3_GENERATE_H
 #define DSV3_GENERATE_H
 
+#include "backend.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -60,6 +61,7 @@ typedef struct {
     int64_t last_pos;    /**< position of the pending token at the start of the last speculative step */
     int last_out;        /**< tokens the last gen_next returned */
     GenStats stats;      /**< counters */
+    GpuEngine *gpu;      /**< when set (gen_use_gpu), the main model runs there (not owned) */
     void *mem;           /**< the one allocation behind the buffers above */
 } Generator;
 
@@ -70,7 +72,14 @@ typedef struct {
  */
 int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int draft, int64_t prefill_chunk,
              AttnMode attn, Fp8Mode fp8, Err *err);
-/** Frees the session (not the model or the sampler). */
+/**
+ * Runs the main model on @p gpu (`--backend fast`) instead of the reference: call right after
+ * gen_init, with plain decoding (draft = 0; MTP drafting on the GPU is not implemented). The
+ * reference's own cache and activations are released; sampling stays on the host.
+ */
+int gen_use_gpu(Generator *g, GpuEngine *gpu, Err *err);
+
+/** Frees the session (not the model, the sampler or the GPU engine). */
 void gen_free(Generator *g);
 
 /** Appends @p n tokens (after the pending one, if any) and prefills them. */

@@ -46,3 +46,7 @@ void kvcache_free(KVCache *kv) {
     free(kv->layers);
     memset(kv, 0, sizeof *kv);
 }
+
+void kvcache_set_bf16(KVCache *kv, int on) {
+    for (int l = 0; l < kv->n_layers; l++) kv->layers[l].bf16 = on;
+}

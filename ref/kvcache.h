@@ -20,6 +20,7 @@ typedef enum { ATTN_ABSORB = 0, ATTN_NAIVE = 1 } AttnMode;
 
 /** The cache of one layer; which pointers are set depends on the AttnMode. */
 typedef struct {
+    int bf16;    /**< absorb: round c_kv and k_pe to bfloat16 as they are written (emulates a BF16 GPU cache) */
     float *c_kv; /**< absorb: [max_seq][Dc] */
     float *k_pe; /**< absorb: [max_seq][Dr] */
     float *k;    /**< naive: [max_seq][H][Dn+Dr] */
@@ -43,5 +44,8 @@ int64_t kvcache_floats_per_token(const Config *c, AttnMode mode);
 int kvcache_init(KVCache *kv, const Config *c, AttnMode mode, int n_layers, int64_t max_seq, Err *err);
 /** Frees the cache; safe on a zeroed struct. */
 void kvcache_free(KVCache *kv);
+/** Absorb mode: store c_kv and k_pe rounded to bfloat16 in every layer (@p on = 1), the numerics
+ *  of a GPU's BF16 latent cache, so the reference can be its oracle. */
+void kvcache_set_bf16(KVCache *kv, int on);
 
 #endif

@@ -4,6 +4,8 @@
 #   tools/gpu_session.sh bench   C benchmark (our kernels, cuBLASLt peers), then the PyTorch peers
 #   tools/gpu_session.sh sanitize compute-sanitizer memcheck + racecheck over the quick test
 #   tools/gpu_session.sh ncu     Nsight Compute sections of the GEMM, grouped GEMM, cuBLASLt FP8 and MLA decode kernels
+#   tools/gpu_session.sh model   the whole model: dsv3 --backend fast vs the reference, end-to-end benchmark vs peers
+#                                (carry build/debs, made by `make gpu-debs`)
 # Logs go to $OUT (the device tool brings them back), or to build/gpu-session/ elsewhere.
 # Also runs by hand on any CUDA machine.
 set -u
@@ -26,7 +28,7 @@ test)
   cuobjdump -sass build/libdsv3fast.a > "$OUT/sass.txt" 2>&1
   echo "SASS: QGMMA $(grep -c QGMMA "$OUT/sass.txt"), HGMMA $(grep -c HGMMA "$OUT/sass.txt"), HMMA $(grep -c HMMA "$OUT/sass.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/sass.txt")"
   gzip -f "$OUT/sass.txt"
-  for g in ops act_quant gemm_mma mla moe gemm_wgmma; do
+  for g in ops act_quant gemm_mma mla moe generic gemm_wgmma; do
     echo "=== $g"
     timeout 150 build/tests/test_gpu_kernels --group "$g" > "$OUT/test-$g.log" 2>&1; echo "exit $?" >> "$OUT/test-$g.log"
     grep -E 'FAIL|fail|error|passed|exit' "$OUT/test-$g.log" | tail -12
@@ -67,5 +69,20 @@ ncu)
   prof grouped 'fp8_gemm_wgmma' --only grouped
   prof mla 'mla_decode_kernel' --only mla --mla 64x8192
   ;;
-*) echo "usage: $0 test|bench|sanitize|ncu"; exit 2 ;;
+model)
+  # The whole model on the GPU: needs the Debian libraries the CLI uses, carried as .deb files
+  # (make gpu-debs here, then carry build/debs) and unpacked outside / (dpkg -x).
+  if ! ls build/debs/*.deb >/dev/null 2>&1; then echo "model: carry build/debs (make gpu-debs) for cJSON/PCRE2/Oniguruma"; exit 2; fi
+  mkdir -p /tmp/debroot && for f in build/debs/*.deb; do dpkg -x "$f" /tmp/debroot; done
+  deb=(DEB_ROOT=/tmp/debroot)
+  t0=$(date +%s)
+  make -j"$JOBS" "${deb[@]}" "${nccl_args[@]}" build/dsv3 build/tests/test_fast_model build/bench/bench_fast_model 2>&1 | grep -E "error|LINK" | tail -8
+  echo "build: $(( $(date +%s) - t0 )) s"
+  timeout 240 build/tests/test_fast_model --cli build/dsv3 > "$OUT/test-fast-model.log" 2>&1; echo "exit $?" >> "$OUT/test-fast-model.log"
+  grep -E 'FAIL|passed|exit|SKIP' "$OUT/test-fast-model.log" | tail -20
+  PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-420}" make "${deb[@]}" "${nccl_args[@]}" bench-gpu-model BENCH_LAYERS="${BENCH_LAYERS:-4}" \
+    > "$OUT/bench-model.log" 2>&1; echo "bench-gpu-model exit $?"
+  grep -E 'RESULT|REFUSED|SKIPPED|CHECK|batch' "$OUT/bench-model.log" | tail -30
+  ;;
+*) echo "usage: $0 test|bench|sanitize|ncu|model"; exit 2 ;;
 esac

@@ -81,6 +81,42 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = 0.0f;
     return cudaSuccess;
 }
+/* What the whole-model path (fast/) uses besides: everything runs at once, in order, on the host. */
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s) {
+    (void)s;
+    return cudaMemcpy(dst, src, n, kind);
+}
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+    (void)s;
+    return cudaMemset(p, v, n);
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
+    *free_bytes = (size_t)64 << 30, *total = (size_t)80 << 30; /* an H100's worth; the plan is checked against it */
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t *s) {
+    *s = NULL;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+    (void)flags;
+    *s = NULL;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    (void)s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    (void)s;
+    return cudaSuccess;
+}
+/* No graph capture on the host: fast/ falls back to running decode steps eagerly. */
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode) {
+    (void)s, (void)mode;
+    return cudaErrorNotSupported;
+}
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -400,6 +436,24 @@ int embedding_gather_cuda(void *out, FastDType out_dtype, const uint16_t *table,
         int ok = ids[t] >= 0 && ids[t] < vocab;
         if (!ok && bad_id) *bad_id = 1;
         for (int64_t i = 0; i < D; i++) st(out, out_dtype, t * D + i, ok ? bf16_to_f32(table[(int64_t)ids[t] * D + i]) : 0.0f);
+    }
+    return 0;
+}
+
+int gather_rows_cuda(float *dst, int64_t dst_stride, const float *src, int64_t src_stride, const int *rows, int64_t n,
+                     int64_t div, int64_t cols, cudaStream_t stream, Err *err) {
+    (void)stream, (void)err;
+    for (int64_t i = 0; i < n; i++) memcpy(dst + i * dst_stride, src + (rows[i] / div) * src_stride, (size_t)cols * sizeof(float));
+    return 0;
+}
+
+int argmax_rows_cuda(int *out, const float *x, int64_t rows, int64_t cols, cudaStream_t stream, Err *err) {
+    (void)stream, (void)err;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t best = -1;
+        for (int64_t c = 0; c < cols; c++)
+            if (best < 0 ? !isnan(x[r * cols + c]) : x[r * cols + c] > x[r * cols + best]) best = c;
+        out[r] = best < 0 ? 0 : (int)best;
     }
     return 0;
 }

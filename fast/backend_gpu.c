@@ -1,0 +1,70 @@
+/**
+ * @file backend_gpu.c
+ * @brief ref/backend.h on the GPU: one sequence over fast/model_gpu.h (the CLI's `--backend fast`).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "mla_decode.h"
+#include "model_gpu.h"
+
+struct GpuEngine {
+    FastModel fm;
+    FastKVCache kv;
+    FastRunState *rs;
+    int seq;
+    int64_t max_T;
+    char what[384];
+};
+
+void gpu_engine_close(GpuEngine *e) {
+    if (!e) return;
+    fast_runstate_free(e->rs);
+    fast_kv_free(&e->kv);
+    fast_model_free(&e->fm);
+    free(e);
+}
+
+int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
+    *out = NULL;
+    const Config *c = &m->config;
+    GpuEngine *e = xcalloc(1, sizeof *e);
+    if (!e) return err_set(err, "out of memory");
+    int mla_shapes = c->kv_lora_rank == MLA_DC && c->qk_rope_head_dim == MLA_DR && c->num_attention_heads % MLA_HEADS_PER_CTA == 0;
+    FastOptions fo = { opt->fp8, opt->kv_bf16 < 0 ? mla_shapes : opt->kv_bf16, opt->max_T, opt->ctx, 1, 0, log != NULL };
+    e->max_T = opt->max_T;
+    if (fast_model_upload(&e->fm, m, &fo, log, err) || fast_kv_init(&e->kv, &e->fm, &fo, err) ||
+        fast_runstate_init(&e->rs, &e->fm, &fo, err) || (e->seq = fast_kv_open(&e->kv, err)) < 0) {
+        err_prefix(err, "--backend fast");
+        gpu_engine_close(e);
+        return -1;
+    }
+    snprintf(e->what, sizeof e->what, "%s (sm_%d%d), fp8 %s, %s latent cache", e->fm.dev.name, e->fm.dev.cc_major,
+             e->fm.dev.cc_minor, fo.fp8 == FP8_W8A8 ? "w8a8" : "dequant", fo.kv_bf16 ? "bf16" : "f32");
+    *out = e;
+    return 0;
+}
+
+int gpu_engine_forward(GpuEngine *e, const int *ids, int64_t T, float *logits, int64_t n_logits, float *hidden,
+                       float *normed, Err *err) {
+    const Config *c = &e->fm.config;
+    int64_t V = c->vocab_size, D = c->hidden_size;
+    if (n_logits != 0 && n_logits != 1 && n_logits != T)
+        return err_set(err, "gpu_engine_forward: logits of the last %lld of %lld positions: only 1 or all", (long long)n_logits,
+                       (long long)T);
+    for (int64_t t0 = 0; t0 < T; t0 += e->max_T) {
+        int n = (int)(T - t0 < e->max_T ? T - t0 : e->max_T);
+        int last = t0 + n == T, all = n_logits == T && T > 1;
+        float *lg = logits && n_logits > 0 && (all || last) ? logits + (all ? t0 * V : 0) : NULL;
+        FastBatch b = { 1, &e->seq, &n, ids + t0, all };
+        if (fast_model_forward(&e->fm, e->rs, &e->kv, &b, lg, NULL, hidden ? hidden + t0 * D : NULL,
+                               normed ? normed + t0 * D : NULL, err))
+            return -1;
+    }
+    return 0;
+}
+
+void gpu_engine_truncate(GpuEngine *e, int64_t len) { fast_kv_truncate(&e->kv, e->seq, len); }
+
+const char *gpu_engine_describe(const GpuEngine *e) { return e->what; }

@@ -1,0 +1,50 @@
+/**
+ * @file backend.h
+ * @brief `--backend fast`: the GPU engine as the CLI sees it — one sequence, the same contract as
+ *        model_forward (chunks continue at the current length; logits of the last positions).
+ *
+ * Implemented in fast/backend_gpu.c (the whole model on one GPU, fast/model_gpu.h) when the
+ * build has CUDA; otherwise ref/backend_stub.c, whose gpu_engine_open fails with a clear message.
+ * The reference never calls it: only the commands (logits, generate, chat) do, so ref/ does not
+ * depend on fast/.
+ */
+#ifndef DSV3_BACKEND_H
+#define DSV3_BACKEND_H
+
+#include <stdio.h>
+
+#include "linear.h"
+#include "model.h"
+
+/** A model uploaded to a GPU with one open sequence. */
+typedef struct GpuEngine GpuEngine;
+
+/** Settings of the GPU engine. */
+typedef struct {
+    Fp8Mode fp8;      /**< FP8 linears: FP8_W8A8 (what GPUs run) or FP8_DEQUANT */
+    int kv_bf16;      /**< -1: automatic (BF16 where the tensor-core MLA kernel applies), 0: FP32, 1: BF16 */
+    int64_t max_T;    /**< tokens per forward */
+    int64_t ctx;      /**< positions of the sequence */
+} GpuEngineOptions;
+
+/** Uploads @p m (which must outlive the engine), printing the memory plan and progress on @p log. */
+int gpu_engine_open(GpuEngine **e, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err);
+
+/**
+ * Runs @p T tokens (any T: split into max_T pieces) after the sequence's current positions.
+ * logits [n_logits][V] of the last n_logits positions (n_logits = 1 or T; may be NULL),
+ * hidden / normed [T][D] (may be NULL).
+ */
+int gpu_engine_forward(GpuEngine *e, const int *ids, int64_t T, float *logits, int64_t n_logits, float *hidden,
+                       float *normed, Err *err);
+
+/** Forgets every position ≥ @p len. */
+void gpu_engine_truncate(GpuEngine *e, int64_t len);
+
+/** One line naming the device and the engine's numerics, for logs. */
+const char *gpu_engine_describe(const GpuEngine *e);
+
+/** Frees everything; safe on NULL. */
+void gpu_engine_close(GpuEngine *e);
+
+#endif /* DSV3_BACKEND_H */

@@ -1,0 +1,27 @@
+/**
+ * @file backend_stub.c
+ * @brief ref/backend.h in a build without CUDA: every entry point fails with one clear line.
+ *        The symbols are weak, so a build with CUDA links fast/backend_gpu.c's instead.
+ */
+#include "backend.h"
+
+__attribute__((weak)) int gpu_engine_open(GpuEngine **e, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
+    (void)m, (void)opt, (void)log;
+    *e = NULL;
+    return err_set(err, "--backend fast: this dsv3 was built without CUDA (make needs nvcc at $CUDA_HOME/bin/nvcc)");
+}
+
+__attribute__((weak)) int gpu_engine_forward(GpuEngine *e, const int *ids, int64_t T, float *logits, int64_t n_logits,
+                                             float *hidden, float *normed, Err *err) {
+    (void)e, (void)ids, (void)T, (void)logits, (void)n_logits, (void)hidden, (void)normed;
+    return err_set(err, "--backend fast: this dsv3 was built without CUDA");
+}
+
+__attribute__((weak)) void gpu_engine_truncate(GpuEngine *e, int64_t len) { (void)e, (void)len; }
+
+__attribute__((weak)) const char *gpu_engine_describe(const GpuEngine *e) {
+    (void)e;
+    return "no GPU backend";
+}
+
+__attribute__((weak)) void gpu_engine_close(GpuEngine *e) { (void)e; }
