@@ -11,9 +11,10 @@
 
 struct GpuEngine {
     FastModel fm;
-    FastKVCache kv;
+    FastKVCache kv;      /* the main model's cache */
+    FastKVCache mtp_kv;  /* MTP module 0's (one layer), when uploaded */
     FastRunState *rs;
-    int seq;
+    int seq, mtp_seq;
     int64_t max_T;
     char what[384];
 };
@@ -22,6 +23,7 @@ void gpu_engine_close(GpuEngine *e) {
     if (!e) return;
     fast_runstate_free(e->rs);
     fast_kv_free(&e->kv);
+    fast_kv_free(&e->mtp_kv);
     fast_model_free(&e->fm);
     free(e);
 }
@@ -32,10 +34,13 @@ int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt
     GpuEngine *e = xcalloc(1, sizeof *e);
     if (!e) return err_set(err, "out of memory");
     int mla_shapes = c->kv_lora_rank == MLA_DC && c->qk_rope_head_dim == MLA_DR && c->num_attention_heads % MLA_HEADS_PER_CTA == 0;
-    FastOptions fo = { opt->fp8, opt->kv_bf16 < 0 ? mla_shapes : opt->kv_bf16, opt->max_T, opt->ctx, 1, 0, log != NULL };
+    FastOptions fo = { opt->fp8, opt->kv_bf16 < 0 ? mla_shapes : opt->kv_bf16, opt->max_T, opt->ctx, 1, 0, log != NULL, opt->mtp };
     e->max_T = opt->max_T;
+    e->mtp_seq = -1;
     if (fast_model_upload(&e->fm, m, &fo, log, err) || fast_kv_init(&e->kv, &e->fm, &fo, err) ||
-        fast_runstate_init(&e->rs, &e->fm, &fo, err) || (e->seq = fast_kv_open(&e->kv, err)) < 0) {
+        fast_runstate_init(&e->rs, &e->fm, &fo, err) || (e->seq = fast_kv_open(&e->kv, err)) < 0 ||
+        (e->fm.w.n_mtp > 0 && (fast_kv_init_layers(&e->mtp_kv, &e->fm, &fo, 1, err) ||
+                               (e->mtp_seq = fast_kv_open(&e->mtp_kv, err)) < 0))) {
         err_prefix(err, "--backend fast");
         gpu_engine_close(e);
         return -1;
@@ -46,25 +51,42 @@ int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt
     return 0;
 }
 
-int gpu_engine_forward(GpuEngine *e, const int *ids, int64_t T, float *logits, int64_t n_logits, float *hidden,
-                       float *normed, Err *err) {
+/** The main model (mtp = 0) or the MTP module (mtp = 1) over T rows from pos0, in max_T pieces. */
+static int run_rows(GpuEngine *e, int mtp, int64_t pos0, const int *ids, const float *h, int64_t T, float *logits,
+                    int64_t n_logits, float *hidden, float *normed, Err *err) {
     const Config *c = &e->fm.config;
     int64_t V = c->vocab_size, D = c->hidden_size;
+    FastKVCache *kv = mtp ? &e->mtp_kv : &e->kv;
+    int seq = mtp ? e->mtp_seq : e->seq;
+    if (mtp && seq < 0) return err_set(err, "gpu_engine_mtp: the MTP module was not uploaded (GpuEngineOptions.mtp)");
     if (n_logits != 0 && n_logits != 1 && n_logits != T)
-        return err_set(err, "gpu_engine_forward: logits of the last %lld of %lld positions: only 1 or all", (long long)n_logits,
+        return err_set(err, "gpu_engine: logits of the last %lld of %lld positions: only 0, 1 or all", (long long)n_logits,
                        (long long)T);
+    if (pos0 < 0 || pos0 > fast_kv_len(kv, seq))
+        return err_set(err, "gpu_engine: position %lld is past the %lld positions written", (long long)pos0,
+                       (long long)fast_kv_len(kv, seq));
+    fast_kv_truncate(kv, seq, pos0);
     for (int64_t t0 = 0; t0 < T; t0 += e->max_T) {
         int n = (int)(T - t0 < e->max_T ? T - t0 : e->max_T);
         int last = t0 + n == T, all = n_logits == T && T > 1;
         float *lg = logits && n_logits > 0 && (all || last) ? logits + (all ? t0 * V : 0) : NULL;
-        FastBatch b = { 1, &e->seq, &n, ids + t0, all };
-        if (fast_model_forward(&e->fm, e->rs, &e->kv, &b, lg, NULL, hidden ? hidden + t0 * D : NULL,
-                               normed ? normed + t0 * D : NULL, err))
-            return -1;
+        FastBatch b = { 1, &seq, &n, ids + t0, all };
+        float *nm = normed ? normed + t0 * D : NULL;
+        int rc = mtp ? fast_mtp_forward(&e->fm, e->rs, kv, &b, h + t0 * D, lg, NULL, nm, err)
+                     : fast_model_forward(&e->fm, e->rs, kv, &b, lg, NULL, hidden ? hidden + t0 * D : NULL, nm, err);
+        if (rc) return -1;
     }
     return 0;
 }
 
-void gpu_engine_truncate(GpuEngine *e, int64_t len) { fast_kv_truncate(&e->kv, e->seq, len); }
+int gpu_engine_forward(GpuEngine *e, int64_t pos0, const int *ids, int64_t T, float *logits, int64_t n_logits,
+                       float *hidden, float *normed, Err *err) {
+    return run_rows(e, 0, pos0, ids, NULL, T, logits, n_logits, hidden, normed, err);
+}
+
+int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float *h, int64_t T, float *logits,
+                   int64_t n_logits, float *out_normed, Err *err) {
+    return run_rows(e, 1, pos0, next_ids, h, T, logits, n_logits, NULL, out_normed, err);
+}
 
 const char *gpu_engine_describe(const GpuEngine *e) { return e->what; }

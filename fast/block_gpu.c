@@ -22,16 +22,16 @@ int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float
     return fast_linear_forward(fm, s, y, D, s->act, I, T, &w->down_proj, NULL, 1, fm->fp8, err);
 }
 
-int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int64_t T,
+int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, int64_t T,
                        int64_t max_seq_len, Err *err) {
     const Config *c = &fm->config;
-    const LayerWeights *w = &fm->w.layers[layer];
+    const LayerWeights *w = fast_block_weights(fm, layer);
     cudaStream_t st = fm->stream;
     int64_t D = c->hidden_size;
     float eps = (float)c->rms_norm_eps;
     /* h = h + MLA(attn_norm(h)) */
     if (rmsnorm_forward_cuda(s->x, FAST_F32, D, s->h, FAST_F32, D, w->input_layernorm, T, D, eps, NULL, st, err) ||
-        fast_mla_forward(fm, s, kv, layer, s->branch, s->x, T, max_seq_len, err) ||
+        fast_mla_forward(fm, s, kv, layer, cache_layer, s->branch, s->x, T, max_seq_len, err) ||
         residual_add_cuda(s->h, FAST_F32, s->h, FAST_F32, s->branch, FAST_F32, T * D, st, err))
         return -1;
     /* h = h + FFN(ffn_norm(h)) */

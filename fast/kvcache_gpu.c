@@ -17,11 +17,16 @@
 #include "model_gpu.h"
 
 int fast_kv_init(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, Err *err) {
+    return fast_kv_init_layers(kv, fm, opt, fm->config.num_hidden_layers, err);
+}
+
+int fast_kv_init_layers(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, int n_layers, Err *err) {
     const Config *c = &fm->config;
     memset(kv, 0, sizeof *kv);
-    if (opt->max_seqs <= 0 || opt->max_seq <= 0)
-        return err_set(err, "KV cache: max_seqs = %d and max_seq = %lld must be positive", opt->max_seqs, (long long)opt->max_seq);
-    kv->n_layers = c->num_hidden_layers;
+    if (opt->max_seqs <= 0 || opt->max_seq <= 0 || n_layers <= 0)
+        return err_set(err, "KV cache: max_seqs = %d, max_seq = %lld and %d layers must be positive", opt->max_seqs,
+                       (long long)opt->max_seq, n_layers);
+    kv->n_layers = n_layers;
     kv->row = c->kv_lora_rank + c->qk_rope_head_dim;
     kv->page = 64;
     kv->dtype = opt->kv_bf16 ? FAST_BF16 : FAST_F32;

@@ -71,6 +71,8 @@ struct FastRunState {
     int64_t lin_rows;     /**< rows the linear scratch holds (max(max_T, R)) */
     /* outputs */
     float *normed;        /**< [max_T][D] final-norm output */
+    float *mtp_h;         /**< [max_T][D] MTP: the main model's post-norm hiddens (uploaded) */
+    float *cat;           /**< [max_T][2D] MTP: [enorm(Emb(next)) | hnorm(h)] */
     float *sel;           /**< [max_T][D] rows selected for logits */
     float *logits;        /**< [max_T][V] */
     int *argmax;          /**< [max_T] */
@@ -97,9 +99,18 @@ struct FastRunState {
 int fast_linear_forward(const FastModel *fm, FastRunState *s, float *y, int64_t ldy, const float *x, int64_t ldx,
                         int64_t M, const Tensor *W, const int *group_start, int G, Fp8Mode mode, Err *err);
 
-/** y [T][D] = MLA(x): projections, RoPE, cache write, absorbed attention, o_proj (ref mla_forward). */
-int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, float *y, const float *x,
-                     int64_t T, int64_t max_seq_len, Err *err);
+/** The weights of decoder block @p layer: a main layer (< num_hidden_layers) or MTP module layer − num_hidden_layers. */
+static inline const LayerWeights *fast_block_weights(const FastModel *fm, int layer) {
+    int n = fm->config.num_hidden_layers;
+    return layer < n ? &fm->w.layers[layer] : &fm->w.mtp[layer - n].block;
+}
+
+/**
+ * y [T][D] = MLA(x): projections, RoPE, cache write, absorbed attention, o_proj (ref mla_forward).
+ * Weights of block @p layer, keys in layer @p cache_layer of @p kv (the MTP module has its own cache).
+ */
+int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, float *y,
+                     const float *x, int64_t T, int64_t max_seq_len, Err *err);
 
 /** y [T][D] = W2 (silu(W1 x) ⊙ W3 x) (ref ffn_forward). */
 int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float *x, int64_t T, const FFNWeights *w,
@@ -108,8 +119,8 @@ int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float
 /** y [T][D] = MoE(x): gate, permutation, grouped expert GEMMs, shared expert, combine (ref moe_forward). */
 int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err);
 
-/** h ← h + MLA(attn_norm(h)); h ← h + FFN(ffn_norm(h)) (ref block_forward). */
-int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int64_t T,
+/** h ← h + MLA(attn_norm(h)); h ← h + FFN(ffn_norm(h)) (ref block_forward); see fast_mla_forward for the layers. */
+int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, int64_t T,
                        int64_t max_seq_len, Err *err);
 
 #ifdef __cplusplus

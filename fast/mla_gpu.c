@@ -25,10 +25,10 @@ static int use_mla_kernel(const Config *c, const FastKVCache *kv) {
            kv->dtype == FAST_BF16 && kv->page == MLA_PAGE;
 }
 
-int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, float *y, const float *x,
-                     int64_t T, int64_t max_seq_len, Err *err) {
+int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, float *y,
+                     const float *x, int64_t T, int64_t max_seq_len, Err *err) {
     const Config *c = &fm->config;
-    const LayerWeights *w = &fm->w.layers[layer];
+    const LayerWeights *w = fast_block_weights(fm, layer);
     const FastLayer *fl = &fm->layers[layer];
     cudaStream_t st = fm->stream;
     int64_t D = c->hidden_size, H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim;
@@ -46,7 +46,7 @@ int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int 
                              err) ||
         rope_forward_cuda(s->kv_a + Dc, FAST_F32, T, 1, Dr, Dc + Dr, s->rope_cos, s->rope_sin, (int)Dr, st, err))
         return -1;
-    void *cache = (char *)kv->mem + (size_t)layer * (size_t)kv->num_blocks * (size_t)kv->page * (size_t)kv->row *
+    void *cache = (char *)kv->mem + (size_t)cache_layer * (size_t)kv->num_blocks * (size_t)kv->page * (size_t)kv->row *
                                         fast_dtype_size(kv->dtype);
     if (kv_cache_write_cuda(cache, kv->dtype, s->block_table, s->bt_stride, s->pos, s->c_kv, Dc, s->kv_a + Dc, Dc + Dr, T,
                             (int)Dc, (int)Dr, kv->page, st, err))

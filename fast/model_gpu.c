@@ -76,7 +76,7 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
     int64_t E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
     int64_t Is = (int64_t)c->n_shared_experts * Ie, V = c->vocab_size;
     int has_moe = 0, has_dense = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
+    for (int l = 0; l < c->num_hidden_layers + fm->w.n_mtp; l++) {
         if (config_layer_is_moe(c, l)) has_moe = 1;
         else has_dense = 1;
     }
@@ -138,6 +138,10 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
     s->gemm_ws_bytes = c->has_fp8 ? gemm_workspace(fm, Tm) : 0;
     if (s->gemm_ws_bytes) ARENA_TAKE(ar, s->gemm_ws, s->gemm_ws_bytes / sizeof(float));
     ARENA_TAKE(ar, s->normed, Tm * D);
+    if (fm->w.n_mtp > 0) {
+        ARENA_TAKE(ar, s->mtp_h, Tm * D);
+        ARENA_TAKE(ar, s->cat, Tm * 2 * D);
+    }
     ARENA_TAKE(ar, s->sel, Tm * D);
     ARENA_TAKE(ar, s->logits, Tm * V);
     ARENA_TAKE(ar, s->argmax, Tm);
@@ -243,14 +247,21 @@ static int download(const FastModel *fm, void *dst, const void *src, size_t byte
                          "cudaMemcpyAsync", err);
 }
 
-int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, float *logits,
-                       int *argmax, float *hidden, float *normed, Err *err) {
+/** What stage() found out about a batch. */
+typedef struct {
+    int64_t T;       /* tokens */
+    int n_rows;      /* rows whose logits are wanted */
+    int64_t max_len; /* longest causal length among the tokens */
+} Staged;
+
+/**
+ * Admits the batch (blocks for every chunk) and uploads its per-token arrays: ids, position,
+ * causal length, block-table row, RoPE angles (the reference's rope_cos_sin), logit rows.
+ */
+static int stage(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, Staged *g, Err *err) {
     const Config *c = &fm->config;
-    const Model *m = fm->host;
-    int64_t D = c->hidden_size, V = c->vocab_size, half = c->qk_rope_head_dim / 2, T = 0;
-    cudaStream_t st = fm->stream;
+    int64_t half = c->qk_rope_head_dim / 2, T = 0;
     if (admit(kv, b, s->max_T, c->vocab_size, &T, err)) return -1;
-    /* Per-token arrays: position, causal length, block-table row, RoPE angles; rows for logits. */
     int bt_stride = 1, n_rows = 0;
     int64_t max_len = 0;
     for (int j = 0; j < b->n_seqs; j++) {
@@ -268,7 +279,7 @@ int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, co
             s->h_seq_lens[i] = (int)(p + 1);
             memcpy(s->h_block_table + (size_t)i * bt_stride, row, (size_t)kv->n_blocks[sq] * sizeof(int));
             for (int q = kv->n_blocks[sq]; q < bt_stride; q++) s->h_block_table[(size_t)i * bt_stride + q] = 0;
-            rope_cos_sin(s->h_rope_cos + i * half, s->h_rope_sin + i * half, p, &m->rope);
+            rope_cos_sin(s->h_rope_cos + i * half, s->h_rope_sin + i * half, p, &fm->host->rope);
             if (b->all_logits || k == b->n_tokens[j] - 1) s->h_logit_rows[n_rows++] = i;
         }
     }
@@ -280,32 +291,80 @@ int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, co
         upload(fm, s->logit_rows, s->h_logit_rows, (size_t)n_rows * sizeof(int), err) ||
         (half > 0 && (upload(fm, s->rope_cos, s->h_rope_cos, tf, err) || upload(fm, s->rope_sin, s->h_rope_sin, tf, err))))
         return -1;
-    /* h0 = Emb[token] (no scaling, spec §2); ids were checked above */
-    const Tensor *emb = &fm->w.embed_tokens;
-    int rc = emb->dtype == DT_BF16
-                 ? embedding_gather_cuda(s->h, FAST_F32, (const uint16_t *)emb->data, V, D, s->ids, T, NULL, st, err)
-                 : gather_rows_cuda(s->h, D, (const float *)emb->data, D, s->ids, T, 1, D, st, err);
-    if (rc) return -1;
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        if (fast_block_forward(fm, s, kv, l, T, max_len, err)) return -1;
+    g->T = T, g->n_rows = n_rows, g->max_len = max_len;
+    return 0;
+}
+
+/** out [T][D] = table[ids] (ids on the device, checked on the host by admit). */
+static int embed(const FastModel *fm, FastRunState *s, float *out, const Tensor *table, int64_t T, Err *err) {
+    int64_t D = fm->config.hidden_size, V = fm->config.vocab_size;
+    return table->dtype == DT_BF16
+               ? embedding_gather_cuda(out, FAST_F32, (const uint16_t *)table->data, V, D, s->ids, T, NULL, fm->stream, err)
+               : gather_rows_cuda(out, D, (const float *)table->data, D, s->ids, T, 1, D, fm->stream, err);
+}
+
+/**
+ * The end of a forward, shared by the main model and the MTP module: normed = RMSNorm(s->h)·norm_w,
+ * logits of the staged rows through @p head (FP32 like the reference: FP8_DEQUANT), the argmax on
+ * the device, the downloads, a stream synchronization, and the sequences' new lengths.
+ */
+static int finish(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, const Staged *g,
+                  const float *norm_w, const Tensor *head, float *logits, int *argmax, float *hidden, float *normed, Err *err) {
+    const Config *c = &fm->config;
+    int64_t D = c->hidden_size, V = c->vocab_size, T = g->T;
+    cudaStream_t st = fm->stream;
     if (hidden && download(fm, hidden, s->h, (size_t)(T * D) * sizeof(float), err)) return -1;
-    if (rmsnorm_forward_cuda(s->normed, FAST_F32, D, s->h, FAST_F32, D, fm->w.norm, T, D, (float)c->rms_norm_eps, NULL, st, err))
+    if (rmsnorm_forward_cuda(s->normed, FAST_F32, D, s->h, FAST_F32, D, norm_w, T, D, (float)c->rms_norm_eps, NULL, st, err))
         return -1;
     if (normed && download(fm, normed, s->normed, (size_t)(T * D) * sizeof(float), err)) return -1;
     if (logits || argmax) {
         const float *x = s->normed;
-        if (n_rows < T) {
-            if (gather_rows_cuda(s->sel, D, s->normed, D, s->logit_rows, n_rows, 1, D, st, err)) return -1;
+        if (g->n_rows < T) {
+            if (gather_rows_cuda(s->sel, D, s->normed, D, s->logit_rows, g->n_rows, 1, D, st, err)) return -1;
             x = s->sel;
         }
-        /* lm_head in FP32 like the reference (FP8_DEQUANT: it is BF16 in every DeepSeek checkpoint) */
-        if (fast_linear_forward(fm, s, s->logits, V, x, D, n_rows, &fm->w.lm_head, NULL, 1, FP8_DEQUANT, err)) return -1;
-        if (argmax && (argmax_rows_cuda(s->argmax, s->logits, n_rows, V, st, err) ||
-                       download(fm, argmax, s->argmax, (size_t)n_rows * sizeof(int), err)))
+        if (fast_linear_forward(fm, s, s->logits, V, x, D, g->n_rows, head, NULL, 1, FP8_DEQUANT, err)) return -1;
+        if (argmax && (argmax_rows_cuda(s->argmax, s->logits, g->n_rows, V, st, err) ||
+                       download(fm, argmax, s->argmax, (size_t)g->n_rows * sizeof(int), err)))
             return -1;
-        if (logits && download(fm, logits, s->logits, (size_t)n_rows * (size_t)V * sizeof(float), err)) return -1;
+        if (logits && download(fm, logits, s->logits, (size_t)g->n_rows * (size_t)V * sizeof(float), err)) return -1;
     }
     if (fast_cuda_err(cudaStreamSynchronize(st), "fast_model_forward", "cudaStreamSynchronize", err)) return -1;
     for (int j = 0; j < b->n_seqs; j++) kv->len[b->seq[j]] += b->n_tokens[j];
     return 0;
+}
+
+int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, float *logits,
+                       int *argmax, float *hidden, float *normed, Err *err) {
+    const Config *c = &fm->config;
+    Staged g;
+    if (stage(fm, s, kv, b, &g, err)) return -1;
+    /* h0 = Emb[token] (no scaling, spec §2) */
+    if (embed(fm, s, s->h, &fm->w.embed_tokens, g.T, err)) return -1;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (fast_block_forward(fm, s, kv, l, l, g.T, g.max_len, err)) return -1;
+    /* logits = lm_head(norm(h)) */
+    return finish(fm, s, kv, b, &g, fm->w.norm, &fm->w.lm_head, logits, argmax, hidden, normed, err);
+}
+
+int fast_mtp_forward(const FastModel *fm, FastRunState *s, FastKVCache *mtp_kv, const FastBatch *b, const float *h,
+                     float *logits, int *argmax, float *normed, Err *err) {
+    const Config *c = &fm->config;
+    int64_t D = c->hidden_size;
+    float eps = (float)c->rms_norm_eps;
+    cudaStream_t st = fm->stream;
+    if (fm->w.n_mtp < 1) return err_set(err, "fast_mtp_forward: the MTP module was not uploaded (FastOptions.mtp)");
+    const MTPWeights *w = &fm->w.mtp[0];
+    Staged g;
+    if (stage(fm, s, mtp_kv, b, &g, err)) return -1;
+    /* cat = [ enorm(Emb(x_{p+1})) | hnorm(h_p) ]  (embedding first, spec §7.2), z = eh_proj · cat */
+    if (upload(fm, s->mtp_h, h, (size_t)(g.T * D) * sizeof(float), err) || embed(fm, s, s->x, &w->embed_tokens, g.T, err) ||
+        rmsnorm_forward_cuda(s->cat, FAST_F32, 2 * D, s->x, FAST_F32, D, w->enorm, g.T, D, eps, NULL, st, err) ||
+        rmsnorm_forward_cuda(s->cat + D, FAST_F32, 2 * D, s->mtp_h, FAST_F32, D, w->hnorm, g.T, D, eps, NULL, st, err) ||
+        fast_linear_forward(fm, s, s->h, D, s->cat, 2 * D, g.T, &w->eh_proj, NULL, 1, fm->fp8, err))
+        return -1;
+    /* the module's decoder block (weights: layer N of the tables; keys: layer 0 of its own cache) */
+    if (fast_block_forward(fm, s, mtp_kv, c->num_hidden_layers, 0, g.T, g.max_len, err)) return -1;
+    /* out = shared_head.norm(z), logits = shared_head.head(out) */
+    return finish(fm, s, mtp_kv, b, &g, w->shared_head_norm, &w->shared_head_head, logits, argmax, NULL, normed, err);
 }

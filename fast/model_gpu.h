@@ -67,6 +67,7 @@ typedef struct {
     int max_seqs;        /**< sequences that may be open at once */
     int64_t kv_blocks;   /**< 64-token cache blocks; 0 = max_seqs · ceil(max_seq/64) */
     int progress;        /**< 1: a progress bar on the log while uploading */
+    int mtp;             /**< 1: upload MTP module 0 too (speculative decoding), if the checkpoint has it */
 } FastOptions;
 
 /** A model uploaded to the GPU. */
@@ -137,8 +138,10 @@ int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FIL
 /** Frees the device weights and the stream. Safe on a zeroed struct. */
 void fast_model_free(FastModel *fm);
 
-/** Allocates the cache pool for @p opt (max_seqs sequences of up to max_seq positions). */
+/** Allocates the cache pool of the main model's layers for @p opt (max_seqs sequences of up to max_seq positions). */
 int fast_kv_init(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, Err *err);
+/** The same for @p n_layers layers (1 for the MTP module's cache). */
+int fast_kv_init_layers(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, int n_layers, Err *err);
 /** Frees the cache. Safe on a zeroed struct. */
 void fast_kv_free(FastKVCache *kv);
 /** Opens an empty sequence; returns its id (≥ 0) or -1 when every slot is in use. */
@@ -166,6 +169,16 @@ void fast_runstate_free(FastRunState *s);
  */
 int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, float *logits,
                        int *argmax, float *hidden, float *normed, Err *err);
+
+/**
+ * MTP module 0 (spec §7.2; ref mtp_forward) over a batch of chunks of its own cache @p mtp_kv
+ * (one layer: fast_kv_init_layers(.., 1, ..)): b->ids are the NEXT tokens x_{p+1}, @p h (host
+ * [Σ n][D]) the main model's post-norm hiddens at the same positions p. Outputs like
+ * fast_model_forward: logits / argmax of the draft for x_{p+2}, normed = shared_head.norm output
+ * (what multi-token drafting feeds back as the next h). Needs FastOptions.mtp at upload.
+ */
+int fast_mtp_forward(const FastModel *fm, FastRunState *s, FastKVCache *mtp_kv, const FastBatch *b, const float *h,
+                     float *logits, int *argmax, float *normed, Err *err);
 
 #ifdef __cplusplus
 }

@@ -32,7 +32,7 @@ static int grouped_fp8(const FastModel *fm, FastRunState *s, float *y, int64_t l
 
 int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err) {
     const Config *c = &fm->config;
-    const LayerWeights *w = &fm->w.layers[layer];
+    const LayerWeights *w = fast_block_weights(fm, layer);
     const FastLayer *fl = &fm->layers[layer];
     cudaStream_t st = fm->stream;
     int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;

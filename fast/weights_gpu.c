@@ -15,8 +15,8 @@
  *     its slot, so fm->w mirrors the reference's Weights tensor for tensor.
  *   - kv_b_proj is not uploaded as stored: the absorbed attention reads it per head as W_UK
  *     [H][Dn][Dc] and W_UV [H][Dv][Dc], dequantized to FP32 here (spec §3.3).
- * MTP modules stay on the host: the GPU path runs the main model only (MTP drafting on the
- * GPU is future work; see docs/deployment.md).
+ * With FastOptions.mtp, MTP module 0 is uploaded too (its block is layer num_hidden_layers of
+ * FastModel.layers), for speculative decoding on the GPU.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -143,7 +143,8 @@ static int put_absorb(Uploader *u, FastLayer *fl, const Tensor *kv_b, const Conf
 
 /** The stacked tensor of a routed expert's matrix (gate → w1, up → w3, down → w2). */
 static Tensor *stack_of(FastModel *fm, const WeightSlot *s) {
-    LayerWeights *L = &fm->w.layers[s->layer];
+    int n = fm->config.num_hidden_layers;
+    LayerWeights *L = s->layer < n ? &fm->w.layers[s->layer] : &fm->w.mtp[s->layer - n].block;
     FFNWeights *e = &L->experts[s->expert];
     FastLayer *fl = &fm->layers[s->layer];
     return s->matrix == &e->gate_proj ? &fl->w1 : s->matrix == &e->up_proj ? &fl->w3 : &fl->w2;
@@ -196,15 +197,16 @@ static int walk(Uploader *u) {
 }
 
 /** Sets up fm's host-side tables and the host slot list; *host is malloc'ed. */
-static int prepare(FastModel *fm, const Model *m, HostSlot **host, Err *err) {
+static int prepare(FastModel *fm, const Model *m, int want_mtp, HostSlot **host, Err *err) {
     memset(fm, 0, sizeof *fm);
     fm->host = m;
     fm->config = m->config;
-    if (weights_alloc(&fm->w, &fm->config, 0, err)) return -1;
-    fm->layers = xcalloc((size_t)fm->config.num_hidden_layers, sizeof *fm->layers);
+    int n_mtp = want_mtp && m->w.n_mtp > 0 ? 1 : 0; /* module 0 drafts; deeper ones are not used at inference */
+    if (weights_alloc(&fm->w, &fm->config, n_mtp, err)) return -1;
+    fm->layers = xcalloc((size_t)(fm->config.num_hidden_layers + n_mtp), sizeof *fm->layers);
     int n = 0;
     Weights hw = m->w;
-    hw.n_mtp = 0; /* the main model only, in the device table's order */
+    hw.n_mtp = n_mtp; /* the same modules as the device table, in its order */
     weights_foreach(&hw, &m->config, count, &n);
     *host = xcalloc((size_t)n, sizeof **host);
     if (!fm->layers || !*host) {
@@ -227,7 +229,7 @@ int fast_plan(FastPlan *plan, const Model *m, const FastOptions *opt, Err *err) 
     memset(plan, 0, sizeof *plan);
     FastModel fm;
     HostSlot *host = NULL;
-    if (prepare(&fm, m, &host, err)) {
+    if (prepare(&fm, m, opt->mtp, &host, err)) {
         release_tables(&fm);
         return -1;
     }
@@ -276,7 +278,7 @@ int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FIL
                        (double)plan.kv_cache / 1073741824.0, (double)plan.workspace / 1073741824.0,
                        (double)plan.free / 1073741824.0);
     HostSlot *host = NULL;
-    if (prepare(fm, m, &host, err)) goto fail;
+    if (prepare(fm, m, opt->mtp, &host, err)) goto fail;
     if (fast_device(&fm->dev, err)) goto fail;
     fm->fp8 = opt->fp8;
     fm->fp8_tc = fm->dev.cc_major > 8 || (fm->dev.cc_major == 8 && fm->dev.cc_minor >= 9);

@@ -25,21 +25,29 @@ typedef struct {
     int kv_bf16;      /**< -1: automatic (BF16 where the tensor-core MLA kernel applies), 0: FP32, 1: BF16 */
     int64_t max_T;    /**< tokens per forward */
     int64_t ctx;      /**< positions of the sequence */
+    int mtp;          /**< 1: also upload MTP module 0 (gpu_engine_mtp, speculative decoding) */
 } GpuEngineOptions;
 
 /** Uploads @p m (which must outlive the engine), printing the memory plan and progress on @p log. */
 int gpu_engine_open(GpuEngine **e, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err);
 
 /**
- * Runs @p T tokens (any T: split into max_T pieces) after the sequence's current positions.
- * logits [n_logits][V] of the last n_logits positions (n_logits = 1 or T; may be NULL),
+ * Runs @p T tokens (any T: split into max_T pieces) at positions pos0.. of the sequence; what the
+ * cache held at positions ≥ pos0 is forgotten first (pos0 may not exceed the positions written),
+ * so a caller that rolls back (speculative decoding) just passes its own position count.
+ * logits [n_logits][V] of the last n_logits positions (n_logits = 0, 1 or T; may be NULL),
  * hidden / normed [T][D] (may be NULL).
  */
-int gpu_engine_forward(GpuEngine *e, const int *ids, int64_t T, float *logits, int64_t n_logits, float *hidden,
-                       float *normed, Err *err);
+int gpu_engine_forward(GpuEngine *e, int64_t pos0, const int *ids, int64_t T, float *logits, int64_t n_logits,
+                       float *hidden, float *normed, Err *err);
 
-/** Forgets every position ≥ @p len. */
-void gpu_engine_truncate(GpuEngine *e, int64_t len);
+/**
+ * MTP module 0 on the GPU (ref mtp_forward) over rows at positions pos0.. of its own cache: row i
+ * pairs the main model's post-norm hidden @p h [T][D] at position pos0+i with the next token
+ * @p next_ids[i]. logits [n_logits][V] (0, 1 or T), out_normed [T][D] (may be NULL).
+ */
+int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float *h, int64_t T, float *logits,
+                   int64_t n_logits, float *out_normed, Err *err);
 
 /** One line naming the device and the engine's numerics, for logs. */
 const char *gpu_engine_describe(const GpuEngine *e);

@@ -11,13 +11,17 @@ __attribute__((weak)) int gpu_engine_open(GpuEngine **e, const Model *m, const G
     return err_set(err, "--backend fast: this dsv3 was built without CUDA (make needs nvcc at $CUDA_HOME/bin/nvcc)");
 }
 
-__attribute__((weak)) int gpu_engine_forward(GpuEngine *e, const int *ids, int64_t T, float *logits, int64_t n_logits,
-                                             float *hidden, float *normed, Err *err) {
-    (void)e, (void)ids, (void)T, (void)logits, (void)n_logits, (void)hidden, (void)normed;
+__attribute__((weak)) int gpu_engine_forward(GpuEngine *e, int64_t pos0, const int *ids, int64_t T, float *logits,
+                                             int64_t n_logits, float *hidden, float *normed, Err *err) {
+    (void)e, (void)pos0, (void)ids, (void)T, (void)logits, (void)n_logits, (void)hidden, (void)normed;
     return err_set(err, "--backend fast: this dsv3 was built without CUDA");
 }
 
-__attribute__((weak)) void gpu_engine_truncate(GpuEngine *e, int64_t len) { (void)e, (void)len; }
+__attribute__((weak)) int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float *h, int64_t T,
+                                         float *logits, int64_t n_logits, float *out_normed, Err *err) {
+    (void)e, (void)pos0, (void)next_ids, (void)h, (void)T, (void)logits, (void)n_logits, (void)out_normed;
+    return err_set(err, "--backend fast: this dsv3 was built without CUDA");
+}
 
 __attribute__((weak)) const char *gpu_engine_describe(const GpuEngine *e) {
     (void)e;

@@ -59,7 +59,7 @@ static void usage(FILE *f, const char *cmd) {
                "  --draft N             MTP drafts per step, recycling the module's output (default 1)\n"
                "  --attn absorb|naive   MLA form (default absorb)\n"
                "  --fp8 dequant|w8a8    FP8 numerics (default dequant; w8a8 with --backend fast)\n"
-               "  --backend ref|fast    the C reference (default) or the whole model on a GPU (plain decoding)\n"
+               "  --backend ref|fast    the C reference (default) or the whole model on a GPU\n"
                "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n");
 }
 
@@ -180,12 +180,11 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s) {
     long ctx = a->ctx ? a->ctx : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
     if (ctx > c->max_position_embeddings)
         return cli_fail(cmd, EXIT_USAGE, "-c %ld exceeds max_position_embeddings = %d", ctx, c->max_position_embeddings);
-    if (a->gpu && spec) return cli_fail(cmd, EXIT_USAGE, "--spec mtp is not available with --backend fast (plain decoding only)");
     if (a->gpu && a->attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
     if (gen_init(&s->g, &s->m, &s->sampler, ctx, spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     if (a->gpu) {
-        GpuEngineOptions go = { a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, s->g.rs.max_T, ctx };
+        GpuEngineOptions go = { a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, s->g.rs.max_T, ctx, spec };
         if (gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err) || gen_use_gpu(&s->g, s->gpu, &err))
             return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));

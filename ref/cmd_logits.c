@@ -90,8 +90,7 @@ int cmd_logits(int argc, char **argv) {
     }
     if (!model_dir || !ids_arg || !out_path)
         return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR, --ids and -o OUT are required (dsv3 logits --help)");
-    if (gpu && (want_mtp || attn != ATTN_ABSORB))
-        return cli_fail(CMD, EXIT_USAGE, "--backend fast runs the main model's absorbed attention only (no --mtp, no --attn naive)");
+    if (gpu && attn != ATTN_ABSORB) return cli_fail(CMD, EXIT_USAGE, "--backend fast runs the absorbed attention only (no --attn naive)");
     if (gpu && !fp8_given) fp8 = FP8_W8A8; /* what GPUs run; --fp8 dequant for the reference's default numerics */
 
     Err err = { "" };
@@ -132,7 +131,7 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     if (gpu) {
-        GpuEngineOptions go = { fp8, kv_bf16, first, T };
+        GpuEngineOptions go = { fp8, kv_bf16, first, T, want_mtp };
         if (gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
     } else if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
@@ -144,7 +143,7 @@ int cmd_logits(int argc, char **argv) {
     /* First chunk of `first` ids, then one token at a time. */
     for (int64_t p = 0; p < T; p += p ? 1 : first) {
         int64_t n = p ? 1 : first;
-        int bad = engine ? gpu_engine_forward(engine, ids + p, n, logits + p * V, n, hidden + p * D, normed + p * D, &err)
+        int bad = engine ? gpu_engine_forward(engine, p, ids + p, n, logits + p * V, n, hidden + p * D, normed + p * D, &err)
                          : model_forward(&m, &s, &kv, ids + p, n, logits + p * V, n, hidden + p * D, normed + p * D, &err);
         if (bad) goto fail_msg;
     }
@@ -155,7 +154,17 @@ int cmd_logits(int argc, char **argv) {
             rc = cli_fail(CMD, EXIT_RUNTIME, "out of memory");
             goto done;
         }
-        if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, mtp_logits, &err)) goto fail_msg;
+        if (engine) {
+            /* the same split as mtp_logits_sequence: rows 0..first−2 as one chunk, then one at a time */
+            int64_t rows = T - 1, chunk = first - 1 > 0 ? first - 1 : 1;
+            if (chunk > rows) chunk = rows;
+            for (int64_t p = 0; p < rows; p += p ? 1 : chunk) {
+                int64_t n = p ? 1 : chunk;
+                if (gpu_engine_mtp(engine, p, ids + p + 1, normed + p * D, n, mtp_logits + p * V, n, NULL, &err)) goto fail_msg;
+            }
+        } else if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, mtp_logits, &err)) {
+            goto fail_msg;
+        }
         if (write_f32_file(out_path, mtp_logits, (size_t)(T - 1) * V, &err)) goto fail_msg;
     } else if (write_f32_file(out_path, logits, (size_t)T * V, &err)) {
         goto fail_msg;

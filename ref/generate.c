@@ -66,14 +66,16 @@ int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int dr
 }
 
 int gen_use_gpu(Generator *g, GpuEngine *gpu, Err *err) {
-    if (g->draft > 0) return err_set(err, "--backend fast runs plain decoding only (--spec none): MTP drafting on the GPU is not implemented");
     if (g->n_tokens > 0) return err_set(err, "gen_use_gpu: the session has already run tokens");
-    /* Keep only the bookkeeping of the reference's state: the chunk size and the positions. */
-    int64_t max_T = g->rs.max_T, ctx = g->kv.max_seq;
+    /* Keep only the bookkeeping of the reference's state: the chunk size and the positions (the
+     * engine's caches follow kv.len and mtp_kv.len, rollbacks included). */
+    int64_t max_T = g->rs.max_T, ctx = g->kv.max_seq, mtp_ctx = g->mtp_kv.max_seq;
     runstate_free(&g->rs);
     kvcache_free(&g->kv);
+    kvcache_free(&g->mtp_kv);
     g->rs.max_T = max_T;
     g->kv.max_seq = ctx;
+    g->mtp_kv.max_seq = mtp_ctx;
     g->gpu = gpu;
     return 0;
 }
@@ -107,6 +109,23 @@ int gen_keep(Generator *g, int keep, Err *err) {
 
 int64_t gen_room(const Generator *g) { return g->ctx - g->kv.len - g->pending; }
 
+/** The main model over ids at position kv.len (then kv.len += k), on the GPU engine when there is one. */
+static int run_main(Generator *g, const int *ids, int64_t k, int64_t n_logits, Err *err) {
+    if (!g->gpu) return model_forward(g->m, &g->rs, &g->kv, ids, k, g->logits, n_logits, NULL, g->normed, err);
+    if (gpu_engine_forward(g->gpu, g->kv.len, ids, k, g->logits, n_logits, NULL, g->normed, err)) return -1;
+    g->kv.len += k;
+    return 0;
+}
+
+/** MTP module 0 over T rows at position mtp_kv.len (then mtp_kv.len += T), likewise. */
+static int run_mtp(Generator *g, const int *next_ids, const float *h, int64_t T, float *logits, int64_t n_logits,
+                   float *out_normed, Err *err) {
+    if (!g->gpu) return mtp_forward(g->m, 0, &g->rs, &g->mtp_kv, next_ids, h, T, logits, n_logits, out_normed, err);
+    if (gpu_engine_mtp(g->gpu, g->mtp_kv.len, next_ids, h, T, logits, n_logits, out_normed, err)) return -1;
+    g->mtp_kv.len += T;
+    return 0;
+}
+
 /**
  * MTP rows for positions mtp_kv.len .. kv.len−2: each pairs the true hidden h_p with the true
  * next token x_{p+1}. @p first_h is h at position mtp_kv.len when it precedes the chunk just run
@@ -124,7 +143,7 @@ static int mtp_catch_up(Generator *g, int64_t chunk_pos, const float *chunk_norm
             DSV3_ASSERT(p >= chunk_pos - 1);
             memcpy(g->mtp_h + r * D, h, (size_t)D * sizeof(float));
         }
-        if (mtp_forward(g->m, 0, &g->rs, &g->mtp_kv, g->tokens + p0 + 1, g->mtp_h, rows, NULL, 0, NULL, err)) return -1;
+        if (run_mtp(g, g->tokens + p0 + 1, g->mtp_h, rows, NULL, 0, NULL, err)) return -1;
     }
     return 0;
 }
@@ -132,12 +151,7 @@ static int mtp_catch_up(Generator *g, int64_t chunk_pos, const float *chunk_norm
 /** Runs tokens[kv.len .. kv.len+k) through the main model; logits of the last n_logits positions. */
 static int main_chunk(Generator *g, int64_t k, int64_t n_logits, Err *err) {
     int64_t D = g->m->config.hidden_size, pos = g->kv.len;
-    if (g->gpu) {
-        if (gpu_engine_forward(g->gpu, g->tokens + pos, k, g->logits, n_logits, NULL, g->normed, err)) return -1;
-        g->kv.len += k;
-    } else if (model_forward(g->m, &g->rs, &g->kv, g->tokens + pos, k, g->logits, n_logits, NULL, g->normed, err)) {
-        return -1;
-    }
+    if (run_main(g, g->tokens + pos, k, n_logits, err)) return -1;
     if (g->draft > 0 && mtp_catch_up(g, pos, g->normed, err)) return -1;
     memcpy(g->h_last, g->normed + (k - 1) * D, (size_t)D * sizeof(float));
     return 0;
@@ -193,7 +207,7 @@ static int draft_tokens(Generator *g, int n, Err *err) {
     for (int k = 0; k < n; k++) {
         /* Row k sits at position L−1+k; rows k ≥ 1 are speculative and rolled back in commit. */
         memcpy(g->mtp_h, h, (size_t)D * sizeof(float));
-        if (mtp_forward(g->m, 0, &g->rs, &g->mtp_kv, &token, g->mtp_h, 1, g->mtp_logits, 1, g->normed, err)) return -1;
+        if (run_mtp(g, &token, g->mtp_h, 1, g->mtp_logits, 1, g->normed, err)) return -1;
         float *q = g->q_probs + (size_t)k * stride;
         sampler_probs(g->sampler, g->mtp_logits, V, q, g->cands);
         g->drafts[k] = g->sampler->temperature == 0.0f ? sampler_argmax(g->mtp_logits, V) : sampler_draw(g->sampler, q, V);
@@ -220,7 +234,7 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
     if (draft_tokens(g, n, err)) return -1;
     /* Verify: main model over [pending, d_1..d_n] at positions L..L+n. */
     memcpy(g->tokens + g->n_tokens, g->drafts, (size_t)n * sizeof(int));
-    if (model_forward(g->m, &g->rs, &g->kv, g->tokens + L, n + 1, g->logits, n + 1, NULL, g->normed, err)) return -1;
+    if (run_main(g, g->tokens + L, n + 1, n + 1, err)) return -1;
     g->pending = 0;
     int a = 0, next = -1;
     for (; a < n; a++) {

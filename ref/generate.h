@@ -73,9 +73,10 @@ typedef struct {
 int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int draft, int64_t prefill_chunk,
              AttnMode attn, Fp8Mode fp8, Err *err);
 /**
- * Runs the main model on @p gpu (`--backend fast`) instead of the reference: call right after
- * gen_init, with plain decoding (draft = 0; MTP drafting on the GPU is not implemented). The
- * reference's own cache and activations are released; sampling stays on the host.
+ * Runs the main model (and, with draft > 0, the MTP module: the engine must have been opened with
+ * GpuEngineOptions.mtp) on @p gpu (`--backend fast`) instead of the reference. Call right after
+ * gen_init. The reference's own caches and activations are released; sampling, drafting decisions
+ * and rollbacks stay on the host (the engine follows kv.len / mtp_kv.len).
  */
 int gen_use_gpu(Generator *g, GpuEngine *gpu, Err *err);
 

@@ -24,16 +24,18 @@
  *   FP32 paths (BF16/F32 weights, FP8 dequant, FP32 cache): only the order of FP32 sums and
  *     CUDA's expf (≤ 2 ulp) → 1e-4 (the reference itself is ~1e-6 from the official code);
  *   W8A8 vs ref --fp8 w8a8: tensor cores keep ~14 bits inside each 128-wide block partial
- *     (fast/fp8_gemm.h), and an activation that lands on an e4m3 rounding boundary may round the
- *     other way (one e4m3 ulp = 2^-3 of one element out of hundreds) → 1e-2;
+ *     (fast/fp8_gemm.h) → the median row must be within 5e-3; and an activation that lands on an
+ *     e4m3 rounding boundary may round the other way (one e4m3 ulp = 2^-3 of one element), which
+ *     can also flip a routing choice: isolated rows then differ by a few 1e-2 (measured on the host
+ *     emulation, whose block partials are exact: one MTP row of 31 at 3.1e-2, the other 30 at
+ *     ~1e-6) → max 5e-2, with every argmax agreeing outside near-ties;
  *   BF16 latent cache: the reference runs with kvcache_set_bf16 (the same RNE rounding of c_kv and
  *     k_pe as they are written), so the cache adds no tolerance of its own — the random tiny
  *     checkpoints are sensitive enough that bf16 rounding alone moves their logits by 0.2–0.4
  *     relative, so a loose tolerance against the FP32 reference would test nothing. What remains
  *     is that a value near a bf16 rounding boundary may round the other way when FP32 sums differ
  *     in order: 3.4e-5 measured with the FP32 path (tolerance stays 1e-4); with W8A8 as well, the
- *     two rounding grids compound on these sensitive checkpoints: 1.55e-2 measured on the host
- *     emulation in mixed batches → 3e-2, argmax still required to agree.
+ *     two rounding grids compound: 1.55e-2 measured in mixed batches, within the W8A8 rule above.
  * Against golden/official-tiny/logits.f32 (the official code's output) the FP32 path must also
  * be within 1e-4, like the reference.
  */
@@ -42,8 +44,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
+#include "generate.h"
 #include "model.h"
 #include "model_gpu.h"
+#include "mtp.h"
 #include "sampler.h"
 #include "../util_compare.h"
 
@@ -104,12 +109,22 @@ static int real_disagreements(const float *got, const float *ref, int rows, int 
     return bad;
 }
 
-/** Reports one comparison of [rows][V] logits. */
+/** Median over rows of the per-row relative difference that W8A8 cases must also meet. */
+#define W8A8_MEDIAN_TOL 5e-3
+
+/**
+ * Reports one comparison of [rows][V] logits: max relative difference within the case's
+ * tolerance and no argmax disagreement outside near-ties; W8A8 cases also need the median row
+ * within W8A8_MEDIAN_TOL, so that the loose maximum (isolated rows where a routing choice or an
+ * e4m3 rounding flipped) cannot hide a systematic error.
+ */
 static void compare(const char *what, const Case *cs, const float *got, const float *ref, int rows, int V) {
-    double rel = max_rel_diff(got, ref, (size_t)rows * (size_t)V);
+    double rel = max_rel_diff(got, ref, (size_t)rows * (size_t)V), med = median_row_rel_diff(got, ref, rows, V);
     int agree = argmax_agree(got, ref, rows, V), bad = real_disagreements(got, ref, rows, V, cs->tol);
-    report(rel <= cs->tol && bad == 0, "%s %s: max rel diff %.3e (tol %.0e: %s), argmax %d/%d%s", cs->dir, what, rel, cs->tol,
-           cs->why, agree, rows, agree < rows && bad == 0 ? " (the others at near-ties)" : "");
+    int w8a8 = cs->fp8 == FP8_W8A8 && strstr(cs->why, "W8A8") != NULL;
+    report(rel <= cs->tol && bad == 0 && (!w8a8 || med <= W8A8_MEDIAN_TOL),
+           "%s %s: max rel diff %.3e (tol %.0e: %s), median row %.1e%s, argmax %d/%d%s", cs->dir, what, rel, cs->tol, cs->why,
+           med, w8a8 ? " (tol 5e-3)" : "", agree, rows, agree < rows && bad == 0 ? " (the others at near-ties)" : "");
 }
 
 /** Running comparison of single logit rows: max|a−b| and max|b| over all rows seen. */
@@ -140,6 +155,111 @@ static int forward1(const FastModel *fm, FastRunState *s, FastKVCache *kv, int s
     return 0;
 }
 
+/**
+ * MTP module 0 on the GPU (fast_mtp_forward) vs ref mtp_logits_sequence, both fed the reference
+ * main model's post-norm hiddens (so that only the module's own numerics are compared); a prefix
+ * chunk then one row per forward, like `logits --mtp`.
+ * fp8-small's dequant case is also checked against the golden mtp_logits.f32.
+ */
+static void mtp_case(const Case *cs, const Model *m, const FastModel *fm, FastRunState *s, FastKVCache *kv,
+                     const FastOptions *opt, const int *ids, int T) {
+    Err err = { "" };
+    int64_t V = m->config.vocab_size, D = m->config.hidden_size;
+    float *normed = xcalloc((size_t)T * (size_t)D, sizeof(float)), *ref_normed = xcalloc((size_t)T * (size_t)D, sizeof(float));
+    float *got = xcalloc((size_t)T * (size_t)V, sizeof(float)), *want = xcalloc((size_t)T * (size_t)V, sizeof(float));
+    RunState rs;
+    KVCache rkv;
+    FastKVCache mkv;
+    memset(&mkv, 0, sizeof mkv);
+    int sq = fast_kv_open(kv, &err), ok = sq >= 0;
+    FastBatch b = { 1, &sq, &T, ids, 1 };
+    ok = ok && !fast_model_forward(fm, s, kv, &b, NULL, NULL, NULL, normed, &err);
+    ok = ok && !runstate_init(&rs, m, T, T, ATTN_ABSORB, cs->fp8, &err);
+    ok = ok && !kvcache_init(&rkv, &m->config, ATTN_ABSORB, m->config.num_hidden_layers, T, &err);
+    if (ok) {
+        kvcache_set_bf16(&rkv, cs->kv_bf16);
+        ok = !model_forward(m, &rs, &rkv, ids, T, NULL, 0, NULL, ref_normed, &err);
+        runstate_free(&rs);
+        kvcache_free(&rkv);
+    }
+    /* the reference's MTP over its own hiddens (FP32 cache: mtp_logits_sequence has no BF16 option) */
+    ok = ok && !mtp_logits_sequence(m, 0, ids, ref_normed, T, 8, ATTN_ABSORB, cs->fp8, want, &err);
+    ok = ok && !fast_kv_init_layers(&mkv, fm, opt, 1, &err);
+    int ms = ok ? fast_kv_open(&mkv, &err) : -1, first = 7;
+    if (ok && ms >= 0) {
+        FastBatch b1 = { 1, &ms, &first, ids + 1, 1 };
+        ok = !fast_mtp_forward(fm, s, &mkv, &b1, ref_normed, got, NULL, NULL, &err);
+        for (int p = first; ok && p < T - 1; p++) {
+            int one = 1;
+            FastBatch bp = { 1, &ms, &one, ids + p + 1, 1 };
+            ok = !fast_mtp_forward(fm, s, &mkv, &bp, ref_normed + (size_t)p * D, got + (size_t)p * V, NULL, NULL, &err);
+        }
+    }
+    if (!ok) report(0, "%s MTP: %s", cs->dir, err.msg);
+    else if (!cs->kv_bf16) compare("MTP module (prefix + one row per forward)", cs, got, want, T - 1, (int)V);
+    else
+        report(1, "%s MTP with a bf16 cache: ran (the reference's MTP has no bf16-cache emulation to compare with)", cs->dir);
+    if (ok && cs->fp8 == FP8_DEQUANT && !cs->kv_bf16 && strstr(cs->dir, "fp8-small")) {
+        size_t n = 0;
+        float *golden = read_f32("golden/fp8-small/mtp_logits.f32", &n);
+        if (golden && n == (size_t)(T - 1) * (size_t)V) {
+            double rel = max_rel_diff(got, golden, n);
+            int agree = argmax_agree(got, golden, T - 1, (int)V);
+            report(rel <= 1e-4 && agree == T - 1, "%s MTP vs golden mtp_logits.f32: max rel diff %.3e (tol 1e-4), argmax %d/%d",
+                   cs->dir, rel, agree, T - 1);
+        } else {
+            report(0, "cannot read golden/fp8-small/mtp_logits.f32");
+        }
+        free(golden);
+    }
+    fast_kv_close(kv, sq);
+    fast_kv_free(&mkv);
+    free(normed), free(ref_normed), free(got), free(want);
+}
+
+/**
+ * Speculative decoding on the GPU: generate.c with 1 and 3 MTP drafts per step over a GpuEngine,
+ * greedy, must give exactly the tokens of plain greedy decoding on the same engine (speculation
+ * never changes greedy output). Plain GPU vs reference greedy is run_case's "greedy" check.
+ */
+static void spec_case(const char *dir, int n_gen) {
+    Err err = { "" };
+    Model m;
+    if (model_load(&m, dir, NULL, &err)) {
+        report(0, "spec: %s", err.msg);
+        return;
+    }
+    static const int prompt[4] = { 5, 17, 3, 42 };
+    int *plain = xcalloc((size_t)n_gen, sizeof(int));
+    Sampler sm;
+    int ok = !sampler_init(&sm, 0.0f, 0, 1.0f, 1, &err);
+    for (int draft = 0; ok && draft <= 3; draft += draft ? 2 : 1) {
+        GpuEngine *e = NULL;
+        Generator g;
+        GpuEngineOptions go = { FP8_W8A8, 0, 64, 128, 1 };
+        int out[17], k = 0, n = 0, first_diff = -1;
+        ok = !gpu_engine_open(&e, &m, &go, NULL, &err) && !gen_init(&g, &m, &sm, 128, draft, 64, ATTN_ABSORB, FP8_W8A8, &err) &&
+             !gen_use_gpu(&g, e, &err) && !gen_feed(&g, prompt, 4, &err);
+        while (ok && n < n_gen) {
+            ok = !gen_next(&g, out, &k, &err);
+            for (int i = 0; ok && i < k && n < n_gen; i++, n++) {
+                if (draft == 0) plain[n] = out[i];
+                else if (out[i] != plain[n] && first_diff < 0) first_diff = n;
+            }
+        }
+        if (!ok) report(0, "%s speculative decoding on the GPU, %d draft(s): %s", dir, draft, err.msg);
+        else if (draft > 0)
+            report(first_diff < 0, "%s speculative greedy on the GPU, %d draft(s)/step: %d tokens %s plain greedy on the GPU (MTP acceptance %lld/%lld)",
+                   dir, draft, n_gen, first_diff < 0 ? "identical to" : "DIFFER from", (long long)g.stats.accepted,
+                   (long long)g.stats.drafted);
+        if (first_diff >= 0) printf("    first difference at token %d\n", first_diff);
+        gen_free(&g);
+        gpu_engine_close(e);
+    }
+    free(plain);
+    model_free(&m);
+}
+
 static void run_case(const Case *cs, int quick) {
     char path[512];
     Err err = { "" };
@@ -159,7 +279,7 @@ static void run_case(const Case *cs, int quick) {
     int V = m.config.vocab_size;
     printf("%s: fp8 %s, %s latent cache, %d ids\n", cs->dir, cs->fp8 == FP8_W8A8 ? "w8a8" : "dequant",
            cs->kv_bf16 ? "bf16" : "f32", T);
-    FastOptions opt = { cs->fp8, cs->kv_bf16, 64, 128, 4, 0, 0 };
+    FastOptions opt = { cs->fp8, cs->kv_bf16, 64, 128, 4, 0, 0, 1 };
     FastModel fm;
     FastKVCache kv;
     FastRunState *s = NULL;
@@ -300,6 +420,7 @@ static void run_case(const Case *cs, int quick) {
         kvcache_free(&rkv);
         free(rl), free(ref_tok), free(gpu_tok);
     }
+    if (m.w.n_mtp > 0) mtp_case(cs, &m, &fm, s, &kv, &opt, ids, T);
     free(want);
     free(got);
 done_model:
@@ -399,10 +520,12 @@ int main(int argc, char **argv) {
         { "golden/official-tiny", FP8_W8A8, 0, 1e-4, "FP32 path, summation order" },
         { "golden/official-tiny", FP8_W8A8, 1, 1e-4, "FP32 path, bf16 latent cache on both sides" },
         { "golden/fp8-small", FP8_DEQUANT, 0, 1e-4, "FP32 x dequantized FP8, summation order" },
-        { "golden/fp8-small", FP8_W8A8, 0, 1e-2, "W8A8: tensor-core partials, e4m3 rounding flips" },
-        { "golden/fp8-small", FP8_W8A8, 1, 3e-2, "W8A8 + bf16 cache: two rounding grids flip" },
+        { "golden/fp8-small", FP8_W8A8, 0, 5e-2, "W8A8: tensor-core partials, isolated e4m3/routing flips" },
+        { "golden/fp8-small", FP8_W8A8, 1, 5e-2, "W8A8 + bf16 cache: isolated flips on two rounding grids" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], quick);
+    spec_case("golden/fp8-small", quick ? 24 : 48);
+    spec_case("models/kjv", quick ? 24 : 48);
     if (cli) {
         cli_case(cli);
         v3_shapes_case(cli, quick);
