@@ -37,8 +37,9 @@ int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, in
     /* h = h + FFN(ffn_norm(h)) */
     if (rmsnorm_forward_cuda(s->x, FAST_F32, D, s->h, FAST_F32, D, w->post_attention_layernorm, T, D, eps, NULL, st, err))
         return -1;
-    int rc = w->is_moe ? fast_moe_forward(fm, s, layer, s->branch, s->x, T, err)
-                       : fast_ffn_forward(fm, s, s->branch, s->x, T, &w->mlp, err);
+    int rc = !w->is_moe ? fast_ffn_forward(fm, s, s->branch, s->x, T, &w->mlp, err)
+             : s->ep    ? fast_ep_moe_forward(fm, s, s->ep, layer, s->branch, s->x, T, err)
+                        : fast_moe_forward(fm, s, layer, s->branch, s->x, T, err);
     if (rc) return -1;
     return residual_add_cuda(s->h, FAST_F32, s->h, FAST_F32, s->branch, FAST_F32, T * D, st, err);
 }

@@ -62,6 +62,13 @@ struct FastRunState {
     float *xs_perm;       /**< [R][D/128] */
     float *y_perm;        /**< [R][D] expert outputs in expert order */
     float *y_shared;      /**< [max_T][D] shared expert output */
+    /* expert parallelism (FastOptions.ep_plan): R_ep = nranks·R rows can arrive at one rank */
+    FastEp *ep;           /**< set by fast_runstate_set_ep; NULL: local MoE */
+    float *ep_send;       /**< [R][D] rows to dispatch, then the combined results */
+    float *ep_recv;       /**< [R_ep][D] rows received, then their outputs in arrival order */
+    float *ep_work;       /**< [R_ep][D] received rows grouped by local expert, then outputs */
+    int *ep_index;        /**< [R_ep] gather lists uploaded per exchange */
+    int *ep_group_start;  /**< [E+1] local expert row ranges */
     /* linear scratch */
     uint8_t *xq;          /**< [R or max_T][max_in] e4m3 codes (FP8 tensor-core path) */
     float *xs;            /**< [..][ceil(max_in/128)] their scales */
@@ -118,6 +125,10 @@ int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float
 
 /** y [T][D] = MoE(x): gate, permutation, grouped expert GEMMs, shared expert, combine (ref moe_forward). */
 int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err);
+
+/** fast_moe_forward with the routed experts on the ranks holding them (fast/ep_gpu.c). */
+int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *ep, int layer, float *y, const float *x, int64_t T,
+                        Err *err);
 
 /** h ← h + MLA(attn_norm(h)); h ← h + FFN(ffn_norm(h)) (ref block_forward); see fast_mla_forward for the layers. */
 int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, int64_t T,

@@ -81,11 +81,12 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
         else has_dense = 1;
     }
     int moe_tc = moe_uses_tensor_cores(fm);
-    int64_t R = has_moe ? Tm * K : 0;
+    int64_t R = has_moe ? Tm * K : 0, R_ep = fm->ep_plan ? R * fm->ep_plan->nranks : R;
     s->max_T = Tm;
     s->max_blocks = (int)((opt->max_seq + 63) / 64);
     s->max_in = max64(config_max_linear_in(c), Ie);
-    s->lin_rows = has_moe && !moe_tc ? max64(Tm, R) : Tm;
+    /* grouped linears quantize their gathered rows through this scratch: R_ep rows under EP */
+    s->lin_rows = has_moe && (!moe_tc || fm->ep_plan) ? max64(Tm, R_ep) : Tm;
     ARENA_TAKE(ar, s->ids, Tm);
     ARENA_TAKE(ar, s->pos, Tm);
     ARENA_TAKE(ar, s->seq_lens, Tm);
@@ -110,7 +111,7 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
         s->mla_ws_bytes = mla_workspace(c, Tm, opt->max_seq);
         if (s->mla_ws_bytes) ARENA_TAKE(ar, s->mla_ws, s->mla_ws_bytes / sizeof(float));
     }
-    int64_t h13 = max64(has_dense ? Tm * 2 * c->intermediate_size : 0, max64(R * 2 * Ie, Tm * 2 * Is));
+    int64_t h13 = max64(has_dense ? Tm * 2 * c->intermediate_size : 0, max64(R_ep * 2 * Ie, Tm * 2 * Is));
     ARENA_TAKE(ar, s->h13, h13);
     ARENA_TAKE(ar, s->act, h13 / 2);
     if (has_moe) {
@@ -131,6 +132,13 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
         }
         ARENA_TAKE(ar, s->y_perm, R * D);
         if (Is > 0) ARENA_TAKE(ar, s->y_shared, Tm * D);
+        if (fm->ep_plan) {
+            ARENA_TAKE(ar, s->ep_send, R * D);
+            ARENA_TAKE(ar, s->ep_recv, R_ep * D);
+            ARENA_TAKE(ar, s->ep_work, R_ep * D);
+            ARENA_TAKE(ar, s->ep_index, R_ep);
+            ARENA_TAKE(ar, s->ep_group_start, E + 1);
+        }
     }
     ARENA_TAKE(ar, s->xq, s->lin_rows * s->max_in);
     ARENA_TAKE(ar, s->xs, s->lin_rows * ((s->max_in + 127) / 128));
@@ -193,6 +201,8 @@ int fast_runstate_init(FastRunState **out, const FastModel *fm, const FastOption
     *out = s;
     return 0;
 }
+
+void fast_runstate_set_ep(FastRunState *s, FastEp *ep) { s->ep = ep; }
 
 void fast_runstate_free(FastRunState *s) {
     if (!s) return;

@@ -31,6 +31,7 @@
 
 #include <stdio.h>
 
+#include "ep.h"
 #include "fast.h"
 #include "linear.h"
 #include "model.h"
@@ -68,6 +69,8 @@ typedef struct {
     int64_t kv_blocks;   /**< 64-token cache blocks; 0 = max_seqs · ceil(max_seq/64) */
     int progress;        /**< 1: a progress bar on the log while uploading */
     int mtp;             /**< 1: upload MTP module 0 too (speculative decoding), if the checkpoint has it */
+    const EpPlan *ep_plan; /**< expert parallelism: which rank holds which routed expert (NULL: all local) */
+    int ep_rank;         /**< this process's rank in ep_plan */
 } FastOptions;
 
 /** A model uploaded to the GPU. */
@@ -82,6 +85,10 @@ typedef struct {
     void *mem;           /**< the one device allocation behind all weights */
     uint64_t bytes;      /**< its size */
     cudaStream_t stream; /**< where everything is enqueued */
+    const EpPlan *ep_plan; /**< expert parallelism (NULL: every routed expert is local) */
+    int ep_rank;         /**< this rank */
+    int n_local;         /**< routed experts uploaded per MoE layer (E without EP) */
+    int *local_of;       /**< host [E]: slot of expert e in the stacked tensors, −1 if held elsewhere */
 } FastModel;
 
 /** The paged latent cache of every layer, shared by all sequences. */
@@ -169,6 +176,24 @@ void fast_runstate_free(FastRunState *s);
  */
 int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, float *logits,
                        int *argmax, float *hidden, float *normed, Err *err);
+
+/** One rank's expert-parallel state (fast/ep_gpu.c). */
+typedef struct FastEp FastEp;
+
+/**
+ * Joins rank @p rank of transport @p t for a model uploaded with FastOptions.ep_plan (whose
+ * experts it must hold), for forwards of up to @p max_T tokens per rank.
+ */
+int fast_ep_init(FastEp **ep, const FastModel *fm, EpTransport *t, int rank, int64_t max_T, Err *err);
+/** Frees it; safe on NULL. */
+void fast_ep_free(FastEp *ep);
+/** Bytes this rank has sent in dispatches and combines so far. */
+uint64_t fast_ep_dispatched_bytes(const FastEp *ep);
+/**
+ * Makes every MoE layer of forwards through @p s expert-parallel over @p ep (NULL: local again).
+ * Collective from then on: every rank must run the same sequence of forwards (each with ≥ 1 token).
+ */
+void fast_runstate_set_ep(FastRunState *s, FastEp *ep);
 
 /**
  * MTP module 0 (spec §7.2; ref mtp_forward) over a batch of chunks of its own cache @p mtp_kv

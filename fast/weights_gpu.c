@@ -172,17 +172,21 @@ static int upload_one(void *ctx, const WeightSlot *s) {
     }
     if (s->expert >= 0) {
         Tensor *stk = stack_of(u->fm, s);
-        int64_t E = c->n_routed_experts;
-        if (s->expert == 0) { /* the first expert sizes the stack */
+        int li = u->fm->local_of[s->expert];
+        if (li < 0) { /* held by another rank (expert parallelism) */
+            d->data = NULL, d->scale_inv = NULL;
+            return 0;
+        }
+        if (stk->rows == 0) { /* the first local expert sizes the stack of the n_local held here */
             *stk = *d;
-            stk->data = take(u, n * (size_t)E, elem);
-            stk->scale_inv = grid ? take(u, grid * (size_t)E, 4) : NULL;
+            stk->data = take(u, n * (size_t)u->fm->n_local, elem);
+            stk->scale_inv = grid ? take(u, grid * (size_t)u->fm->n_local, 4) : NULL;
         } else if (stk->dtype != d->dtype) {
-            return err_set(u->err, "%s is %s but expert 0 of its layer is %s: the grouped GEMM needs one dtype per layer",
+            return err_set(u->err, "%s is %s but the first expert of its layer is %s: the grouped GEMM needs one dtype per layer",
                            s->name, dtype_name(h->dtype), dtype_name(stk->dtype));
         }
-        d->data = stk->data ? stk->data + (size_t)s->expert * n * elem : NULL;
-        d->scale_inv = stk->scale_inv ? stk->scale_inv + (size_t)s->expert * grid * 4 : NULL;
+        d->data = stk->data ? stk->data + (size_t)li * n * elem : NULL;
+        d->scale_inv = stk->scale_inv ? stk->scale_inv + (size_t)li * grid * 4 : NULL;
     } else {
         d->data = take(u, n, elem);
         d->scale_inv = grid ? take(u, grid, 4) : NULL;
@@ -196,11 +200,27 @@ static int walk(Uploader *u) {
     return weights_foreach(&u->fm->w, &u->fm->config, upload_one, u);
 }
 
+/** Which routed experts this rank uploads, and where in the stacks: all of them without EP. */
+static int plan_local_experts(FastModel *fm, const FastOptions *opt, Err *err) {
+    int E = fm->config.n_routed_experts;
+    fm->local_of = xcalloc((size_t)(E > 0 ? E : 1), sizeof *fm->local_of);
+    if (!fm->local_of) return err_set(err, "out of host memory");
+    const EpPlan *p = opt->ep_plan;
+    if (p && (p->n_experts != E || opt->ep_rank < 0 || opt->ep_rank >= p->nranks))
+        return err_set(err, "EP plan for %d experts and %d ranks does not fit the model (%d experts) or rank %d", p->n_experts,
+                       p->nranks, E, opt->ep_rank);
+    fm->ep_plan = p, fm->ep_rank = opt->ep_rank, fm->n_local = 0;
+    for (int e = 0; e < E; e++) fm->local_of[e] = !p || ep_plan_holds(p, opt->ep_rank, e) ? fm->n_local++ : -1;
+    return 0;
+}
+
 /** Sets up fm's host-side tables and the host slot list; *host is malloc'ed. */
-static int prepare(FastModel *fm, const Model *m, int want_mtp, HostSlot **host, Err *err) {
+static int prepare(FastModel *fm, const Model *m, const FastOptions *opt, HostSlot **host, Err *err) {
+    int want_mtp = opt->mtp;
     memset(fm, 0, sizeof *fm);
     fm->host = m;
     fm->config = m->config;
+    if (plan_local_experts(fm, opt, err)) return -1;
     int n_mtp = want_mtp && m->w.n_mtp > 0 ? 1 : 0; /* module 0 drafts; deeper ones are not used at inference */
     if (weights_alloc(&fm->w, &fm->config, n_mtp, err)) return -1;
     fm->layers = xcalloc((size_t)(fm->config.num_hidden_layers + n_mtp), sizeof *fm->layers);
@@ -222,14 +242,16 @@ static int prepare(FastModel *fm, const Model *m, int want_mtp, HostSlot **host,
 static void release_tables(FastModel *fm) {
     weights_free(&fm->w);
     free(fm->layers);
+    free(fm->local_of);
     fm->layers = NULL;
+    fm->local_of = NULL;
 }
 
 int fast_plan(FastPlan *plan, const Model *m, const FastOptions *opt, Err *err) {
     memset(plan, 0, sizeof *plan);
     FastModel fm;
     HostSlot *host = NULL;
-    if (prepare(&fm, m, opt->mtp, &host, err)) {
+    if (prepare(&fm, m, opt, &host, err)) {
         release_tables(&fm);
         return -1;
     }
@@ -278,7 +300,7 @@ int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FIL
                        (double)plan.kv_cache / 1073741824.0, (double)plan.workspace / 1073741824.0,
                        (double)plan.free / 1073741824.0);
     HostSlot *host = NULL;
-    if (prepare(fm, m, opt->mtp, &host, err)) goto fail;
+    if (prepare(fm, m, opt, &host, err)) goto fail;
     if (fast_device(&fm->dev, err)) goto fail;
     fm->fp8 = opt->fp8;
     fm->fp8_tc = fm->dev.cc_major > 8 || (fm->dev.cc_major == 8 && fm->dev.cc_minor >= 9);

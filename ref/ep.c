@@ -55,8 +55,7 @@ int ep_plan_route(const EpPlan *p, int expert, int origin, int64_t token) {
     return p->copies[(size_t)expert * p->nranks + (int)(((int64_t)origin + token) % n)];
 }
 
-/** True if rank @p r holds expert @p e (as owner or copy). */
-static int holds(const EpPlan *p, int r, int e) {
+int ep_plan_holds(const EpPlan *p, int r, int e) {
     for (int i = 0; i < p->n_copies[e]; i++)
         if (p->copies[(size_t)e * p->nranks + i] == r) return 1;
     return 0;
@@ -113,17 +112,15 @@ static int ensure(EpRank *r, size_t rows, int64_t D, int64_t Ie, Err *err) {
     return 0;
 }
 
-/** The counts exchange: every rank learns how many rows each other rank sends it. */
-static int exchange_counts(EpRank *r, const size_t *send_rows, size_t *recv_rows, Err *err) {
+int ep_exchange_counts(EpRank *r, const size_t *send_rows, size_t *recv_rows, Err *err) {
     int n = r->t->nranks;
     size_t *bytes = r->counts, *offs = r->counts + n;
     for (int d = 0; d < n; d++) bytes[d] = sizeof(size_t), offs[d] = (size_t)d * sizeof(size_t);
     return r->t->alltoallv(r->t, r->rank, send_rows, bytes, offs, recv_rows, bytes, offs, err);
 }
 
-/** An alltoallv of rows of @p row_bytes bytes, with per-rank row counts. */
-static int exchange_rows(EpRank *r, const void *send, const size_t *send_n, void *recv, const size_t *recv_n,
-                         size_t row_bytes, Err *err) {
+int ep_exchange_rows(EpRank *r, const void *send, const size_t *send_n, void *recv, const size_t *recv_n,
+                     size_t row_bytes, Err *err) {
     int n = r->t->nranks;
     size_t *sb = r->counts, *so = sb + n, *rb = so + n, *ro = rb + n, s_at = 0, r_at = 0;
     for (int d = 0; d < n; d++) {
@@ -160,12 +157,12 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
         r->send_slot[j] = s;
     }
     /* 3. Counts first, then the rows and their expert ids. */
-    if (exchange_counts(r, send_n, recv_n, err)) return -1;
+    if (ep_exchange_counts(r, send_n, recv_n, err)) return -1;
     size_t total = 0;
     for (int s = 0; s < n; s++) total += recv_n[s];
     if (ensure(r, total > (size_t)(T * K) ? total : (size_t)(T * K), D, Ie, err)) return -1;
-    if (exchange_rows(r, r->send_rows, send_n, r->recv_rows, recv_n, (size_t)D * sizeof(float), err) ||
-        exchange_rows(r, r->send_meta, send_n, r->recv_meta, recv_n, sizeof(int), err))
+    if (ep_exchange_rows(r, r->send_rows, send_n, r->recv_rows, recv_n, (size_t)D * sizeof(float), err) ||
+        ep_exchange_rows(r, r->send_meta, send_n, r->recv_meta, recv_n, sizeof(int), err))
         return -1;
     /* 4. Local experts: gather each expert's rows, run its FFN, write the outputs back in place. */
     for (int64_t e = 0; e < E; e++) {
@@ -173,7 +170,7 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
         for (size_t j = 0; j < total; j++)
             if (r->recv_meta[j] == e) memcpy(r->work_in + m++ * D, r->recv_rows + j * D, (size_t)D * sizeof(float));
         if (m == 0) continue;
-        if (!holds(p, r->rank, (int)e)) return err_set(err, "rank %d received rows for expert %lld it does not hold", r->rank, (long long)e);
+        if (!ep_plan_holds(p, r->rank, (int)e)) return err_set(err, "rank %d received rows for expert %lld it does not hold", r->rank, (long long)e);
         FFNActs acts = { r->h_gate, r->h_up, r->h_act };
         for (size_t j0 = 0; j0 < m; j0 += (size_t)ctx->lin.max_T) { /* the scratch holds max_T rows */
             int64_t rows = (int64_t)(m - j0 < (size_t)ctx->lin.max_T ? m - j0 : (size_t)ctx->lin.max_T);
@@ -184,7 +181,7 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
             if (r->recv_meta[j] == e) memcpy(r->recv_rows + j * D, r->work_out + m++ * D, (size_t)D * sizeof(float));
     }
     /* 5. Combine: outputs return in the order the rows came; place them by slot. */
-    if (exchange_rows(r, r->recv_rows, recv_n, r->send_rows, send_n, (size_t)D * sizeof(float), err)) return -1;
+    if (ep_exchange_rows(r, r->recv_rows, recv_n, r->send_rows, send_n, (size_t)D * sizeof(float), err)) return -1;
     for (size_t j = 0; j < (size_t)(T * K); j++)
         memcpy(r->y_slot + r->send_slot[j] * D, r->send_rows + j * D, (size_t)D * sizeof(float));
     /* 6. out[t] = Σ_k w·y in ascending expert order (moe_forward's order), then the shared expert. */

@@ -61,6 +61,9 @@ void ep_plan_free(EpPlan *p);
 /** The rank a (token, expert) pair from @p origin is sent to: spreads over the expert's copies. */
 int ep_plan_route(const EpPlan *p, int expert, int origin, int64_t token);
 
+/** 1 if rank @p r holds a copy of expert @p e (as owner or redundant copy). */
+int ep_plan_holds(const EpPlan *p, int r, int e);
+
 /** One rank's state: transport, plan and its exchange buffers (grown as needed). */
 typedef struct EpRank {
     int rank;              /**< this rank */
@@ -97,6 +100,16 @@ void ep_rank_free(EpRank *r);
  */
 int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, EpRank *r,
                    const ForwardContext *ctx, Err *err);
+
+/** The counts exchange of a dispatch: every rank learns how many rows (@p recv_rows [nranks]) each
+ *  other rank sends it, given its own @p send_rows [nranks]. Collective. */
+int ep_exchange_counts(EpRank *r, const size_t *send_rows, size_t *recv_rows, Err *err);
+
+/** An alltoallv of rows of @p row_bytes bytes with per-rank row counts (rows to rank d are
+ *  consecutive in @p send, in rank order; likewise in @p recv). The buffers may be device memory
+ *  when the transport takes it (NCCL). Collective. */
+int ep_exchange_rows(EpRank *r, const void *send, const size_t *send_n, void *recv, const size_t *recv_n,
+                     size_t row_bytes, Err *err);
 
 /** An in-process transport for @p nranks ranks running as threads (tests, CPU runs). */
 int ep_cpu_transport_init(EpTransport *t, int nranks, Err *err);

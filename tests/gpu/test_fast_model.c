@@ -40,6 +40,7 @@
  * be within 1e-4, like the reference.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,6 +261,117 @@ static void spec_case(const char *dir, int n_gen) {
     model_free(&m);
 }
 
+/* ---- expert parallelism: N ranks as threads over the in-process transport ---------------- */
+
+enum { EP_LEN = 12, EP_PREFILL = 6, EP_MAX_RANKS = 8 };
+
+/** One rank's run: its own model copy (only its experts), cache, run state; logits of every forward. */
+typedef struct {
+    const Model *m;
+    Fp8Mode fp8;
+    const EpPlan *plan; /* NULL: single GPU, no EP */
+    EpTransport *t;
+    int rank;
+    int ids[EP_LEN];
+    float *logits;      /* [EP_LEN][V]: rows of the prefill chunk, then one per decode step */
+    uint64_t experts_bytes; /* device bytes of the weights uploaded */
+    int rc;
+    Err err;
+} EpRun;
+
+/** Prefill EP_PREFILL ids, then one token per forward: the same sequence of forwards on every rank. */
+static void *ep_thread(void *arg) {
+    EpRun *r = arg;
+    FastOptions opt = { .fp8 = r->fp8, .kv_bf16 = 0, .max_T = 16, .max_seq = 32, .max_seqs = 1, .ep_plan = r->plan,
+                        .ep_rank = r->rank };
+    FastModel fm;
+    FastKVCache kv;
+    FastRunState *s = NULL;
+    FastEp *ep = NULL;
+    memset(&kv, 0, sizeof kv);
+    int64_t V = r->m->config.vocab_size;
+    r->rc = -1;
+    if (fast_model_upload(&fm, r->m, &opt, NULL, &r->err)) return NULL;
+    r->experts_bytes = fm.bytes;
+    int sq = -1;
+    if (fast_kv_init(&kv, &fm, &opt, &r->err) || fast_runstate_init(&s, &fm, &opt, &r->err) ||
+        (sq = fast_kv_open(&kv, &r->err)) < 0 || (r->plan && fast_ep_init(&ep, &fm, r->t, r->rank, 16, &r->err)))
+        goto done;
+    fast_runstate_set_ep(s, ep);
+    int n = EP_PREFILL, one = 1;
+    FastBatch b0 = { 1, &sq, &n, r->ids, 1 };
+    if (fast_model_forward(&fm, s, &kv, &b0, r->logits, NULL, NULL, NULL, &r->err)) goto done;
+    for (int p = EP_PREFILL; p < EP_LEN; p++) {
+        FastBatch b = { 1, &sq, &one, r->ids + p, 1 };
+        if (fast_model_forward(&fm, s, &kv, &b, r->logits + (size_t)p * V, NULL, NULL, NULL, &r->err)) goto done;
+    }
+    r->rc = 0;
+done:
+    fast_ep_free(ep);
+    fast_runstate_free(s);
+    fast_kv_free(&kv);
+    fast_model_free(&fm);
+    return NULL;
+}
+
+/**
+ * The expert-parallel GPU forward with @p nranks ranks (threads, CPU transport) must give every
+ * rank's sequence exactly — bit for bit — the logits of the single-GPU forward: the experts' rows
+ * go through the same kernels, and each output is put back where the single-GPU path computes it
+ * before the same combine.
+ */
+static void ep_case(const char *dir, Fp8Mode fp8, int nranks, const int *redundant, int n_redundant) {
+    Err err = { "" };
+    Model m;
+    if (model_load(&m, dir, NULL, &err)) {
+        report(0, "ep: %s", err.msg);
+        return;
+    }
+    int T = 0, *ids = NULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/ids.json", dir);
+    ids = read_ids_json(path, &T);
+    size_t V = (size_t)m.config.vocab_size, per = (size_t)EP_LEN * V;
+    EpRun single[EP_MAX_RANKS], multi[EP_MAX_RANKS];
+    EpTransport t;
+    EpPlan plan;
+    memset(&t, 0, sizeof t);
+    memset(&plan, 0, sizeof plan);
+    int ok = ids && T >= EP_LEN && !ep_plan_init(&plan, nranks, m.config.n_routed_experts, redundant, n_redundant, &err) &&
+             !ep_cpu_transport_init(&t, nranks, &err);
+    for (int r = 0; ok && r < nranks; r++) {
+        EpRun base = { &m, fp8, NULL, NULL, r, { 0 }, NULL, 0, -1, { "" } };
+        for (int i = 0; i < EP_LEN; i++) base.ids[i] = ids[(i + 5 * r) % T]; /* a different sequence per rank */
+        single[r] = multi[r] = base;
+        single[r].logits = xcalloc(per, sizeof(float)), multi[r].logits = xcalloc(per, sizeof(float));
+        multi[r].plan = &plan, multi[r].t = &t;
+        ep_thread(&single[r]);
+        if (single[r].rc) ok = 0, err = single[r].err;
+    }
+    pthread_t th[EP_MAX_RANKS];
+    for (int r = 0; ok && r < nranks; r++) pthread_create(&th[r], NULL, ep_thread, &multi[r]);
+    for (int r = 0; ok && r < nranks; r++) pthread_join(th[r], NULL);
+    int same = ok;
+    for (int r = 0; ok && r < nranks; r++) {
+        if (multi[r].rc) {
+            report(0, "%s EP %d ranks, rank %d: %s", dir, nranks, r, multi[r].err.msg);
+            same = 0;
+            continue;
+        }
+        same &= !memcmp(multi[r].logits, single[r].logits, per * sizeof(float));
+    }
+    if (!ok) report(0, "%s EP %d ranks: %s", dir, nranks, err.msg);
+    else
+        report(same, "%s expert parallelism, %d ranks%s, fp8 %s: %d forwards per rank (prefill + decode), logits %s the single-GPU forward's (rank 0 holds %.1f%% of the weight bytes)",
+               dir, nranks, n_redundant ? " + redundant experts" : "", fp8 == FP8_W8A8 ? "w8a8" : "dequant", 1 + EP_LEN - EP_PREFILL,
+               same ? "bit-identical to" : "DIFFERENT from", 100.0 * (double)multi[0].experts_bytes / (double)single[0].experts_bytes);
+    for (int r = 0; ids && T >= EP_LEN && r < nranks; r++) free(single[r].logits), free(multi[r].logits);
+    if (t.ctx) ep_cpu_transport_free(&t);
+    ep_plan_free(&plan);
+    free(ids);
+    model_free(&m);
+}
+
 static void run_case(const Case *cs, int quick) {
     char path[512];
     Err err = { "" };
@@ -279,7 +391,7 @@ static void run_case(const Case *cs, int quick) {
     int V = m.config.vocab_size;
     printf("%s: fp8 %s, %s latent cache, %d ids\n", cs->dir, cs->fp8 == FP8_W8A8 ? "w8a8" : "dequant",
            cs->kv_bf16 ? "bf16" : "f32", T);
-    FastOptions opt = { cs->fp8, cs->kv_bf16, 64, 128, 4, 0, 0, 1 };
+    FastOptions opt = { .fp8 = cs->fp8, .kv_bf16 = cs->kv_bf16, .max_T = 64, .max_seq = 128, .max_seqs = 4, .mtp = 1 };
     FastModel fm;
     FastKVCache kv;
     FastRunState *s = NULL;
@@ -524,6 +636,11 @@ int main(int argc, char **argv) {
         { "golden/fp8-small", FP8_W8A8, 1, 5e-2, "W8A8 + bf16 cache: isolated flips on two rounding grids" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], quick);
+    static const int hot[2] = { 0, 5 };
+    ep_case("golden/fp8-small", FP8_W8A8, 2, NULL, 0);
+    ep_case("golden/fp8-small", FP8_W8A8, 4, hot, 2);
+    ep_case("golden/official-tiny", FP8_W8A8, 8, NULL, 0);
+    if (!quick) ep_case("golden/fp8-small", FP8_DEQUANT, 8, hot, 2);
     spec_case("golden/fp8-small", quick ? 24 : 48);
     spec_case("models/kjv", quick ? 24 : 48);
     if (cli) {
