@@ -16,6 +16,20 @@
 extern "C" {
 #endif
 
+/** Decode graphs kept per run state (least recently used replaced). */
+#define FAST_GRAPHS 16
+
+/** One captured forward: the device work of a batch shape, replayed with cudaGraphLaunch. */
+typedef struct {
+    int64_t T;            /**< tokens */
+    int n_rows;           /**< logit rows */
+    int bt_stride;        /**< block-table row length */
+    int splits;           /**< MLA kernel split count (from the longest sequence) */
+    int argmax;           /**< the argmax kernel is part of it */
+    cudaGraphExec_t exec; /**< NULL: free slot */
+    uint64_t used;        /**< last use (LRU) */
+} FastGraph;
+
 /** Activations and scratch of one forward of up to max_T tokens (ref RunState + LayerActs + ForwardContext). */
 struct FastRunState {
     int64_t max_T;        /**< token capacity */
@@ -94,6 +108,12 @@ struct FastRunState {
     void *mem;            /**< the one device allocation */
     uint64_t bytes;       /**< its size */
     void *host_mem;       /**< the one host allocation behind the staging arrays */
+    /* CUDA graphs (FastOptions.cuda_graphs): the device work of a forward captured once per shape */
+    int graphs_on;        /**< 1 while capture works (it is switched off for good when it does not) */
+    FastGraph graphs[FAST_GRAPHS]; /**< captured shapes */
+    uint64_t tick;        /**< LRU clock */
+    uint64_t launches;    /**< forwards replayed from a graph */
+    uint64_t captures;    /**< graphs captured */
 };
 
 /**

@@ -198,14 +198,21 @@ int fast_runstate_init(FastRunState **out, const FastModel *fm, const FastOption
     s->h_block_table = s->h_logit_rows + Tm;
     s->h_rope_cos = (float *)(s->h_block_table + Tm * s->max_blocks);
     s->h_rope_sin = s->h_rope_cos + Tm * half;
+    s->graphs_on = opt->cuda_graphs;
     *out = s;
     return 0;
 }
 
 void fast_runstate_set_ep(FastRunState *s, FastEp *ep) { s->ep = ep; }
 
+void fast_runstate_graph_stats(const FastRunState *s, uint64_t *launches, uint64_t *captures) {
+    *launches = s->launches, *captures = s->captures;
+}
+
 void fast_runstate_free(FastRunState *s) {
     if (!s) return;
+    for (int i = 0; i < FAST_GRAPHS; i++)
+        if (s->graphs[i].exec) cudaGraphExecDestroy(s->graphs[i].exec);
     if (s->mem) cudaFree(s->mem);
     free(s->host_mem);
     free(s);
@@ -314,47 +321,110 @@ static int embed(const FastModel *fm, FastRunState *s, float *out, const Tensor 
 }
 
 /**
- * The end of a forward, shared by the main model and the MTP module: normed = RMSNorm(s->h)·norm_w,
- * logits of the staged rows through @p head (FP32 like the reference: FP8_DEQUANT), the argmax on
- * the device, the downloads, a stream synchronization, and the sequences' new lengths.
+ * The device end of a forward, shared by the main model and the MTP module: normed =
+ * RMSNorm(s->h)·norm_w, logits of the staged rows through @p head (FP32 like the reference:
+ * FP8_DEQUANT), and their argmax when @p want_argmax.
  */
-static int finish(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, const Staged *g,
-                  const float *norm_w, const Tensor *head, float *logits, int *argmax, float *hidden, float *normed, Err *err) {
+static int finish_device(const FastModel *fm, FastRunState *s, const Staged *g, const float *norm_w, const Tensor *head,
+                         int want_logits, int want_argmax, Err *err) {
     const Config *c = &fm->config;
     int64_t D = c->hidden_size, V = c->vocab_size, T = g->T;
     cudaStream_t st = fm->stream;
-    if (hidden && download(fm, hidden, s->h, (size_t)(T * D) * sizeof(float), err)) return -1;
     if (rmsnorm_forward_cuda(s->normed, FAST_F32, D, s->h, FAST_F32, D, norm_w, T, D, (float)c->rms_norm_eps, NULL, st, err))
         return -1;
-    if (normed && download(fm, normed, s->normed, (size_t)(T * D) * sizeof(float), err)) return -1;
-    if (logits || argmax) {
-        const float *x = s->normed;
-        if (g->n_rows < T) {
-            if (gather_rows_cuda(s->sel, D, s->normed, D, s->logit_rows, g->n_rows, 1, D, st, err)) return -1;
-            x = s->sel;
-        }
-        if (fast_linear_forward(fm, s, s->logits, V, x, D, g->n_rows, head, NULL, 1, FP8_DEQUANT, err)) return -1;
-        if (argmax && (argmax_rows_cuda(s->argmax, s->logits, g->n_rows, V, st, err) ||
-                       download(fm, argmax, s->argmax, (size_t)g->n_rows * sizeof(int), err)))
-            return -1;
-        if (logits && download(fm, logits, s->logits, (size_t)g->n_rows * (size_t)V * sizeof(float), err)) return -1;
+    if (!want_logits && !want_argmax) return 0;
+    const float *x = s->normed;
+    if (g->n_rows < T) {
+        if (gather_rows_cuda(s->sel, D, s->normed, D, s->logit_rows, g->n_rows, 1, D, st, err)) return -1;
+        x = s->sel;
     }
-    if (fast_cuda_err(cudaStreamSynchronize(st), "fast_model_forward", "cudaStreamSynchronize", err)) return -1;
+    if (fast_linear_forward(fm, s, s->logits, V, x, D, g->n_rows, head, NULL, 1, FP8_DEQUANT, err)) return -1;
+    return want_argmax ? argmax_rows_cuda(s->argmax, s->logits, g->n_rows, V, st, err) : 0;
+}
+
+/** The host end: downloads, a stream synchronization, and the sequences' new lengths. */
+static int finish_host(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, const Staged *g,
+                       float *logits, int *argmax, float *hidden, float *normed, Err *err) {
+    int64_t D = fm->config.hidden_size, V = fm->config.vocab_size, T = g->T;
+    if ((hidden && download(fm, hidden, s->h, (size_t)(T * D) * sizeof(float), err)) ||
+        (normed && download(fm, normed, s->normed, (size_t)(T * D) * sizeof(float), err)) ||
+        (argmax && download(fm, argmax, s->argmax, (size_t)g->n_rows * sizeof(int), err)) ||
+        (logits && download(fm, logits, s->logits, (size_t)g->n_rows * (size_t)V * sizeof(float), err)))
+        return -1;
+    if (fast_cuda_err(cudaStreamSynchronize(fm->stream), "fast_model_forward", "cudaStreamSynchronize", err)) return -1;
     for (int j = 0; j < b->n_seqs; j++) kv->len[b->seq[j]] += b->n_tokens[j];
     return 0;
 }
 
+/** The main model's device work for a staged batch: embedding, blocks, final norm, lm_head. */
+static int main_device(const FastModel *fm, FastRunState *s, FastKVCache *kv, const Staged *g, int want_logits,
+                       int want_argmax, Err *err) {
+    /* h0 = Emb[token] (no scaling, spec §2) */
+    if (embed(fm, s, s->h, &fm->w.embed_tokens, g->T, err)) return -1;
+    for (int l = 0; l < fm->config.num_hidden_layers; l++)
+        if (fast_block_forward(fm, s, kv, l, l, g->T, g->max_len, err)) return -1;
+    /* logits = lm_head(norm(h)) */
+    return finish_device(fm, s, g, fm->w.norm, &fm->w.lm_head, want_logits, want_argmax, err);
+}
+
+/** The MLA kernel's split count for this batch (0 where the generic attention runs): part of a graph's shape. */
+static int graph_splits(const FastModel *fm, const FastKVCache *kv, const Staged *g) {
+    const Config *c = &fm->config;
+    if (!mla_kernel_shapes(c) || kv->dtype != FAST_BF16) return 0;
+    return mla_decode_num_splits((int)g->T, c->num_attention_heads, (int)g->max_len);
+}
+
+/**
+ * Runs main_device through a CUDA graph of this batch shape: replays a captured one, or captures
+ * it now. Returns 1 when graphs are unavailable (the caller runs eagerly), 0 on success, -1 on
+ * an error. A capture that fails switches graphs off for this run state: nothing was enqueued.
+ */
+static int main_device_graph(const FastModel *fm, FastRunState *s, FastKVCache *kv, const Staged *g, int want_logits,
+                             int want_argmax, Err *err) {
+    if (!s->graphs_on || s->ep) return 1;
+    int splits = graph_splits(fm, kv, g), argmax = want_argmax, lru = 0;
+    for (int i = 0; i < FAST_GRAPHS; i++) {
+        FastGraph *q = &s->graphs[i];
+        if (q->exec && q->T == g->T && q->n_rows == g->n_rows && q->bt_stride == s->bt_stride && q->splits == splits &&
+            q->argmax == argmax) {
+            q->used = ++s->tick;
+            s->launches++;
+            return fast_cuda_err(cudaGraphLaunch(q->exec, fm->stream), "fast_model_forward", "cudaGraphLaunch", err);
+        }
+        if (!s->graphs[i].exec || s->graphs[i].used < s->graphs[lru].used) lru = i;
+    }
+    if (cudaStreamBeginCapture(fm->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        s->graphs_on = 0;
+        return 1;
+    }
+    int rc = main_device(fm, s, kv, g, want_logits || want_argmax, want_argmax, err);
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(fm->stream, &graph);
+    cudaGraphExec_t exec = NULL;
+    if (!rc && e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (rc || e != cudaSuccess) {
+        cudaGetLastError();
+        s->graphs_on = 0; /* e.g. a launcher that is not capturable: run eagerly from now on */
+        return 1;
+    }
+    FastGraph *q = &s->graphs[lru];
+    if (q->exec) cudaGraphExecDestroy(q->exec);
+    *q = (FastGraph){ g->T, g->n_rows, s->bt_stride, splits, argmax, exec, ++s->tick };
+    s->captures++;
+    s->launches++;
+    return fast_cuda_err(cudaGraphLaunch(exec, fm->stream), "fast_model_forward", "cudaGraphLaunch", err);
+}
+
 int fast_model_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, const FastBatch *b, float *logits,
                        int *argmax, float *hidden, float *normed, Err *err) {
-    const Config *c = &fm->config;
     Staged g;
     if (stage(fm, s, kv, b, &g, err)) return -1;
-    /* h0 = Emb[token] (no scaling, spec §2) */
-    if (embed(fm, s, s->h, &fm->w.embed_tokens, g.T, err)) return -1;
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        if (fast_block_forward(fm, s, kv, l, l, g.T, g.max_len, err)) return -1;
-    /* logits = lm_head(norm(h)) */
-    return finish(fm, s, kv, b, &g, fm->w.norm, &fm->w.lm_head, logits, argmax, hidden, normed, err);
+    int want_logits = logits != NULL || argmax != NULL, rc = main_device_graph(fm, s, kv, &g, want_logits, argmax != NULL, err);
+    if (rc == 1) rc = main_device(fm, s, kv, &g, want_logits, argmax != NULL, err);
+    if (rc) return -1;
+    return finish_host(fm, s, kv, b, &g, logits, argmax, hidden, normed, err);
 }
 
 int fast_mtp_forward(const FastModel *fm, FastRunState *s, FastKVCache *mtp_kv, const FastBatch *b, const float *h,
@@ -376,5 +446,6 @@ int fast_mtp_forward(const FastModel *fm, FastRunState *s, FastKVCache *mtp_kv, 
     /* the module's decoder block (weights: layer N of the tables; keys: layer 0 of its own cache) */
     if (fast_block_forward(fm, s, mtp_kv, c->num_hidden_layers, 0, g.T, g.max_len, err)) return -1;
     /* out = shared_head.norm(z), logits = shared_head.head(out) */
-    return finish(fm, s, mtp_kv, b, &g, w->shared_head_norm, &w->shared_head_head, logits, argmax, NULL, normed, err);
+    if (finish_device(fm, s, &g, w->shared_head_norm, &w->shared_head_head, logits || argmax, argmax != NULL, err)) return -1;
+    return finish_host(fm, s, mtp_kv, b, &g, logits, argmax, NULL, normed, err);
 }

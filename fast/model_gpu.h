@@ -71,6 +71,7 @@ typedef struct {
     int mtp;             /**< 1: upload MTP module 0 too (speculative decoding), if the checkpoint has it */
     const EpPlan *ep_plan; /**< expert parallelism: which rank holds which routed expert (NULL: all local) */
     int ep_rank;         /**< this process's rank in ep_plan */
+    int cuda_graphs;     /**< 1: capture each batch shape's device work once and replay it (not with EP) */
 } FastOptions;
 
 /** A model uploaded to the GPU. */
@@ -162,8 +163,11 @@ void fast_kv_truncate(FastKVCache *kv, int seq, int64_t len);
 
 /** Allocates the scratch of forwards of up to opt->max_T tokens. */
 int fast_runstate_init(FastRunState **s, const FastModel *fm, const FastOptions *opt, Err *err);
-/** Frees it; safe on NULL. */
+/** Frees it (and its CUDA graphs); safe on NULL. */
 void fast_runstate_free(FastRunState *s);
+
+/** Forwards replayed from CUDA graphs and graphs captured so far (both 0 when graphs are off). */
+void fast_runstate_graph_stats(const FastRunState *s, uint64_t *launches, uint64_t *captures);
 
 /**
  * Runs one batch (Σ n_tokens ≤ max_T): every chunk continues its sequence at its current

@@ -5,7 +5,7 @@
  *        (tools/bench_e2e_peers.py) so that `make bench-gpu-model` can print ratios.
  *
  * Usage: bench_fast_model --model DIR [--batches 1,8,64] [--prompt-len 512] [--decode-steps 32]
- *                         [--fp8 w8a8|dequant] [--kv-cache auto|f32|bf16] [--seed S]
+ *                         [--fp8 w8a8|dequant] [--kv-cache auto|f32|bf16] [--seed S] [--no-graphs]
  *
  * For each batch B: B sequences of prompt-len random ids are prefilled one sequence per forward
  * (prefill tokens/s = B·prompt_len / the time of all B), then decode-steps greedy steps run all B
@@ -47,6 +47,7 @@ int main(int argc, char **argv) {
     int batches[16] = { 1, 8, 64 }, nb = 3, kv_bf16 = -1;
     long prompt_len = 512, steps = 32, seed = 1;
     Fp8Mode fp8 = FP8_W8A8;
+    int no_graphs = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--model") && v) dir = v, i++;
@@ -54,12 +55,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt-len") && v && (prompt_len = atol(v)) > 0) i++;
         else if (!strcmp(a, "--decode-steps") && v && (steps = atol(v)) > 0) i++;
         else if (!strcmp(a, "--seed") && v) seed = atol(v), i++;
+        else if (!strcmp(a, "--no-graphs")) no_graphs = 1;
         else if (!strcmp(a, "--fp8") && v && (!strcmp(v, "w8a8") || !strcmp(v, "dequant"))) fp8 = !strcmp(v, "w8a8") ? FP8_W8A8 : FP8_DEQUANT, i++;
         else if (!strcmp(a, "--kv-cache") && v && (!strcmp(v, "auto") || !strcmp(v, "f32") || !strcmp(v, "bf16")))
             kv_bf16 = !strcmp(v, "auto") ? -1 : !strcmp(v, "bf16"), i++;
         else {
             fprintf(stderr, "usage: bench_fast_model --model DIR [--batches 1,8,64] [--prompt-len N] [--decode-steps N] "
-                            "[--fp8 w8a8|dequant] [--kv-cache auto|f32|bf16] [--seed S]\n");
+                            "[--fp8 w8a8|dequant] [--kv-cache auto|f32|bf16] [--seed S] [--no-graphs]\n");
             return 2;
         }
     }
@@ -84,7 +86,8 @@ int main(int argc, char **argv) {
     int mla_shapes = c->kv_lora_rank == 512 && c->qk_rope_head_dim == 64 && c->num_attention_heads % 64 == 0;
     int64_t max_T = prompt_len > max_b ? prompt_len : max_b;
     FastOptions opt = { .fp8 = fp8, .kv_bf16 = kv_bf16 < 0 ? mla_shapes : kv_bf16, .max_T = max_T,
-                         .max_seq = prompt_len + steps + 8, .max_seqs = max_b, .progress = 1 };
+                         .max_seq = prompt_len + steps + 8, .max_seqs = max_b, .progress = 1,
+                         .cuda_graphs = !no_graphs };
     FastModel fm;
     FastKVCache kv;
     FastRunState *s = NULL;
@@ -128,8 +131,11 @@ int main(int argc, char **argv) {
             double med = step_s[n_steps / 2];
             printf("batch %3d: prefill %8.1f tokens/s (%d × %ld tokens in %.3f s), decode %8.1f tokens/s (median step %.3f ms)\n", B,
                    (double)B * (double)prompt_len / prefill, B, prompt_len, prefill, (double)B / med, med * 1e3);
-            printf("RESULT peer=dsv3 batch=%d prefill_tok_s=%.2f decode_tok_s=%.2f prompt_len=%ld steps=%ld\n", B,
-                   (double)B * (double)prompt_len / prefill, (double)B / med, prompt_len, steps);
+            uint64_t launches = 0, captures = 0;
+            fast_runstate_graph_stats(s, &launches, &captures);
+            printf("RESULT peer=dsv3 batch=%d prefill_tok_s=%.2f decode_tok_s=%.2f prompt_len=%ld steps=%ld graphs=%llu/%llu\n", B,
+                   (double)B * (double)prompt_len / prefill, (double)B / med, prompt_len, steps, (unsigned long long)launches,
+                   (unsigned long long)captures);
             fflush(stdout);
         }
     }

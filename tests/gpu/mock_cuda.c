@@ -117,6 +117,28 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mo
     (void)s, (void)mode;
     return cudaErrorNotSupported;
 }
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+    (void)s;
+    *g = NULL;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags) {
+    (void)g, (void)flags;
+    *e = NULL;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+    (void)e, (void)s;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+    (void)e;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    (void)g;
+    return cudaSuccess;
+}
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 

@@ -391,7 +391,8 @@ static void run_case(const Case *cs, int quick) {
     int V = m.config.vocab_size;
     printf("%s: fp8 %s, %s latent cache, %d ids\n", cs->dir, cs->fp8 == FP8_W8A8 ? "w8a8" : "dequant",
            cs->kv_bf16 ? "bf16" : "f32", T);
-    FastOptions opt = { .fp8 = cs->fp8, .kv_bf16 = cs->kv_bf16, .max_T = 64, .max_seq = 128, .max_seqs = 4, .mtp = 1 };
+    FastOptions opt = { .fp8 = cs->fp8, .kv_bf16 = cs->kv_bf16, .max_T = 64, .max_seq = 128, .max_seqs = 4, .mtp = 1,
+                        .cuda_graphs = 1 };
     FastModel fm;
     FastKVCache kv;
     FastRunState *s = NULL;
@@ -419,13 +420,33 @@ static void run_case(const Case *cs, int quick) {
     free(golden);
     fast_kv_close(&kv, sq);
 
-    /* chunked: a prefix, then one token at a time */
+    /* chunked: a prefix, then one token at a time (decode steps: replayed CUDA graphs on a GPU) */
     int first = T / 3;
     sq = fast_kv_open(&kv, &err);
     int ok = !forward1(&fm, s, &kv, sq, ids, first, 1, got, NULL);
     for (int p = first; ok && p < T; p++) ok = !forward1(&fm, s, &kv, sq, ids + p, 1, 1, got + (size_t)p * V, NULL);
     if (ok) compare("prefix + one token per forward", cs, got, want, T, V);
     fast_kv_close(&kv, sq);
+    /* the same without CUDA graphs: replaying a graph must not change a bit */
+    {
+        FastOptions eager = opt;
+        eager.cuda_graphs = 0;
+        FastRunState *s2 = NULL;
+        float *got2 = xcalloc((size_t)T * (size_t)V, sizeof(float));
+        uint64_t launches = 0, captures = 0;
+        fast_runstate_graph_stats(s, &launches, &captures);
+        sq = fast_kv_open(&kv, &err);
+        ok = !fast_runstate_init(&s2, &fm, &eager, &err) && !forward1(&fm, s2, &kv, sq, ids, first, 1, got2, NULL);
+        for (int p = first; ok && p < T; p++) ok = !forward1(&fm, s2, &kv, sq, ids + p, 1, 1, got2 + (size_t)p * V, NULL);
+        if (!ok) report(0, "%s eager run: %s", cs->dir, err.msg);
+        else
+            report(!memcmp(got, got2, (size_t)T * (size_t)V * sizeof(float)),
+                   "%s CUDA graphs (%llu forwards replayed, %llu captured%s) vs eager: logits bit-identical", cs->dir,
+                   (unsigned long long)launches, (unsigned long long)captures, captures ? "" : "; capture unavailable here, both eager");
+        fast_kv_close(&kv, sq);
+        fast_runstate_free(s2);
+        free(got2);
+    }
 
     /* batched: A and B prefill together; then A, B decode beside C's prefill; then all decode.
      * A = ids, B = ids reversed, C = ids from the middle; each compared with its own reference run. */
