@@ -369,7 +369,7 @@ FAST_HOST_OBJ := $(FAST_C:%.c=$(GPU)/obj/%.o)
 $(GPU)/libdsv3fast_host.a: $(FAST_HOST_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
-$(BUILD)/tests/test_fast_model_mock: $(GPU)/obj/tests/gpu/test_fast_model.o $(GPU)/obj/tests/gpu/mock_cuda.o \
+$(BUILD)/tests/test_fast_model_mock: $(GPU)/obj/tests/gpu/test_fast_model.o $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/mock_cuda.o \
                                      $(GPU)/obj/tests/gpu/mock_generic.o $(GPU)/libdsv3fast_host.a \
                                      $(BUILD)/obj/tests/util_compare.o $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
@@ -405,12 +405,17 @@ $(BUILD)/tests/dsv3_mock: $(BUILD)/obj/ref/main.o $(GPU)/obj/fast/backend_gpu.o 
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) -o $@ $^ -fopenmp $(LDLIBS)
-$(FAST_MODEL_TEST_BIN): $(GPU)/obj/tests/gpu/test_fast_model.o $(BUILD)/libdsv3fast.a $(BUILD)/obj/tests/util_compare.o \
+# The GPU build also runs expert parallelism over a real (1-rank) NCCL communicator: DSV3_TEST_NCCL.
+$(GPU)/obj/tests/gpu/test_fast_model_nccl.o: tests/gpu/test_fast_model.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (gpu, NCCL)"
+	@$(CC) $(GPU_CFLAGS) -DDSV3_TEST_NCCL -c $< -o $@
+$(FAST_MODEL_TEST_BIN): $(GPU)/obj/tests/gpu/test_fast_model_nccl.o $(GPU)/obj/tests/gpu/gpu_util.o $(BUILD)/libdsv3fast.a $(BUILD)/obj/tests/util_compare.o \
                         $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ -Xcompiler -fopenmp,-pthread $(if $(DEB_ROOT),-L$(DEB_LIBDIR) -Xlinker -rpath=$(abspath $(DEB_LIBDIR))) \
-	  -lcjson -lpcre2-8 -lonig -lm
+	  -lcjson -lpcre2-8 -lonig -lm -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB)
 
 -include $(shell find $(GPU)/obj -name '*.d' 2>/dev/null)
 else

@@ -164,10 +164,5 @@ int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *e, int lay
     if (copy(fm, s->ep_index, e->index, (size_t)R * sizeof(int), cudaMemcpyHostToDevice, err) ||
         gather_rows_cuda(s->y_perm, D, s->ep_send, D, s->ep_index, R, 1, D, st, err))
         return -1;
-    const float *shared = NULL;
-    if (c->n_shared_experts > 0) {
-        if (fast_ffn_forward(fm, s, s->y_shared, x, T, &w->shared_experts, err)) return -1;
-        shared = s->y_shared;
-    }
-    return moe_combine_cuda(y, s->y_perm, FAST_F32, shared, FAST_F32, s->row_of_slot, s->weights, T, K, D, st, err);
+    return fast_moe_combine(fm, s, layer, y, x, T, err);
 }

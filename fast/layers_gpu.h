@@ -146,6 +146,12 @@ int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float
 /** y [T][D] = MoE(x): gate, permutation, grouped expert GEMMs, shared expert, combine (ref moe_forward). */
 int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err);
 
+/**
+ * The end of an MoE layer, once s->y_perm holds the routed experts' outputs in permuted order:
+ * the shared expert on every token, then y = Σ_k w_k·y_k + shared (moe_combine_cuda).
+ */
+int fast_moe_combine(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err);
+
 /** fast_moe_forward with the routed experts on the ranks holding them (fast/ep_gpu.c). */
 int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *ep, int layer, float *y, const float *x, int64_t T,
                         Err *err);

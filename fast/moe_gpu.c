@@ -64,10 +64,16 @@ int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, 
             return -1;
     }
     /* 4. Shared experts on every token, then the weighted combine in ascending expert order. */
+    return fast_moe_combine(fm, s, layer, y, x, T, err);
+}
+
+int fast_moe_combine(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err) {
+    const Config *c = &fm->config;
     const float *shared = NULL;
     if (c->n_shared_experts > 0) {
-        if (fast_ffn_forward(fm, s, s->y_shared, x, T, &w->shared_experts, err)) return -1;
+        if (fast_ffn_forward(fm, s, s->y_shared, x, T, &fast_block_weights(fm, layer)->shared_experts, err)) return -1;
         shared = s->y_shared;
     }
-    return moe_combine_cuda(y, s->y_perm, FAST_F32, shared, FAST_F32, s->row_of_slot, s->weights, T, K, D, st, err);
+    return moe_combine_cuda(y, s->y_perm, FAST_F32, shared, FAST_F32, s->row_of_slot, s->weights, T, c->num_experts_per_tok,
+                            c->hidden_size, fm->stream, err);
 }

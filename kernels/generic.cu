@@ -230,33 +230,13 @@ __global__ void quantize_f32_kernel(float *__restrict__ xq, float *__restrict__ 
     if (lane == 0) scale[m * groups + g] = s;
 }
 
-/** Arguments of gemm_batched_kernel (GemmBatchedParams). */
-struct BatchedArgs {
-    float *c;       /**< output */
-    const float *a; /**< left operand */
-    const void *b;  /**< right operand */
-    int b_bf16;     /**< 1: b is bf16, 0: f32 */
-    int64_t batch;  /**< products */
-    int64_t M;      /**< rows of each product */
-    int64_t N;      /**< columns of each product */
-    int64_t K;      /**< inner dimension */
-    int64_t a_sb;   /**< A batch stride */
-    int64_t a_sm;   /**< A row stride */
-    int64_t a_sk;   /**< A inner stride */
-    int64_t b_sb;   /**< B batch stride */
-    int64_t b_sk;   /**< B inner stride */
-    int64_t b_sn;   /**< B column stride */
-    int64_t c_sb;   /**< C batch stride */
-    int64_t c_sm;   /**< C row stride */
-    int64_t c_sn;   /**< C column stride */
-};
 
 /**
  * One 64×64 tile of C_b = A_b·B_b per CTA (grid.x: row tiles, grid.y: column tiles, grid.z
  * strides over the batch). Each operand is staged along its unit-stride dimension when it has
  * one, so global reads coalesce whichever way the product is laid out.
  */
-__global__ void __launch_bounds__(GT_THREADS, 2) gemm_batched_kernel(const BatchedArgs p) {
+__global__ void __launch_bounds__(GT_THREADS, 2) gemm_batched_kernel(const GemmBatchedParams p) {
     __shared__ __align__(16) float As[GT_BK][GT_LD];
     __shared__ __align__(16) float Bs[GT_BK][GT_LD];
     const int64_t m0 = (int64_t)blockIdx.x * GT_BM, n0 = (int64_t)blockIdx.y * GT_BN;
@@ -283,7 +263,7 @@ __global__ void __launch_bounds__(GT_THREADS, 2) gemm_batched_kernel(const Batch
                 float bv = 0.0f;
                 if (n < p.N && k < p.K) {
                     const int64_t off = boff + k * p.b_sk + n * p.b_sn;
-                    bv = p.b_bf16 ? bf16_bits_to_f32(static_cast<const uint16_t *>(p.b)[off])
+                    bv = p.b_dtype == FAST_BF16 ? bf16_bits_to_f32(static_cast<const uint16_t *>(p.b)[off])
                                   : static_cast<const float *>(p.b)[off];
                 }
                 Bs[kk][rr] = bv;
@@ -496,13 +476,8 @@ extern "C" int gemm_batched_cuda(const GemmBatchedParams *p, cudaStream_t stream
     if (m_tiles > 0x7FFFFFFF || n_tiles > MAX_GRID_Y)
         return err_set(err, "%s: M = %lld, N = %lld: %lld × %lld tiles exceed the grid limits (2^31-1 × %u)", fn,
                        (long long)p->M, (long long)p->N, (long long)m_tiles, (long long)n_tiles, MAX_GRID_Y);
-    BatchedArgs a;
-    a.c = p->c, a.a = p->a, a.b = p->b, a.b_bf16 = p->b_dtype == FAST_BF16;
-    a.batch = p->batch, a.M = p->M, a.N = p->N, a.K = p->K;
-    a.a_sb = p->a_sb, a.a_sm = p->a_sm, a.a_sk = p->a_sk, a.b_sb = p->b_sb, a.b_sk = p->b_sk, a.b_sn = p->b_sn;
-    a.c_sb = p->c_sb, a.c_sm = p->c_sm, a.c_sn = p->c_sn;
     const unsigned zb = (unsigned)(p->batch < MAX_GRID_Y ? p->batch : MAX_GRID_Y); /* the kernel strides over the rest */
-    gemm_batched_kernel<<<dim3((unsigned)m_tiles, (unsigned)n_tiles, zb), GT_THREADS, 0, stream>>>(a);
+    gemm_batched_kernel<<<dim3((unsigned)m_tiles, (unsigned)n_tiles, zb), GT_THREADS, 0, stream>>>(*p);
     return fast_check_launch(fn, "gemm_batched_kernel", err);
 }
 

@@ -52,23 +52,7 @@
 #include "mtp.h"
 #include "sampler.h"
 #include "../util_compare.h"
-
-static int g_pass, g_fail;
-
-static int report(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#include <stdarg.h>
-static int report(int ok, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("  [%s] ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-    if (ok) g_pass++;
-    else g_fail++;
-    return ok;
-}
+#include "gpu_util.h"
 
 /** One checkpoint under one numerics mode. */
 typedef struct {
@@ -372,6 +356,51 @@ static void ep_case(const char *dir, Fp8Mode fp8, int nranks, const int *redunda
     model_free(&m);
 }
 
+#ifdef DSV3_TEST_NCCL
+#include "ep_nccl.h"
+
+/**
+ * The real transport: expert parallelism over NCCL with a 1-rank communicator (the GPU machines
+ * have one GPU), device row buffers straight into ncclSend/ncclRecv, host counts and expert ids
+ * staged by the transport. Logits must equal the single-GPU forward's bit for bit.
+ */
+static void nccl_case(const char *dir) {
+    Err err = { "" };
+    LaunchEnv env;
+    EpTransport t;
+    EpPlan plan;
+    Model m;
+    memset(&t, 0, sizeof t);
+    memset(&plan, 0, sizeof plan);
+    int T = 0, *ids = read_ids_json("golden/fp8-small/ids.json", &T);
+    if (!ids || model_load(&m, dir, NULL, &err)) {
+        report(0, "nccl: %s", err.msg);
+        free(ids);
+        return;
+    }
+    size_t per = (size_t)EP_LEN * (size_t)m.config.vocab_size;
+    EpRun single = { &m, FP8_W8A8, NULL, NULL, 0, { 0 }, xcalloc(per, sizeof(float)), 0, -1, { "" } }, multi = single;
+    multi.logits = xcalloc(per, sizeof(float));
+    for (int i = 0; i < EP_LEN; i++) single.ids[i] = multi.ids[i] = ids[i % T];
+    if (launch_env_read(&env, &err) || env.world_size != 1 || ep_nccl_transport_init(&t, &env, 30.0, &err) ||
+        ep_plan_init(&plan, 1, m.config.n_routed_experts, NULL, 0, &err)) {
+        report(0, "nccl: %s", env.world_size != 1 ? "run with WORLD_SIZE unset or 1" : err.msg);
+    } else {
+        multi.plan = &plan, multi.t = &t;
+        ep_thread(&single);
+        ep_thread(&multi);
+        if (single.rc || multi.rc) report(0, "nccl: %s", single.rc ? single.err.msg : multi.err.msg);
+        else
+            report(!memcmp(single.logits, multi.logits, per * sizeof(float)),
+                   "%s expert parallelism over NCCL (1 rank, device buffers): logits bit-identical to the single-GPU forward", dir);
+        ep_nccl_transport_free(&t);
+    }
+    ep_plan_free(&plan);
+    free(single.logits), free(multi.logits), free(ids);
+    model_free(&m);
+}
+#endif
+
 static void run_case(const Case *cs, int quick) {
     char path[512];
     Err err = { "" };
@@ -634,6 +663,7 @@ static void v3_shapes_case(const char *bin, int quick) {
 int main(int argc, char **argv) {
     int quick = 0;
     const char *cli = NULL;
+    gpu_prog_name = "test_fast_model";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--cli") && i + 1 < argc) cli = argv[++i];
@@ -662,12 +692,17 @@ int main(int argc, char **argv) {
     ep_case("golden/fp8-small", FP8_W8A8, 4, hot, 2);
     ep_case("golden/official-tiny", FP8_W8A8, 8, NULL, 0);
     if (!quick) ep_case("golden/fp8-small", FP8_DEQUANT, 8, hot, 2);
+#ifdef DSV3_TEST_NCCL
+    nccl_case("golden/fp8-small");
+#endif
     spec_case("golden/fp8-small", quick ? 24 : 48);
     spec_case("models/kjv", quick ? 24 : 48);
     if (cli) {
         cli_case(cli);
         v3_shapes_case(cli, quick);
     }
-    printf("test_fast_model: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    int passed = 0, failed = 0;
+    report_counts(&passed, &failed);
+    printf("test_fast_model: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
 }
