@@ -380,11 +380,7 @@ $(FAST_MODEL_BENCH_BIN): $(GPU)/obj/tests/gpu/bench_fast_model.o $(BUILD)/libdsv
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ -Xcompiler -fopenmp,-pthread $(if $(DEB_ROOT),-L$(DEB_LIBDIR) -Xlinker -rpath=$(abspath $(DEB_LIBDIR))) \
-	  -lcjson -lpcre2-8 -lonig -lm
-$(BUILD)/tests/bench_fast_model_mock: $(GPU)/obj/tests/gpu/bench_fast_model.o $(GPU)/obj/tests/gpu/mock_cuda.o \
-                                      $(GPU)/obj/tests/gpu/mock_generic.o $(GPU)/libdsv3fast_host.a $(BUILD)/libdsv3.a
-	@mkdir -p $(dir $@)
-	@$(CC) -o $@ $^ -fopenmp $(LDLIBS)
+	  -lcjson -lpcre2-8 -lonig -lm -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB)
 # A real-width, reduced-depth FP8 checkpoint (hidden 7168, 128 heads, 256 experts; BENCH_LAYERS layers:
 # the first 3 dense like V3, then MoE), the peers' and ours alike.
 BENCH_LAYERS ?= 4

@@ -14,12 +14,19 @@
  * forwards (fast_model_forward synchronizes before returning), so it includes the per-step host
  * work (batch staging, uploads) a server would also pay.
  *
+ * Several GPUs: launched by torchrun (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), each
+ * rank runs its own sequences (data-parallel attention and dense layers) and holds 1/WORLD_SIZE of
+ * the routed experts; MoE layers dispatch and combine over NCCL (fast/ep_gpu.c). Every rank prints
+ * its own RESULT line (rank=, world=); the system's throughput is their sum.
+ *
  * Written in a session without a GPU: not yet run on one.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bootstrap.h"
+#include "ep_nccl.h"
 #include "model.h"
 #include "model_gpu.h"
 #include "rng.h"
@@ -71,6 +78,21 @@ int main(int argc, char **argv) {
     }
     FastDevice dev;
     Err err = { "" };
+    LaunchEnv env;
+    EpTransport t;
+    EpPlan plan;
+    FastEp *ep = NULL;
+    memset(&t, 0, sizeof t);
+    memset(&plan, 0, sizeof plan);
+    if (launch_env_read(&env, &err)) {
+        fprintf(stderr, "bench_fast_model: %s\n", err.msg);
+        return 2;
+    }
+    /* the group first: it binds GPU LOCAL_RANK before anything touches a device */
+    if (env.world_size > 1 && ep_nccl_transport_init(&t, &env, 120.0, &err)) {
+        fprintf(stderr, "bench_fast_model: rank %d: %s\n", env.rank, err.msg);
+        return 1;
+    }
     if (fast_device(&dev, &err)) {
         printf("bench_fast_model: SKIP (no CUDA device: %s)\n", err.msg);
         return 0;
@@ -88,21 +110,29 @@ int main(int argc, char **argv) {
     FastOptions opt = { .fp8 = fp8, .kv_bf16 = kv_bf16 < 0 ? mla_shapes : kv_bf16, .max_T = max_T,
                          .max_seq = prompt_len + steps + 8, .max_seqs = max_b, .progress = 1,
                          .cuda_graphs = !no_graphs };
+    if (env.world_size > 1) {
+        if (ep_plan_init(&plan, env.world_size, c->n_routed_experts, NULL, 0, &err)) {
+            fprintf(stderr, "bench_fast_model: %s\n", err.msg);
+            return 1;
+        }
+        opt.ep_plan = &plan, opt.ep_rank = env.rank;
+    }
     FastModel fm;
     FastKVCache kv;
     FastRunState *s = NULL;
     memset(&kv, 0, sizeof kv);
     double t0 = now_seconds();
-    if (fast_model_upload(&fm, &m, &opt, stderr, &err) || fast_kv_init(&kv, &fm, &opt, &err) ||
-        fast_runstate_init(&s, &fm, &opt, &err)) {
-        fprintf(stderr, "bench_fast_model: %s\n", err.msg);
+    if (fast_model_upload(&fm, &m, &opt, env.rank == 0 ? stderr : NULL, &err) || fast_kv_init(&kv, &fm, &opt, &err) ||
+        fast_runstate_init(&s, &fm, &opt, &err) || (env.world_size > 1 && fast_ep_init(&ep, &fm, &t, env.rank, max_T, &err))) {
+        fprintf(stderr, "bench_fast_model: rank %d: %s\n", env.rank, err.msg);
         return 1;
     }
-    printf("bench_fast_model: %s, %d layers, hidden %d, %d heads, %d experts; upload %.1f s; fp8 %s, %s cache\n", dev.name,
-           c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->n_routed_experts, now_seconds() - t0,
-           fp8 == FP8_W8A8 ? "w8a8" : "dequant", opt.kv_bf16 ? "bf16" : "f32");
+    fast_runstate_set_ep(s, ep);
+    printf("bench_fast_model: rank %d of %d on %s, %d layers, hidden %d, %d heads, %d experts (%d here); upload %.1f s; fp8 %s, "
+           "%s cache\n", env.rank, env.world_size, dev.name, c->num_hidden_layers, c->hidden_size, c->num_attention_heads,
+           c->n_routed_experts, fm.n_local, now_seconds() - t0, fp8 == FP8_W8A8 ? "w8a8" : "dequant", opt.kv_bf16 ? "bf16" : "f32");
     Rng rng;
-    rng_seed(&rng, (uint64_t)seed);
+    rng_seed(&rng, (uint64_t)seed + (uint64_t)env.rank); /* each rank its own sequences */
     int *ids = xcalloc((size_t)max_T, sizeof(int)), *seqs = xcalloc((size_t)max_b, sizeof(int));
     int *ones = xcalloc((size_t)max_b, sizeof(int)), *next = xcalloc((size_t)max_b, sizeof(int));
     double *step_s = xcalloc((size_t)steps, sizeof(double));
@@ -113,7 +143,7 @@ int main(int argc, char **argv) {
             for (int j = 0; j < B; j++) seqs[j] = fast_kv_open(&kv, &err), ones[j] = 1;
             double tp = now_seconds();
             for (int j = 0; j < B; j++) {
-                for (long t = 0; t < prompt_len; t++) ids[t] = (int)(rng_u32(&rng) % (uint32_t)c->vocab_size);
+                for (long i = 0; i < prompt_len; i++) ids[i] = (int)(rng_u32(&rng) % (uint32_t)c->vocab_size);
                 int n = (int)prompt_len;
                 FastBatch b = { 1, &seqs[j], &n, ids, 0 };
                 if (fast_model_forward(&fm, s, &kv, &b, NULL, &next[j], NULL, NULL, &err)) goto fail;
@@ -133,15 +163,18 @@ int main(int argc, char **argv) {
                    (double)B * (double)prompt_len / prefill, B, prompt_len, prefill, (double)B / med, med * 1e3);
             uint64_t launches = 0, captures = 0;
             fast_runstate_graph_stats(s, &launches, &captures);
-            printf("RESULT peer=dsv3 batch=%d prefill_tok_s=%.2f decode_tok_s=%.2f prompt_len=%ld steps=%ld graphs=%llu/%llu\n", B,
-                   (double)B * (double)prompt_len / prefill, (double)B / med, prompt_len, steps, (unsigned long long)launches,
-                   (unsigned long long)captures);
+            printf("RESULT peer=dsv3 batch=%d prefill_tok_s=%.2f decode_tok_s=%.2f prompt_len=%ld steps=%ld graphs=%llu/%llu "
+                   "rank=%d world=%d\n", B, (double)B * (double)prompt_len / prefill, (double)B / med, prompt_len, steps,
+                   (unsigned long long)launches, (unsigned long long)captures, env.rank, env.world_size);
             fflush(stdout);
         }
     }
+    fast_ep_free(ep);
     fast_runstate_free(s);
     fast_kv_free(&kv);
     fast_model_free(&fm);
+    if (t.ctx) ep_nccl_transport_free(&t);
+    ep_plan_free(&plan);
     model_free(&m);
     return 0;
 fail:
