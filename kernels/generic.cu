@@ -200,6 +200,61 @@ __global__ void __launch_bounds__(GT_THREADS, 2) linear_generic_kernel(const Lin
     }
 }
 
+constexpr int GV_MAX_M = 8; /**< rows up to which a dense linear runs as a GEMV (decode steps) */
+constexpr int GV_WARPS = 8; /**< output features (one per warp) per CTA of the GEMV */
+
+/**
+ * Dense y = x·Wᵀ for M ≤ GV_MAX_M rows (decode): one warp per output feature n streams W's row n
+ * once (lanes read consecutive k: coalesced) against all M rows of x, so the weights are read once
+ * and no tile rows are wasted (the 64-row tile kernel would compute 64 rows to use one). FP8:
+ * each 128-wide block's partial is reduced across the warp, then promoted exactly like the tile
+ * kernel; other dtypes: one partial over the whole row.
+ */
+__global__ void __launch_bounds__(GV_WARPS * 32) linear_gemv_kernel(const LinearArgs a) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t n = (int64_t)blockIdx.x * GV_WARPS + warp, K = a.K, kb = ceil_div<int64_t>(K, FP8_KB);
+    if (n >= a.N) return; /* whole warp */
+    const bool fp8 = a.wk == W_E4M3;
+    const int M = (int)a.M;
+    const int64_t span = fp8 ? FP8_KB : K; /* one partial per FP8 block, else one for the row */
+    float acc[GV_MAX_M];
+#pragma unroll
+    for (int m = 0; m < GV_MAX_M; m++) acc[m] = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += span) {
+        const int64_t k1 = min(k0 + span, K);
+        float part[GV_MAX_M];
+#pragma unroll
+        for (int m = 0; m < GV_MAX_M; m++) part[m] = 0.0f;
+        for (int64_t k = k0 + lane; k < k1; k += 32) {
+            const float wv = load_weight(a.w, a.wk, n * K + k);
+#pragma unroll
+            for (int m = 0; m < GV_MAX_M; m++)
+                if (m < M) part[m] = fmaf(a.x[m * a.ldx + k], wv, part[m]);
+        }
+#pragma unroll
+        for (int m = 0; m < GV_MAX_M; m++)
+            for (int off = 16; off > 0; off >>= 1) part[m] += __shfl_xor_sync(0xffffffffu, part[m], off);
+        if (!fp8) {
+#pragma unroll
+            for (int m = 0; m < GV_MAX_M; m++) acc[m] = part[m];
+            continue;
+        }
+        const int64_t b = k0 / FP8_KB;
+        const float sw = a.w_scale[(n / FP8_KB) * kb + b];
+#pragma unroll
+        for (int m = 0; m < GV_MAX_M; m++) {
+            if (m >= M) continue;
+            /* ref linear.c: acc += partial * s_w (dequant), acc += partial * s_x * s_w (w8a8) */
+            const float t = a.x_scale ? __fmul_rn(__fmul_rn(part[m], a.x_scale[m * kb + b]), sw) : __fmul_rn(part[m], sw);
+            acc[m] = __fadd_rn(acc[m], t);
+        }
+    }
+    if (lane == 0)
+#pragma unroll
+        for (int m = 0; m < GV_MAX_M; m++)
+            if (m < M) a.y[m * a.ldy + n] = acc[m];
+}
+
 /**
  * One warp per (row, 128-group) of any K: ref fp8_quantize_row's operations (amax by fmaxf,
  * s = max(amax, 1e-4)/448 and x/s correctly rounded, saturating RNE e4m3), the code's value
@@ -437,6 +492,12 @@ extern "C" int linear_generic_cuda(const LinearGenericParams *p, cudaStream_t st
     a.y = p->y, a.ldy = p->ldy, a.x = p->x, a.ldx = p->ldx, a.x_scale = wk == W_E4M3 ? p->x_scale : nullptr;
     a.w = p->w, a.wk = wk, a.w_scale = p->w_scale, a.M = p->M, a.N = p->N, a.K = p->K;
     a.group_start = p->group_start, a.G = p->num_groups;
+    if (!p->group_start && p->M <= GV_MAX_M) { /* decode: stream the weights once */
+        const int64_t blocks = ceil_div<int64_t>(p->N, GV_WARPS);
+        if (blocks > 0x7FFFFFFF) return err_set(err, "%s: N = %lld is too many for one grid", fn, (long long)p->N);
+        linear_gemv_kernel<<<(unsigned)blocks, GV_WARPS * 32, 0, stream>>>(a);
+        return fast_check_launch(fn, "linear_gemv_kernel", err);
+    }
     linear_generic_kernel<<<dim3((unsigned)m_tiles, (unsigned)n_tiles), GT_THREADS, 0, stream>>>(a);
     return fast_check_launch(fn, "linear_generic_kernel", err);
 }

@@ -7,6 +7,9 @@
  *        promotion per 128-wide block, warp-strided score dot products reduced by a butterfly,
  *        online softmax in chunks of 32; the kernel's own e4m3 decoder (bit construction) and
  *        f32 → bf16 encoder are written out again, so their formulas are checked against ref.
+ *        Not emulated: the GEMV path the CUDA launcher takes for dense linears of ≤ 8 rows
+ *        (lane-strided partials reduced by a butterfly); its sums stay within the same per-element
+ *        bound, which only the GPU run checks.
  *
  * The launchers reject the main bad parameters as the CUDA ones do (messages prefixed "mock"), so the
  * test's rejected-input checks run here too. What a passing run shows and cannot show: see
