@@ -73,7 +73,11 @@ model)
   # The whole model on the GPU: needs the Debian libraries the CLI uses, carried as .deb files
   # (make gpu-debs here, then carry build/debs) and unpacked outside / (dpkg -x).
   if ! ls build/debs/*.deb >/dev/null 2>&1; then echo "model: carry build/debs (make gpu-debs) for cJSON/PCRE2/Oniguruma"; exit 2; fi
-  mkdir -p /tmp/debroot && for f in build/debs/*.deb; do dpkg -x "$f" /tmp/debroot; done
+  mkdir -p /tmp/debroot
+  for f in build/debs/*.deb; do  # dpkg -x, or by hand where there is no dpkg
+    if command -v dpkg >/dev/null; then dpkg -x "$f" /tmp/debroot
+    else d=$(ar t "$f" | grep '^data.tar'); ar p "$f" "$d" | tar -x -C /tmp/debroot $(case $d in *.xz) echo -J;; *.zst) echo --zstd;; esac); fi
+  done
   deb=(DEB_ROOT=/tmp/debroot)
   t0=$(date +%s)
   make -j"$JOBS" "${deb[@]}" "${nccl_args[@]}" build/dsv3 build/tests/test_fast_model build/bench/bench_fast_model 2>&1 | grep -E "error|LINK" | tail -8
