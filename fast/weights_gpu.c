@@ -267,7 +267,9 @@ int fast_plan(FastPlan *plan, const Model *m, const FastOptions *opt, Err *err) 
         int64_t blocks = opt->kv_blocks > 0 ? opt->kv_blocks : (int64_t)opt->max_seqs * max_blocks;
         plan->kv_cache = (uint64_t)c->num_hidden_layers * (uint64_t)blocks * 64u *
                          (uint64_t)(c->kv_lora_rank + c->qk_rope_head_dim) * (opt->kv_bf16 ? 2u : 4u);
-        fm.fp8 = opt->fp8;
+        FastDevice dev;
+        fm.fp8 = opt->fp8; /* the run state's layout depends on the kernels the upload will choose */
+        fm.fp8_tc = !fast_device(&dev, NULL) && (dev.cc_major > 8 || (dev.cc_major == 8 && dev.cc_minor >= 9));
         plan->workspace = fast_runstate_bytes(&fm, opt);
         plan->total = plan->weights + plan->kv_cache + plan->workspace;
         size_t fr = 0, tot = 0;
@@ -295,7 +297,7 @@ int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FIL
     /* 5% of the free memory stays for the CUDA context, cuBLAS-free kernels' launches and fragmentation */
     if (plan.total > plan.free - plan.free / 20)
         return err_set(err, "the model does not fit on the GPU: it needs %.2f GiB (weights %.2f + KV cache %.2f + workspace %.2f), "
-                            "%.2f GiB are free; lower --ctx / --batch or use more GPUs (dsv3 plan)",
+                            "%.2f GiB are free; use a shorter context (-c), fewer sequences, or more GPUs (dsv3 plan)",
                        (double)plan.total / 1073741824.0, (double)plan.weights / 1073741824.0,
                        (double)plan.kv_cache / 1073741824.0, (double)plan.workspace / 1073741824.0,
                        (double)plan.free / 1073741824.0);

@@ -433,6 +433,13 @@ static void run_case(const Case *cs, int quick) {
     }
     float *want = ref_logits(&m, ids, T, cs->fp8, cs->kv_bf16);
     float *got = xcalloc((size_t)T * (size_t)V, sizeof(float));
+    /* the plan printed before the upload is what was allocated */
+    FastPlan plan;
+    if (fast_plan(&plan, &m, &opt, &err)) report(0, "fast_plan: %s", err.msg);
+    else
+        report(plan.weights == fm.bytes && plan.workspace == fast_runstate_bytes(&fm, &opt) && plan.kv_cache == kv.bytes,
+               "%s memory plan = allocations: weights %llu, KV cache %llu, workspace %llu bytes", cs->dir,
+               (unsigned long long)plan.weights, (unsigned long long)plan.kv_cache, (unsigned long long)plan.workspace);
 
     /* prefill: one chunk */
     int sq = fast_kv_open(&kv, &err);
@@ -660,6 +667,25 @@ static void v3_shapes_case(const char *bin, int quick) {
     free(dir);
 }
 
+/** A model that does not fit: one line naming the sizes, before anything is allocated. */
+static void too_big_case(void) {
+    Err err = { "" };
+    Model m;
+    if (model_load(&m, "golden/fp8-small", NULL, &err)) {
+        report(0, "too big: %s", err.msg);
+        return;
+    }
+    FastPlan plan;
+    FastOptions opt = { .fp8 = FP8_W8A8, .max_T = 64, .max_seq = 1 << 20, .max_seqs = 1 << 16 };
+    FastModel fm;
+    int planned = !fast_plan(&plan, &m, &opt, &err);
+    int rc = fast_model_upload(&fm, &m, &opt, NULL, &err);
+    report(planned && rc != 0 && strstr(err.msg, "does not fit") != NULL && !strchr(err.msg, '\n'),
+           "a KV cache of %.0f GiB is refused before allocating: \"%s\"", (double)plan.kv_cache / 1073741824.0, err.msg);
+    if (!rc) fast_model_free(&fm);
+    model_free(&m);
+}
+
 int main(int argc, char **argv) {
     int quick = 0;
     const char *cli = NULL;
@@ -687,6 +713,7 @@ int main(int argc, char **argv) {
         { "golden/fp8-small", FP8_W8A8, 1, 5e-2, "W8A8 + bf16 cache: isolated flips on two rounding grids" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], quick);
+    too_big_case();
     static const int hot[2] = { 0, 5 };
     ep_case("golden/fp8-small", FP8_W8A8, 2, NULL, 0);
     ep_case("golden/fp8-small", FP8_W8A8, 4, hot, 2);
