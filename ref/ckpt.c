@@ -83,6 +83,20 @@ static uint64_t name_hash(const char *s) {
     return h;
 }
 
+/** out[i] = std · normal_i of the sequence that starts at @p r, for i in a range. */
+typedef struct {
+    Rng r;
+    float std;
+    float *out;
+} NormalFill;
+
+static void normal_range(void *ctx, int64_t lo, int64_t hi) {
+    const NormalFill *f = ctx;
+    Rng r = f->r;
+    rng_advance(&r, (uint64_t)lo * RNG_U32_PER_NORMAL);
+    for (int64_t i = lo; i < hi; i++) f->out[i] = f->std * rng_normal(&r);
+}
+
 int ckpt_random_source(void *ctx, const WeightSlot *s, float *out) {
     const RandomInit *ri = ctx;
     /* MTP copies of the embedding and head draw the same values as the main ones. */
@@ -102,7 +116,10 @@ int ckpt_random_source(void *ctx, const WeightSlot *s, float *out) {
         return 0;
     }
     float std = is_embed ? 1.0f : 1.0f / sqrtf((float)s->cols);
-    for (size_t i = 0; i < total; i++) out[i] = std * rng_normal(&r);
+    /* Large matrices in parallel: each range jumps the generator to its first element, so the
+     * values are those of one sequential pass (a 671B checkpoint is ~10^12 normals). */
+    NormalFill f = { r, std, out };
+    parallel_ranges((int64_t)total, 1 << 20, normal_range, &f);
     return 0;
 }
 
@@ -127,6 +144,7 @@ typedef struct {
     void *src_ctx;
     float *tmp;         /* FP32 values of the tensor being written */
     size_t tmp_cap;
+    int tmp_slot;       /* the slot whose values tmp holds (-1: none) */
     const PlanEntry *current; /* entries of the shard being written, parallel to its StEntry array */
     const StEntry *current_st;
 } Plan;
@@ -160,6 +178,25 @@ static float block_scale(const float *w, int64_t cols, int64_t rows, int64_t br,
     return amax > 0.0f ? amax / FP8_E4M3_MAX : 1.0f;
 }
 
+/** e4m3 codes of a [rows][cols] FP32 matrix, block by 128×128 block. */
+typedef struct {
+    const float *w;
+    uint8_t *out;
+    int64_t rows, cols;
+} Fp8Fill;
+
+static void fp8_block_rows(void *ctx, int64_t br0, int64_t br1) {
+    const Fp8Fill *f = ctx;
+    int64_t gc = (f->cols + 127) / 128;
+    for (int64_t br = br0; br < br1; br++)
+        for (int64_t bc = 0; bc < gc; bc++) {
+            float scale = block_scale(f->w, f->cols, f->rows, br, bc);
+            for (int64_t i = br * 128; i < f->rows && i < (br + 1) * 128; i++)
+                for (int64_t j = bc * 128; j < f->cols && j < (bc + 1) * 128; j++)
+                    f->out[i * f->cols + j] = fp8_e4m3_from_f32(f->w[i * f->cols + j] / scale);
+        }
+}
+
 static int fill_entry(void *ctx, const StEntry *e, void *buf, size_t nbytes) {
     Plan *p = ctx;
     const PlanEntry *pe = &p->current[e - p->current_st];
@@ -171,7 +208,12 @@ static int fill_entry(void *ctx, const StEntry *e, void *buf, size_t nbytes) {
         p->tmp = g;
         p->tmp_cap = total;
     }
-    if (p->src(p->src_ctx, s, p->tmp)) return -1;
+    /* an FP8 tensor's data and scale entries are written one after the other: draw its values once */
+    if (p->tmp_slot != pe->slot) {
+        p->tmp_slot = -1;
+        if (p->src(p->src_ctx, s, p->tmp)) return -1;
+        p->tmp_slot = pe->slot;
+    }
     int64_t gr = (s->rows + 127) / 128, gc = (s->cols + 127) / 128;
     if (pe->is_scale) {
         float *sc = buf;
@@ -189,15 +231,11 @@ static int fill_entry(void *ctx, const StEntry *e, void *buf, size_t nbytes) {
             memcpy((char *)buf + 2 * i, &b, 2);
         }
         break;
-    case DT_F8_E4M3:
-        for (int64_t br = 0; br < gr; br++)
-            for (int64_t bc = 0; bc < gc; bc++) {
-                float scale = block_scale(p->tmp, s->cols, s->rows, br, bc);
-                for (int64_t i = br * 128; i < s->rows && i < (br + 1) * 128; i++)
-                    for (int64_t j = bc * 128; j < s->cols && j < (bc + 1) * 128; j++)
-                        ((uint8_t *)buf)[i * s->cols + j] = fp8_e4m3_from_f32(p->tmp[i * s->cols + j] / scale);
-            }
+    case DT_F8_E4M3: {
+        Fp8Fill f = { p->tmp, buf, s->rows, s->cols };
+        parallel_ranges(gr, 8, fp8_block_rows, &f); /* each 128-row block row is independent */
         break;
+    }
     default:
         return -1;
     }
@@ -222,6 +260,7 @@ int ckpt_write(const char *dir, const Config *cfg, const CkptLayout *layout, Ckp
     c.has_fp8 = layout->format == CKPT_FP8;
     Plan p;
     memset(&p, 0, sizeof p);
+    p.tmp_slot = -1;
     p.layout = layout, p.src = src, p.src_ctx = ctx;
     Weights w;
     StEntry *st = NULL;

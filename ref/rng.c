@@ -34,3 +34,17 @@ float rng_normal(Rng *r) {
     if (u1 < 1e-300) u1 = 1e-300;
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2));
 }
+
+void rng_advance(Rng *r, uint64_t delta) {
+    /* state_{n} = A^n·state + (A^{n−1} + … + 1)·inc, composed by squaring (PCG's pcg32_advance). */
+    uint64_t mult = 6364136223846793005ull, plus = r->inc, acc_mult = 1, acc_plus = 0;
+    for (; delta > 0; delta >>= 1) {
+        if (delta & 1) {
+            acc_mult *= mult;
+            acc_plus = acc_plus * mult + plus;
+        }
+        plus = (mult + 1) * plus;
+        mult *= mult;
+    }
+    r->state = acc_mult * r->state + acc_plus;
+}

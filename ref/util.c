@@ -5,6 +5,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -278,4 +279,40 @@ int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *
 
 void unmap_file(const uint8_t *map, size_t size) {
     if (map) munmap((void *)map, size);
+}
+
+/* parallel_ranges: workers take the next unclaimed range until none is left. */
+typedef struct {
+    int64_t n, chunk, next;
+    void (*fn)(void *, int64_t, int64_t);
+    void *ctx;
+    pthread_mutex_t lock;
+} RangeQueue;
+
+static void *range_worker(void *arg) {
+    RangeQueue *q = arg;
+    for (;;) {
+        pthread_mutex_lock(&q->lock);
+        int64_t lo = q->next;
+        q->next = lo < q->n ? (lo + q->chunk < q->n ? lo + q->chunk : q->n) : q->n;
+        pthread_mutex_unlock(&q->lock);
+        if (lo >= q->n) return NULL;
+        q->fn(q->ctx, lo, lo + q->chunk < q->n ? lo + q->chunk : q->n);
+    }
+}
+
+void parallel_ranges(int64_t n, int64_t chunk, void (*fn)(void *ctx, int64_t lo, int64_t hi), void *ctx) {
+    if (chunk < 1) chunk = 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t ranges = (n + chunk - 1) / chunk;
+    int nt = (int)(cpus < 1 ? 1 : cpus > 64 ? 64 : cpus);
+    if (nt > ranges) nt = (int)ranges;
+    if (n <= 0) return;
+    RangeQueue q = { n, chunk, 0, fn, ctx, PTHREAD_MUTEX_INITIALIZER };
+    pthread_t th[64];
+    int started = 0;
+    for (; nt > 1 && started < nt - 1; started++)
+        if (pthread_create(&th[started], NULL, range_worker, &q) != 0) break;
+    range_worker(&q); /* the calling thread works too (and alone if no thread started) */
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
 }

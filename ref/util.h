@@ -83,6 +83,14 @@ int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err);
 /** True when [s, s+len) is valid UTF-8 (no overlongs, no surrogates, ≤ U+10FFFF). */
 int utf8_valid(const char *s, size_t len);
 
+/**
+ * Calls fn(ctx, lo, hi) for consecutive ranges [lo, hi) covering [0, n), each at most @p chunk
+ * long, on up to one POSIX thread per online CPU (at most 64). Ranges are independent, so a
+ * caller whose ranges compute what a sequential loop would (each from its own starting state)
+ * gets bit-identical results on any machine. Runs inline when n ≤ chunk or threads fail.
+ */
+void parallel_ranges(int64_t n, int64_t chunk, void (*fn)(void *ctx, int64_t lo, int64_t hi), void *ctx);
+
 /** Joins "dir/name" into @p out (size @p cap); -1 if it does not fit. */
 int path_join(char *out, size_t cap, const char *dir, const char *name);
 

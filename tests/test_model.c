@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "ckpt.h"
+#include "rng.h"
 #include "model.h"
 #include "mtp.h"
 #include "util_compare.h"
@@ -146,8 +147,48 @@ static void v3_parameter_count(void **state) {
     assert_true(mtp_p - copies > 11500000000ull && mtp_p - copies < 11700000000ull);
 }
 
+/**
+ * The random-checkpoint writer draws large matrices in parallel ranges, each jumping the generator
+ * to its first value (rng_advance): the values must be those of one sequential pass. Checked on
+ * the generator itself (uneven ranges over three million normals) and on the writer's source (its
+ * first range against a matrix small enough to be drawn in one range).
+ */
+static void parallel_random_fill_is_sequential(void **state) {
+    (void)state;
+    Rng a, b;
+    rng_seed(&a, 42), rng_seed(&b, 42);
+    for (int i = 0; i < 1000003; i++) rng_u32(&a);
+    rng_advance(&b, 1000003);
+    assert_true(a.state == b.state && rng_u32(&a) == rng_u32(&b));
+    enum { N = 3000000 };
+    float *seq = malloc(N * sizeof(float)), *par = malloc(N * sizeof(float));
+    assert_non_null(seq);
+    assert_non_null(par);
+    Rng r;
+    rng_seed(&r, 99);
+    for (int i = 0; i < N; i++) seq[i] = rng_normal(&r);
+    static const int cuts[] = { 0, 1, 777777, 1048576, 2999999, N };
+    for (int c = 0; c + 1 < (int)(sizeof cuts / sizeof cuts[0]); c++) {
+        rng_seed(&r, 99);
+        rng_advance(&r, (uint64_t)cuts[c] * RNG_U32_PER_NORMAL);
+        for (int i = cuts[c]; i < cuts[c + 1]; i++) par[i] = rng_normal(&r);
+    }
+    assert_memory_equal(seq, par, N * sizeof(float));
+    WeightSlot s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.name, sizeof s.name, "model.layers.0.mlp.down_proj.weight");
+    s.kind = WEIGHT_MATRIX, s.rows = 3000, s.cols = 1000, s.layer = 0, s.expert = -1, s.mtp = -1;
+    RandomInit ri = { 7, 0.1f };
+    assert_int_equal(ckpt_random_source(&ri, &s, par), 0); /* three ranges of 2^20 */
+    s.rows = 1000;
+    assert_int_equal(ckpt_random_source(&ri, &s, seq), 0); /* one range: sequential */
+    assert_memory_equal(seq, par, 1000000 * sizeof(float));
+    free(seq), free(par);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(parallel_random_fill_is_sequential),
         cmocka_unit_test(tiny_bf16),           cmocka_unit_test(small_fp8),
         cmocka_unit_test(sharded_equals_single), cmocka_unit_test(mtp_copies_identical),
         cmocka_unit_test(v3_parameter_count),
