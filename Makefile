@@ -389,11 +389,12 @@ BENCH_MODEL ?= $(BUILD)/bench-model-$(BENCH_LAYERS)l
 $(BENCH_MODEL)/config.json: | $(BUILD)/dsv3
 	$(BUILD)/dsv3 mkckpt -o $(BENCH_MODEL) --preset v3 --set num_hidden_layers=$(BENCH_LAYERS) --mtp 0
 BENCH_E2E_ARGS ?= --batches 1,8,64 --prompt-len 512 --decode-steps 32
+PEER_TIME_BUDGET ?= 240
 bench-gpu-model: $(FAST_MODEL_BENCH_BIN) $(BENCH_MODEL)/config.json
 	@$(FAST_MODEL_BENCH_BIN) --model $(BENCH_MODEL) $(BENCH_E2E_ARGS)
 	@if [ "$(PEERS)" != 1 ]; then echo "bench_e2e_peers: skipped (PEERS=$(PEERS))"; \
 	elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
-	  python3 tools/bench_e2e_peers.py --model $(BENCH_MODEL) $(BENCH_E2E_ARGS); \
+	  python3 tools/bench_e2e_peers.py --model $(BENCH_MODEL) $(BENCH_E2E_ARGS) --time-budget $(PEER_TIME_BUDGET); \
 	else echo "bench_e2e_peers: skipped (python3 with a CUDA-enabled torch is not importable here)"; fi
 
 # dsv3 itself over the host emulation: the CLI's --backend fast path end to end, on any machine with nvcc.
