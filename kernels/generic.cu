@@ -200,6 +200,90 @@ __global__ void __launch_bounds__(GT_THREADS, 2) linear_generic_kernel(const Lin
     }
 }
 
+constexpr int TB_BM = 64;        /**< BF16 tensor-core linear: output rows per CTA */
+constexpr int TB_BN = 128;       /**< output columns per CTA (8 warps: 2 along M × 4 along N, 32×32 each) */
+constexpr int TB_BK = 32;        /**< K per staged chunk (two k16 steps) */
+constexpr int TB_LD = TB_BK + 8; /**< bf16 per shared row: 80 bytes, 4-byte aligned pairs, fewer bank conflicts */
+
+/** Splits an FP32 value into three bf16 parts, v = hi + mid + lo up to 2^-27·|v|. */
+__device__ __forceinline__ void split3_bf16(float v, uint16_t &hi, uint16_t &mid, uint16_t &lo) {
+    hi = f32_to_bf16_bits(v);
+    const float r1 = v - bf16_bits_to_f32(hi); /* exact: the bits bf16 dropped */
+    mid = f32_to_bf16_bits(r1);
+    lo = f32_to_bf16_bits(r1 - bf16_bits_to_f32(mid));
+}
+
+/**
+ * Dense y = x·Wᵀ for BF16 weights on tensor cores (mma.sync m16n8k16, FP32 accumulators), with
+ * the FP32 activations split into three bf16 parts (hi + mid + lo, 24 significant bits like the
+ * FP32 value itself) so that the product keeps FP32 accuracy: each bf16×bf16 product is exact in
+ * FP32, so the result differs from the FP32 reference only by the order of the FP32 sums. Three
+ * MMAs per tile are cheap next to streaming the weights (the lm_head is 1.85 GB of BF16 at decode).
+ * Fragment layouts: mma_bf16_16816 (kernels/common.cuh), loaded straight from shared memory.
+ */
+__global__ void __launch_bounds__(256) linear_bf16_tc_kernel(const LinearArgs a) {
+    __shared__ __align__(16) uint16_t As[3][TB_BM][TB_LD]; /* hi, mid, lo parts of x */
+    __shared__ __align__(16) uint16_t Bs[TB_BN][TB_LD];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / 4, wn = warp % 4, g = lane / 4, t = lane % 4;
+    const int64_t m0 = (int64_t)blockIdx.x * TB_BM, n0 = (int64_t)blockIdx.y * TB_BN, M = a.M, N = a.N, K = a.K;
+    const uint16_t *w = static_cast<const uint16_t *>(a.w);
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += TB_BK) {
+        for (int i = tid; i < TB_BM * TB_BK; i += 256) { /* x: 32 consecutive k per warp (coalesced) */
+            const int r = i / TB_BK, c = i % TB_BK;
+            const int64_t m = m0 + r, k = k0 + c;
+            const float v = (m < M && k < K) ? a.x[m * a.ldx + k] : 0.0f;
+            split3_bf16(v, As[0][r][c], As[1][r][c], As[2][r][c]);
+        }
+        for (int i = tid; i < TB_BN * TB_BK; i += 256) {
+            const int r = i / TB_BK, c = i % TB_BK;
+            const int64_t n = n0 + r, k = k0 + c;
+            Bs[r][c] = (n < N && k < K) ? w[n * K + k] : (uint16_t)0;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TB_BK; kk += 16) {
+            uint32_t b[4][2];
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int col = wn * 32 + ni * 8 + g;
+                b[ni][0] = *reinterpret_cast<const uint32_t *>(&Bs[col][kk + 2 * t]);
+                b[ni][1] = *reinterpret_cast<const uint32_t *>(&Bs[col][kk + 2 * t + 8]);
+            }
+#pragma unroll
+            for (int part = 0; part < 3; part++)
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++) {
+                    const int row = wm * 32 + mi * 16 + g;
+                    uint32_t af[4];
+                    af[0] = *reinterpret_cast<const uint32_t *>(&As[part][row][kk + 2 * t]);
+                    af[1] = *reinterpret_cast<const uint32_t *>(&As[part][row + 8][kk + 2 * t]);
+                    af[2] = *reinterpret_cast<const uint32_t *>(&As[part][row][kk + 2 * t + 8]);
+                    af[3] = *reinterpret_cast<const uint32_t *>(&As[part][row + 8][kk + 2 * t + 8]);
+#pragma unroll
+                    for (int ni = 0; ni < 4; ni++) mma_bf16_16816(acc[mi][ni], af, b[ni][0], b[ni][1]);
+                }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) {
+            const int64_t r = m0 + wm * 32 + mi * 16 + g, c = n0 + wn * 32 + ni * 8 + 2 * t;
+            if (r < M && c < N) a.y[r * a.ldy + c] = acc[mi][ni][0];
+            if (r < M && c + 1 < N) a.y[r * a.ldy + c + 1] = acc[mi][ni][1];
+            if (r + 8 < M && c < N) a.y[(r + 8) * a.ldy + c] = acc[mi][ni][2];
+            if (r + 8 < M && c + 1 < N) a.y[(r + 8) * a.ldy + c + 1] = acc[mi][ni][3];
+        }
+}
+
 constexpr int GV_MAX_M = 8; /**< rows up to which a dense linear runs as a GEMV (decode steps) */
 constexpr int GV_WARPS = 8; /**< output features (one per warp) per CTA of the GEMV */
 
@@ -492,6 +576,14 @@ extern "C" int linear_generic_cuda(const LinearGenericParams *p, cudaStream_t st
     a.y = p->y, a.ldy = p->ldy, a.x = p->x, a.ldx = p->ldx, a.x_scale = wk == W_E4M3 ? p->x_scale : nullptr;
     a.w = p->w, a.wk = wk, a.w_scale = p->w_scale, a.M = p->M, a.N = p->N, a.K = p->K;
     a.group_start = p->group_start, a.G = p->num_groups;
+    FastDevice dev;
+    if (wk == W_BF16 && !p->group_start && p->M > GV_MAX_M && !fast_device(&dev, NULL) && dev.cc_major >= 8) {
+        /* BF16 weights, more rows than a GEMV pays for: tensor cores at FP32 accuracy (split3) */
+        const int64_t mt = ceil_div<int64_t>(p->M, TB_BM), nt = ceil_div<int64_t>(p->N, TB_BN);
+        if (mt > 0x7FFFFFFF || nt > MAX_GRID_Y) return err_set(err, "%s: M = %lld, N = %lld exceed the grid", fn, (long long)p->M, (long long)p->N);
+        linear_bf16_tc_kernel<<<dim3((unsigned)mt, (unsigned)nt), 256, 0, stream>>>(a);
+        return fast_check_launch(fn, "linear_bf16_tc_kernel", err);
+    }
     if (!p->group_start && p->M <= GV_MAX_M) { /* decode: stream the weights once */
         const int64_t blocks = ceil_div<int64_t>(p->N, GV_WARPS);
         if (blocks > 0x7FFFFFFF) return err_set(err, "%s: N = %lld is too many for one grid", fn, (long long)p->N);

@@ -8,8 +8,9 @@
  *        online softmax in chunks of 32; the kernel's own e4m3 decoder (bit construction) and
  *        f32 → bf16 encoder are written out again, so their formulas are checked against ref.
  *        Not emulated: the GEMV path the CUDA launcher takes for dense linears of ≤ 8 rows
- *        (lane-strided partials reduced by a butterfly); its sums stay within the same per-element
- *        bound, which only the GPU run checks.
+ *        (lane-strided partials reduced by a butterfly) and the BF16 tensor-core path for more
+ *        rows (FP32 activations split into three bf16 parts, exact products, FP32 sums); their
+ *        sums stay within the same per-element bound, which only the GPU run checks.
  *
  * The launchers reject the main bad parameters as the CUDA ones do (messages prefixed "mock"), so the
  * test's rejected-input checks run here too. What a passing run shows and cannot show: see
