@@ -32,6 +32,14 @@ CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
 LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
+# MPI=1: launch under mpirun with MPI_Bcast for the NCCL id (Debian openmpi: libopenmpi-dev, openmpi-bin).
+MPI ?= 0
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DDSV3_WITH_MPI $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null)
+CFLAGS  += $(MPI_CFLAGS)
+LDLIBS  += $(MPI_LIBS)
+endif
 # DEB_ROOT: where the Debian packages above were unpacked with `dpkg -x` on a machine that cannot
 # install them (the GPU machines; tools/gpu_session.sh does this from carried .deb files).
 DEB_ROOT ?=
@@ -83,8 +91,8 @@ GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 NCCL_HOME ?= $(CUDA_HOME)
 NCCL_LIB ?= -lnccl
 GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include -MMD -MP \
-              -ffunction-sections -fdata-sections -fopenmp $(if $(DEB_ROOT),-I$(DEB_ROOT)/usr/include)
-GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm
+              -ffunction-sections -fdata-sections -fopenmp $(if $(DEB_ROOT),-I$(DEB_ROOT)/usr/include) $(MPI_CFLAGS)
+GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm $(MPI_LIBS)
 GPU_TEST_SUPPORT := $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/gpu_fill.o
 GPU_TEST_BIN := $(BUILD)/tests/test_gpu_kernels
 FAST_MODEL_TEST_BIN := $(BUILD)/tests/test_fast_model
@@ -93,7 +101,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps gpu-debs test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -214,6 +222,20 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined" test
+
+# The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).
+MPI_RANKS ?= 3
+test-mpi:
+	@command -v mpicc >/dev/null && command -v mpirun >/dev/null || { \
+	  echo "dsv3: installing Debian packages: libopenmpi-dev openmpi-bin"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get install -y --no-install-recommends libopenmpi-dev openmpi-bin; }
+	@$(MAKE) --no-print-directory BUILD=build/mpi MPI=1 HAVE_CUDA= build/mpi/tests/test_bootstrap build/mpi/tests/mpi_bootstrap
+	@build/mpi/tests/test_bootstrap
+	@mpirun --allow-run-as-root --oversubscribe -n $(MPI_RANKS) build/mpi/tests/mpi_bootstrap
+$(BUILD)/tests/mpi_bootstrap: $(BUILD)/obj/tests/mpi_bootstrap.o $(BUILD)/libdsv3.a
+	@mkdir -p $(dir $@)
+	@$(CC) -o $@ $^ $(LDLIBS)
 
 # ---- docs -----------------------------------------------------------------------------
 docs:
@@ -381,7 +403,7 @@ $(FAST_MODEL_BENCH_BIN): $(GPU)/obj/tests/gpu/bench_fast_model.o $(BUILD)/libdsv
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ -Xcompiler -fopenmp,-pthread $(if $(DEB_ROOT),-L$(DEB_LIBDIR) -Xlinker -rpath=$(abspath $(DEB_LIBDIR))) \
-	  -lcjson -lpcre2-8 -lonig -lm -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB)
+	  -lcjson -lpcre2-8 -lonig -lm -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB) $(MPI_LIBS)
 # A real-width, reduced-depth FP8 checkpoint (hidden 7168, 128 heads, 256 experts; BENCH_LAYERS layers:
 # the first 3 dense like V3, then MoE), the peers' and ours alike.
 BENCH_LAYERS ?= 4
@@ -413,7 +435,7 @@ $(FAST_MODEL_TEST_BIN): $(GPU)/obj/tests/gpu/test_fast_model_nccl.o $(GPU)/obj/t
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ -Xcompiler -fopenmp,-pthread $(if $(DEB_ROOT),-L$(DEB_LIBDIR) -Xlinker -rpath=$(abspath $(DEB_LIBDIR))) \
-	  -lcjson -lpcre2-8 -lonig -lm -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB)
+	  -lcjson -lpcre2-8 -lonig -lm -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -Xlinker -rpath=$(NCCL_HOME)/lib $(NCCL_LIB) $(MPI_LIBS)
 
 -include $(shell find $(GPU)/obj -name '*.d' 2>/dev/null)
 else

@@ -2,6 +2,9 @@
  * @file bootstrap.c
  * @brief torchrun environment and the TCP exchange of the NCCL unique id (see bootstrap.h).
  *
+ * Launchers: torchrun's variables first, then mpirun's (Open MPI, MPICH); under mpirun an MPI
+ * build (DSV3_WITH_MPI) broadcasts with MPI_Bcast and needs no MASTER_ADDR/PORT.
+ *
  * Protocol: rank 0 listens; each other rank connects and sends {magic, rank}; rank 0 answers
  * {magic, n} followed by the n bytes. Every read and write loops over partial transfers;
  * connects retry with a short sleep until the deadline, since ranks start in any order.
@@ -22,6 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef DSV3_WITH_MPI
+#include <mpi.h>
+#endif
+
 enum { MAGIC = 0x64737633 /* "dsv3" */ };
 
 static int env_int(const char *name, int def, int lo, int hi, int *out, Err *err) {
@@ -36,13 +43,42 @@ static int env_int(const char *name, int def, int lo, int hi, int *out, Err *err
     return 0;
 }
 
+/** The launcher variables of one convention: size, rank, local rank. */
+static int env_triple(LaunchEnv *e, const char *size, const char *rank, const char *local, Err *err) {
+    return env_int(size, 1, 1, 1 << 20, &e->world_size, err) || env_int(rank, 0, 0, e->world_size - 1, &e->rank, err) ||
+           env_int(local, e->rank, 0, 1 << 20, &e->local_rank, err);
+}
+
+#ifdef DSV3_WITH_MPI
+static void finalize_mpi(void) {
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done) MPI_Finalize();
+}
+#endif
+
 int launch_env_read(LaunchEnv *e, Err *err) {
     memset(e, 0, sizeof *e);
-    if (env_int("WORLD_SIZE", 1, 1, 1 << 20, &e->world_size, err) ||
-        env_int("RANK", 0, 0, e->world_size - 1, &e->rank, err) ||
-        env_int("LOCAL_RANK", e->rank, 0, 1 << 20, &e->local_rank, err) ||
-        env_int("MASTER_PORT", 29500, 1, 65535, &e->master_port, err))
-        return -1;
+    int rc;
+    if (getenv("WORLD_SIZE")) rc = env_triple(e, "WORLD_SIZE", "RANK", "LOCAL_RANK", err);
+    else if (getenv("OMPI_COMM_WORLD_SIZE")) /* mpirun (Open MPI) */
+        e->mpi = 1, rc = env_triple(e, "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", err);
+    else if (getenv("PMI_SIZE")) /* mpiexec (MPICH / Hydra) */
+        e->mpi = 1, rc = env_triple(e, "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", err);
+    else rc = env_triple(e, "WORLD_SIZE", "RANK", "LOCAL_RANK", err); /* defaults: one process */
+    if (rc || env_int("MASTER_PORT", 29500, 1, 65535, &e->master_port, err)) return -1;
+#ifdef DSV3_WITH_MPI
+    if (e->mpi) {
+        int inited = 0, size = 0, rank = 0;
+        MPI_Initialized(&inited);
+        if (!inited && MPI_Init(NULL, NULL) != MPI_SUCCESS) return err_set(err, "MPI_Init failed");
+        if (!inited) atexit(finalize_mpi);
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        if (size != e->world_size || rank != e->rank)
+            return err_set(err, "MPI says rank %d of %d, the launcher's variables rank %d of %d", rank, size, e->rank, e->world_size);
+    }
+#endif
     const char *addr = getenv("MASTER_ADDR");
     if (!addr || !*addr) addr = "127.0.0.1";
     if (strlen(addr) >= sizeof e->master_addr) return err_set(err, "environment MASTER_ADDR is too long");
@@ -151,6 +187,13 @@ static int fetch(const LaunchEnv *e, void *blob, size_t n, double deadline, Err 
 
 int bootstrap_share(const LaunchEnv *e, void *blob, size_t n, double timeout_s, Err *err) {
     if (e->world_size == 1) return 0;
+#ifdef DSV3_WITH_MPI
+    if (e->mpi) {
+        (void)timeout_s; /* the MPI launcher owns startup and failure detection */
+        if (n > (size_t)0x7FFFFFFF) return err_set(err, "bootstrap: %zu bytes are too many for one MPI_Bcast", n);
+        return MPI_Bcast(blob, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : err_set(err, "MPI_Bcast failed");
+    }
+#endif
     double deadline = now() + timeout_s;
     return e->rank == 0 ? serve(e, blob, n, deadline, err) : fetch(e, blob, n, deadline, err);
 }

@@ -3,7 +3,8 @@
  * @brief Launching N processes as one expert-parallel group: the torchrun environment
  *        (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and a TCP exchange of the
  *        ncclUniqueId from rank 0 to every other rank (docs/ecosystem.md §7: NCCL needs the id
- *        "broadcast ... using any CPU communication system"). With MPI builds, MPI_Bcast does it.
+ *        "broadcast ... using any CPU communication system"). Under mpirun in an MPI build
+ *        (make MPI=1), MPI_Bcast does it.
  *
  * Plain C and POSIX sockets, no CUDA: the exchange is tested on the CPU (tests/test_bootstrap.c).
  */
@@ -21,11 +22,16 @@ typedef struct {
     int local_rank;    /**< LOCAL_RANK: the GPU of this process on its node (default rank) */
     char master_addr[256]; /**< MASTER_ADDR: host or IPv4 address of rank 0 (default 127.0.0.1) */
     int master_port;   /**< MASTER_PORT in [1, 65535] (default 29500) */
+    int mpi;           /**< 1: launched by mpirun (rank and size from its variables) */
 } LaunchEnv;
 
 /**
  * Reads and validates the torchrun variables (absent ones take the defaults above; a present
  * but malformed one — not a number, out of range, RANK ≥ WORLD_SIZE — is an error naming it).
+ * Without WORLD_SIZE, a process started by mpirun takes its size, rank and local rank from the
+ * launcher's variables: Open MPI's OMPI_COMM_WORLD_{SIZE,RANK,LOCAL_RANK}, else MPICH/Hydra's
+ * PMI_SIZE, PMI_RANK, MPI_LOCALRANKID (e->mpi = 1). In a build with DSV3_WITH_MPI this also
+ * calls MPI_Init (once; MPI_Finalize runs at exit).
  */
 int launch_env_read(LaunchEnv *e, Err *err);
 
@@ -33,6 +39,7 @@ int launch_env_read(LaunchEnv *e, Err *err);
  * Rank 0 serves @p blob (@p n bytes, e.g. an ncclUniqueId) to world_size − 1 connections on
  * master_port; every other rank connects to master_addr:master_port (retrying until
  * @p timeout_s) and receives it. Each connection is checked with a magic word and the size.
+ * Launched by mpirun in a DSV3_WITH_MPI build: MPI_Bcast from rank 0 instead (no TCP port).
  */
 int bootstrap_share(const LaunchEnv *e, void *blob, size_t n, double timeout_s, Err *err);
 

@@ -48,6 +48,31 @@ static void env_parsing(void **state) {
     unsetenv("WORLD_SIZE"), unsetenv("RANK"), unsetenv("LOCAL_RANK"), unsetenv("MASTER_ADDR"), unsetenv("MASTER_PORT");
 }
 
+/** mpirun's variables stand in when torchrun's are absent (Open MPI first, then MPICH/Hydra). */
+static void mpirun_variables(void **state) {
+    (void)state;
+    LaunchEnv e;
+    Err err;
+    unsetenv("WORLD_SIZE"), unsetenv("RANK"), unsetenv("LOCAL_RANK");
+    setenv("OMPI_COMM_WORLD_SIZE", "16", 1), setenv("OMPI_COMM_WORLD_RANK", "9", 1), setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+    setenv("PMI_SIZE", "4", 1), setenv("PMI_RANK", "3", 1);
+#ifndef DSV3_WITH_MPI /* an MPI build would call MPI_Init here */
+    assert_int_equal(launch_env_read(&e, &err), 0);
+    assert_true(e.mpi == 1 && e.world_size == 16 && e.rank == 9 && e.local_rank == 1);
+    unsetenv("OMPI_COMM_WORLD_SIZE"), unsetenv("OMPI_COMM_WORLD_RANK"), unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    assert_int_equal(launch_env_read(&e, &err), 0);
+    assert_true(e.mpi == 1 && e.world_size == 4 && e.rank == 3 && e.local_rank == 3);
+    setenv("PMI_RANK", "4", 1); /* rank ≥ size: named in the error */
+    assert_int_equal(launch_env_read(&e, &err), -1);
+    assert_non_null(strstr(err.msg, "PMI_RANK='4'"));
+#endif
+    setenv("WORLD_SIZE", "2", 1); /* torchrun's win */
+    assert_int_equal(launch_env_read(&e, &err), 0);
+    assert_true(e.mpi == 0 && e.world_size == 2 && e.rank == 0);
+    unsetenv("WORLD_SIZE"), unsetenv("PMI_SIZE"), unsetenv("PMI_RANK");
+    unsetenv("OMPI_COMM_WORLD_SIZE"), unsetenv("OMPI_COMM_WORLD_RANK"), unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+}
+
 typedef struct {
     LaunchEnv env;
     unsigned char blob[128];
@@ -85,7 +110,7 @@ static void four_ranks_share_an_id(void **state) {
     int port = free_port();
     for (int i = 0; i < N; i++) {
         memset(&r[i], 0, sizeof r[i]);
-        r[i].env = (LaunchEnv){ N, i, i, "127.0.0.1", port };
+        r[i].env = (LaunchEnv){ N, i, i, "127.0.0.1", port, 0 };
         if (i == 0)
             for (int k = 0; k < 128; k++) r[i].blob[k] = (unsigned char)(k * 7 + 1);
         r[i].delay = i == 0 ? 0.2 : 0.0; /* the others start first and must retry */
@@ -101,7 +126,7 @@ static void four_ranks_share_an_id(void **state) {
 
 static void nobody_listening_times_out(void **state) {
     (void)state;
-    LaunchEnv e = { 2, 1, 1, "127.0.0.1", free_port() };
+    LaunchEnv e = { 2, 1, 1, "127.0.0.1", free_port(), 0 };
     unsigned char blob[16];
     Err err;
     double t0 = now_seconds();
@@ -114,6 +139,7 @@ static void nobody_listening_times_out(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(env_parsing),
+        cmocka_unit_test(mpirun_variables),
         cmocka_unit_test(four_ranks_share_an_id),
         cmocka_unit_test(nobody_listening_times_out),
     };
