@@ -26,8 +26,8 @@ typedef struct {
     int bt_stride;        /**< block-table row length */
     int splits;           /**< MLA kernel split count (from the longest sequence) */
     int argmax;           /**< the argmax kernel is part of it */
-    cudaGraphExec_t exec; /**< NULL: free slot */
-    uint64_t used;        /**< last use (LRU) */
+    cudaGraphExec_t exec; /**< the captured graph; NULL: shape seen once (or free slot when used = 0) */
+    uint64_t used;        /**< last use (LRU); 0: free slot */
 } FastGraph;
 
 /** Activations and scratch of one forward of up to max_T tokens (ref RunState + LayerActs + ForwardContext). */

@@ -376,23 +376,37 @@ static int graph_splits(const FastModel *fm, const FastKVCache *kv, const Staged
 
 /**
  * Runs main_device through a CUDA graph of this batch shape: replays a captured one, or captures
- * it now. Returns 1 when graphs are unavailable (the caller runs eagerly), 0 on success, -1 on
- * an error. A capture that fails switches graphs off for this run state: nothing was enqueued.
+ * it the second time the shape comes (the first runs eagerly). Returns 1 when the caller must run
+ * eagerly, 0 on success, -1 on an error. A capture that fails switches graphs off for this run
+ * state: nothing was enqueued.
  */
 static int main_device_graph(const FastModel *fm, FastRunState *s, FastKVCache *kv, const Staged *g, int want_logits,
                              int want_argmax, Err *err) {
     if (!s->graphs_on || s->ep) return 1;
-    int splits = graph_splits(fm, kv, g), argmax = want_argmax, lru = 0;
+    int splits = graph_splits(fm, kv, g), argmax = want_argmax, lru = 0, seen = -1;
     for (int i = 0; i < FAST_GRAPHS; i++) {
         FastGraph *q = &s->graphs[i];
-        if (q->exec && q->T == g->T && q->n_rows == g->n_rows && q->bt_stride == s->bt_stride && q->splits == splits &&
+        if (q->used && q->T == g->T && q->n_rows == g->n_rows && q->bt_stride == s->bt_stride && q->splits == splits &&
             q->argmax == argmax) {
             q->used = ++s->tick;
+            if (!q->exec) { /* seen once, eagerly: capture it now */
+                seen = i;
+                break;
+            }
             s->launches++;
             return fast_cuda_err(cudaGraphLaunch(q->exec, fm->stream), "fast_model_forward", "cudaGraphLaunch", err);
         }
-        if (!s->graphs[i].exec || s->graphs[i].used < s->graphs[lru].used) lru = i;
+        if (s->graphs[i].used < s->graphs[lru].used) lru = i;
     }
+    if (seen < 0) {
+        /* A shape's first forward runs eagerly: the launchers' one-time setup (shared-memory
+         * attributes, descriptors) happens outside a capture; the second one is captured. */
+        FastGraph *q = &s->graphs[lru];
+        if (q->exec) cudaGraphExecDestroy(q->exec);
+        *q = (FastGraph){ g->T, g->n_rows, s->bt_stride, splits, argmax, NULL, ++s->tick };
+        return 1;
+    }
+    lru = seen;
     if (cudaStreamBeginCapture(fm->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         cudaGetLastError();
         s->graphs_on = 0;
