@@ -25,6 +25,7 @@ typedef struct {
     int n_rows;           /**< logit rows */
     int bt_stride;        /**< block-table row length */
     int splits;           /**< MLA kernel split count (from the longest sequence) */
+    int logits;           /**< the lm_head is part of it */
     int argmax;           /**< the argmax kernel is part of it */
     cudaGraphExec_t exec; /**< the captured graph; NULL: shape seen once (or free slot when used = 0) */
     uint64_t used;        /**< last use (LRU); 0: free slot */

@@ -383,11 +383,11 @@ static int graph_splits(const FastModel *fm, const FastKVCache *kv, const Staged
 static int main_device_graph(const FastModel *fm, FastRunState *s, FastKVCache *kv, const Staged *g, int want_logits,
                              int want_argmax, Err *err) {
     if (!s->graphs_on || s->ep) return 1;
-    int splits = graph_splits(fm, kv, g), argmax = want_argmax, lru = 0, seen = -1;
+    int splits = graph_splits(fm, kv, g), logits = want_logits || want_argmax, argmax = want_argmax, lru = 0, seen = -1;
     for (int i = 0; i < FAST_GRAPHS; i++) {
         FastGraph *q = &s->graphs[i];
         if (q->used && q->T == g->T && q->n_rows == g->n_rows && q->bt_stride == s->bt_stride && q->splits == splits &&
-            q->argmax == argmax) {
+            q->logits == logits && q->argmax == argmax) {
             q->used = ++s->tick;
             if (!q->exec) { /* seen once, eagerly: capture it now */
                 seen = i;
@@ -403,7 +403,7 @@ static int main_device_graph(const FastModel *fm, FastRunState *s, FastKVCache *
          * attributes, descriptors) happens outside a capture; the second one is captured. */
         FastGraph *q = &s->graphs[lru];
         if (q->exec) cudaGraphExecDestroy(q->exec);
-        *q = (FastGraph){ g->T, g->n_rows, s->bt_stride, splits, argmax, NULL, ++s->tick };
+        *q = (FastGraph){ g->T, g->n_rows, s->bt_stride, splits, logits, argmax, NULL, ++s->tick };
         return 1;
     }
     lru = seen;
@@ -412,7 +412,7 @@ static int main_device_graph(const FastModel *fm, FastRunState *s, FastKVCache *
         s->graphs_on = 0;
         return 1;
     }
-    int rc = main_device(fm, s, kv, g, want_logits || want_argmax, want_argmax, err);
+    int rc = main_device(fm, s, kv, g, logits, argmax, err);
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(fm->stream, &graph);
     cudaGraphExec_t exec = NULL;
@@ -425,7 +425,7 @@ static int main_device_graph(const FastModel *fm, FastRunState *s, FastKVCache *
     }
     FastGraph *q = &s->graphs[lru];
     if (q->exec) cudaGraphExecDestroy(q->exec);
-    *q = (FastGraph){ g->T, g->n_rows, s->bt_stride, splits, argmax, exec, ++s->tick };
+    *q = (FastGraph){ g->T, g->n_rows, s->bt_stride, splits, logits, argmax, exec, ++s->tick };
     s->captures++;
     s->launches++;
     return fast_cuda_err(cudaGraphLaunch(exec, fm->stream), "fast_model_forward", "cudaGraphLaunch", err);
