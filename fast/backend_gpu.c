@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "backend.h"
-#include "mla_decode.h"
 #include "model_gpu.h"
 
 struct GpuEngine {
@@ -30,12 +29,10 @@ void gpu_engine_close(GpuEngine *e) {
 
 int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
     *out = NULL;
-    const Config *c = &m->config;
     GpuEngine *e = xcalloc(1, sizeof *e);
     if (!e) return err_set(err, "out of memory");
-    int mla_shapes = c->kv_lora_rank == MLA_DC && c->qk_rope_head_dim == MLA_DR && c->num_attention_heads % MLA_HEADS_PER_CTA == 0;
-    FastOptions fo = { .fp8 = opt->fp8, .kv_bf16 = opt->kv_bf16 < 0 ? mla_shapes : opt->kv_bf16, .max_T = opt->max_T,
-                       .max_seq = opt->ctx, .max_seqs = 1, .progress = log != NULL, .mtp = opt->mtp,
+    FastOptions fo = { .fp8 = opt->fp8, .kv_bf16 = opt->kv_bf16 < 0 ? fast_mla_kernel_shapes(&m->config) : opt->kv_bf16,
+                       .max_T = opt->max_T, .max_seq = opt->ctx, .max_seqs = 1, .progress = log != NULL, .mtp = opt->mtp,
                        .cuda_graphs = 1 };
     e->max_T = opt->max_T;
     e->mtp_seq = -1;

@@ -11,15 +11,20 @@
 
 #include "ops.h"
 
+int fast_swiglu_forward(const FastModel *fm, FastRunState *s, float *y, const float *x, int64_t M, const Tensor *w1,
+                        const Tensor *w3, const Tensor *w2, const int *group_start, int G, Err *err) {
+    int64_t D = fm->config.hidden_size, I = w1->rows;
+    /* gate and up side by side in one [M][2I] row, so SwiGLU reads both halves with one stride */
+    if (fast_linear_forward(fm, s, s->h13, 2 * I, x, D, M, w1, group_start, G, fm->fp8, err) ||
+        fast_linear_forward(fm, s, s->h13 + I, 2 * I, x, D, M, w3, group_start, G, fm->fp8, err) ||
+        swiglu_forward_cuda(s->act, FAST_F32, I, s->h13, s->h13 + I, FAST_F32, 2 * I, M, I, fm->stream, err))
+        return -1;
+    return fast_linear_forward(fm, s, y, D, s->act, I, M, w2, group_start, G, fm->fp8, err);
+}
+
 int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float *x, int64_t T, const FFNWeights *w,
                      Err *err) {
-    int64_t D = fm->config.hidden_size, I = w->gate_proj.rows;
-    /* gate and up side by side in one [T][2I] row, so SwiGLU reads both halves with one stride */
-    if (fast_linear_forward(fm, s, s->h13, 2 * I, x, D, T, &w->gate_proj, NULL, 1, fm->fp8, err) ||
-        fast_linear_forward(fm, s, s->h13 + I, 2 * I, x, D, T, &w->up_proj, NULL, 1, fm->fp8, err) ||
-        swiglu_forward_cuda(s->act, FAST_F32, I, s->h13, s->h13 + I, FAST_F32, 2 * I, T, I, fm->stream, err))
-        return -1;
-    return fast_linear_forward(fm, s, y, D, s->act, I, T, &w->down_proj, NULL, 1, fm->fp8, err);
+    return fast_swiglu_forward(fm, s, y, x, T, &w->gate_proj, &w->up_proj, &w->down_proj, NULL, 1, err);
 }
 
 int fast_block_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, int64_t T,

@@ -23,7 +23,7 @@
 
 #include "ep.h"
 #include "layers_gpu.h"
-#include "moe_cuda.h"
+#include "moe.h"
 #include "ops.h"
 
 /** One rank's expert-parallel state: the reference's EpRank (transport, plan, count arrays)
@@ -93,19 +93,16 @@ static int copy(const FastModel *fm, void *dst, const void *src, size_t bytes, e
 int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *e, int layer, float *y, const float *x, int64_t T,
                         Err *err) {
     const Config *c = &fm->config;
-    const LayerWeights *w = fast_block_weights(fm, layer);
     const FastLayer *fl = &fm->layers[layer];
     const EpPlan *p = e->r.plan;
     cudaStream_t st = fm->stream;
     int nr = e->r.t->nranks, rank = e->r.rank;
-    int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
+    int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     int64_t R = T * K;
     size_t *send_n = e->n, *recv_n = e->n + nr + 1, *at = e->n + 2 * (nr + 1);
     if (R > e->cap) return err_set(err, "fast_ep_moe_forward: %lld slots exceed the %lld the rank was set up for", (long long)R, (long long)e->cap);
     /* 1. Gate and the single-GPU permutation (whose rows the combine reproduces). */
-    if (fast_linear_forward(fm, s, s->logits_e, E, x, D, T, &w->gate, NULL, 1, FP8_DEQUANT, err) ||
-        gate_forward_cuda(s->idx, s->weights, NULL, s->logits_e, w->e_score_correction_bias, T, c, st, err) ||
-        moe_permute_cuda(s->perm, s->row_of_slot, s->expert_start, s->idx, T, K, E, s->perm_ws, s->perm_ws_bytes, st, err) ||
+    if (fast_moe_route(fm, s, layer, x, T, err) ||
         copy(fm, e->idx, s->idx, (size_t)R * sizeof(int), cudaMemcpyDeviceToHost, err) ||
         copy(fm, e->row_of_slot, s->row_of_slot, (size_t)R * sizeof(int), cudaMemcpyDeviceToHost, err) || sync_stream(fm, err))
         return -1;
@@ -129,30 +126,21 @@ int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *e, int lay
     if (ep_exchange_rows(&e->r, s->ep_send, send_n, s->ep_recv, recv_n, (size_t)D * sizeof(float), err) ||
         ep_exchange_rows(&e->r, e->send_meta, send_n, e->recv_meta, recv_n, sizeof(int), err))
         return -1;
-    /* 3. Received rows regrouped by local expert (stable), the local experts, arrival order again. */
-    memset(e->group_start, 0, ((size_t)fm->n_local + 1) * sizeof *e->group_start);
+    /* 3. Received rows regrouped by local expert — the reference's stable counting sort (moe_permute,
+     *    one choice per row) over the local slots — the local experts, arrival order again. */
     for (size_t j = 0; j < total; j++) {
         int m = e->recv_meta[j], li = m >= 0 && m < E ? fm->local_of[m] : -1;
         if (li < 0) return err_set(err, "rank %d received a row for expert %d it does not hold", rank, m);
-        e->group_start[li + 1]++;
+        e->recv_meta[j] = li;
     }
-    for (int g = 0; g < fm->n_local; g++) e->group_start[g + 1] += e->group_start[g];
-    for (size_t j = 0; j < total; j++) {
-        int li = fm->local_of[e->recv_meta[j]];
-        int dst = e->group_start[li]++;
-        e->index[dst] = (int)j, e->inverse[j] = dst;
-    }
-    for (int g = fm->n_local; g > 0; g--) e->group_start[g] = e->group_start[g - 1]; /* undo the running starts */
-    e->group_start[0] = 0;
     int64_t M = (int64_t)total;
+    moe_permute(e->index, e->group_start, e->recv_meta, M, 1, fm->n_local);
+    for (int64_t dst = 0; dst < M; dst++) e->inverse[e->index[dst]] = (int)dst;
     if (M > 0) {
         if (copy(fm, s->ep_index, e->index, total * sizeof(int), cudaMemcpyHostToDevice, err) ||
             copy(fm, s->ep_group_start, e->group_start, ((size_t)fm->n_local + 1) * sizeof(int), cudaMemcpyHostToDevice, err) ||
             gather_rows_cuda(s->ep_work, D, s->ep_recv, D, s->ep_index, M, 1, D, st, err) ||
-            fast_linear_forward(fm, s, s->h13, 2 * Ie, s->ep_work, D, M, &fl->w1, s->ep_group_start, fm->n_local, fm->fp8, err) ||
-            fast_linear_forward(fm, s, s->h13 + Ie, 2 * Ie, s->ep_work, D, M, &fl->w3, s->ep_group_start, fm->n_local, fm->fp8, err) ||
-            swiglu_forward_cuda(s->act, FAST_F32, Ie, s->h13, s->h13 + Ie, FAST_F32, 2 * Ie, M, Ie, st, err) ||
-            fast_linear_forward(fm, s, s->ep_work, D, s->act, Ie, M, &fl->w2, s->ep_group_start, fm->n_local, fm->fp8, err) ||
+            fast_swiglu_forward(fm, s, s->ep_work, s->ep_work, M, &fl->w1, &fl->w3, &fl->w2, s->ep_group_start, fm->n_local, err) ||
             copy(fm, s->ep_index, e->inverse, total * sizeof(int), cudaMemcpyHostToDevice, err) ||
             gather_rows_cuda(s->ep_recv, D, s->ep_work, D, s->ep_index, M, 1, D, st, err))
             return -1;

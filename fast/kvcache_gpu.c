@@ -16,6 +16,16 @@
 
 #include "model_gpu.h"
 
+/** Blocks in the pool: opt->kv_blocks, or enough for max_seqs sequences of max_seq positions. */
+static int64_t pool_blocks(const FastOptions *opt) {
+    return opt->kv_blocks > 0 ? opt->kv_blocks : (int64_t)opt->max_seqs * ((opt->max_seq + 63) / 64);
+}
+
+uint64_t fast_kv_bytes(const Config *c, const FastOptions *opt, int n_layers) {
+    return (uint64_t)n_layers * (uint64_t)pool_blocks(opt) * 64u * (uint64_t)(c->kv_lora_rank + c->qk_rope_head_dim) *
+           (opt->kv_bf16 ? 2u : 4u);
+}
+
 int fast_kv_init(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, Err *err) {
     return fast_kv_init_layers(kv, fm, opt, fm->config.num_hidden_layers, err);
 }
@@ -33,7 +43,7 @@ int fast_kv_init_layers(FastKVCache *kv, const FastModel *fm, const FastOptions 
     kv->max_seqs = opt->max_seqs;
     kv->max_seq = opt->max_seq;
     kv->max_blocks = (int)((opt->max_seq + kv->page - 1) / kv->page);
-    kv->num_blocks = opt->kv_blocks > 0 ? opt->kv_blocks : (int64_t)opt->max_seqs * kv->max_blocks;
+    kv->num_blocks = pool_blocks(opt);
     size_t bytes = 0;
     if (kv->num_blocks > 0x7FFFFFFF ||
         size_mul(&bytes, (size_t)kv->n_layers * (size_t)kv->page * (size_t)kv->row * fast_dtype_size(kv->dtype),

@@ -133,6 +133,9 @@ static inline const LayerWeights *fast_block_weights(const FastModel *fm, int la
     return layer < n ? &fm->w.layers[layer] : &fm->w.mtp[layer - n].block;
 }
 
+/** 1 where attention runs on the tensor-core MLA kernel: V3 shapes and a BF16 64-token-page cache. */
+int fast_mla_uses_kernel(const Config *c, const FastKVCache *kv);
+
 /**
  * y [T][D] = MLA(x): projections, RoPE, cache write, absorbed attention, o_proj (ref mla_forward).
  * Weights of block @p layer, keys in layer @p cache_layer of @p kv (the MTP module has its own cache).
@@ -140,12 +143,27 @@ static inline const LayerWeights *fast_block_weights(const FastModel *fm, int la
 int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, float *y,
                      const float *x, int64_t T, int64_t max_seq_len, Err *err);
 
+/**
+ * y [M][D] = W2 (silu(W1 x) ⊙ W3 x) for M rows of x [M][D], through s->h13 and s->act: the dense
+ * FFN and shared expert (group_start NULL, G = 1) and the routed experts (stacked W, rows grouped
+ * by group_start over G experts) alike.
+ */
+int fast_swiglu_forward(const FastModel *fm, FastRunState *s, float *y, const float *x, int64_t M, const Tensor *w1,
+                        const Tensor *w3, const Tensor *w2, const int *group_start, int G, Err *err);
+
 /** y [T][D] = W2 (silu(W1 x) ⊙ W3 x) (ref ffn_forward). */
 int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float *x, int64_t T, const FFNWeights *w,
                      Err *err);
 
 /** y [T][D] = MoE(x): gate, permutation, grouped expert GEMMs, shared expert, combine (ref moe_forward). */
 int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err);
+
+/**
+ * The routing of an MoE layer: router logits (FP32 from the BF16 gate, as the reference), the
+ * noaux_tc choice into s->idx / s->weights, and the slots in expert order (s->perm, s->row_of_slot,
+ * s->expert_start).
+ */
+int fast_moe_route(const FastModel *fm, FastRunState *s, int layer, const float *x, int64_t T, Err *err);
 
 /**
  * The end of an MoE layer, once s->y_perm holds the routed experts' outputs in permuted order:

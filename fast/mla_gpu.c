@@ -19,10 +19,12 @@
 #include "mla_decode.h"
 #include "ops.h"
 
-/** The tensor-core MLA kernel's shapes and cache format. */
-static int use_mla_kernel(const Config *c, const FastKVCache *kv) {
-    return c->kv_lora_rank == MLA_DC && c->qk_rope_head_dim == MLA_DR && c->num_attention_heads % MLA_HEADS_PER_CTA == 0 &&
-           kv->dtype == FAST_BF16 && kv->page == MLA_PAGE;
+int fast_mla_kernel_shapes(const Config *c) {
+    return c->kv_lora_rank == MLA_DC && c->qk_rope_head_dim == MLA_DR && c->num_attention_heads % MLA_HEADS_PER_CTA == 0;
+}
+
+int fast_mla_uses_kernel(const Config *c, const FastKVCache *kv) {
+    return fast_mla_kernel_shapes(c) && kv->dtype == FAST_BF16 && kv->page == MLA_PAGE;
 }
 
 int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int layer, int cache_layer, float *y,
@@ -60,7 +62,7 @@ int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int 
     qa.c_sb = Dc, qa.c_sm = H * Dc, qa.c_sn = 1;
     if (gemm_batched_cuda(&qa, st, err)) return -1;
     /* u = attention over the latent cache */
-    if (use_mla_kernel(c, kv)) {
+    if (fast_mla_uses_kernel(c, kv)) {
         if (copy_rows_cuda(s->q_abs16, FAST_BF16, Dc, s->q_abs, FAST_F32, Dc, T * H, Dc, st, err) ||
             copy_rows_cuda(s->q_pe16, FAST_BF16, Dr, s->q + Dn, FAST_F32, Dqk, T * H, Dr, st, err))
             return -1;

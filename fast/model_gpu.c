@@ -49,15 +49,10 @@ static size_t gemm_workspace(const FastModel *fm, int64_t max_T) {
     return best;
 }
 
-/** DeepSeek-V3's attention shapes: what the tensor-core MLA kernel takes. */
-static int mla_kernel_shapes(const Config *c) {
-    return c->kv_lora_rank == MLA_DC && c->qk_rope_head_dim == MLA_DR && c->num_attention_heads % MLA_HEADS_PER_CTA == 0;
-}
-
 /** Largest MLA split-K workspace at up to max_T queries. */
 static size_t mla_workspace(const Config *c, int64_t max_T, int64_t max_seq) {
     size_t best = 0;
-    if (!mla_kernel_shapes(c)) return 0;
+    if (!fast_mla_kernel_shapes(c)) return 0;
     for (int64_t B = 1; B <= max_T; B++) {
         int splits = mla_decode_num_splits((int)B, c->num_attention_heads, (int)max_seq);
         size_t b = mla_decode_workspace_bytes((int)B, c->num_attention_heads, splits);
@@ -105,7 +100,7 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
     ARENA_TAKE(ar, s->q_abs, Tm * H * Dc);
     ARENA_TAKE(ar, s->u, Tm * H * Dc);
     ARENA_TAKE(ar, s->o, Tm * H * Dv);
-    if (mla_kernel_shapes(c) && opt->kv_bf16) {
+    if (fast_mla_kernel_shapes(c) && opt->kv_bf16) {
         ARENA_TAKE(ar, s->q_abs16, Tm * H * Dc);
         ARENA_TAKE(ar, s->q_pe16, Tm * H * Dr);
         s->mla_ws_bytes = mla_workspace(c, Tm, opt->max_seq);
@@ -370,7 +365,7 @@ static int main_device(const FastModel *fm, FastRunState *s, FastKVCache *kv, co
 /** The MLA kernel's split count for this batch (0 where the generic attention runs): part of a graph's shape. */
 static int graph_splits(const FastModel *fm, const FastKVCache *kv, const Staged *g) {
     const Config *c = &fm->config;
-    if (!mla_kernel_shapes(c) || kv->dtype != FAST_BF16) return 0;
+    if (!fast_mla_uses_kernel(c, kv)) return 0;
     return mla_decode_num_splits((int)g->T, c->num_attention_heads, (int)g->max_len);
 }
 

@@ -124,6 +124,10 @@ typedef struct {
 /** Scratch of forwards of up to max_T tokens (device buffers carved from one allocation). */
 typedef struct FastRunState FastRunState;
 
+/** 1 if @p c has DeepSeek-V3's attention shapes, which the tensor-core MLA kernel takes (Dc = 512,
+ *  Dr = 64, heads a multiple of 64): where `--kv-cache auto` picks BF16. */
+int fast_mla_kernel_shapes(const Config *c);
+
 /** Device bytes a FastRunState for @p opt needs (the plan's workspace). */
 uint64_t fast_runstate_bytes(const FastModel *fm, const FastOptions *opt);
 
@@ -145,6 +149,9 @@ int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FIL
 
 /** Frees the device weights and the stream. Safe on a zeroed struct. */
 void fast_model_free(FastModel *fm);
+
+/** Device bytes of a cache pool of @p n_layers layers for @p opt (what fast_kv_init_layers allocates). */
+uint64_t fast_kv_bytes(const Config *c, const FastOptions *opt, int n_layers);
 
 /** Allocates the cache pool of the main model's layers for @p opt (max_seqs sequences of up to max_seq positions). */
 int fast_kv_init(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, Err *err);

@@ -30,20 +30,28 @@ static int grouped_fp8(const FastModel *fm, FastRunState *s, float *y, int64_t l
     return fp8_gemm_cuda(&p, fm->stream, err);
 }
 
-int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err) {
+int fast_moe_route(const FastModel *fm, FastRunState *s, int layer, const float *x, int64_t T, Err *err) {
     const Config *c = &fm->config;
     const LayerWeights *w = fast_block_weights(fm, layer);
+    int64_t E = c->n_routed_experts, K = c->num_experts_per_tok;
+    /* Router: FP32 logits from the BF16 gate matrix (the reference always dequantizes it), noaux_tc;
+     * then the slots in expert order. */
+    return fast_linear_forward(fm, s, s->logits_e, E, x, c->hidden_size, T, &w->gate, NULL, 1, FP8_DEQUANT, err) ||
+                   gate_forward_cuda(s->idx, s->weights, NULL, s->logits_e, w->e_score_correction_bias, T, c, fm->stream, err) ||
+                   moe_permute_cuda(s->perm, s->row_of_slot, s->expert_start, s->idx, T, K, E, s->perm_ws, s->perm_ws_bytes,
+                                    fm->stream, err)
+               ? -1
+               : 0;
+}
+
+int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err) {
+    const Config *c = &fm->config;
     const FastLayer *fl = &fm->layers[layer];
     cudaStream_t st = fm->stream;
     int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
     int64_t R = T * K;
-    /* 1. Router: FP32 logits from the BF16 gate matrix (the reference always dequantizes it), noaux_tc. */
-    if (fast_linear_forward(fm, s, s->logits_e, E, x, D, T, &w->gate, NULL, 1, FP8_DEQUANT, err) ||
-        gate_forward_cuda(s->idx, s->weights, NULL, s->logits_e, w->e_score_correction_bias, T, c, st, err))
-        return -1;
-    /* 2. Slots in expert order. */
-    if (moe_permute_cuda(s->perm, s->row_of_slot, s->expert_start, s->idx, T, K, E, s->perm_ws, s->perm_ws_bytes, st, err))
-        return -1;
+    /* 1–2. Router and slots in expert order. */
+    if (fast_moe_route(fm, s, layer, x, T, err)) return -1;
     /* 3. Routed experts: gate and up into one [R][2·Ie] row, SwiGLU, down. */
     int tensor_cores = fl->w1.dtype == DT_F8_E4M3 && fm->fp8 == FP8_W8A8 && fm->fp8_tc && D % 128 == 0 && Ie % 128 == 0;
     if (tensor_cores) {
@@ -57,10 +65,7 @@ int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, 
             return -1;
     } else {
         if (gather_rows_cuda(s->x_perm, D, x, D, s->perm, R, K, D, st, err) ||
-            fast_linear_forward(fm, s, s->h13, 2 * Ie, s->x_perm, D, R, &fl->w1, s->expert_start, (int)E, fm->fp8, err) ||
-            fast_linear_forward(fm, s, s->h13 + Ie, 2 * Ie, s->x_perm, D, R, &fl->w3, s->expert_start, (int)E, fm->fp8, err) ||
-            swiglu_forward_cuda(s->act, FAST_F32, Ie, s->h13, s->h13 + Ie, FAST_F32, 2 * Ie, R, Ie, st, err) ||
-            fast_linear_forward(fm, s, s->y_perm, D, s->act, Ie, R, &fl->w2, s->expert_start, (int)E, fm->fp8, err))
+            fast_swiglu_forward(fm, s, s->y_perm, s->x_perm, R, &fl->w1, &fl->w3, &fl->w2, s->expert_start, (int)E, err))
             return -1;
     }
     /* 4. Shared experts on every token, then the weighted combine in ascending expert order. */

@@ -220,6 +220,10 @@ static int prepare(FastModel *fm, const Model *m, const FastOptions *opt, HostSl
     memset(fm, 0, sizeof *fm);
     fm->host = m;
     fm->config = m->config;
+    /* the device and numerics decide the run state's layout (which kernels run), so the plan sees them too */
+    if (fast_device(&fm->dev, err)) return -1;
+    fm->fp8 = opt->fp8;
+    fm->fp8_tc = fm->dev.cc_major > 8 || (fm->dev.cc_major == 8 && fm->dev.cc_minor >= 9);
     if (plan_local_experts(fm, opt, err)) return -1;
     int n_mtp = want_mtp && m->w.n_mtp > 0 ? 1 : 0; /* module 0 drafts; deeper ones are not used at inference */
     if (weights_alloc(&fm->w, &fm->config, n_mtp, err)) return -1;
@@ -262,14 +266,7 @@ int fast_plan(FastPlan *plan, const Model *m, const FastOptions *opt, Err *err) 
     if (!rc && u.ar.overflow) rc = err_set(err, "weight sizes overflow");
     plan->weights = u.ar.used;
     if (!rc) {
-        const Config *c = &m->config;
-        int64_t max_blocks = (opt->max_seq + 63) / 64;
-        int64_t blocks = opt->kv_blocks > 0 ? opt->kv_blocks : (int64_t)opt->max_seqs * max_blocks;
-        plan->kv_cache = (uint64_t)c->num_hidden_layers * (uint64_t)blocks * 64u *
-                         (uint64_t)(c->kv_lora_rank + c->qk_rope_head_dim) * (opt->kv_bf16 ? 2u : 4u);
-        FastDevice dev;
-        fm.fp8 = opt->fp8; /* the run state's layout depends on the kernels the upload will choose */
-        fm.fp8_tc = !fast_device(&dev, NULL) && (dev.cc_major > 8 || (dev.cc_major == 8 && dev.cc_minor >= 9));
+        plan->kv_cache = fast_kv_bytes(&m->config, opt, m->config.num_hidden_layers);
         plan->workspace = fast_runstate_bytes(&fm, opt);
         plan->total = plan->weights + plan->kv_cache + plan->workspace;
         size_t fr = 0, tot = 0;
@@ -291,7 +288,6 @@ void fast_plan_print(const FastPlan *p, FILE *log) {
 
 int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FILE *log, Err *err) {
     FastPlan plan;
-    if (fast_device(&(FastDevice){ 0 }, err)) return -1;
     if (fast_plan(&plan, m, opt, err)) return -1;
     if (log) fast_plan_print(&plan, log);
     /* 5% of the free memory stays for the CUDA context, cuBLAS-free kernels' launches and fragmentation */
@@ -303,9 +299,6 @@ int fast_model_upload(FastModel *fm, const Model *m, const FastOptions *opt, FIL
                        (double)plan.free / 1073741824.0);
     HostSlot *host = NULL;
     if (prepare(fm, m, opt, &host, err)) goto fail;
-    if (fast_device(&fm->dev, err)) goto fail;
-    fm->fp8 = opt->fp8;
-    fm->fp8_tc = fm->dev.cc_major > 8 || (fm->dev.cc_major == 8 && fm->dev.cc_minor >= 9);
     cudaError_t e = cudaStreamCreateWithFlags(&fm->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
         fast_cuda_err(e, "fast_model_upload", "cudaStreamCreate", err);

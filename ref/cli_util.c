@@ -54,3 +54,23 @@ int write_f32_file(const char *path, const float *data, size_t n, Err *err) {
     /* The format is little-endian float32; this machine's floats are little-endian (x86-64/arm64). */
     return write_file_atomic(path, data, bytes, err);
 }
+
+int cli_gpu_flag(const char *cmd, int argc, char **argv, int *i, int *gpu, int *kv_bf16) {
+    const char *f = argv[*i], *v;
+    if (!strcmp(f, "--backend")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "ref")) *gpu = 0;
+        else if (!strcmp(v, "fast")) *gpu = 1;
+        else return cli_fail(cmd, EXIT_USAGE, "--backend must be ref or fast, got '%s'", v), -1;
+        return 1;
+    }
+    if (!strcmp(f, "--kv-cache")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "auto")) *kv_bf16 = -1;
+        else if (!strcmp(v, "f32")) *kv_bf16 = 0;
+        else if (!strcmp(v, "bf16")) *kv_bf16 = 1;
+        else return cli_fail(cmd, EXIT_USAGE, "--kv-cache must be auto, f32 or bf16, got '%s'", v), -1;
+        return 1;
+    }
+    return 0;
+}

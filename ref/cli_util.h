@@ -27,6 +27,14 @@ int cli_long(const char *cmd, const char *flag, const char *v, long lo, long hi,
 /** Float flag value in [lo, hi]; prints the error and returns -1 when invalid. */
 int cli_double(const char *cmd, const char *flag, const char *v, double lo, double hi, double *out);
 
+/**
+ * The flags that choose and shape the GPU backend, shared by logits, generate and chat:
+ * `--backend ref|fast` (*gpu = 0 / 1) and `--kv-cache auto|f32|bf16` (*kv_bf16 = -1 / 0 / 1).
+ * Returns 1 when argv[*i] was one of them (its value consumed), 0 when it is another flag, and
+ * -1 (message printed, exit status EXIT_USAGE) on a missing or unknown value.
+ */
+int cli_gpu_flag(const char *cmd, int argc, char **argv, int *i, int *gpu, int *kv_bf16);
+
 /** Writes @p n floats little-endian to @p path atomically (no partial file on failure). */
 int write_f32_file(const char *path, const float *data, size_t n, Err *err);
 

@@ -114,20 +114,11 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
             else return cli_fail(cmd, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v), -1;
             a->fp8_given = 1;
         }
-        else if (!strcmp(f, "--backend")) {
-            VALUE();
-            if (!strcmp(v, "ref")) a->gpu = 0;
-            else if (!strcmp(v, "fast")) a->gpu = 1;
-            else return cli_fail(cmd, EXIT_USAGE, "--backend must be ref or fast, got '%s'", v), -1;
+        else {
+            int r = cli_gpu_flag(cmd, argc, argv, &i, &a->gpu, &a->kv_bf16);
+            if (r < 0) return -1;
+            if (r == 0) return cli_fail(cmd, EXIT_USAGE, "unknown option '%s' (dsv3 %s --help)", f, cmd), -1;
         }
-        else if (!strcmp(f, "--kv-cache")) {
-            VALUE();
-            if (!strcmp(v, "auto")) a->kv_bf16 = -1;
-            else if (!strcmp(v, "f32")) a->kv_bf16 = 0;
-            else if (!strcmp(v, "bf16")) a->kv_bf16 = 1;
-            else return cli_fail(cmd, EXIT_USAGE, "--kv-cache must be auto, f32 or bf16, got '%s'", v), -1;
-        }
-        else return cli_fail(cmd, EXIT_USAGE, "unknown option '%s' (dsv3 %s --help)", f, cmd), -1;
     }
     if (!a->model) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 %s --help)", cmd), -1;
     if (!is_chat && !!a->prompt == !!a->prompt_file)

@@ -69,23 +69,14 @@ int cmd_logits(int argc, char **argv) {
             else if (!strcmp(v, "w8a8")) fp8 = FP8_W8A8;
             else return cli_fail(CMD, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v);
             fp8_given = 1;
-        } else if (!strcmp(a, "--backend")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "ref")) gpu = 0;
-            else if (!strcmp(v, "fast")) gpu = 1;
-            else return cli_fail(CMD, EXIT_USAGE, "--backend must be ref or fast, got '%s'", v);
-        } else if (!strcmp(a, "--kv-cache")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "auto")) kv_bf16 = -1;
-            else if (!strcmp(v, "f32")) kv_bf16 = 0;
-            else if (!strcmp(v, "bf16")) kv_bf16 = 1;
-            else return cli_fail(CMD, EXIT_USAGE, "--kv-cache must be auto, f32 or bf16, got '%s'", v);
         } else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 1L << 30, &prefill)) return EXIT_USAGE;
         } else if (!strcmp(a, "--mtp")) {
             want_mtp = 1;
         } else {
-            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 logits --help)", a);
+            int r = cli_gpu_flag(CMD, argc, argv, &i, &gpu, &kv_bf16);
+            if (r < 0) return EXIT_USAGE;
+            if (r == 0) return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 logits --help)", a);
         }
     }
     if (!model_dir || !ids_arg || !out_path)

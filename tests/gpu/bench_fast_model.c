@@ -105,9 +105,8 @@ int main(int argc, char **argv) {
     const Config *c = &m.config;
     int max_b = 1;
     for (int i = 0; i < nb; i++) max_b = batches[i] > max_b ? batches[i] : max_b;
-    int mla_shapes = c->kv_lora_rank == 512 && c->qk_rope_head_dim == 64 && c->num_attention_heads % 64 == 0;
     int64_t max_T = prompt_len > max_b ? prompt_len : max_b;
-    FastOptions opt = { .fp8 = fp8, .kv_bf16 = kv_bf16 < 0 ? mla_shapes : kv_bf16, .max_T = max_T,
+    FastOptions opt = { .fp8 = fp8, .kv_bf16 = kv_bf16 < 0 ? fast_mla_kernel_shapes(c) : kv_bf16, .max_T = max_T,
                          .max_seq = prompt_len + steps + 8, .max_seqs = max_b, .progress = 1,
                          .cuda_graphs = !no_graphs };
     if (env.world_size > 1) {

@@ -401,6 +401,16 @@ static void nccl_case(const char *dir) {
 }
 #endif
 
+/** Logits [T][V] of ids: the first @p first as one chunk, then one token per forward (decode steps). */
+static int prefix_then_tokens(const FastModel *fm, FastRunState *s, FastKVCache *kv, int sq, const int *ids, int T, int first,
+                              float *logits) {
+    int64_t V = fm->config.vocab_size;
+    if (forward1(fm, s, kv, sq, ids, first, 1, logits, NULL)) return -1;
+    for (int p = first; p < T; p++)
+        if (forward1(fm, s, kv, sq, ids + p, 1, 1, logits + (size_t)p * V, NULL)) return -1;
+    return 0;
+}
+
 static void run_case(const Case *cs, int quick) {
     char path[512];
     Err err = { "" };
@@ -459,8 +469,7 @@ static void run_case(const Case *cs, int quick) {
     /* chunked: a prefix, then one token at a time (decode steps: replayed CUDA graphs on a GPU) */
     int first = T / 3;
     sq = fast_kv_open(&kv, &err);
-    int ok = !forward1(&fm, s, &kv, sq, ids, first, 1, got, NULL);
-    for (int p = first; ok && p < T; p++) ok = !forward1(&fm, s, &kv, sq, ids + p, 1, 1, got + (size_t)p * V, NULL);
+    int ok = !prefix_then_tokens(&fm, s, &kv, sq, ids, T, first, got);
     if (ok) compare("prefix + one token per forward", cs, got, want, T, V);
     fast_kv_close(&kv, sq);
     /* the same without CUDA graphs: replaying a graph must not change a bit */
@@ -472,8 +481,7 @@ static void run_case(const Case *cs, int quick) {
         uint64_t launches = 0, captures = 0;
         fast_runstate_graph_stats(s, &launches, &captures);
         sq = fast_kv_open(&kv, &err);
-        ok = !fast_runstate_init(&s2, &fm, &eager, &err) && !forward1(&fm, s2, &kv, sq, ids, first, 1, got2, NULL);
-        for (int p = first; ok && p < T; p++) ok = !forward1(&fm, s2, &kv, sq, ids + p, 1, 1, got2 + (size_t)p * V, NULL);
+        ok = !fast_runstate_init(&s2, &fm, &eager, &err) && !prefix_then_tokens(&fm, s2, &kv, sq, ids, T, first, got2);
         if (!ok) report(0, "%s eager run: %s", cs->dir, err.msg);
         else
             report(!memcmp(got, got2, (size_t)T * (size_t)V * sizeof(float)),
