@@ -159,6 +159,14 @@ int fast_ffn_forward(const FastModel *fm, FastRunState *s, float *y, const float
 int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, const float *x, int64_t T, Err *err);
 
 /**
+ * 1 when the routed experts run on the FP8 tensor-core grouped GEMM over e4m3 rows gathered once
+ * (FP8 experts, W8A8, sm_89+, D and Ie multiples of 128), 0 when FP32 rows go through the generic
+ * kernel — for every MoE layer alike (all FP8, or the generic path for all), since it decides both
+ * the path and which buffers the run state holds.
+ */
+int fast_moe_tensor_cores(const FastModel *fm);
+
+/**
  * The routing of an MoE layer: router logits (FP32 from the BF16 gate, as the reference), the
  * noaux_tc choice into s->idx / s->weights, and the slots in expert order (s->perm, s->row_of_slot,
  * s->expert_start).

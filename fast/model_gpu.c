@@ -22,16 +22,6 @@
 /* ------------------------------------------------------------------------------------- */
 /* run state                                                                               */
 
-/** The expert layout decides which MoE buffers exist: e4m3 gathers (tensor cores) or FP32 ones. */
-static int moe_uses_tensor_cores(const FastModel *fm) {
-    const Config *c = &fm->config;
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        if (config_layer_is_moe(c, l))
-            return fm->host->w.layers[l].experts[0].gate_proj.dtype == DT_F8_E4M3 && fm->fp8 == FP8_W8A8 &&
-                   fm->fp8_tc && c->hidden_size % 128 == 0 && c->moe_intermediate_size % 128 == 0;
-    return 1;
-}
-
 /** Largest split-K workspace any dense FP8 linear asks for at up to max_T rows. */
 static size_t gemm_workspace(const FastModel *fm, int64_t max_T) {
     const Config *c = &fm->config;
@@ -75,7 +65,7 @@ static void runstate_layout(FastRunState *s, const FastModel *fm, const FastOpti
         if (config_layer_is_moe(c, l)) has_moe = 1;
         else has_dense = 1;
     }
-    int moe_tc = moe_uses_tensor_cores(fm);
+    int moe_tc = fast_moe_tensor_cores(fm); /* e4m3 gathers, or FP32 ones */
     int64_t R = has_moe ? Tm * K : 0, R_ep = fm->ep_plan ? R * fm->ep_plan->nranks : R;
     s->max_T = Tm;
     s->max_blocks = (int)((opt->max_seq + 63) / 64);

@@ -30,6 +30,17 @@ static int grouped_fp8(const FastModel *fm, FastRunState *s, float *y, int64_t l
     return fp8_gemm_cuda(&p, fm->stream, err);
 }
 
+int fast_moe_tensor_cores(const FastModel *fm) {
+    const Config *c = &fm->config;
+    if (fm->fp8 != FP8_W8A8 || !fm->fp8_tc || c->hidden_size % 128 || c->moe_intermediate_size % 128) return 0;
+    for (int l = 0; l < c->num_hidden_layers + fm->w.n_mtp; l++) {
+        if (!config_layer_is_moe(c, l)) continue;
+        const LayerWeights *h = l < c->num_hidden_layers ? &fm->host->w.layers[l] : &fm->host->w.mtp[l - c->num_hidden_layers].block;
+        if (h->experts[0].gate_proj.dtype != DT_F8_E4M3) return 0; /* every MoE layer, or none */
+    }
+    return 1;
+}
+
 int fast_moe_route(const FastModel *fm, FastRunState *s, int layer, const float *x, int64_t T, Err *err) {
     const Config *c = &fm->config;
     const LayerWeights *w = fast_block_weights(fm, layer);
@@ -53,8 +64,7 @@ int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, 
     /* 1–2. Router and slots in expert order. */
     if (fast_moe_route(fm, s, layer, x, T, err)) return -1;
     /* 3. Routed experts: gate and up into one [R][2·Ie] row, SwiGLU, down. */
-    int tensor_cores = fl->w1.dtype == DT_F8_E4M3 && fm->fp8 == FP8_W8A8 && fm->fp8_tc && D % 128 == 0 && Ie % 128 == 0;
-    if (tensor_cores) {
+    if (fast_moe_tensor_cores(fm)) {
         if (fp8_quantize_rows_cuda(s->xq, D, s->xs, x, FAST_F32, D, T, D, st, err) ||
             moe_gather_rows_cuda(s->xq_perm, s->xs_perm, s->xq, s->xs, s->perm, R, K, D, st, err) ||
             grouped_fp8(fm, s, s->h13, 2 * Ie, s->xq_perm, s->xs_perm, R, &fl->w1, (int)E, err) ||
