@@ -54,9 +54,7 @@ LDLIBS  += -fopenmp
 endif
 
 BUILD   := build
-# fast/ files that are plain C without CUDA (the launch bootstrap) belong to the CPU library too.
-CPU_FAST_SRC := fast/bootstrap.c
-REF_SRC := $(filter-out ref/main.c,$(wildcard ref/*.c)) $(CPU_FAST_SRC)
+REF_SRC := $(filter-out ref/main.c,$(wildcard ref/*.c))
 REF_OBJ := $(REF_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -82,7 +80,7 @@ NVCC_FLAGS := -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -Werror all-warn
               -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -Xptxas -v -Iref -Ifast -Ikernels $(NVCC_GENCODE) $(NVCC_EXTRA)
 GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
-FAST_C  := $(filter-out $(CPU_FAST_SRC),$(wildcard fast/*.c))
+FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
 # ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
 GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
@@ -90,7 +88,10 @@ GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
 NCCL_LIB ?= -lnccl
+# fast/ep_nccl.c opens NCCL with dlopen at run time (dsv3 runs without it): this copy is its last resort.
+NCCL_SO := $(firstword $(wildcard $(NCCL_HOME)/lib64/libnccl.so.2 $(NCCL_HOME)/lib/libnccl.so.2) $(NCCL_HOME)/lib64/libnccl.so.2)
 GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include -MMD -MP \
+              -DDSV3_NCCL_DEFAULT='"$(NCCL_SO)"' \
               -ffunction-sections -fdata-sections -fopenmp $(if $(DEB_ROOT),-I$(DEB_ROOT)/usr/include) $(MPI_CFLAGS)
 GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm $(MPI_LIBS)
 GPU_TEST_SUPPORT := $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/gpu_fill.o

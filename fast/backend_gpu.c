@@ -1,11 +1,14 @@
 /**
  * @file backend_gpu.c
- * @brief ref/backend.h on the GPU: one sequence over fast/model_gpu.h (the CLI's `--backend fast`).
+ * @brief ref/backend.h on the GPU: one sequence over fast/model_gpu.h (the CLI's `--backend fast`),
+ *        optionally with its routed experts spread over an expert-parallel group (ref/cli_ep.h).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
+#include "ep_nccl.h"
+#include "ep_socket.h"
 #include "model_gpu.h"
 
 struct GpuEngine {
@@ -15,16 +18,50 @@ struct GpuEngine {
     FastRunState *rs;
     int seq, mtp_seq;
     int64_t max_T;
+    /* expert parallelism */
+    EpPlan plan;
+    EpTransport t;
+    int ep_tcp;          /* which transport t is (0: NCCL) */
+    FastEp *ep;          /* NULL: every expert is local */
+    int rank;
     char what[384];
 };
 
 void gpu_engine_close(GpuEngine *e) {
     if (!e) return;
+    if (e->ep && e->rank == 0) {
+        Err err = { "" };
+        if (fast_ep_stop(e->ep, &err)) fprintf(stderr, "dsv3: stopping the expert servers: %s\n", err.msg);
+    }
+    fast_ep_free(e->ep);
+    if (e->t.ctx) e->ep_tcp ? ep_socket_transport_free(&e->t) : ep_nccl_transport_free(&e->t);
+    ep_plan_free(&e->plan);
     fast_runstate_free(e->rs);
     fast_kv_free(&e->kv);
     fast_kv_free(&e->mtp_kv);
     fast_model_free(&e->fm);
     free(e);
+}
+
+/** Joins the expert-parallel group before the upload: NCCL selects GPU LOCAL_RANK itself; with
+ *  TCP ranks may share GPUs (LOCAL_RANK mod the device count). */
+static int join_group(GpuEngine *e, const Model *m, const GpuEngineOptions *opt, Err *err) {
+    const Config *c = &m->config;
+    if (c->n_routed_experts < 1 || c->first_k_dense_replace >= c->num_hidden_layers)
+        return err_set(err, "expert parallelism: this model has no MoE layers to split");
+    e->ep_tcp = opt->ep_tcp;
+    e->rank = opt->ep->rank;
+    if (e->ep_tcp) {
+        int n = 0;
+        cudaError_t ce = cudaGetDeviceCount(&n);
+        if (ce != cudaSuccess || n < 1) return err_set(err, "no CUDA device (%s)", cudaGetErrorString(ce));
+        if ((ce = cudaSetDevice(opt->ep->local_rank % n)) != cudaSuccess)
+            return err_set(err, "cudaSetDevice(%d): %s", opt->ep->local_rank % n, cudaGetErrorString(ce));
+        if (ep_socket_transport_init(&e->t, opt->ep, opt->ep_timeout_s, err)) return -1;
+    } else if (ep_nccl_transport_init(&e->t, opt->ep, opt->ep_timeout_s, err)) {
+        return -1;
+    }
+    return ep_plan_init(&e->plan, opt->ep->world_size, c->n_routed_experts, NULL, 0, err);
 }
 
 int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
@@ -34,20 +71,35 @@ int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt
     FastOptions fo = { .fp8 = opt->fp8, .kv_bf16 = opt->kv_bf16 < 0 ? fast_mla_kernel_shapes(&m->config) : opt->kv_bf16,
                        .max_T = opt->max_T, .max_seq = opt->ctx, .max_seqs = 1, .progress = log != NULL, .mtp = opt->mtp,
                        .cuda_graphs = 1 };
+    int ep = opt->ep && opt->ep->world_size > 1;
     e->max_T = opt->max_T;
     e->mtp_seq = -1;
+    if (ep && join_group(e, m, opt, err)) goto fail;
+    if (ep) fo.ep_plan = &e->plan, fo.ep_rank = e->rank;
     if (fast_model_upload(&e->fm, m, &fo, log, err) || fast_kv_init(&e->kv, &e->fm, &fo, err) ||
         fast_runstate_init(&e->rs, &e->fm, &fo, err) || (e->seq = fast_kv_open(&e->kv, err)) < 0 ||
         (e->fm.w.n_mtp > 0 && (fast_kv_init_layers(&e->mtp_kv, &e->fm, &fo, 1, err) ||
-                               (e->mtp_seq = fast_kv_open(&e->mtp_kv, err)) < 0))) {
-        err_prefix(err, "--backend fast");
-        gpu_engine_close(e);
-        return -1;
+                               (e->mtp_seq = fast_kv_open(&e->mtp_kv, err)) < 0)))
+        goto fail;
+    if (ep) {
+        if (fast_ep_init(&e->ep, &e->fm, &e->t, e->rank, e->max_T, err)) goto fail;
+        fast_runstate_set_ep(e->rs, e->ep);
     }
-    snprintf(e->what, sizeof e->what, "%s (sm_%d%d), fp8 %s, %s latent cache", e->fm.dev.name, e->fm.dev.cc_major,
-             e->fm.dev.cc_minor, fo.fp8 == FP8_W8A8 ? "w8a8" : "dequant", fo.kv_bf16 ? "bf16" : "f32");
+    int at = snprintf(e->what, sizeof e->what, "%s (sm_%d%d), fp8 %s, %s latent cache", e->fm.dev.name, e->fm.dev.cc_major,
+                      e->fm.dev.cc_minor, fo.fp8 == FP8_W8A8 ? "w8a8" : "dequant", fo.kv_bf16 ? "bf16" : "f32");
+    if (ep && at > 0 && (size_t)at < sizeof e->what)
+        snprintf(e->what + at, sizeof e->what - (size_t)at, ", experts over %d ranks (%s)", e->t.nranks, e->ep_tcp ? "TCP" : "NCCL");
     *out = e;
     return 0;
+fail:
+    err_prefix(err, "--backend fast");
+    gpu_engine_close(e);
+    return -1;
+}
+
+int gpu_engine_serve(GpuEngine *e, Err *err) {
+    if (!e->ep || e->rank == 0) return err_set(err, "gpu_engine_serve: only ranks 1.. of an expert-parallel engine serve");
+    return fast_ep_serve(&e->fm, e->rs, e->ep, err);
 }
 
 /** The main model (mtp = 0) or the MTP module (mtp = 1) over T rows from pos0, in max_T pieces. */

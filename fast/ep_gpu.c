@@ -17,6 +17,11 @@
  *      would have computed it in (row_of_slot), and moe_combine_cuda adds them in the same order —
  *      so the logits equal the single-GPU ones bit for bit, for any number of ranks.
  * The host synchronizes the stream around each exchange (the transport has its own stream).
+ * A transport that takes device memory (NCCL) gets the device rows directly; a host-only one
+ * (TCP, the in-process CPU transport) gets them staged through host buffers.
+ *
+ * fast_ep_serve is ref ep_serve on the GPU: a rank with no tokens of its own runs step 3 for
+ * whichever layer the counts exchange announces, until EP_STOP (the CLI's ranks 1..N−1).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +45,8 @@ struct FastEp {
     int *inverse;      /**< [cap] its inverse */
     int *group_start;  /**< [n_local+1] local expert row ranges */
     size_t *n;         /**< [3][nranks+1]: rows sent, received, running starts */
+    float *h_send, *h_recv; /**< host staging of device rows for a host-only transport */
+    size_t h_cap;      /**< rows each staging buffer holds */
 };
 
 int fast_ep_init(FastEp **out, const FastModel *fm, EpTransport *t, int rank, int64_t max_T, Err *err) {
@@ -77,6 +84,7 @@ void fast_ep_free(FastEp *e) {
     ep_rank_free(&e->r);
     free(e->idx), free(e->row_of_slot), free(e->send_slot), free(e->send_meta), free(e->recv_meta);
     free(e->index), free(e->inverse), free(e->group_start), free(e->n);
+    free(e->h_send), free(e->h_recv);
     free(e);
 }
 
@@ -90,14 +98,85 @@ static int copy(const FastModel *fm, void *dst, const void *src, size_t bytes, e
     return fast_cuda_err(cudaMemcpyAsync(dst, src, bytes, kind, fm->stream), "fast_ep_moe_forward", "cudaMemcpyAsync", err);
 }
 
+/** Grows the host staging buffers to @p rows rows of @p D floats. */
+static int stage_room(FastEp *e, size_t rows, int64_t D, Err *err) {
+    if (rows <= e->h_cap && e->h_send) return 0;
+    size_t cap = rows > 64 ? rows : 64;
+    float *a = realloc(e->h_send, cap * (size_t)D * sizeof *a);
+    if (a) e->h_send = a;
+    float *b = a ? realloc(e->h_recv, cap * (size_t)D * sizeof *b) : NULL;
+    if (b) e->h_recv = b;
+    if (!a || !b) return err_set(err, "out of memory staging %zu expert-parallel rows", rows);
+    e->h_cap = cap;
+    return 0;
+}
+
+/** ep_exchange_rows of device rows [..][D]: direct when the transport takes device memory,
+ *  else through the host staging buffers. */
+static int exchange_device_rows(const FastModel *fm, FastEp *e, const float *d_send, const size_t *send_n, float *d_recv,
+                                const size_t *recv_n, Err *err) {
+    int nr = e->r.t->nranks;
+    int64_t D = fm->config.hidden_size;
+    size_t row = (size_t)D * sizeof(float);
+    if (e->r.t->device_buffers) return ep_exchange_rows(&e->r, d_send, send_n, d_recv, recv_n, row, err);
+    size_t ns = 0, nrecv = 0;
+    for (int d = 0; d < nr; d++) ns += send_n[d], nrecv += recv_n[d];
+    if (stage_room(e, ns > nrecv ? ns : nrecv, D, err)) return -1;
+    if ((ns && (copy(fm, e->h_send, d_send, ns * row, cudaMemcpyDeviceToHost, err) || sync_stream(fm, err))) ||
+        ep_exchange_rows(&e->r, e->h_send, send_n, e->h_recv, recv_n, row, err) ||
+        (nrecv && (copy(fm, d_recv, e->h_recv, nrecv * row, cudaMemcpyHostToDevice, err) || sync_stream(fm, err))))
+        return -1;
+    return 0;
+}
+
+/**
+ * What every rank runs for a MoE layer once the counts are known (e->n): receives the rows and
+ * their expert ids, runs them through the local experts of @p layer, and sends the outputs back
+ * the way they came; afterwards s->ep_send holds this rank's own rows' outputs in dispatch order.
+ */
+static int run_received(const FastModel *fm, FastRunState *s, FastEp *e, int layer, Err *err) {
+    const Config *c = &fm->config;
+    const FastLayer *fl = &fm->layers[layer];
+    cudaStream_t st = fm->stream;
+    int nr = e->r.t->nranks, rank = e->r.rank;
+    int64_t D = c->hidden_size, E = c->n_routed_experts;
+    size_t *send_n = e->n, *recv_n = e->n + nr + 1, total = 0;
+    for (int sr = 0; sr < nr; sr++) total += recv_n[sr];
+    if ((int64_t)total > e->cap) return err_set(err, "fast_ep_moe_forward: %zu rows received, room for %lld", total, (long long)e->cap);
+    if (exchange_device_rows(fm, e, s->ep_send, send_n, s->ep_recv, recv_n, err) ||
+        ep_exchange_rows(&e->r, e->send_meta, send_n, e->recv_meta, recv_n, sizeof(int), err))
+        return -1;
+    /* Received rows regrouped by local expert — the reference's stable counting sort (moe_permute,
+     * one choice per row) over the local slots — the local experts, arrival order again. */
+    for (size_t j = 0; j < total; j++) {
+        int m = e->recv_meta[j], li = m >= 0 && m < E ? fm->local_of[m] : -1;
+        if (li < 0) return err_set(err, "rank %d received a row for expert %d it does not hold", rank, m);
+        e->recv_meta[j] = li;
+    }
+    int64_t M = (int64_t)total;
+    moe_permute(e->index, e->group_start, e->recv_meta, M, 1, fm->n_local);
+    for (int64_t dst = 0; dst < M; dst++) e->inverse[e->index[dst]] = (int)dst;
+    if (M > 0) {
+        if (copy(fm, s->ep_index, e->index, total * sizeof(int), cudaMemcpyHostToDevice, err) ||
+            copy(fm, s->ep_group_start, e->group_start, ((size_t)fm->n_local + 1) * sizeof(int), cudaMemcpyHostToDevice, err) ||
+            gather_rows_cuda(s->ep_work, D, s->ep_recv, D, s->ep_index, M, 1, D, st, err) ||
+            fast_swiglu_forward(fm, s, s->ep_work, s->ep_work, M, &fl->w1, &fl->w3, &fl->w2, s->ep_group_start, fm->n_local, err) ||
+            copy(fm, s->ep_index, e->inverse, total * sizeof(int), cudaMemcpyHostToDevice, err) ||
+            gather_rows_cuda(s->ep_recv, D, s->ep_work, D, s->ep_index, M, 1, D, st, err))
+            return -1;
+    }
+    if (sync_stream(fm, err)) return -1;
+    /* Combine: back the way they came. */
+    return exchange_device_rows(fm, e, s->ep_recv, recv_n, s->ep_send, send_n, err);
+}
+
 int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *e, int layer, float *y, const float *x, int64_t T,
                         Err *err) {
     const Config *c = &fm->config;
-    const FastLayer *fl = &fm->layers[layer];
     const EpPlan *p = e->r.plan;
     cudaStream_t st = fm->stream;
-    int nr = e->r.t->nranks, rank = e->r.rank;
-    int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
+    int nr = e->r.t->nranks, rank = e->r.rank, group_layer;
+    int64_t D = c->hidden_size, K = c->num_experts_per_tok;
     int64_t R = T * K;
     size_t *send_n = e->n, *recv_n = e->n + nr + 1, *at = e->n + 2 * (nr + 1);
     if (R > e->cap) return err_set(err, "fast_ep_moe_forward: %lld slots exceed the %lld the rank was set up for", (long long)R, (long long)e->cap);
@@ -118,39 +197,25 @@ int fast_ep_moe_forward(const FastModel *fm, FastRunState *s, FastEp *e, int lay
     if (copy(fm, s->ep_index, e->index, (size_t)R * sizeof(int), cudaMemcpyHostToDevice, err) ||
         gather_rows_cuda(s->ep_send, D, x, D, s->ep_index, R, 1, D, st, err) || sync_stream(fm, err))
         return -1;
-    /* counts first, then the rows (device) and their expert ids (host) */
-    if (ep_exchange_counts(&e->r, send_n, recv_n, err)) return -1;
-    size_t total = 0;
-    for (int sr = 0; sr < nr; sr++) total += recv_n[sr];
-    if ((int64_t)total > e->cap) return err_set(err, "fast_ep_moe_forward: %zu rows received, room for %lld", total, (long long)e->cap);
-    if (ep_exchange_rows(&e->r, s->ep_send, send_n, s->ep_recv, recv_n, (size_t)D * sizeof(float), err) ||
-        ep_exchange_rows(&e->r, e->send_meta, send_n, e->recv_meta, recv_n, sizeof(int), err))
-        return -1;
-    /* 3. Received rows regrouped by local expert — the reference's stable counting sort (moe_permute,
-     *    one choice per row) over the local slots — the local experts, arrival order again. */
-    for (size_t j = 0; j < total; j++) {
-        int m = e->recv_meta[j], li = m >= 0 && m < E ? fm->local_of[m] : -1;
-        if (li < 0) return err_set(err, "rank %d received a row for expert %d it does not hold", rank, m);
-        e->recv_meta[j] = li;
-    }
-    int64_t M = (int64_t)total;
-    moe_permute(e->index, e->group_start, e->recv_meta, M, 1, fm->n_local);
-    for (int64_t dst = 0; dst < M; dst++) e->inverse[e->index[dst]] = (int)dst;
-    if (M > 0) {
-        if (copy(fm, s->ep_index, e->index, total * sizeof(int), cudaMemcpyHostToDevice, err) ||
-            copy(fm, s->ep_group_start, e->group_start, ((size_t)fm->n_local + 1) * sizeof(int), cudaMemcpyHostToDevice, err) ||
-            gather_rows_cuda(s->ep_work, D, s->ep_recv, D, s->ep_index, M, 1, D, st, err) ||
-            fast_swiglu_forward(fm, s, s->ep_work, s->ep_work, M, &fl->w1, &fl->w3, &fl->w2, s->ep_group_start, fm->n_local, err) ||
-            copy(fm, s->ep_index, e->inverse, total * sizeof(int), cudaMemcpyHostToDevice, err) ||
-            gather_rows_cuda(s->ep_recv, D, s->ep_work, D, s->ep_index, M, 1, D, st, err))
-            return -1;
-    }
-    if (sync_stream(fm, err)) return -1;
-    /* 4. Combine: back the way they came, each into its single-GPU permuted row. */
-    if (ep_exchange_rows(&e->r, s->ep_recv, recv_n, s->ep_send, send_n, (size_t)D * sizeof(float), err)) return -1;
+    /* 3. Counts first (with the layer, checked across ranks), then rows, experts and the way back. */
+    if (ep_exchange_counts(&e->r, layer, send_n, recv_n, &group_layer, err) || run_received(fm, s, e, layer, err)) return -1;
+    /* 4. Combine: each output into its single-GPU permuted row. */
     for (int64_t j = 0; j < R; j++) e->index[e->row_of_slot[e->send_slot[j]]] = (int)j;
     if (copy(fm, s->ep_index, e->index, (size_t)R * sizeof(int), cudaMemcpyHostToDevice, err) ||
         gather_rows_cuda(s->y_perm, D, s->ep_send, D, s->ep_index, R, 1, D, st, err))
         return -1;
     return fast_moe_combine(fm, s, layer, y, x, T, err);
 }
+
+int fast_ep_serve(const FastModel *fm, FastRunState *s, FastEp *e, Err *err) {
+    int nr = e->r.t->nranks, layer;
+    size_t *send_n = e->n, *recv_n = e->n + nr + 1;
+    for (;;) {
+        memset(send_n, 0, (size_t)nr * sizeof *send_n);
+        if (ep_exchange_counts(&e->r, EP_PASSIVE, send_n, recv_n, &layer, err)) return -1;
+        if (layer == EP_STOP) return 0;
+        if (!ep_moe_layer(&fm->w, layer, err) || run_received(fm, s, e, layer, err)) return -1;
+    }
+}
+
+int fast_ep_stop(FastEp *e, Err *err) { return ep_stop(&e->r, err); }

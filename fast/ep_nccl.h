@@ -3,7 +3,7 @@
  * @brief The NCCL implementation of ref/ep.h's EpTransport: all-to-all with counts exchanged
  *        first, as grouped ncclSend/ncclRecv, one process and one GPU per rank.
  *
- * Group setup follows torchrun (fast/bootstrap.h): rank 0 creates the ncclUniqueId and shares it
+ * Group setup follows torchrun (ref/bootstrap.h): rank 0 creates the ncclUniqueId and shares it
  * over TCP (or MPI_Bcast in MPI builds, DSV3_WITH_MPI), every rank binds GPU LOCAL_RANK and calls
  * ncclCommInitRank. Buffers handed to alltoallv may live in host memory (the CPU reference's
  * expert-parallel MoE) or device memory (the CUDA backend): host buffers are staged through

@@ -207,6 +207,14 @@ uint64_t fast_ep_dispatched_bytes(const FastEp *ep);
 void fast_runstate_set_ep(FastRunState *s, FastEp *ep);
 
 /**
+ * A rank without tokens of its own (ref ep_serve): runs its routed experts for whatever MoE layer
+ * the active rank announces, until that rank calls fast_ep_stop. Collective.
+ */
+int fast_ep_serve(const FastModel *fm, FastRunState *s, FastEp *ep, Err *err);
+/** Ends the expert servers' fast_ep_serve (announces EP_STOP). Collective. */
+int fast_ep_stop(FastEp *ep, Err *err);
+
+/**
  * MTP module 0 (spec §7.2; ref mtp_forward) over a batch of chunks of its own cache @p mtp_kv
  * (one layer: fast_kv_init_layers(.., 1, ..)): b->ids are the NEXT tokens x_{p+1}, @p h (host
  * [Σ n][D]) the main model's post-norm hiddens at the same positions p. Outputs like

@@ -13,6 +13,7 @@
 
 #include <stdio.h>
 
+#include "bootstrap.h"
 #include "linear.h"
 #include "model.h"
 
@@ -26,9 +27,17 @@ typedef struct {
     int64_t max_T;    /**< tokens per forward */
     int64_t ctx;      /**< positions of the sequence */
     int mtp;          /**< 1: also upload MTP module 0 (gpu_engine_mtp, speculative decoding) */
+    const LaunchEnv *ep; /**< expert parallelism over ep->world_size processes (NULL: one GPU holds every expert) */
+    int ep_tcp;       /**< 1: the TCP transport, rows staged through host memory; 0: NCCL */
+    double ep_timeout_s; /**< how long ranks wait for each other to join */
 } GpuEngineOptions;
 
-/** Uploads @p m (which must outlive the engine), printing the memory plan and progress on @p log. */
+/**
+ * Uploads @p m (which must outlive the engine), printing the memory plan and progress on @p log.
+ * With opt->ep (world_size > 1) the engine joins the group (cli_ep.h): it holds only its rank's
+ * routed experts; rank 0 runs forwards as usual, every MoE layer dispatching over the group, and
+ * tells the other ranks to stop when it is closed; the other ranks call gpu_engine_serve.
+ */
 int gpu_engine_open(GpuEngine **e, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err);
 
 /**
@@ -49,10 +58,13 @@ int gpu_engine_forward(GpuEngine *e, int64_t pos0, const int *ids, int64_t T, fl
 int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float *h, int64_t T, float *logits,
                    int64_t n_logits, float *out_normed, Err *err);
 
+/** Ranks 1.. of an expert-parallel engine: serve the routed experts until rank 0 closes its engine. */
+int gpu_engine_serve(GpuEngine *e, Err *err);
+
 /** One line naming the device and the engine's numerics, for logs. */
 const char *gpu_engine_describe(const GpuEngine *e);
 
-/** Frees everything; safe on NULL. */
+/** Frees everything (rank 0 of an expert-parallel engine first stops the other ranks); safe on NULL. */
 void gpu_engine_close(GpuEngine *e);
 
 #endif /* DSV3_BACKEND_H */

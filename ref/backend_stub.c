@@ -29,3 +29,8 @@ __attribute__((weak)) const char *gpu_engine_describe(const GpuEngine *e) {
 }
 
 __attribute__((weak)) void gpu_engine_close(GpuEngine *e) { (void)e; }
+
+__attribute__((weak)) int gpu_engine_serve(GpuEngine *e, Err *err) {
+    (void)e;
+    return err_set(err, "--backend fast: this dsv3 was built without CUDA");
+}

@@ -22,6 +22,7 @@
 
 #include "chat.h"
 #include "cli.h"
+#include "cli_ep.h"
 #include "cli_util.h"
 #include "generate.h"
 #include "tokenizer.h"
@@ -37,6 +38,7 @@ typedef struct {
     int fp8_given;  /* --fp8 on the command line (the GPU backend defaults to w8a8) */
     int gpu;        /* --backend fast */
     int kv_bf16;    /* --kv-cache: -1 auto, 0 f32, 1 bf16 */
+    CliEpFlags ep;  /* --ep N, --ep-transport */
 } GenArgs;
 
 static void usage(FILE *f, const char *cmd) {
@@ -60,7 +62,10 @@ static void usage(FILE *f, const char *cmd) {
                "  --attn absorb|naive   MLA form (default absorb)\n"
                "  --fp8 dequant|w8a8    FP8 numerics (default dequant; w8a8 with --backend fast)\n"
                "  --backend ref|fast    the C reference (default) or the whole model on a GPU\n"
-               "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n");
+               "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n"
+               "  --ep N                split the routed experts over N processes (this one and N-1 it starts);\n"
+               "                        under torchrun / mpirun the launcher's processes form the group instead\n"
+               "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
 }
 
 /** Inside parse_args: takes the current flag's value into v, or fails the parse. */
@@ -116,6 +121,7 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
         }
         else {
             int r = cli_gpu_flag(cmd, argc, argv, &i, &a->gpu, &a->kv_bf16);
+            if (r == 0) r = cli_ep_flag(cmd, argc, argv, &i, &a->ep);
             if (r < 0) return -1;
             if (r == 0) return cli_fail(cmd, EXIT_USAGE, "unknown option '%s' (dsv3 %s --help)", f, cmd), -1;
         }
@@ -148,7 +154,37 @@ static void session_free(Session *s) {
     if (s->loaded_model) model_free(&s->m);
 }
 
-static int session_open(const char *cmd, const GenArgs *a, Session *s) {
+/** Positions of the session: -c, else the model's limit capped at 4096; 0 (error printed) if -c is too large. */
+static long session_ctx(const char *cmd, const GenArgs *a, const Config *c) {
+    long ctx = a->ctx ? a->ctx : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
+    if (ctx > c->max_position_embeddings)
+        return cli_fail(cmd, EXIT_USAGE, "-c %ld exceeds max_position_embeddings = %d", ctx, c->max_position_embeddings), 0;
+    return ctx;
+}
+
+/** The GPU engine of a session, the same on every rank of a group (the experts' buffers depend on max_T). */
+static GpuEngineOptions session_gpu(const GenArgs *a, long ctx, const CliEp *ep) {
+    int draft = a->spec ? (int)a->draft : 0;
+    return (GpuEngineOptions){ a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, gen_max_T(a->chunk, draft, ctx), ctx, a->spec,
+                               cli_ep_gpu_env(ep), ep->tcp, ep->timeout_s };
+}
+
+/** Ranks 1.. of a group: load the checkpoint and serve its experts until rank 0 is done. */
+static int serve_session(const char *cmd, const GenArgs *a, CliEp *ep) {
+    Err err = { "" };
+    Model m;
+    if (model_load(&m, a->model, NULL, &err)) return cli_fail(cmd, EXIT_RUNTIME, "rank %d: %s", ep->env.rank, err.msg);
+    long ctx = session_ctx(cmd, a, &m.config);
+    int rc = EXIT_USAGE;
+    if (ctx > 0) {
+        GpuEngineOptions go = session_gpu(a, ctx, ep);
+        rc = cli_ep_serve(ep, cmd, &m, a->gpu ? &go : NULL, a->fp8);
+    }
+    model_free(&m);
+    return rc;
+}
+
+static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep) {
     memset(s, 0, sizeof *s);
     Err err = { "" };
     if (isatty(2)) fprintf(stderr, "dsv3: loading %s ...\n", a->model);
@@ -168,17 +204,22 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s) {
     const int spec = a->spec;
     if (spec && s->m.w.n_mtp == 0)
         return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model);
-    long ctx = a->ctx ? a->ctx : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
-    if (ctx > c->max_position_embeddings)
-        return cli_fail(cmd, EXIT_USAGE, "-c %ld exceeds max_position_embeddings = %d", ctx, c->max_position_embeddings);
+    long ctx = session_ctx(cmd, a, c);
+    if (ctx == 0) return EXIT_USAGE;
     if (a->gpu && a->attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
     if (gen_init(&s->g, &s->m, &s->sampler, ctx, spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     if (a->gpu) {
-        GpuEngineOptions go = { a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, s->g.rs.max_T, ctx, spec };
-        if (gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err) || gen_use_gpu(&s->g, s->gpu, &err))
+        GpuEngineOptions go = session_gpu(a, ctx, ep);
+        if (cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err) ||
+            gen_use_gpu(&s->g, s->gpu, &err))
             return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));
+    } else if (cli_ep_gpu_env(ep)) {
+        EpRank *r = cli_ep_join_ref(ep, &s->m, &err);
+        if (!r) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        gen_set_ep(&s->g, r);
+        fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
     }
     gen_limit_vocab(&s->g, tv);
     decode_stream_init(&s->ds, s->tok);
@@ -261,8 +302,13 @@ int cmd_generate(int argc, char **argv) {
         return cli_fail(cmd, a.prompt ? EXIT_USAGE : EXIT_RUNTIME, "the prompt%s%s is not valid UTF-8",
                         a.prompt_file ? " in " : "", a.prompt_file ? a.prompt_file : "");
     }
+    CliEp ep;
+    if ((rc = cli_ep_launch(&ep, cmd, &a.ep, argc, argv)) || cli_ep_is_server(&ep)) {
+        free(file_text);
+        return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
+    }
     Session s;
-    rc = session_open(cmd, &a, &s);
+    rc = session_open(cmd, &a, &s, &ep);
     IntVec ids = { 0 };
     if (rc == EXIT_OK) {
         int bos = tokenizer_bos_id(s.tok);
@@ -282,7 +328,7 @@ int cmd_generate(int argc, char **argv) {
     free(ids.v);
     free(file_text);
     session_free(&s);
-    return rc;
+    return cli_ep_finish(&ep, cmd, rc);
 }
 
 /** Reads one line from stdin into *buf (without the newline); 0 at EOF. */
@@ -299,8 +345,11 @@ int cmd_chat(int argc, char **argv) {
     int rc = parse_args(cmd, argc, argv, &a);
     if (rc) return rc > 0 ? EXIT_OK : EXIT_USAGE;
     if (a.system && !utf8_valid(a.system, strlen(a.system))) return cli_fail(cmd, EXIT_USAGE, "-sys is not valid UTF-8");
+    CliEp ep;
+    if ((rc = cli_ep_launch(&ep, cmd, &a.ep, argc, argv)) || cli_ep_is_server(&ep))
+        return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
     Session s;
-    rc = session_open(cmd, &a, &s);
+    rc = session_open(cmd, &a, &s, &ep);
     char *line = NULL;
     size_t cap = 0;
     int turn = 0, ended_eos = 1, interactive = isatty(0);
@@ -355,5 +404,5 @@ int cmd_chat(int argc, char **argv) {
     if (rc == EXIT_OK && turn > 0) print_stats(&s, s.g.stats.prefilled);
     free(line);
     session_free(&s);
-    return rc;
+    return cli_ep_finish(&ep, cmd, rc);
 }

@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "cli.h"
+#include "cli_ep.h"
 #include "cli_util.h"
 #include "model.h"
 #include "mtp.h"
@@ -36,8 +37,14 @@ static void usage(FILE *f) {
             "  --mtp                write the MTP module's logits [T-1][vocab] instead\n"
             "  --backend ref|fast   the C reference (default) or the whole model on a GPU\n"
             "  --kv-cache auto|f32|bf16  latent cache (GPU auto: bf16 where the tensor-core MLA kernel applies;\n"
-            "                       the reference is f32 and emulates bf16 rounding with --kv-cache bf16)\n");
+            "                       the reference is f32 and emulates bf16 rounding with --kv-cache bf16)\n"
+            "  --ep N               split the routed experts over N processes (this one and N-1 it starts);\n"
+            "                       under torchrun / mpirun the launcher's processes form the group instead\n"
+            "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
 }
+
+static int run(const char *model_dir, const char *ids_arg, const char *out_path, const char *hidden_path, AttnMode attn,
+               Fp8Mode fp8, long prefill, int want_mtp, int gpu, int kv_bf16, CliEp *ep);
 
 int cmd_logits(int argc, char **argv) {
     const char *model_dir = NULL, *ids_arg = NULL, *out_path = NULL, *hidden_path = NULL;
@@ -45,6 +52,7 @@ int cmd_logits(int argc, char **argv) {
     Fp8Mode fp8 = FP8_DEQUANT;
     long prefill = -1;
     int want_mtp = 0, gpu = 0, kv_bf16 = -1, fp8_given = 0;
+    CliEpFlags epf = { 0, 0 };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -75,6 +83,7 @@ int cmd_logits(int argc, char **argv) {
             want_mtp = 1;
         } else {
             int r = cli_gpu_flag(CMD, argc, argv, &i, &gpu, &kv_bf16);
+            if (r == 0) r = cli_ep_flag(CMD, argc, argv, &i, &epf);
             if (r < 0) return EXIT_USAGE;
             if (r == 0) return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 logits --help)", a);
         }
@@ -84,11 +93,22 @@ int cmd_logits(int argc, char **argv) {
     if (gpu && attn != ATTN_ABSORB) return cli_fail(CMD, EXIT_USAGE, "--backend fast runs the absorbed attention only (no --attn naive)");
     if (gpu && !fp8_given) fp8 = FP8_W8A8; /* what GPUs run; --fp8 dequant for the reference's default numerics */
 
+    CliEp ep;
+    int rc = cli_ep_launch(&ep, CMD, &epf, argc, argv);
+    if (rc) return cli_ep_finish(&ep, CMD, rc);
+    rc = run(model_dir, ids_arg, out_path, hidden_path, attn, fp8, prefill, want_mtp, gpu, kv_bf16, &ep);
+    return cli_ep_finish(&ep, CMD, rc);
+}
+
+/** The command once its flags are known; rank 0 of a group writes the files, the others serve experts. */
+static int run(const char *model_dir, const char *ids_arg, const char *out_path, const char *hidden_path, AttnMode attn,
+               Fp8Mode fp8, long prefill, int want_mtp, int gpu, int kv_bf16, CliEp *ep) {
     Err err = { "" };
     Model m;
-    if (model_load(&m, model_dir, stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    if (model_load(&m, model_dir, cli_ep_is_server(ep) ? NULL : stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     const Config *c = &m.config;
     int *ids = NULL, T = 0, rc = EXIT_RUNTIME;
+    EpRank *ep_rank = NULL;
     float *logits = NULL, *hidden = NULL, *normed = NULL, *mtp_logits = NULL;
     RunState s;
     KVCache kv;
@@ -113,6 +133,11 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     int64_t first = prefill > 0 ? prefill : T;
+    GpuEngineOptions go = { fp8, kv_bf16, first, T, want_mtp, cli_ep_gpu_env(ep), ep->tcp, ep->timeout_s };
+    if (cli_ep_is_server(ep)) {
+        rc = cli_ep_serve(ep, CMD, &m, gpu ? &go : NULL, fp8);
+        goto done;
+    }
     size_t V = (size_t)c->vocab_size, D = (size_t)c->hidden_size;
     logits = xcalloc((size_t)T * V, sizeof *logits);
     hidden = xcalloc((size_t)T * D, sizeof *hidden);
@@ -122,13 +147,13 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     if (gpu) {
-        GpuEngineOptions go = { fp8, kv_bf16, first, T, want_mtp };
-        if (gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
+        if (cli_ep_start(ep, &m, &err) || gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
     } else if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;
     } else {
         kvcache_set_bf16(&kv, kv_bf16 == 1); /* the reference emulates a BF16 GPU cache on request */
+        if (cli_ep_gpu_env(ep) && !(ep_rank = s.ctx.ep = cli_ep_join_ref(ep, &m, &err))) goto fail_msg;
     }
     double t0 = now_seconds();
     /* First chunk of `first` ids, then one token at a time. */
@@ -153,7 +178,7 @@ int cmd_logits(int argc, char **argv) {
                 int64_t n = p ? 1 : chunk;
                 if (gpu_engine_mtp(engine, p, ids + p + 1, normed + p * D, n, mtp_logits + p * V, n, NULL, &err)) goto fail_msg;
             }
-        } else if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, mtp_logits, &err)) {
+        } else if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, ep_rank, mtp_logits, &err)) {
             goto fail_msg;
         }
         if (write_f32_file(out_path, mtp_logits, (size_t)(T - 1) * V, &err)) goto fail_msg;
@@ -164,9 +189,11 @@ int cmd_logits(int argc, char **argv) {
         remove(out_path); /* all or nothing */
         goto fail_msg;
     }
-    fprintf(stderr, "dsv3 logits: %d tokens through %d layers (%s, fp8 %s%s%s) in %.3f s; wrote %s [%d][%zu]\n", T,
+    char group[64] = "";
+    if (ep_rank) snprintf(group, sizeof group, ", experts over %d processes", ep->env.world_size);
+    fprintf(stderr, "dsv3 logits: %d tokens through %d layers (%s, fp8 %s%s%s%s) in %.3f s; wrote %s [%d][%zu]\n", T,
             c->num_hidden_layers, attn == ATTN_ABSORB ? "absorb" : "naive", fp8 == FP8_W8A8 ? "w8a8" : "dequant",
-            engine ? ", GPU: " : "", engine ? gpu_engine_describe(engine) : "", t1 - t0, out_path, want_mtp ? T - 1 : T, V);
+            engine ? ", GPU: " : "", engine ? gpu_engine_describe(engine) : "", group, t1 - t0, out_path, want_mtp ? T - 1 : T, V);
     rc = EXIT_OK;
     goto done;
 fail_msg:

@@ -115,7 +115,7 @@ int cmd_perplexity(int argc, char **argv) {
         nll += cross_entropy_forward(probs, logits, x + 1, ctx, V); /* a sum over the positions */
         if (want_mtp) {
             /* Rows p = 0..ctx−2 predict x[p+2]: the same contract as `logits --mtp`. */
-            if (mtp_logits_sequence(&m, 0, x, normed, ctx, ctx, attn, fp8, logits, &err)) goto fail;
+            if (mtp_logits_sequence(&m, 0, x, normed, ctx, ctx, attn, fp8, NULL, logits, &err)) goto fail;
             nll_mtp += cross_entropy_forward(probs, logits, x + 2, ctx - 1, V);
         }
     }

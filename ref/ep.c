@@ -6,6 +6,7 @@
 #include "ep.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "ffn.h"
@@ -71,14 +72,16 @@ int ep_rank_init(EpRank *r, int rank, EpTransport *t, const EpPlan *plan, Err *e
     r->t = t;
     r->plan = plan;
     r->counts = xcalloc(4 * (size_t)t->nranks, sizeof *r->counts);
+    r->msg = xcalloc(4 * (size_t)t->nranks, sizeof *r->msg);
     r->rows_n = xcalloc(3 * (size_t)t->nranks + 1, sizeof *r->rows_n);
-    return r->counts && r->rows_n ? 0 : err_set(err, "out of memory");
+    return r->counts && r->msg && r->rows_n ? 0 : err_set(err, "out of memory");
 }
 
 void ep_rank_free(EpRank *r) {
     free(r->send_rows), free(r->send_meta), free(r->send_slot), free(r->recv_rows), free(r->recv_meta);
     free(r->work_in), free(r->work_out), free(r->h_gate), free(r->h_up), free(r->h_act), free(r->y_slot);
     free(r->counts);
+    free(r->msg);
     free(r->rows_n);
     memset(r, 0, sizeof *r);
 }
@@ -91,9 +94,9 @@ void ep_rank_free(EpRank *r) {
         (p) = q_;                                                                \
     } while (0)
 
-/** Grows every exchange buffer to hold @p rows rows. */
+/** Grows every exchange buffer to hold @p rows rows (at least one, so no buffer is NULL). */
 static int ensure(EpRank *r, size_t rows, int64_t D, int64_t Ie, Err *err) {
-    if (rows <= r->cap_rows) return 0;
+    if (rows <= r->cap_rows && r->cap_rows > 0) return 0;
     size_t cap = r->cap_rows ? r->cap_rows : 64;
     while (cap < rows) cap *= 2;
     GROW(r->send_rows, cap * (size_t)D);
@@ -112,11 +115,41 @@ static int ensure(EpRank *r, size_t rows, int64_t D, int64_t Ie, Err *err) {
     return 0;
 }
 
-int ep_exchange_counts(EpRank *r, const size_t *send_rows, size_t *recv_rows, Err *err) {
+/** How a layer code reads in a message. */
+static const char *layer_name(int64_t layer, char *buf, size_t n) {
+    if (layer == EP_STOP) return "stop";
+    if (layer == EP_PASSIVE) return "passive";
+    snprintf(buf, n, "layer %lld", (long long)layer);
+    return buf;
+}
+
+int ep_exchange_counts(EpRank *r, int layer, const size_t *send_rows, size_t *recv_rows, int *group_layer, Err *err) {
     int n = r->t->nranks;
+    int64_t *out = r->msg, *in = r->msg + 2 * n;
     size_t *bytes = r->counts, *offs = r->counts + n;
-    for (int d = 0; d < n; d++) bytes[d] = sizeof(size_t), offs[d] = (size_t)d * sizeof(size_t);
-    return r->t->alltoallv(r->t, r->rank, send_rows, bytes, offs, recv_rows, bytes, offs, err);
+    for (int d = 0; d < n; d++) {
+        out[2 * d] = (int64_t)send_rows[d], out[2 * d + 1] = layer;
+        bytes[d] = 2 * sizeof(int64_t), offs[d] = (size_t)d * 2 * sizeof(int64_t);
+    }
+    if (r->t->alltoallv(r->t, r->rank, out, bytes, offs, in, bytes, offs, err)) return -1;
+    int agreed = -1; /* the first non-passive rank */
+    for (int s = 0; s < n; s++) {
+        recv_rows[s] = (size_t)in[2 * s];
+        int64_t ls = in[2 * s + 1];
+        if (in[2 * s] < 0 || in[2 * s] > (int64_t)1 << 30 || ls < EP_STOP || ls > 1 << 20) /* bounds keep sizes in range */
+            return err_set(err, "expert parallelism: rank %d sent a malformed count (%lld rows, layer %lld)", s,
+                           (long long)in[2 * s], (long long)ls);
+        if (ls == EP_PASSIVE) continue;
+        if (agreed < 0) agreed = s;
+        else if (ls != in[2 * agreed + 1]) {
+            char a[32], b[32];
+            return err_set(err, "expert parallelism: ranks out of step: rank %d is at %s, rank %d at %s", agreed,
+                           layer_name(in[2 * agreed + 1], a, sizeof a), s, layer_name(ls, b, sizeof b));
+        }
+    }
+    if (agreed < 0) return err_set(err, "expert parallelism: every rank is passive (no rank runs the model)");
+    *group_layer = (int)in[2 * agreed + 1];
+    return 0;
 }
 
 int ep_exchange_rows(EpRank *r, const void *send, const size_t *send_n, void *recv, const size_t *recv_n,
@@ -129,6 +162,45 @@ int ep_exchange_rows(EpRank *r, const void *send, const size_t *send_n, void *re
     }
     r->dispatched_bytes += s_at;
     return r->t->alltoallv(r->t, r->rank, send, sb, so, recv, rb, ro, err);
+}
+
+/**
+ * The part of a MoE layer every rank runs, tokens or not, once the counts are known (rows_n):
+ * receives the dispatched rows and their expert ids, runs the local experts over them, and
+ * returns the outputs the way they came; afterwards send_rows [n_sent][D] holds the outputs of
+ * this rank's own rows in dispatch order.
+ */
+static int run_received(EpRank *r, const LayerWeights *w, size_t n_sent, const ForwardContext *ctx, Err *err) {
+    const Config *c = ctx->cfg;
+    int n = r->t->nranks;
+    int64_t D = c->hidden_size, E = c->n_routed_experts, Ie = c->moe_intermediate_size;
+    size_t *send_n = r->rows_n, *recv_n = r->rows_n + n, total = 0;
+    for (int s = 0; s < n; s++) total += recv_n[s];
+    if (ensure(r, total > n_sent ? total : n_sent, D, Ie, err)) return -1;
+    if (ep_exchange_rows(r, r->send_rows, send_n, r->recv_rows, recv_n, (size_t)D * sizeof(float), err) ||
+        ep_exchange_rows(r, r->send_meta, send_n, r->recv_meta, recv_n, sizeof(int), err))
+        return -1;
+    for (size_t j = 0; j < total; j++)
+        if (r->recv_meta[j] < 0 || r->recv_meta[j] >= E)
+            return err_set(err, "rank %d received a row for expert %d of %lld", r->rank, r->recv_meta[j], (long long)E);
+    /* Local experts: gather each expert's rows, run its FFN, write the outputs back in place. */
+    for (int64_t e = 0; e < E; e++) {
+        size_t m = 0;
+        for (size_t j = 0; j < total; j++)
+            if (r->recv_meta[j] == e) memcpy(r->work_in + m++ * D, r->recv_rows + j * D, (size_t)D * sizeof(float));
+        if (m == 0) continue;
+        if (!ep_plan_holds(r->plan, r->rank, (int)e)) return err_set(err, "rank %d received rows for expert %lld it does not hold", r->rank, (long long)e);
+        FFNActs acts = { r->h_gate, r->h_up, r->h_act };
+        for (size_t j0 = 0; j0 < m; j0 += (size_t)ctx->lin.max_T) { /* the scratch holds max_T rows */
+            int64_t rows = (int64_t)(m - j0 < (size_t)ctx->lin.max_T ? m - j0 : (size_t)ctx->lin.max_T);
+            ffn_forward(r->work_out + j0 * D, r->work_in + j0 * D, rows, &w->experts[e], &acts, ctx->fp8, &ctx->lin);
+        }
+        m = 0;
+        for (size_t j = 0; j < total; j++)
+            if (r->recv_meta[j] == e) memcpy(r->recv_rows + j * D, r->work_out + m++ * D, (size_t)D * sizeof(float));
+    }
+    /* Combine: outputs return in the order the rows came. */
+    return ep_exchange_rows(r, r->recv_rows, recv_n, r->send_rows, send_n, (size_t)D * sizeof(float), err);
 }
 
 int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, EpRank *r,
@@ -156,32 +228,11 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
         r->send_meta[j] = a->idx[s];
         r->send_slot[j] = s;
     }
-    /* 3. Counts first, then the rows and their expert ids. */
-    if (ep_exchange_counts(r, send_n, recv_n, err)) return -1;
-    size_t total = 0;
-    for (int s = 0; s < n; s++) total += recv_n[s];
-    if (ensure(r, total > (size_t)(T * K) ? total : (size_t)(T * K), D, Ie, err)) return -1;
-    if (ep_exchange_rows(r, r->send_rows, send_n, r->recv_rows, recv_n, (size_t)D * sizeof(float), err) ||
-        ep_exchange_rows(r, r->send_meta, send_n, r->recv_meta, recv_n, sizeof(int), err))
+    /* 3. Counts first (with this layer's index), then the rows, experts and the combine. */
+    int group_layer;
+    if (ep_exchange_counts(r, w->index, send_n, recv_n, &group_layer, err) ||
+        run_received(r, w, (size_t)(T * K), ctx, err))
         return -1;
-    /* 4. Local experts: gather each expert's rows, run its FFN, write the outputs back in place. */
-    for (int64_t e = 0; e < E; e++) {
-        size_t m = 0;
-        for (size_t j = 0; j < total; j++)
-            if (r->recv_meta[j] == e) memcpy(r->work_in + m++ * D, r->recv_rows + j * D, (size_t)D * sizeof(float));
-        if (m == 0) continue;
-        if (!ep_plan_holds(p, r->rank, (int)e)) return err_set(err, "rank %d received rows for expert %lld it does not hold", r->rank, (long long)e);
-        FFNActs acts = { r->h_gate, r->h_up, r->h_act };
-        for (size_t j0 = 0; j0 < m; j0 += (size_t)ctx->lin.max_T) { /* the scratch holds max_T rows */
-            int64_t rows = (int64_t)(m - j0 < (size_t)ctx->lin.max_T ? m - j0 : (size_t)ctx->lin.max_T);
-            ffn_forward(r->work_out + j0 * D, r->work_in + j0 * D, rows, &w->experts[e], &acts, ctx->fp8, &ctx->lin);
-        }
-        m = 0;
-        for (size_t j = 0; j < total; j++)
-            if (r->recv_meta[j] == e) memcpy(r->recv_rows + j * D, r->work_out + m++ * D, (size_t)D * sizeof(float));
-    }
-    /* 5. Combine: outputs return in the order the rows came; place them by slot. */
-    if (ep_exchange_rows(r, r->recv_rows, recv_n, r->send_rows, send_n, (size_t)D * sizeof(float), err)) return -1;
     for (size_t j = 0; j < (size_t)(T * K); j++)
         memcpy(r->y_slot + r->send_slot[j] * D, r->send_rows + j * D, (size_t)D * sizeof(float));
     /* 6. out[t] = Σ_k w·y in ascending expert order (moe_forward's order), then the shared expert. */
@@ -205,6 +256,38 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
         for (int64_t i = 0; i < T * D; i++) out[i] += a->y_shared[i];
     }
     return 0;
+}
+
+const LayerWeights *ep_moe_layer(const Weights *w, int layer, Err *err) {
+    const LayerWeights *lw = layer >= 0 && layer < w->n_layers              ? &w->layers[layer]
+                             : layer >= w->n_layers && layer < w->n_layers + w->n_mtp ? &w->mtp[layer - w->n_layers].block
+                                                                                       : NULL;
+    if (!lw) err_set(err, "expert parallelism: layer %d is not in this model (%d layers, %d MTP)", layer, w->n_layers, w->n_mtp);
+    else if (!lw->is_moe) err_set(err, "expert parallelism: layer %d is dense, not MoE", layer), lw = NULL;
+    return lw;
+}
+
+int ep_serve(EpRank *r, const Weights *w, const ForwardContext *ctx, Err *err) {
+    const Config *c = ctx->cfg;
+    int n = r->t->nranks;
+    if (r->plan->n_experts != c->n_routed_experts || r->plan->nranks != n)
+        return err_set(err, "EP plan does not match the model or the transport");
+    size_t *send_n = r->rows_n, *recv_n = r->rows_n + n;
+    for (;;) {
+        int layer;
+        memset(send_n, 0, (size_t)n * sizeof *send_n);
+        if (ep_exchange_counts(r, EP_PASSIVE, send_n, recv_n, &layer, err)) return -1;
+        if (layer == EP_STOP) return 0;
+        const LayerWeights *lw = ep_moe_layer(w, layer, err);
+        if (!lw || run_received(r, lw, 0, ctx, err)) return -1;
+    }
+}
+
+int ep_stop(EpRank *r, Err *err) {
+    int n = r->t->nranks, layer;
+    size_t *send_n = r->rows_n, *recv_n = r->rows_n + n;
+    memset(send_n, 0, (size_t)n * sizeof *send_n);
+    return ep_exchange_counts(r, EP_STOP, send_n, recv_n, &layer, err);
 }
 
 /* ------------------------------------------------------------------------------------- */

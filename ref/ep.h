@@ -13,10 +13,16 @@
  *      expert order, then the shared expert — the same operations in the same order as the
  *      single-rank moe_forward, so results are bit-for-bit identical for any number of ranks.
  *
+ * The counts exchange of step 2 also carries the layer each rank is at (LayerWeights.index),
+ * so ranks that disagree fail with a message instead of mixing layers, and a rank with no tokens
+ * of its own can serve as a pure expert server (ep_serve): it learns from the counts which
+ * layer's experts to run, until the active rank announces EP_STOP (ep_stop). That is how the
+ * CLI runs one sequence over N processes: rank 0 runs the model, ranks 1.. hold experts.
+ *
  * The transport is an interface (EpTransport): the CPU one here runs N ranks as threads of one
- * process (used by the tests for 2, 4 and 8 ranks); the GPU backend implements it with grouped
- * ncclSend/ncclRecv (fast/). Experts are assigned in contiguous ranges, optionally with
- * redundant copies of chosen (hot) experts on other ranks.
+ * process (used by the tests for 2, 4 and 8 ranks); ep_socket.h connects N processes over TCP;
+ * the GPU backend implements it with grouped ncclSend/ncclRecv (fast/). Experts are assigned in
+ * contiguous ranges, optionally with redundant copies of chosen (hot) experts on other ranks.
  */
 #ifndef DSV3_EP_H
 #define DSV3_EP_H
@@ -39,7 +45,14 @@ typedef struct EpTransport {
                      const size_t *send_offsets, void *recv, const size_t *recv_bytes, const size_t *recv_offsets,
                      Err *err);
     void *ctx; /**< transport state */
+    int device_buffers; /**< 1: alltoallv takes GPU memory (NCCL); 0: host memory only */
 } EpTransport;
+
+/** Layer codes of the counts exchange besides a layer number (LayerWeights.index ≥ 0). */
+enum {
+    EP_PASSIVE = -1, /**< this rank has no tokens: it follows the layer the others announce */
+    EP_STOP = -2     /**< the active rank is done: expert servers return from ep_serve */
+};
 
 /** Which rank holds which routed expert: contiguous ranges plus optional redundant copies. */
 typedef struct {
@@ -82,6 +95,7 @@ typedef struct EpRank {
     float *h_act;          /**< [cap][Ie] SwiGLU output */
     float *y_slot;         /**< [cap][D] combine results by slot */
     size_t *counts;        /**< [4][nranks] byte counts and offsets of one exchange */
+    int64_t *msg;          /**< [2][nranks][2] the counts exchange: {rows, layer} sent and received */
     size_t *rows_n;        /**< [3][nranks]+1 rows sent to / received from each rank, send starts */
     size_t dispatched_bytes; /**< bytes this rank sent in dispatch + combine so far */
     int failed;            /**< set when an exchange failed inside block_forward (see err) */
@@ -101,9 +115,30 @@ void ep_rank_free(EpRank *r);
 int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, EpRank *r,
                    const ForwardContext *ctx, Err *err);
 
-/** The counts exchange of a dispatch: every rank learns how many rows (@p recv_rows [nranks]) each
- *  other rank sends it, given its own @p send_rows [nranks]. Collective. */
-int ep_exchange_counts(EpRank *r, const size_t *send_rows, size_t *recv_rows, Err *err);
+/**
+ * The counts exchange of a dispatch: every rank learns how many rows (@p recv_rows [nranks]) each
+ * other rank sends it, given its own @p send_rows [nranks], and which layer the group is at: each
+ * rank announces @p layer (a layer index, EP_PASSIVE or EP_STOP); the non-passive announcements
+ * must agree, and that one is returned in @p *group_layer (an error names the ranks that differ,
+ * or says that every rank was passive). Collective.
+ */
+int ep_exchange_counts(EpRank *r, int layer, const size_t *send_rows, size_t *recv_rows, int *group_layer, Err *err);
+
+/**
+ * An expert server: a rank without tokens of its own that runs its routed experts of @p w for
+ * the rows the other ranks dispatch, layer after layer as announced in the counts exchange
+ * (MTP module k is layer num_hidden_layers + k), until a rank announces EP_STOP; returns 0 then.
+ * @p ctx gives the numerics (fp8) and the scratch of linear_forward (experts run max_T rows at a
+ * time). Collective with the active ranks' ep_moe_forward calls.
+ */
+int ep_serve(EpRank *r, const Weights *w, const ForwardContext *ctx, Err *err);
+
+/** Tells the expert servers to return (announces EP_STOP). Collective with their ep_serve. */
+int ep_stop(EpRank *r, Err *err);
+
+/** The decoder block that layer index @p layer names in @p w (MTP module k: num_hidden_layers + k), or
+ *  NULL with an error if there is none or it is not a MoE layer. */
+const LayerWeights *ep_moe_layer(const Weights *w, int layer, Err *err);
 
 /** An alltoallv of rows of @p row_bytes bytes with per-rank row counts (rows to rank d are
  *  consecutive in @p send, in rank order; likewise in @p recv). The buffers may be device memory

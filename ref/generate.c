@@ -49,8 +49,7 @@ int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int dr
     g->draft = draft;
     g->n_sample = c->vocab_size;
     g->ctx = ctx;
-    int64_t max_T = prefill_chunk > draft + 1 ? prefill_chunk : draft + 1;
-    if (max_T > ctx + 1) max_T = ctx + 1;
+    int64_t max_T = gen_max_T(prefill_chunk, draft, ctx);
     if (alloc_buffers(g, max_T, &g->mem)) {
         free(g->mem);
         memset(g, 0, sizeof *g);
@@ -64,6 +63,13 @@ int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int dr
     }
     return 0;
 }
+
+int64_t gen_max_T(int64_t prefill_chunk, int draft, int64_t ctx) {
+    int64_t max_T = prefill_chunk > draft + 1 ? prefill_chunk : draft + 1;
+    return max_T > ctx + 1 ? ctx + 1 : max_T;
+}
+
+void gen_set_ep(Generator *g, struct EpRank *ep) { g->rs.ctx.ep = ep; }
 
 int gen_use_gpu(Generator *g, GpuEngine *gpu, Err *err) {
     if (g->n_tokens > 0) return err_set(err, "gen_use_gpu: the session has already run tokens");

@@ -72,6 +72,14 @@ typedef struct {
  */
 int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int draft, int64_t prefill_chunk,
              AttnMode attn, Fp8Mode fp8, Err *err);
+/** Tokens per main-model forward of a session: the prefill chunk, at least draft + 1 (one
+ *  verification), at most ctx + 1. What gen_init sizes its buffers (and a GPU engine) for. */
+int64_t gen_max_T(int64_t prefill_chunk, int draft, int64_t ctx);
+
+/** Expert parallelism on the reference (ref/cli_ep.h): the MoE layers of the main model and of the
+ *  MTP module dispatch over @p ep (NULL: local). Call right after gen_init. */
+void gen_set_ep(Generator *g, struct EpRank *ep);
+
 /**
  * Runs the main model (and, with draft > 0, the MTP module: the engine must have been opened with
  * GpuEngineOptions.mtp) on @p gpu (`--backend fast`) instead of the reference. Call right after

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "embed.h"
+#include "ep.h"
 #include "rmsnorm.h"
 
 /* ------------------------------------------------------------------------------------- */
@@ -274,6 +275,11 @@ static void forward_chunk(const Model *m, RunState *s, KVCache *kv, const int *i
     kv->len += T;
 }
 
+int forward_status(const ForwardContext *ctx, Err *err) {
+    if (!ctx->ep || !ctx->ep->failed) return 0;
+    return err_set(err, "%s", ctx->ep->err.msg);
+}
+
 int model_forward(const Model *m, RunState *s, KVCache *kv, const int *ids, int64_t T, float *logits,
                   int64_t n_logits, float *hidden, float *normed, Err *err) {
     const Config *c = &m->config;
@@ -291,5 +297,5 @@ int model_forward(const Model *m, RunState *s, KVCache *kv, const int *ids, int6
         forward_chunk(m, s, kv, ids + t0, n, logits ? logits + (lo - first_logit) * V : NULL, k,
                       hidden ? hidden + t0 * D : NULL, normed ? normed + t0 * D : NULL);
     }
-    return 0;
+    return forward_status(&s->ctx, err);
 }

@@ -68,6 +68,10 @@ int runstate_init(RunState *s, const Model *m, int64_t max_T, int64_t max_seq, A
 /** Frees the run state; safe on a zeroed struct. */
 void runstate_free(RunState *s);
 
+/** 0, or the error of an expert-parallel exchange that failed inside the forward just run
+ *  (block_forward records it on ctx->ep and zeroes the layer's output). */
+int forward_status(const ForwardContext *ctx, Err *err);
+
 /**
  * Runs @p T tokens starting at position kv->len (then kv->len += T). Any T works: longer
  * chunks are split into max_T pieces, which changes no result (every op is per token, and

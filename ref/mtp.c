@@ -83,17 +83,18 @@ int mtp_forward(const Model *m, int k, RunState *s, KVCache *mtp_kv, const int *
     if (logits && n_logits > 0)
         linear_forward(logits, s->normed + (T - n_logits) * D, n_logits, &w->shared_head_head, FP8_DEQUANT, &s->ctx.lin);
     mtp_kv->len += T;
-    return 0;
+    return forward_status(&s->ctx, err);
 }
 
 int mtp_logits_sequence(const Model *m, int k, const int *ids, const float *normed, int64_t T, int64_t first,
-                        AttnMode attn, Fp8Mode fp8, float *out, Err *err) {
+                        AttnMode attn, Fp8Mode fp8, struct EpRank *ep, float *out, Err *err) {
     const Config *c = &m->config;
     int64_t rows = T - 1, chunk = first - 1 > 0 ? first - 1 : 1;
     if (chunk > rows) chunk = rows;
     RunState s;
     KVCache kv;
     if (runstate_init(&s, m, chunk, rows, attn, fp8, err)) return -1;
+    s.ctx.ep = ep;
     if (kvcache_init(&kv, c, attn, 1, rows, err)) {
         runstate_free(&s);
         return -1;

@@ -56,9 +56,9 @@ int mtp_forward(const Model *m, int k, RunState *s, KVCache *mtp_kv, const int *
  * The `logits --mtp` contract: MTP logits [T−1][V] for a whole sequence, row p from (h_p,
  * ids[p+1]) at RoPE position p, causal over p. @p normed [T][D] are the main model's
  * post-norm hiddens. Rows 0..first−2 run as one chunk, the rest one at a time (mirroring
- * the main model's --prefill split).
+ * the main model's --prefill split). @p ep: expert parallelism for the module's MoE layer (NULL: local).
  */
 int mtp_logits_sequence(const Model *m, int k, const int *ids, const float *normed, int64_t T, int64_t first,
-                        AttnMode attn, Fp8Mode fp8, float *out, Err *err);
+                        AttnMode attn, Fp8Mode fp8, struct EpRank *ep, float *out, Err *err);
 
 #endif

@@ -126,6 +126,7 @@ int weights_alloc(Weights *w, const Config *c, int n_mtp, Err *err) {
     if (!w->layers || !w->mtp) goto oom;
     for (int b = 0; b < n_blocks; b++) {
         LayerWeights *L = b < c->num_hidden_layers ? &w->layers[b] : &w->mtp[b - c->num_hidden_layers].block;
+        L->index = b;
         L->is_moe = config_layer_is_moe(c, b);
         if (L->is_moe) {
             L->experts = xcalloc((size_t)c->n_routed_experts, sizeof *L->experts);

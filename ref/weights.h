@@ -37,6 +37,7 @@ typedef struct {
     Tensor kv_b_proj;                      /**< [W_UK; W_UV] interleaved per head: [H·(Dn+Dv)][Dc] */
     Tensor o_proj;                         /**< W_O [D][H·Dv] */
     const float *post_attention_layernorm; /**< [D] ffn_norm */
+    int index;                             /**< its number in the checkpoint: model.layers.{index} (MTP k: L + k) */
     int is_moe;                            /**< config_layer_is_moe(layer) */
     FFNWeights mlp;                        /**< dense layers: I = intermediate_size */
     Tensor gate;                           /**< MoE: mlp.gate.weight [E][D] (BF16, never FP8 in V3) */

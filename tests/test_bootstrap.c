@@ -1,6 +1,6 @@
 /**
  * @file test_bootstrap.c
- * @brief The launch bootstrap of expert-parallel runs (fast/bootstrap.c), on the CPU:
+ * @brief The launch bootstrap of expert-parallel runs (ref/bootstrap.c), on the CPU:
  *  - torchrun variables: defaults, valid values, and each malformed one named in the error;
  *  - rank 0 shares a 128-byte id (an ncclUniqueId's size) with 3 other ranks over TCP on
  *    127.0.0.1, ranks starting in any order; a rank that finds nobody times out with a message.
@@ -110,7 +110,7 @@ static void four_ranks_share_an_id(void **state) {
     int port = free_port();
     for (int i = 0; i < N; i++) {
         memset(&r[i], 0, sizeof r[i]);
-        r[i].env = (LaunchEnv){ N, i, i, "127.0.0.1", port, 0 };
+        r[i].env = (LaunchEnv){ N, i, i, "127.0.0.1", port, 0, NULL, NULL };
         if (i == 0)
             for (int k = 0; k < 128; k++) r[i].blob[k] = (unsigned char)(k * 7 + 1);
         r[i].delay = i == 0 ? 0.2 : 0.0; /* the others start first and must retry */
@@ -126,7 +126,7 @@ static void four_ranks_share_an_id(void **state) {
 
 static void nobody_listening_times_out(void **state) {
     (void)state;
-    LaunchEnv e = { 2, 1, 1, "127.0.0.1", free_port(), 0 };
+    LaunchEnv e = { 2, 1, 1, "127.0.0.1", free_port(), 0, NULL, NULL };
     unsigned char blob[16];
     Err err;
     double t0 = now_seconds();

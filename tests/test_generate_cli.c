@@ -36,29 +36,18 @@
 
 static char model[4096], model_nomtp[4096];
 
-static RunResult run(const char *fmt, ...) {
-    char cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    RunResult r;
-    if (run_cmd(cmd, NULL, &r)) fail_msg("cannot run %s", cmd);
-    return r;
-}
-
 static int setup(void **state) {
     (void)state;
     if (test_tmp_setup(state)) return -1;
     /* A 400-id tokenizer trained on the project's own prose, and a tiny model of that vocab. */
     snprintf(model, sizeof model, "%s/model", test_tmp);
     snprintf(model_nomtp, sizeof model_nomtp, "%s/nomtp", test_tmp);
-    RunResult r = run("%s train-tokenizer --input README.md --input docs/fp8.md --input docs/architecture.md"
+    RunResult r = run_shell(NULL, "%s train-tokenizer --input README.md --input docs/fp8.md --input docs/architecture.md"
                       " --vocab-size 400 --output %s", dsv3_bin(), model);
     if (r.status) fprintf(stderr, "%s", r.err);
     int ok = r.status == 0;
     run_result_free(&r);
-    r = run("%s mkckpt -o %s --preset tiny --set vocab_size=400 --seed 5 && %s mkckpt -o %s --preset tiny --mtp 0"
+    r = run_shell(NULL, "%s mkckpt -o %s --preset tiny --set vocab_size=400 --seed 5 && %s mkckpt -o %s --preset tiny --mtp 0"
             " --set vocab_size=400 && cp %s/tokenizer*.json %s/",
             dsv3_bin(), model, dsv3_bin(), model_nomtp, model, model_nomtp);
     if (r.status) fprintf(stderr, "%s", r.err);
@@ -69,8 +58,8 @@ static int setup(void **state) {
 
 static void generate_streams_and_reproduces(void **state) {
     (void)state;
-    RunResult plain = run("%s generate -m %s -p 'The FP8 weights' -n 40 --temp 0 --spec none", dsv3_bin(), model);
-    RunResult spec = run("%s generate -m %s -p 'The FP8 weights' -n 40 --temp 0 --spec mtp --draft 2", dsv3_bin(), model);
+    RunResult plain = run_shell(NULL, "%s generate -m %s -p 'The FP8 weights' -n 40 --temp 0 --spec none", dsv3_bin(), model);
+    RunResult spec = run_shell(NULL, "%s generate -m %s -p 'The FP8 weights' -n 40 --temp 0 --spec mtp --draft 2", dsv3_bin(), model);
     assert_int_equal(plain.status, 0);
     assert_int_equal(spec.status, 0);
     assert_true(plain.out_len > 10);
@@ -83,9 +72,9 @@ static void generate_streams_and_reproduces(void **state) {
     printf("    greedy text (random weights): %.60s...\n", plain.out);
     run_result_free(&plain);
     run_result_free(&spec);
-    RunResult a = run("%s generate -m %s -p 'memory map' -n 30 --seed 7 --temp 1", dsv3_bin(), model);
-    RunResult b = run("%s generate -m %s -p 'memory map' -n 30 --seed 7 --temp 1", dsv3_bin(), model);
-    RunResult c = run("%s generate -m %s -p 'memory map' -n 30 --seed 8 --temp 1", dsv3_bin(), model);
+    RunResult a = run_shell(NULL, "%s generate -m %s -p 'memory map' -n 30 --seed 7 --temp 1", dsv3_bin(), model);
+    RunResult b = run_shell(NULL, "%s generate -m %s -p 'memory map' -n 30 --seed 7 --temp 1", dsv3_bin(), model);
+    RunResult c = run_shell(NULL, "%s generate -m %s -p 'memory map' -n 30 --seed 8 --temp 1", dsv3_bin(), model);
     assert_int_equal(a.status, 0);
     assert_string_equal(a.out, b.out);          /* same seed, same text */
     assert_true(strcmp(a.out, c.out) != 0);     /* another seed, another text */
@@ -147,7 +136,7 @@ static void bad_inputs(void **state) {
 /** perplexity on text: a finite cross-entropy near log(vocab) for random weights; --mtp scores the MTP head. */
 static void perplexity_runs(void **state) {
     (void)state;
-    RunResult r = run("%s perplexity -m %s -f docs/fp8.md -c 64 --mtp", dsv3_bin(), model);
+    RunResult r = run_shell(NULL, "%s perplexity -m %s -f docs/fp8.md -c 64 --mtp", dsv3_bin(), model);
     assert_int_equal(r.status, 0);
     double ce = 0;
     const char *p = strstr(r.out, "cross-entropy ");

@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -100,4 +102,18 @@ int count_lines(const char *s) {
     for (; *p; p++) n += (*p == '\n');
     if (p > s && p[-1] != '\n') n++;
     return n;
+}
+
+RunResult run_shell(const char *stdin_text, const char *fmt, ...) {
+    char cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    RunResult r;
+    if (run_cmd(cmd, stdin_text, &r)) {
+        fprintf(stderr, "cannot run %s\n", cmd);
+        exit(1);
+    }
+    return r;
 }

@@ -18,6 +18,8 @@ typedef struct {
 /** Runs `/bin/sh -c cmdline` with @p stdin_text (may be NULL) on its stdin. Returns 0 if it could be run. */
 int run_cmd(const char *cmdline, const char *stdin_text, RunResult *r);
 void run_result_free(RunResult *r);
+/** run_cmd() of a printf-formatted command line; exits the test program if the shell cannot start. */
+RunResult run_shell(const char *stdin_text, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /** Path of the dsv3 binary under test: $DSV3_BIN or "build/dsv3". */
 const char *dsv3_bin(void);
 /** Number of lines in @p s (a final line without '\n' counts). */

@@ -479,3 +479,10 @@ int argmax_rows_cuda(int *out, const float *x, int64_t rows, int64_t cols, cudaS
     }
     return 0;
 }
+/* Host memory only: fast/ep_nccl.c asks before handing a buffer to NCCL. */
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *p) {
+    (void)p;
+    memset(a, 0, sizeof *a);
+    a->type = cudaMemoryTypeHost;
+    return cudaSuccess;
+}

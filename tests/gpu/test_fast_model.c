@@ -168,7 +168,7 @@ static void mtp_case(const Case *cs, const Model *m, const FastModel *fm, FastRu
         kvcache_free(&rkv);
     }
     /* the reference's MTP over its own hiddens (FP32 cache: mtp_logits_sequence has no BF16 option) */
-    ok = ok && !mtp_logits_sequence(m, 0, ids, ref_normed, T, 8, ATTN_ABSORB, cs->fp8, want, &err);
+    ok = ok && !mtp_logits_sequence(m, 0, ids, ref_normed, T, 8, ATTN_ABSORB, cs->fp8, NULL, want, &err);
     ok = ok && !fast_kv_init_layers(&mkv, fm, opt, 1, &err);
     int ms = ok ? fast_kv_open(&mkv, &err) : -1, first = 7;
     if (ok && ms >= 0) {
@@ -221,7 +221,7 @@ static void spec_case(const char *dir, int n_gen) {
     for (int draft = 0; ok && draft <= 3; draft += draft ? 2 : 1) {
         GpuEngine *e = NULL;
         Generator g;
-        GpuEngineOptions go = { FP8_W8A8, 0, 64, 128, 1 };
+        GpuEngineOptions go = { FP8_W8A8, 0, 64, 128, 1, NULL, 0, 0 };
         int out[17], k = 0, n = 0, first_diff = -1;
         ok = !gpu_engine_open(&e, &m, &go, NULL, &err) && !gen_init(&g, &m, &sm, 128, draft, 64, ATTN_ABSORB, FP8_W8A8, &err) &&
              !gen_use_gpu(&g, e, &err) && !gen_feed(&g, prompt, 4, &err);
@@ -644,6 +644,49 @@ static void cli_case(const char *bin) {
     model_free(&m);
 }
 
+/** Runs @p cmd; returns its stdout file's bytes (NULL if it failed), *n its length. */
+static char *run_to_file(const char *cmd, const char *path, size_t *n) {
+    if (system(cmd) != 0) return NULL;
+    FILE *f = fopen(path, "rb");
+    char *buf = f ? malloc(1 << 20) : NULL;
+    *n = buf ? fread(buf, 1, 1 << 20, f) : 0;
+    if (f) fclose(f);
+    return buf;
+}
+
+/**
+ * Expert parallelism from the CLI (ref/cli_ep.h): `--ep N --ep-transport tcp` starts N−1 expert
+ * servers; rank 0's logits file and generated text must equal the one-process run's byte for byte
+ * (EP reproduces the single-GPU arithmetic exactly). On a one-GPU machine every rank shares GPU 0.
+ */
+static void cli_ep_case(const char *bin) {
+    char *dir = make_temp_dir("fastep"), cmd[2048], a[600], b[600];
+    const char *logits = "logits -m golden/fp8-small --ids 3,17,99,5,250,31,7,8,9,10,200,150 --backend fast --prefill 5";
+    size_t na = 0, nb = 0;
+    snprintf(a, sizeof a, "%s/one.f32", dir), snprintf(b, sizeof b, "%s/ep.f32", dir);
+    snprintf(cmd, sizeof cmd, "%s %s -o %s 2>/dev/null", bin, logits, a);
+    char *one = run_to_file(cmd, a, &na);
+    snprintf(cmd, sizeof cmd, "%s %s --mtp -o %s/mtp1.f32 2>/dev/null && %s %s --mtp -o %s/mtp3.f32 --ep 3 --ep-transport tcp "
+             "2>/dev/null && cmp -s %s/mtp1.f32 %s/mtp3.f32", bin, logits, dir, bin, logits, dir, dir, dir);
+    int mtp_same = system(cmd) == 0;
+    snprintf(cmd, sizeof cmd, "%s %s -o %s --ep 3 --ep-transport tcp 2>%s/ep.log", bin, logits, b, dir);
+    char *ep = run_to_file(cmd, b, &nb);
+    report(one && ep && na == nb && na > 0 && !memcmp(one, ep, na) && mtp_same,
+           "cli: logits --backend fast --ep 3 --ep-transport tcp (fp8-small, W8A8, main and --mtp) byte-identical to one process");
+    free(one), free(ep);
+    const char *gen = "generate -m models/kjv -p 'In the beginning' -n 24 --temp 0 --backend fast --spec mtp";
+    snprintf(a, sizeof a, "%s/one.txt", dir), snprintf(b, sizeof b, "%s/ep.txt", dir);
+    snprintf(cmd, sizeof cmd, "%s %s >%s 2>/dev/null", bin, gen, a);
+    one = run_to_file(cmd, a, &na);
+    snprintf(cmd, sizeof cmd, "%s %s --ep 2 --ep-transport tcp >%s 2>/dev/null", bin, gen, b);
+    ep = run_to_file(cmd, b, &nb);
+    report(one && ep && na == nb && na > 10 && !memcmp(one, ep, na),
+           "cli: generate --backend fast --spec mtp --ep 2 --ep-transport tcp (kjv, greedy 24 tokens): the same text");
+    free(one), free(ep);
+    remove_tree(dir);
+    free(dir);
+}
+
 /**
  * DeepSeek-V3's attention shapes (kv_lora_rank 512, rope 64, heads a multiple of 64) at a small
  * width, so that the tensor-core MLA decode kernel and the e4m3 MoE gather run: a checkpoint from
@@ -734,6 +777,7 @@ int main(int argc, char **argv) {
     spec_case("models/kjv", quick ? 24 : 48);
     if (cli) {
         cli_case(cli);
+        cli_ep_case(cli);
         v3_shapes_case(cli, quick);
     }
     int passed = 0, failed = 0;

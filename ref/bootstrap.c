@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #ifdef DSV3_WITH_MPI
 #include <mpi.h>
 #endif
@@ -86,17 +88,10 @@ int launch_env_read(LaunchEnv *e, Err *err) {
     return 0;
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/** Sends or receives exactly n bytes before the deadline. */
-static int xfer(int fd, void *buf, size_t n, int sending, double deadline, Err *err) {
+int bootstrap_xfer(int fd, void *buf, size_t n, int sending, double deadline, Err *err) {
     char *p = buf;
     while (n > 0) {
-        double left = deadline - now();
+        double left = deadline - now_seconds();
         if (left <= 0) return err_set(err, "bootstrap: timed out %s", sending ? "sending" : "receiving");
         struct pollfd pf = { fd, (short)(sending ? POLLOUT : POLLIN), 0 };
         int pr = poll(&pf, 1, (int)(left * 1000) + 1);
@@ -111,35 +106,89 @@ static int xfer(int fd, void *buf, size_t n, int sending, double deadline, Err *
     return 0;
 }
 
-static int serve(const LaunchEnv *e, const void *blob, size_t n, double deadline, Err *err) {
+int bootstrap_listen(int port, int *fd_out, int *port_out, Err *err) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return err_set(err, "bootstrap: socket: %s", strerror(errno));
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in sa = { 0 };
     sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)e->master_port);
+    sa.sin_port = htons((uint16_t)port);
     sa.sin_addr.s_addr = htonl(INADDR_ANY);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 128) != 0) {
-        int rc = err_set(err, "bootstrap: rank 0 cannot listen on port %d: %s", e->master_port, strerror(errno));
+    socklen_t len = sizeof sa;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 128) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        int rc = err_set(err, "bootstrap: cannot listen on port %d: %s", port, strerror(errno));
         close(fd);
         return rc;
     }
-    int rc = 0;
-    for (int served = 0; served < e->world_size - 1 && rc == 0;) {
-        double left = deadline - now();
-        struct pollfd pf = { fd, POLLIN, 0 };
-        if (left <= 0 || poll(&pf, 1, (int)(left * 1000) + 1) <= 0) {
-            if (left <= 0) rc = err_set(err, "bootstrap: rank 0 timed out after %d of %d ranks connected", served + 1, e->world_size);
-            continue;
+    *fd_out = fd;
+    if (port_out) *port_out = ntohs(sa.sin_port);
+    return 0;
+}
+
+/** The launcher's check while waiting (a rank it started has died, say): 0 to go on waiting. */
+static int check(const LaunchEnv *e, Err *err) { return e->check ? e->check(e->check_ctx, err) : 0; }
+
+int bootstrap_accept(const LaunchEnv *e, int listen_fd, double deadline, struct sockaddr_in *peer, Err *err) {
+    for (;;) {
+        double left = deadline - now_seconds();
+        if (left <= 0) return err_set(err, "bootstrap: timed out waiting for a connection"), -1;
+        if (check(e, err)) return -1;
+        struct pollfd pf = { listen_fd, POLLIN, 0 };
+        if (poll(&pf, 1, left > 0.1 ? 100 : (int)(left * 1000) + 1) <= 0) continue;
+        socklen_t len = sizeof *peer;
+        int c = accept(listen_fd, (struct sockaddr *)peer, &len);
+        if (c >= 0) return c;
+    }
+}
+
+int bootstrap_connect(const LaunchEnv *e, const char *host, int port, double deadline, Err *err) {
+    struct addrinfo hints = { 0 }, *res = NULL;
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    char port_s[16];
+    snprintf(port_s, sizeof port_s, "%d", port);
+    int g = getaddrinfo(host, port_s, &hints, &res);
+    if (g != 0) return err_set(err, "bootstrap: address '%s': %s", host, gai_strerror(g)), -1;
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+            freeaddrinfo(res);
+            return fd;
         }
-        int c = accept(fd, NULL, NULL);
-        if (c < 0) continue;
+        if (fd >= 0) close(fd);
+        if (check(e, err)) {
+            freeaddrinfo(res);
+            return -1;
+        }
+        if (now_seconds() > deadline) {
+            freeaddrinfo(res);
+            return err_set(err, "bootstrap: could not reach %s:%d in time", host, port), -1;
+        }
+        struct timespec ts = { 0, 20 * 1000 * 1000 }; /* ranks start in any order: retry */
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int serve(const LaunchEnv *e, const void *blob, size_t n, double deadline, Err *err) {
+    int fd, rc = 0;
+    if (bootstrap_listen(e->master_port, &fd, NULL, err)) return err_prefix(err, "rank 0");
+    for (int served = 0; served < e->world_size - 1 && rc == 0;) {
+        struct sockaddr_in peer;
+        int c = bootstrap_accept(e, fd, deadline, &peer, err);
+        if (c < 0) {
+            if (now_seconds() >= deadline)
+                err_set(err, "bootstrap: rank 0 timed out after %d of %d ranks connected", served + 1, e->world_size);
+            rc = -1;
+            break;
+        }
         uint32_t hello[2], reply[2] = { MAGIC, (uint32_t)n };
-        if (xfer(c, hello, sizeof hello, 0, deadline, err) == 0) {
+        if (bootstrap_xfer(c, hello, sizeof hello, 0, deadline, err) == 0) {
             if (hello[0] != MAGIC || (int)hello[1] <= 0 || (int)hello[1] >= e->world_size)
                 rc = err_set(err, "bootstrap: a connection on port %d is not a dsv3 rank", e->master_port);
-            else if (xfer(c, reply, sizeof reply, 1, deadline, err) || xfer(c, (void *)blob, n, 1, deadline, err))
+            else if (bootstrap_xfer(c, reply, sizeof reply, 1, deadline, err) ||
+                     bootstrap_xfer(c, (void *)blob, n, 1, deadline, err))
                 rc = -1;
             else served++;
         } else {
@@ -152,36 +201,19 @@ static int serve(const LaunchEnv *e, const void *blob, size_t n, double deadline
 }
 
 static int fetch(const LaunchEnv *e, void *blob, size_t n, double deadline, Err *err) {
-    struct addrinfo hints = { 0 }, *res = NULL;
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-    char port[16];
-    snprintf(port, sizeof port, "%d", e->master_port);
-    int g = getaddrinfo(e->master_addr, port, &hints, &res);
-    if (g != 0) return err_set(err, "bootstrap: MASTER_ADDR '%s': %s", e->master_addr, gai_strerror(g));
+    int fd = bootstrap_connect(e, e->master_addr, e->master_port, deadline, err);
+    if (fd < 0)
+        return now_seconds() < deadline ? -1
+                                        : err_set(err, "bootstrap: rank %d could not reach rank 0 at %s:%d", e->rank,
+                                                  e->master_addr, e->master_port);
+    uint32_t hello[2] = { MAGIC, (uint32_t)e->rank }, reply[2];
     int rc = -1;
-    while (1) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
-            uint32_t hello[2] = { MAGIC, (uint32_t)e->rank }, reply[2];
-            if (xfer(fd, hello, sizeof hello, 1, deadline, err) == 0 && xfer(fd, reply, sizeof reply, 0, deadline, err) == 0) {
-                if (reply[0] != MAGIC || reply[1] != n)
-                    err_set(err, "bootstrap: rank 0 at %s:%d answered with a different protocol or size", e->master_addr,
-                            e->master_port);
-                else rc = xfer(fd, blob, n, 0, deadline, err);
-            }
-            close(fd);
-            break;
-        }
-        if (fd >= 0) close(fd);
-        if (now() > deadline) {
-            err_set(err, "bootstrap: rank %d could not reach rank 0 at %s:%d", e->rank, e->master_addr, e->master_port);
-            break;
-        }
-        struct timespec ts = { 0, 20 * 1000 * 1000 };
-        nanosleep(&ts, NULL);
+    if (bootstrap_xfer(fd, hello, sizeof hello, 1, deadline, err) == 0 && bootstrap_xfer(fd, reply, sizeof reply, 0, deadline, err) == 0) {
+        if (reply[0] != MAGIC || reply[1] != n)
+            err_set(err, "bootstrap: rank 0 at %s:%d answered with a different protocol or size", e->master_addr, e->master_port);
+        else rc = bootstrap_xfer(fd, blob, n, 0, deadline, err);
     }
-    freeaddrinfo(res);
+    close(fd);
     return rc;
 }
 
@@ -194,6 +226,6 @@ int bootstrap_share(const LaunchEnv *e, void *blob, size_t n, double timeout_s, 
         return MPI_Bcast(blob, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : err_set(err, "MPI_Bcast failed");
     }
 #endif
-    double deadline = now() + timeout_s;
+    double deadline = now_seconds() + timeout_s;
     return e->rank == 0 ? serve(e, blob, n, deadline, err) : fetch(e, blob, n, deadline, err);
 }

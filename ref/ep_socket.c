@@ -1,0 +1,243 @@
+/**
+ * @file ep_socket.c
+ * @brief The TCP transport of expert parallelism between processes (see ep_socket.h).
+ */
+#include "ep_socket.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum { MAGIC = 0x64737665 /* "dsve" */ };
+
+/** One peer's progress through the current alltoallv. */
+typedef struct {
+    uint64_t hdr_out, hdr_in; /* the length sent first, the length received */
+    size_t out_done, in_done; /* bytes of header + payload done each way */
+} Flow;
+
+typedef struct {
+    int rank, nranks;
+    int *fd;       /* [nranks] one connection per peer, −1 for this rank */
+    Flow *flow;    /* [nranks] */
+    struct pollfd *pfd; /* [nranks] */
+    int *peer_of;  /* [nranks] which peer each pfd entry is */
+    int broken;    /* an earlier call failed: the byte streams are out of step */
+} Mesh;
+
+static void mesh_free(Mesh *m) {
+    if (!m) return;
+    for (int r = 0; m->fd && r < m->nranks; r++)
+        if (m->fd[r] >= 0) close(m->fd[r]);
+    free(m->fd), free(m->flow), free(m->pfd), free(m->peer_of);
+    free(m);
+}
+
+/** Low latency for the small count messages, keep-alive for peers that vanish, non-blocking I/O. */
+static void tune(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+/** Moves as many bytes as the socket takes of the 8-byte header + payload; 1 when the peer closed. */
+static int pump(int fd, uint64_t *hdr, char *payload, size_t total, size_t *done, int sending, int *closed) {
+    while (*done < total) {
+        char *p = *done < 8 ? (char *)hdr + *done : payload + (*done - 8);
+        size_t want = *done < 8 ? 8 - *done : total - *done;
+        ssize_t k = sending ? send(fd, p, want, MSG_NOSIGNAL | MSG_DONTWAIT) : recv(fd, p, want, MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+        if (k <= 0) {
+            *closed = 1;
+            return k == 0 ? 0 : -errno;
+        }
+        *done += (size_t)k;
+        if (!sending && *done == 8) return 0; /* the caller checks the length before any payload lands */
+    }
+    return 0;
+}
+
+static int sock_alltoallv(EpTransport *t, int rank, const void *send, const size_t *send_bytes, const size_t *send_offsets,
+                          void *recv, const size_t *recv_bytes, const size_t *recv_offsets, Err *err) {
+    Mesh *m = t->ctx;
+    if (m->broken) return err_set(err, "TCP transport: an earlier exchange failed; the group cannot continue");
+    if (rank != m->rank) return err_set(err, "TCP transport: called as rank %d by rank %d", rank, m->rank);
+    if (send_bytes[rank] != recv_bytes[rank])
+        return err_set(err, "TCP transport: rank %d sends itself %zu bytes but expects %zu", rank, send_bytes[rank], recv_bytes[rank]);
+    if (send_bytes[rank]) memcpy((char *)recv + recv_offsets[rank], (const char *)send + send_offsets[rank], send_bytes[rank]);
+    for (int p = 0; p < m->nranks; p++) m->flow[p] = (Flow){ send_bytes[p], 0, 0, 0 };
+    for (;;) {
+        int n = 0;
+        for (int p = 0; p < m->nranks; p++) {
+            if (p == rank) continue;
+            Flow *f = &m->flow[p];
+            short ev = 0;
+            if (f->out_done < 8 + send_bytes[p]) ev |= POLLOUT;
+            if (f->in_done < 8 || f->in_done < 8 + f->hdr_in) ev |= POLLIN;
+            if (ev) m->pfd[n] = (struct pollfd){ m->fd[p], ev, 0 }, m->peer_of[n++] = p;
+        }
+        if (n == 0) return 0;
+        if (poll(m->pfd, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR) continue;
+            m->broken = 1;
+            return err_set(err, "TCP transport: poll: %s", strerror(errno));
+        }
+        for (int i = 0; i < n; i++) {
+            int p = m->peer_of[i], closed = 0, rc = 0;
+            Flow *f = &m->flow[p];
+            short re = m->pfd[i].revents, ev = m->pfd[i].events;
+            if (!re) continue;
+            /* an error or hang-up wakes either direction, so that its send or recv reports it */
+            if ((ev & POLLOUT) && (re & (POLLOUT | POLLHUP | POLLERR)))
+                rc = pump(m->fd[p], &f->hdr_out, (char *)send + send_offsets[p], 8 + send_bytes[p], &f->out_done, 1, &closed);
+            if (!rc && !closed && (ev & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) {
+                size_t total = f->in_done >= 8 ? 8 + (size_t)f->hdr_in : 8;
+                rc = pump(m->fd[p], &f->hdr_in, (char *)recv + recv_offsets[p], total, &f->in_done, 0, &closed);
+                if (!rc && !closed && f->in_done == 8 && f->hdr_in != recv_bytes[p]) {
+                    m->broken = 1;
+                    return err_set(err, "TCP transport: rank %d expected %zu bytes from rank %d, which sends %llu", rank,
+                                   recv_bytes[p], p, (unsigned long long)f->hdr_in);
+                }
+                /* a header read just now: its payload follows on the next round */
+            }
+            if (rc || closed) {
+                m->broken = 1;
+                return err_set(err, "TCP transport: the connection to rank %d %s%s (that process exited or failed)", p,
+                               rc ? "broke: " : "was closed", rc ? strerror(-rc) : "");
+            }
+        }
+    }
+}
+
+/** Rank 0: accepts every other rank on MASTER_PORT, then sends each the table of addresses and ports. */
+static int rendezvous_root(Mesh *m, const LaunchEnv *e, double deadline, Err *err) {
+    int lfd, n = m->nranks, rc = 0;
+    if (bootstrap_listen(e->master_port, &lfd, NULL, err)) return err_prefix(err, "TCP transport: rank 0");
+    uint32_t *table = xcalloc(2 * (size_t)n, sizeof *table); /* {IPv4 address, port} per rank */
+    if (!table) {
+        close(lfd);
+        return err_set(err, "out of memory");
+    }
+    for (int got = 0; got < n - 1 && rc == 0;) {
+        struct sockaddr_in peer;
+        int c = bootstrap_accept(e, lfd, deadline, &peer, err);
+        if (c < 0) {
+            if (now_seconds() >= deadline)
+                err_set(err, "TCP transport: rank 0 timed out on port %d after %d of %d ranks joined", e->master_port, got + 1, n);
+            rc = -1;
+            break;
+        }
+        uint32_t hello[3];
+        if (bootstrap_xfer(c, hello, sizeof hello, 0, deadline, err)) {
+            close(c);
+            rc = -1;
+            break;
+        }
+        int r = (int)hello[1];
+        if (hello[0] != MAGIC || r <= 0 || r >= n || m->fd[r] >= 0 || hello[2] == 0 || hello[2] > 65535) {
+            close(c);
+            rc = err_set(err, "TCP transport: a connection on port %d is not a dsv3 rank of this group of %d (or a rank came twice)",
+                         e->master_port, n);
+            break;
+        }
+        m->fd[r] = c;
+        table[2 * r] = peer.sin_addr.s_addr, table[2 * r + 1] = hello[2];
+        got++;
+    }
+    close(lfd);
+    for (int r = 1; r < n && rc == 0; r++) rc = bootstrap_xfer(m->fd[r], table, 2 * (size_t)n * sizeof *table, 1, deadline, err);
+    free(table);
+    return rc;
+}
+
+/** Rank r > 0: joins rank 0, receives the table, connects to ranks 1..r−1 and accepts ranks r+1.. . */
+static int rendezvous_rank(Mesh *m, const LaunchEnv *e, double deadline, Err *err) {
+    int n = m->nranks, r = m->rank, lfd, port, rc = 0;
+    if (bootstrap_listen(0, &lfd, &port, err)) return err_prefix(err, "TCP transport: rank %d", r);
+    uint32_t *table = xcalloc(2 * (size_t)n, sizeof *table);
+    if (!table) {
+        close(lfd);
+        return err_set(err, "out of memory");
+    }
+    int c = bootstrap_connect(e, e->master_addr, e->master_port, deadline, err);
+    uint32_t hello[3] = { MAGIC, (uint32_t)r, (uint32_t)port };
+    if (c < 0) rc = err_prefix(err, "TCP transport: rank %d joining rank 0", r);
+    else {
+        m->fd[0] = c;
+        rc = bootstrap_xfer(c, hello, sizeof hello, 1, deadline, err) || bootstrap_xfer(c, table, 2 * (size_t)n * sizeof *table, 0, deadline, err);
+    }
+    /* lower ranks first: their listeners take the connection before they accept it, so nobody waits in a cycle */
+    for (int p = 1; p < r && rc == 0; p++) {
+        char host[INET_ADDRSTRLEN];
+        struct in_addr a = { table[2 * p] };
+        inet_ntop(AF_INET, &a, host, sizeof host);
+        int fd = bootstrap_connect(e, host, (int)table[2 * p + 1], deadline, err);
+        uint32_t hi[2] = { MAGIC, (uint32_t)r };
+        if (fd < 0) rc = err_prefix(err, "TCP transport: rank %d joining rank %d", r, p);
+        else {
+            m->fd[p] = fd;
+            rc = bootstrap_xfer(fd, hi, sizeof hi, 1, deadline, err);
+        }
+    }
+    for (int got = 0; got < n - 1 - r && rc == 0;) {
+        struct sockaddr_in peer;
+        int fd = bootstrap_accept(e, lfd, deadline, &peer, err);
+        uint32_t hi[2];
+        if (fd < 0) rc = err_prefix(err, "TCP transport: rank %d waiting for the ranks above it", r);
+        else if (bootstrap_xfer(fd, hi, sizeof hi, 0, deadline, err)) close(fd), rc = -1;
+        else if (hi[0] != MAGIC || (int)hi[1] <= r || (int)hi[1] >= n || m->fd[hi[1]] >= 0) {
+            close(fd);
+            rc = err_set(err, "TCP transport: rank %d got a connection that is not a higher rank of this group", r);
+        } else m->fd[hi[1]] = fd, got++;
+    }
+    close(lfd);
+    free(table);
+    return rc;
+}
+
+int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeout_s, Err *err) {
+    memset(t, 0, sizeof *t);
+    int n = env->world_size;
+    if (n < 1 || n > 4096 || env->rank < 0 || env->rank >= n)
+        return err_set(err, "TCP transport: rank %d of %d ranks (1..4096)", env->rank, n);
+    Mesh *m = xcalloc(1, sizeof *m);
+    if (m) {
+        m->rank = env->rank, m->nranks = n;
+        m->fd = xcalloc((size_t)n, sizeof *m->fd);
+        m->flow = xcalloc((size_t)n, sizeof *m->flow);
+        m->pfd = xcalloc((size_t)n, sizeof *m->pfd);
+        m->peer_of = xcalloc((size_t)n, sizeof *m->peer_of);
+    }
+    if (!m || !m->fd || !m->flow || !m->pfd || !m->peer_of) {
+        mesh_free(m);
+        return err_set(err, "out of memory");
+    }
+    for (int r = 0; r < n; r++) m->fd[r] = -1;
+    double deadline = now_seconds() + timeout_s;
+    if (n > 1 && (env->rank == 0 ? rendezvous_root(m, env, deadline, err) : rendezvous_rank(m, env, deadline, err))) {
+        mesh_free(m);
+        return -1;
+    }
+    for (int r = 0; r < n; r++)
+        if (m->fd[r] >= 0) tune(m->fd[r]);
+    t->nranks = n;
+    t->alltoallv = sock_alltoallv;
+    t->ctx = m;
+    t->device_buffers = 0;
+    return 0;
+}
+
+void ep_socket_transport_free(EpTransport *t) {
+    mesh_free(t->ctx);
+    memset(t, 0, sizeof *t);
+}
