@@ -176,7 +176,9 @@ int cli_ep_serve(CliEp *g, const char *cmd, const Model *m, const GpuEngineOptio
 int cli_ep_finish(CliEp *g, const char *cmd, int rc) {
     if (g->joined) {
         Err err = { "" };
-        if (g->env.rank == 0 && rc == EXIT_OK && ep_stop(&g->rank, &err))
+        /* the servers are stopped in step even when rank 0 failed for reasons of its own (an
+         * unwritable output file): only a failed exchange leaves them to notice the closed sockets */
+        if (g->env.rank == 0 && !g->rank.failed && ep_stop(&g->rank, &err) && rc == EXIT_OK)
             rc = cli_fail(cmd, EXIT_RUNTIME, "stopping the expert servers: %s", err.msg);
         ep_rank_free(&g->rank);
         ep_plan_free(&g->plan);

@@ -89,10 +89,10 @@ EpRank *cli_ep_join_ref(CliEp *g, const Model *m, Err *err);
 int cli_ep_serve(CliEp *g, const char *cmd, const Model *m, const GpuEngineOptions *gpu, Fp8Mode fp8);
 
 /**
- * Ends the group: rank 0 tells the reference's expert servers to stop (the GPU engine does so
- * in gpu_engine_close, which must come first), the transport is closed, and the ranks this
- * process started are waited for (or, when @p rc is a failure, terminated). Returns @p rc, or
- * EXIT_RUNTIME if a child rank failed.
+ * Ends the group: rank 0 tells the reference's expert servers to stop unless an exchange failed
+ * (the GPU engine does so in gpu_engine_close, which must come first), the transport is closed,
+ * and the ranks this process started are waited for (or, when @p rc is a failure, terminated).
+ * Returns @p rc, or EXIT_RUNTIME if a child rank failed.
  */
 int cli_ep_finish(CliEp *g, const char *cmd, int rc);
 
