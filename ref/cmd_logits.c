@@ -172,8 +172,7 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         }
         if (engine) {
             /* the same split as mtp_logits_sequence: rows 0..first−2 as one chunk, then one at a time */
-            int64_t rows = T - 1, chunk = first - 1 > 0 ? first - 1 : 1;
-            if (chunk > rows) chunk = rows;
+            int64_t rows = T - 1, chunk = mtp_first_chunk(T, first);
             for (int64_t p = 0; p < rows; p += p ? 1 : chunk) {
                 int64_t n = p ? 1 : chunk;
                 if (gpu_engine_mtp(engine, p, ids + p + 1, normed + p * D, n, mtp_logits + p * V, n, NULL, &err)) goto fail_msg;

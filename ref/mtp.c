@@ -86,11 +86,15 @@ int mtp_forward(const Model *m, int k, RunState *s, KVCache *mtp_kv, const int *
     return forward_status(&s->ctx, err);
 }
 
+int64_t mtp_first_chunk(int64_t T, int64_t first) {
+    int64_t rows = T - 1, chunk = first - 1 > 0 ? first - 1 : 1;
+    return chunk > rows ? rows : chunk;
+}
+
 int mtp_logits_sequence(const Model *m, int k, const int *ids, const float *normed, int64_t T, int64_t first,
                         AttnMode attn, Fp8Mode fp8, struct EpRank *ep, float *out, Err *err) {
     const Config *c = &m->config;
-    int64_t rows = T - 1, chunk = first - 1 > 0 ? first - 1 : 1;
-    if (chunk > rows) chunk = rows;
+    int64_t rows = T - 1, chunk = mtp_first_chunk(T, first);
     RunState s;
     KVCache kv;
     if (runstate_init(&s, m, chunk, rows, attn, fp8, err)) return -1;
