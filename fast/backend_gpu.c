@@ -16,7 +16,9 @@ struct GpuEngine {
     FastKVCache kv;      /* the main model's cache */
     FastKVCache mtp_kv;  /* MTP module 0's (one layer), when uploaded */
     FastRunState *rs;
-    int seq, mtp_seq;
+    int seq, mtp_seq;    /* the sequence of the one-sequence calls (seqs[0]) and the MTP module's */
+    int n_seqs, *seqs;   /* the cache's sequence of each engine sequence */
+    int *ids, *n_tok, *b_seq; /* [max_T], [n_seqs], [n_seqs]: a multi-sequence batch, flattened */
     int64_t max_T;
     /* expert parallelism */
     EpPlan plan;
@@ -40,6 +42,7 @@ void gpu_engine_close(GpuEngine *e) {
     fast_kv_free(&e->kv);
     fast_kv_free(&e->mtp_kv);
     fast_model_free(&e->fm);
+    free(e->seqs), free(e->ids), free(e->n_tok), free(e->b_seq);
     free(e);
 }
 
@@ -69,18 +72,30 @@ int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt
     GpuEngine *e = xcalloc(1, sizeof *e);
     if (!e) return err_set(err, "out of memory");
     FastOptions fo = { .fp8 = opt->fp8, .kv_bf16 = opt->kv_bf16 < 0 ? fast_mla_kernel_shapes(&m->config) : opt->kv_bf16,
-                       .max_T = opt->max_T, .max_seq = opt->ctx, .max_seqs = 1, .progress = log != NULL, .mtp = opt->mtp,
-                       .cuda_graphs = 1 };
+                       .max_T = opt->max_T, .max_seq = opt->ctx, .max_seqs = opt->max_seqs > 1 ? opt->max_seqs : 1,
+                       .progress = log != NULL, .mtp = opt->mtp, .cuda_graphs = 1 };
     int ep = opt->ep && opt->ep->world_size > 1;
     e->max_T = opt->max_T;
     e->mtp_seq = -1;
     if (ep && join_group(e, m, opt, err)) goto fail;
     if (ep) fo.ep_plan = &e->plan, fo.ep_rank = e->rank;
+    e->n_seqs = fo.max_seqs;
+    e->seqs = xcalloc((size_t)e->n_seqs, sizeof *e->seqs);
+    e->ids = xcalloc((size_t)e->max_T, sizeof *e->ids);
+    e->n_tok = xcalloc((size_t)e->n_seqs, sizeof *e->n_tok);
+    e->b_seq = xcalloc((size_t)e->n_seqs, sizeof *e->b_seq);
+    if (!e->seqs || !e->ids || !e->n_tok || !e->b_seq) {
+        err_set(err, "out of memory");
+        goto fail;
+    }
     if (fast_model_upload(&e->fm, m, &fo, log, err) || fast_kv_init(&e->kv, &e->fm, &fo, err) ||
-        fast_runstate_init(&e->rs, &e->fm, &fo, err) || (e->seq = fast_kv_open(&e->kv, err)) < 0 ||
+        fast_runstate_init(&e->rs, &e->fm, &fo, err) ||
         (e->fm.w.n_mtp > 0 && (fast_kv_init_layers(&e->mtp_kv, &e->fm, &fo, 1, err) ||
                                (e->mtp_seq = fast_kv_open(&e->mtp_kv, err)) < 0)))
         goto fail;
+    for (int i = 0; i < e->n_seqs; i++)
+        if ((e->seqs[i] = fast_kv_open(&e->kv, err)) < 0) goto fail;
+    e->seq = e->seqs[0];
     if (ep) {
         if (fast_ep_init(&e->ep, &e->fm, &e->t, e->rank, e->max_T, err)) goto fail;
         fast_runstate_set_ep(e->rs, e->ep);
@@ -138,6 +153,29 @@ int gpu_engine_forward(GpuEngine *e, int64_t pos0, const int *ids, int64_t T, fl
 int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float *h, int64_t T, float *logits,
                    int64_t n_logits, float *out_normed, Err *err) {
     return run_rows(e, 1, pos0, next_ids, h, T, logits, n_logits, NULL, out_normed, err);
+}
+
+int gpu_engine_forward_seqs(GpuEngine *e, const GpuChunk *chunks, int n_chunks, float *logits, Err *err) {
+    int64_t total = 0;
+    if (n_chunks < 1 || n_chunks > e->n_seqs) return err_set(err, "gpu_engine_forward_seqs: %d chunks for %d sequences", n_chunks, e->n_seqs);
+    for (int i = 0; i < n_chunks; i++) {
+        const GpuChunk *ch = &chunks[i];
+        if (ch->seq < 0 || ch->seq >= e->n_seqs || ch->n < 1 || total + ch->n > e->max_T)
+            return err_set(err, "gpu_engine_forward_seqs: chunk %d (sequence %d, %d ids) does not fit %d sequences of %lld tokens",
+                           i, ch->seq, ch->n, e->n_seqs, (long long)e->max_T);
+        for (int j = 0; j < i; j++)
+            if (chunks[j].seq == ch->seq) return err_set(err, "gpu_engine_forward_seqs: sequence %d appears twice", ch->seq);
+        e->b_seq[i] = e->seqs[ch->seq];
+        if (ch->pos0 < 0 || ch->pos0 > fast_kv_len(&e->kv, e->b_seq[i]))
+            return err_set(err, "gpu_engine_forward_seqs: position %lld is past the %lld positions of sequence %d",
+                           (long long)ch->pos0, (long long)fast_kv_len(&e->kv, e->b_seq[i]), ch->seq);
+        memcpy(e->ids + total, ch->ids, (size_t)ch->n * sizeof *e->ids);
+        e->n_tok[i] = ch->n;
+        total += ch->n;
+    }
+    for (int i = 0; i < n_chunks; i++) fast_kv_truncate(&e->kv, e->b_seq[i], chunks[i].pos0);
+    FastBatch b = { n_chunks, e->b_seq, e->n_tok, e->ids, 0 };
+    return fast_model_forward(&e->fm, e->rs, &e->kv, &b, logits, NULL, NULL, NULL, err);
 }
 
 const char *gpu_engine_describe(const GpuEngine *e) { return e->what; }

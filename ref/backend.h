@@ -30,7 +30,16 @@ typedef struct {
     const LaunchEnv *ep; /**< expert parallelism over ep->world_size processes (NULL: one GPU holds every expert) */
     int ep_tcp;       /**< 1: the TCP transport, rows staged through host memory; 0: NCCL */
     double ep_timeout_s; /**< how long ranks wait for each other to join */
+    int max_seqs;     /**< sequences the engine holds at once (gpu_engine_forward_seqs); 0 or 1: one */
 } GpuEngineOptions;
+
+/** One sequence's piece of a multi-sequence forward. */
+typedef struct {
+    int seq;          /**< which of the engine's max_seqs sequences (0 is the one gpu_engine_forward runs) */
+    int64_t pos0;     /**< its position of ids[0]; what the cache held from there on is forgotten */
+    int n;            /**< ids, ≥ 1 */
+    const int *ids;   /**< the tokens */
+} GpuChunk;
 
 /**
  * Uploads @p m (which must outlive the engine), printing the memory plan and progress on @p log.
@@ -57,6 +66,13 @@ int gpu_engine_forward(GpuEngine *e, int64_t pos0, const int *ids, int64_t T, fl
  */
 int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float *h, int64_t T, float *logits,
                    int64_t n_logits, float *out_normed, Err *err);
+
+/**
+ * Several sequences in one forward (continuous batching, ref/batch.h): chunk i runs its ids at
+ * positions pos0.. of its sequence; Σ n ≤ max_T, each sequence at most once. logits [n_chunks][V]
+ * of each chunk's last token.
+ */
+int gpu_engine_forward_seqs(GpuEngine *e, const GpuChunk *chunks, int n_chunks, float *logits, Err *err);
 
 /** Ranks 1.. of an expert-parallel engine: serve the routed experts until rank 0 closes its engine. */
 int gpu_engine_serve(GpuEngine *e, Err *err);

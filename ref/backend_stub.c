@@ -34,3 +34,8 @@ __attribute__((weak)) int gpu_engine_serve(GpuEngine *e, Err *err) {
     (void)e;
     return err_set(err, "--backend fast: this dsv3 was built without CUDA");
 }
+
+__attribute__((weak)) int gpu_engine_forward_seqs(GpuEngine *e, const GpuChunk *chunks, int n_chunks, float *logits, Err *err) {
+    (void)e, (void)chunks, (void)n_chunks, (void)logits;
+    return err_set(err, "--backend fast: this dsv3 was built without CUDA");
+}

@@ -20,6 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
+#include "batch.h"
 #include "chat.h"
 #include "cli.h"
 #include "cli_ep.h"
@@ -29,8 +32,8 @@
 
 /** Flags shared by generate and chat. */
 typedef struct {
-    const char *model, *tokenizer, *prompt, *prompt_file, *system;
-    long n_predict, ctx, top_k, draft, seed, chunk;
+    const char *model, *tokenizer, *prompt, *prompt_file, *system, *batch_file;
+    long n_predict, ctx, top_k, draft, seed, chunk, parallel;
     double temp, top_p;
     int spec, have_seed, no_bos, seed_given;
     AttnMode attn;
@@ -43,9 +46,13 @@ typedef struct {
 
 static void usage(FILE *f, const char *cmd) {
     if (!strcmp(cmd, "generate"))
-        fprintf(f, "usage: dsv3 generate -m MODEL_DIR (-p PROMPT | -f FILE) [options]\n"
+        fprintf(f, "usage: dsv3 generate -m MODEL_DIR (-p PROMPT | -f FILE | --batch FILE) [options]\n"
                    "  -p, --prompt TEXT     prompt text (a BOS token is prepended; --no-bos to skip)\n"
-                   "  -f, --file PATH       read the prompt from a file\n");
+                   "  -f, --file PATH       read the prompt from a file\n"
+                   "  --batch FILE          one prompt per line (blank lines skipped), all completed with continuous\n"
+                   "                        batching; one JSON line per prompt on stdout as it finishes; prompt i\n"
+                   "                        samples with seed S+i (the same text as generate -p alone with that seed)\n"
+                   "  --parallel N          --batch: sequences decoded together (default 8)\n");
     else
         fprintf(f, "usage: dsv3 chat -m MODEL_DIR [options]   (type your message, empty line or /exit to quit)\n"
                    "  -sys, --system TEXT   system prompt\n");
@@ -53,6 +60,8 @@ static void usage(FILE *f, const char *cmd) {
                "  --tokenizer DIR       tokenizer.json location (default: the model directory)\n"
                "  -n, --n-predict N     tokens to generate, -1 = until EOS or the context is full (default 256)\n"
                "  -c, --ctx-size N      context length in tokens (default min(4096, max_position_embeddings))\n"
+               "  -b, --batch-size N    tokens per forward: the prefill chunk; with --batch, all sequences' tokens\n"
+               "                        of one step (default 256, raised to --parallel)\n"
                "  --temp T              temperature, 0 = greedy (default 0.8)\n"
                "  --top-k K             keep the K most likely tokens, 0 = all (default 40)\n"
                "  --top-p P             nucleus mass in (0, 1] (default 0.95)\n"
@@ -74,7 +83,7 @@ static void usage(FILE *f, const char *cmd) {
 /** Parses the flags of @p cmd; returns -1 (message printed) on an invalid one, 1 for --help. */
 static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
     memset(a, 0, sizeof *a);
-    a->n_predict = 256, a->ctx = 0, a->top_k = 40, a->draft = 1, a->chunk = 256;
+    a->n_predict = 256, a->ctx = 0, a->top_k = 40, a->draft = 1, a->chunk = 256, a->parallel = 8;
     a->temp = 0.8, a->top_p = 0.95, a->spec = 0, a->kv_bf16 = -1;
     int is_chat = !strcmp(cmd, "chat");
     for (int i = 1; i < argc; i++) {
@@ -88,6 +97,9 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
         else if (!is_chat && (!strcmp(f, "-p") || !strcmp(f, "--prompt"))) { VALUE(); a->prompt = v; }
         else if (!is_chat && (!strcmp(f, "-f") || !strcmp(f, "--file"))) { VALUE(); a->prompt_file = v; }
         else if (!is_chat && !strcmp(f, "--no-bos")) a->no_bos = 1;
+        else if (!is_chat && !strcmp(f, "--batch")) { VALUE(); a->batch_file = v; }
+        else if (!is_chat && !strcmp(f, "--parallel")) { VALUE(); if (cli_long(cmd, f, v, 1, 4096, &a->parallel)) return -1; }
+        else if (!strcmp(f, "-b") || !strcmp(f, "--batch-size")) { VALUE(); if (cli_long(cmd, f, v, 1, 1L << 16, &a->chunk)) return -1; }
         else if (is_chat && (!strcmp(f, "-sys") || !strcmp(f, "--system"))) { VALUE(); a->system = v; }
         else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) { VALUE(); if (cli_long(cmd, f, v, -1, 1L << 30, &a->n_predict)) return -1; }
         else if (!strcmp(f, "-c") || !strcmp(f, "--ctx-size")) { VALUE(); if (cli_long(cmd, f, v, 1, 1L << 30, &a->ctx)) return -1; }
@@ -127,8 +139,9 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
         }
     }
     if (!a->model) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 %s --help)", cmd), -1;
-    if (!is_chat && !!a->prompt == !!a->prompt_file)
-        return cli_fail(cmd, EXIT_USAGE, "give exactly one of -p PROMPT or -f FILE"), -1;
+    if (!is_chat && !!a->prompt + !!a->prompt_file + !!a->batch_file != 1)
+        return cli_fail(cmd, EXIT_USAGE, "give exactly one of -p PROMPT, -f FILE or --batch FILE"), -1;
+    if (a->batch_file && a->spec) return cli_fail(cmd, EXIT_USAGE, "--batch decodes plainly: no --spec mtp"), -1;
     return 0;
 }
 #undef VALUE
@@ -143,6 +156,10 @@ typedef struct {
     DecodeStream ds;
     int eos;
     int loaded_model;
+    int n_sample;   /* the tokenizer's ids: larger ids are never generated */
+    long ctx;       /* positions per sequence */
+    uint64_t seed;  /* the sampler's (printed, so a run can be repeated) */
+    EpRank *ep_rank; /* the reference's expert-parallel group, when there is one */
     char settings[256]; /* printed with the statistics, so a run can be repeated (seed) */
 } Session;
 
@@ -162,11 +179,15 @@ static long session_ctx(const char *cmd, const GenArgs *a, const Config *c) {
     return ctx;
 }
 
+/** Tokens per step of --batch: a prefill chunk, and at least one token for every open sequence. */
+static int64_t batch_max_T(const GenArgs *a) { return a->chunk > a->parallel ? a->chunk : a->parallel; }
+
 /** The GPU engine of a session, the same on every rank of a group (the experts' buffers depend on max_T). */
 static GpuEngineOptions session_gpu(const GenArgs *a, long ctx, const CliEp *ep) {
     int draft = a->spec ? (int)a->draft : 0;
-    return (GpuEngineOptions){ a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, gen_max_T(a->chunk, draft, ctx), ctx, a->spec,
-                               cli_ep_gpu_env(ep), ep->tcp, ep->timeout_s };
+    int64_t max_T = a->batch_file ? batch_max_T(a) : gen_max_T(a->chunk, draft, ctx);
+    return (GpuEngineOptions){ a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, max_T, ctx, a->spec, cli_ep_gpu_env(ep), ep->tcp,
+                               ep->timeout_s, a->batch_file ? (int)a->parallel : 1 };
 }
 
 /** Ranks 1.. of a group: load the checkpoint and serve its experts until rank 0 is done. */
@@ -184,7 +205,12 @@ static int serve_session(const char *cmd, const GenArgs *a, CliEp *ep) {
     return rc;
 }
 
-static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep) {
+/**
+ * What generate, chat and --batch share: the model and tokenizer, the EOS id, the seed and the
+ * sampler, the context, and the backend — the GPU engine, or the reference's expert-parallel
+ * group when there is one.
+ */
+static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep) {
     memset(s, 0, sizeof *s);
     Err err = { "" };
     if (isatty(2)) fprintf(stderr, "dsv3: loading %s ...\n", a->model);
@@ -193,38 +219,43 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     const Config *c = &s->m.config;
     if (tokenizer_load(&s->tok, a->tokenizer ? a->tokenizer : a->model, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    int tv = tokenizer_vocab_size(s->tok);
-    if (tv > c->vocab_size)
-        return cli_fail(cmd, EXIT_RUNTIME, "the tokenizer has %d ids but the model only %d (vocab_size)", tv, c->vocab_size);
+    s->n_sample = tokenizer_vocab_size(s->tok);
+    if (s->n_sample > c->vocab_size)
+        return cli_fail(cmd, EXIT_RUNTIME, "the tokenizer has %d ids but the model only %d (vocab_size)", s->n_sample, c->vocab_size);
     s->eos = tokenizer_eos_id(s->tok);
     if (s->eos < 0) s->eos = c->eos_token_id;
-    uint64_t seed = a->seed_given ? (uint64_t)a->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (sampler_init(&s->sampler, (float)a->temp, (int)a->top_k, (float)a->top_p, seed, &err))
+    s->seed = a->seed_given ? (uint64_t)a->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (sampler_init(&s->sampler, (float)a->temp, (int)a->top_k, (float)a->top_p, s->seed, &err))
         return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
-    const int spec = a->spec;
-    if (spec && s->m.w.n_mtp == 0)
-        return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model);
-    long ctx = session_ctx(cmd, a, c);
-    if (ctx == 0) return EXIT_USAGE;
+    if (a->spec && s->m.w.n_mtp == 0) return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model);
+    if ((s->ctx = session_ctx(cmd, a, c)) == 0) return EXIT_USAGE;
     if (a->gpu && a->attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
-    if (gen_init(&s->g, &s->m, &s->sampler, ctx, spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err))
-        return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     if (a->gpu) {
-        GpuEngineOptions go = session_gpu(a, ctx, ep);
-        if (cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err) ||
-            gen_use_gpu(&s->g, s->gpu, &err))
+        GpuEngineOptions go = session_gpu(a, s->ctx, ep);
+        if (cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
             return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));
     } else if (cli_ep_gpu_env(ep)) {
-        EpRank *r = cli_ep_join_ref(ep, &s->m, &err);
-        if (!r) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        gen_set_ep(&s->g, r);
+        if (!(s->ep_rank = cli_ep_join_ref(ep, &s->m, &err))) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
     }
-    gen_limit_vocab(&s->g, tv);
+    snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s", s->ctx,
+             a->temp, a->top_k, a->top_p, (unsigned long long)s->seed,
+             a->spec ? (a->draft > 1 ? "MTP multi-draft" : "MTP") : "off");
+    return EXIT_OK;
+}
+
+/** session_load, then the generator of one sequence on the chosen backend. */
+static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep) {
+    int rc = session_load(cmd, a, s, ep);
+    if (rc) return rc;
+    Err err = { "" };
+    if (gen_init(&s->g, &s->m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err) ||
+        (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
+        return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    gen_set_ep(&s->g, s->ep_rank);
+    gen_limit_vocab(&s->g, s->n_sample);
     decode_stream_init(&s->ds, s->tok);
-    snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s", ctx,
-             a->temp, a->top_k, a->top_p, (unsigned long long)seed, spec ? (a->draft > 1 ? "MTP multi-draft" : "MTP") : "off");
     return EXIT_OK;
 }
 
@@ -285,6 +316,78 @@ static void print_stats(const Session *s, int64_t prompt_tokens) {
     fprintf(stderr, "]\n");
 }
 
+/** Where --batch's results go: one JSON line each, as they finish. */
+typedef struct {
+    const Tokenizer *tok;
+    const BatchRequest *reqs;
+} BatchOut;
+
+static int batch_line(void *ctx, int i, const int *tokens, int64_t n, int eos, Err *err) {
+    const BatchOut *o = ctx;
+    char *text = NULL, *line = NULL;
+    size_t len = 0;
+    if (tokenizer_decode(o->tok, tokens, (int)n, &text, &len, err)) return -1;
+    cJSON *j = cJSON_CreateObject();
+    if (j && cJSON_AddNumberToObject(j, "index", i) && cJSON_AddStringToObject(j, "text", text ? text : "") &&
+        cJSON_AddStringToObject(j, "finish_reason", eos ? "stop" : "length") &&
+        cJSON_AddNumberToObject(j, "prompt_tokens", (double)o->reqs[i].n_prompt) &&
+        cJSON_AddNumberToObject(j, "completion_tokens", (double)n))
+        line = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    free(text);
+    if (!line) return err_set(err, "out of memory writing result %d", i);
+    int bad = printf("%s\n", line) < 0 || fflush(stdout) != 0;
+    free(line);
+    return bad ? err_set(err, "cannot write to stdout") : 0;
+}
+
+/** --batch FILE: every non-blank line a prompt, completed together (ref/batch.h). */
+static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t len, CliEp *ep) {
+    Session s;
+    int rc = session_load(cmd, a, &s, ep);
+    IntVec ids = { 0 };
+    size_t *start = NULL; /* where each prompt's ids begin in ids, then the end */
+    BatchRequest *reqs = NULL;
+    int n = 0;
+    Err err = { "" };
+    for (size_t at = 0; rc == EXIT_OK && at < len;) {
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - text) : len, stop = end;
+        while (stop > at && (text[stop - 1] == '\r' || text[stop - 1] == ' ' || text[stop - 1] == '\t')) stop--;
+        if (stop > at) {
+            size_t *ns = realloc(start, ((size_t)n + 2) * sizeof *start);
+            if (!ns) rc = cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+            else {
+                start = ns, start[n++] = ids.n;
+                int bos = tokenizer_bos_id(s.tok);
+                if ((!a->no_bos && bos >= 0 && intvec_push(&ids, bos)) || tokenizer_encode_append(s.tok, text + at, stop - at, &ids, &err))
+                    rc = cli_fail(cmd, EXIT_RUNTIME, "%s: prompt %d: %s", a->batch_file, n - 1, err.msg[0] ? err.msg : "out of memory");
+            }
+        }
+        at = end + 1;
+    }
+    if (rc == EXIT_OK && n == 0) rc = cli_fail(cmd, EXIT_USAGE, "%s has no prompts (one per line)", a->batch_file);
+    if (rc == EXIT_OK && !(reqs = xcalloc((size_t)n, sizeof *reqs))) rc = cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+    if (rc == EXIT_OK) {
+        start[n] = ids.n;
+        for (int i = 0; i < n; i++)
+            reqs[i] = (BatchRequest){ ids.v + start[i], (int64_t)(start[i + 1] - start[i]), a->n_predict, s.seed + (uint64_t)i };
+        BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)a->temp, (int)a->top_k, (float)a->top_p, s.n_sample,
+                           s.eos, a->attn, a->fp8, s.ep_rank };
+        BatchOut out = { s.tok, reqs };
+        BatchStats st;
+        if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        else
+            fprintf(stderr, "[%s]\n[%d prompts, %lld prompt tokens, %lld generated in %lld steps (up to %d sequences at once)"
+                            " in %.2f s: %.1f tokens/s generated, %.1f tokens/s in all]\n",
+                    s.settings, n, (long long)st.prompt_tokens, (long long)st.generated, (long long)st.steps, st.max_open,
+                    st.seconds, st.generated / (st.seconds + 1e-9), (st.prompt_tokens + st.generated) / (st.seconds + 1e-9));
+    }
+    free(reqs), free(start), free(ids.v);
+    session_free(&s);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv) {
     const char *cmd = "generate";
     GenArgs a;
@@ -293,19 +396,25 @@ int cmd_generate(int argc, char **argv) {
     char *file_text = NULL;
     size_t file_len = 0;
     Err err = { "" };
-    if (a.prompt_file && read_file(a.prompt_file, 64u << 20, &file_text, &file_len, &err))
+    const char *in_file = a.batch_file ? a.batch_file : a.prompt_file;
+    if (in_file && read_file(in_file, 64u << 20, &file_text, &file_len, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     const char *text = a.prompt ? a.prompt : file_text;
     size_t len = a.prompt ? strlen(a.prompt) : file_len;
     if (!utf8_valid(text, len)) {
         free(file_text);
-        return cli_fail(cmd, a.prompt ? EXIT_USAGE : EXIT_RUNTIME, "the prompt%s%s is not valid UTF-8",
-                        a.prompt_file ? " in " : "", a.prompt_file ? a.prompt_file : "");
+        return cli_fail(cmd, a.prompt ? EXIT_USAGE : EXIT_RUNTIME, "the prompt%s%s is not valid UTF-8", in_file ? " in " : "",
+                        in_file ? in_file : "");
     }
     CliEp ep;
     if ((rc = cli_ep_launch(&ep, cmd, &a.ep, argc, argv)) || cli_ep_is_server(&ep)) {
         free(file_text);
         return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
+    }
+    if (a.batch_file) {
+        rc = run_batch(cmd, &a, text, len, &ep);
+        free(file_text);
+        return cli_ep_finish(&ep, cmd, rc);
     }
     Session s;
     rc = session_open(cmd, &a, &s, &ep);

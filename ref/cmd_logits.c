@@ -133,7 +133,7 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         goto done;
     }
     int64_t first = prefill > 0 ? prefill : T;
-    GpuEngineOptions go = { fp8, kv_bf16, first, T, want_mtp, cli_ep_gpu_env(ep), ep->tcp, ep->timeout_s };
+    GpuEngineOptions go = { fp8, kv_bf16, first, T, want_mtp, cli_ep_gpu_env(ep), ep->tcp, ep->timeout_s, 1 };
     if (cli_ep_is_server(ep)) {
         rc = cli_ep_serve(ep, CMD, &m, gpu ? &go : NULL, fp8);
         goto done;

@@ -3,6 +3,7 @@
  * @brief Expert parallelism from the command line (ref/cli_ep.h), through the binary:
  *  - `logits --ep 3` (and `--mtp --ep 2`, `--prefill` split) write the same bytes as one process;
  *  - `generate --ep 2|3` gives the same text greedily, and with sampling + MTP speculation + a seed;
+ *  - `generate --batch FILE --ep 3`: the same JSON lines;
  *  - `chat --ep 2`: two turns, the same replies;
  *  - a torchrun-style launch by hand (WORLD_SIZE/RANK/MASTER_PORT, two processes) equals them too;
  *  - bad input: --ep 0, --ep-transport foo, --ep disagreeing with WORLD_SIZE, DSV3_EP_TIMEOUT=abc,
@@ -80,6 +81,24 @@ static void generate_same_text(void **state) {
         printf("    generate %s --ep %d: the same %zu bytes of text\n", flags[i], ranks[i], a.out_len);
         run_result_free(&a), run_result_free(&b);
     }
+}
+
+static void batch_same_lines(void **state) {
+    (void)state;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/prompts.txt", test_tmp);
+    FILE *f = fopen(path, "w");
+    fputs("In the beginning\nAnd God said\nBlessed are the meek\n", f);
+    fclose(f);
+    const char *flags = "-n 12 --temp 0.7 --seed 9 --parallel 2 -b 4";
+    RunResult a = run_shell(NULL, "%s generate -m %s --batch %s %s", dsv3_bin(), KJV, path, flags);
+    RunResult b = run_shell(NULL, "%s generate -m %s --batch %s %s --ep 3", dsv3_bin(), KJV, path, flags);
+    assert_int_equal(a.status, 0);
+    assert_int_equal(b.status, 0);
+    assert_int_equal(count_lines(a.out), 3);
+    assert_string_equal(a.out, b.out);
+    printf("    generate --batch (3 prompts, 2 sequences) --ep 3: the same JSON lines\n");
+    run_result_free(&a), run_result_free(&b);
 }
 
 static void chat_same_replies(void **state) {
@@ -167,6 +186,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(logits_same_bytes),
         cmocka_unit_test(generate_same_text),
+        cmocka_unit_test(batch_same_lines),
         cmocka_unit_test(chat_same_replies),
         cmocka_unit_test(launched_by_hand),
         cmocka_unit_test(bad_input),

@@ -28,6 +28,8 @@
 
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
+
 #include "buf.h"
 #include "chat.h"
 #include "tokenizer.h"
@@ -83,6 +85,63 @@ static void generate_streams_and_reproduces(void **state) {
     run_result_free(&c);
 }
 
+/** The "text" of the JSON line whose "index" is @p i in @p jsonl (malloc'd), or NULL. */
+static char *batch_text(const char *jsonl, int i) {
+    char *copy = strdup(jsonl), *save = NULL, *text = NULL;
+    for (char *line = strtok_r(copy, "\n", &save); line && !text; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *idx = cJSON_GetObjectItemCaseSensitive(j, "index"), *t = cJSON_GetObjectItemCaseSensitive(j, "text");
+        if (cJSON_IsNumber(idx) && idx->valueint == i && cJSON_IsString(t)) text = strdup(t->valuestring);
+        cJSON_Delete(j);
+    }
+    free(copy);
+    return text;
+}
+
+/**
+ * --batch: five prompts through two slots (continuous batching: slots are reused, prefill pieces
+ * share steps with decode tokens) give, prompt by prompt, the text `generate -p` gives alone —
+ * greedy, and sampled with seed S+i — plus the JSON fields; -n 0 finishes without tokens.
+ */
+static void batch_matches_single_runs(void **state) {
+    (void)state;
+    const char *prompts[5] = { "The FP8 weights", "memory map", "Multi-head Latent Attention", "experts", "the cache" };
+    char path[4200];
+    snprintf(path, sizeof path, "%s/prompts.txt", test_tmp);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 5; i++) fprintf(f, "%s\n%s", prompts[i], i == 1 ? "\n  \n" : ""); /* blank lines are skipped */
+    fclose(f);
+    const char *modes[2] = { "--temp 0", "--temp 1 --seed 40" };
+    for (int mode = 0; mode < 2; mode++) {
+        RunResult b = run_shell(NULL, "%s generate -m %s --batch %s -n 12 --parallel 2 -b 3 %s", dsv3_bin(), model, path, modes[mode]);
+        if (b.status) fprintf(stderr, "%s", b.err);
+        assert_int_equal(b.status, 0);
+        assert_int_equal(count_lines(b.out), 5);
+        assert_non_null(strstr(b.err, "5 prompts"));
+        for (int i = 0; i < 5; i++) {
+            char flags[64];
+            snprintf(flags, sizeof flags, mode ? "--temp 1 --seed %d" : "--temp 0", 40 + i); /* prompt i samples with S+i */
+            RunResult one = run_shell(NULL, "%s generate -m %s -p '%s' -n 12 %s 2>/dev/null", dsv3_bin(), model, prompts[i], flags);
+            char *text = batch_text(b.out, i);
+            assert_non_null(text);
+            assert_int_equal(one.status, 0);
+            assert_true(one.out_len > 0 && one.out[one.out_len - 1] == '\n'); /* generate ends its text with a newline */
+            one.out[--one.out_len] = 0;
+            assert_string_equal(text, one.out);
+            free(text);
+            run_result_free(&one);
+        }
+        assert_non_null(strstr(b.out, "\"completion_tokens\":12"));
+        printf("    --batch (5 prompts, 2 slots, %s): every text equals its single run\n", modes[mode]);
+        run_result_free(&b);
+    }
+    RunResult z = run_shell(NULL, "%s generate -m %s --batch %s -n 0", dsv3_bin(), model, path);
+    assert_int_equal(z.status, 0);
+    assert_int_equal(count_lines(z.out), 5);
+    assert_non_null(strstr(z.out, "\"text\":\"\",\"finish_reason\":\"length\""));
+    run_result_free(&z);
+}
+
 /** Each bad invocation: non-zero exit, exactly one line on stderr containing @p expect. */
 static void bad(const char *what, int status, const char *expect, const char *fmt, ...) {
     char args[8192], cmd[16384];
@@ -122,6 +181,18 @@ static void bad_inputs(void **state) {
     bad("unknown flag", 2, "unknown option", "generate -m %s -p hi --frobnicate", model);
     bad("no prompt", 2, "exactly one of", "generate -m %s", model);
     bad("both prompts", 2, "exactly one of", "generate -m %s -p a -f %s", model, path);
+    bad("--batch and -p", 2, "exactly one of", "generate -m %s -p a --batch %s", model, path);
+    bad("--batch: bad UTF-8", 1, "not valid UTF-8", "generate -m %s --batch %s", model, path);
+    bad("--batch: no file", 1, "cannot open", "generate -m %s --batch %s/none", model, test_tmp);
+    char blank[4200];
+    snprintf(blank, sizeof blank, "%s/blank.txt", test_tmp);
+    f = fopen(blank, "w");
+    fputs("\n   \n\t\n", f);
+    fclose(f);
+    bad("--batch: blank lines", 2, "has no prompts", "generate -m %s --batch %s", model, blank);
+    bad("--batch + --spec mtp", 2, "no --spec", "generate -m %s --batch %s --spec mtp", model, path);
+    bad("--parallel 0", 2, "--parallel", "generate -m %s --batch %s --parallel 0", model, path);
+    bad("--batch: prompt > -c", 1, "context holds 4", "generate -m %s -c 4 --batch README.md", model);
     bad("missing model", 1, "cannot open", "generate -m %s/none -p hi", test_tmp);
     bad("--spec mtp without MTP", 2, "no MTP module", "generate -m %s -p hi --spec mtp", model_nomtp);
     bad("--draft 0", 2, "--draft", "generate -m %s -p hi --draft 0", model);
@@ -225,6 +296,7 @@ static void chat_keeps_cache_across_turns(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(generate_streams_and_reproduces),
+        cmocka_unit_test(batch_matches_single_runs),
         cmocka_unit_test(bad_inputs),
         cmocka_unit_test(chat_keeps_cache_across_turns),
         cmocka_unit_test(perplexity_runs),

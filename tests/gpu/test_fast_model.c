@@ -221,7 +221,7 @@ static void spec_case(const char *dir, int n_gen) {
     for (int draft = 0; ok && draft <= 3; draft += draft ? 2 : 1) {
         GpuEngine *e = NULL;
         Generator g;
-        GpuEngineOptions go = { FP8_W8A8, 0, 64, 128, 1, NULL, 0, 0 };
+        GpuEngineOptions go = { FP8_W8A8, 0, 64, 128, 1, NULL, 0, 0, 1 };
         int out[17], k = 0, n = 0, first_diff = -1;
         ok = !gpu_engine_open(&e, &m, &go, NULL, &err) && !gen_init(&g, &m, &sm, 128, draft, 64, ATTN_ABSORB, FP8_W8A8, &err) &&
              !gen_use_gpu(&g, e, &err) && !gen_feed(&g, prompt, 4, &err);
@@ -683,6 +683,37 @@ static void cli_ep_case(const char *bin) {
     report(one && ep && na == nb && na > 10 && !memcmp(one, ep, na),
            "cli: generate --backend fast --spec mtp --ep 2 --ep-transport tcp (kjv, greedy 24 tokens): the same text");
     free(one), free(ep);
+    /* --batch: 4 prompts through 3 engine sequences, 5 tokens per step (prefill pieces beside decode
+     * tokens in one forward), against each prompt alone; and the same batch expert-parallel */
+    const char *prompts[4] = { "In the beginning", "And God said", "The LORD is my shepherd", "Blessed are the meek" };
+    char list[600], *texts[4] = { 0 };
+    snprintf(list, sizeof list, "%s/prompts.txt", dir);
+    FILE *f = fopen(list, "w");
+    for (int i = 0; f && i < 4; i++) fprintf(f, "%s\n", prompts[i]);
+    if (f) fclose(f);
+    int singles = 1;
+    for (int i = 0; i < 4; i++) {
+        snprintf(cmd, sizeof cmd, "%s generate -m models/kjv -p '%s' -n 16 --temp 0 --backend fast >%s 2>/dev/null", bin, prompts[i], a);
+        texts[i] = run_to_file(cmd, a, &na);
+        if (texts[i] && na > 0) texts[i][na - 1] = 0; /* the newline generate ends with */
+        singles = singles && texts[i] && na > 1;
+    }
+    const char *batch = "generate -m models/kjv -n 16 --temp 0 --backend fast --parallel 3 -b 5 --batch";
+    snprintf(cmd, sizeof cmd, "%s %s %s >%s 2>/dev/null", bin, batch, list, b);
+    one = run_to_file(cmd, b, &nb);
+    int same = singles && one;
+    for (int i = 0; same && i < 4; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "\"index\":%d,\"text\":\"", i);
+        const char *at = strstr(one, key);
+        same = at && !strncmp(at + strlen(key), texts[i], strlen(texts[i])) && at[strlen(key) + strlen(texts[i])] == '"';
+    }
+    snprintf(cmd, sizeof cmd, "%s %s %s --ep 2 --ep-transport tcp >%s 2>/dev/null", bin, batch, list, a);
+    ep = run_to_file(cmd, a, &na);
+    report(same && ep && na == nb && !memcmp(one, ep, na),
+           "cli: generate --backend fast --batch (4 prompts, 3 sequences, 5 tokens a step) = each prompt alone; with --ep 2 the same bytes");
+    free(one), free(ep);
+    for (int i = 0; i < 4; i++) free(texts[i]);
     remove_tree(dir);
     free(dir);
 }
