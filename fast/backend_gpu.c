@@ -50,8 +50,7 @@ void gpu_engine_close(GpuEngine *e) {
  *  TCP ranks may share GPUs (LOCAL_RANK mod the device count). */
 static int join_group(GpuEngine *e, const Model *m, const GpuEngineOptions *opt, Err *err) {
     const Config *c = &m->config;
-    if (c->n_routed_experts < 1 || c->first_k_dense_replace >= c->num_hidden_layers)
-        return err_set(err, "expert parallelism: this model has no MoE layers to split");
+    if (ep_model_splits(c, opt->ep->world_size, err)) return -1;
     e->ep_tcp = opt->ep_tcp;
     e->rank = opt->ep->rank;
     if (e->ep_tcp) {
@@ -163,8 +162,6 @@ int gpu_engine_forward_seqs(GpuEngine *e, const GpuChunk *chunks, int n_chunks, 
         if (ch->seq < 0 || ch->seq >= e->n_seqs || ch->n < 1 || total + ch->n > e->max_T)
             return err_set(err, "gpu_engine_forward_seqs: chunk %d (sequence %d, %d ids) does not fit %d sequences of %lld tokens",
                            i, ch->seq, ch->n, e->n_seqs, (long long)e->max_T);
-        for (int j = 0; j < i; j++)
-            if (chunks[j].seq == ch->seq) return err_set(err, "gpu_engine_forward_seqs: sequence %d appears twice", ch->seq);
         e->b_seq[i] = e->seqs[ch->seq];
         if (ch->pos0 < 0 || ch->pos0 > fast_kv_len(&e->kv, e->b_seq[i]))
             return err_set(err, "gpu_engine_forward_seqs: position %lld is past the %lld positions of sequence %d",

@@ -121,11 +121,7 @@ int cli_ep_launch(CliEp *g, const char *cmd, const CliEpFlags *f, int argc, char
 
 int cli_ep_start(CliEp *g, const Model *m, Err *err) {
     if (g->env.world_size <= 1) return 0;
-    const Config *c = &m->config;
-    if (c->n_routed_experts < g->env.world_size || c->first_k_dense_replace >= c->num_hidden_layers)
-        return err_set(err, "expert parallelism: this model has %s to split over %d processes",
-                       c->first_k_dense_replace >= c->num_hidden_layers ? "no MoE layers" : "fewer routed experts than that",
-                       g->env.world_size);
+    if (ep_model_splits(&m->config, g->env.world_size, err)) return -1;
     return g->spawn_n > 1 && !g->children ? spawn(g, err) : 0;
 }
 

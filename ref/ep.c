@@ -258,6 +258,15 @@ int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w,
     return 0;
 }
 
+int ep_model_splits(const Config *c, int nranks, Err *err) {
+    if (c->n_routed_experts < 1 || c->first_k_dense_replace >= c->num_hidden_layers)
+        return err_set(err, "expert parallelism: this model has no MoE layers to split over %d processes", nranks);
+    if (c->n_routed_experts < nranks)
+        return err_set(err, "expert parallelism: this model has fewer routed experts (%d) than processes (%d)", c->n_routed_experts,
+                       nranks);
+    return 0;
+}
+
 const LayerWeights *ep_moe_layer(const Weights *w, int layer, Err *err) {
     const LayerWeights *lw = layer >= 0 && layer < w->n_layers              ? &w->layers[layer]
                              : layer >= w->n_layers && layer < w->n_layers + w->n_mtp ? &w->mtp[layer - w->n_layers].block

@@ -136,6 +136,10 @@ int ep_serve(EpRank *r, const Weights *w, const ForwardContext *ctx, Err *err);
 /** Tells the expert servers to return (announces EP_STOP). Collective with their ep_serve. */
 int ep_stop(EpRank *r, Err *err);
 
+/** 0 if a model of config @p c has MoE layers whose routed experts can be split over @p nranks
+ *  processes; else -1 with an error saying why (no MoE layers, fewer experts than ranks). */
+int ep_model_splits(const Config *c, int nranks, Err *err);
+
 /** The decoder block that layer index @p layer names in @p w (MTP module k: num_hidden_layers + k), or
  *  NULL with an error if there is none or it is not a MoE layer. */
 const LayerWeights *ep_moe_layer(const Weights *w, int layer, Err *err);
