@@ -54,7 +54,7 @@ LDLIBS  += -fopenmp
 endif
 
 BUILD   := build
-REF_SRC := $(filter-out ref/main.c,$(wildcard ref/*.c))
+REF_SRC := $(filter-out ref/cli/main.c,$(wildcard ref/*.c ref/*/*.c))
 REF_OBJ := $(REF_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -146,7 +146,7 @@ DSV3_GPU_OBJ := $(BUILD)/gpu/obj/fast/backend_gpu.o
 DSV3_GPU_LIBS := $(BUILD)/libdsv3fast.a
 DSV3_GPU_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 endif
-$(BUILD)/dsv3: $(BUILD)/obj/ref/main.o $(DSV3_GPU_OBJ) $(BUILD)/libdsv3.a $(DSV3_GPU_LIBS)
+$(BUILD)/dsv3: $(BUILD)/obj/ref/cli/main.o $(DSV3_GPU_OBJ) $(BUILD)/libdsv3.a $(DSV3_GPU_LIBS)
 	@echo "  LINK    $@"
 	@$(CC) -o $@ $^ $(LDLIBS) $(DSV3_GPU_LDLIBS)
 
@@ -273,8 +273,8 @@ fuzz:
 	@cp golden/official-tiny/config.json $(BUILD)/fuzz/corpus-cfg/tiny.json; cp golden/fp8-small/config.json $(BUILD)/fuzz/corpus-cfg/small.json
 	@head -c 40000 golden/official-tiny/model.safetensors > $(BUILD)/fuzz/corpus-st/tiny-head
 	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/safetensors.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/config.c ref/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/base/safetensors.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/model/config.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
 	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
 	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg
 
@@ -329,7 +329,7 @@ $(GPU_BENCH_BIN): $(GPU)/obj/tests/gpu/bench_kernels.o $(GPU_TEST_SUPPORT) $(BUI
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS) -lcublasLt
 
-# Expert parallelism over NCCL, 1 rank (single-GPU machines); ref/ep.c and the bootstrap link from the GPU ref lib.
+# Expert parallelism over NCCL, 1 rank (single-GPU machines); ref/ep/ep.c and the bootstrap link from the GPU ref lib.
 GPU_EP_TEST_BIN := $(BUILD)/tests/test_gpu_ep_nccl
 $(GPU_EP_TEST_BIN): $(GPU)/obj/tests/gpu/test_ep_nccl.o $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
 	@mkdir -p $(dir $@)
@@ -421,7 +421,7 @@ bench-gpu-model: $(FAST_MODEL_BENCH_BIN) $(BENCH_MODEL)/config.json
 	else echo "bench_e2e_peers: skipped (python3 with a CUDA-enabled torch is not importable here)"; fi
 
 # dsv3 itself over the host emulation: the CLI's --backend fast path end to end, on any machine with nvcc.
-$(BUILD)/tests/dsv3_mock: $(BUILD)/obj/ref/main.o $(GPU)/obj/fast/backend_gpu.o $(BUILD)/libdsv3.a $(GPU)/libdsv3fast_host.a \
+$(BUILD)/tests/dsv3_mock: $(BUILD)/obj/ref/cli/main.o $(GPU)/obj/fast/backend_gpu.o $(BUILD)/libdsv3.a $(GPU)/libdsv3fast_host.a \
                           $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/tests/gpu/mock_generic.o
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"

@@ -1,14 +1,14 @@
 /**
  * @file backend_gpu.c
  * @brief ref/backend.h on the GPU: one sequence over fast/model_gpu.h (the CLI's `--backend fast`),
- *        optionally with its routed experts spread over an expert-parallel group (ref/cli_ep.h).
+ *        optionally with its routed experts spread over an expert-parallel group (ref/cli/cli_ep.h).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "ep_nccl.h"
-#include "ep_socket.h"
+#include "ep/ep_socket.h"
 #include "model_gpu.h"
 
 struct GpuEngine {

@@ -1,6 +1,6 @@
 /**
  * @file block_gpu.c
- * @brief A decoder block on the GPU (spec §2): ref/block.c's block_forward and ref/ffn.c's
+ * @brief A decoder block on the GPU (spec §2): ref/model/block.c's block_forward and ref/model/ffn.c's
  *        ffn_forward, over the T tokens of a batch.
  *
  *   h ← h + MLA(attn_norm(h))

@@ -1,6 +1,6 @@
 /**
  * @file ep_gpu.c
- * @brief Expert parallelism inside the GPU forward (paper §3.4; spec §10): ref/ep.c's
+ * @brief Expert parallelism inside the GPU forward (paper §3.4; spec §10): ref/ep/ep.c's
  *        ep_moe_forward with device buffers — dispatch → local experts → combine over the same
  *        EpTransport (NCCL across GPUs; the in-process CPU transport over the kernels' host
  *        emulation in the tests).
@@ -26,9 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ep.h"
+#include "ep/ep.h"
 #include "layers_gpu.h"
-#include "moe.h"
+#include "model/moe.h"
 #include "ops.h"
 
 /** One rank's expert-parallel state: the reference's EpRank (transport, plan, count arrays)

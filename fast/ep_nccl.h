@@ -1,9 +1,9 @@
 /**
  * @file ep_nccl.h
- * @brief The NCCL implementation of ref/ep.h's EpTransport: all-to-all with counts exchanged
+ * @brief The NCCL implementation of ref/ep/ep.h's EpTransport: all-to-all with counts exchanged
  *        first, as grouped ncclSend/ncclRecv, one process and one GPU per rank.
  *
- * Group setup follows torchrun (ref/bootstrap.h): rank 0 creates the ncclUniqueId and shares it
+ * Group setup follows torchrun (ref/ep/bootstrap.h): rank 0 creates the ncclUniqueId and shares it
  * over TCP (or MPI_Bcast in MPI builds, DSV3_WITH_MPI), every rank binds GPU LOCAL_RANK and calls
  * ncclCommInitRank. Buffers handed to alltoallv may live in host memory (the CPU reference's
  * expert-parallel MoE) or device memory (the CUDA backend): host buffers are staged through
@@ -12,8 +12,8 @@
 #ifndef DSV3_EP_NCCL_H
 #define DSV3_EP_NCCL_H
 
-#include "bootstrap.h"
-#include "ep.h"
+#include "ep/bootstrap.h"
+#include "ep/ep.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -24,7 +24,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "util.h"
+#include "base/util.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -19,7 +19,7 @@
 #define DSV3_FAST_GENERIC_H
 
 #include "fast.h"
-#include "safetensors.h" /* DType */
+#include "base/safetensors.h" /* DType */
 
 #ifdef __cplusplus
 extern "C" {

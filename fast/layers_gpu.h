@@ -1,7 +1,7 @@
 /**
  * @file layers_gpu.h
  * @brief The per-op functions of the GPU forward (linear, MLA, dense FFN, MoE, block) and the
- *        run state they share — fast/'s counterparts of ref/linear.h, mla.h, ffn.h, moe.h,
+ *        run state they share — fast/'s counterparts of ref/model/linear.h, mla.h, ffn.h, moe.h,
  *        block.h and context.h. Internal to the *_gpu.c files of fast/.
  *
  * Every function enqueues on fm->stream and returns 0 or -1 with a message; none synchronizes.

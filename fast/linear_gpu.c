@@ -1,6 +1,6 @@
 /**
  * @file linear_gpu.c
- * @brief y = x·Wᵀ on the GPU (ref/linear.c's linear_forward), choosing the kernel per weight.
+ * @brief y = x·Wᵀ on the GPU (ref/model/linear.c's linear_forward), choosing the kernel per weight.
  *
  *   FP8 weight, W8A8, K % 128 = 0, sm_89+   act_quant (1×128 e4m3) + fp8_gemm_cuda      tensor cores
  *   FP8 weight, W8A8, otherwise             fp8_quantize_rows_f32 + linear_generic      same numerics, SIMT

@@ -1,7 +1,7 @@
 /**
  * @file model_gpu.c
  * @brief The whole model on one GPU (spec §2): the run state and the forward over a batch of
- *        sequence chunks — ref/model.c's runstate_init and model_forward, serving-shaped.
+ *        sequence chunks — ref/model/model.c's runstate_init and model_forward, serving-shaped.
  *
  *     h = embed(ids);  for each layer: h = block(h);  logits = lm_head(norm(h))
  * One forward carries the chunks of several sequences (prefill chunks and single decode tokens

@@ -1,18 +1,18 @@
 /**
  * @file model_gpu.h
- * @brief The whole model on one GPU: the fast/ counterpart of ref/model.h, plus what serving
+ * @brief The whole model on one GPU: the fast/ counterpart of ref/model/model.h, plus what serving
  *        needs that the reference does not (a paged latent KV cache shared by many sequences,
  *        batches that mix prefill chunks and decode tokens).
  *
  * Side by side with the reference (docs/architecture.md):
  *
- *   ref/model.c    model_load, runstate_init, model_forward     fast/model_gpu.c   fast_model_upload, fast_runstate_init, fast_model_forward
- *   ref/weights.c  the tensor table (bound to the mapping)      fast/weights_gpu.c the same table walked again to upload each tensor
- *   ref/kvcache.c  one contiguous cache per sequence            fast/kvcache_gpu.c 64-token pages, one block table per sequence
- *   ref/block.c    block_forward                                fast/block_gpu.c   fast_block_forward (+ the dense FFN)
- *   ref/mla.c      mla_forward (absorbed form)                  fast/mla_gpu.c     fast_mla_forward
- *   ref/moe.c      moe_forward                                  fast/moe_gpu.c     fast_moe_forward
- *   ref/linear.c   linear_forward (dequant | w8a8)              fast/linear_gpu.c  fast_linear_forward
+ *   ref/model/model.c    model_load, runstate_init, model_forward     fast/model_gpu.c   fast_model_upload, fast_runstate_init, fast_model_forward
+ *   ref/model/weights.c  the tensor table (bound to the mapping)      fast/weights_gpu.c the same table walked again to upload each tensor
+ *   ref/model/kvcache.c  one contiguous cache per sequence            fast/kvcache_gpu.c 64-token pages, one block table per sequence
+ *   ref/model/block.c    block_forward                                fast/block_gpu.c   fast_block_forward (+ the dense FFN)
+ *   ref/model/mla.c      mla_forward (absorbed form)                  fast/mla_gpu.c     fast_mla_forward
+ *   ref/model/moe.c      moe_forward                                  fast/moe_gpu.c     fast_moe_forward
+ *   ref/model/linear.c   linear_forward (dequant | w8a8)              fast/linear_gpu.c  fast_linear_forward
  *
  * Weights live in the same ::Weights struct as the reference's, with device pointers: a
  * Tensor's data and scale_inv point into one device allocation, FP8 stays FP8 with its scales,
@@ -31,10 +31,10 @@
 
 #include <stdio.h>
 
-#include "ep.h"
+#include "ep/ep.h"
 #include "fast.h"
-#include "linear.h"
-#include "model.h"
+#include "model/linear.h"
+#include "model/model.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -21,7 +21,7 @@
 #ifndef DSV3_FAST_MOE_CUDA_H
 #define DSV3_FAST_MOE_CUDA_H
 
-#include "config.h"
+#include "model/config.h"
 #include "fast.h"
 
 #ifdef __cplusplus

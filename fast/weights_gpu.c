@@ -1,6 +1,6 @@
 /**
  * @file weights_gpu.c
- * @brief Uploading a loaded checkpoint to the GPU (ref/weights.c's tensor table, walked again):
+ * @brief Uploading a loaded checkpoint to the GPU (ref/model/weights.c's tensor table, walked again):
  *        the memory plan, the upload with a progress bar, and the two GPU-specific layouts.
  *
  * The reference binds each tensor of the table to the mapped safetensors; here the same table is

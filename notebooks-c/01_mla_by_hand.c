@@ -10,7 +10,7 @@
  *   naive:  expand the 64-d latent c_kv into per-head keys and values (W_UK, W_UV), attend.
  *   absorb: fold W_UK into the query, attend over the latent itself, apply W_UV afterwards.
  *
- * Then we check both against ref/mla.c. Along the way we print what the KV cache holds in each
+ * Then we check both against ref/model/mla.c. Along the way we print what the KV cache holds in each
  * form — the reason MLA exists (paper §2.1.1: "significantly reducing the KV cache").
  */
 #include <math.h>
@@ -18,9 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "rmsnorm.h"
-#include "rope.h"
+#include "model/model.h"
+#include "model/rmsnorm.h"
+#include "model/rope.h"
 
 #define T 6 /* tokens; we look at the last one */
 
@@ -154,7 +154,7 @@ int main(void) {
     double max_lib_diff = 0;
     for (int h = 0; h < H; h++)
         for (int d = 0; d < Dv; d++) max_lib_diff = fmax(max_lib_diff, fabs(s.acts.mla.o[(p * H + h) * Dv + d] - o_naive[h][d]));
-    printf("ref/mla.c (absorb) vs this notebook: max |diff| = %.2e\n", max_lib_diff);
+    printf("ref/model/mla.c (absorb) vs this notebook: max |diff| = %.2e\n", max_lib_diff);
     int ok = max_score_diff < 1e-4 && max_o_diff < 1e-4 && max_lib_diff < 1e-4;
     printf("\n%s\n", ok ? "OK: both forms agree with each other and with the library." : "MISMATCH");
     free(y);

@@ -7,16 +7,16 @@
  * s = sigmoid(u·G), the correction bias b that steers selection (aux-loss-free balancing),
  * group scores (sum of the two best biased scores in each group), the kept groups, the top-k
  * experts, and their weights — which use the UNBIASED affinities. The result is checked
- * against ref/gate.c.
+ * against ref/model/gate.c.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "gate.h"
-#include "model.h"
-#include "rmsnorm.h"
+#include "model/gate.h"
+#include "model/model.h"
+#include "model/rmsnorm.h"
 
 int main(void) {
     Model m;
@@ -105,7 +105,7 @@ int main(void) {
     }
     printf("\n\nwithout the bias (and the group limit), %d of the %d picks would change: the bias only steers"
            " selection;\nthe weights above still come from the unbiased affinities.\n", differ, K);
-    printf("\n%s\n", ok ? "OK: matches ref/gate.c." : "MISMATCH with ref/gate.c");
+    printf("\n%s\n", ok ? "OK: matches ref/model/gate.c." : "MISMATCH with ref/model/gate.c");
     free(u);
     free(row);
     model_free(&m);

@@ -6,7 +6,7 @@
  * DeepSeek-V3 serves its 256 routed experts per layer spread over many GPUs: each GPU holds a
  * slice, and every MoE layer becomes an all-to-all. Here golden/official-tiny's layer 1 (16
  * experts, top-4) is split over 4 ranks — threads of this program, talking through the
- * in-process transport of ref/ep.c, the same interface the TCP (ref/ep_socket.c) and NCCL
+ * in-process transport of ref/ep/ep.c, the same interface the TCP (ref/ep/ep_socket.c) and NCCL
  * (fast/ep_nccl.c) transports implement. We watch one layer the way `dsv3 generate --ep 4` runs
  * it: rank 0 holds the tokens, ranks 1..3 are expert servers (ep_serve).
  *
@@ -21,10 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ep.h"
-#include "gate.h"
-#include "model.h"
-#include "rmsnorm.h"
+#include "ep/ep.h"
+#include "model/gate.h"
+#include "model/model.h"
+#include "model/rmsnorm.h"
 
 enum { RANKS = 4, T = 5 };
 

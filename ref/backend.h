@@ -13,9 +13,9 @@
 
 #include <stdio.h>
 
-#include "bootstrap.h"
-#include "linear.h"
-#include "model.h"
+#include "ep/bootstrap.h"
+#include "model/linear.h"
+#include "model/model.h"
 
 /** A model uploaded to a GPU with one open sequence. */
 typedef struct GpuEngine GpuEngine;
@@ -68,7 +68,7 @@ int gpu_engine_mtp(GpuEngine *e, int64_t pos0, const int *next_ids, const float 
                    int64_t n_logits, float *out_normed, Err *err);
 
 /**
- * Several sequences in one forward (continuous batching, ref/batch.h): chunk i runs its ids at
+ * Several sequences in one forward (continuous batching, ref/generate/batch.h): chunk i runs its ids at
  * positions pos0.. of its sequence; Σ n ≤ max_T, each sequence at most once. logits [n_chunks][V]
  * of each chunk's last token.
  */

@@ -15,9 +15,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "ckpt.h"
-#include "generate.h"
-#include "model.h"
+#include "model/ckpt.h"
+#include "generate/generate.h"
+#include "model/model.h"
 
 #define MINI_DIR "build/bench/mini"
 

@@ -12,10 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bpe_train.h"
-#include "buf.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "tokenizer/bpe_train.h"
+#include "base/buf.h"
+#include "tokenizer/tokenizer.h"
+#include "base/util.h"
 
 #define TOKENIZER_DIR "golden/tokenizer/deepseek-v3"
 

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckpt.h"
-#include "train.h"
+#include "model/ckpt.h"
+#include "train/train.h"
 
 /** Weights one token multiplies (main model and MTP depths, embedding lookups excluded). */
 static double active_weights(const Config *c, int n_mtp) {

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "bootstrap.h"
+#include "ep/bootstrap.h"
 
 int main(void) {
     LaunchEnv e;

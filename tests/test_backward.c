@@ -29,18 +29,18 @@
 
 #include <cmocka.h>
 
-#include "block.h"
-#include "ckpt.h"
-#include "embed.h"
-#include "ffn.h"
-#include "loss.h"
-#include "mla.h"
-#include "moe.h"
-#include "mtp.h"
-#include "params.h"
-#include "rmsnorm.h"
-#include "rng.h"
-#include "rope.h"
+#include "model/block.h"
+#include "model/ckpt.h"
+#include "model/embed.h"
+#include "model/ffn.h"
+#include "train/loss.h"
+#include "model/mla.h"
+#include "model/moe.h"
+#include "model/mtp.h"
+#include "train/params.h"
+#include "model/rmsnorm.h"
+#include "base/rng.h"
+#include "model/rope.h"
 #include "util_gradcheck.h"
 
 /** Finite-difference settings shared by every check (see the file comment). */

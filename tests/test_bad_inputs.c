@@ -22,8 +22,8 @@
 
 #include <cmocka.h>
 
-#include "ckpt.h"
-#include "safetensors.h"
+#include "model/ckpt.h"
+#include "base/safetensors.h"
 #include "util_compare.h"
 #include "util_run.h"
 

@@ -1,6 +1,6 @@
 /**
  * @file test_bootstrap.c
- * @brief The launch bootstrap of expert-parallel runs (ref/bootstrap.c), on the CPU:
+ * @brief The launch bootstrap of expert-parallel runs (ref/ep/bootstrap.c), on the CPU:
  *  - torchrun variables: defaults, valid values, and each malformed one named in the error;
  *  - rank 0 shares a 128-byte id (an ncclUniqueId's size) with 3 other ranks over TCP on
  *    127.0.0.1, ranks starting in any order; a rank that finds nobody times out with a message.
@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "bootstrap.h"
+#include "ep/bootstrap.h"
 
 static void env_parsing(void **state) {
     (void)state;

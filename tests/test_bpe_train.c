@@ -16,12 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bpe_train.h"
-#include "buf.h"
-#include "bytelevel.h"
-#include "chat.h"
-#include "pretok.h"
-#include "tokenizer.h"
+#include "tokenizer/bpe_train.h"
+#include "base/buf.h"
+#include "tokenizer/bytelevel.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/pretok.h"
+#include "tokenizer/tokenizer.h"
 #include "util_compare.h"
 #include "util_tok.h"
 

@@ -20,8 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "chat.h"
-#include "tokenizer.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 #include "util_compare.h"
 #include "util_tok.h"
 

@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "config.h"
+#include "model/config.h"
 
 /* deepseek-ai/DeepSeek-V3 config.json as published (spec §1.2). */
 static const char *v3_json =

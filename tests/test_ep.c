@@ -24,12 +24,12 @@
 
 #include <cmocka.h>
 
-#include "bootstrap.h"
-#include "ckpt.h"
-#include "ep.h"
-#include "ep_socket.h"
-#include "model.h"
-#include "rng.h"
+#include "ep/bootstrap.h"
+#include "model/ckpt.h"
+#include "ep/ep.h"
+#include "ep/ep_socket.h"
+#include "model/model.h"
+#include "base/rng.h"
 #include "util_compare.h"
 
 static Model model;

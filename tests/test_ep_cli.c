@@ -1,6 +1,6 @@
 /**
  * @file test_ep_cli.c
- * @brief Expert parallelism from the command line (ref/cli_ep.h), through the binary:
+ * @brief Expert parallelism from the command line (ref/cli/cli_ep.h), through the binary:
  *  - `logits --ep 3` (and `--mtp --ep 2`, `--prefill` split) write the same bytes as one process;
  *  - `generate --ep 2|3` gives the same text greedily, and with sampling + MTP speculation + a seed;
  *  - `generate --batch FILE --ep 3`: the same JSON lines;
@@ -21,7 +21,7 @@
 
 #include <cmocka.h>
 
-#include "bootstrap.h"
+#include "ep/bootstrap.h"
 #include "util_compare.h"
 #include "util_run.h"
 

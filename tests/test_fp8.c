@@ -15,10 +15,10 @@
 
 #include <cmocka.h>
 
-#include "fp8.h"
-#include "linear.h"
-#include "safetensors.h"
-#include "tensor.h"
+#include "model/fp8.h"
+#include "model/linear.h"
+#include "base/safetensors.h"
+#include "model/tensor.h"
 
 /** All 256 codes: S.EEEE.MMM, bias 7; E = 0 subnormal 2^-6·M/8; 0x7F/0xFF NaN (spec §8.1). */
 static void all_256_codes(void **state) {

@@ -18,9 +18,9 @@
 
 #include <cmocka.h>
 
-#include "config.h"
-#include "rng.h"
-#include "safetensors.h"
+#include "model/config.h"
+#include "base/rng.h"
+#include "base/safetensors.h"
 #include "util_compare.h"
 
 /** One random mutation of buf[0..n) in place; may shrink *n. */

@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "gate.h"
+#include "model/gate.h"
 
 static Config cfg;
 

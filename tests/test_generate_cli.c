@@ -30,9 +30,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "buf.h"
-#include "chat.h"
-#include "tokenizer.h"
+#include "base/buf.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 #include "util_compare.h"
 #include "util_run.h"
 
@@ -201,7 +201,8 @@ static void bad_inputs(void **state) {
     bad("chat: unknown flag", 2, "unknown option", "chat -m %s -p hi", model);
     bad("perplexity: no input", 2, "exactly one of", "perplexity -m %s", model);
     bad("perplexity: too short", 2, "fewer than one chunk", "perplexity -m %s -f README.md -c 100000", model);
-    bad("perplexity: bad ids file", 1, "not a whole number of uint32", "perplexity -m %s --ids README.md", model);
+    /* 7 bytes (the bad UTF-8 file): not a whole number of uint32 ids */
+    bad("perplexity: bad ids file", 1, "not a whole number of uint32", "perplexity -m %s --ids %s", model, path);
 }
 
 /** perplexity on text: a finite cross-entropy near log(vocab) for random weights; --mtp scores the MTP head. */

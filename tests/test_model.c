@@ -16,10 +16,10 @@
 
 #include <cmocka.h>
 
-#include "ckpt.h"
-#include "rng.h"
-#include "model.h"
-#include "mtp.h"
+#include "model/ckpt.h"
+#include "base/rng.h"
+#include "model/model.h"
+#include "model/mtp.h"
 #include "util_compare.h"
 
 

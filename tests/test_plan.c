@@ -13,8 +13,8 @@
 
 #include <cmocka.h>
 
-#include "ckpt.h"
-#include "plan.h"
+#include "model/ckpt.h"
+#include "ep/plan.h"
 
 static void v3_numbers(void **state) {
     (void)state;

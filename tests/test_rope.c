@@ -14,8 +14,8 @@
 
 #include <cmocka.h>
 
-#include "ckpt.h"
-#include "rope.h"
+#include "model/ckpt.h"
+#include "model/rope.h"
 
 /* θ'_i for DeepSeek-V3, fp64 reference values printed in spec §4.2 (7 significant digits). */
 static const double theta_v3[32] = {

@@ -1,6 +1,6 @@
 /**
  * @file test_speculative.c
- * @brief MTP speculative decoding (ref/generate.c) on random checkpoints with an MTP module:
+ * @brief MTP speculative decoding (ref/generate/generate.c) on random checkpoints with an MTP module:
  *  - greedy speculative output == greedy plain output, token for token, over 240 tokens,
  *    for 1, 2 and 3 drafts per step (both acceptance and rejection must occur);
  *  - after speculative generation with rollbacks, both KV caches equal those of a fresh run
@@ -20,9 +20,9 @@
 
 #include <cmocka.h>
 
-#include "ckpt.h"
-#include "generate.h"
-#include "mtp.h"
+#include "model/ckpt.h"
+#include "generate/generate.h"
+#include "model/mtp.h"
 #include "util_compare.h"
 
 

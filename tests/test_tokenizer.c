@@ -8,7 +8,7 @@
  * the letters/punctuation/whitespace alternation, each applied to the pieces of the previous
  * one as the whole subject), and the expected ids by running GPT-2's original BPE loop (merge
  * the lowest-ranked pair everywhere, repeat) over those pieces with the file's merges, in a
- * separate Python script — an implementation independent of ref/tokenizer.c. The same naive
+ * separate Python script — an implementation independent of ref/tokenizer/tokenizer.c. The same naive
  * loop, in C (tests/util_tok.c), cross-checks random text in test_tokenizer_fuzz.c.
  */
 #include <setjmp.h>
@@ -22,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
-#include "pretok.h"
-#include "tokenizer.h"
+#include "base/buf.h"
+#include "tokenizer/pretok.h"
+#include "tokenizer/tokenizer.h"
 #include "util_tok.h"
 
 typedef struct {

@@ -18,10 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
-#include "bytelevel.h"
-#include "pretok.h"
-#include "tokenizer.h"
+#include "base/buf.h"
+#include "tokenizer/bytelevel.h"
+#include "tokenizer/pretok.h"
+#include "tokenizer/tokenizer.h"
 #include "util_tok.h"
 
 typedef struct {

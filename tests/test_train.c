@@ -26,10 +26,10 @@
 
 #include <cmocka.h>
 
-#include "ckpt.h"
-#include "data.h"
-#include "moe.h"
-#include "train.h"
+#include "model/ckpt.h"
+#include "train/data.h"
+#include "model/moe.h"
+#include "train/train.h"
 #include "util_compare.h"
 #include "util_gradcheck.h"
 #include "util_run.h"

@@ -5,7 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "util_compare.h"
 
-#include "util.h"
+#include "base/util.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

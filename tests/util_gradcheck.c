@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "rng.h"
+#include "base/rng.h"
 
 GradCheck gradcheck(const char *name, float *p, const float *an, size_t n, int samples, const GradFn *f, double h,
                     double rtol, double atol_frac, uint64_t seed) {

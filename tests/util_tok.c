@@ -1,7 +1,7 @@
 /**
  * @file util_tok.c
  * @brief Implementation of util_tok.h. The naive BPE uses linear scans over plain arrays and a
- *        sorted merge table with binary search: slow, short and independent of ref/hashmap.c.
+ *        sorted merge table with binary search: slow, short and independent of ref/base/hashmap.c.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "util_tok.h"
@@ -13,10 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "bpe_train.h"
-#include "bytelevel.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "tokenizer/bpe_train.h"
+#include "tokenizer/bytelevel.h"
+#include "tokenizer/tokenizer.h"
+#include "base/util.h"
 
 int tok_load_deepseek(Tokenizer **tok, cJSON **json) {
     Err err = {{0}};

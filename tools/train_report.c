@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "base/util.h"
 
 enum { WINDOW = 10, MAX_E = 1024, MAX_L = 64 };
 

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "base/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     SafeTensors st;

@@ -25,11 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bootstrap.h"
+#include "ep/bootstrap.h"
 #include "ep_nccl.h"
-#include "model.h"
+#include "model/model.h"
 #include "model_gpu.h"
-#include "rng.h"
+#include "base/rng.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

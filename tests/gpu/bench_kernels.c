@@ -30,8 +30,8 @@
 #include "mla_decode.h"
 #include "moe_cuda.h"
 #include "ops.h"
-#include "rng.h"
-#include "util.h"
+#include "base/rng.h"
+#include "base/util.h"
 
 #define PEAK_FP8 1979e12
 #define PEAK_BF16 989e12

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "util.h"
+#include "base/util.h"
 
 static int g_passed, g_failed;
 const char *gpu_prog_name = "test_gpu_kernels";

@@ -21,13 +21,13 @@
 #include <cuda_runtime_api.h>
 
 #include "act_quant.h"
-#include "fp8.h"
+#include "model/fp8.h"
 #include "fp8_gemm.h"
-#include "gate.h"
+#include "model/gate.h"
 #include "mla_decode.h"
 #include "moe_cuda.h"
 #include "ops.h"
-#include "util.h"
+#include "base/util.h"
 
 /* ---- the runtime ------------------------------------------------------------------------ */
 

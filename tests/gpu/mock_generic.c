@@ -21,9 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fp8.h"
+#include "model/fp8.h"
 #include "generic.h"
-#include "util.h"
+#include "base/util.h"
 
 enum { BM = 64, BK = 32, KB = 128, MLA_CHUNK = 32 };
 

@@ -2,7 +2,7 @@
  * @file test_ep_nccl.c
  * @brief The NCCL transport with a 1-rank communicator (the GPU machines have one GPU):
  *  1. alltoallv to self from host buffers (staged) and from device buffers (direct);
- *  2. ref/ep.c's expert-parallel MoE over NCCL == moe_forward, bit for bit, on a synthetic
+ *  2. ref/ep/ep.c's expert-parallel MoE over NCCL == moe_forward, bit for bit, on a synthetic
  *     FP32 MoE layer (the same check the CPU transport passes with 2, 4 and 8 ranks).
  * Skips with a message when there is no GPU. Prints "N passed, N failed".
  */
@@ -11,10 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block.h"
-#include "ep.h"
+#include "model/block.h"
+#include "ep/ep.h"
 #include "ep_nccl.h"
-#include "rng.h"
+#include "base/rng.h"
 
 static int passed, failed;
 

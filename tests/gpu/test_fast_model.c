@@ -1,7 +1,7 @@
 /**
  * @file test_fast_model.c
  * @brief Golden tests of the whole-model GPU path (fast/model_gpu.h) against the reference
- *        (ref/model.h) on the same checkpoints: `--backend fast` vs `--backend ref`.
+ *        (ref/model/model.h) on the same checkpoints: `--backend fast` vs `--backend ref`.
  *
  * Usage: test_fast_model [--quick] [--cli DSV3]   (from the repository root; prints SKIP without a GPU)
  *        --cli also runs `DSV3 logits --backend fast` and compares its output file.
@@ -46,11 +46,11 @@
 #include <string.h>
 
 #include "backend.h"
-#include "generate.h"
-#include "model.h"
+#include "generate/generate.h"
+#include "model/model.h"
 #include "model_gpu.h"
-#include "mtp.h"
-#include "sampler.h"
+#include "model/mtp.h"
+#include "generate/sampler.h"
 #include "../util_compare.h"
 #include "gpu_util.h"
 
@@ -655,7 +655,7 @@ static char *run_to_file(const char *cmd, const char *path, size_t *n) {
 }
 
 /**
- * Expert parallelism from the CLI (ref/cli_ep.h): `--ep N --ep-transport tcp` starts N−1 expert
+ * Expert parallelism from the CLI (ref/cli/cli_ep.h): `--ep N --ep-transport tcp` starts N−1 expert
  * servers; rank 0's logits file and generated text must equal the one-process run's byte for byte
  * (EP reproduces the single-GPU arithmetic exactly). On a one-GPU machine every rank shares GPU 0.
  */

@@ -18,26 +18,26 @@
 #include <string.h>
 
 #include "act_quant.h"
-#include "config.h"
-#include "context.h"
+#include "model/config.h"
+#include "model/context.h"
 #include "fast.h"
-#include "ffn.h"
-#include "fp8.h"
+#include "model/ffn.h"
+#include "model/fp8.h"
 #include "fp8_gemm.h"
-#include "gate.h"
+#include "model/gate.h"
 #include "generic.h"
 #include "gpu_util.h"
-#include "linear.h"
-#include "mla.h"
+#include "model/linear.h"
+#include "model/mla.h"
 #include "mla_decode.h"
-#include "moe.h"
-#include "moe_cuda.h" /* fast/moe_cuda.h: named apart from ref/moe.h, which -Iref would find first */
+#include "model/moe.h"
+#include "moe_cuda.h" /* fast/moe_cuda.h: named apart from ref/model/moe.h, which -Iref would find first */
 #include "ops.h"
-#include "rmsnorm.h"
-#include "rng.h"
-#include "rope.h"
-#include "tensor.h"
-#include "util.h"
+#include "model/rmsnorm.h"
+#include "base/rng.h"
+#include "model/rope.h"
+#include "model/tensor.h"
+#include "base/util.h"
 
 static int g_quick;     /* --quick: the smaller grid `make test` runs */
 static FastDevice g_dev;

@@ -1,0 +1,57 @@
+/**
+ * @file cmd_info.c
+ * @brief `dsv3 info -m DIR`: what a checkpoint is — its configuration, where its parameters
+ *        are, how it is stored, what a token costs in KV cache and in weights read.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_util.h"
+#include "model/model.h"
+
+static const char *const CMD = "info";
+
+int cmd_info(int argc, char **argv) {
+    const char *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: dsv3 info -m MODEL_DIR\n  prints the configuration, storage and per-token costs of a checkpoint\n");
+            return EXIT_OK;
+        } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
+            if (!(dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+        } else {
+            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 info --help)", argv[i]);
+        }
+    }
+    if (!dir) return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR is required");
+    Model m;
+    Err err;
+    if (model_load(&m, dir, stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    const Config *c = &m.config;
+    uint64_t main_p, mtp_p, acc[3];
+    weights_count(c, m.w.n_mtp, &main_p, &mtp_p);
+    model_weight_bytes(&m, acc);
+    int moe_layers = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) moe_layers += config_layer_is_moe(c, l);
+    printf("checkpoint      %s (%d file%s, %d tensors%s)\n", dir, m.st.n_files, m.st.n_files > 1 ? "s" : "",
+           m.st.n_tensors, m.n_unused ? ", some unused" : "");
+    printf("parameters      %.3f B main + %.3f B in %d MTP module(s)\n", (double)main_p / 1e9, (double)mtp_p / 1e9, m.w.n_mtp);
+    printf("storage         %.1f MiB (%s), routed experts %.1f%%\n", (double)acc[0] / 1048576.0,
+           c->has_fp8 ? "FP8 e4m3 with 128x128 block scales" : "no FP8", 100.0 * (double)acc[1] / (double)acc[0]);
+    printf("layers          %d (%d dense, %d MoE), hidden %d, vocab %d\n", c->num_hidden_layers,
+           c->num_hidden_layers - moe_layers, moe_layers, c->hidden_size, c->vocab_size);
+    printf("attention       MLA, %d heads, q latent %d, kv latent %d, head dims nope %d + rope %d, v %d\n",
+           c->num_attention_heads, c->q_lora_rank, c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim);
+    printf("                softmax scale %.10f, RoPE %s (theta %g, factor %g)\n", c->softmax_scale,
+           c->has_yarn ? "YaRN" : "plain", c->rope_theta, c->rope_factor);
+    printf("MoE             %d routed experts in %d groups (keep %d), top-%d, %d shared, width %d, scale %g\n",
+           c->n_routed_experts, c->n_group, c->topk_group, c->num_experts_per_tok, c->n_shared_experts,
+           c->moe_intermediate_size, c->routed_scaling_factor);
+    printf("KV cache/token  %lld B latent (absorb) vs %lld B full K/V (naive), FP32, all layers\n",
+           (long long)(kvcache_floats_per_token(c, ATTN_ABSORB) * 4 * c->num_hidden_layers),
+           (long long)(kvcache_floats_per_token(c, ATTN_NAIVE) * 4 * c->num_hidden_layers));
+    printf("weights/token   %.1f MiB read per decoded token\n", (double)model_decode_weight_bytes(&m) / 1048576.0);
+    model_free(&m);
+    return EXIT_OK;
+}

@@ -1,0 +1,38 @@
+/**
+ * @file ep_socket.h
+ * @brief ref/ep/ep.h's EpTransport between processes over TCP: N processes, possibly on several
+ *        hosts, launched the torchrun way (ref/ep/bootstrap.h), as one expert-parallel group on CPUs.
+ *
+ * What NCCL is to the GPU backend, this is to the reference: the same dispatch / combine, with
+ * host buffers, so `torchrun --nproc-per-node 4 dsv3 generate ...` (or `dsv3 generate --ep 4`)
+ * splits the routed experts over four processes on a laptop. The GPU backend uses it too when
+ * NCCL is not wanted (`--ep-transport tcp`: device rows are staged through host memory).
+ *
+ * Setup: rank 0 listens on MASTER_PORT; every other rank opens a listener of its own on an
+ * ephemeral port, connects to rank 0 and says {magic, rank, port}; rank 0 answers every rank
+ * with the table of addresses (the one each connection came from) and ports; then rank j
+ * connects to each rank 0 < i < j. The result is one TCP connection per pair of ranks.
+ *
+ * alltoallv: every message is an 8-byte length followed by the payload; all peers progress at
+ * once under poll(), so no pair can block another. A length that differs from what the receiver
+ * expects, or a peer that closes its connection (it exited or failed), is an error naming the
+ * rank; the transport then refuses further calls, since the byte streams are out of step. A call
+ * waits without a time limit (an expert server waits for the next request of a chat as long as
+ * the user takes to type it); TCP keep-alive notices a peer host that vanished.
+ */
+#ifndef DSV3_EP_SOCKET_H
+#define DSV3_EP_SOCKET_H
+
+#include "bootstrap.h"
+#include "ep.h"
+
+/**
+ * Joins the group described by @p env (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT): connects
+ * every pair of ranks, giving up after @p timeout_s seconds. WORLD_SIZE = 1 needs no socket.
+ */
+int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeout_s, Err *err);
+
+/** Closes the connections and frees the transport. Safe on a zeroed struct. */
+void ep_socket_transport_free(EpTransport *t);
+
+#endif

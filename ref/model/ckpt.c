@@ -1,0 +1,365 @@
+/**
+ * @file ckpt.c
+ * @brief Checkpoint writer and presets.
+ */
+#include "ckpt.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fp8.h"
+#include "base/rng.h"
+#include "base/safetensors.h"
+
+#include <cjson/cJSON.h>
+
+/* ------------------------------------------------------------------------------------- */
+/* presets                                                                                 */
+
+/** The fields every preset shares with DeepSeek-V3 (spec §1.2). */
+static void v3_defaults(Config *c) {
+    memset(c, 0, sizeof *c);
+    c->qk_nope_head_dim = 128, c->qk_rope_head_dim = 64, c->v_head_dim = 128;
+    c->n_shared_experts = 1, c->moe_layer_freq = 1, c->norm_topk_prob = 1;
+    c->routed_scaling_factor = 2.5, c->rope_theta = 10000, c->has_yarn = 1, c->rope_factor = 40;
+    c->original_max_position_embeddings = 4096, c->beta_fast = 32, c->beta_slow = 1;
+    c->mscale = 1.0, c->mscale_all_dim = 1.0, c->max_position_embeddings = 163840;
+    c->rms_norm_eps = 1e-6, c->bos_token_id = 0, c->eos_token_id = 1;
+}
+
+int config_preset(Config *c, const char *name, Err *err) {
+    v3_defaults(c);
+    if (!strcmp(name, "v3")) {
+        /* deepseek-ai/DeepSeek-V3 (spec §1.2) */
+        c->vocab_size = 129280, c->hidden_size = 7168, c->intermediate_size = 18432;
+        c->moe_intermediate_size = 2048, c->num_hidden_layers = 61, c->num_nextn_predict_layers = 1;
+        c->num_attention_heads = 128, c->q_lora_rank = 1536, c->kv_lora_rank = 512;
+        c->n_routed_experts = 256, c->num_experts_per_tok = 8, c->n_group = 8, c->topk_group = 4;
+        c->first_k_dense_replace = 3, c->has_fp8 = 1;
+    } else if (!strcmp(name, "mini")) {
+        /* ~85 MB FP8 (+ BF16 embeddings): V3's proportions at ~1/9 width — Dq ≈ 0.25 D with a
+         * partial 64-row FP8 block, latent 128 + rope 32, 32 experts in 8 groups, 1 shared, MTP. */
+        c->vocab_size = 4096, c->hidden_size = 768, c->intermediate_size = 2048;
+        c->moe_intermediate_size = 128, c->num_hidden_layers = 5, c->num_nextn_predict_layers = 1;
+        c->num_attention_heads = 12, c->q_lora_rank = 192, c->kv_lora_rank = 128;
+        c->qk_nope_head_dim = 64, c->qk_rope_head_dim = 32, c->v_head_dim = 64;
+        c->n_routed_experts = 32, c->num_experts_per_tok = 4, c->n_group = 8, c->topk_group = 4;
+        c->first_k_dense_replace = 1, c->has_fp8 = 1;
+    } else if (!strcmp(name, "small")) {
+        /* fp8-small-like: FP8 partial edge blocks (144-row projections). */
+        c->vocab_size = 384, c->hidden_size = 384, c->intermediate_size = 512;
+        c->moe_intermediate_size = 128, c->num_hidden_layers = 3, c->num_nextn_predict_layers = 1;
+        c->num_attention_heads = 3, c->q_lora_rank = 256, c->kv_lora_rank = 128;
+        c->qk_nope_head_dim = 32, c->qk_rope_head_dim = 16, c->v_head_dim = 48;
+        c->n_routed_experts = 12, c->num_experts_per_tok = 3, c->n_group = 3, c->topk_group = 2;
+        c->first_k_dense_replace = 1, c->has_fp8 = 1;
+    } else if (!strcmp(name, "tiny")) {
+        /* official-tiny's shape. */
+        c->vocab_size = 320, c->hidden_size = 256, c->intermediate_size = 384;
+        c->moe_intermediate_size = 128, c->num_hidden_layers = 4, c->num_nextn_predict_layers = 1;
+        c->num_attention_heads = 4, c->q_lora_rank = 96, c->kv_lora_rank = 64;
+        c->qk_nope_head_dim = 32, c->qk_rope_head_dim = 16, c->v_head_dim = 32;
+        c->n_routed_experts = 16, c->n_shared_experts = 2, c->num_experts_per_tok = 4, c->n_group = 4;
+        c->topk_group = 2, c->first_k_dense_replace = 1;
+    } else {
+        return err_set(err, "unknown preset '%s' (tiny, small, mini, v3)", name);
+    }
+    /* Round-trip through JSON so every derived field is computed exactly as for a loaded config. */
+    char *json = config_to_json(c);
+    if (!json) return err_set(err, "out of memory");
+    int rc = config_parse(c, json, strlen(json), name, err);
+    free(json);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* random source                                                                           */
+
+static uint64_t name_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/** out[i] = std · normal_i of the sequence that starts at @p r, for i in a range. */
+typedef struct {
+    Rng r;
+    float std;
+    float *out;
+} NormalFill;
+
+static void normal_range(void *ctx, int64_t lo, int64_t hi) {
+    const NormalFill *f = ctx;
+    Rng r = f->r;
+    rng_advance(&r, (uint64_t)lo * RNG_U32_PER_NORMAL);
+    for (int64_t i = lo; i < hi; i++) f->out[i] = f->std * rng_normal(&r);
+}
+
+int ckpt_random_source(void *ctx, const WeightSlot *s, float *out) {
+    const RandomInit *ri = ctx;
+    /* MTP copies of the embedding and head draw the same values as the main ones. */
+    const char *canon = s->name;
+    size_t n = strlen(s->name);
+    if (s->mtp >= 0 && n > 19 && !strcmp(s->name + n - 19, "embed_tokens.weight")) canon = "model.embed_tokens.weight";
+    if (s->mtp >= 0 && n > 23 && !strcmp(s->name + n - 23, "shared_head.head.weight")) canon = "lm_head.weight";
+    Rng r;
+    rng_seed(&r, ri->seed ^ name_hash(canon));
+    size_t total = (size_t)s->rows * (size_t)s->cols;
+    int is_embed = !strcmp(canon, "model.embed_tokens.weight");
+    if (s->kind == WEIGHT_VECTOR) {
+        if (s->f32_only)
+            for (size_t i = 0; i < total; i++) out[i] = ri->bias_std * rng_normal(&r);
+        else
+            for (size_t i = 0; i < total; i++) out[i] = 1.0f + 0.1f * rng_normal(&r);
+        return 0;
+    }
+    float std = is_embed ? 1.0f : 1.0f / sqrtf((float)s->cols);
+    /* Large matrices in parallel: each range jumps the generator to its first element, so the
+     * values are those of one sequential pass (a 671B checkpoint is ~10^12 normals). */
+    NormalFill f = { r, std, out };
+    parallel_ranges((int64_t)total, 1 << 20, normal_range, &f);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* writer                                                                                  */
+
+/** One file entry: a tensor or its FP8 scale grid. */
+typedef struct {
+    int slot;       /* index into Plan.slots */
+    int is_scale;
+    int shard;
+    char name[200];
+} PlanEntry;
+
+typedef struct {
+    WeightSlot *slots;
+    int n_slots, cap_slots;
+    PlanEntry *entries;
+    int n_entries;
+    const CkptLayout *layout;
+    CkptSource src;
+    void *src_ctx;
+    float *tmp;         /* FP32 values of the tensor being written */
+    size_t tmp_cap;
+    int tmp_slot;       /* the slot whose values tmp holds (-1: none) */
+    const PlanEntry *current; /* entries of the shard being written, parallel to its StEntry array */
+    const StEntry *current_st;
+} Plan;
+
+static int collect_slot(void *ctx, const WeightSlot *s) {
+    Plan *p = ctx;
+    if (p->n_slots == p->cap_slots) {
+        int cap = p->cap_slots ? 2 * p->cap_slots : 256;
+        WeightSlot *g = realloc(p->slots, (size_t)cap * sizeof *g);
+        if (!g) return -1;
+        p->slots = g;
+        p->cap_slots = cap;
+    }
+    p->slots[p->n_slots++] = *s;
+    return 0;
+}
+
+/** Storage dtype of a slot in this layout. */
+static DType slot_dtype(const Plan *p, const WeightSlot *s) {
+    if (s->f32_only || p->layout->format == CKPT_F32) return DT_F32;
+    if (s->kind == WEIGHT_MATRIX && p->layout->format == CKPT_FP8 && (s->fp8 == 1 || (s->fp8 == 2 && p->layout->fp8_eh_proj)))
+        return DT_F8_E4M3;
+    return DT_BF16;
+}
+
+/** Per-128×128-block scale (amax/448; 1 for an all-zero block) of a [rows][cols] matrix. */
+static float block_scale(const float *w, int64_t cols, int64_t rows, int64_t br, int64_t bc) {
+    float amax = 0.0f;
+    for (int64_t i = br * 128; i < rows && i < (br + 1) * 128; i++)
+        for (int64_t j = bc * 128; j < cols && j < (bc + 1) * 128; j++) amax = fmaxf(amax, fabsf(w[i * cols + j]));
+    return amax > 0.0f ? amax / FP8_E4M3_MAX : 1.0f;
+}
+
+/** e4m3 codes of a [rows][cols] FP32 matrix, block by 128×128 block. */
+typedef struct {
+    const float *w;
+    uint8_t *out;
+    int64_t rows, cols;
+} Fp8Fill;
+
+static void fp8_block_rows(void *ctx, int64_t br0, int64_t br1) {
+    const Fp8Fill *f = ctx;
+    int64_t gc = (f->cols + 127) / 128;
+    for (int64_t br = br0; br < br1; br++)
+        for (int64_t bc = 0; bc < gc; bc++) {
+            float scale = block_scale(f->w, f->cols, f->rows, br, bc);
+            for (int64_t i = br * 128; i < f->rows && i < (br + 1) * 128; i++)
+                for (int64_t j = bc * 128; j < f->cols && j < (bc + 1) * 128; j++)
+                    f->out[i * f->cols + j] = fp8_e4m3_from_f32(f->w[i * f->cols + j] / scale);
+        }
+}
+
+static int fill_entry(void *ctx, const StEntry *e, void *buf, size_t nbytes) {
+    Plan *p = ctx;
+    const PlanEntry *pe = &p->current[e - p->current_st];
+    const WeightSlot *s = &p->slots[pe->slot];
+    size_t total = (size_t)s->rows * (size_t)s->cols;
+    if (total > p->tmp_cap) {
+        float *g = realloc(p->tmp, total * sizeof *g);
+        if (!g) return -1;
+        p->tmp = g;
+        p->tmp_cap = total;
+    }
+    /* an FP8 tensor's data and scale entries are written one after the other: draw its values once */
+    if (p->tmp_slot != pe->slot) {
+        p->tmp_slot = -1;
+        if (p->src(p->src_ctx, s, p->tmp)) return -1;
+        p->tmp_slot = pe->slot;
+    }
+    int64_t gr = (s->rows + 127) / 128, gc = (s->cols + 127) / 128;
+    if (pe->is_scale) {
+        float *sc = buf;
+        for (int64_t br = 0; br < gr; br++)
+            for (int64_t bc = 0; bc < gc; bc++) sc[br * gc + bc] = block_scale(p->tmp, s->cols, s->rows, br, bc);
+        return 0;
+    }
+    switch (e->dtype) {
+    case DT_F32:
+        memcpy(buf, p->tmp, nbytes);
+        break;
+    case DT_BF16:
+        for (size_t i = 0; i < total; i++) {
+            uint16_t b = f32_to_bf16(p->tmp[i]);
+            memcpy((char *)buf + 2 * i, &b, 2);
+        }
+        break;
+    case DT_F8_E4M3: {
+        Fp8Fill f = { p->tmp, buf, s->rows, s->cols };
+        parallel_ranges(gr, 8, fp8_block_rows, &f); /* each 128-row block row is independent */
+        break;
+    }
+    default:
+        return -1;
+    }
+    return 0;
+}
+
+static int write_text(const char *dir, const char *name, const char *text, Err *err) {
+    char path[4096];
+    if (path_join(path, sizeof path, dir, name)) return err_set(err, "%s: path too long", dir);
+    return write_file_atomic(path, text, strlen(text), err);
+}
+
+int ckpt_write(const char *dir, const Config *cfg, const CkptLayout *layout, CkptSource src, void *ctx, FILE *log,
+               Err *err) {
+    if (layout->shards < 1 || layout->shards > 9999) return err_set(err, "shards must be in [1, 9999]");
+    if (layout->n_mtp < 0 || layout->n_mtp > cfg->num_nextn_predict_layers)
+        return err_set(err, "cannot write %d MTP modules: config has num_nextn_predict_layers = %d", layout->n_mtp,
+                       cfg->num_nextn_predict_layers);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return err_set(err, "%s: cannot create directory: %s", dir, strerror(errno));
+    Config c = *cfg;
+    c.num_nextn_predict_layers = layout->n_mtp;
+    c.has_fp8 = layout->format == CKPT_FP8;
+    Plan p;
+    memset(&p, 0, sizeof p);
+    p.tmp_slot = -1;
+    p.layout = layout, p.src = src, p.src_ctx = ctx;
+    Weights w;
+    StEntry *st = NULL;
+    PlanEntry *shard_pe = NULL;
+    char *json = NULL;
+    int rc = -1;
+    if (weights_alloc(&w, &c, layout->n_mtp, err)) return -1;
+    if (weights_foreach(&w, &c, collect_slot, &p)) {
+        err_set(err, "out of memory");
+        goto done;
+    }
+    /* Entries in table order: each tensor, then its scale grid. Shards split the bytes evenly;
+     * a scale goes to the shard after its weight's, so cross-shard lookups are exercised. */
+    p.entries = calloc((size_t)p.n_slots * 2 + 1, sizeof *p.entries);
+    st = calloc((size_t)p.n_slots * 2 + 1, sizeof *st);
+    shard_pe = calloc((size_t)p.n_slots * 2 + 1, sizeof *shard_pe);
+    if (!p.entries || !st || !shard_pe) {
+        err_set(err, "out of memory");
+        goto done;
+    }
+    uint64_t total = 0, acc = 0;
+    for (int i = 0; i < p.n_slots; i++)
+        total += (uint64_t)p.slots[i].rows * (uint64_t)p.slots[i].cols * (uint64_t)(dtype_bits(slot_dtype(&p, &p.slots[i])) / 8);
+    for (int i = 0; i < p.n_slots; i++) {
+        const WeightSlot *s = &p.slots[i];
+        DType dt = slot_dtype(&p, s);
+        int shard = (int)(total ? acc * (uint64_t)layout->shards / (total + 1) : 0);
+        acc += (uint64_t)s->rows * (uint64_t)s->cols * (uint64_t)(dtype_bits(dt) / 8);
+        PlanEntry *e = &p.entries[p.n_entries++];
+        e->slot = i, e->is_scale = 0, e->shard = shard;
+        snprintf(e->name, sizeof e->name, "%s", s->name);
+        if (dt == DT_F8_E4M3) {
+            PlanEntry *sc = &p.entries[p.n_entries++];
+            sc->slot = i, sc->is_scale = 1, sc->shard = (shard + 1) % layout->shards;
+            snprintf(sc->name, sizeof sc->name, "%s_scale_inv", s->name);
+        }
+    }
+    cJSON *index = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(index, "metadata");
+    cJSON *wm = cJSON_AddObjectToObject(index, "weight_map");
+    uint64_t total_size = 0;
+    for (int sh = 0; sh < layout->shards; sh++) {
+        char fname[64], path[4096];
+        if (layout->shards == 1) snprintf(fname, sizeof fname, "model.safetensors");
+        else snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", sh + 1, layout->shards);
+        if (path_join(path, sizeof path, dir, fname)) {
+            cJSON_Delete(index);
+            err_set(err, "%s: path too long", dir);
+            goto done;
+        }
+        int n = 0;
+        for (int i = 0; i < p.n_entries; i++) {
+            const PlanEntry *e = &p.entries[i];
+            if (e->shard != sh) continue;
+            const WeightSlot *s = &p.slots[e->slot];
+            StEntry *x = &st[n];
+            memset(x, 0, sizeof *x);
+            x->name = e->name;
+            x->ndim = s->kind == WEIGHT_VECTOR ? 1 : 2;
+            if (e->is_scale) {
+                x->dtype = DT_F32, x->shape[0] = (s->rows + 127) / 128, x->shape[1] = (s->cols + 127) / 128;
+            } else {
+                x->dtype = slot_dtype(&p, s);
+                if (x->ndim == 1) x->shape[0] = s->cols;
+                else x->shape[0] = s->rows, x->shape[1] = s->cols;
+            }
+            total_size += st_entry_bytes(x);
+            shard_pe[n++] = *e;
+            cJSON_AddStringToObject(wm, e->name, fname);
+        }
+        p.current = shard_pe;
+        p.current_st = st;
+        if (log) fprintf(log, "dsv3: writing %s (%d tensors)\n", path, n);
+        if (st_write_stream(path, st, n, "{\"format\":\"pt\"}", fill_entry, &p, err)) {
+            cJSON_Delete(index);
+            goto done;
+        }
+    }
+    cJSON_AddNumberToObject(meta, "total_size", (double)total_size);
+    if (layout->shards > 1) {
+        char *text = cJSON_Print(index);
+        int wrc = text ? write_text(dir, "model.safetensors.index.json", text, err) : err_set(err, "out of memory");
+        free(text);
+        if (wrc) {
+            cJSON_Delete(index);
+            goto done;
+        }
+    }
+    cJSON_Delete(index);
+    json = config_to_json(&c);
+    if (!json || write_text(dir, "config.json", json, err)) goto done;
+    rc = 0;
+done:
+    free(json);
+    free(st);
+    free(shard_pe);
+    free(p.entries);
+    free(p.slots);
+    free(p.tmp);
+    weights_free(&w);
+    return rc;
+}

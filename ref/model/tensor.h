@@ -1,0 +1,56 @@
+/**
+ * @file tensor.h
+ * @brief A 2-D weight as stored in the checkpoint (F32, BF16, F16, or F8_E4M3 with 128×128
+ *        block scales), read row by row into FP32 on the fly.
+ *
+ * This is how the reference keeps its promise of never holding an FP32 copy of the model:
+ * a Tensor points into the mapped file, and every consumer decodes one row at a time
+ * into a small scratch buffer (spec §8.2: W = e4m3(Wq) · scale_inv[i/128][j/128]).
+ */
+#ifndef DSV3_TENSOR_H
+#define DSV3_TENSOR_H
+
+#include <stdint.h>
+
+#include "base/safetensors.h"
+
+/** A [rows][cols] row-major weight; 1-D tensors have rows = 1. */
+typedef struct {
+    const uint8_t *data;       /**< stored elements, possibly unaligned (mapping) */
+    DType dtype;               /**< DT_F32, DT_BF16, DT_F16 or DT_F8_E4M3 */
+    int64_t rows;              /**< output features (1 for a vector) */
+    int64_t cols;              /**< input features (the vector length) */
+    const uint8_t *scale_inv;  /**< F8_E4M3 only: F32 [ceil(rows/128)][ceil(cols/128)], else NULL */
+} Tensor;
+
+/** Builds a Tensor over FP32 memory the caller owns (training parameters, tests). */
+Tensor tensor_f32(const float *data, int64_t rows, int64_t cols);
+
+/**
+ * The writable FP32 elements behind @p t (NULL if it has none). Training binds gradients into a
+ * ::Weights struct with the same tensor table as the parameters, so a gradient arrives as a
+ * Tensor whose data is declared const for the forward's sake; the memory is the trainer's own.
+ * This (and f32_mut) is the one place where that const is dropped. @p t must be DT_F32.
+ */
+float *tensor_f32_mut(const Tensor *t);
+
+/** The writable form of a gradient vector bound like a norm weight (see tensor_f32_mut). */
+static inline float *f32_mut(const float *v) { return (float *)(uintptr_t)v; }
+
+/** Number of 128-wide column blocks: ceil(cols/128). */
+static inline int64_t tensor_col_blocks(const Tensor *t) { return (t->cols + 127) / 128; }
+
+/**
+ * Decodes row @p r, columns [c0, c1), into @p out (c1-c0 floats). With @p apply_scale = 0
+ * an FP8 row comes back as raw e4m3 values (what the W8A8 GEMM multiplies); otherwise fully
+ * dequantized.
+ */
+void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_scale, float *out);
+
+/** Block scale of element (r, c) of an FP8 tensor (1.0 for other dtypes). */
+float tensor_scale(const Tensor *t, int64_t r, int64_t c);
+
+/** Bytes of stored data, scales included. */
+uint64_t tensor_bytes(const Tensor *t);
+
+#endif /* DSV3_TENSOR_H */
