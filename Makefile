@@ -2,6 +2,7 @@
 #
 #   make run        build and run the demo on the bundled model (installs missing Debian packages)
 #   make test       build and run every CPU test (cmocka); GPU tests skip without a GPU
+#   make check-layers  includes point down the layers of ref/ only (part of make test)
 #   make test-asan  the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      CPU benchmarks (ratios against baselines measured in the same run)
 #   make docs       Doxygen HTML into build/docs (warnings are errors)
@@ -102,7 +103,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test check-layers test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -201,8 +202,15 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 ifeq ($(HAVE_CUDA),1)
 TEST_GPU_RUN := $(GPU_TEST_BIN) $(BUILD)/tests/test_gpu_ep_nccl $(BUILD)/tests/test_fast_model $(BUILD)/tests/test_fast_model_mock
 endif
+# Includes point down the layers only (tools/check_layers.sh has the table).
+check-layers:
+	@bash tools/check_layers.sh
+
 test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
 	@pass=0; fail=0; failed=""; \
+	for c in check-layers; do \
+	  if $(MAKE) --no-print-directory $$c; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$c"; fi; \
+	done; \
 	for n in $(NOTEBOOK_BIN); do \
 	  if $$n > $(BUILD)/notebook.log 2>&1; then pass=$$((pass+1)); echo "notebook $$n: ok"; \
 	  else fail=$$((fail+1)); failed="$$failed $$n"; cat $(BUILD)/notebook.log; fi; \

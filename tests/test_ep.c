@@ -154,7 +154,7 @@ static void run_model(ModelJob *j, EpRank *ep) {
         j->rc = -1;
         return;
     }
-    s.ctx.ep = ep;
+    s.ctx.moe_hook = ep ? &ep->hook : NULL;
     int ids[MAX_T];
     memcpy(ids, j->ids, sizeof ids);
     j->rc = model_forward(&model, &s, &kv, ids, j->n_prompt, j->logits, 1, NULL, NULL, &err);
@@ -167,7 +167,7 @@ static void run_model(ModelJob *j, EpRank *ep) {
         j->rc = model_forward(&model, &s, &kv, &ids[j->n_prompt + step], 1, j->logits + (size_t)(step + 1) * V, 1, NULL, NULL,
                               &err);
     }
-    if (ep && ep->failed) j->rc = -1, fprintf(stderr, "rank %d: %s\n", j->rank, ep->err.msg);
+    if (ep && ep->hook.failed) j->rc = -1, fprintf(stderr, "rank %d: %s\n", j->rank, ep->hook.err.msg);
     kvcache_free(&kv);
     runstate_free(&s);
 }

@@ -174,7 +174,7 @@ int cli_ep_finish(CliEp *g, const char *cmd, int rc) {
         Err err = { "" };
         /* the servers are stopped in step even when rank 0 failed for reasons of its own (an
          * unwritable output file): only a failed exchange leaves them to notice the closed sockets */
-        if (g->env.rank == 0 && !g->rank.failed && ep_stop(&g->rank, &err) && rc == EXIT_OK)
+        if (g->env.rank == 0 && !g->rank.hook.failed && ep_stop(&g->rank, &err) && rc == EXIT_OK)
             rc = cli_fail(cmd, EXIT_RUNTIME, "stopping the expert servers: %s", err.msg);
         ep_rank_free(&g->rank);
         ep_plan_free(&g->plan);

@@ -253,7 +253,7 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     if (gen_init(&s->g, &s->m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err) ||
         (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    gen_set_ep(&s->g, s->ep_rank);
+    gen_set_moe_hook(&s->g, s->ep_rank ? &s->ep_rank->hook : NULL);
     gen_limit_vocab(&s->g, s->n_sample);
     decode_stream_init(&s->ds, s->tok);
     return EXIT_OK;
@@ -373,7 +373,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
         for (int i = 0; i < n; i++)
             reqs[i] = (BatchRequest){ ids.v + start[i], (int64_t)(start[i + 1] - start[i]), a->n_predict, s.seed + (uint64_t)i };
         BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)a->temp, (int)a->top_k, (float)a->top_p, s.n_sample,
-                           s.eos, a->attn, a->fp8, s.ep_rank };
+                           s.eos, a->attn, a->fp8, s.ep_rank ? &s.ep_rank->hook : NULL };
         BatchOut out = { s.tok, reqs };
         BatchStats st;
         if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);

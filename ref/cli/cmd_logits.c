@@ -153,7 +153,8 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         goto done;
     } else {
         kvcache_set_bf16(&kv, kv_bf16 == 1); /* the reference emulates a BF16 GPU cache on request */
-        if (cli_ep_gpu_env(ep) && !(ep_rank = s.ctx.ep = cli_ep_join_ref(ep, &m, &err))) goto fail_msg;
+        if (cli_ep_gpu_env(ep) && !(ep_rank = cli_ep_join_ref(ep, &m, &err))) goto fail_msg;
+        if (ep_rank) s.ctx.moe_hook = &ep_rank->hook;
     }
     double t0 = now_seconds();
     /* First chunk of `first` ids, then one token at a time. */
@@ -177,7 +178,7 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
                 int64_t n = p ? 1 : chunk;
                 if (gpu_engine_mtp(engine, p, ids + p + 1, normed + p * D, n, mtp_logits + p * V, n, NULL, &err)) goto fail_msg;
             }
-        } else if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, ep_rank, mtp_logits, &err)) {
+        } else if (mtp_logits_sequence(&m, 0, ids, normed, T, first, attn, fp8, ep_rank ? &ep_rank->hook : NULL, mtp_logits, &err)) {
             goto fail_msg;
         }
         if (write_f32_file(out_path, mtp_logits, (size_t)(T - 1) * V, &err)) goto fail_msg;

@@ -65,12 +65,20 @@ int ep_plan_holds(const EpPlan *p, int r, int e) {
 /* ------------------------------------------------------------------------------------- */
 /* one rank                                                                                */
 
+/** The MoeHook a ForwardContext calls for its MoE layers: ep_moe_forward on the rank that holds it. */
+static int ep_hook_forward(MoeHook *hook, float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a,
+                           const ForwardContext *ctx, Err *err) {
+    EpRank *r = (EpRank *)((char *)hook - offsetof(EpRank, hook));
+    return ep_moe_forward(out, x, T, w, a, r, ctx, err);
+}
+
 int ep_rank_init(EpRank *r, int rank, EpTransport *t, const EpPlan *plan, Err *err) {
     memset(r, 0, sizeof *r);
     if (rank < 0 || rank >= t->nranks) return err_set(err, "rank %d outside [0, %d)", rank, t->nranks);
     r->rank = rank;
     r->t = t;
     r->plan = plan;
+    r->hook.forward = ep_hook_forward;
     r->counts = xcalloc(4 * (size_t)t->nranks, sizeof *r->counts);
     r->msg = xcalloc(4 * (size_t)t->nranks, sizeof *r->msg);
     r->rows_n = xcalloc(3 * (size_t)t->nranks + 1, sizeof *r->rows_n);

@@ -98,8 +98,8 @@ typedef struct EpRank {
     int64_t *msg;          /**< [2][nranks][2] the counts exchange: {rows, layer} sent and received */
     size_t *rows_n;        /**< [3][nranks]+1 rows sent to / received from each rank, send starts */
     size_t dispatched_bytes; /**< bytes this rank sent in dispatch + combine so far */
-    int failed;            /**< set when an exchange failed inside block_forward (see err) */
-    Err err;               /**< the failure's message */
+    MoeHook hook;          /**< what a ForwardContext's moe_hook points at to run its MoE layers over
+                                the group (ep_moe_forward); hook.failed/err record a failed exchange */
 } EpRank;
 
 /** Prepares a rank; exchange buffers grow on first use. */

@@ -69,7 +69,7 @@ static int batch_init(Batch *b, const Model *m, GpuEngine *gpu, const BatchOptio
     }
     if (!gpu) {
         if (runstate_init(&b->rs, m, o->max_T, o->ctx, o->attn, o->fp8, err)) return -1;
-        b->rs.ctx.ep = o->ep;
+        b->rs.ctx.moe_hook = o->moe_hook;
     }
     return 0;
 }

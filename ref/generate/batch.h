@@ -45,7 +45,7 @@ typedef struct {
     int eos;             /**< end-of-sequence id (−1: none) */
     AttnMode attn;       /**< reference: MLA form */
     Fp8Mode fp8;         /**< reference: FP8 numerics */
-    struct EpRank *ep;   /**< reference: expert parallelism (NULL: local) */
+    MoeHook *moe_hook;   /**< reference: MoE layers go through it, e.g. expert parallelism (NULL: local) */
 } BatchOptions;
 
 /** Counters of a batch run. */

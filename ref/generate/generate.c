@@ -69,7 +69,7 @@ int64_t gen_max_T(int64_t prefill_chunk, int draft, int64_t ctx) {
     return max_T > ctx + 1 ? ctx + 1 : max_T;
 }
 
-void gen_set_ep(Generator *g, struct EpRank *ep) { g->rs.ctx.ep = ep; }
+void gen_set_moe_hook(Generator *g, MoeHook *hook) { g->rs.ctx.moe_hook = hook; }
 
 int gen_use_gpu(Generator *g, GpuEngine *gpu, Err *err) {
     if (g->n_tokens > 0) return err_set(err, "gen_use_gpu: the session has already run tokens");

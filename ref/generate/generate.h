@@ -76,9 +76,9 @@ int gen_init(Generator *g, const Model *m, Sampler *sampler, int64_t ctx, int dr
  *  verification), at most ctx + 1. What gen_init sizes its buffers (and a GPU engine) for. */
 int64_t gen_max_T(int64_t prefill_chunk, int draft, int64_t ctx);
 
-/** Expert parallelism on the reference (ref/cli/cli_ep.h): the MoE layers of the main model and of the
- *  MTP module dispatch over @p ep (NULL: local). Call right after gen_init. */
-void gen_set_ep(Generator *g, struct EpRank *ep);
+/** The MoE layers of the main model and of the MTP module go through @p hook (NULL: local experts);
+ *  the CLI installs expert parallelism's (ref/cli/cli_ep.h, ep/ep.h) this way. Call right after gen_init. */
+void gen_set_moe_hook(Generator *g, MoeHook *hook);
 
 /**
  * Runs the main model (and, with draft > 0, the MTP module: the engine must have been opened with

@@ -12,7 +12,6 @@
 
 #include <string.h>
 
-#include "ep/ep.h"
 #include "rmsnorm.h"
 
 
@@ -91,10 +90,11 @@ void block_forward(float *h, int64_t T, int64_t pos0, const LayerWeights *w, Lay
     if (a->h_mid) memcpy(a->h_mid, h, (size_t)(T * D) * sizeof *h);
     /* h = h + FFN(ffn_norm(h)), dense for the first layers, MoE after (spec §5.4) */
     rmsnorm_forward(a->x_ffn, D, h, D, w->post_attention_layernorm, T, D, eps, a->rstd_ffn);
-    if (w->is_moe && ctx->ep) {
-        /* Expert parallelism: a failed exchange is recorded on the rank and the output zeroed. */
-        if (ctx->ep->failed || ep_moe_forward(a->ffn_out, a->x_ffn, T, w, &a->moe, ctx->ep, ctx, &ctx->ep->err)) {
-            ctx->ep->failed = 1;
+    if (w->is_moe && ctx->moe_hook) {
+        /* A hook from above (expert parallelism): a failure is recorded on it and the output zeroed. */
+        MoeHook *hook = ctx->moe_hook;
+        if (hook->failed || hook->forward(hook, a->ffn_out, a->x_ffn, T, w, &a->moe, ctx, &hook->err)) {
+            hook->failed = 1;
             memset(a->ffn_out, 0, (size_t)(T * D) * sizeof *a->ffn_out);
         }
     } else if (w->is_moe) moe_forward(a->ffn_out, a->x_ffn, T, w, &a->moe, ctx);

@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "embed.h"
-#include "ep/ep.h"
 #include "rmsnorm.h"
 
 /* ------------------------------------------------------------------------------------- */
@@ -276,8 +275,8 @@ static void forward_chunk(const Model *m, RunState *s, KVCache *kv, const int *i
 }
 
 int forward_status(const ForwardContext *ctx, Err *err) {
-    if (!ctx->ep || !ctx->ep->failed) return 0;
-    return err_set(err, "%s", ctx->ep->err.msg);
+    if (!ctx->moe_hook || !ctx->moe_hook->failed) return 0;
+    return err_set(err, "%s", ctx->moe_hook->err.msg);
 }
 
 int model_forward(const Model *m, RunState *s, KVCache *kv, const int *ids, int64_t T, float *logits,

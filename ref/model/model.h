@@ -69,7 +69,7 @@ int runstate_init(RunState *s, const Model *m, int64_t max_T, int64_t max_seq, A
 void runstate_free(RunState *s);
 
 /** 0, or the error of an expert-parallel exchange that failed inside the forward just run
- *  (block_forward records it on ctx->ep and zeroes the layer's output). */
+ *  (block_forward records it on ctx->moe_hook and zeroes the layer's output). */
 int forward_status(const ForwardContext *ctx, Err *err);
 
 /**

@@ -18,7 +18,7 @@
  * expert e's range, and the per-row arrays below are indexed by that permuted position —
  * the same permutation a GPU grouped GEMM uses.
  */
-typedef struct {
+typedef struct MoEActs {
     float *logits;        /**< [T][E] gate logits u·Gᵀ */
     float *scores;        /**< [T][E] affinities s = sigmoid(logits) */
     int *idx;             /**< [T][K] selected experts */

@@ -92,13 +92,13 @@ int64_t mtp_first_chunk(int64_t T, int64_t first) {
 }
 
 int mtp_logits_sequence(const Model *m, int k, const int *ids, const float *normed, int64_t T, int64_t first,
-                        AttnMode attn, Fp8Mode fp8, struct EpRank *ep, float *out, Err *err) {
+                        AttnMode attn, Fp8Mode fp8, MoeHook *moe_hook, float *out, Err *err) {
     const Config *c = &m->config;
     int64_t rows = T - 1, chunk = mtp_first_chunk(T, first);
     RunState s;
     KVCache kv;
     if (runstate_init(&s, m, chunk, rows, attn, fp8, err)) return -1;
-    s.ctx.ep = ep;
+    s.ctx.moe_hook = moe_hook;
     if (kvcache_init(&kv, c, attn, 1, rows, err)) {
         runstate_free(&s);
         return -1;

@@ -59,7 +59,7 @@ int mtp_forward(const Model *m, int k, RunState *s, KVCache *mtp_kv, const int *
  * the main model's --prefill split). @p ep: expert parallelism for the module's MoE layer (NULL: local).
  */
 int mtp_logits_sequence(const Model *m, int k, const int *ids, const float *normed, int64_t T, int64_t first,
-                        AttnMode attn, Fp8Mode fp8, struct EpRank *ep, float *out, Err *err);
+                        AttnMode attn, Fp8Mode fp8, MoeHook *moe_hook, float *out, Err *err);
 
 /** Rows of the first chunk of mtp_logits_sequence for @p T ids whose main model ran @p first
  *  as one chunk (first − 1, at least 1, at most T − 1); the rest go one at a time. */

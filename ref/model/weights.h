@@ -27,7 +27,7 @@ typedef struct {
 } FFNWeights;
 
 /** One decoder block: MLA + (dense FFN or MoE), pre-norm (spec §2, §3, §5). */
-typedef struct {
+typedef struct LayerWeights {
     const float *input_layernorm;          /**< [D] attn_norm */
     Tensor q_a_proj;                       /**< W_DQ [Dq][D] */
     const float *q_a_layernorm;            /**< [Dq] */
