@@ -1,7 +1,7 @@
 /**
  * @file act_quant.h
  * @brief Dynamic 1×128 FP8 activation quantization on the GPU: the batched form of
- *        ref fp8_quantize_row (spec §8.3), bit for bit.
+ *        ref fp8_quantize_row (docs/model.md §8.3), bit for bit.
  *
  * For each row m and each 128-wide channel group g:
  *     s[m][g]  = max(amax(x[m][128g : 128g+128]), 1e-4) / 448          (FP32, correctly rounded)

@@ -1,10 +1,10 @@
 /**
  * @file block_gpu.c
- * @brief A decoder block on the GPU (spec §2): ref/model/block.c's block_forward and ref/model/ffn.c's
+ * @brief A decoder block on the GPU (docs/model.md §2): ref/model/block.c's block_forward and ref/model/ffn.c's
  *        ffn_forward, over the T tokens of a batch.
  *
  *   h ← h + MLA(attn_norm(h))
- *   h ← h + FFN(ffn_norm(h))      FFN = dense SwiGLU for the first layers, MoE after (spec §5.4)
+ *   h ← h + FFN(ffn_norm(h))      FFN = dense SwiGLU for the first layers, MoE after (docs/model.md §5.4)
  *   FFN(x) = W2 (silu(W1 x) ⊙ W3 x)
  */
 #include "layers_gpu.h"

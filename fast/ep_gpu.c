@@ -1,6 +1,6 @@
 /**
  * @file ep_gpu.c
- * @brief Expert parallelism inside the GPU forward (paper §3.4; spec §10): ref/ep/ep.c's
+ * @brief Expert parallelism inside the GPU forward (paper §3.4; docs/model.md §10): ref/ep/ep.c's
  *        ep_moe_forward with device buffers — dispatch → local experts → combine over the same
  *        EpTransport (NCCL across GPUs; the in-process CPU transport over the kernels' host
  *        emulation in the tests).

@@ -1,9 +1,9 @@
 /**
  * @file fp8_gemm.h
  * @brief Block-scaled FP8 GEMM on the GPU, dense and grouped (MoE): the batched form of
- *        ref linear_forward in FP8_W8A8 mode (spec §8.4).
+ *        ref linear_forward in FP8_W8A8 mode (docs/model.md §8.4).
  *
- * The FP8 numerics contract (spec §8, ref/model/fp8.h, docs/kernels.md):
+ * The FP8 numerics contract (docs/model.md §8, ref/model/fp8.h, docs/kernels.md):
  *   A = activations, e4m3 [M][K], 1×128 scales a_scale [M][K/128] (from fp8_quantize_rows_cuda);
  *   B = weights, e4m3 [N][K] (the checkpoint layout), 128×128 scales b_scale [ceil(N/128)][K/128]
  *       (weight_scale_inv, a partial last row-block such as rows 512..575 of 576 uses its own cell);

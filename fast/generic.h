@@ -73,7 +73,7 @@ int fp8_quantize_rows_f32_cuda(float *xq, float *scale, const float *x, int64_t 
  * Strided batched product in FP32: for b < batch, m < M, n < N
  *     C[b·c_sb + m·c_sm + n·c_sn] = Σ_k A[b·a_sb + m·a_sm + k·a_sk] · B[b·b_sb + k·b_sk + n·b_sn]
  * (all strides in elements, any sign-free layout). A and C FP32; B F32 or BF16. Used for the
- * absorbed MLA's per-head products (spec §3.3): q_abs = W_UKᵀ q_nope and o = W_UV u.
+ * absorbed MLA's per-head products (docs/model.md §3.3): q_abs = W_UKᵀ q_nope and o = W_UV u.
  */
 typedef struct {
     float *c;                 /**< output */

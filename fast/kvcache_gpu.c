@@ -1,6 +1,6 @@
 /**
  * @file kvcache_gpu.c
- * @brief The paged latent KV cache on the GPU (spec §3.3; the reference's ref/model/kvcache.c keeps
+ * @brief The paged latent KV cache on the GPU (docs/model.md §3.3; the reference's ref/model/kvcache.c keeps
  *        one contiguous FP32 array per sequence instead).
  *
  * Every layer has a pool of num_blocks blocks of 64 tokens × (Dc + Dr) values ([normalized

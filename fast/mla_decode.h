@@ -1,6 +1,6 @@
 /**
  * @file mla_decode.h
- * @brief Weight-absorbed MLA decode attention over a paged latent cache (spec §3.3): the
+ * @brief Weight-absorbed MLA decode attention over a paged latent cache (docs/model.md §3.3): the
  *        batched form of ref mla_attend_absorb for one new token per request.
  *
  * Per request b and head h, over the request's S_b cached positions t:
@@ -54,7 +54,7 @@ typedef struct {
     int B;                    /**< requests */
     int H;                    /**< heads, a multiple of 64 (128 for V3) */
     int max_seq_len;          /**< host-side upper bound of seq_lens, for choosing num_splits */
-    float scale;              /**< softmax scale, 0.1352337788608801 for V3 (spec §3.5) */
+    float scale;              /**< softmax scale, 0.1352337788608801 for V3 (docs/model.md §3.5) */
     int num_splits;           /**< ≥ 1, or 0 = chosen from B, H, max_seq_len and the SM count */
     float *workspace;         /**< split partials; mla_decode_workspace_bytes() (NULL only if 1 split) */
     size_t workspace_bytes;   /**< bytes at workspace */

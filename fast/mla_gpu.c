@@ -1,6 +1,6 @@
 /**
  * @file mla_gpu.c
- * @brief Multi-head Latent Attention on the GPU, absorbed form (paper §2.1.1 eqs. 1–11; spec §3.3):
+ * @brief Multi-head Latent Attention on the GPU, absorbed form (paper §2.1.1 eqs. 1–11; docs/model.md §3.3):
  *        ref/model/mla.c's mla_forward with ATTN_ABSORB, for the T tokens of a batch of sequences.
  *
  *   c_q = W_DQ x,  ĉ_q = RMSNorm(c_q),  q = W_UQ ĉ_q = per head [q_nope | q_pe],  q_pe ← RoPE(q_pe)

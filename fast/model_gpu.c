@@ -1,6 +1,6 @@
 /**
  * @file model_gpu.c
- * @brief The whole model on one GPU (spec §2): the run state and the forward over a batch of
+ * @brief The whole model on one GPU (docs/model.md §2): the run state and the forward over a batch of
  *        sequence chunks — ref/model/model.c's runstate_init and model_forward, serving-shaped.
  *
  *     h = embed(ids);  for each layer: h = block(h);  logits = lm_head(norm(h))
@@ -344,7 +344,7 @@ static int finish_host(const FastModel *fm, FastRunState *s, FastKVCache *kv, co
 /** The main model's device work for a staged batch: embedding, blocks, final norm, lm_head. */
 static int main_device(const FastModel *fm, FastRunState *s, FastKVCache *kv, const Staged *g, int want_logits,
                        int want_argmax, Err *err) {
-    /* h0 = Emb[token] (no scaling, spec §2) */
+    /* h0 = Emb[token] (no scaling, docs/model.md §2) */
     if (embed(fm, s, s->h, &fm->w.embed_tokens, g->T, err)) return -1;
     for (int l = 0; l < fm->config.num_hidden_layers; l++)
         if (fast_block_forward(fm, s, kv, l, l, g->T, g->max_len, err)) return -1;
@@ -436,7 +436,7 @@ int fast_mtp_forward(const FastModel *fm, FastRunState *s, FastKVCache *mtp_kv, 
     const MTPWeights *w = &fm->w.mtp[0];
     Staged g;
     if (stage(fm, s, mtp_kv, b, &g, err)) return -1;
-    /* cat = [ enorm(Emb(x_{p+1})) | hnorm(h_p) ]  (embedding first, spec §7.2), z = eh_proj · cat */
+    /* cat = [ enorm(Emb(x_{p+1})) | hnorm(h_p) ]  (embedding first, docs/model.md §7.2), z = eh_proj · cat */
     if (upload(fm, s->mtp_h, h, (size_t)(g.T * D) * sizeof(float), err) || embed(fm, s, s->x, &w->embed_tokens, g.T, err) ||
         rmsnorm_forward_cuda(s->cat, FAST_F32, 2 * D, s->x, FAST_F32, D, w->enorm, g.T, D, eps, NULL, st, err) ||
         rmsnorm_forward_cuda(s->cat + D, FAST_F32, 2 * D, s->mtp_h, FAST_F32, D, w->hnorm, g.T, D, eps, NULL, st, err) ||

@@ -19,7 +19,7 @@
  * BF16 stays BF16, 1-D vectors are FP32. Two things are laid out for the GPU at upload: the
  * routed experts of each MoE layer are stacked [E][rows][cols] for the grouped GEMM, and each
  * layer's kv_b_proj is split and dequantized into W_UK [H][Dn][Dc] and W_UV [H][Dv][Dc] FP32
- * for the absorbed attention (as the official code reads it dequantized, spec §3.3).
+ * for the absorbed attention (as the official code reads it dequantized, docs/model.md §3.3).
  *
  * Numerics: FP32 residual stream and activations; FP8 linears in W8A8 (the official
  * act_quant + fp8_gemm) by default, or dequant (FP32 × dequantized weights, slower, the
@@ -215,7 +215,7 @@ int fast_ep_serve(const FastModel *fm, FastRunState *s, FastEp *ep, Err *err);
 int fast_ep_stop(FastEp *ep, Err *err);
 
 /**
- * MTP module 0 (spec §7.2; ref mtp_forward) over a batch of chunks of its own cache @p mtp_kv
+ * MTP module 0 (docs/model.md §7.2; ref mtp_forward) over a batch of chunks of its own cache @p mtp_kv
  * (one layer: fast_kv_init_layers(.., 1, ..)): b->ids are the NEXT tokens x_{p+1}, @p h (host
  * [Σ n][D]) the main model's post-norm hiddens at the same positions p. Outputs like
  * fast_model_forward: logits / argmax of the draft for x_{p+2}, normed = shared_head.norm output

@@ -1,6 +1,6 @@
 /**
  * @file moe_cuda.h
- * @brief DeepSeekMoE on the GPU (spec §5): the noaux_tc gate for a batch of tokens, the
+ * @brief DeepSeekMoE on the GPU (docs/model.md §5): the noaux_tc gate for a batch of tokens, the
  *        permutation of (token, choice) slots into expert order, the row gather that feeds
  *        the grouped FP8 GEMM (fp8_gemm_cuda with group_start = expert_start), and the
  *        weighted combine back into token order plus the shared expert.

@@ -1,6 +1,6 @@
 /**
  * @file moe_gpu.c
- * @brief DeepSeekMoE on the GPU (paper §2.1.2; spec §5): ref/model/moe.c's moe_forward for the T
+ * @brief DeepSeekMoE on the GPU (paper §2.1.2; docs/model.md §5): ref/model/moe.c's moe_forward for the T
  *        tokens of a batch, with one grouped GEMM per expert matrix instead of a loop over experts.
  *
  *   logits = x·G_eᵀ (BF16 router, FP32 out)  → gate_forward_cuda: sigmoid, +bias for selection,

@@ -37,7 +37,7 @@ int rmsnorm_forward_cuda(void *y, FastDType y_dtype, int64_t y_stride, const voi
 
 /**
  * cos_out[t][i] = cos(pos[t]·θ'_i)·attention_factor, sin_out likewise, for t < T, i < dim/2,
- * with the angle computed in FP32 (spec §4.2). cos_out, sin_out [T][dim/2]; pos [T] (int32
+ * with the angle computed in FP32 (docs/model.md §4.2). cos_out, sin_out [T][dim/2]; pos [T] (int32
  * positions); inv_freq [dim/2] = Rope.inv_freq uploaded.
  */
 int rope_cos_sin_cuda(float *cos_out, float *sin_out, const int *pos, int64_t T, const float *inv_freq, int dim,
@@ -45,7 +45,7 @@ int rope_cos_sin_cuda(float *cos_out, float *sin_out, const int *pos, int64_t T,
 
 /**
  * Rotates, in place, nvec vectors of dim values per token with the interleaved-pair rule
- * (spec §4.1): y[2i] = x[2i]·cos_i − x[2i+1]·sin_i, y[2i+1] = x[2i]·sin_i + x[2i+1]·cos_i.
+ * (docs/model.md §4.1): y[2i] = x[2i]·cos_i − x[2i+1]·sin_i, y[2i+1] = x[2i]·sin_i + x[2i+1]·cos_i.
  * Vector v of token t starts at element t·row_stride + v·vec_stride of x (@p dtype).
  * cos_v, sin_v [T][dim/2] from rope_cos_sin_cuda. For q: nvec = H, vec_stride = 192,
  * row_stride = H·192, x = q + 128; for k_pe: nvec = 1, row_stride = 576, x = kv_a + 512.

@@ -14,7 +14,7 @@
  *     (FastLayer.w1/w3/w2) — what the grouped GEMM reads; each expert's own Tensor points into
  *     its slot, so fm->w mirrors the reference's Weights tensor for tensor.
  *   - kv_b_proj is not uploaded as stored: the absorbed attention reads it per head as W_UK
- *     [H][Dn][Dc] and W_UV [H][Dv][Dc], dequantized to FP32 here (spec §3.3).
+ *     [H][Dn][Dc] and W_UV [H][Dv][Dc], dequantized to FP32 here (docs/model.md §3.3).
  * With FastOptions.mtp, MTP module 0 is uploaded too (its block is layer num_hidden_layers of
  * FastModel.layers), for speculative decoding on the GPU.
  */

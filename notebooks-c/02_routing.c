@@ -1,5 +1,5 @@
 /*
- * Notebook 2 — How DeepSeek-V3 picks experts (the noaux_tc gate, paper eqs. 13–16, spec §5.1).
+ * Notebook 2 — How DeepSeek-V3 picks experts (the noaux_tc gate, paper eqs. 13–16, docs/model.md §5.1).
  *
  * Run:  make notebooks
  *

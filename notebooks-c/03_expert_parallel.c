@@ -1,5 +1,5 @@
 /*
- * Notebook 3 — Expert parallelism: dispatch, local experts, combine (paper §3.4, spec §10).
+ * Notebook 3 — Expert parallelism: dispatch, local experts, combine (paper §3.4, docs/model.md §10).
  *
  * Run:  make notebooks
  *

@@ -3,7 +3,7 @@
  * @brief `make bench`: load time of the real DeepSeek-V3 tokenizer.json, encode and decode
  *        throughput on a few MB of deterministic mixed text (English, code, CJK, digits,
  *        emoji, whitespace runs), streaming decode, and BPE training speed (8192 merges on 5 MB)
- *        (spec.md §9.2).
+ *        (docs/model.md §9.2).
  *
  * Prints plain lines ("tokenizer load: 92 ms", "encode: 4.5 MB/s") and exits non-zero only if
  * something fails (a round trip that does not reproduce the text counts as a failure).

@@ -1,6 +1,6 @@
 /**
  * @file test_bad_inputs.c
- * @brief Malformed checkpoints (docs/ecosystem.md §1.2–1.4, §6) must each give one line on
+ * @brief Malformed checkpoints (docs/formats.md §1.2–1.4, §6) must each give one line on
  *        stderr naming the file and the problem, a non-zero exit, no crash, no output file.
  *
  * The corpus lives in tests/bad/<case>/ (config.json + safetensors [+ index]) and is committed.

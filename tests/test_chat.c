@@ -1,6 +1,6 @@
 /**
  * @file test_chat.c
- * @brief DeepSeek-V3's chat template (spec.md §9.2): rendered text, ids of multi-turn chats
+ * @brief DeepSeek-V3's chat template (docs/model.md §9.2): rendered text, ids of multi-turn chats
  *        with and without system messages, the incremental user-turn form, and errors.
  *
  * Expected ids are built piece by piece from the expected rendered string: BOS, the encoded

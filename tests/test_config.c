@@ -1,6 +1,6 @@
 /**
  * @file test_config.c
- * @brief config.json parsing (spec §1.1–1.2): the published DeepSeek-V3 config read field by
+ * @brief config.json parsing (docs/model.md §1.1–1.2): the published DeepSeek-V3 config read field by
  *        field, the `rope_parameters` spelling of newer transformers, and a JSON round trip.
  */
 #include <math.h>
@@ -16,7 +16,7 @@
 
 #include "model/config.h"
 
-/* deepseek-ai/DeepSeek-V3 config.json as published (spec §1.2). */
+/* deepseek-ai/DeepSeek-V3 config.json as published (docs/model.md §1.2). */
 static const char *v3_json =
     "{\"architectures\":[\"DeepseekV3ForCausalLM\"],\"attention_bias\":false,\"attention_dropout\":0.0,"
     "\"auto_map\":{\"AutoConfig\":\"configuration_deepseek.DeepseekV3Config\",\"AutoModel\":\"modeling_deepseek.DeepseekV3Model\","
@@ -74,7 +74,7 @@ static void published_v3(void **state) {
     assert_int_equal(c.qk_head_dim, 192);
     assert_true(fabs(c.softmax_scale - 0.1352337788608801) < 1e-8);
     assert_true(c.rope_attention_factor == 1.0f);
-    /* Layers 0–2 dense, 3–60 MoE, and the MTP layer 61 MoE (spec §1.1). */
+    /* Layers 0–2 dense, 3–60 MoE, and the MTP layer 61 MoE (docs/model.md §1.1). */
     assert_false(config_layer_is_moe(&c, 2));
     assert_true(config_layer_is_moe(&c, 3));
     assert_true(config_layer_is_moe(&c, 61));

@@ -1,6 +1,6 @@
 /**
  * @file test_fp8.c
- * @brief FP8 numerics (spec §8): every e4m3 code by hand-derived formula, the encoder's
+ * @brief FP8 numerics (docs/model.md §8): every e4m3 code by hand-derived formula, the encoder's
  *        rounding and saturation, block dequantization at a partial 128-row edge (576 rows,
  *        like kv_a_proj_with_mqa), and the golden W8A8 GEMM case (w8a8_gemm.safetensors).
  */
@@ -20,7 +20,7 @@
 #include "base/safetensors.h"
 #include "model/tensor.h"
 
-/** All 256 codes: S.EEEE.MMM, bias 7; E = 0 subnormal 2^-6·M/8; 0x7F/0xFF NaN (spec §8.1). */
+/** All 256 codes: S.EEEE.MMM, bias 7; E = 0 subnormal 2^-6·M/8; 0x7F/0xFF NaN (docs/model.md §8.1). */
 static void all_256_codes(void **state) {
     (void)state;
     for (int c = 0; c < 256; c++) {
@@ -62,7 +62,7 @@ static void encoder(void **state) {
     assert_int_equal(fp8_e4m3_from_f32(0x1p-11f), 0x00); /* below half the smallest → 0 */
     /* Just below 2^-6 rounds up into the first normal. */
     assert_int_equal(fp8_e4m3_from_f32(0.0155f), 0x08);
-    /* Saturation at ±448 (never NaN, spec §11 #23), NaN stays NaN. */
+    /* Saturation at ±448 (never NaN, docs/model.md §11 #23), NaN stays NaN. */
     assert_int_equal(fp8_e4m3_from_f32(460.0f), 0x7E);
     assert_int_equal(fp8_e4m3_from_f32(1e30f), 0x7E);
     assert_int_equal(fp8_e4m3_from_f32(-INFINITY), 0xFE);

@@ -1,6 +1,6 @@
 /**
  * @file test_gate.c
- * @brief The noaux_tc gate (spec §5.1) on hand-constructed cases. Config: 8 experts in 4
+ * @brief The noaux_tc gate (docs/model.md §5.1) on hand-constructed cases. Config: 8 experts in 4
  *        groups of 2, keep 2 groups, top-2 experts, routed_scaling_factor 2.5, renormalized.
  *        Values are derived by hand in the comments (s = sigmoid(logit), c = s + bias).
  */
@@ -75,7 +75,7 @@ static void ties_go_low(void **state) {
     assert_int_equal(idx[1], 5);
 }
 
-/** Kept groups with negative biased scores: masked experts must be −∞, not 0 (spec §5.3, §11 #8). */
+/** Kept groups with negative biased scores: masked experts must be −∞, not 0 (docs/model.md §5.3, §11 #8). */
 static void masked_is_minus_infinity(void **state) {
     (void)state;
     float logits[8] = { 0, 0, 0, 0, 5, 5, -5, -5 }, bias[8];

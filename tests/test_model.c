@@ -133,7 +133,7 @@ static void mtp_copies_identical(void **state) {
     model_free(&m);
 }
 
-/** spec §1.5: 671.03 B main-model parameters; MTP ≈ 11.6 B unique (+ embed/head copies). */
+/** docs/model.md §1.5: 671.03 B main-model parameters; MTP ≈ 11.6 B unique (+ embed/head copies). */
 static void v3_parameter_count(void **state) {
     (void)state;
     Config c;

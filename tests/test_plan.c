@@ -1,6 +1,6 @@
 /**
  * @file test_plan.c
- * @brief `dsv3 plan` arithmetic against hand-computed DeepSeek-V3 numbers (spec §3.3, §10).
+ * @brief `dsv3 plan` arithmetic against hand-computed DeepSeek-V3 numbers (docs/model.md §3.3, §10).
  */
 #include <math.h>
 #include <setjmp.h>
@@ -28,7 +28,7 @@ static void v3_numbers(void **state) {
     printf("    whole model with MTP, as stored: %.1f GB\n", r.weight_bytes / 1e9);
     /* 684.5 B parameters, nearly all FP8 (1 B) + BF16 embeddings/heads + F32 scales ≈ 689 GB. */
     assert_true(r.weight_bytes > 680e9 && r.weight_bytes < 700e9);
-    /* Latent KV: (512 + 64) × 2 B × 61 layers = 70 272 B per token (spec §3.3). */
+    /* Latent KV: (512 + 64) × 2 B × 61 layers = 70 272 B per token (docs/model.md §3.3). */
     plan_evaluate(&c, &all, 1, 1, 0, &r);
     assert_true(r.kv_bytes_per_token == 70272.0);
     /* Dispatch: 8 × (7168 FP8 + 56 scales × 4 B) = 59 136 B; combine: 8 × 7168 × 2 B = 114 688 B. */

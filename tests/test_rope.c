@@ -1,6 +1,6 @@
 /**
  * @file test_rope.c
- * @brief YaRN RoPE (spec §4): the θ' table of spec §4.2, the softmax scale of §3.5, the
+ * @brief YaRN RoPE (docs/model.md §4): the θ' table of docs/model.md §4.2, the softmax scale of §3.5, the
  *        interleaved pairing of §4.1, and rope_backward as the exact inverse rotation.
  */
 #include <math.h>
@@ -17,7 +17,7 @@
 #include "model/ckpt.h"
 #include "model/rope.h"
 
-/* θ'_i for DeepSeek-V3, fp64 reference values printed in spec §4.2 (7 significant digits). */
+/* θ'_i for DeepSeek-V3, fp64 reference values printed in docs/model.md §4.2 (7 significant digits). */
 static const double theta_v3[32] = {
     1, 0.7498942, 0.5623413, 0.4216965, 0.3162278, 0.2371374, 0.1778279, 0.1333521, 0.1, 0.07498942,
     0.05623413, 0.03900693, 0.02687936, 0.01837815, 0.01244796, 0.008334509, 0.0055, 0.003561997,
@@ -41,7 +41,7 @@ static void yarn_table(void **state) {
     /* i ≤ 10 keep the original frequency, i ≥ 23 are divided by 40 exactly. */
     assert_true(r.inv_freq[10] == 1.0f / powf(10000.0f, 20.0f / 64.0f));
     assert_true(r.inv_freq[23] == (1.0f / powf(10000.0f, 46.0f / 64.0f)) / 40.0f);
-    assert_true(r.attention_factor == 1.0f); /* spec §11 #6: cos/sin unscaled */
+    assert_true(r.attention_factor == 1.0f); /* docs/model.md §11 #6: cos/sin unscaled */
     rope_free(&r);
 }
 
@@ -50,7 +50,7 @@ static void softmax_scale(void **state) {
     Config c;
     Err err;
     assert_int_equal(config_preset(&c, "v3", &err), 0);
-    /* 192^-0.5 · (1 + 0.1 ln 40)² = 0.1352337788608801 (spec §3.5) */
+    /* 192^-0.5 · (1 + 0.1 ln 40)² = 0.1352337788608801 (docs/model.md §3.5) */
     assert_true(fabs(c.softmax_scale - 0.1352337788608801) < 1e-8);
     /* Without rope_scaling: plain 1/sqrt(192). */
     const char *plain = "{\"model_type\":\"deepseek_v3\",\"vocab_size\":8,\"hidden_size\":8,\"intermediate_size\":8,"

@@ -1,7 +1,7 @@
 /**
  * @file test_tokenizer.c
  * @brief The DeepSeek-V3 tokenizer against Hugging Face (golden/tokenizer/cases.json) and
- *        against expectations derived by hand from the regexes and merges (spec.md §9.2).
+ *        against expectations derived by hand from the regexes and merges (docs/model.md §9.2).
  *
  * Where no Hugging Face output exists, the expected pieces below were derived by reading the
  * three Split regexes of tokenizer.json (regex 1 `\p{N}{1,3}`, regex 2 the CJK/kana run, regex 3

@@ -1,6 +1,6 @@
 /**
  * @file test_tokenizer_load.c
- * @brief tokenizer.json validation (ecosystem.md §6): every malformed file is refused with one
+ * @brief tokenizer.json validation (docs/formats.md §6): every malformed file is refused with one
  *        line naming the problem, never a crash; valid variants (tuple merges, tokenizer_config
  *        forms) load. Files are generated into a temporary directory from a tiny valid
  *        tokenizer (tests/util_tok.c: tiny_tokenizer) and mutated one field at a time.

@@ -14,7 +14,7 @@ What it measures, for each peer and each batch B of --batches (default 1,8,64):
   the MoE's host syncs) counts, as it does for an end-to-end user.
 
 Checkpoint (--model DIR): the real Hugging Face DeepSeek-V3 layout, as written by
-`build/dsv3 mkckpt` (spec §1.3): config.json with quantization_config {fp8, e4m3, 128x128},
+`build/dsv3 mkckpt` (docs/model.md §1.3): config.json with quantization_config {fp8, e4m3, 128x128},
 model.safetensors or model-0000i-of-0000n.safetensors + model.safetensors.index.json; FP8 matrices
 with a `<name>_scale_inv` F32 grid [ceil(rows/128)][ceil(cols/128)]; embed_tokens, lm_head and
 mlp.gate.weight BF16; norms BF16 or F32; mlp.gate.e_score_correction_bias F32; MTP tensors under
@@ -43,7 +43,7 @@ Peers (--peers, default hf,torch; hf runs first so that its logits can serve as 
          (deepseek-ai/DeepSeek-V3 inference/model.py, gemm_impl="bf16", attn_impl="absorb"):
          weights dequantized to BF16 at load, BF16 F.linear; absorbed MLA with einsums over a BF16
          latent cache [B][S][kv_lora_rank] + [B][S][qk_rope_head_dim]; FP32 softmax; interleaved-
-         pair RoPE with YaRN (always on, spec §4 ruling), softmax scale qk_head_dim^-0.5 * mscale^2;
+         pair RoPE with YaRN (always on, docs/model.md §4 ruling), softmax scale qk_head_dim^-0.5 * mscale^2;
          noaux_tc gate (sigmoid, +bias for selection only, group top-2 sums, top-k groups, top-k
          experts, unbiased weights renormalized x routed_scaling_factor); MoE by looping over the
          experts that received tokens; dense FFN in the first first_k_dense_replace layers; shared
@@ -149,7 +149,7 @@ def free_gpu():
 
 class ModelConfig:
     """The config.json fields the torch peer uses, with config.c's defaults, and the derived values
-    of spec §3.5 / §4 (softmax scale, YaRN parameters)."""
+    of docs/model.md §3.5 / §4 (softmax scale, YaRN parameters)."""
 
     def __init__(self, model_dir):
         with open(os.path.join(model_dir, "config.json")) as f:
@@ -191,7 +191,7 @@ class ModelConfig:
         self.beta_slow = float(rs.get("beta_slow", 1))
         mscale = float(rs.get("mscale", 1.0))
         mscale_all_dim = float(rs.get("mscale_all_dim", 0.0))
-        # Softmax scale (spec §3.5, ruling #7): qk_head_dim^-0.5 * mscale^2, mscale from mscale_all_dim.
+        # Softmax scale (docs/model.md §3.5, ruling #7): qk_head_dim^-0.5 * mscale^2, mscale from mscale_all_dim.
         self.softmax_scale = self.qk_head_dim ** -0.5
         if self.yarn and mscale_all_dim:
             m = yarn_get_mscale(self.rope_factor, mscale_all_dim)
@@ -273,7 +273,7 @@ class Checkpoint:
 
 
 def is_mtp_tensor(name, n_layers):
-    """MTP modules are stored as model.layers.<n_layers + k>.* (spec §1.3); the peers skip them."""
+    """MTP modules are stored as model.layers.<n_layers + k>.* (docs/model.md §1.3); the peers skip them."""
     m = re.match(r"model\.layers\.(\d+)\.", name)
     return m is not None and int(m.group(1)) >= n_layers
 
@@ -294,7 +294,7 @@ def check_free_memory(needed, what):
 # peer "torch": a plain PyTorch forward in the style of the official demo (inference/model.py)
 
 def precompute_freqs_cis(cfg, seqlen, device):
-    """Complex e^{i·p·θ'_k} for positions p < seqlen: θ'_k = YaRN-blended 1/base^(2k/dim) (spec §4.2),
+    """Complex e^{i·p·θ'_k} for positions p < seqlen: θ'_k = YaRN-blended 1/base^(2k/dim) (docs/model.md §4.2),
     angles in FP32; magnitude = attention_factor (1.0 for V3)."""
     dim, base = cfg.qk_rope_head_dim, cfg.rope_theta
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
@@ -313,7 +313,7 @@ def precompute_freqs_cis(cfg, seqlen, device):
 
 
 def apply_rotary_emb(x, freqs_cis):
-    """RoPE on adjacent pairs (x[2i], x[2i+1]) as complex numbers (spec §4.1); x is [B][S][H][rope]."""
+    """RoPE on adjacent pairs (x[2i], x[2i+1]) as complex numbers (docs/model.md §4.1); x is [B][S][H][rope]."""
     dtype = x.dtype
     xc = torch.view_as_complex(x.float().view(*x.shape[:-1], -1, 2))
     y = torch.view_as_real(xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))).flatten(3)
@@ -400,7 +400,7 @@ class TorchPeer:
         kv = F.linear(x, L.wkv_a)
         kv, k_pe = torch.split(kv, [c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
         k_pe = apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis)
-        # kv_b_proj rows per head: [k_nope (W_UK) | v (W_UV)] (spec §3.1); absorb W_UK into q.
+        # kv_b_proj rows per head: [k_nope (W_UK) | v (W_UV)] (docs/model.md §3.1); absorb W_UK into q.
         wkv_b = L.wkv_b.view(c.n_heads, -1, c.kv_lora_rank)
         q_nope = torch.einsum("bshd,hdc->bshc", q_nope, wkv_b[:, :c.qk_nope_head_dim])
         kv_cache[:bsz, start_pos:end_pos] = rms_norm(kv, L.kv_norm, c.eps)
@@ -421,7 +421,7 @@ class TorchPeer:
         o = torch.einsum("bshc,hdc->bshd", u, wkv_b[:, -c.v_head_dim:])
         return F.linear(o.flatten(2), L.wo)
 
-    # -- MoE (official Gate.forward / MoE.forward, noaux_tc, spec §5.1) ------------------------
+    # -- MoE (official Gate.forward / MoE.forward, noaux_tc, docs/model.md §5.1) ------------------------
 
     def gate(self, x, L):
         c = self.cfg

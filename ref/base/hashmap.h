@@ -2,7 +2,7 @@
  * @file hashmap.h
  * @brief Two open-addressing hash indexes: byte strings → dense index, and 64-bit keys →
  *        dense index. Used to load the 128 000-entry DeepSeek-V3 vocabulary and its 127 741
- *        merges in milliseconds (spec.md §9.2) and by the BPE trainer for word and pair counts.
+ *        merges in milliseconds (docs/model.md §9.2) and by the BPE trainer for word and pair counts.
  *
  * Both maps hand out *dense* indexes 0, 1, 2, … in insertion order and store no values:
  * callers keep their values in plain arrays indexed by that number. That keeps the maps

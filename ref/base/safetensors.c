@@ -2,7 +2,7 @@
  * @file safetensors.c
  * @brief safetensors reader (mmap, full validation, shards) and writer.
  *
- * Format (huggingface/safetensors README §Format; docs/ecosystem.md §1.1):
+ * Format (huggingface/safetensors README §Format; docs/formats.md §1.1):
  *
  *     [u64 little-endian N][N bytes of UTF-8 JSON header][byte buffer]
  *     header = { "NAME": {"dtype": "BF16", "shape": [r, c], "data_offsets": [begin, end]}, ...,

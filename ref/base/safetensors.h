@@ -2,7 +2,7 @@
  * @file safetensors.h
  * @brief Memory-mapped safetensors checkpoints: one file or a sharded directory with
  *        `model.safetensors.index.json`, validated the way the reference Rust reader does
- *        (docs/ecosystem.md §1.1–1.3), plus a writer.
+ *        (docs/formats.md §1.1–1.3), plus a writer.
  *
  * Tensors are used in their stored dtype straight from the mapping: nothing is converted
  * or copied at load time, so the resident memory of a run is the pages of the file that

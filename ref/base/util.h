@@ -10,7 +10,7 @@
  *    never be reachable from bad input.
  *
  * Every size computed from outside numbers goes through size_mul()/size_add(),
- * which refuse to wrap around (the GGUF CVE class in docs/ecosystem.md §1.4).
+ * which refuse to wrap around (the GGUF CVE class in docs/formats.md §1.4).
  */
 #ifndef DSV3_UTIL_H
 #define DSV3_UTIL_H

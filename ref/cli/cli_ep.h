@@ -1,7 +1,7 @@
 /**
  * @file cli_ep.h
  * @brief Expert parallelism for the commands that run the model (logits, generate, chat):
- *        one sequence, N processes, the routed experts split over them (paper §3.4; spec §10).
+ *        one sequence, N processes, the routed experts split over them (paper §3.4; docs/model.md §10).
  *
  * Launch: under torchrun / mpirun (WORLD_SIZE or the MPI launcher's variables, ref/ep/bootstrap.h),
  * or with `--ep N`, which starts ranks 1..N−1 itself on this host (same binary, same flags, stdin

@@ -7,7 +7,7 @@
  * Every tensor is read as the loader sees it (FP8 blocks dequantized with their scales, BF16 and
  * F16 widened) and written by the checkpoint writer in the requested format: FP8 re-quantizes the
  * linear projections in 128×128 blocks (scale = block amax / 448), leaving embeddings, heads, the
- * gate and norms in BF16 (spec §8.5). The tokenizer files are copied along.
+ * gate and norms in BF16 (docs/model.md §8.5). The tokenizer files are copied along.
  */
 #include <stdio.h>
 #include <string.h>

@@ -9,7 +9,7 @@
  * --prefill N runs the first N ids as one chunk and the rest one token at a time through the
  * KV cache (same output); default one chunk of all T. --hidden also writes the residual stream
  * after the last block, before the final norm, [T][hidden_size]. --mtp writes the MTP head's
- * logits instead, [T−1][vocab_size] (row p from h_p and token p+1, spec §7.2).
+ * logits instead, [T−1][vocab_size] (row p from h_p and token p+1, docs/model.md §7.2).
  * Output files are written atomically: on any error no partial file is left behind.
  */
 #include <stdio.h>

@@ -9,7 +9,7 @@
  * The tokens are cut into consecutive chunks of CTX + 1; each chunk is one prefill from position
  * 0, scoring every position's prediction of the next token (like llama.cpp's perplexity tool,
  * without its second-half-only scoring). --mtp also scores the MTP head's prediction of the token
- * after next (row p from h_p and token p+1, spec §7.2).
+ * after next (row p from h_p and token p+1, docs/model.md §7.2).
  */
 #include <math.h>
 #include <stdio.h>

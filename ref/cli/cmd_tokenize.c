@@ -1,6 +1,6 @@
 /**
  * @file cmd_tokenize.c
- * @brief `dsv3 tokenize` and `dsv3 detokenize` (spec.md §9.2): the command-line contract
+ * @brief `dsv3 tokenize` and `dsv3 detokenize` (docs/model.md §9.2): the command-line contract
  *        other tools rely on.
  *
  * - `dsv3 tokenize --tokenizer DIR (--text STR | --file PATH)` prints `[id,id,...]` and a

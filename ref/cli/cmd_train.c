@@ -1,6 +1,6 @@
 /**
  * @file cmd_train.c
- * @brief `dsv3 train`: pre-training / fine-tuning on the CPU (paper §2–§4; spec §6, §7; docs/training.md).
+ * @brief `dsv3 train`: pre-training / fine-tuning on the CPU (paper §2–§4; docs/model.md §6, §7; docs/training.md).
  *
  *   dsv3 train --train TRAIN.bin [--val VAL.bin] [--preset tiny | --config config.json | --init DIR]
  *              [-o OUT] [--steps N] [--batch B] [--seq-len T] [--lr X] ... [--resume OUT]

@@ -2,7 +2,7 @@
  * @file bootstrap.h
  * @brief Launching N processes as one expert-parallel group: the torchrun environment
  *        (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and a TCP exchange of the
- *        ncclUniqueId from rank 0 to every other rank (docs/ecosystem.md §7: NCCL needs the id
+ *        ncclUniqueId from rank 0 to every other rank (docs/formats.md §7: NCCL needs the id
  *        "broadcast ... using any CPU communication system"). Under mpirun in an MPI build
  *        (make MPI=1), MPI_Bcast does it.
  *

@@ -1,6 +1,6 @@
 /**
  * @file ep.h
- * @brief Expert parallelism (paper §3.4; spec §10): the routed experts of every MoE layer are
+ * @brief Expert parallelism (paper §3.4; docs/model.md §10): the routed experts of every MoE layer are
  *        partitioned over N ranks, attention and dense layers stay data-parallel, and each MoE
  *        layer becomes dispatch → local experts → combine over an all-to-all transport.
  *

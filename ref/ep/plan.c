@@ -1,6 +1,6 @@
 /**
  * @file plan.c
- * @brief Deployment arithmetic (paper §3.4, spec §10). Every byte count comes from the tensor
+ * @brief Deployment arithmetic (paper §3.4, docs/model.md §10). Every byte count comes from the tensor
  *        table (weights_foreach) and the config; the hardware figures are parameters.
  *
  * Model of a decode step (one token per sequence, `batch` sequences per attention-DP rank):
@@ -84,7 +84,7 @@ void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int
                      r->experts_per_gpu * t.expert * t.moe_layers;
     if (d->shared_on_ep) per_gpu += t.shared;
     r->weight_bytes = per_gpu;
-    /* Latent KV cache: normalized c_kv + roped k_pe per token per layer, BF16 (spec §3.3). */
+    /* Latent KV cache: normalized c_kv + roped k_pe per token per layer, BF16 (docs/model.md §3.3). */
     r->kv_bytes_per_token = 2.0 * (c->kv_lora_rank + c->qk_rope_head_dim) * (c->num_hidden_layers + n_mtp);
     double free_bytes = 0.9 * d->hbm_gb * 1e9 - per_gpu;
     r->fits = free_bytes > 0;

@@ -1,6 +1,6 @@
 /**
  * @file plan.h
- * @brief Deployment arithmetic for serving a model across GPUs (paper §3.4; spec §10):
+ * @brief Deployment arithmetic for serving a model across GPUs (paper §3.4; docs/model.md §10):
  *        weight and KV-cache memory per GPU, all-to-all bytes per token per MoE layer, and
  *        the expected time of a decode step, all computed from the Config and the tensor table.
  */

@@ -1,6 +1,6 @@
 /**
  * @file generate.c
- * @brief Plain and MTP-speculative generation (spec §7.3; Leviathan et al. 2023 / Chen et al.
+ * @brief Plain and MTP-speculative generation (docs/model.md §7.3; Leviathan et al. 2023 / Chen et al.
  *        2023 acceptance rule), see generate.h for the state and the algorithm.
  */
 #include "generate.h"

@@ -1,7 +1,7 @@
 /**
  * @file generate.h
  * @brief Token generation over a persistent KV cache, with optional speculative decoding
- *        that drafts with the checkpoint's own MTP module (paper §5.4.3; spec §7.3).
+ *        that drafts with the checkpoint's own MTP module (paper §5.4.3; docs/model.md §7.3).
  *
  * State between calls: every committed token except the last is in the main KV cache; the
  * last one ("pending") has been chosen but not yet run. gen_feed() appends tokens (a prompt,

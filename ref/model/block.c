@@ -1,6 +1,6 @@
 /**
  * @file block.c
- * @brief Decoder block forward, backward and activation layout (spec §2).
+ * @brief Decoder block forward, backward and activation layout (docs/model.md §2).
  *
  *   forward:  h_mid = h_in + MLA(attn_norm(h_in));   h_out = h_mid + FFN(ffn_norm(h_mid))
  *   backward: the residual adds pass dh through unchanged, each branch adds its own term:
@@ -88,7 +88,7 @@ void block_forward(float *h, int64_t T, int64_t pos0, const LayerWeights *w, Lay
     mla_forward(a->attn_out, a->x_attn, T, pos0, w, cache, &a->mla, ctx);
     for (int64_t i = 0; i < T * D; i++) h[i] += a->attn_out[i];
     if (a->h_mid) memcpy(a->h_mid, h, (size_t)(T * D) * sizeof *h);
-    /* h = h + FFN(ffn_norm(h)), dense for the first layers, MoE after (spec §5.4) */
+    /* h = h + FFN(ffn_norm(h)), dense for the first layers, MoE after (docs/model.md §5.4) */
     rmsnorm_forward(a->x_ffn, D, h, D, w->post_attention_layernorm, T, D, eps, a->rstd_ffn);
     if (w->is_moe && ctx->moe_hook) {
         /* A hook from above (expert parallelism): a failure is recorded on it and the output zeroed. */

@@ -1,6 +1,6 @@
 /**
  * @file block.h
- * @brief One decoder block (spec §2; official Block.forward):
+ * @brief One decoder block (docs/model.md §2; official Block.forward):
  *            h = h + MLA(attn_norm(h))
  *            h = h + FFN_or_MoE(ffn_norm(h))
  *        and the activations it keeps, allocated once and reused.

@@ -18,7 +18,7 @@
 /* ------------------------------------------------------------------------------------- */
 /* presets                                                                                 */
 
-/** The fields every preset shares with DeepSeek-V3 (spec §1.2). */
+/** The fields every preset shares with DeepSeek-V3 (docs/model.md §1.2). */
 static void v3_defaults(Config *c) {
     memset(c, 0, sizeof *c);
     c->qk_nope_head_dim = 128, c->qk_rope_head_dim = 64, c->v_head_dim = 128;
@@ -32,7 +32,7 @@ static void v3_defaults(Config *c) {
 int config_preset(Config *c, const char *name, Err *err) {
     v3_defaults(c);
     if (!strcmp(name, "v3")) {
-        /* deepseek-ai/DeepSeek-V3 (spec §1.2) */
+        /* deepseek-ai/DeepSeek-V3 (docs/model.md §1.2) */
         c->vocab_size = 129280, c->hidden_size = 7168, c->intermediate_size = 18432;
         c->moe_intermediate_size = 2048, c->num_hidden_layers = 61, c->num_nextn_predict_layers = 1;
         c->num_attention_heads = 128, c->q_lora_rank = 1536, c->kv_lora_rank = 512;

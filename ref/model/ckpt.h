@@ -4,7 +4,7 @@
  *        model.safetensors, or N shards + model.safetensors.index.json) from any source of
  *        FP32 values: random weights (`dsv3 mkckpt`, tests, benchmarks) or trained parameters.
  *
- * Storage follows the official checkpoint (spec §1.3, §8): in an FP8 checkpoint every linear
+ * Storage follows the official checkpoint (docs/model.md §1.3, §8): in an FP8 checkpoint every linear
  * projection is F8_E4M3 with a 128×128-block F32 `weight_scale_inv` (scale = block amax / 448,
  * so W = e4m3 · scale_inv), while embeddings, lm_head, the MoE gate and norms stay BF16 and the
  * correction bias F32.

@@ -1,9 +1,9 @@
 /**
  * @file config.c
  * @brief config.json → Config, with every field type-checked and every relation validated
- *        (spec §1.1–1.2; the bad configs a loader must reject: docs/ecosystem.md §6).
+ *        (docs/model.md §1.1–1.2; the bad configs a loader must reject: docs/formats.md §6).
  *
- * Rulings applied here (spec §11):
+ * Rulings applied here (docs/model.md §11):
  *  - #5 YaRN is on whenever the config has rope_scaling/rope_parameters of type "yarn",
  *    independent of any runtime buffer size (the official demo's `max_seq_len > 4096` quirk
  *    is not reproduced).
@@ -82,7 +82,7 @@ static int check_str(Reader *r, const char *key, int required, const char *const
     return err_set(r->err, "%s: unsupported %s '%s' (supported: %s)", r->label, key, v->valuestring, allowed[0]);
 }
 
-/** quantization_config: only DeepSeek-V3's block-scaled e4m3 with 128×128 blocks (spec §8). */
+/** quantization_config: only DeepSeek-V3's block-scaled e4m3 with 128×128 blocks (docs/model.md §8). */
 static int parse_quant(Reader *r, Config *c) {
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(r->root, "quantization_config");
     c->has_fp8 = 0;
@@ -108,7 +108,7 @@ static int parse_quant(Reader *r, Config *c) {
     return 0;
 }
 
-/** rope_scaling (or rope_parameters, written by newer transformers): YaRN only (spec §4). */
+/** rope_scaling (or rope_parameters, written by newer transformers): YaRN only (docs/model.md §4). */
 static int parse_rope(Reader *r, Config *c) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(r->root, "rope_scaling");
     const char *key = "rope_scaling.";

@@ -1,6 +1,6 @@
 /**
  * @file config.h
- * @brief The model's hyper-parameters, read from a Hugging Face `config.json` (spec §1.1–1.2).
+ * @brief The model's hyper-parameters, read from a Hugging Face `config.json` (docs/model.md §1.1–1.2).
  *
  * Field names are the HF keys; the comment gives the DeepSeek-V3 671B value and, where it
  * differs, the name in the official `ModelArgs`. Derived quantities (softmax scale, YaRN
@@ -25,13 +25,13 @@ typedef struct {
     int num_hidden_layers;        /**< num_hidden_layers = 61 */
     int num_nextn_predict_layers; /**< num_nextn_predict_layers = 1: MTP modules stored as layers 61.. */
     int num_attention_heads;      /**< num_attention_heads = 128 */
-    /* MLA (spec §3) */
+    /* MLA (docs/model.md §3) */
     int q_lora_rank;              /**< q_lora_rank = 1536 */
     int kv_lora_rank;             /**< kv_lora_rank = 512 */
     int qk_nope_head_dim;         /**< qk_nope_head_dim = 128 */
     int qk_rope_head_dim;         /**< qk_rope_head_dim = 64 */
     int v_head_dim;               /**< v_head_dim = 128 */
-    /* MoE (spec §5) */
+    /* MoE (docs/model.md §5) */
     int n_routed_experts;         /**< n_routed_experts = 256 */
     int n_shared_experts;         /**< n_shared_experts = 1 (shared FFN width = n_shared × moe_intermediate_size) */
     int num_experts_per_tok;      /**< num_experts_per_tok = 8 (official: n_activated_experts) */
@@ -41,7 +41,7 @@ typedef struct {
     int moe_layer_freq;           /**< moe_layer_freq = 1 */
     double routed_scaling_factor; /**< routed_scaling_factor = 2.5 (official: route_scale) */
     int norm_topk_prob;           /**< norm_topk_prob = true */
-    /* RoPE / YaRN (spec §4) */
+    /* RoPE / YaRN (docs/model.md §4) */
     double rope_theta;            /**< rope_theta = 10000 */
     int has_yarn;                 /**< rope_scaling (or rope_parameters) present with type "yarn" */
     double rope_factor;           /**< rope_scaling.factor = 40 */
@@ -59,8 +59,8 @@ typedef struct {
 
     /* derived (config_load fills these) */
     int qk_head_dim;              /**< qk_nope_head_dim + qk_rope_head_dim = 192 */
-    float softmax_scale;          /**< qk_head_dim^-0.5 × mscale² = 0.1352337788608801 (spec §3.5) */
-    float rope_attention_factor;  /**< HF yarn attention_factor multiplying cos/sin; 1.0 for V3 (spec §3.5) */
+    float softmax_scale;          /**< qk_head_dim^-0.5 × mscale² = 0.1352337788608801 (docs/model.md §3.5) */
+    float rope_attention_factor;  /**< HF yarn attention_factor multiplying cos/sin; 1.0 for V3 (docs/model.md §3.5) */
 } Config;
 
 /** Reads and validates `config.json` (a file, or a directory containing one). */

@@ -1,6 +1,6 @@
 /**
  * @file embed.c
- * @brief Embedding lookup and its gradient (spec §2; paper eq. 21 for the MTP modules).
+ * @brief Embedding lookup and its gradient (docs/model.md §2; paper eq. 21 for the MTP modules).
  *
  * The lookup is a one-hot matrix product h = onehot(ids) · Emb, so its gradient is the
  * transposed product: a scatter-add of dh into the rows that were read. Tokens are visited in

@@ -1,6 +1,6 @@
 /**
  * @file embed.h
- * @brief Token embedding (spec §2: h0 = Emb[token], no scaling) and its backward, used by the
+ * @brief Token embedding (docs/model.md §2: h0 = Emb[token], no scaling) and its backward, used by the
  *        main model (model.embed_tokens) and by every MTP module (paper eq. 21: Emb(t_{i+k})).
  */
 #ifndef DSV3_EMBED_H

@@ -1,6 +1,6 @@
 /**
  * @file ffn.c
- * @brief SwiGLU FFN (spec §2; official MLP/Expert.forward: w2(silu(w1(x)) * w3(x))) and its
+ * @brief SwiGLU FFN (docs/model.md §2; official MLP/Expert.forward: w2(silu(w1(x)) * w3(x))) and its
  *        backward. Shapes: T rows, D hidden, I the FFN width (dense or expert).
  *
  *   forward:  g = W1 x,  u = W3 x,  a = silu(g) ⊙ u,  out = W2 a

@@ -1,6 +1,6 @@
 /**
  * @file ffn.h
- * @brief The SwiGLU feed-forward network of the dense layers and of every expert (spec §2):
+ * @brief The SwiGLU feed-forward network of the dense layers and of every expert (docs/model.md §2):
  *        FFN(x) = W2 · ( silu(W1·x) ⊙ W3·x ),  silu(z) = z / (1 + e^−z).
  */
 #ifndef DSV3_FFN_H

@@ -1,13 +1,13 @@
 /**
  * @file fp8.c
- * @brief e4m3fn table, encoder and activation quantization (spec §8.1, §8.3).
+ * @brief e4m3fn table, encoder and activation quantization (docs/model.md §8.1, §8.3).
  */
 #include "fp8.h"
 
 #include <math.h>
 
 /*
- * e4m3fn decoding (spec §8.1): bits S EEEE MMM, exponent bias 7.
+ * e4m3fn decoding (docs/model.md §8.1): bits S EEEE MMM, exponent bias 7.
  *   E = 0:  (-1)^S · 2^-6 · M/8          (subnormal, smallest 2^-9 = 0.001953125)
  *   E ≥ 1:  (-1)^S · 2^(E-7) · (1 + M/8)  (largest 2^8 · 1.75 = 448 at 0x7E)
  *   0x7F and 0xFF (S.1111.111) are NaN; there are no infinities.

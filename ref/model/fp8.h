@@ -2,7 +2,7 @@
  * @file fp8.h
  * @brief float8_e4m3fn: decoding (a 256-entry table), encoding (round to nearest even,
  *        saturating at ±448) and DeepSeek-V3's 1×128 dynamic activation quantization
- *        (spec §8.1, §8.3). The block-scaled weight side lives in tensor.c and linear.c.
+ *        (docs/model.md §8.1, §8.3). The block-scaled weight side lives in tensor.c and linear.c.
  *
  * The FP8 numerics contract, written once (docs/fp8.md has the long form):
  *  - weights: W[i][j] = e4m3(Wq[i][j]) · scale_inv[i/128][j/128], 128×128 blocks, F32 scales,
@@ -23,12 +23,12 @@ extern const float fp8_e4m3_values[256];
 /** e4m3fn code → float (exact). */
 static inline float fp8_e4m3_to_f32(uint8_t code) { return fp8_e4m3_values[code]; }
 
-/** float → e4m3fn code: NaN → 0x7F, |x| clamped to 448 first (spec §11 #23), then round to nearest even. */
+/** float → e4m3fn code: NaN → 0x7F, |x| clamped to 448 first (docs/model.md §11 #23), then round to nearest even. */
 uint8_t fp8_e4m3_from_f32(float x);
 
 /** Largest finite e4m3fn magnitude. */
 #define FP8_E4M3_MAX 448.0f
-/** Lower clamp of a group's amax before computing its scale (spec §8.3, §11 #14). */
+/** Lower clamp of a group's amax before computing its scale (docs/model.md §8.3, §11 #14). */
 #define FP8_AMAX_EPS 1e-4f
 /** Width of an activation group and of a weight block side. */
 #define FP8_BLOCK 128

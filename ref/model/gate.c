@@ -1,6 +1,6 @@
 /**
  * @file gate.c
- * @brief noaux_tc routing (spec §5.1–5.3), FP32 throughout, deterministic ties.
+ * @brief noaux_tc routing (docs/model.md §5.1–5.3), FP32 throughout, deterministic ties.
  *
  * The official Gate.forward in one line each:
  *     scores = sigmoid(x @ W.T);  original = scores;  scores = scores + bias

@@ -1,6 +1,6 @@
 /**
  * @file gate.h
- * @brief The noaux_tc router of DeepSeek-V3 (spec §5.1; paper eqs. 13–16).
+ * @brief The noaux_tc router of DeepSeek-V3 (docs/model.md §5.1; paper eqs. 13–16).
  */
 #ifndef DSV3_GATE_H
 #define DSV3_GATE_H
@@ -14,10 +14,10 @@
  * @p idx [K] the selected experts in descending order of the biased score, @p weights [K]
  * their routing weights. @p work must hold 2·(E + n_group) floats.
  *
- *  1. s_e = sigmoid(logit_e)                     (FP32, spec §11 #9)
+ *  1. s_e = sigmoid(logit_e)                     (FP32, docs/model.md §11 #9)
  *  2. c_e = s_e + b_e                            bias for selection only
  *  3. group score = sum of the 2 largest c_e in each of the n_group groups
- *  4. keep the topk_group best groups, c_e = −∞ elsewhere (spec §11 #8)
+ *  4. keep the topk_group best groups, c_e = −∞ elsewhere (docs/model.md §11 #8)
  *  5. idx = top-K of c_e; ties go to the lower index (groups and experts)
  *  6. w_e = s_e / Σ_{j∈idx} s_j (if norm_topk_prob), then × routed_scaling_factor
  */

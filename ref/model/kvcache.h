@@ -1,6 +1,6 @@
 /**
  * @file kvcache.h
- * @brief Per-layer attention caches for the two MLA forms (spec §3.2–3.3).
+ * @brief Per-layer attention caches for the two MLA forms (docs/model.md §3.2–3.3).
  *
  *  absorb: normalized c_kv [S][Dc] + roped k_pe [S][Dr]      = 576 values/token/layer (V3)
  *  naive:  k [S][H][Dn+Dr] + v [S][H][Dv]                     = 40 960 values/token/layer (V3)

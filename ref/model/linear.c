@@ -1,12 +1,12 @@
 /**
  * @file linear.c
- * @brief The one matrix product of the reference (spec §8.2–8.5).
+ * @brief The one matrix product of the reference (docs/model.md §8.2–8.5).
  *
  * Dequant mode: for each output row o, decode W[o][:] into FP32 once (fp8 × block scale,
  * or bf16 → f32), then dot it with every token's x. The model never exists in FP32 as a
  * whole; one row at a time does.
  *
- * W8A8 mode (the official `act_quant` + `fp8_gemm`, spec §8.3–8.4):
+ * W8A8 mode (the official `act_quant` + `fp8_gemm`, docs/model.md §8.3–8.4):
  *     s_x[t][b]  = max(amax(x[t][128b : 128b+128]), 1e-4) / 448
  *     xq[t][k]   = e4m3(x[t][k] / s_x[t][k/128])
  *     y[t][o]    = Σ_b ( Σ_{k in block b} xq[t][k] · wq[o][k] ) · s_x[t][b] · s_w[o/128][b]

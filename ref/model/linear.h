@@ -1,9 +1,9 @@
 /**
  * @file linear.h
- * @brief y = x · Wᵀ for a stored weight W [out][in], in one of two numerics modes (spec §8.5):
+ * @brief y = x · Wᵀ for a stored weight W [out][in], in one of two numerics modes (docs/model.md §8.5):
  *        `dequant` (FP32 activations × FP32-dequantized weights, the default) and `w8a8`
  *        (emulates the GPU: 1×128 FP8 activations, per-128-K exact block partials, FP32
- *        accumulation, spec §8.3–8.4). Non-FP8 weights always take the FP32 path.
+ *        accumulation, docs/model.md §8.3–8.4). Non-FP8 weights always take the FP32 path.
  */
 #ifndef DSV3_LINEAR_H
 #define DSV3_LINEAR_H

@@ -1,6 +1,6 @@
 /**
  * @file mla.c
- * @brief Multi-head Latent Attention (paper §2.1.1, eqs. 1–11; spec §3).
+ * @brief Multi-head Latent Attention (paper §2.1.1, eqs. 1–11; docs/model.md §3).
  *
  * Shapes: T tokens, D hidden, H heads, Dq q_lora_rank, Dc kv_lora_rank, Dn qk_nope_head_dim,
  * Dr qk_rope_head_dim, Dv v_head_dim, S = pos0+T visible positions.
@@ -15,9 +15,9 @@
  *           s_h(p,t) = scale · (q_abs_h·ĉ_kv(t) + q_pe_h·k_pe(t))   — keys are the 512+64 latent
  *           u_h = Σ_t P_h(t) ĉ_kv(t),  o_h = W_UV[h] u_h              (W_UV applied after the sum)
  *   y     = W_O concat_h(o_h)           (o_proj)
- * scale = (Dn+Dr)^−½ · mscale² (0.1352337788608801 for V3, spec §3.5): the √192 stays even in
+ * scale = (Dn+Dr)^−½ · mscale² (0.1352337788608801 for V3, docs/model.md §3.5): the √192 stays even in
  * the absorbed form, whose dot products are 576-d. W_UK and W_UV are the two halves of each
- * head's 256 rows in kv_b_proj (spec §3.1); the absorbed form reads them dequantized, as the
+ * head's 256 rows in kv_b_proj (docs/model.md §3.1); the absorbed form reads them dequantized, as the
  * official code does (it never runs kv_b_proj through the FP8 GEMM in absorb mode).
  */
 #include "mla.h"

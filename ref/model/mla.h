@@ -1,8 +1,8 @@
 /**
  * @file mla.h
- * @brief Multi-head Latent Attention (paper §2.1.1 eqs. 1–11; spec §3), naive and
+ * @brief Multi-head Latent Attention (paper §2.1.1 eqs. 1–11; docs/model.md §3), naive and
  *        weight-absorbed forms over a KV cache, for a chunk of T tokens at positions
- *        pos0 .. pos0+T−1 (query i sees keys t ≤ pos0+i, spec §3.4).
+ *        pos0 .. pos0+T−1 (query i sees keys t ≤ pos0+i, docs/model.md §3.4).
  */
 #ifndef DSV3_MLA_H
 #define DSV3_MLA_H
@@ -48,7 +48,7 @@ void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const floa
                   const LayerCache *cache, LayerCache *dcache, const MLAActs *a, MLAActs *da, const ForwardContext *ctx);
 
 /**
- * The absorbed attention of ONE query token over S cached positions (spec §3.3), for all H heads:
+ * The absorbed attention of ONE query token over S cached positions (docs/model.md §3.3), for all H heads:
  *     s_h(t) = scale · (q_abs[h]·c_kv[t] + q_pe[h]·k_pe[t]),  P_h = softmax_t(s_h),  u[h] = Σ_t P_h(t) c_kv[t].
  * u [H][Dc] (output), q_abs [H][Dc], q_pe: head h at q_pe + h·q_pe_stride (Dr values), c_kv [S][Dc],
  * k_pe [S][Dr]. P receives each head's probabilities: head h's S values at P + h·P_stride
@@ -59,7 +59,7 @@ void mla_attend_absorb(float *u, const float *q_abs, const float *q_pe, int64_t 
                        const float *k_pe, int64_t S, int64_t H, int64_t Dc, int64_t Dr, float scale, float *P,
                        int64_t P_stride);
 
-/** x[i] ← exp(x[i] − max) / Σ, in FP32 (spec §3.4: softmax over keys in FP32). */
+/** x[i] ← exp(x[i] − max) / Σ, in FP32 (docs/model.md §3.4: softmax over keys in FP32). */
 void softmax_inplace(float *x, int64_t n);
 
 #endif

@@ -1,6 +1,6 @@
 /**
  * @file mla_backward.c
- * @brief Backward of Multi-head Latent Attention, naive form (paper §2.1.1 eqs. 1–11; spec §3.1–3.2).
+ * @brief Backward of Multi-head Latent Attention, naive form (paper §2.1.1 eqs. 1–11; docs/model.md §3.1–3.2).
  *
  * Shapes: T tokens (positions 0..T−1, one whole sequence), D hidden, H heads, Dq q_lora_rank,
  * Dc kv_lora_rank, Dn qk_nope_head_dim, Dr qk_rope_head_dim, Dv v_head_dim, Dqk = Dn + Dr.

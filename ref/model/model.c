@@ -1,6 +1,6 @@
 /**
  * @file model.c
- * @brief Checkpoint binding (spec §1.3) and the forward pass over chunks (spec §2).
+ * @brief Checkpoint binding (docs/model.md §1.3) and the forward pass over chunks (docs/model.md §2).
  */
 #include "model.h"
 
@@ -68,7 +68,7 @@ static int bind_matrix(Binder *b, const WeightSlot *s) {
         if (!b->m->config.has_fp8)
             return err_set(b->err, "%s: tensor '%s' is F8_E4M3 but config.json has no fp8 quantization_config",
                            shard_of(st, t), s->name);
-        /* Scale grid [ceil(out/128)][ceil(in/128)] F32 (spec §1.3, §8.2). */
+        /* Scale grid [ceil(out/128)][ceil(in/128)] F32 (docs/model.md §1.3, §8.2). */
         int64_t gr = (s->rows + 127) / 128, gc = (s->cols + 127) / 128;
         if (!sc) return err_set(b->err, "%s: F8_E4M3 tensor '%s' has no '%s'", shard_of(st, t), s->name, sname);
         if (sc->dtype != DT_F32)
@@ -91,7 +91,7 @@ static int bind_vector(Binder *b, const WeightSlot *s) {
     const StTensor *t = find_checked(b, s->name, 1, s->cols, 0);
     if (!t) return -1;
     if (s->f32_only && t->dtype != DT_F32)
-        return err_set(b->err, "%s: tensor '%s' is %s, must be F32 (spec §1.3)", shard_of(st, t), s->name, dtype_name(t->dtype));
+        return err_set(b->err, "%s: tensor '%s' is %s, must be F32 (docs/model.md §1.3)", shard_of(st, t), s->name, dtype_name(t->dtype));
     if (t->dtype != DT_F32 && t->dtype != DT_BF16 && t->dtype != DT_F16)
         return err_set(b->err, "%s: tensor '%s' has dtype %s; vectors must be F32, BF16 or F16", shard_of(st, t), s->name,
                        dtype_name(t->dtype));
@@ -261,7 +261,7 @@ static void forward_chunk(const Model *m, RunState *s, KVCache *kv, const int *i
                           int64_t n_logits, float *hidden, float *normed) {
     const Config *c = &m->config;
     int64_t D = c->hidden_size, pos0 = kv->len;
-    /* h0 = Emb[token] (no scaling, spec §2) */
+    /* h0 = Emb[token] (no scaling, docs/model.md §2) */
     embedding_forward(s->h, ids, T, &m->w.embed_tokens);
     runstate_set_positions(s, m, pos0, T);
     for (int l = 0; l < c->num_hidden_layers; l++)

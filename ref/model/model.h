@@ -2,7 +2,7 @@
  * @file model.h
  * @brief The whole model: load a checkpoint directory, run chunks of tokens through it.
  *
- * Mirrors the official Transformer.forward (spec §2):
+ * Mirrors the official Transformer.forward (docs/model.md §2):
  *     h = embed(tokens);  for each layer: h = block(h);  logits = lm_head(norm(h))
  * with a KV cache so that any chunk can start at any position (chunked prefill, decode).
  */

@@ -1,6 +1,6 @@
 /**
  * @file moe.c
- * @brief DeepSeekMoE forward (spec §5.1, official MoE.forward):
+ * @brief DeepSeekMoE forward (docs/model.md §5.1, official MoE.forward):
  *
  *     weights, indices = gate(x)
  *     for each expert i (ascending): y[tokens routed to i] += expert_i(x[those]) · weight
@@ -8,9 +8,9 @@
  *
  * Tokens are permuted into expert order so each expert's weights are decoded once per chunk
  * and applied to all of its tokens at once. Accumulation per token follows ascending expert
- * index, then the shared expert is added, all in FP32 (spec §5.2).
+ * index, then the shared expert is added, all in FP32 (docs/model.md §5.2).
  *
- * Backward (training; paper eqs. 12–20, spec §6). With out_t = Σ_k w_{t,k} y_{t,k} + shared(x_t)
+ * Backward (training; paper eqs. 12–20, docs/model.md §6). With out_t = Σ_k w_{t,k} y_{t,k} + shared(x_t)
  * and y_{t,k} = FFN_{e(t,k)}(x_t):
  *     dw_{t,k}  = dout_t · y_{t,k}                    (a routing weight's gradient)
  *     dy_{t,k}  = w_{t,k} dout_t                      (into expert e(t,k)'s FFN backward)
@@ -23,7 +23,7 @@
  *
  * Balance loss (eqs. 17–20) of the T tokens of one sequence: f_i counts the actual selections
  * (top-K of the biased scores with group limits, what the token really used; eq. 18 writes the
- * unbiased top-K — spec §6 notes the ambiguity and that trainers use the routing decision) and
+ * unbiased top-K — docs/model.md §6 notes the ambiguity and that trainers use the routing decision) and
  * is a constant for the gradient; P_i = (1/T) Σ_t s'_{i,t} with s' = s / Σ_j s_j is not:
  *     ∂L/∂s'_{i,t} = α f_i / T =: g_i
  *     ∂L/∂s_{j,t}  = (g_j − Σ_i g_i s'_{i,t}) / Σ_i s_{i,t}

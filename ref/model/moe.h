@@ -1,6 +1,6 @@
 /**
  * @file moe.h
- * @brief DeepSeekMoE layer (paper §2.1.2 eq. 12; spec §5): routed experts chosen by the
+ * @brief DeepSeekMoE layer (paper §2.1.2 eq. 12; docs/model.md §5): routed experts chosen by the
  *        noaux_tc gate plus always-on shared experts.
  *            MoE(u) = Σ_{e∈TopK} w_e · FFN_e(u) + FFN_shared(u)      (Σ w_e = routed_scaling_factor)
  */
@@ -42,7 +42,7 @@ void moe_permute(int *perm, int *expert_start, const int *idx, int64_t T, int64_
 
 /**
  * out [T][D] = Σ_k weights[t·K+k] · y_perm[row of slot t·K+k] (+ y_shared[t] if not NULL), the
- * weighted sum taken in permuted-row order, i.e. ascending expert per token, in FP32 (spec §5.2).
+ * weighted sum taken in permuted-row order, i.e. ascending expert per token, in FP32 (docs/model.md §5.2).
  * y_perm [T·K][D] rows in the order of perm [T·K] (from moe_permute). Oracle of the CUDA combine.
  */
 void moe_combine(float *out, const float *y_perm, const float *y_shared, const int *perm, const float *weights,
@@ -53,12 +53,12 @@ void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, M
 
 /**
  * Adds one forward's expert loads to @p load [E]: the number of (token, choice) slots routed to
- * each expert (what the aux-loss-free bias update balances, spec §6).
+ * each expert (what the aux-loss-free bias update balances, docs/model.md §6).
  */
 void moe_count_load(int64_t *load, const MoEActs *a, int64_t T, const Config *c);
 
 /**
- * The auxiliary-loss-free balance update at the end of a training step (paper §2.1.2; spec §6):
+ * The auxiliary-loss-free balance update at the end of a training step (paper §2.1.2; docs/model.md §6):
  *     b_i ← b_i + γ · sign(mean_load − load_i)
  * with load_i the selections of expert i over all tokens of the step and mean_load = Σ load / E:
  * overloaded experts become less attractive, underloaded ones more. Exact loads equal to the

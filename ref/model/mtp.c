@@ -1,6 +1,6 @@
 /**
  * @file mtp.c
- * @brief The MTP module as the released weights need it (spec §7.2; rulings §11 #1, #2),
+ * @brief The MTP module as the released weights need it (docs/model.md §7.2; rulings §11 #1, #2),
  *        forward and backward:
  *
  *     e   = Emb(x_{p+1})                                    the NEXT token's embedding

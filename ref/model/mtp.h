@@ -1,6 +1,6 @@
 /**
  * @file mtp.h
- * @brief Multi-Token Prediction modules (paper §2.2 eqs. 21–25; spec §7.2): one module's forward
+ * @brief Multi-Token Prediction modules (paper §2.2 eqs. 21–25; docs/model.md §7.2): one module's forward
  *        and backward (used by inference and training alike) and the inference drivers.
  */
 #ifndef DSV3_MTP_H
@@ -9,14 +9,14 @@
 #include "model.h"
 
 /**
- * Intermediates of one MTP module over T rows (spec §7.2). Training keeps one per module
+ * Intermediates of one MTP module over T rows (docs/model.md §7.2). Training keeps one per module
  * (with the rstd arrays); inference points them into its RunState (rstd arrays NULL).
  */
 typedef struct {
     float *emb;      /**< [T][D] Emb(x_{p+k}): the embeddings of the tokens k ahead */
     float *rstd_e;   /**< [T] 1/rms of enorm's input (training; NULL: not kept) */
     float *rstd_h;   /**< [T] 1/rms of hnorm's input (training) */
-    float *cat;      /**< [T][2D] [enorm(e) | hnorm(h)], embedding first (spec §11 #1) */
+    float *cat;      /**< [T][2D] [enorm(e) | hnorm(h)], embedding first (docs/model.md §11 #1) */
     float *h;        /**< [T][D] eh_proj output, then the block's residual stream in place */
     LayerActs block; /**< the decoder block's intermediates */
     float *normed;   /**< [T][D] shared_head.norm output: the head's input and the next depth's h */
@@ -24,7 +24,7 @@ typedef struct {
 } MTPActs;
 
 /**
- * One MTP module (paper eqs. 21–22 with the released weights' wiring, spec §7.2) over T rows at
+ * One MTP module (paper eqs. 21–22 with the released weights' wiring, docs/model.md §7.2) over T rows at
  * positions pos0..: row i combines @p h_prev [T][D] (the previous depth's representation at
  * position pos0+i) with the embedding of @p next_ids[i], runs the module's block (keys into
  * @p cache) and leaves shared_head.norm's output in a->normed. The head (eq. 23) is the caller's.

@@ -1,6 +1,6 @@
 /**
  * @file rmsnorm.c
- * @brief RMSNorm forward and backward (spec §2).
+ * @brief RMSNorm forward and backward (docs/model.md §2).
  */
 #include "rmsnorm.h"
 

@@ -1,7 +1,7 @@
 /**
  * @file rmsnorm.h
- * @brief RMSNorm (spec §2): y_i = w_i · x_i / sqrt(mean_j x_j² + ε), all in FP32 with one
- *        rounding (spec §11 #13). Used for every norm of the model: input/post-attention
+ * @brief RMSNorm (docs/model.md §2): y_i = w_i · x_i / sqrt(mean_j x_j² + ε), all in FP32 with one
+ *        rounding (docs/model.md §11 #13). Used for every norm of the model: input/post-attention
  *        layernorms, the q and kv latent norms, the final norm, MTP enorm/hnorm/shared_head.norm.
  */
 #ifndef DSV3_RMSNORM_H

@@ -1,6 +1,6 @@
 /**
  * @file rope.c
- * @brief YaRN frequencies (spec §4.2) and the interleaved rotation (spec §4.1).
+ * @brief YaRN frequencies (docs/model.md §4.2) and the interleaved rotation (docs/model.md §4.1).
  *
  *     θ_i      = base^(−2i/dim)                                  i < dim/2  (FP32)
  *     corr(r)  = dim · ln(L₀ / (2π r)) / (2 ln base)             (double, as Python does)
@@ -8,7 +8,7 @@
  *     ramp_i   = clamp((i − low) / (high − low), 0, 1)           (FP32; high += 0.001 if equal)
  *     θ'_i     = θ_i / s · ramp_i + θ_i · (1 − ramp_i)            (FP32, official operation order)
  * For V3 (dim 64, base 1e4, L₀ 4096, s 40, β 32/1): low 10, high 23; θ'_i = θ_i for i ≤ 10,
- * θ_i/40 for i ≥ 23 (tests/test_rope.c checks the table printed in spec §4.2).
+ * θ_i/40 for i ≥ 23 (tests/test_rope.c checks the table printed in docs/model.md §4.2).
  */
 #include "rope.h"
 

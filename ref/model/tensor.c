@@ -1,6 +1,6 @@
 /**
  * @file tensor.c
- * @brief Row decoding of stored weights (spec §8.2).
+ * @brief Row decoding of stored weights (docs/model.md §8.2).
  */
 #include "tensor.h"
 

@@ -5,7 +5,7 @@
  *
  * This is how the reference keeps its promise of never holding an FP32 copy of the model:
  * a Tensor points into the mapped file, and every consumer decodes one row at a time
- * into a small scratch buffer (spec §8.2: W = e4m3(Wq) · scale_inv[i/128][j/128]).
+ * into a small scratch buffer (docs/model.md §8.2: W = e4m3(Wq) · scale_inv[i/128][j/128]).
  */
 #ifndef DSV3_TENSOR_H
 #define DSV3_TENSOR_H

@@ -1,6 +1,6 @@
 /**
  * @file weights.c
- * @brief The tensor table of spec §1.3 and the walk over it.
+ * @brief The tensor table of docs/model.md §1.3 and the walk over it.
  */
 #include "weights.h"
 
@@ -64,7 +64,7 @@ typedef struct {
 /** A vector entry of the layer table. */
 #define VEC(s, n, w, field) { s, WEIGHT_VECTOR, DIM_ONE, n, w, offsetof(LayerWeights, field), 0, 0 }
 
-/** Decoder block tensors (spec §1.3), in the order of the official Block. */
+/** Decoder block tensors (docs/model.md §1.3), in the order of the official Block. */
 static const LayerEntry layer_table[] = {
     VEC("input_layernorm.weight", DIM_D, IN_EVERY, input_layernorm),
     MAT("self_attn.q_a_proj.weight", DIM_Q_LORA, DIM_D, IN_EVERY, q_a_proj),
@@ -100,7 +100,7 @@ static const struct {
     { "down_proj.weight", DIM_D, DIM_IE, offsetof(FFNWeights, down_proj) },
 };
 
-/** MTP-only tensors, "model.layers.(N+k).<suffix>" (spec §1.3, §7.2). */
+/** MTP-only tensors, "model.layers.(N+k).<suffix>" (docs/model.md §1.3, §7.2). */
 static const struct {
     const char *suffix;
     WeightKind kind;

@@ -1,6 +1,6 @@
 /**
  * @file weights.h
- * @brief Every tensor of a DeepSeek-V3 checkpoint, by its Hugging Face name (spec §1.3),
+ * @brief Every tensor of a DeepSeek-V3 checkpoint, by its Hugging Face name (docs/model.md §1.3),
  *        and the structs that point at them.
  *
  * One table (weights.c, `layer_table` and friends) lists {HF name, shape formula, kind};
@@ -19,14 +19,14 @@
 #include "config.h"
 #include "tensor.h"
 
-/** SwiGLU FFN weights: FFN(x) = W2 · (silu(W1·x) ⊙ W3·x) (spec §2). */
+/** SwiGLU FFN weights: FFN(x) = W2 · (silu(W1·x) ⊙ W3·x) (docs/model.md §2). */
 typedef struct {
     Tensor gate_proj;   /**< W1 [I][D] (F8 + scale in the real model) */
     Tensor up_proj;     /**< W3 [I][D] */
     Tensor down_proj;   /**< W2 [D][I] */
 } FFNWeights;
 
-/** One decoder block: MLA + (dense FFN or MoE), pre-norm (spec §2, §3, §5). */
+/** One decoder block: MLA + (dense FFN or MoE), pre-norm (docs/model.md §2, §3, §5). */
 typedef struct LayerWeights {
     const float *input_layernorm;          /**< [D] attn_norm */
     Tensor q_a_proj;                       /**< W_DQ [Dq][D] */
@@ -41,12 +41,12 @@ typedef struct LayerWeights {
     int is_moe;                            /**< config_layer_is_moe(layer) */
     FFNWeights mlp;                        /**< dense layers: I = intermediate_size */
     Tensor gate;                           /**< MoE: mlp.gate.weight [E][D] (BF16, never FP8 in V3) */
-    const float *e_score_correction_bias;  /**< MoE: [E] F32, selection only (spec §5.1) */
+    const float *e_score_correction_bias;  /**< MoE: [E] F32, selection only (docs/model.md §5.1) */
     FFNWeights *experts;                   /**< MoE: [E] routed experts, Ie wide */
     FFNWeights shared_experts;             /**< MoE: one FFN of width S·Ie (absent if S = 0) */
 } LayerWeights;
 
-/** One Multi-Token Prediction module, stored as layer num_hidden_layers + k (spec §7.2). */
+/** One Multi-Token Prediction module, stored as layer num_hidden_layers + k (docs/model.md §7.2). */
 typedef struct {
     const float *enorm;                    /**< [D] RMSNorm of the next token's embedding */
     const float *hnorm;                    /**< [D] RMSNorm of the main model's (post-norm) hidden */
@@ -78,9 +78,9 @@ typedef struct {
     WeightKind kind;           /**< matrix or vector */
     int64_t rows;              /**< expected rows (1 for vectors) */
     int64_t cols;              /**< expected columns (the length of a vector) */
-    int f32_only;              /**< must be stored as F32 (e_score_correction_bias, spec §1.3 note 2) */
-    int fp8;                   /**< in an FP8 checkpoint: 0 kept BF16 (embeddings, heads, gate; spec §8.5),
-                                    1 stored F8_E4M3 + scale, 2 either (MTP eh_proj, spec §1.3 note 4) */
+    int f32_only;              /**< must be stored as F32 (e_score_correction_bias, docs/model.md §1.3 note 2) */
+    int fp8;                   /**< in an FP8 checkpoint: 0 kept BF16 (embeddings, heads, gate; docs/model.md §8.5),
+                                    1 stored F8_E4M3 + scale, 2 either (MTP eh_proj, docs/model.md §1.3 note 4) */
     Tensor *matrix;            /**< slot for WEIGHT_MATRIX */
     const float **vector;      /**< slot for WEIGHT_VECTOR */
     int layer;                 /**< decoder layer (MTP modules: num_hidden_layers + k), -1 for globals */

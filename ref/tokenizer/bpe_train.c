@@ -587,7 +587,7 @@ static cJSON *build_config_json(void) {
     cJSON_AddItemToObject(c, "sp_model_kwargs", cJSON_CreateObject());
     cJSON_AddNullToObject(c, "unk_token");
     /* not DeepSeek's "LlamaTokenizerFast": transformers v5 honours that class and drops the
-     * spaces of a byte-level file (ecosystem.md §2); the generic fast class reads it as is */
+     * spaces of a byte-level file (docs/formats.md §2); the generic fast class reads it as is */
     cJSON_AddStringToObject(c, "tokenizer_class", "PreTrainedTokenizerFast");
     cJSON_AddStringToObject(c, "chat_template", DEEPSEEK_CHAT_TEMPLATE);
     return c;

@@ -2,7 +2,7 @@
  * @file bpe_train.h
  * @brief Learning a byte-level BPE vocabulary from text, written as a Hugging Face
  *        tokenizer.json + tokenizer_config.json that tokenizer_load() (and Hugging Face
- *        tokenizers) load (spec.md §9.2).
+ *        tokenizers) load (docs/model.md §9.2).
  *
  * The result is DeepSeek-V3-shaped so the rest of dsv3 works with it unchanged: the same
  * normalizer, pre-tokenizer (its three Split regexes + ByteLevel, so no token crosses a digit

@@ -1,6 +1,6 @@
 /**
  * @file bytelevel.h
- * @brief The GPT-2 byte ↔ character table of byte-level BPE (spec.md §9.2, ecosystem.md §2).
+ * @brief The GPT-2 byte ↔ character table of byte-level BPE (docs/model.md §9.2, docs/formats.md §2).
  *
  * Byte-level BPE never sees raw bytes: each byte is first replaced by one printable character
  * (tokenizers/src/pre_tokenizers/byte_level.rs: bytes_char): '!'..'~', '¡'..'¬' and '®'..'ÿ'

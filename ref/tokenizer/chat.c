@@ -1,6 +1,6 @@
 /**
  * @file chat.c
- * @brief Implementation of chat.h: the DeepSeek-V3 chat template (spec.md §9.2).
+ * @brief Implementation of chat.h: the DeepSeek-V3 chat template (docs/model.md §9.2).
  *
  * Checked against the Jinja chat_template in golden/tokenizer/deepseek-v3/tokenizer_config.json:
  * the system prompt is accumulated first (`ns.system_prompt`, joined by a blank line after the

@@ -1,6 +1,6 @@
 /**
  * @file chat.h
- * @brief DeepSeek-V3's chat template (spec.md §9.2) for plain system/user/assistant chats:
+ * @brief DeepSeek-V3's chat template (docs/model.md §9.2) for plain system/user/assistant chats:
  *        rendering to text, encoding to ids, and the incremental form a chat loop uses to
  *        append one user turn to a conversation whose ids are already in the KV cache.
  *

@@ -2,7 +2,7 @@
  * @file pretok.h
  * @brief The pre-tokenizer of a Hugging Face tokenizer.json: a Sequence of Split steps
  *        (regex or literal, with a split behaviour) and ByteLevel, compiled once and applied to
- *        text between added tokens (spec.md §9.2; ecosystem.md §2).
+ *        text between added tokens (docs/model.md §9.2; docs/formats.md §2).
  *
  * DeepSeek-V3 uses three Split(Isolated) regexes read from its tokenizer.json, then
  * ByteLevel(use_regex=false). Each Split re-splits every piece produced by the previous one,

@@ -1,7 +1,7 @@
 /**
  * @file tokenizer.c
  * @brief Implementation of tokenizer.h: loading and validating tokenizer.json, added-token
- *        matching, byte-level BPE, decoding and the streaming decoder (spec.md §9.2).
+ *        matching, byte-level BPE, decoding and the streaming decoder (docs/model.md §9.2).
  *
  * Data layout: every id in [0, vocab_size) has a kind (none / vocabulary / added), its
  * tokenizer.json string (for tokenizer_id_to_token) and its decoded bytes (precomputed once,

@@ -1,7 +1,7 @@
 /**
  * @file tokenizer.h
  * @brief Byte-level BPE tokenizer loaded from a Hugging Face tokenizer.json, reproducing the
- *        ids of Hugging Face `tokenizers` exactly (spec.md §9.2; ecosystem.md §2 and §6).
+ *        ids of Hugging Face `tokenizers` exactly (docs/model.md §9.2; docs/formats.md §2 and §6).
  *
  * Pipeline of tokenizer_encode(), each stage as in tokenizers/src (file names in brackets):
  *  1. added tokens are cut out verbatim before anything else, leftmost-longest, first those

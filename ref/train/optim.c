@@ -1,6 +1,6 @@
 /**
  * @file optim.c
- * @brief AdamW, gradient clipping and the learning-rate schedule (paper §4.2; spec §6).
+ * @brief AdamW, gradient clipping and the learning-rate schedule (paper §4.2; docs/model.md §6).
  *
  * The paper's run: AdamW (β1 0.9, β2 0.95, weight decay 0.1), gradient-clipping norm 1.0, LR
  * warmed up linearly over the first 2K steps to 2.2e-4, held, then decayed along a cosine to

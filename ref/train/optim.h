@@ -1,6 +1,6 @@
 /**
  * @file optim.h
- * @brief The optimizer side of training (paper §4.2, spec §6): AdamW with decoupled weight
+ * @brief The optimizer side of training (paper §4.2, docs/model.md §6): AdamW with decoupled weight
  *        decay, gradient clipping by global norm, and the warmup + cosine learning-rate schedule.
  */
 #ifndef DSV3_OPTIM_H

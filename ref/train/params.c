@@ -1,6 +1,6 @@
 /**
  * @file params.c
- * @brief ParamSet: the tensor table (spec §1.3, weights.c) turned into FP32 parameter and gradient
+ * @brief ParamSet: the tensor table (docs/model.md §1.3, weights.c) turned into FP32 parameter and gradient
  *        buffers, and the initializations a training run starts from.
  *
  * Two walks of weights_foreach: the first lists every tensor with its offset (aliases for the MTP

@@ -8,7 +8,7 @@
  * modules' embed_tokens and shared_head.head are not parameters of their own: the paper shares
  * the embedding and the output head between the main model and every MTP module (§2.2, eq. 21,
  * 23), so those slots alias the main model.embed_tokens / lm_head memory (values and gradients)
- * and a checkpoint writes the copies the released layout stores (spec §1.3 note 5, §11 #22).
+ * and a checkpoint writes the copies the released layout stores (docs/model.md §1.3 note 5, §11 #22).
  */
 #ifndef DSV3_PARAMS_H
 #define DSV3_PARAMS_H
@@ -20,7 +20,7 @@
 typedef enum {
     PARAM_DECAY,    /**< a matrix: AdamW with weight decay */
     PARAM_NO_DECAY, /**< a norm weight: AdamW without weight decay */
-    PARAM_BIAS,     /**< e_score_correction_bias: no gradient, moved by the balance update (spec §6) */
+    PARAM_BIAS,     /**< e_score_correction_bias: no gradient, moved by the balance update (docs/model.md §6) */
     PARAM_ALIAS,    /**< an MTP copy of the embedding or head: the main tensor's memory */
 } ParamRole;
 

@@ -5,14 +5,14 @@
  *
  * Shapes: T tokens per sequence, D hidden, V vocab, L layers, n_mtp (= Dm) MTP depths, E experts.
  *
- * Forward of one sequence x_0..x_T (spec §2, §7; paper eqs. 21–25):
+ * Forward of one sequence x_0..x_T (docs/model.md §2, §7; paper eqs. 21–25):
  *     h = Emb(x_0..x_{T−1});  h = block_l(h) for l < L;  n^0 = norm(h);  z^0 = lm_head n^0
  *     depth k = 1..Dm, rows i < T−k (position i, its own K/V):
  *         n^k = MTP_k(h_prev = n^{k−1}[0..T−k), Emb(x_{k..T−1}))      (mtp_module_forward)
  *         z^k = shared_head.head n^k,   targets x_{i+k+1}
- * Depth 1 takes the post-final-norm hidden (the released weights' wiring, spec §7.2, §11 #2);
+ * Depth 1 takes the post-final-norm hidden (the released weights' wiring, docs/model.md §7.2, §11 #2);
  * depth k > 1 takes depth k−1's shared_head.norm output — what multi-step drafting with these
- * modules feeds back (spec §7.2, last bullet) and the post-norm analogue of depth 1's input.
+ * modules feeds back (docs/model.md §7.2, last bullet) and the post-norm analogue of depth 1's input.
  * Eq. 21's h_i^{k−1} for k > 1 is depth k−1's output representation; the paper does not say
  * before or after the shared head's norm, and this choice keeps every depth's h input normalized.
  *
@@ -22,7 +22,7 @@
  * embedding and head are the main model's tensors (ParamSet aliases), so their gradients add up
  * there, as the paper's sharing requires (§2.2).
  *
- * Balance (paper §2.1.2, spec §6): the correction bias only routes and is never an optimizer
+ * Balance (paper §2.1.2, docs/model.md §6): the correction bias only routes and is never an optimizer
  * parameter; after every step it moves by γ·sign(mean load − load) with loads counted over all
  * tokens of the step, per MoE layer (the MTP blocks' MoE layers included). The sequence-wise
  * loss α Σ f_i P_i is added per sequence and per MoE layer. No token is ever dropped (every
@@ -247,7 +247,7 @@ static void forward_sequence(Trainer *tr, const int *ids, TrainLosses *out, int 
     const Weights *w = &tr->ps.w;
     int64_t T = tr->opt.seq_len, D = c->hidden_size, V = c->vocab_size, E = c->n_routed_experts;
     float eps = (float)c->rms_norm_eps;
-    /* Main model (spec §2): embed, blocks, final norm, head. */
+    /* Main model (docs/model.md §2): embed, blocks, final norm, head. */
     embedding_forward(tr->h, ids, T, &w->embed_tokens);
     for (int l = 0; l < c->num_hidden_layers; l++)
         block_forward(tr->h, T, 0, &w->layers[l], &tr->kv.layers[l], &tr->acts[l], &tr->ctx);

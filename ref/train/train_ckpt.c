@@ -13,7 +13,7 @@
  *                                           and every TrainOptions field
  *     tokenizer.json, tokenizer_config.json copied from --tokenizer DIR, if given
  * Bitwise resumption needs the exact FP32 parameters, both moments, the step (bias correction and
- * LR), the correction biases (F32 in the model file, spec §1.3), the RNG and the data position:
+ * LR), the correction biases (F32 in the model file, docs/model.md §1.3), the RNG and the data position:
  * all are saved, and doubles are printed with 17 significant digits so they read back exactly.
  *
  * Atomicity: each file is written to a temporary name and renamed (write_file_atomic /
