@@ -3,6 +3,7 @@
 #   make run        build and run the demo on the bundled model (installs missing Debian packages)
 #   make test       build and run every CPU test (cmocka); GPU tests skip without a GPU
 #   make check-layers  includes point down the layers of ref/ only (part of make test)
+#   make check-citations  every docs/X.md §N cited in the tree exists (part of make test)
 #   make test-asan  the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      CPU benchmarks (ratios against baselines measured in the same run)
 #   make docs       Doxygen HTML into build/docs (warnings are errors)
@@ -103,7 +104,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test check-layers test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test check-layers check-citations test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -206,9 +207,13 @@ endif
 check-layers:
 	@bash tools/check_layers.sh
 
+# Every citation of docs/X.md §N resolves to a heading of that file (tools/check_citations.sh).
+check-citations:
+	@bash tools/check_citations.sh
+
 test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
 	@pass=0; fail=0; failed=""; \
-	for c in check-layers; do \
+	for c in check-layers check-citations; do \
 	  if $(MAKE) --no-print-directory $$c; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$c"; fi; \
 	done; \
 	for n in $(NOTEBOOK_BIN); do \

@@ -6,8 +6,9 @@
  *
  * Side by side with the reference (docs/architecture.md):
  *
- *   ref/model/model.c    model_load, runstate_init, model_forward     fast/model_gpu.c   fast_model_upload, fast_runstate_init, fast_model_forward
- *   ref/model/weights.c  the tensor table (bound to the mapping)      fast/weights_gpu.c the same table walked again to upload each tensor
+ *   ref/model/model.c    runstate_init, model_forward                 fast/model_gpu.c   fast_runstate_init, fast_model_forward
+ *   ref/model/mtp.c      mtp_forward                                  fast/model_gpu.c   fast_mtp_forward
+ *   ref/model/model_load.c  model_load (binds the tensor table)       fast/weights_gpu.c fast_model_upload (walks it again to upload)
  *   ref/model/kvcache.c  one contiguous cache per sequence            fast/kvcache_gpu.c 64-token pages, one block table per sequence
  *   ref/model/block.c    block_forward                                fast/block_gpu.c   fast_block_forward (+ the dense FFN)
  *   ref/model/mla.c      mla_forward (absorbed form)                  fast/mla_gpu.c     fast_mla_forward

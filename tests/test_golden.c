@@ -7,7 +7,7 @@
  *    argmax in all 40 rows, for --attn absorb / naive and --prefill 1 / 20. (A correct FP32
  *    implementation lands near 1e-6; anything above 1e-4 is a bug, per the golden README.)
  *  - golden/fp8-small: an FP8 block-scaled checkpoint (partial 128-blocks) and its MTP logits,
- *    from an independent FP64 implementation of the spec. Same tolerance.
+ *    from an independent FP64 implementation of docs/model.md. Same tolerance.
  *  - W8A8 numerics on the whole model are not bit-comparable (quantization is discontinuous);
  *    the median row error against the dequant logits is bounded and reported instead.
  */

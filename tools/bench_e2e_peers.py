@@ -191,7 +191,7 @@ class ModelConfig:
         self.beta_slow = float(rs.get("beta_slow", 1))
         mscale = float(rs.get("mscale", 1.0))
         mscale_all_dim = float(rs.get("mscale_all_dim", 0.0))
-        # Softmax scale (docs/model.md §3.5, ruling #7): qk_head_dim^-0.5 * mscale^2, mscale from mscale_all_dim.
+        # Softmax scale (docs/model.md §3.5, §11 #7): qk_head_dim^-0.5 * mscale^2, mscale from mscale_all_dim.
         self.softmax_scale = self.qk_head_dim ** -0.5
         if self.yarn and mscale_all_dim:
             m = yarn_get_mscale(self.rope_factor, mscale_all_dim)

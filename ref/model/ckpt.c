@@ -1,6 +1,17 @@
 /**
  * @file ckpt.c
- * @brief Checkpoint writer and presets.
+ * @brief Checkpoint writer and presets: FP32 values from any source → config.json and safetensors in
+ *        the Hugging Face layout of the tensor table (docs/model.md §1.3), one file or N shards with
+ *        an index.
+ *
+ * Storage of each matrix W [rows][cols], as the released checkpoint stores it (docs/model.md §8.2):
+ *   FP8:   per 128×128 block b,  scale_inv[b] = amax_b / 448 (1 for an all-zero block),
+ *          Wq = e4m3(W / scale_inv[b]),  so that W ≈ e4m3(Wq) · scale_inv[b]
+ *          — only for the linear projections; embeddings, heads, the gate and norms stay BF16
+ *   BF16:  round to nearest even;   F32: as is.
+ * The correction biases are always F32. With shards, each scale is written to the shard after its
+ * weight's, so readers are tested on scales that live in another file (docs/formats.md §1.3).
+ * The presets (tiny, small, mini, v3) are DeepSeek-V3's configuration at other sizes.
  */
 #include "ckpt.h"
 

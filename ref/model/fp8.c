@@ -1,6 +1,13 @@
 /**
  * @file fp8.c
  * @brief e4m3fn table, encoder and activation quantization (docs/model.md §8.1, §8.3).
+ *
+ *   decode:    the 256-entry table below (bits S EEEE MMM, bias 7, no infinities, NaN = 0x7F/0xFF)
+ *   encode:    NaN → 0x7F;  |x| → min(|x|, 448);  round to the nearest e4m3 value, ties to even
+ *              (saturating like vLLM/SGLang and the sm_89+ converter, docs/model.md §11 #23)
+ *   quantize:  for each group of 128 values along K (the last group may be shorter),
+ *              s = max(amax, 1e-4) / 448,   xq_k = e4m3(x_k / s)        (docs/model.md §11 #14)
+ * The weight side (128×128 blocks, W = e4m3 · scale_inv) is tensor.c; the GEMM is linear.c.
  */
 #include "fp8.h"
 

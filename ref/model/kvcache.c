@@ -1,6 +1,16 @@
 /**
  * @file kvcache.c
- * @brief KVCache allocation.
+ * @brief KVCache allocation: what each layer keeps per position for the two forms of MLA
+ *        (docs/model.md §3.2–3.3).
+ *
+ * For a token x_p at position p, with [c | k] = W_DKV x_p (kv_a_proj_with_mqa):
+ *   absorb:  c_kv[p] = RMSNorm(c)  (kv_a_layernorm),   k_pe[p] = RoPE_p(k)
+ *            → Dc + Dr floats per token per layer (512 + 64 = 576 for V3)
+ *   naive:   k[p][h] = [ W_UK[h] c_kv[p] ; k_pe[p] ],   v[p][h] = W_UV[h] c_kv[p]   (kv_b_proj)
+ *            → H·(Dn + Dr + Dv) floats per token per layer (128 · 320 = 40 960 for V3)
+ * One allocation holds every layer: layer l starts at l · max_seq · floats_per_token, its c_kv (or
+ * k) block first, then its k_pe (or v) block. The byte count is checked for overflow before
+ * allocating (max_seq × layers × floats comes from the user).
  */
 #include "kvcache.h"
 

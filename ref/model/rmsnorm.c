@@ -1,6 +1,15 @@
 /**
  * @file rmsnorm.c
- * @brief RMSNorm forward and backward (docs/model.md §2).
+ * @brief RMSNorm forward and backward (docs/model.md §2), for every norm of the model.
+ *
+ * Per row x of D values, weight w, ε = rms_norm_eps (1e-6):
+ *   forward:   r   = 1 / sqrt( (1/D) Σ_j x_j² + ε )        kept per row (rstd) for the backward
+ *              y_i = w_i · (x_i · r)
+ *   backward:  with g = dy and s = Σ_j w_j g_j x_j,
+ *              dx_i += r · w_i · g_i − (r³ · s / D) · x_i
+ *              dw_i += g_i · x_i · r
+ * All in FP32 with one rounding per output (docs/model.md §11 #13: the official code and HF round to
+ * bf16 before the weight multiply; the difference is at most about one bf16 ulp).
  */
 #include "rmsnorm.h"
 

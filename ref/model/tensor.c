@@ -1,6 +1,14 @@
 /**
  * @file tensor.c
- * @brief Row decoding of stored weights (docs/model.md §8.2).
+ * @brief Row decoding of stored weights (docs/model.md §8.2):
+ *
+ *     F32, BF16, F16:  W[r][c] = the stored value, widened to FP32
+ *     F8_E4M3:         W[r][c] = e4m3(Wq[r][c]) · scale_inv[r/128][c/128]      (integer division)
+ *
+ * with scale_inv the F32 grid [ceil(rows/128)][ceil(cols/128)], row-major, so a partial last block
+ * (rows 512..575 of kv_a_proj_with_mqa) has its own scale row. Without the scale (apply_scale = 0)
+ * an F8 row decodes to its raw e4m3 values, what the W8A8 product multiplies. Values are read with
+ * memcpy loads because the mapping promises no alignment (docs/formats.md §1.1).
  */
 #include "tensor.h"
 

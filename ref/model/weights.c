@@ -1,6 +1,17 @@
 /**
  * @file weights.c
  * @brief The tensor table of docs/model.md §1.3 and the walk over it.
+ *
+ * Every tensor of the checkpoint is one row of a table: its HF name, its kind (matrix or vector), its
+ * shape as a formula of the config, the layers that carry it, and its dtype rule. For V3:
+ *     q_b_proj            [H·(Dn+Dr)][Dq]   = [24576][1536]
+ *     kv_a_proj_with_mqa  [Dc+Dr][D]        = [576][7168]
+ *     kv_b_proj           [H·(Dn+Dv)][Dc]   = [32768][512]
+ *     o_proj              [D][H·Dv]         = [7168][16384]
+ *     experts.E.*_proj    [Ie][D], [D][Ie]  for E < n_routed_experts, in layers ≥ first_k_dense_replace
+ *     MTP module k        "model.layers.(num_hidden_layers + k).<suffix>", eh_proj [D][2D]
+ * Binding, shape checks, parameter counts (weights_count: 671.03 B for V3, docs/model.md §1.5), the
+ * checkpoint writer, the trainer's parameters and the GPU upload all walk this one table.
  */
 #include "weights.h"
 
