@@ -83,8 +83,9 @@ GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
-# ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
-GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
+# ref/ files that include neither cJSON, PCRE2 nor Oniguruma headers, directly or through
+# tokenizer/pretok.h (which includes cJSON); the oracles the GPU tests call need none of them
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|pretok\.h' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
