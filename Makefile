@@ -84,8 +84,9 @@ GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
-# ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
-GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
+# ref/ files that include neither cJSON, PCRE2 nor Oniguruma headers, directly or through
+# tokenizer/pretok.h (which includes cJSON); the oracles the GPU tests call need none of them
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|pretok\.h' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
@@ -98,6 +99,8 @@ GPU_CFLAGS := $(CSTD) -O2 -g $(WARN) -Iref -Ifast -Itests/gpu -I$(CUDA_HOME)/inc
 GPU_LDFLAGS := -Xlinker --gc-sections -Xcompiler -fopenmp -lm $(MPI_LIBS)
 GPU_TEST_SUPPORT := $(GPU)/obj/tests/gpu/gpu_util.o $(GPU)/obj/tests/gpu/gpu_fill.o
 GPU_TEST_BIN := $(BUILD)/tests/test_gpu_kernels
+# test_gpu_kernels: main and the group registry (test_kernels.c), one file per kernel group
+GPU_KERNEL_TEST_OBJ := $(patsubst %.c,$(GPU)/obj/%.o,$(wildcard tests/gpu/test_kernels*.c))
 FAST_MODEL_TEST_BIN := $(BUILD)/tests/test_fast_model
 FAST_MODEL_BENCH_BIN := $(BUILD)/bench/bench_fast_model
 GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
@@ -332,7 +335,7 @@ $(GPU)/libdsv3ref.a: $(GPU_REF_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
-$(GPU_TEST_BIN): $(GPU)/obj/tests/gpu/test_kernels.o $(GPU_TEST_SUPPORT) $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
+$(GPU_TEST_BIN): $(GPU_KERNEL_TEST_OBJ) $(GPU_TEST_SUPPORT) $(BUILD)/libdsv3fast.a $(GPU)/libdsv3ref.a
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(NVCC) -o $@ $^ $(GPU_LDFLAGS)
@@ -388,7 +391,7 @@ sanitize-gpu: $(GPU_TEST_BIN)
 
 # The GPU test against a host emulation of the kernels' algorithms (tests/gpu/mock_cuda.c):
 # checks the harness and the algorithms on a machine without a GPU; proves nothing about the CUDA code.
-$(BUILD)/tests/test_gpu_mock: $(GPU)/obj/tests/gpu/test_kernels.o $(GPU)/obj/tests/gpu/gpu_util.o \
+$(BUILD)/tests/test_gpu_mock: $(GPU_KERNEL_TEST_OBJ) $(GPU)/obj/tests/gpu/gpu_util.o \
                               $(GPU)/obj/tests/gpu/mock_cuda.o $(GPU)/obj/tests/gpu/mock_generic.o \
                               $(GPU)/obj/fast/fast.o $(GPU)/libdsv3ref.a
 	@mkdir -p $(dir $@)

@@ -29,7 +29,7 @@
  *
  * Numerics: bit-identical where the header says so (quantization, cache writes, copies: bf16 by
  * the reference's own f32_to_bf16 rule, NaN payloads included); elsewhere the reference's
- * operations in another summation order, so within FP32 rounding (see tests/gpu/test_kernels.c,
+ * operations in another summation order, so within FP32 rounding (see tests/gpu/test_kernels_generic.c,
  * group "generic", for the bounds).
  *
  * VALIDATION STATUS: compiled (sm_80/89/90a) and checked on the host emulation

@@ -11,7 +11,8 @@
  *   BF16:  round to nearest even;   F32: as is.
  * The correction biases are always F32. With shards, each scale is written to the shard after its
  * weight's, so readers are tested on scales that live in another file (docs/formats.md §1.3).
- * The presets (tiny, small, mini, v3) are DeepSeek-V3's configuration at other sizes.
+ * The presets (tiny, small, mini, v3) are DeepSeek-V3's configuration at other sizes: a table of
+ * the fields in which each differs from DeepSeek-V3.
  */
 #include "ckpt.h"
 
@@ -32,51 +33,60 @@
 /** The fields every preset shares with DeepSeek-V3 (docs/model.md §1.2). */
 static void v3_defaults(Config *c) {
     memset(c, 0, sizeof *c);
-    c->qk_nope_head_dim = 128, c->qk_rope_head_dim = 64, c->v_head_dim = 128;
-    c->n_shared_experts = 1, c->moe_layer_freq = 1, c->norm_topk_prob = 1;
+    c->moe_layer_freq = 1, c->norm_topk_prob = 1;
     c->routed_scaling_factor = 2.5, c->rope_theta = 10000, c->has_yarn = 1, c->rope_factor = 40;
     c->original_max_position_embeddings = 4096, c->beta_fast = 32, c->beta_slow = 1;
     c->mscale = 1.0, c->mscale_all_dim = 1.0, c->max_position_embeddings = 163840;
     c->rms_norm_eps = 1e-6, c->bos_token_id = 0, c->eos_token_id = 1;
 }
 
+/** A preset: the Config fields in which the presets differ (every other field is V3's, v3_defaults). */
+typedef struct {
+    const char *name;
+    int vocab_size, hidden_size, intermediate_size, moe_intermediate_size;
+    int num_hidden_layers, num_nextn_predict_layers, first_k_dense_replace;
+    int num_attention_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    int n_routed_experts, n_shared_experts, num_experts_per_tok, n_group, topk_group;
+    int has_fp8;
+} Preset;
+
+/*
+ * tiny   official-tiny's shape.
+ * small  fp8-small-like: FP8 partial edge blocks (144-row projections).
+ * mini   ~85 MB FP8 (+ BF16 embeddings): V3's proportions at ~1/9 width — Dq ≈ 0.25 D with a
+ *        partial 64-row FP8 block, latent 128 + rope 32, 32 experts in 8 groups, 1 shared, MTP.
+ * v3     deepseek-ai/DeepSeek-V3 (docs/model.md §1.2).
+ * Columns, in Preset's order: vocab_size, hidden_size D, intermediate_size I (dense FFN),
+ * moe_intermediate_size Im, num_hidden_layers L, num_nextn_predict_layers MTP,
+ * first_k_dense_replace, num_attention_heads H, q_lora_rank Dq, kv_lora_rank Dc, the
+ * qk_nope / qk_rope / v head dims, n_routed_experts E, n_shared_experts Es,
+ * num_experts_per_tok K, n_group G, topk_group Gk, has_fp8.
+ */
+static const Preset PRESETS[] = {
+    /*          vocab     D      I    Im   L  MTP  dense    H    Dq   Dc  nope  rope    v    E  Es  K  G  Gk  fp8 */
+    { "tiny",     320,  256,   384,  128,  4,   1,     1,   4,   96,  64,   32,   16,  32,  16,  2, 4, 4,  2,   0 },
+    { "small",    384,  384,   512,  128,  3,   1,     1,   3,  256, 128,   32,   16,  48,  12,  1, 3, 3,  2,   1 },
+    { "mini",    4096,  768,  2048,  128,  5,   1,     1,  12,  192, 128,   64,   32,  64,  32,  1, 4, 8,  4,   1 },
+    { "v3",    129280, 7168, 18432, 2048, 61,   1,     3, 128, 1536, 512,  128,   64, 128, 256,  1, 8, 8,  4,   1 },
+};
+
 int config_preset(Config *c, const char *name, Err *err) {
     v3_defaults(c);
-    if (!strcmp(name, "v3")) {
-        /* deepseek-ai/DeepSeek-V3 (docs/model.md §1.2) */
-        c->vocab_size = 129280, c->hidden_size = 7168, c->intermediate_size = 18432;
-        c->moe_intermediate_size = 2048, c->num_hidden_layers = 61, c->num_nextn_predict_layers = 1;
-        c->num_attention_heads = 128, c->q_lora_rank = 1536, c->kv_lora_rank = 512;
-        c->n_routed_experts = 256, c->num_experts_per_tok = 8, c->n_group = 8, c->topk_group = 4;
-        c->first_k_dense_replace = 3, c->has_fp8 = 1;
-    } else if (!strcmp(name, "mini")) {
-        /* ~85 MB FP8 (+ BF16 embeddings): V3's proportions at ~1/9 width — Dq ≈ 0.25 D with a
-         * partial 64-row FP8 block, latent 128 + rope 32, 32 experts in 8 groups, 1 shared, MTP. */
-        c->vocab_size = 4096, c->hidden_size = 768, c->intermediate_size = 2048;
-        c->moe_intermediate_size = 128, c->num_hidden_layers = 5, c->num_nextn_predict_layers = 1;
-        c->num_attention_heads = 12, c->q_lora_rank = 192, c->kv_lora_rank = 128;
-        c->qk_nope_head_dim = 64, c->qk_rope_head_dim = 32, c->v_head_dim = 64;
-        c->n_routed_experts = 32, c->num_experts_per_tok = 4, c->n_group = 8, c->topk_group = 4;
-        c->first_k_dense_replace = 1, c->has_fp8 = 1;
-    } else if (!strcmp(name, "small")) {
-        /* fp8-small-like: FP8 partial edge blocks (144-row projections). */
-        c->vocab_size = 384, c->hidden_size = 384, c->intermediate_size = 512;
-        c->moe_intermediate_size = 128, c->num_hidden_layers = 3, c->num_nextn_predict_layers = 1;
-        c->num_attention_heads = 3, c->q_lora_rank = 256, c->kv_lora_rank = 128;
-        c->qk_nope_head_dim = 32, c->qk_rope_head_dim = 16, c->v_head_dim = 48;
-        c->n_routed_experts = 12, c->num_experts_per_tok = 3, c->n_group = 3, c->topk_group = 2;
-        c->first_k_dense_replace = 1, c->has_fp8 = 1;
-    } else if (!strcmp(name, "tiny")) {
-        /* official-tiny's shape. */
-        c->vocab_size = 320, c->hidden_size = 256, c->intermediate_size = 384;
-        c->moe_intermediate_size = 128, c->num_hidden_layers = 4, c->num_nextn_predict_layers = 1;
-        c->num_attention_heads = 4, c->q_lora_rank = 96, c->kv_lora_rank = 64;
-        c->qk_nope_head_dim = 32, c->qk_rope_head_dim = 16, c->v_head_dim = 32;
-        c->n_routed_experts = 16, c->n_shared_experts = 2, c->num_experts_per_tok = 4, c->n_group = 4;
-        c->topk_group = 2, c->first_k_dense_replace = 1;
-    } else {
-        return err_set(err, "unknown preset '%s' (tiny, small, mini, v3)", name);
+    const Preset *p = NULL;
+    char names[128] = "";
+    for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++) {
+        if (!strcmp(name, PRESETS[i].name)) p = &PRESETS[i];
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", PRESETS[i].name);
     }
+    if (!p) return err_set(err, "unknown preset '%s' (%s)", name, names);
+    c->vocab_size = p->vocab_size, c->hidden_size = p->hidden_size, c->intermediate_size = p->intermediate_size;
+    c->moe_intermediate_size = p->moe_intermediate_size, c->num_hidden_layers = p->num_hidden_layers;
+    c->num_nextn_predict_layers = p->num_nextn_predict_layers, c->first_k_dense_replace = p->first_k_dense_replace;
+    c->num_attention_heads = p->num_attention_heads, c->q_lora_rank = p->q_lora_rank, c->kv_lora_rank = p->kv_lora_rank;
+    c->qk_nope_head_dim = p->qk_nope_head_dim, c->qk_rope_head_dim = p->qk_rope_head_dim, c->v_head_dim = p->v_head_dim;
+    c->n_routed_experts = p->n_routed_experts, c->n_shared_experts = p->n_shared_experts;
+    c->num_experts_per_tok = p->num_experts_per_tok, c->n_group = p->n_group, c->topk_group = p->topk_group;
+    c->has_fp8 = p->has_fp8;
     /* Round-trip through JSON so every derived field is computed exactly as for a loaded config. */
     char *json = config_to_json(c);
     if (!json) return err_set(err, "out of memory");
