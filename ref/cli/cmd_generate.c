@@ -550,15 +550,17 @@ static int generate(const char *cmd, GenArgs *a, int argc, char **argv) {
     return cli_ep_finish(&ep, cmd, rc);
 }
 
-int cmd_generate(int argc, char **argv) {
-    const char *cmd = "generate";
+/** Parses the flags of @p cmd and, when they are valid, runs @p body with them. */
+static int with_args(const char *cmd, int argc, char **argv, int (*body)(const char *, GenArgs *, int, char **)) {
     GenArgs a;
     CliCmd c;
     int rc = parse_args(cmd, argc, argv, &a, &c);
-    if (rc == CLI_RUN) rc = generate(cmd, &a, argc, argv);
+    if (rc == CLI_RUN) rc = body(cmd, &a, argc, argv);
     gen_args_free(&a, &c);
     return rc;
 }
+
+int cmd_generate(int argc, char **argv) { return with_args("generate", argc, argv, generate); }
 
 /** Reads one line from stdin into *buf (without the newline); 0 at EOF. */
 static int read_line(char **buf, size_t *cap) {
@@ -636,12 +638,4 @@ static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
     return cli_ep_finish(&ep, cmd, rc);
 }
 
-int cmd_chat(int argc, char **argv) {
-    const char *cmd = "chat";
-    GenArgs a;
-    CliCmd c;
-    int rc = parse_args(cmd, argc, argv, &a, &c);
-    if (rc == CLI_RUN) rc = chat(cmd, &a, argc, argv);
-    gen_args_free(&a, &c);
-    return rc;
-}
+int cmd_chat(int argc, char **argv) { return with_args("chat", argc, argv, chat); }

@@ -108,9 +108,11 @@ static const CliOpt output_opts[] = {
       .help = "save and exit after step N, as if interrupted (resume continues)" },
 };
 
+/** In take_options: dst = src when the run takes every flag, or when @p flag was given. */
+#define TAKE(flag, dst, src) do { if (all || cli_given(c, flag)) (dst) = (src); } while (0)
+
 /** Copies the flags into a->o: all of them (a new run), or those given (over a checkpoint's options). */
 static void take_options(const CliCmd *c, Args *a, int all) {
-#define TAKE(flag, dst, src) do { if (all || cli_given(c, flag)) (dst) = (src); } while (0)
     TAKE("--mtp", a->o.n_mtp, (int)a->n_mtp);
     TAKE("--steps", a->o.steps, a->steps);
     TAKE("--batch", a->o.batch, a->batch);
