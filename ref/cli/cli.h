@@ -3,9 +3,10 @@
  * @brief The subcommands of build/dsv3. Each takes the arguments after the subcommand name
  *        (argv[0] is the subcommand itself) and returns the process exit status.
  *
- * Every subcommand accepts --help, validates every flag (a missing value, a non-number, an
- * out-of-range number is a one-line error and exit status 2) and prints errors to stderr as
- * "dsv3 <subcommand>: <message>".
+ * Every subcommand declares its flags as tables parsed by cli_parse (cli_opt.h; the shared groups
+ * in cli_groups.h), so each accepts --help generated from them and validates every flag (a missing
+ * value, a non-number, an out-of-range number, a flag given twice, an unknown flag is a one-line
+ * error and exit status 2); errors go to stderr as "dsv3 <subcommand>: <message>" (docs/cli.md).
  */
 #ifndef DSV3_CLI_H
 #define DSV3_CLI_H

@@ -16,22 +16,6 @@
 #include "cli_util.h"
 #include "ep/ep_socket.h"
 
-int cli_ep_flag(const char *cmd, int argc, char **argv, int *i, CliEpFlags *f) {
-    const char *a = argv[*i], *v;
-    if (!strcmp(a, "--ep")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_long(cmd, a, v, 1, 256, &f->n)) return -1;
-        return 1;
-    }
-    if (!strcmp(a, "--ep-transport")) {
-        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "nccl")) f->tcp = 0;
-        else if (!strcmp(v, "tcp")) f->tcp = 1;
-        else return cli_fail(cmd, EXIT_USAGE, "--ep-transport must be nccl or tcp, got '%s'", v), -1;
-        return 1;
-    }
-    return 0;
-}
-
 /** What a wait status says, for a message. */
 static void describe_exit(int st, char *buf, size_t n) {
     if (WIFEXITED(st)) snprintf(buf, n, "exited with status %d", WEXITSTATUS(st));

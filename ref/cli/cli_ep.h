@@ -42,17 +42,11 @@ typedef struct {
     EpRank rank;        /**< this rank's exchange state; ForwardContext.ep points here */
 } CliEp;
 
-/** Flags of the group as the command line gave them. */
+/** Flags of the group as the command line gave them (cli_ep_group in cli_groups.h parses them). */
 typedef struct {
     long n;             /**< --ep N (0: not given) */
     int tcp;            /**< --ep-transport tcp */
 } CliEpFlags;
-
-/**
- * Parses `--ep N` (1..256) and `--ep-transport nccl|tcp`. Returns 1 when argv[*i] was one of
- * them, 0 for another flag, -1 (message printed) on a bad value — the cli_gpu_flag contract.
- */
-int cli_ep_flag(const char *cmd, int argc, char **argv, int *i, CliEpFlags *f);
 
 /**
  * Reads the launcher's environment and checks the flags against it. With --ep N and no launcher

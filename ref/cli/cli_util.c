@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int cli_fail(const char *cmd, int status, const char *fmt, ...) {
@@ -21,31 +22,33 @@ int cli_fail(const char *cmd, int status, const char *fmt, ...) {
     return status;
 }
 
-const char *cli_value(const char *cmd, int argc, char **argv, int *i) {
-    const char *flag = argv[*i];
-    if (*i + 1 >= argc) {
-        cli_fail(cmd, EXIT_USAGE, "%s needs a value", flag);
-        return NULL;
-    }
-    const char *v = argv[*i + 1];
-    if (v[0] == '-' && v[1] && !(v[1] >= '0' && v[1] <= '9') && v[1] != '.') {
-        cli_fail(cmd, EXIT_USAGE, "%s needs a value, got the flag %s", flag, v);
-        return NULL;
-    }
-    (*i)++;
-    return v;
+/** The value of hex digit @p c, or −1. */
+static int hex(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
-int cli_long(const char *cmd, const char *flag, const char *v, long lo, long hi, long *out) {
-    if (parse_long(v, lo, hi, out) == 0) return 0;
-    cli_fail(cmd, EXIT_USAGE, "%s: '%s' is not an integer in [%ld, %ld]", flag, v, lo, hi);
-    return -1;
-}
-
-int cli_double(const char *cmd, const char *flag, const char *v, double lo, double hi, double *out) {
-    if (parse_double(v, lo, hi, out) == 0) return 0;
-    cli_fail(cmd, EXIT_USAGE, "%s: '%s' is not a number in [%g, %g]", flag, v, lo, hi);
-    return -1;
+char *cli_unescape(const char *s) {
+    char *out = malloc(strlen(s) + 1), *o = out; /* escapes only ever shorten the text */
+    if (!out) return NULL;
+    while (*s) {
+        if (*s != '\\' || !s[1]) {
+            *o++ = *s++;
+            continue;
+        }
+        char c = s[1];
+        const char *plain = strchr("nrt\\'\"", c);
+        if (c && plain) {
+            *o++ = c == 'n' ? '\n' : c == 'r' ? '\r' : c == 't' ? '\t' : c;
+            s += 2;
+        } else if (c == 'x' && hex(s[2]) >= 0 && hex(s[3]) >= 0 && (hex(s[2]) || hex(s[3]))) {
+            *o++ = (char)(hex(s[2]) * 16 + hex(s[3])); /* \x00 would end the string: kept as written */
+            s += 4;
+        } else {
+            *o++ = *s++; /* not an escape: the backslash stays */
+        }
+    }
+    *o = 0;
+    return out;
 }
 
 int write_f32_file(const char *path, const float *data, size_t n, Err *err) {
@@ -53,24 +56,4 @@ int write_f32_file(const char *path, const float *data, size_t n, Err *err) {
     if (size_mul(&bytes, n, sizeof(float))) return err_set(err, "%s: output too large", path);
     /* The format is little-endian float32; this machine's floats are little-endian (x86-64/arm64). */
     return write_file_atomic(path, data, bytes, err);
-}
-
-int cli_gpu_flag(const char *cmd, int argc, char **argv, int *i, int *gpu, int *kv_bf16) {
-    const char *f = argv[*i], *v;
-    if (!strcmp(f, "--backend")) {
-        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "ref")) *gpu = 0;
-        else if (!strcmp(v, "fast")) *gpu = 1;
-        else return cli_fail(cmd, EXIT_USAGE, "--backend must be ref or fast, got '%s'", v), -1;
-        return 1;
-    }
-    if (!strcmp(f, "--kv-cache")) {
-        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "auto")) *kv_bf16 = -1;
-        else if (!strcmp(v, "f32")) *kv_bf16 = 0;
-        else if (!strcmp(v, "bf16")) *kv_bf16 = 1;
-        else return cli_fail(cmd, EXIT_USAGE, "--kv-cache must be auto, f32 or bf16, got '%s'", v), -1;
-        return 1;
-    }
-    return 0;
 }

@@ -9,11 +9,13 @@
  * linear projections in 128×128 blocks (scale = block amax / 448), leaving embeddings, heads, the
  * gate and norms in BF16 (docs/model.md §8.5). The tokenizer files are copied along.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "model/ckpt.h"
 #include "cli.h"
+#include "cli_groups.h"
 #include "cli_util.h"
 #include "model/model.h"
 
@@ -46,38 +48,44 @@ static int copy_file(const char *from_dir, const char *to_dir, const char *name,
     return rc;
 }
 
+/** What the command line sets besides -m. */
+typedef struct {
+    const char *out;
+    int format;  /* a CkptFormat */
+    long shards;
+    int eh_fp8;
+} Args;
+
+static const int format_values[] = { CKPT_FP8, CKPT_BF16, CKPT_F32 };
+static const CliOpt opts[] = {
+    { "--output", "-o", CLI_STR, offsetof(Args, out), "OUT_DIR", .help = "where to write (must differ from -m)" },
+    { "--format", NULL, CLI_CHOICE, offsetof(Args, format), .choices = "fp8|bf16|f32", .values = format_values,
+      .help = "storage of the matrices (required)" },
+    { "--shards", NULL, CLI_LONG, offsetof(Args, shards), "N", .lo = 1, .hi = 9999, .def = "1",
+      .help = "split into N files + model.safetensors.index.json" },
+    { "--eh-proj-fp8", NULL, CLI_FLAG, offsetof(Args, eh_fp8), .help = "FP8: store the MTP eh_proj as FP8 too" },
+};
+
 int cmd_convert(int argc, char **argv) {
-    const char *in = NULL, *out = NULL, *format = NULL, *v;
-    long shards = 1;
-    int eh_fp8 = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: dsv3 convert -m IN_DIR -o OUT_DIR --format fp8|bf16|f32 [--shards N] [--eh-proj-fp8]\n"
-                   "  rewrites a checkpoint: FP8 = 128x128 block-scaled e4m3 projections (embeddings, heads,\n"
-                   "  gate and norms stay BF16), as DeepSeek-V3 is published; tokenizer files are copied\n");
-            return EXIT_OK;
-        }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(in = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(out = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--format")) { if (!(format = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--shards")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 9999, &shards)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--eh-proj-fp8")) eh_fp8 = 1;
-        else return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 convert --help)", a);
-    }
-    if (!in || !out || !format) return cli_fail(CMD, EXIT_USAGE, "-m IN_DIR, -o OUT_DIR and --format are required");
-    CkptLayout layout = { CKPT_FP8, eh_fp8, (int)shards, 0 };
-    if (!strcmp(format, "fp8")) layout.format = CKPT_FP8;
-    else if (!strcmp(format, "bf16")) layout.format = CKPT_BF16;
-    else if (!strcmp(format, "f32")) layout.format = CKPT_F32;
-    else return cli_fail(CMD, EXIT_USAGE, "--format must be fp8, bf16 or f32, got '%s'", format);
+    CliModel mo = { 0 };
+    Args a = { 0 };
+    CliCmd cmd = { .name = CMD, .usage = "-m IN_DIR -o OUT_DIR --format fp8|bf16|f32 [--shards N] [--eh-proj-fp8]",
+                   .about = "rewrites a checkpoint: FP8 = 128x128 block-scaled e4m3 projections (embeddings, heads,\n"
+                            "gate and norms stay BF16), as DeepSeek-V3 is published; tokenizer files are copied" };
+    cli_add(&cmd, cli_model_group(&mo));
+    cli_add(&cmd, CLI_GROUP("output", opts, &a));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *in = mo.dir, *out = a.out;
+    if (!in || !out || !cli_given(&cmd, "--format"))
+        return cli_fail(CMD, EXIT_USAGE, "-m IN_DIR, -o OUT_DIR and --format are required");
+    CkptLayout layout = { (CkptFormat)a.format, a.eh_fp8, (int)a.shards, 0 };
     if (!strcmp(in, out)) return cli_fail(CMD, EXIT_USAGE, "-o must differ from -m (the input is memory-mapped)");
     Model m;
     Err err = { "" };
     if (model_load(&m, in, stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     layout.n_mtp = m.w.n_mtp;
-    int rc = EXIT_OK;
+    rc = EXIT_OK;
     if (ckpt_write(out, &m.config, &layout, from_model, &m, stderr, &err) ||
         copy_file(in, out, "tokenizer.json", &err) || copy_file(in, out, "tokenizer_config.json", &err))
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);

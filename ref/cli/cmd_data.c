@@ -9,11 +9,13 @@
  * document (default 20) goes to the validation file, the rest to the training file. Output
  * files are flat arrays of little-endian uint32 ids (llm.c style), written atomically.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "base/buf.h"
 #include "cli.h"
+#include "cli_opt.h"
 #include "cli_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,25 +26,30 @@ static int write_ids(const char *path, const IntVec *v, Err *err) {
     return write_file_atomic(path, v->v ? (const void *)v->v : "", v->n * sizeof(int), err);
 }
 
+/** What the command line sets. */
+typedef struct {
+    const char *tok_dir, *input, *train, *val;
+    long every;
+} Args;
+
+static const CliOpt opts[] = {
+    { "--tokenizer", NULL, CLI_STR, offsetof(Args, tok_dir), "DIR", .help = "tokenizer.json location (a directory or the file)" },
+    { "--input", NULL, CLI_STR, offsetof(Args, input), "TEXT", .help = "the corpus: UTF-8, documents separated by blank lines" },
+    { "--train", NULL, CLI_STR, offsetof(Args, train), "TRAIN.bin", .help = "training ids to write" },
+    { "--val", NULL, CLI_STR, offsetof(Args, val), "VAL.bin", .help = "validation ids to write" },
+    { "--val-every", NULL, CLI_LONG, offsetof(Args, every), "N", .lo = 2, .hi = 1000000, .def = "20",
+      .help = "every N-th document goes to the validation file" },
+};
+
 int cmd_prepare_data(int argc, char **argv) {
-    const char *tok_dir = NULL, *input = NULL, *train = NULL, *val = NULL;
-    long every = 20;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: dsv3 prepare-data --tokenizer DIR --input TEXT --train TRAIN.bin --val VAL.bin [--val-every N]\n"
-                   "  encodes blank-line-separated documents as BOS + ids (uint32 little-endian);\n"
-                   "  every N-th document (default 20) goes to the validation file\n");
-            return EXIT_OK;
-        }
-        if (!strcmp(a, "--tokenizer")) { if (!(tok_dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--input")) { if (!(input = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--train")) { if (!(train = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--val")) { if (!(val = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--val-every")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 2, 1000000, &every)) return EXIT_USAGE;
-        } else return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 prepare-data --help)", a);
-    }
+    Args a = { 0 };
+    CliCmd cmd = { .name = CMD, .usage = "--tokenizer DIR --input TEXT --train TRAIN.bin --val VAL.bin [--val-every N]",
+                   .about = "encodes blank-line-separated documents as BOS + ids (uint32 little-endian)" };
+    cli_add(&cmd, CLI_GROUP(NULL, opts, &a));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *tok_dir = a.tok_dir, *input = a.input, *train = a.train, *val = a.val;
+    long every = a.every;
     if (!tok_dir || !input || !train || !val)
         return cli_fail(CMD, EXIT_USAGE, "--tokenizer, --input, --train and --val are required");
     Err err = { "" };
@@ -50,7 +57,7 @@ int cmd_prepare_data(int argc, char **argv) {
     char *text = NULL;
     size_t len = 0;
     IntVec tr = { 0 }, va = { 0 };
-    int rc = EXIT_RUNTIME;
+    rc = EXIT_RUNTIME;
     if (tokenizer_load(&tok, tok_dir, &err) || read_file(input, 1u << 30, &text, &len, &err)) goto fail;
     if (!utf8_valid(text, len)) {
         err_set(&err, "%s is not valid UTF-8", input);

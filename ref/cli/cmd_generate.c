@@ -4,17 +4,20 @@
  *        that keeps its KV cache across turns). Flags follow llama.cpp's names.
  *
  *   dsv3 generate -m MODEL_DIR [--tokenizer DIR] (-p PROMPT | -f FILE) [-n N] [--temp T]
- *                 [--top-p P] [--top-k K] [--seed S] [-c CTX] [--spec mtp|none] [--draft N]
+ *                 [--top-p P] [--top-k K] [--seed S] [-c CTX] [--stop S]... [--spec mtp|none] [--draft N]
  *   dsv3 chat     -m MODEL_DIR [--tokenizer DIR] [-sys SYSTEM] [same sampling flags]
  *
- * Text streams to stdout as it is produced (never half a UTF-8 character); statistics go to
- * stderr. Speculative decoding with the checkpoint's MTP module (--spec mtp) never changes the
+ * Text streams to stdout as it is produced (never half a UTF-8 character, and never the start
+ * of a --stop string before it is known not to be one); statistics go to stderr. stdout is the
+ * completion alone unless --display-prompt (llama.cpp prints the prompt first; here a pipe gets
+ * exactly what the model wrote, the same text `--batch` puts in its JSON). Speculative decoding with the checkpoint's MTP module (--spec mtp) never changes the
  * output's distribution, and with --temp 0 not even a token. It is off by default: on a CPU a
  * small model's decode step is compute-bound, so the MTP pass and the 2-token verification cost
  * more than the accepted drafts save (bundled model: 1.6 tokens per main-model step at 58–75 %
  * acceptance, yet 0.76× the plain tokens/s; docs/benchmarks.md). It pays where decode is
  * memory-bound, i.e. large models on GPUs.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -22,129 +25,137 @@
 
 #include <cjson/cJSON.h>
 
-#include "generate/batch.h"
-#include "tokenizer/chat.h"
+#include "base/threads.h"
 #include "cli.h"
-#include "cli_ep.h"
+#include "cli_groups.h"
 #include "cli_util.h"
+#include "generate/batch.h"
 #include "generate/generate.h"
+#include "generate/stop.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
-/** Flags shared by generate and chat. */
+/** Flags of generate and chat. */
 typedef struct {
-    const char *model, *tokenizer, *prompt, *prompt_file, *system, *batch_file;
-    long n_predict, ctx, top_k, draft, seed, chunk, parallel;
-    double temp, top_p;
-    int spec, have_seed, no_bos, seed_given;
-    AttnMode attn;
-    Fp8Mode fp8;
-    int fp8_given;  /* --fp8 on the command line (the GPU backend defaults to w8a8) */
-    int gpu;        /* --backend fast */
-    int kv_bf16;    /* --kv-cache: -1 auto, 0 f32, 1 bf16 */
-    CliEpFlags ep;  /* --ep N, --ep-transport */
+    CliModel model;       /* -m, --attn, --fp8 */
+    CliSampling sampling; /* --temp, --top-k, --top-p, --seed */
+    CliBackend backend;   /* --backend, --kv-cache */
+    CliEpFlags ep;        /* --ep N, --ep-transport */
+    CliThreads threads;   /* -t */
+    const char *tokenizer, *prompt, *prompt_file, *system, *batch_file;
+    long n_predict, ctx, chunk, parallel, draft;
+    int spec, no_bos, escape, display_prompt, no_display_prompt, verbose_prompt;
+    CliList stop_args;    /* --stop, as given */
+    int fp8_given;        /* --fp8 on the command line (the GPU backend defaults to w8a8) */
+    int seed_given;       /* --seed on the command line (else from the clock) */
+    /* after -e: the texts in use (owned when escapes were processed) */
+    char *prompt_esc, *system_esc;
+    const char **stops;   /* [n_stops] --stop strings in use */
+    int n_stops;
+    char **stops_esc;     /* [n_stops] owned copies with -e */
 } GenArgs;
 
-static void usage(FILE *f, const char *cmd) {
-    if (!strcmp(cmd, "generate"))
-        fprintf(f, "usage: dsv3 generate -m MODEL_DIR (-p PROMPT | -f FILE | --batch FILE) [options]\n"
-                   "  -p, --prompt TEXT     prompt text (a BOS token is prepended; --no-bos to skip)\n"
-                   "  -f, --file PATH       read the prompt from a file\n"
-                   "  --batch FILE          one prompt per line (blank lines skipped), all completed with continuous\n"
-                   "                        batching; one JSON line per prompt on stdout as it finishes; prompt i\n"
-                   "                        samples with seed S+i (the same text as generate -p alone with that seed)\n"
-                   "  --parallel N          --batch: sequences decoded together (default 8)\n");
-    else
-        fprintf(f, "usage: dsv3 chat -m MODEL_DIR [options]   (type your message, empty line or /exit to quit)\n"
-                   "  -sys, --system TEXT   system prompt\n");
-    fprintf(f, "  -m, --model DIR       checkpoint directory\n"
-               "  --tokenizer DIR       tokenizer.json location (default: the model directory)\n"
-               "  -n, --n-predict N     tokens to generate, -1 = until EOS or the context is full (default 256)\n"
-               "  -c, --ctx-size N      context length in tokens (default min(4096, max_position_embeddings))\n"
-               "  -b, --batch-size N    tokens per forward: the prefill chunk; with --batch, all sequences' tokens\n"
-               "                        of one step (default 256, raised to --parallel)\n"
-               "  --temp T              temperature, 0 = greedy (default 0.8)\n"
-               "  --top-k K             keep the K most likely tokens, 0 = all (default 40)\n"
-               "  --top-p P             nucleus mass in (0, 1] (default 0.95)\n"
-               "  -s, --seed S          sampling seed (default: from the clock, printed to stderr)\n"
-               "  --spec mtp|none       speculative decoding with the MTP module (default: none; see docs/benchmarks.md)\n"
-               "  --draft N             MTP drafts per step, recycling the module's output (default 1)\n"
-               "  --attn absorb|naive   MLA form (default absorb)\n"
-               "  --fp8 dequant|w8a8    FP8 numerics (default dequant; w8a8 with --backend fast)\n"
-               "  --backend ref|fast    the C reference (default) or the whole model on a GPU\n"
-               "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n"
-               "  --ep N                split the routed experts over N processes (this one and N-1 it starts);\n"
-               "                        under torchrun / mpirun the launcher's processes form the group instead\n"
-               "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
-}
+static const int spec_values[] = { 1, 0 };
 
-/** Inside parse_args: takes the current flag's value into v, or fails the parse. */
-#define VALUE() if (!(v = cli_value(cmd, argc, argv, &i))) return -1
+/** generate only: where the prompt comes from, and what is printed around the completion. */
+static const CliOpt prompt_opts[] = {
+    { "--prompt", "-p", CLI_STR, offsetof(GenArgs, prompt), "TEXT", .help = "prompt text (a BOS token is prepended; --no-bos to skip)" },
+    { "--file", "-f", CLI_STR, offsetof(GenArgs, prompt_file), "PATH", .help = "read the prompt from a file" },
+    { "--batch", NULL, CLI_STR, offsetof(GenArgs, batch_file), "FILE",
+      .help = "one prompt per line (blank lines skipped), all completed with continuous\n"
+              "batching; one JSON line per prompt on stdout as it finishes; prompt i\n"
+              "samples with seed S+i (the same text as generate -p alone with that seed)" },
+    { "--parallel", NULL, CLI_LONG, offsetof(GenArgs, parallel), "N", .lo = 1, .hi = 4096, .def = "8",
+      .help = "--batch: sequences decoded together" },
+    { "--no-bos", NULL, CLI_FLAG, offsetof(GenArgs, no_bos), .help = "do not prepend the BOS token" },
+    { "--display-prompt", NULL, CLI_FLAG, offsetof(GenArgs, display_prompt), .help = "print the prompt before the completion" },
+    { "--no-display-prompt", NULL, CLI_FLAG, offsetof(GenArgs, no_display_prompt),
+      .help = "print the completion only (the default: stdout is what the model wrote)" },
+    { "--verbose-prompt", NULL, CLI_FLAG, offsetof(GenArgs, verbose_prompt),
+      .help = "print the prompt's token ids and pieces to stderr before generating" },
+};
 
-/** Parses the flags of @p cmd; returns -1 (message printed) on an invalid one, 1 for --help. */
-static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
+/** chat only. */
+static const CliOpt chat_opts[] = {
+    { "--system", "-sys", CLI_STR, offsetof(GenArgs, system), "TEXT", .help = "system prompt" },
+};
+
+/** generate and chat. */
+static const CliOpt gen_opts[] = {
+    { "--tokenizer", NULL, CLI_STR, offsetof(GenArgs, tokenizer), "DIR", .help = "tokenizer.json location (default: the model directory)" },
+    { "--n-predict", "-n", CLI_LONG, offsetof(GenArgs, n_predict), "N", .lo = -1, .hi = 1 << 30, .def = "256",
+      .help = "tokens to generate, -1 = until EOS or the context is full" },
+    { "--ctx-size", "-c", CLI_LONG, offsetof(GenArgs, ctx), "N", .lo = 1, .hi = 1 << 30,
+      .help = "context length in tokens (default min(4096, max_position_embeddings))" },
+    { "--batch-size", "-b", CLI_LONG, offsetof(GenArgs, chunk), "N", .lo = 1, .hi = 1 << 16, .def = "256",
+      .help = "tokens per forward: the prefill chunk, and with several sequences the\ntokens of all of them in one step" },
+    { "--stop", NULL, CLI_LIST, offsetof(GenArgs, stop_args), "STRING",
+      .help = "end the reply where the text contains STRING (repeatable); STRING itself\nis not printed" },
+    { "--escape", "-e", CLI_FLAG, offsetof(GenArgs, escape),
+      .help = "process escapes (\\n, \\r, \\t, \\\\, \\', \\\", \\xHH) in the prompt, -sys and --stop" },
+    { "--spec", NULL, CLI_CHOICE, offsetof(GenArgs, spec), .choices = "mtp|none", .values = spec_values, .def = "none",
+      .help = "speculative decoding with the MTP module; docs/benchmarks.md says when it pays" },
+    { "--draft", NULL, CLI_LONG, offsetof(GenArgs, draft), "N", .lo = 1, .hi = 16, .def = "1",
+      .help = "MTP drafts per step, recycling the module's output" },
+};
+
+/**
+ * Parses the flags of @p cmd into @p a (and processes -e); returns CLI_RUN, or the exit status
+ * after --help or an error (printed). gen_args_free releases what it keeps.
+ */
+static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a, CliCmd *c) {
     memset(a, 0, sizeof *a);
-    a->n_predict = 256, a->ctx = 0, a->top_k = 40, a->draft = 1, a->chunk = 256, a->parallel = 8;
-    a->temp = 0.8, a->top_p = 0.95, a->spec = 0, a->kv_bf16 = -1;
     int is_chat = !strcmp(cmd, "chat");
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v;
-        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
-            usage(stdout, cmd);
-            return 1;
-        }
-        if (!strcmp(f, "-m") || !strcmp(f, "--model")) { VALUE(); a->model = v; }
-        else if (!strcmp(f, "--tokenizer")) { VALUE(); a->tokenizer = v; }
-        else if (!is_chat && (!strcmp(f, "-p") || !strcmp(f, "--prompt"))) { VALUE(); a->prompt = v; }
-        else if (!is_chat && (!strcmp(f, "-f") || !strcmp(f, "--file"))) { VALUE(); a->prompt_file = v; }
-        else if (!is_chat && !strcmp(f, "--no-bos")) a->no_bos = 1;
-        else if (!is_chat && !strcmp(f, "--batch")) { VALUE(); a->batch_file = v; }
-        else if (!is_chat && !strcmp(f, "--parallel")) { VALUE(); if (cli_long(cmd, f, v, 1, 4096, &a->parallel)) return -1; }
-        else if (!strcmp(f, "-b") || !strcmp(f, "--batch-size")) { VALUE(); if (cli_long(cmd, f, v, 1, 1L << 16, &a->chunk)) return -1; }
-        else if (is_chat && (!strcmp(f, "-sys") || !strcmp(f, "--system"))) { VALUE(); a->system = v; }
-        else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) { VALUE(); if (cli_long(cmd, f, v, -1, 1L << 30, &a->n_predict)) return -1; }
-        else if (!strcmp(f, "-c") || !strcmp(f, "--ctx-size")) { VALUE(); if (cli_long(cmd, f, v, 1, 1L << 30, &a->ctx)) return -1; }
-        else if (!strcmp(f, "--temp")) { VALUE(); if (cli_double(cmd, f, v, 0.0, 100.0, &a->temp)) return -1; }
-        else if (!strcmp(f, "--top-k")) { VALUE(); if (cli_long(cmd, f, v, 0, 1L << 30, &a->top_k)) return -1; }
-        else if (!strcmp(f, "--top-p")) {
-            VALUE();
-            if (cli_double(cmd, f, v, 0.0, 1.0, &a->top_p)) return -1;
-            if (a->top_p <= 0.0) return cli_fail(cmd, EXIT_USAGE, "--top-p must be in (0, 1], got %s", v), -1;
-        }
-        else if (!strcmp(f, "-s") || !strcmp(f, "--seed")) { VALUE(); if (cli_long(cmd, f, v, 0, 0x7fffffffL, &a->seed)) return -1; a->seed_given = 1; }
-        else if (!strcmp(f, "--draft")) { VALUE(); if (cli_long(cmd, f, v, 1, 16, &a->draft)) return -1; }
-        else if (!strcmp(f, "--spec")) {
-            VALUE();
-            if (!strcmp(v, "mtp")) a->spec = 1;
-            else if (!strcmp(v, "none")) a->spec = 0;
-            else return cli_fail(cmd, EXIT_USAGE, "--spec must be mtp or none, got '%s'", v), -1;
-        }
-        else if (!strcmp(f, "--attn")) {
-            VALUE();
-            if (!strcmp(v, "absorb")) a->attn = ATTN_ABSORB;
-            else if (!strcmp(v, "naive")) a->attn = ATTN_NAIVE;
-            else return cli_fail(cmd, EXIT_USAGE, "--attn must be absorb or naive, got '%s'", v), -1;
-        }
-        else if (!strcmp(f, "--fp8")) {
-            VALUE();
-            if (!strcmp(v, "dequant")) a->fp8 = FP8_DEQUANT;
-            else if (!strcmp(v, "w8a8")) a->fp8 = FP8_W8A8;
-            else return cli_fail(cmd, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v), -1;
-            a->fp8_given = 1;
-        }
-        else {
-            int r = cli_gpu_flag(cmd, argc, argv, &i, &a->gpu, &a->kv_bf16);
-            if (r == 0) r = cli_ep_flag(cmd, argc, argv, &i, &a->ep);
-            if (r < 0) return -1;
-            if (r == 0) return cli_fail(cmd, EXIT_USAGE, "unknown option '%s' (dsv3 %s --help)", f, cmd), -1;
-        }
+    *c = (CliCmd){ .name = cmd };
+    if (is_chat) {
+        c->usage = "-m MODEL_DIR [options]   (type your message, empty line or /exit to quit)";
+        cli_add(c, CLI_GROUP("chat", chat_opts, a));
+    } else {
+        c->usage = "-m MODEL_DIR (-p PROMPT | -f FILE | --batch FILE) [options]";
+        cli_add(c, CLI_GROUP("prompt", prompt_opts, a));
     }
-    if (!a->model) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 %s --help)", cmd), -1;
+    cli_add(c, cli_model_group(&a->model));
+    cli_add(c, cli_numerics_group(&a->model));
+    cli_add(c, CLI_GROUP("generation", gen_opts, a));
+    cli_add(c, cli_sampling_group(&a->sampling));
+    cli_add(c, cli_backend_group(&a->backend));
+    cli_add(c, cli_ep_group(&a->ep));
+    cli_add(c, cli_threads_group(&a->threads, 0));
+    int rc = cli_parse(c, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    a->fp8_given = cli_given(c, "--fp8"), a->seed_given = cli_given(c, "--seed");
+    if (!a->model.dir) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 %s --help)", cmd);
     if (!is_chat && !!a->prompt + !!a->prompt_file + !!a->batch_file != 1)
-        return cli_fail(cmd, EXIT_USAGE, "give exactly one of -p PROMPT, -f FILE or --batch FILE"), -1;
-    if (a->batch_file && a->spec) return cli_fail(cmd, EXIT_USAGE, "--batch decodes plainly: no --spec mtp"), -1;
-    return 0;
+        return cli_fail(cmd, EXIT_USAGE, "give exactly one of -p PROMPT, -f FILE or --batch FILE");
+    if (a->batch_file && a->spec) return cli_fail(cmd, EXIT_USAGE, "--batch decodes plainly: no --spec mtp");
+    if (a->display_prompt && a->no_display_prompt)
+        return cli_fail(cmd, EXIT_USAGE, "give one of --display-prompt and --no-display-prompt");
+    if (a->display_prompt && a->batch_file) return cli_fail(cmd, EXIT_USAGE, "--display-prompt: --batch prints JSON lines of completions");
+    /* -e: the texts are copies with the escapes processed (argv stays as it was for --ep's ranks) */
+    if (a->escape && ((a->prompt && !(a->prompt = a->prompt_esc = cli_unescape(a->prompt))) ||
+                      (a->system && !(a->system = a->system_esc = cli_unescape(a->system)))))
+        return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+    a->n_stops = a->stop_args.n;
+    a->stops = a->stop_args.v;
+    if (a->escape && a->n_stops) {
+        if (!(a->stops_esc = xcalloc((size_t)a->n_stops, sizeof *a->stops_esc))) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+        for (int i = 0; i < a->n_stops; i++)
+            if (!(a->stops[i] = a->stops_esc[i] = cli_unescape(a->stops[i]))) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+    }
+    for (int i = 0; i < a->n_stops; i++) {
+        if (!a->stops[i][0]) return cli_fail(cmd, EXIT_USAGE, "--stop: an empty string would stop before the first token");
+        if (!utf8_valid(a->stops[i], strlen(a->stops[i]))) return cli_fail(cmd, EXIT_USAGE, "--stop %d is not valid UTF-8", i + 1);
+    }
+    return CLI_RUN;
 }
-#undef VALUE
+
+/** Releases what parse_args kept (and the parser's lists). */
+static void gen_args_free(GenArgs *a, CliCmd *c) {
+    free(a->prompt_esc), free(a->system_esc);
+    for (int i = 0; a->stops_esc && i < a->n_stops; i++) free(a->stops_esc[i]);
+    free(a->stops_esc);
+    cli_free(c);
+}
 
 /** Everything a session needs, loaded from the flags. */
 typedef struct {
@@ -154,6 +165,7 @@ typedef struct {
     Generator g;
     GpuEngine *gpu; /* --backend fast */
     DecodeStream ds;
+    StopMatcher stop; /* --stop */
     int eos;
     int loaded_model;
     int n_sample;   /* the tokenizer's ids: larger ids are never generated */
@@ -167,6 +179,7 @@ static void session_free(Session *s) {
     gen_free(&s->g);
     gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
+    stop_free(&s->stop);
     tokenizer_free(s->tok);
     if (s->loaded_model) model_free(&s->m);
 }
@@ -186,20 +199,20 @@ static int64_t batch_max_T(const GenArgs *a) { return a->chunk > a->parallel ? a
 static GpuEngineOptions session_gpu(const GenArgs *a, long ctx, const CliEp *ep) {
     int draft = a->spec ? (int)a->draft : 0;
     int64_t max_T = a->batch_file ? batch_max_T(a) : gen_max_T(a->chunk, draft, ctx);
-    return (GpuEngineOptions){ a->fp8_given ? a->fp8 : FP8_W8A8, a->kv_bf16, max_T, ctx, a->spec, cli_ep_gpu_env(ep), ep->tcp,
-                               ep->timeout_s, a->batch_file ? (int)a->parallel : 1 };
+    return (GpuEngineOptions){ a->fp8_given ? (Fp8Mode)a->model.fp8 : FP8_W8A8, a->backend.kv_bf16, max_T, ctx, a->spec,
+                               cli_ep_gpu_env(ep), ep->tcp, ep->timeout_s, a->batch_file ? (int)a->parallel : 1 };
 }
 
 /** Ranks 1.. of a group: load the checkpoint and serve its experts until rank 0 is done. */
 static int serve_session(const char *cmd, const GenArgs *a, CliEp *ep) {
     Err err = { "" };
     Model m;
-    if (model_load(&m, a->model, NULL, &err)) return cli_fail(cmd, EXIT_RUNTIME, "rank %d: %s", ep->env.rank, err.msg);
+    if (model_load(&m, a->model.dir, NULL, &err)) return cli_fail(cmd, EXIT_RUNTIME, "rank %d: %s", ep->env.rank, err.msg);
     long ctx = session_ctx(cmd, a, &m.config);
     int rc = EXIT_USAGE;
     if (ctx > 0) {
         GpuEngineOptions go = session_gpu(a, ctx, ep);
-        rc = cli_ep_serve(ep, cmd, &m, a->gpu ? &go : NULL, a->fp8);
+        rc = cli_ep_serve(ep, cmd, &m, a->backend.gpu ? &go : NULL, (Fp8Mode)a->model.fp8);
     }
     model_free(&m);
     return rc;
@@ -212,25 +225,27 @@ static int serve_session(const char *cmd, const GenArgs *a, CliEp *ep) {
  */
 static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep) {
     memset(s, 0, sizeof *s);
+    stop_init(&s->stop, a->stops, a->n_stops);
     Err err = { "" };
-    if (isatty(2)) fprintf(stderr, "dsv3: loading %s ...\n", a->model);
-    if (model_load(&s->m, a->model, stderr, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    const CliSampling *sp = &a->sampling;
+    if (isatty(2)) fprintf(stderr, "dsv3: loading %s ...\n", a->model.dir);
+    if (model_load(&s->m, a->model.dir, stderr, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     s->loaded_model = 1;
     const Config *c = &s->m.config;
-    if (tokenizer_load(&s->tok, a->tokenizer ? a->tokenizer : a->model, &err))
+    if (tokenizer_load(&s->tok, a->tokenizer ? a->tokenizer : a->model.dir, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     s->n_sample = tokenizer_vocab_size(s->tok);
     if (s->n_sample > c->vocab_size)
         return cli_fail(cmd, EXIT_RUNTIME, "the tokenizer has %d ids but the model only %d (vocab_size)", s->n_sample, c->vocab_size);
     s->eos = tokenizer_eos_id(s->tok);
     if (s->eos < 0) s->eos = c->eos_token_id;
-    s->seed = a->seed_given ? (uint64_t)a->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (sampler_init(&s->sampler, (float)a->temp, (int)a->top_k, (float)a->top_p, s->seed, &err))
+    s->seed = a->seed_given ? (uint64_t)sp->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (sampler_init(&s->sampler, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s->seed, &err))
         return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
-    if (a->spec && s->m.w.n_mtp == 0) return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model);
+    if (a->spec && s->m.w.n_mtp == 0) return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model.dir);
     if ((s->ctx = session_ctx(cmd, a, c)) == 0) return EXIT_USAGE;
-    if (a->gpu && a->attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
-    if (a->gpu) {
+    if (a->backend.gpu && a->model.attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
+    if (a->backend.gpu) {
         GpuEngineOptions go = session_gpu(a, s->ctx, ep);
         if (cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
             return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
@@ -239,9 +254,9 @@ static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
         if (!(s->ep_rank = cli_ep_join_ref(ep, &s->m, &err))) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
     }
-    snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s", s->ctx,
-             a->temp, a->top_k, a->top_p, (unsigned long long)s->seed,
-             a->spec ? (a->draft > 1 ? "MTP multi-draft" : "MTP") : "off");
+    snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s, %d thread%s",
+             s->ctx, sp->temp, sp->top_k, sp->top_p, (unsigned long long)s->seed,
+             a->spec ? (a->draft > 1 ? "MTP multi-draft" : "MTP") : "off", threads_get(), threads_get() == 1 ? "" : "s");
     return EXIT_OK;
 }
 
@@ -250,7 +265,8 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     int rc = session_load(cmd, a, s, ep);
     if (rc) return rc;
     Err err = { "" };
-    if (gen_init(&s->g, &s->m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err) ||
+    if (gen_init(&s->g, &s->m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, (AttnMode)a->model.attn,
+                 (Fp8Mode)a->model.fp8, &err) ||
         (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     gen_set_moe_hook(&s->g, s->ep_rank ? &s->ep_rank->hook : NULL);
@@ -259,16 +275,20 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     return EXIT_OK;
 }
 
+/** How a reply ended. */
+typedef enum { END_LIMIT, END_EOS, END_STOP } ReplyEnd;
+
 /**
- * Generates until EOS, @p limit tokens (-1: until the context is full) or an error, streaming
- * text to stdout. Returns 0, with *ended_eos set when the reply ended with EOS.
+ * Generates until EOS, a --stop string, @p limit tokens (-1: until the context is full) or an
+ * error, streaming text to stdout. Returns 0 with *how set.
  */
-static int stream_reply(const char *cmd, Session *s, long limit, int *ended_eos) {
+static int stream_reply(const char *cmd, Session *s, long limit, ReplyEnd *how) {
     Err err = { "" };
     int out[17], k;
     long produced = 0;
-    *ended_eos = 0;
-    while (limit < 0 || produced < limit) {
+    *how = END_LIMIT;
+    stop_reset(&s->stop);
+    while (*how == END_LIMIT && (limit < 0 || produced < limit)) {
         if (gen_room(&s->g) < 1) {
             fprintf(stderr, "\n[context full]\n");
             break;
@@ -279,22 +299,32 @@ static int stream_reply(const char *cmd, Session *s, long limit, int *ended_eos)
             produced++;
             used++;
             if (out[i] == s->eos) {
-                *ended_eos = 1;
+                *how = END_EOS;
                 break;
             }
             const char *text;
             size_t len;
             if (decode_stream_step(&s->ds, out[i], &text, &len, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+            int hit = stop_feed(&s->stop, text, len, &text, &len);
+            if (hit < 0) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
             fwrite(text, 1, len, stdout);
+            if (hit) {
+                *how = END_STOP;
+                break;
+            }
         }
-        /* A speculative step may return tokens past the EOS or the limit: they never happened. */
+        /* A speculative step may return tokens past the EOS, the stop string or the limit: they never happened. */
         if (used < k && gen_keep(&s->g, used, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fflush(stdout);
-        if (*ended_eos) break;
     }
     const char *text;
     size_t len;
-    if (decode_stream_flush(&s->ds, &text, &len, &err) == 0) fwrite(text, 1, len, stdout);
+    if (decode_stream_flush(&s->ds, &text, &len, &err) == 0 && *how != END_STOP) {
+        if (stop_feed(&s->stop, text, len, &text, &len) < 0) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+        fwrite(text, 1, len, stdout);
+        stop_flush(&s->stop, &text, &len);
+        fwrite(text, 1, len, stdout);
+    }
     fflush(stdout);
     return EXIT_OK;
 }
@@ -316,20 +346,86 @@ static void print_stats(const Session *s, int64_t prompt_tokens) {
     fprintf(stderr, "]\n");
 }
 
+/** --verbose-prompt: the ids of a prompt and the text of each, one per line on stderr, as llama.cpp prints them. */
+static int print_prompt_tokens(const char *cmd, const Tokenizer *tok, const int *ids, size_t n, int index) {
+    if (index < 0) fprintf(stderr, "dsv3 %s: prompt: %zu tokens\n", cmd, n);
+    else fprintf(stderr, "dsv3 %s: prompt %d: %zu tokens\n", cmd, index, n);
+    for (size_t i = 0; i < n; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        Err err = { "" };
+        if (tokenizer_decode(tok, ids + i, 1, &text, &len, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        fprintf(stderr, "%8d -> '", ids[i]);
+        for (size_t j = 0; j < len; j++) {
+            unsigned char ch = (unsigned char)text[j];
+            if (ch == '\n') fputs("\\n", stderr);
+            else if (ch == '\t') fputs("\\t", stderr);
+            else if (ch == '\r') fputs("\\r", stderr);
+            else if (ch < 0x20 || ch == 0x7f) fprintf(stderr, "\\x%02x", ch);
+            else fputc(ch, stderr);
+        }
+        fputs("'\n", stderr);
+        free(text);
+    }
+    return EXIT_OK;
+}
+
+/** The text of one --batch request as it is generated: decoded and cut at a --stop string. */
+typedef struct {
+    DecodeStream ds;
+    StopMatcher stop;
+    ByteBuf text;   /* what the request has produced so far (without a held stop-string start) */
+    int stopped;    /* a stop string ended it */
+} BatchText;
+
 /** Where --batch's results go: one JSON line each, as they finish. */
 typedef struct {
     const Tokenizer *tok;
     const BatchRequest *reqs;
+    BatchText *texts; /* [n] with --stop; NULL without */
 } BatchOut;
+
+/** BatchOptions.on_token with --stop: decodes @p token of request @p i; 1 when a stop string completed. */
+static int batch_token(void *ctx, int i, int token, Err *err) {
+    BatchOut *o = ctx;
+    BatchText *t = &o->texts[i];
+    const char *piece;
+    size_t len;
+    if (decode_stream_step(&t->ds, token, &piece, &len, err)) return -1;
+    int hit = stop_feed(&t->stop, piece, len, &piece, &len);
+    if (hit < 0 || bytebuf_append(&t->text, piece, len)) return err_set(err, "out of memory");
+    return t->stopped = hit;
+}
+
+/** The finished text of a request with --stop (what stream_reply would have printed). */
+static int batch_text_end(BatchText *t, Err *err) {
+    const char *piece;
+    size_t len;
+    if (decode_stream_flush(&t->ds, &piece, &len, err)) return -1;
+    if (t->stopped) return 0;
+    if (stop_feed(&t->stop, piece, len, &piece, &len) < 0 || bytebuf_append(&t->text, piece, len)) return err_set(err, "out of memory");
+    stop_flush(&t->stop, &piece, &len);
+    return bytebuf_append(&t->text, piece, len) ? err_set(err, "out of memory") : 0;
+}
 
 static int batch_line(void *ctx, int i, const int *tokens, int64_t n, int eos, Err *err) {
     const BatchOut *o = ctx;
     char *text = NULL, *line = NULL;
     size_t len = 0;
-    if (tokenizer_decode(o->tok, tokens, (int)n, &text, &len, err)) return -1;
+    int stopped = 0;
+    if (o->texts) {
+        BatchText *t = &o->texts[i];
+        if (batch_text_end(t, err)) return -1;
+        stopped = t->stopped;
+        text = t->text.data, t->text = (ByteBuf){ 0 }; /* taken over */
+        decode_stream_free(&t->ds);
+        stop_free(&t->stop);
+    } else if (tokenizer_decode(o->tok, tokens, (int)n, &text, &len, err)) {
+        return -1;
+    }
     cJSON *j = cJSON_CreateObject();
     if (j && cJSON_AddNumberToObject(j, "index", i) && cJSON_AddStringToObject(j, "text", text ? text : "") &&
-        cJSON_AddStringToObject(j, "finish_reason", eos ? "stop" : "length") &&
+        cJSON_AddStringToObject(j, "finish_reason", eos || stopped ? "stop" : "length") &&
         cJSON_AddNumberToObject(j, "prompt_tokens", (double)o->reqs[i].n_prompt) &&
         cJSON_AddNumberToObject(j, "completion_tokens", (double)n))
         line = cJSON_PrintUnformatted(j);
@@ -348,6 +444,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
     IntVec ids = { 0 };
     size_t *start = NULL; /* where each prompt's ids begin in ids, then the end */
     BatchRequest *reqs = NULL;
+    BatchText *texts = NULL;
     int n = 0;
     Err err = { "" };
     for (size_t at = 0; rc == EXIT_OK && at < len;) {
@@ -368,13 +465,20 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
     }
     if (rc == EXIT_OK && n == 0) rc = cli_fail(cmd, EXIT_USAGE, "%s has no prompts (one per line)", a->batch_file);
     if (rc == EXIT_OK && !(reqs = xcalloc((size_t)n, sizeof *reqs))) rc = cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+    if (rc == EXIT_OK && a->n_stops && !(texts = xcalloc((size_t)n, sizeof *texts))) rc = cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+    if (rc == EXIT_OK) start[n] = ids.n;
+    for (int i = 0; rc == EXIT_OK && a->verbose_prompt && i < n; i++)
+        rc = print_prompt_tokens(cmd, s.tok, ids.v + start[i], start[i + 1] - start[i], i);
     if (rc == EXIT_OK) {
-        start[n] = ids.n;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             reqs[i] = (BatchRequest){ ids.v + start[i], (int64_t)(start[i + 1] - start[i]), a->n_predict, s.seed + (uint64_t)i };
-        BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)a->temp, (int)a->top_k, (float)a->top_p, s.n_sample,
-                           s.eos, a->attn, a->fp8, s.ep_rank ? &s.ep_rank->hook : NULL };
-        BatchOut out = { s.tok, reqs };
+            if (texts) decode_stream_init(&texts[i].ds, s.tok), stop_init(&texts[i].stop, a->stops, a->n_stops);
+        }
+        BatchOut out = { s.tok, reqs, texts };
+        const CliSampling *sp = &a->sampling;
+        BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s.n_sample,
+                           s.eos, (AttnMode)a->model.attn, (Fp8Mode)a->model.fp8, s.ep_rank ? &s.ep_rank->hook : NULL,
+                           texts ? batch_token : NULL, &out };
         BatchStats st;
         if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else
@@ -383,53 +487,59 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
                     s.settings, n, (long long)st.prompt_tokens, (long long)st.generated, (long long)st.steps, st.max_open,
                     st.seconds, st.generated / (st.seconds + 1e-9), (st.prompt_tokens + st.generated) / (st.seconds + 1e-9));
     }
-    free(reqs), free(start), free(ids.v);
+    for (int i = 0; texts && i < n; i++) /* requests an error left unfinished */
+        decode_stream_free(&texts[i].ds), stop_free(&texts[i].stop), bytebuf_free(&texts[i].text);
+    free(texts), free(reqs), free(start), free(ids.v);
     session_free(&s);
     return rc;
 }
 
-int cmd_generate(int argc, char **argv) {
-    const char *cmd = "generate";
-    GenArgs a;
-    int rc = parse_args(cmd, argc, argv, &a);
-    if (rc) return rc > 0 ? EXIT_OK : EXIT_USAGE;
+/** generate once its flags are parsed. */
+static int generate(const char *cmd, GenArgs *a, int argc, char **argv) {
     char *file_text = NULL;
     size_t file_len = 0;
     Err err = { "" };
-    const char *in_file = a.batch_file ? a.batch_file : a.prompt_file;
+    const char *in_file = a->batch_file ? a->batch_file : a->prompt_file;
     if (in_file && read_file(in_file, 64u << 20, &file_text, &file_len, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    const char *text = a.prompt ? a.prompt : file_text;
-    size_t len = a.prompt ? strlen(a.prompt) : file_len;
+    const char *text = a->prompt ? a->prompt : file_text;
+    size_t len = a->prompt ? strlen(a->prompt) : file_len;
     if (!utf8_valid(text, len)) {
         free(file_text);
-        return cli_fail(cmd, a.prompt ? EXIT_USAGE : EXIT_RUNTIME, "the prompt%s%s is not valid UTF-8", in_file ? " in " : "",
+        return cli_fail(cmd, a->prompt ? EXIT_USAGE : EXIT_RUNTIME, "the prompt%s%s is not valid UTF-8", in_file ? " in " : "",
                         in_file ? in_file : "");
     }
+    cli_threads_apply(&a->threads);
     CliEp ep;
-    if ((rc = cli_ep_launch(&ep, cmd, &a.ep, argc, argv)) || cli_ep_is_server(&ep)) {
+    int rc;
+    if ((rc = cli_ep_launch(&ep, cmd, &a->ep, argc, argv)) || cli_ep_is_server(&ep)) {
         free(file_text);
-        return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
+        return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, a, &ep));
     }
-    if (a.batch_file) {
-        rc = run_batch(cmd, &a, text, len, &ep);
+    if (a->batch_file) {
+        rc = run_batch(cmd, a, text, len, &ep);
         free(file_text);
         return cli_ep_finish(&ep, cmd, rc);
     }
     Session s;
-    rc = session_open(cmd, &a, &s, &ep);
+    rc = session_open(cmd, a, &s, &ep);
     IntVec ids = { 0 };
     if (rc == EXIT_OK) {
         int bos = tokenizer_bos_id(s.tok);
-        if (!a.no_bos && bos >= 0) intvec_push(&ids, bos);
+        if (!a->no_bos && bos >= 0) intvec_push(&ids, bos);
         if (tokenizer_encode_append(s.tok, text, len, &ids, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else if ((int64_t)ids.n >= s.g.ctx)
             rc = cli_fail(cmd, EXIT_USAGE, "the prompt is %zu tokens but the context holds %lld (-c)", ids.n,
                           (long long)s.g.ctx);
-        else if (gen_feed(&s.g, ids.v, (int64_t)ids.n, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        else if (a->verbose_prompt)
+            rc = print_prompt_tokens(cmd, s.tok, ids.v, ids.n, -1);
+    }
+    if (rc == EXIT_OK) {
+        if (gen_feed(&s.g, ids.v, (int64_t)ids.n, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else {
-            int ended;
-            rc = stream_reply(cmd, &s, a.n_predict, &ended);
+            ReplyEnd how;
+            if (a->display_prompt) fwrite(text, 1, len, stdout);
+            rc = stream_reply(cmd, &s, a->n_predict, &how);
             printf("\n");
             print_stats(&s, (int64_t)ids.n);
         }
@@ -440,6 +550,18 @@ int cmd_generate(int argc, char **argv) {
     return cli_ep_finish(&ep, cmd, rc);
 }
 
+/** Parses the flags of @p cmd and, when they are valid, runs @p body with them. */
+static int with_args(const char *cmd, int argc, char **argv, int (*body)(const char *, GenArgs *, int, char **)) {
+    GenArgs a;
+    CliCmd c;
+    int rc = parse_args(cmd, argc, argv, &a, &c);
+    if (rc == CLI_RUN) rc = body(cmd, &a, argc, argv);
+    gen_args_free(&a, &c);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv) { return with_args("generate", argc, argv, generate); }
+
 /** Reads one line from stdin into *buf (without the newline); 0 at EOF. */
 static int read_line(char **buf, size_t *cap) {
     ssize_t n = getline(buf, cap, stdin);
@@ -448,20 +570,20 @@ static int read_line(char **buf, size_t *cap) {
     return 1;
 }
 
-int cmd_chat(int argc, char **argv) {
-    const char *cmd = "chat";
-    GenArgs a;
-    int rc = parse_args(cmd, argc, argv, &a);
-    if (rc) return rc > 0 ? EXIT_OK : EXIT_USAGE;
-    if (a.system && !utf8_valid(a.system, strlen(a.system))) return cli_fail(cmd, EXIT_USAGE, "-sys is not valid UTF-8");
+/** chat once its flags are parsed. */
+static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
+    if (a->system && !utf8_valid(a->system, strlen(a->system))) return cli_fail(cmd, EXIT_USAGE, "-sys is not valid UTF-8");
+    cli_threads_apply(&a->threads);
     CliEp ep;
-    if ((rc = cli_ep_launch(&ep, cmd, &a.ep, argc, argv)) || cli_ep_is_server(&ep))
-        return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
+    int rc;
+    if ((rc = cli_ep_launch(&ep, cmd, &a->ep, argc, argv)) || cli_ep_is_server(&ep))
+        return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, a, &ep));
     Session s;
-    rc = session_open(cmd, &a, &s, &ep);
+    rc = session_open(cmd, a, &s, &ep);
     char *line = NULL;
     size_t cap = 0;
-    int turn = 0, ended_eos = 1, interactive = isatty(0);
+    int turn = 0, interactive = isatty(0);
+    ReplyEnd ended = END_EOS;
     Err err = { "" };
     while (rc == EXIT_OK) {
         if (interactive) fprintf(stdout, "\n> "), fflush(stdout);
@@ -474,15 +596,15 @@ int cmd_chat(int argc, char **argv) {
         IntVec ids = { 0 };
         int erc;
         if (turn == 0) {
-            ChatMessage msgs[2] = { { "system", a.system }, { "user", line } };
+            ChatMessage msgs[2] = { { "system", a->system }, { "user", line } };
             int *v = NULL, n = 0;
-            erc = chat_encode(s.tok, a.system ? msgs : msgs + 1, a.system ? 2 : 1, 1, &v, &n, &err);
+            erc = chat_encode(s.tok, a->system ? msgs : msgs + 1, a->system ? 2 : 1, 1, &v, &n, &err);
             if (!erc) erc = intvec_append(&ids, v, (size_t)n) ? err_set(&err, "out of memory") : 0;
             free(v);
         } else {
             /* The previous reply's last token is pending and gets fed first; if it was not EOS
-             * (cut by -n), the turn still has to be closed with one. */
-            erc = chat_encode_user_turn(s.tok, line, !ended_eos, 1, &ids, &err);
+             * (cut by -n or a --stop string), the turn still has to be closed with one. */
+            erc = chat_encode_user_turn(s.tok, line, ended != END_EOS, 1, &ids, &err);
         }
         if (erc) {
             fprintf(stderr, "dsv3 chat: %s\n", err.msg);
@@ -499,7 +621,7 @@ int cmd_chat(int argc, char **argv) {
         double t_prefill = now_seconds() - t0;
         int64_t gen0 = s.g.stats.generated;
         double d0 = s.g.stats.decode_seconds;
-        rc = stream_reply(cmd, &s, a.n_predict, &ended_eos);
+        rc = stream_reply(cmd, &s, a->n_predict, &ended);
         printf("\n");
         fflush(stdout);
         int64_t gen = s.g.stats.generated - gen0;
@@ -515,3 +637,5 @@ int cmd_chat(int argc, char **argv) {
     session_free(&s);
     return cli_ep_finish(&ep, cmd, rc);
 }
+
+int cmd_chat(int argc, char **argv) { return with_args("chat", argc, argv, chat); }

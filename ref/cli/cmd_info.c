@@ -7,23 +7,19 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_groups.h"
 #include "cli_util.h"
 #include "model/model.h"
 
 static const char *const CMD = "info";
 
 int cmd_info(int argc, char **argv) {
-    const char *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: dsv3 info -m MODEL_DIR\n  prints the configuration, storage and per-token costs of a checkpoint\n");
-            return EXIT_OK;
-        } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
-            if (!(dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else {
-            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 info --help)", argv[i]);
-        }
-    }
+    CliModel mo = { 0 };
+    CliCmd cmd = { .name = CMD, .usage = "-m MODEL_DIR", .about = "prints the configuration, storage and per-token costs of a checkpoint" };
+    cli_add(&cmd, cli_model_group(&mo));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *dir = mo.dir;
     if (!dir) return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR is required");
     Model m;
     Err err;

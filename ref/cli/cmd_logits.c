@@ -12,91 +12,68 @@
  * logits instead, [T−1][vocab_size] (row p from h_p and token p+1, docs/model.md §7.2).
  * Output files are written atomically: on any error no partial file is left behind.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "backend.h"
 #include "cli.h"
-#include "cli_ep.h"
+#include "cli_groups.h"
 #include "cli_util.h"
 #include "model/model.h"
 #include "model/mtp.h"
 
 static const char *const CMD = "logits";
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv3 logits -m MODEL_DIR --ids 5,17,3,... -o OUT.f32 [options]\n"
-            "  -m, --model DIR      checkpoint directory (config.json + safetensors)\n"
-            "  --ids LIST           comma-separated token ids\n"
-            "  -o, --output PATH    float32 [T][vocab] logits of every position\n"
-            "  --attn absorb|naive  MLA form: latent cache with absorbed W_UK/W_UV (default) or full K/V\n"
-            "  --prefill N          first N ids as one chunk, then one token at a time (default: all T)\n"
-            "  --fp8 dequant|w8a8   FP8 numerics: FP32 x dequantized weights (default) or GPU-like W8A8\n"
-            "  --hidden PATH        also write the last block's residual output [T][hidden]\n"
-            "  --mtp                write the MTP module's logits [T-1][vocab] instead\n"
-            "  --backend ref|fast   the C reference (default) or the whole model on a GPU\n"
-            "  --kv-cache auto|f32|bf16  latent cache (GPU auto: bf16 where the tensor-core MLA kernel applies;\n"
-            "                       the reference is f32 and emulates bf16 rounding with --kv-cache bf16)\n"
-            "  --ep N               split the routed experts over N processes (this one and N-1 it starts);\n"
-            "                       under torchrun / mpirun the launcher's processes form the group instead\n"
-            "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
-}
+/** What the command line sets besides the shared groups. */
+typedef struct {
+    const char *ids_arg, *out_path, *hidden_path;
+    long prefill;
+    int want_mtp;
+} Args;
+
+static const CliOpt opts[] = {
+    { "--ids", NULL, CLI_STR, offsetof(Args, ids_arg), "LIST", .help = "comma-separated token ids" },
+    { "--output", "-o", CLI_STR, offsetof(Args, out_path), "PATH", .help = "float32 [T][vocab] logits of every position" },
+    { "--prefill", NULL, CLI_LONG, offsetof(Args, prefill), "N", .lo = 1, .hi = 1L << 30,
+      .help = "first N ids as one chunk, then one token at a time (default: all T)" },
+    { "--hidden", NULL, CLI_STR, offsetof(Args, hidden_path), "PATH", .help = "also write the last block's residual output [T][hidden]" },
+    { "--mtp", NULL, CLI_FLAG, offsetof(Args, want_mtp), .help = "write the MTP module's logits [T-1][vocab] instead" },
+};
 
 static int run(const char *model_dir, const char *ids_arg, const char *out_path, const char *hidden_path, AttnMode attn,
                Fp8Mode fp8, long prefill, int want_mtp, int gpu, int kv_bf16, CliEp *ep);
 
 int cmd_logits(int argc, char **argv) {
-    const char *model_dir = NULL, *ids_arg = NULL, *out_path = NULL, *hidden_path = NULL;
-    AttnMode attn = ATTN_ABSORB;
-    Fp8Mode fp8 = FP8_DEQUANT;
-    long prefill = -1;
-    int want_mtp = 0, gpu = 0, kv_bf16 = -1, fp8_given = 0;
+    CliModel mo = { 0 };
+    CliBackend be = { 0 };
     CliEpFlags epf = { 0, 0 };
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return EXIT_OK;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!(model_dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--ids")) {
-            if (!(ids_arg = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            if (!(out_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--hidden")) {
-            if (!(hidden_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--attn")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "absorb")) attn = ATTN_ABSORB;
-            else if (!strcmp(v, "naive")) attn = ATTN_NAIVE;
-            else return cli_fail(CMD, EXIT_USAGE, "--attn must be absorb or naive, got '%s'", v);
-        } else if (!strcmp(a, "--fp8")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "dequant")) fp8 = FP8_DEQUANT;
-            else if (!strcmp(v, "w8a8")) fp8 = FP8_W8A8;
-            else return cli_fail(CMD, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v);
-            fp8_given = 1;
-        } else if (!strcmp(a, "--prefill")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 1L << 30, &prefill)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--mtp")) {
-            want_mtp = 1;
-        } else {
-            int r = cli_gpu_flag(CMD, argc, argv, &i, &gpu, &kv_bf16);
-            if (r == 0) r = cli_ep_flag(CMD, argc, argv, &i, &epf);
-            if (r < 0) return EXIT_USAGE;
-            if (r == 0) return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 logits --help)", a);
-        }
-    }
-    if (!model_dir || !ids_arg || !out_path)
+    CliThreads th = { 0 };
+    Args a = { 0 };
+    a.prefill = -1;
+    CliCmd cmd = { .name = CMD, .usage = "-m MODEL_DIR --ids 5,17,3,... -o OUT.f32 [options]",
+                   .about = "writes the logits of every input position as little-endian float32 [T][vocab_size]\n"
+                            "(on the reference, --kv-cache bf16 rounds the f32 cache as a BF16 GPU cache would)" };
+    cli_add(&cmd, cli_model_group(&mo));
+    cli_add(&cmd, cli_numerics_group(&mo));
+    cli_add(&cmd, CLI_GROUP("input and output", opts, &a));
+    cli_add(&cmd, cli_backend_group(&be));
+    cli_add(&cmd, cli_ep_group(&epf));
+    cli_add(&cmd, cli_threads_group(&th, 0));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    AttnMode attn = (AttnMode)mo.attn;
+    Fp8Mode fp8 = (Fp8Mode)mo.fp8;
+    if (!mo.dir || !a.ids_arg || !a.out_path)
         return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR, --ids and -o OUT are required (dsv3 logits --help)");
-    if (gpu && attn != ATTN_ABSORB) return cli_fail(CMD, EXIT_USAGE, "--backend fast runs the absorbed attention only (no --attn naive)");
-    if (gpu && !fp8_given) fp8 = FP8_W8A8; /* what GPUs run; --fp8 dequant for the reference's default numerics */
+    if (be.gpu && attn != ATTN_ABSORB) return cli_fail(CMD, EXIT_USAGE, "--backend fast runs the absorbed attention only (no --attn naive)");
+    if (be.gpu && !cli_given(&cmd, "--fp8")) fp8 = FP8_W8A8; /* what GPUs run; --fp8 dequant for the reference's default numerics */
+    cli_threads_apply(&th);
 
     CliEp ep;
-    int rc = cli_ep_launch(&ep, CMD, &epf, argc, argv);
+    rc = cli_ep_launch(&ep, CMD, &epf, argc, argv);
     if (rc) return cli_ep_finish(&ep, CMD, rc);
-    rc = run(model_dir, ids_arg, out_path, hidden_path, attn, fp8, prefill, want_mtp, gpu, kv_bf16, &ep);
+    rc = run(mo.dir, a.ids_arg, a.out_path, a.hidden_path, attn, fp8, a.prefill, a.want_mtp, be.gpu, be.kv_bf16, &ep);
     return cli_ep_finish(&ep, CMD, rc);
 }
 

@@ -6,80 +6,76 @@
  *   dsv3 mkckpt -o DIR [--preset tiny|small|mini|v3 | --config FILE] [--format fp8|bf16|f32]
  *               [--mtp N] [--shards N] [--seed S] [--bias-std X] [--eh-proj-fp8] [--set KEY=VALUE]...
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "model/ckpt.h"
 #include "cli.h"
+#include "cli_opt.h"
 #include "cli_util.h"
 
 static const char *const CMD = "mkckpt";
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv3 mkckpt -o DIR [options]\n"
-            "  -o, --output DIR       directory to write config.json + safetensors into\n"
-            "  --preset NAME          tiny (default), small, mini (~70 MB FP8, used by make bench), v3 (671B shape)\n"
-            "  --config FILE          start from a config.json instead of a preset\n"
-            "  --set KEY=VALUE        override a numeric config field (repeatable), e.g. --set num_hidden_layers=2\n"
-            "  --format fp8|bf16|f32  matrix storage (default: fp8 if the config is FP8, else bf16)\n"
-            "  --eh-proj-fp8          FP8 checkpoints: store the MTP eh_proj as FP8 too\n"
-            "  --mtp N                MTP modules to include (default: num_nextn_predict_layers)\n"
-            "  --shards N             split into N files + model.safetensors.index.json (default 1)\n"
-            "  --seed S               random seed (default 1)\n"
-            "  --bias-std X           std of the gate correction biases (default 0.1)\n");
-}
+/** What the command line sets. */
+typedef struct {
+    const char *out, *preset, *config;
+    CliList sets;
+    int format, format_given, eh_fp8;
+    long n_mtp, shards, seed;
+    double bias_std;
+} Args;
+
+static const int format_values[] = { CKPT_FP8, CKPT_BF16, CKPT_F32 };
+static const CliOpt opts[] = {
+    { "--output", "-o", CLI_STR, offsetof(Args, out), "DIR", .help = "directory to write config.json + safetensors into" },
+    { "--preset", NULL, CLI_STR, offsetof(Args, preset), "NAME", .def = "tiny",
+      .help = "tiny, small, mini (~70 MB FP8, used by make bench) or v3 (the 671B shape)" },
+    { "--config", NULL, CLI_STR, offsetof(Args, config), "FILE", .help = "start from a config.json instead of a preset" },
+    { "--set", NULL, CLI_LIST, offsetof(Args, sets), "KEY=VALUE",
+      .help = "override a numeric config field (repeatable), e.g. --set num_hidden_layers=2" },
+    { "--format", NULL, CLI_CHOICE, offsetof(Args, format), .choices = "fp8|bf16|f32", .values = format_values,
+      .help = "matrix storage (default: fp8 if the config is FP8, else bf16)" },
+    { "--eh-proj-fp8", NULL, CLI_FLAG, offsetof(Args, eh_fp8), .help = "FP8 checkpoints: store the MTP eh_proj as FP8 too" },
+    { "--mtp", NULL, CLI_LONG, offsetof(Args, n_mtp), "N", .lo = 0, .hi = 16,
+      .help = "MTP modules to include (default: num_nextn_predict_layers)" },
+    { "--shards", NULL, CLI_LONG, offsetof(Args, shards), "N", .lo = 1, .hi = 9999, .def = "1",
+      .help = "split into N files + model.safetensors.index.json" },
+    { "--seed", NULL, CLI_LONG, offsetof(Args, seed), "S", .lo = 0, .hi = 0x7fffffff, .def = "1", .help = "random seed" },
+    { "--bias-std", NULL, CLI_DOUBLE, offsetof(Args, bias_std), "X", .lo = 0, .hi = 100, .def = "0.1",
+      .help = "std of the gate correction biases" },
+};
+
+/** The command once its flags are parsed. */
+static int run(const Args *a);
 
 int cmd_mkckpt(int argc, char **argv) {
-    const char *out = NULL, *preset = "tiny", *config_path = NULL, *format = NULL;
-    char *sets[64];
-    int n_sets = 0, eh_fp8 = 0;
-    long n_mtp = -1, shards = 1, seed = 1;
-    double bias_std = 0.1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return EXIT_OK;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            if (!(out = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--preset")) {
-            if (!(preset = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--config")) {
-            if (!(config_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--format")) {
-            if (!(format = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (strcmp(format, "fp8") && strcmp(format, "bf16") && strcmp(format, "f32"))
-                return cli_fail(CMD, EXIT_USAGE, "--format must be fp8, bf16 or f32, got '%s'", format);
-        } else if (!strcmp(a, "--set")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (n_sets == (int)(sizeof sets / sizeof sets[0])) return cli_fail(CMD, EXIT_USAGE, "too many --set");
-            sets[n_sets++] = (char *)v;
-        } else if (!strcmp(a, "--mtp")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 0, 16, &n_mtp)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--shards")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 9999, &shards)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--seed")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 0, 0x7fffffffL, &seed)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--bias-std")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_double(CMD, a, v, 0, 100, &bias_std)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--eh-proj-fp8")) {
-            eh_fp8 = 1;
-        } else {
-            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 mkckpt --help)", a);
-        }
-    }
-    if (!out) return cli_fail(CMD, EXIT_USAGE, "-o DIR is required (dsv3 mkckpt --help)");
+    Args a = { 0 };
+    a.n_mtp = -1;
+    CliCmd cmd = { .name = CMD, .usage = "-o DIR [options]",
+                   .about = "writes a random checkpoint in the Hugging Face layout (tests, benchmarks, experiments)" };
+    cli_add(&cmd, CLI_GROUP(NULL, opts, &a));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    a.format_given = cli_given(&cmd, "--format");
+    rc = a.out ? run(&a) : cli_fail(CMD, EXIT_USAGE, "-o DIR is required (dsv3 mkckpt --help)");
+    cli_free(&cmd);
+    return rc;
+}
+
+static int run(const Args *a) {
+    const char *out = a->out;
+    long n_mtp = a->n_mtp;
     Err err = { "" };
     Config c;
-    if ((config_path ? config_load(&c, config_path, &err) : config_preset(&c, preset, &err)) ||
-        config_apply_sets(&c, sets, n_sets, &err))
+    if ((a->config ? config_load(&c, a->config, &err) : config_preset(&c, a->preset, &err)) ||
+        config_apply_sets(&c, (char *const *)a->sets.v, a->sets.n, &err))
         return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
-    CkptLayout layout = { c.has_fp8 ? CKPT_FP8 : CKPT_BF16, eh_fp8, (int)shards,
+    CkptLayout layout = { c.has_fp8 ? CKPT_FP8 : CKPT_BF16, a->eh_fp8, (int)a->shards,
                           n_mtp < 0 ? c.num_nextn_predict_layers : (int)n_mtp };
-    if (format) layout.format = !strcmp(format, "fp8") ? CKPT_FP8 : !strcmp(format, "bf16") ? CKPT_BF16 : CKPT_F32;
+    if (a->format_given) layout.format = (CkptFormat)a->format;
     if (layout.n_mtp > c.num_nextn_predict_layers) c.num_nextn_predict_layers = layout.n_mtp;
-    RandomInit ri = { (uint64_t)seed, (float)bias_std };
+    RandomInit ri = { (uint64_t)a->seed, (float)a->bias_std };
     uint64_t main_p, mtp_p;
     weights_count(&c, layout.n_mtp, &main_p, &mtp_p);
     fprintf(stderr, "dsv3 mkckpt: %.1f M parameters + %.1f M MTP, %s, %d shard(s)\n", (double)main_p / 1e6,

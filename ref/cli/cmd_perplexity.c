@@ -12,11 +12,13 @@
  * after next (row p from h_p and token p+1, docs/model.md §7.2).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "base/buf.h"
 #include "cli.h"
+#include "cli_groups.h"
 #include "cli_util.h"
 #include "train/data.h"
 #include "train/loss.h"
@@ -25,49 +27,49 @@
 
 static const char *const CMD = "perplexity";
 
+/** What the command line sets besides the model group. */
+typedef struct {
+    const char *ids_path, *text_path;
+    long ctx, max_chunks;
+    int want_mtp;
+    CliThreads threads;
+} Args;
+
+static const CliOpt opts[] = {
+    { "--ids", NULL, CLI_STR, offsetof(Args, ids_path), "FILE.bin", .help = "uint32 token ids (dsv3 prepare-data)" },
+    { "--file", "-f", CLI_STR, offsetof(Args, text_path), "TEXT", .help = "UTF-8 text, encoded with the model's tokenizer.json" },
+    { "--ctx-size", "-c", CLI_LONG, offsetof(Args, ctx), "N", .lo = 2, .hi = 1 << 20, .def = "256",
+      .help = "tokens per chunk (each chunk is CTX+1 tokens: every position predicts the next)" },
+    { "--max-chunks", NULL, CLI_LONG, offsetof(Args, max_chunks), "N", .lo = 0, .hi = 1L << 30, .def = "0",
+      .help = "score at most N chunks, 0 = all" },
+    { "--mtp", NULL, CLI_FLAG, offsetof(Args, want_mtp), .help = "also score the MTP head (the token after next)" },
+};
+
 int cmd_perplexity(int argc, char **argv) {
-    const char *model_dir = NULL, *ids_path = NULL, *text_path = NULL, *v;
-    long ctx = 256, max_chunks = 0;
-    int want_mtp = 0;
-    AttnMode attn = ATTN_ABSORB;
-    Fp8Mode fp8 = FP8_DEQUANT;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: dsv3 perplexity -m MODEL_DIR (--ids FILE.bin | -f TEXT) [-c CTX] [--max-chunks N]\n"
-                   "                       [--fp8 dequant|w8a8] [--attn absorb|naive] [--mtp]\n"
-                   "  mean next-token cross-entropy (nats) and perplexity over consecutive CTX+1-token chunks\n"
-                   "  (default CTX 256); --ids takes uint32 token files (dsv3 prepare-data), -f text (the\n"
-                   "  model's tokenizer.json encodes it); --mtp also scores the MTP head\n");
-            return EXIT_OK;
-        }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(model_dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "--ids")) { if (!(ids_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!(text_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 2, 1 << 20, &ctx)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--max-chunks")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 0, 1L << 30, &max_chunks)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--fp8")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "dequant")) fp8 = FP8_DEQUANT;
-            else if (!strcmp(v, "w8a8")) fp8 = FP8_W8A8;
-            else return cli_fail(CMD, EXIT_USAGE, "--fp8 must be dequant or w8a8, got '%s'", v);
-        } else if (!strcmp(a, "--attn")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "absorb")) attn = ATTN_ABSORB;
-            else if (!strcmp(v, "naive")) attn = ATTN_NAIVE;
-            else return cli_fail(CMD, EXIT_USAGE, "--attn must be absorb or naive, got '%s'", v);
-        } else if (!strcmp(a, "--mtp")) want_mtp = 1;
-        else return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 perplexity --help)", a);
-    }
+    CliModel mo = { 0 };
+    Args a = { 0 };
+    CliCmd cmd = { .name = CMD, .usage = "-m MODEL_DIR (--ids FILE.bin | -f TEXT) [-c CTX] [--max-chunks N] [options]",
+                   .about = "mean next-token cross-entropy (nats) and perplexity over consecutive CTX+1-token chunks" };
+    cli_add(&cmd, cli_model_group(&mo));
+    cli_add(&cmd, cli_numerics_group(&mo));
+    cli_add(&cmd, CLI_GROUP("evaluation", opts, &a));
+    cli_add(&cmd, cli_threads_group(&a.threads, 0));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *model_dir = mo.dir, *ids_path = a.ids_path, *text_path = a.text_path;
+    long ctx = a.ctx, max_chunks = a.max_chunks;
+    int want_mtp = a.want_mtp;
+    AttnMode attn = (AttnMode)mo.attn;
+    Fp8Mode fp8 = (Fp8Mode)mo.fp8;
     if (!model_dir || !!ids_path == !!text_path)
         return cli_fail(CMD, EXIT_USAGE, "-m MODEL_DIR and exactly one of --ids FILE or -f TEXT are required");
+    cli_threads_apply(&a.threads);
     Err err = { "" };
     Model m;
     if (model_load(&m, model_dir, stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     const Config *c = &m.config;
-    int V = c->vocab_size, rc = EXIT_RUNTIME;
+    int V = c->vocab_size;
+    rc = EXIT_RUNTIME;
     IntVec toks = { 0 };
     TokenFile tf;
     memset(&tf, 0, sizeof tf);

@@ -3,55 +3,57 @@
  * @brief `dsv3 plan`: memory, communication and decode-step estimates for serving a model on
  *        the paper's prefill/decode units and on single- and two-node GPU servers.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "model/ckpt.h"
 #include "cli.h"
+#include "cli_groups.h"
 #include "cli_util.h"
 #include "ep/plan.h"
 
 static const char *const CMD = "plan";
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: dsv3 plan [-m MODEL_DIR | --preset v3] [--batch N] [--ctx N] [--mtp]\n"
-               "                 [--hbm-tbs X] [--nvlink-gbs X] [--ib-gbs X]\n"
-               "  the model's config (default: the real DeepSeek-V3) laid out on the paper's prefill and decode\n"
-               "  units, one 8x H200 node and two 8x H100 nodes: weights and KV cache per GPU, all-to-all bytes\n"
-               "  per token per MoE layer, decode-step time (HBM- vs link-bound) for --batch sequences of --ctx\n"
-               "  tokens per attention rank. Hardware flags override the presets' bandwidths.\n");
-}
+/** What the command line sets besides -m. */
+typedef struct {
+    const char *preset;
+    long batch, ctx;
+    int with_mtp;
+    double hbm, nvl, ib; /* 0 (ib: −1): the presets' */
+} Args;
+
+static const CliOpt opts[] = {
+    { "--preset", NULL, CLI_STR, offsetof(Args, preset), "NAME", .def = "v3", .help = "a built-in config instead of -m" },
+    { "--batch", NULL, CLI_LONG, offsetof(Args, batch), "N", .lo = 1, .hi = 1 << 20, .def = "32",
+      .help = "decode batch: sequences per attention rank" },
+    { "--ctx", NULL, CLI_LONG, offsetof(Args, ctx), "N", .lo = 1, .hi = 1 << 24, .def = "4096", .help = "tokens of context per sequence" },
+    { "--mtp", NULL, CLI_FLAG, offsetof(Args, with_mtp), .help = "the MTP module stays resident" },
+};
+static const CliOpt hw_opts[] = {
+    { "--hbm-tbs", NULL, CLI_DOUBLE, offsetof(Args, hbm), "X", .lo = 1e-3, .hi = 1e3, .help = "HBM bandwidth, TB/s (default: the preset's)" },
+    { "--nvlink-gbs", NULL, CLI_DOUBLE, offsetof(Args, nvl), "X", .lo = 1e-3, .hi = 1e5, .help = "NVLink bandwidth, GB/s" },
+    { "--ib-gbs", NULL, CLI_DOUBLE, offsetof(Args, ib), "X", .lo = 1e-3, .hi = 1e5, .help = "InfiniBand bandwidth per GPU, GB/s" },
+};
 
 int cmd_plan(int argc, char **argv) {
-    const char *dir = NULL, *preset = "v3";
-    long batch = 32, ctx = 4096;
-    int with_mtp = 0;
-    double hbm = 0, nvl = 0, ib = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return EXIT_OK;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!(dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--preset")) {
-            if (!(preset = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 1 << 20, &batch)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--ctx")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 1 << 24, &ctx)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--hbm-tbs")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_double(CMD, a, v, 1e-3, 1e3, &hbm)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--nvlink-gbs")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_double(CMD, a, v, 1e-3, 1e5, &nvl)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--ib-gbs")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_double(CMD, a, v, 1e-3, 1e5, &ib)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--mtp")) {
-            with_mtp = 1;
-        } else {
-            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 plan --help)", a);
-        }
-    }
+    CliModel mo = { 0 };
+    Args a = { 0 };
+    a.ib = -1;
+    CliCmd cmd = { .name = CMD, .usage = "[-m MODEL_DIR | --preset v3] [--batch N] [--ctx N] [--mtp] [--hbm-tbs X] [--nvlink-gbs X] [--ib-gbs X]",
+                   .about = "the model's config (default: the real DeepSeek-V3) laid out on the paper's prefill and decode\n"
+                            "units, one 8x H200 node and two 8x H100 nodes: weights and KV cache per GPU, all-to-all bytes\n"
+                            "per token per MoE layer, decode-step time (HBM- vs link-bound) for --batch sequences of --ctx\n"
+                            "tokens per attention rank. Hardware flags override the presets' bandwidths." };
+    cli_add(&cmd, cli_model_group(&mo));
+    cli_add(&cmd, CLI_GROUP("deployment", opts, &a));
+    cli_add(&cmd, CLI_GROUP("hardware", hw_opts, &a));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *dir = mo.dir, *preset = a.preset;
+    long batch = a.batch, ctx = a.ctx;
+    int with_mtp = a.with_mtp;
+    double hbm = a.hbm, nvl = a.nvl, ib = a.ib;
     Config c;
     Err err;
     if (dir ? config_load(&c, dir, &err) : config_preset(&c, preset, &err)) return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);

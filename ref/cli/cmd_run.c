@@ -9,16 +9,22 @@
  *     (a random model in the real checkpoint layout whose logits that code produced).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "cli_groups.h"
 #include "cli_util.h"
+#include "base/threads.h"
 #include "generate/generate.h"
 #include "tokenizer/tokenizer.h"
 
 static const char *const CMD = "run";
+
+static int run(const char *model, const char *golden, const char *prompt, long n, long seed, const CliThreads *threads);
 
 /** Reads a float32 file of exactly n values; 0 on success. */
 static int read_f32_exact(const char *path, float *out, size_t n) {
@@ -96,8 +102,10 @@ static int demo_generate(const char *dir, const char *prompt, long n_tokens, uin
     const char *text;
     size_t len;
     if (decode_stream_flush(&ds, &text, &len, &err) == 0) fwrite(text, 1, len, stdout);
-    printf("\n\n        %lld tokens at %.0f tokens/s on one core",
-           (long long)g.stats.generated, g.stats.generated / (g.stats.decode_seconds + 1e-9));
+    char where[32] = "one core";
+    if (threads_get() > 1) snprintf(where, sizeof where, "%d threads", threads_get());
+    printf("\n\n        %lld tokens at %.0f tokens/s on %s",
+           (long long)g.stats.generated, g.stats.generated / (g.stats.decode_seconds + 1e-9), where);
     if (spec && g.stats.drafted)
         printf("; the MTP module drafted %lld tokens, %.0f%% accepted (speculative decoding: same output law, fewer main-model steps)",
                (long long)g.stats.drafted, 100.0 * g.stats.accepted / g.stats.drafted);
@@ -168,32 +176,48 @@ done:
     return rc;
 }
 
+/** What the command line sets. */
+typedef struct {
+    const char *model, *golden, *prompt;
+    long n, seed;
+    int escape;
+    CliThreads threads;
+} Args;
+
+static const CliOpt opts[] = {
+    { "--model", "-m", CLI_STR, offsetof(Args, model), "DIR", .def = "models/kjv", .help = "the model that writes the paragraph" },
+    { "--prompt", "-p", CLI_STR, offsetof(Args, prompt), "TEXT", .def = "And God said unto Moses,", .help = "its prompt" },
+    { "--escape", "-e", CLI_FLAG, offsetof(Args, escape), .help = "process escapes (\\n, \\t, \\\\, \\\", \\', \\xHH) in -p" },
+    { "--n-predict", "-n", CLI_LONG, offsetof(Args, n), "N", .lo = 1, .hi = 4000, .def = "120", .help = "tokens to generate" },
+    { "--seed", "-s", CLI_LONG, offsetof(Args, seed), "S", .lo = 0, .hi = 0x7fffffff, .def = "1",
+      .help = "sampling seed; the demo samples at temperature 0.8, top-k 40, top-p 0.95" },
+    { "--golden", NULL, CLI_STR, offsetof(Args, golden), "DIR", .def = "golden/official-tiny",
+      .help = "a checkpoint with the official code's logits.f32 to check the reference against" },
+};
+
 int cmd_run(int argc, char **argv) {
-    const char *model = "models/kjv", *golden = "golden/official-tiny", *prompt = "And God said unto Moses,";
-    long n = 120, seed = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: dsv3 run [-m MODEL_DIR] [-p PROMPT] [-n N] [--seed S] [--golden DIR]\n"
-                   "  the `make run` demo: the bundled model (default models/kjv) writes a paragraph, then the\n"
-                   "  reference is checked against DeepSeek's official logits (default golden/official-tiny)\n");
-            return EXIT_OK;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!(model = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
-            if (!(prompt = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-            if (!utf8_valid(prompt, strlen(prompt))) return cli_fail(CMD, EXIT_USAGE, "the prompt is not valid UTF-8");
-        } else if (!strcmp(a, "-n")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 1, 4000, &n)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--seed") || !strcmp(a, "-s")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, 0, 0x7fffffffL, &seed)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--golden")) {
-            if (!(golden = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
-        } else {
-            return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 run --help)", a);
-        }
-    }
-    printf("dsv3 — DeepSeek-V3 in C, reference backend (FP32, one core)\n\n");
+    Args a = { 0 };
+    CliCmd cmd = { .name = CMD, .usage = "[-m MODEL_DIR] [-p PROMPT] [-n N] [--seed S] [--golden DIR]",
+                   .about = "the `make run` demo: the bundled model writes a paragraph, then the reference is\n"
+                            "checked against DeepSeek's official logits" };
+    cli_add(&cmd, CLI_GROUP("demo", opts, &a));
+    cli_add(&cmd, cli_threads_group(&a.threads, 0));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    char *unescaped = a.escape ? cli_unescape(a.prompt) : NULL;
+    if (a.escape && !unescaped) return cli_fail(CMD, EXIT_RUNTIME, "out of memory");
+    rc = run(a.model, a.golden, unescaped ? unescaped : a.prompt, a.n, a.seed, &a.threads);
+    free(unescaped);
+    return rc;
+}
+
+/** The demo once its flags are parsed. */
+static int run(const char *model, const char *golden, const char *prompt, long n, long seed, const CliThreads *threads) {
+    if (!utf8_valid(prompt, strlen(prompt))) return cli_fail(CMD, EXIT_USAGE, "the prompt is not valid UTF-8");
+    char where[32] = "one core";
+    int nt = cli_threads_apply(threads);
+    if (nt > 1) snprintf(where, sizeof where, "%d threads", nt);
+    printf("dsv3 — DeepSeek-V3 in C, reference backend (FP32, %s)\n\n", where);
     struct stat sb;
     char cfg[4096];
     snprintf(cfg, sizeof cfg, "%s/config.json", model);

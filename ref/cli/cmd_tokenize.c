@@ -17,6 +17,7 @@
  * load, a message list that the template rejects).
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,50 +25,13 @@
 #include "base/buf.h"
 #include "tokenizer/chat.h"
 #include "cli.h"
+#include "cli_opt.h"
 #include "cli_util.h"
 #include "tokenizer/tokenizer.h"
 #include "base/util.h"
 
 /** Largest --file we read (a prompt or an id list). */
 #define CMD_MAX_INPUT ((size_t)1 << 30)
-
-/* One flag of a command: its name, whether it takes a value, where the value goes. */
-typedef struct {
-    const char *name;
-    int has_value;
-    const char **value; /* has_value: the string; else set to "1" when present */
-} Flag;
-
-/* Parses "--name value" (cli_value: a value that looks like a flag counts as missing),
- * "--name=value" (any value, e.g. --text=-x) and "--help". Returns -1 after --help (printed),
- * 0 on success, or EXIT_USAGE after printing the error. */
-static int parse_flags(const char *cmd, int argc, char **argv, Flag *flags, int nflags, const char *help) {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(help, stdout);
-            return -1;
-        }
-        if (strncmp(a, "--", 2) != 0)
-            return cli_fail(cmd, EXIT_USAGE, "unexpected argument '%.200s' (dsv3 %s --help lists the options)", a, cmd);
-        const char *eq = strchr(a, '=');
-        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        Flag *f = NULL;
-        for (int k = 0; k < nflags; k++)
-            if (strlen(flags[k].name) == nlen && !strncmp(flags[k].name, a, nlen)) f = &flags[k];
-        if (!f) return cli_fail(cmd, EXIT_USAGE, "unknown option '%.*s' (dsv3 %s --help lists the options)", (int)(nlen > 200 ? 200 : nlen), a, cmd);
-        if (*f->value) return cli_fail(cmd, EXIT_USAGE, "option %s given twice", f->name);
-        if (!f->has_value) {
-            if (eq) return cli_fail(cmd, EXIT_USAGE, "option %s takes no value", f->name);
-            *f->value = "1";
-        } else if (eq) {
-            *f->value = eq + 1;
-        } else if (!(*f->value = cli_value(cmd, argc, argv, &i))) {
-            return EXIT_USAGE;
-        }
-    }
-    return 0;
-}
 
 /* Reads PATH ("-" = standard input) whole. */
 static int read_input(const char *path, char **data, size_t *len, Err *err) {
@@ -107,27 +71,38 @@ static int print_ids(const char *cmd, const int *ids, int n) {
     return rc;
 }
 
-static const char TOKENIZE_HELP[] =
-    "usage: dsv3 tokenize --tokenizer DIR (--text STR | --file PATH) [--chat]\n"
-    "\n"
-    "Prints the token ids of the text as a JSON array on one line, e.g. [19923,14,2058],\n"
-    "exactly as Hugging Face tokenizers' encode(text, add_special_tokens=False).ids.\n"
-    "\n"
-    "  --tokenizer DIR  directory with tokenizer.json (and tokenizer_config.json), or the file itself\n"
-    "  --text STR       the text (UTF-8)\n"
-    "  --file PATH      read the text from PATH ('-' = standard input)\n"
-    "  --chat           the input is a JSON array of {\"role\", \"content\"} messages (roles system,\n"
-    "                   user, assistant): print the ids of the chat template with BOS and the\n"
-    "                   generation prompt <｜Assistant｜> appended\n"
-    "\n"
-    "Exit status: 0 ok, 1 run-time error (unreadable or invalid input, tokenizer does not load),\n"
-    "2 usage error (unknown option, missing value, invalid UTF-8 in --text).\n";
+/** The flags of tokenize and detokenize. */
+typedef struct {
+    const char *dir, *text, *file, *ids;
+    int chat;
+} Args;
+
+static const CliOpt tokenize_opts[] = {
+    { "--tokenizer", NULL, CLI_STR, offsetof(Args, dir), "DIR",
+      .help = "directory with tokenizer.json (and tokenizer_config.json), or the file itself" },
+    { "--text", NULL, CLI_STR, offsetof(Args, text), "STR", .help = "the text (UTF-8)" },
+    { "--file", NULL, CLI_STR, offsetof(Args, file), "PATH", .help = "read the text from PATH ('-' = standard input)" },
+    { "--chat", NULL, CLI_FLAG, offsetof(Args, chat),
+      .help = "the input is a JSON array of {\"role\", \"content\"} messages (roles system,\n"
+              "user, assistant): print the ids of the chat template with BOS and the\n"
+              "generation prompt <｜Assistant｜> appended" },
+};
+
+static const char EXIT_STATUS[] = "Exit status: 0 ok, 1 run-time error (unreadable or invalid input, tokenizer does not load),\n"
+                                  "2 usage error (unknown option, missing value, invalid UTF-8 in --text).";
 
 int cmd_tokenize(int argc, char **argv) {
-    const char *cmd = "tokenize", *dir = NULL, *text = NULL, *file = NULL, *chat = NULL;
-    Flag flags[] = {{"--tokenizer", 1, &dir}, {"--text", 1, &text}, {"--file", 1, &file}, {"--chat", 0, &chat}};
-    int rc = parse_flags(cmd, argc, argv, flags, 4, TOKENIZE_HELP);
-    if (rc) return rc < 0 ? 0 : rc;
+    const char *cmd = "tokenize";
+    Args a = { 0 };
+    CliCmd c = { .name = cmd, .usage = "--tokenizer DIR (--text STR | --file PATH) [--chat]",
+                 .about = "\nPrints the token ids of the text as a JSON array on one line, e.g. [19923,14,2058],\n"
+                          "exactly as Hugging Face tokenizers' encode(text, add_special_tokens=False).ids.",
+                 .footer = EXIT_STATUS };
+    cli_add(&c, CLI_GROUP(NULL, tokenize_opts, &a));
+    int rc = cli_parse(&c, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *dir = a.dir, *text = a.text, *file = a.file;
+    int chat = a.chat;
     if (!dir) return cli_fail(cmd, EXIT_USAGE, "--tokenizer DIR is required");
     if (!!text == !!file) return cli_fail(cmd, EXIT_USAGE, "give exactly one of --text and --file");
     if (text && !chat && !utf8_valid(text, strlen(text))) return cli_fail(cmd, EXIT_USAGE, "--text is not valid UTF-8");
@@ -197,25 +172,25 @@ static int parse_ids(const char *s, size_t len, IntVec *out, Err *err) {
     return 0;
 }
 
-static const char DETOKENIZE_HELP[] =
-    "usage: dsv3 detokenize --tokenizer DIR (--ids 1,2,3 | --file PATH)\n"
-    "\n"
-    "Prints the text of the token ids, byte for byte what Hugging Face tokenizers'\n"
-    "decode(ids, skip_special_tokens=False) returns (special tokens included; bytes that do not\n"
-    "form valid UTF-8 become U+FFFD). No newline is added.\n"
-    "\n"
-    "  --tokenizer DIR  directory with tokenizer.json, or the file itself\n"
-    "  --ids LIST       comma-separated ids, optionally in brackets: 1,2,3 or [1,2,3]\n"
-    "  --file PATH      read the list from PATH ('-' = standard input), same format\n"
-    "\n"
-    "Exit status: 0 ok, 1 run-time error (unreadable file, tokenizer does not load, bad ids in\n"
-    "--file), 2 usage error (unknown option, missing value, malformed or out-of-range --ids).\n";
+static const CliOpt detokenize_opts[] = {
+    { "--tokenizer", NULL, CLI_STR, offsetof(Args, dir), "DIR", .help = "directory with tokenizer.json, or the file itself" },
+    { "--ids", NULL, CLI_STR, offsetof(Args, ids), "LIST", .help = "comma-separated ids, optionally in brackets: 1,2,3 or [1,2,3]" },
+    { "--file", NULL, CLI_STR, offsetof(Args, file), "PATH", .help = "read the list from PATH ('-' = standard input), same format" },
+};
 
 int cmd_detokenize(int argc, char **argv) {
-    const char *cmd = "detokenize", *dir = NULL, *idstr = NULL, *file = NULL;
-    Flag flags[] = {{"--tokenizer", 1, &dir}, {"--ids", 1, &idstr}, {"--file", 1, &file}};
-    int rc = parse_flags(cmd, argc, argv, flags, 3, DETOKENIZE_HELP);
-    if (rc) return rc < 0 ? 0 : rc;
+    const char *cmd = "detokenize";
+    Args a = { 0 };
+    CliCmd c = { .name = cmd, .usage = "--tokenizer DIR (--ids 1,2,3 | --file PATH)",
+                 .about = "\nPrints the text of the token ids, byte for byte what Hugging Face tokenizers'\n"
+                          "decode(ids, skip_special_tokens=False) returns (special tokens included; bytes that do not\n"
+                          "form valid UTF-8 become U+FFFD). No newline is added.",
+                 .footer = "Exit status: 0 ok, 1 run-time error (unreadable file, tokenizer does not load, bad ids in\n"
+                           "--file), 2 usage error (unknown option, missing value, malformed or out-of-range --ids)." };
+    cli_add(&c, CLI_GROUP(NULL, detokenize_opts, &a));
+    int rc = cli_parse(&c, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    const char *dir = a.dir, *idstr = a.ids, *file = a.file;
     if (!dir) return cli_fail(cmd, EXIT_USAGE, "--tokenizer DIR is required");
     if (!!idstr == !!file) return cli_fail(cmd, EXIT_USAGE, "give exactly one of --ids and --file");
 

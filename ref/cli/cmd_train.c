@@ -11,140 +11,127 @@
  * Hugging Face layout (config.json + model.safetensors, loadable by `dsv3 logits -m`), plus
  * optimizer.safetensors for `--resume`; OUT/latest points at the newest.
  */
-#include <math.h>
 #include <errno.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_groups.h"
 #include "cli_util.h"
 #include "train/train.h"
 
 static const char *const CMD = "train";
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv3 train --train FILE [options]\n"
-            "data (flat little-endian uint32 token ids, no header; ids < vocab_size)\n"
-            "  --train FILE           training tokens (required)\n"
-            "  --val FILE             validation tokens\n"
-            "model of a new run\n"
-            "  --preset NAME          tiny (default), small, mini, v3\n"
-            "  --config FILE          a Hugging Face config.json instead of a preset\n"
-            "  --init DIR             start from a checkpoint's weights (its config.json gives the shape)\n"
-            "  --vocab N              vocab_size override (your tokenizer's size)\n"
-            "  --set KEY=VALUE        override a numeric config field (repeatable)\n"
-            "  --mtp N                MTP depths D (default: the config's num_nextn_predict_layers)\n"
-            "schedule and optimizer (paper §4.2 values unless noted)\n"
-            "  -n, --steps N          optimizer steps of the run (default 1000)\n"
-            "  -b, --batch N          sequences per step (default 8)\n"
-            "  -t, --seq-len N        tokens per sequence (default 256)\n"
-            "  --lr X                 peak learning rate (default 1e-3; paper 2.2e-4 at 15M-token batches)\n"
-            "  --lr-min X             learning rate at the end of the cosine (default lr/10)\n"
-            "  --warmup N             linear warmup steps (default min(100, steps/10))\n"
-            "  --beta1 X --beta2 X    AdamW moments (0.9, 0.95)\n"
-            "  --eps X                AdamW epsilon (1e-8)\n"
-            "  --wd X                 weight decay of matrices (0.1); norms and biases get none\n"
-            "  --clip X               max global gradient norm (1.0; 0 disables)\n"
-            "load balancing and MTP\n"
-            "  --bias-update X        gamma: aux-loss-free bias update speed (0.001)\n"
-            "  --balance-alpha X      alpha: sequence-wise balance loss weight (0.0001)\n"
-            "  --mtp-lambda X         lambda: MTP loss weight (0.3)\n"
-            "init and data order\n"
-            "  --seed N               random init and shuffling (default 1337)\n"
-            "  --init-std X           std of random matrices (default 0.006*sqrt(7168/hidden))\n"
-            "  --shuffle              random sequence starts instead of one sequential pass\n"
-            "output\n"
-            "  -o, --out DIR          run directory: step_N/ checkpoints and a latest link (default out)\n"
-            "  --save-every N         checkpoint every N steps (default 0: at the end only)\n"
-            "  --save-format F        f32 (default), bf16 or fp8 model.safetensors (moments stay FP32)\n"
-            "  --keep N               newest checkpoints to keep (default 3; 0 keeps all)\n"
-            "  --tokenizer DIR        copy DIR/tokenizer.json (+ tokenizer_config.json) into each checkpoint\n"
-            "  --val-every N          validate every N steps (default 100; 0: at the end only)\n"
-            "  --val-batches N        batches of --val per validation (default 4)\n"
-            "  --log FILE             append one JSON line per step and per validation\n"
-            "  --resume PATH          continue a run from a checkpoint or a run directory (its latest);\n"
-            "                         the options are the checkpoint's, flags given here override them\n"
-            "  --stop-after N         save and exit after step N, as if interrupted (resume continues)\n");
-}
-
 /** Everything the command line sets. */
 typedef struct {
-    TrainOptions o;
+    TrainOptions o; /* what trainer_init gets: the flags of a new run, or a checkpoint's options and the flags given */
     const char *train, *val, *preset, *config, *init, *out, *tokenizer, *log, *resume;
-    char *sets[64];
-    int n_sets, shape_flags, warmup_given, lr_min_given, mtp_given;
+    CliList sets;
+    int shape_flags, warmup_given, lr_min_given, mtp_given;
     long vocab, save_every, keep, val_every, val_batches, stop_after;
-    CkptFormat format;
+    int format; /* a CkptFormat */
+    /* the flags of TrainOptions' fields (take_options copies them into o) */
+    long n_mtp, steps, batch, seq_len, warmup, seed;
+    double lr, lr_min, beta1, beta2, eps, wd, clip, bias_update, balance_alpha, mtp_lambda, init_std;
+    int shuffle;
+    CliThreads threads;
 } Args;
 
-/* Flag helpers of parse(), over its locals f (flag), v (value), l, d, argc, argv, i. */
-/** The flag's value into v (NULL and a message when missing). */
-#define VALUE() (v = cli_value(CMD, argc, argv, &i))
-/** The flag's integer value in [lo, hi] into l. */
-#define LONG(lo, hi) (VALUE() && cli_long(CMD, f, v, lo, hi, &l) == 0)
-/** The flag's number in [lo, hi] into d. */
-#define DBL(lo, hi) (VALUE() && cli_double(CMD, f, v, lo, hi, &d) == 0)
-/** Whether the current argument is flag s. */
-#define IS(s) (!strcmp(f, s))
+/* The defaults are train_options_default()'s (ref/train/train.c): the values the paper uses
+ * unless noted, scaled to a CPU run. */
+static const CliOpt data_opts[] = {
+    { "--train", NULL, CLI_STR, offsetof(Args, train), "FILE", .help = "training tokens (required)" },
+    { "--val", NULL, CLI_STR, offsetof(Args, val), "FILE", .help = "validation tokens" },
+};
+static const CliOpt model_opts[] = {
+    { "--preset", NULL, CLI_STR, offsetof(Args, preset), "NAME", .def = "tiny", .help = "tiny, small, mini or v3" },
+    { "--config", NULL, CLI_STR, offsetof(Args, config), "FILE", .help = "a Hugging Face config.json instead of a preset" },
+    { "--init", NULL, CLI_STR, offsetof(Args, init), "DIR", .help = "start from a checkpoint's weights (its config.json gives the shape)" },
+    { "--vocab", NULL, CLI_LONG, offsetof(Args, vocab), "N", .lo = 1, .hi = 1 << 24, .help = "vocab_size override (your tokenizer's size)" },
+    { "--set", NULL, CLI_LIST, offsetof(Args, sets), "KEY=VALUE", .help = "override a numeric config field (repeatable)" },
+    { "--mtp", NULL, CLI_LONG, offsetof(Args, n_mtp), "N", .lo = 0, .hi = 16,
+      .help = "MTP depths D (default: the config's num_nextn_predict_layers)" },
+};
+static const CliOpt schedule_opts[] = {
+    { "--steps", "-n", CLI_LONG, offsetof(Args, steps), "N", .lo = 1, .hi = 1L << 40, .def = "1000", .help = "optimizer steps of the run" },
+    { "--batch", "-b", CLI_LONG, offsetof(Args, batch), "N", .lo = 1, .hi = 1L << 20, .def = "8", .help = "sequences per step" },
+    { "--seq-len", "-t", CLI_LONG, offsetof(Args, seq_len), "N", .lo = 2, .hi = 1L << 20, .def = "256",
+      .help = "tokens per sequence (-t as in llm.c; the threads are --threads here)" },
+    { "--lr", NULL, CLI_DOUBLE, offsetof(Args, lr), "X", .lo = 0, .hi = 10, .def = "1e-3",
+      .help = "peak learning rate; the paper's is 2.2e-4 at 15M-token batches" },
+    { "--lr-min", NULL, CLI_DOUBLE, offsetof(Args, lr_min), "X", .lo = 0, .hi = 10,
+      .help = "learning rate at the end of the cosine (default lr/10)" },
+    { "--warmup", NULL, CLI_LONG, offsetof(Args, warmup), "N", .lo = 0, .hi = 1L << 40,
+      .help = "linear warmup steps (default min(100, steps/10))" },
+    { "--beta1", NULL, CLI_DOUBLE, offsetof(Args, beta1), "X", .lo = 0, .hi = 0.999999, .def = "0.9", .help = "AdamW first moment" },
+    { "--beta2", NULL, CLI_DOUBLE, offsetof(Args, beta2), "X", .lo = 0, .hi = 0.999999, .def = "0.95", .help = "AdamW second moment" },
+    { "--eps", NULL, CLI_DOUBLE, offsetof(Args, eps), "X", .lo = 1e-30, .hi = 1, .def = "1e-8", .help = "AdamW epsilon" },
+    { "--wd", NULL, CLI_DOUBLE, offsetof(Args, wd), "X", .lo = 0, .hi = 10, .def = "0.1",
+      .help = "weight decay of matrices; norms and biases get none" },
+    { "--clip", NULL, CLI_DOUBLE, offsetof(Args, clip), "X", .lo = 0, .hi = 1e9, .def = "1.0", .help = "max global gradient norm, 0 = none" },
+};
+static const CliOpt balance_opts[] = {
+    { "--bias-update", NULL, CLI_DOUBLE, offsetof(Args, bias_update), "X", .lo = 0, .hi = 10, .def = "0.001",
+      .help = "gamma: aux-loss-free bias update speed" },
+    { "--balance-alpha", NULL, CLI_DOUBLE, offsetof(Args, balance_alpha), "X", .lo = 0, .hi = 100, .def = "0.0001",
+      .help = "alpha: sequence-wise balance loss weight" },
+    { "--mtp-lambda", NULL, CLI_DOUBLE, offsetof(Args, mtp_lambda), "X", .lo = 0, .hi = 100, .def = "0.3", .help = "lambda: MTP loss weight" },
+};
+static const CliOpt init_opts[] = {
+    { "--seed", NULL, CLI_LONG, offsetof(Args, seed), "N", .lo = 0, .hi = 0x7fffffff, .def = "1337", .help = "random init and shuffling" },
+    { "--init-std", NULL, CLI_DOUBLE, offsetof(Args, init_std), "X", .lo = 0, .hi = 10,
+      .help = "std of random matrices (default 0.006*sqrt(7168/hidden))" },
+    { "--shuffle", NULL, CLI_FLAG, offsetof(Args, shuffle), .help = "random sequence starts instead of one sequential pass" },
+};
+static const int format_values[] = { CKPT_F32, CKPT_BF16, CKPT_FP8 };
+static const CliOpt output_opts[] = {
+    { "--out", "-o", CLI_STR, offsetof(Args, out), "DIR", .help = "run directory: step_N/ checkpoints and a latest link (default out)" },
+    { "--save-every", NULL, CLI_LONG, offsetof(Args, save_every), "N", .lo = 0, .hi = 1L << 40, .def = "0",
+      .help = "checkpoint every N steps, 0 = at the end only" },
+    { "--save-format", NULL, CLI_CHOICE, offsetof(Args, format), .choices = "f32|bf16|fp8", .values = format_values, .def = "f32",
+      .help = "model.safetensors storage; the moments stay FP32" },
+    { "--keep", NULL, CLI_LONG, offsetof(Args, keep), "N", .lo = 0, .hi = 1L << 20, .def = "3", .help = "newest checkpoints to keep, 0 = all" },
+    { "--tokenizer", NULL, CLI_STR, offsetof(Args, tokenizer), "DIR",
+      .help = "copy DIR/tokenizer.json (+ tokenizer_config.json) into each checkpoint" },
+    { "--val-every", NULL, CLI_LONG, offsetof(Args, val_every), "N", .lo = 0, .hi = 1L << 40, .def = "100",
+      .help = "validate every N steps, 0 = at the end only" },
+    { "--val-batches", NULL, CLI_LONG, offsetof(Args, val_batches), "N", .lo = 1, .hi = 1L << 20, .def = "4",
+      .help = "batches of --val per validation" },
+    { "--log", NULL, CLI_STR, offsetof(Args, log), "FILE", .help = "append one JSON line per step and per validation" },
+    { "--resume", NULL, CLI_STR, offsetof(Args, resume), "PATH",
+      .help = "continue a run from a checkpoint or a run directory (its latest);\n"
+              "the options are the checkpoint's, flags given here override them" },
+    { "--stop-after", NULL, CLI_LONG, offsetof(Args, stop_after), "N", .lo = 1, .hi = 1L << 40,
+      .help = "save and exit after step N, as if interrupted (resume continues)" },
+};
 
-/** Applies the flags of argv to @p a (called once for a new run, twice around --resume). */
-static int parse(Args *a, int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = NULL;
-        long l;
-        double d;
-        if (IS("--help") || IS("-h")) continue;
-        else if (IS("--train")) { if (!VALUE()) return -1; a->train = v; }
-        else if (IS("--val")) { if (!VALUE()) return -1; a->val = v; }
-        else if (IS("--preset")) { if (!VALUE()) return -1; a->preset = v; a->shape_flags++; }
-        else if (IS("--config")) { if (!VALUE()) return -1; a->config = v; a->shape_flags++; }
-        else if (IS("--init")) { if (!VALUE()) return -1; a->init = v; a->shape_flags++; }
-        else if (IS("--vocab")) { if (!LONG(1, 1L << 24)) return -1; a->vocab = l; a->shape_flags++; }
-        else if (IS("--set")) {
-            if (!VALUE()) return -1;
-            if (a->n_sets == (int)(sizeof a->sets / sizeof a->sets[0])) return cli_fail(CMD, EXIT_USAGE, "too many --set"), -1;
-            a->sets[a->n_sets++] = (char *)v;
-            a->shape_flags++;
-        }
-        else if (IS("--mtp")) { if (!LONG(0, 16)) return -1; a->o.n_mtp = (int)l; a->mtp_given = 1; a->shape_flags++; }
-        else if (IS("-n") || IS("--steps")) { if (!LONG(1, 1L << 40)) return -1; a->o.steps = l; }
-        else if (IS("-b") || IS("--batch")) { if (!LONG(1, 1L << 20)) return -1; a->o.batch = l; }
-        else if (IS("-t") || IS("--seq-len")) { if (!LONG(2, 1L << 20)) return -1; a->o.seq_len = l; }
-        else if (IS("--lr")) { if (!DBL(0, 10)) return -1; a->o.lr.peak = d; }
-        else if (IS("--lr-min")) { if (!DBL(0, 10)) return -1; a->o.lr.min = d; a->lr_min_given = 1; }
-        else if (IS("--warmup")) { if (!LONG(0, 1L << 40)) return -1; a->o.lr.warmup = l; a->warmup_given = 1; }
-        else if (IS("--beta1")) { if (!DBL(0, 0.999999)) return -1; a->o.adamw.beta1 = d; }
-        else if (IS("--beta2")) { if (!DBL(0, 0.999999)) return -1; a->o.adamw.beta2 = d; }
-        else if (IS("--eps")) { if (!DBL(1e-30, 1)) return -1; a->o.adamw.eps = d; }
-        else if (IS("--wd")) { if (!DBL(0, 10)) return -1; a->o.adamw.weight_decay = d; }
-        else if (IS("--clip")) { if (!DBL(0, 1e9)) return -1; a->o.grad_clip = d; }
-        else if (IS("--bias-update")) { if (!DBL(0, 10)) return -1; a->o.bias_update_speed = d; }
-        else if (IS("--balance-alpha")) { if (!DBL(0, 100)) return -1; a->o.balance_alpha = d; }
-        else if (IS("--mtp-lambda")) { if (!DBL(0, 100)) return -1; a->o.mtp_lambda = d; }
-        else if (IS("--seed")) { if (!LONG(0, 0x7fffffffL)) return -1; a->o.seed = (uint64_t)l; }
-        else if (IS("--init-std")) { if (!DBL(0, 10)) return -1; a->o.init_std = d; }
-        else if (IS("--shuffle")) a->o.shuffle = 1;
-        else if (IS("-o") || IS("--out")) { if (!VALUE()) return -1; a->out = v; }
-        else if (IS("--save-every")) { if (!LONG(0, 1L << 40)) return -1; a->save_every = l; }
-        else if (IS("--save-format")) {
-            if (!VALUE()) return -1;
-            if (!strcmp(v, "f32")) a->format = CKPT_F32;
-            else if (!strcmp(v, "bf16")) a->format = CKPT_BF16;
-            else if (!strcmp(v, "fp8")) a->format = CKPT_FP8;
-            else return cli_fail(CMD, EXIT_USAGE, "--save-format must be f32, bf16 or fp8, got '%s'", v), -1;
-        }
-        else if (IS("--keep")) { if (!LONG(0, 1L << 20)) return -1; a->keep = l; }
-        else if (IS("--tokenizer")) { if (!VALUE()) return -1; a->tokenizer = v; }
-        else if (IS("--val-every")) { if (!LONG(0, 1L << 40)) return -1; a->val_every = l; }
-        else if (IS("--val-batches")) { if (!LONG(1, 1L << 20)) return -1; a->val_batches = l; }
-        else if (IS("--log")) { if (!VALUE()) return -1; a->log = v; }
-        else if (IS("--resume")) { if (!VALUE()) return -1; a->resume = v; }
-        else if (IS("--stop-after")) { if (!LONG(1, 1L << 40)) return -1; a->stop_after = l; }
-        else return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 train --help)", f), -1;
-    }
-    return 0;
+/** In take_options: dst = src when the run takes every flag, or when @p flag was given. */
+#define TAKE(flag, dst, src) do { if (all || cli_given(c, flag)) (dst) = (src); } while (0)
+
+/** Copies the flags into a->o: all of them (a new run), or those given (over a checkpoint's options). */
+static void take_options(const CliCmd *c, Args *a, int all) {
+    TAKE("--mtp", a->o.n_mtp, (int)a->n_mtp);
+    TAKE("--steps", a->o.steps, a->steps);
+    TAKE("--batch", a->o.batch, a->batch);
+    TAKE("--seq-len", a->o.seq_len, a->seq_len);
+    TAKE("--lr", a->o.lr.peak, a->lr);
+    TAKE("--lr-min", a->o.lr.min, a->lr_min);
+    TAKE("--warmup", a->o.lr.warmup, a->warmup);
+    TAKE("--beta1", a->o.adamw.beta1, a->beta1);
+    TAKE("--beta2", a->o.adamw.beta2, a->beta2);
+    TAKE("--eps", a->o.adamw.eps, a->eps);
+    TAKE("--wd", a->o.adamw.weight_decay, a->wd);
+    TAKE("--clip", a->o.grad_clip, a->clip);
+    TAKE("--bias-update", a->o.bias_update_speed, a->bias_update);
+    TAKE("--balance-alpha", a->o.balance_alpha, a->balance_alpha);
+    TAKE("--mtp-lambda", a->o.mtp_lambda, a->mtp_lambda);
+    TAKE("--seed", a->o.seed, (uint64_t)a->seed);
+    TAKE("--init-std", a->o.init_std, a->init_std);
+    TAKE("--shuffle", a->o.shuffle, a->shuffle);
+#undef TAKE
 }
 
 /** CkptSource of --init: a loaded checkpoint's tensors (dequantized), random init for tensors it lacks. */
@@ -186,7 +173,7 @@ static int new_run(Args *a, Trainer *tr, Err *err) {
     if (a->init) {
         if (model_load(&init, a->init, NULL, err)) return -1;
         c = init.config;
-    } else if (a->config ? config_load(&c, a->config, err) : config_preset(&c, a->preset ? a->preset : "tiny", err)) {
+    } else if (a->config ? config_load(&c, a->config, err) : config_preset(&c, a->preset, err)) {
         return -1;
     }
     if (a->vocab) {
@@ -195,7 +182,7 @@ static int new_run(Args *a, Trainer *tr, Err *err) {
         char *one[1] = { set };
         if (config_apply_sets(&c, one, 1, err)) goto fail;
     }
-    if (config_apply_sets(&c, a->sets, a->n_sets, err)) goto fail;
+    if (config_apply_sets(&c, (char *const *)a->sets.v, a->sets.n, err)) goto fail;
     if (!a->mtp_given) a->o.n_mtp = c.num_nextn_predict_layers;
     if (a->o.init_std < 0) a->o.init_std = train_options_default(c.hidden_size).init_std;
     if (!a->warmup_given) a->o.lr.warmup = a->o.steps / 10 < 100 ? a->o.steps / 10 : 100;
@@ -314,16 +301,35 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
     return rc;
 }
 
+/** The command once its flags are parsed. */
+static int start(Args a, const CliCmd *c);
+
 int cmd_train(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage(stdout), EXIT_OK;
     Args a;
     memset(&a, 0, sizeof a);
     a.o = train_options_default(0);
-    a.o.init_std = -1; /* derived from the hidden size unless given */
-    a.format = CKPT_F32;
-    a.keep = 3, a.val_every = 100, a.val_batches = 4;
-    if (parse(&a, argc, argv)) return EXIT_USAGE;
+    a.init_std = -1; /* derived from the hidden size unless given */
+    CliCmd cmd = { .name = CMD, .usage = "--train FILE [options]",
+                   .about = "data: flat little-endian uint32 token ids, no header; ids < vocab_size" };
+    cli_add(&cmd, CLI_GROUP("data", data_opts, &a));
+    cli_add(&cmd, CLI_GROUP("model of a new run", model_opts, &a));
+    cli_add(&cmd, CLI_GROUP("schedule and optimizer", schedule_opts, &a));
+    cli_add(&cmd, CLI_GROUP("load balancing and MTP", balance_opts, &a));
+    cli_add(&cmd, CLI_GROUP("init and data order", init_opts, &a));
+    cli_add(&cmd, CLI_GROUP("output", output_opts, &a));
+    cli_add(&cmd, cli_threads_group(&a.threads, CLI_LONG_ONLY));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    static const char *const shape[] = { "--preset", "--config", "--init", "--vocab", "--set", "--mtp" };
+    for (int i = 0; i < 6; i++) a.shape_flags += cli_given(&cmd, shape[i]);
+    a.mtp_given = cli_given(&cmd, "--mtp"), a.warmup_given = cli_given(&cmd, "--warmup"), a.lr_min_given = cli_given(&cmd, "--lr-min");
+    rc = start(a, &cmd);
+    cli_free(&cmd);
+    return rc;
+}
+
+static int start(Args a, const CliCmd *cmd) {
+    cli_threads_apply(&a.threads);
     Err err = { "" };
     Trainer tr;
     memset(&tr, 0, sizeof tr);
@@ -333,7 +339,7 @@ int cmd_train(int argc, char **argv) {
         Config c;
         if (train_resolve_checkpoint(a.resume, ckpt, sizeof ckpt, &err) || train_read_checkpoint_options(ckpt, &c, &a.o, &err))
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
-        parse(&a, argc, argv); /* flags given now override the checkpoint's options */
+        take_options(cmd, &a, 0); /* flags given now override the checkpoint's options */
         if (!a.out) { /* continue in the run directory the checkpoint belongs to */
             snprintf(run_dir, sizeof run_dir, "%s", a.resume);
             if (!strcmp(ckpt, a.resume)) {
@@ -351,9 +357,12 @@ int cmd_train(int argc, char **argv) {
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         }
         fprintf(stderr, "dsv3 train: resumed %s at step %lld\n", ckpt, (long long)tr.step);
-    } else if (new_run(&a, &tr, &err)) {
-        trainer_free(&tr);
-        return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
+    } else {
+        take_options(cmd, &a, 1);
+        if (new_run(&a, &tr, &err)) {
+            trainer_free(&tr);
+            return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
+        }
     }
     if (!a.out) a.out = "out";
     if (!a.train) {

@@ -4,6 +4,7 @@
  *        (bpe_train.h) from text files and write tokenizer.json + tokenizer_config.json.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "tokenizer/bpe_train.h"
 #include "base/buf.h"
 #include "cli.h"
+#include "cli_opt.h"
 #include "cli_util.h"
 #include "base/util.h"
 
@@ -20,23 +22,23 @@
 /** The subcommand name in error messages. */
 #define CMD "train-tokenizer"
 
-static const char HELP[] =
-    "usage: dsv3 train-tokenizer --input FILE [--input FILE ...] [--input-list LIST] --output DIR\n"
-    "                            [--vocab-size N] [--min-frequency N]\n"
-    "\n"
-    "Learns a byte-level BPE tokenizer from UTF-8 text with DeepSeek-V3's pre-tokenizer and\n"
-    "chat template, and writes DIR/tokenizer.json and DIR/tokenizer_config.json (Hugging Face\n"
-    "layout). Ids: 0 <｜begin▁of▁sentence｜>, 1 <｜end▁of▁sentence｜>, 2 <｜▁pad▁｜>, 3..258 the\n"
-    "256 bytes, then one per merge, then <｜User｜> and <｜Assistant｜>. Ties between equally\n"
-    "frequent pairs go to the smaller left id, then the smaller right id.\n"
-    "\n"
-    "  --input FILE       a text file (repeatable)\n"
-    "  --input-list LIST  a file naming one input file per line (relative to LIST's directory)\n"
-    "  --output DIR       where to write (created if missing)\n"
-    "  --vocab-size N     number of ids, special tokens included (default 4096, 261..1000000)\n"
-    "  --min-frequency N  merge only pairs seen at least N times (default 2)\n"
-    "\n"
-    "Exit status: 0 ok, 1 run-time error, 2 usage error.\n";
+/** What the command line sets. */
+typedef struct {
+    CliList inputs;
+    const char *list, *out;
+    long vocab_size, min_frequency;
+} Args;
+
+static const CliOpt opts[] = {
+    { "--input", NULL, CLI_LIST, offsetof(Args, inputs), "FILE", .help = "a text file (repeatable)" },
+    { "--input-list", NULL, CLI_STR, offsetof(Args, list), "LIST",
+      .help = "a file naming one input file per line (relative to LIST's directory)" },
+    { "--output", NULL, CLI_STR, offsetof(Args, out), "DIR", .help = "where to write (created if missing)" },
+    { "--vocab-size", NULL, CLI_LONG, offsetof(Args, vocab_size), "N", .lo = 261, .hi = 1000000, .def = "4096",
+      .help = "number of ids, special tokens included (261..1000000)" },
+    { "--min-frequency", NULL, CLI_LONG, offsetof(Args, min_frequency), "N", .lo = 1, .hi = 2147483647L, .def = "2",
+      .help = "merge only pairs seen at least N times" },
+};
 
 static int add_file(BpeTrainer *tr, const char *path) {
     Err err = {{0}};
@@ -79,55 +81,35 @@ static int add_list(BpeTrainer *tr, const char *list, int *nfiles) {
     return rc;
 }
 
-int cmd_train_tokenizer(int argc, char **argv) {
-    BpeTrainOptions opt = bpe_train_defaults();
-    const char *out = NULL, *list = NULL;
-    int ninputs = 0;
-    const char **inputs = xcalloc((size_t)argc + 1, sizeof *inputs);
-    if (!inputs) return cli_fail(CMD, EXIT_RUNTIME, "out of memory");
-    int rc = 0;
-    for (int i = 1; i < argc && rc == 0; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(HELP, stdout);
-            free(inputs);
-            return 0;
-        }
-        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
-        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        static const char *const names[] = {"--input", "--input-list", "--output", "--vocab-size", "--min-frequency"};
-        int k = -1;
-        for (int q = 0; q < 5; q++)
-            if (strlen(names[q]) == nlen && !strncmp(a, names[q], nlen)) k = q;
-        if (k < 0) {
-            rc = strncmp(a, "--", 2) ? cli_fail(CMD, EXIT_USAGE, "unexpected argument '%.200s' (--help lists the options)", a)
-                                     : cli_fail(CMD, EXIT_USAGE, "unknown option '%.*s' (--help lists the options)", (int)(nlen > 200 ? 200 : nlen), a);
-            break;
-        }
-        if (eq) v = eq + 1;
-        else if (!(v = cli_value(CMD, argc, argv, &i))) { rc = EXIT_USAGE; break; }
-        long n;
-        switch (k) {
-        case 0: inputs[ninputs++] = v; break;
-        case 1: if (list) rc = cli_fail(CMD, EXIT_USAGE, "option --input-list given twice"); list = v; break;
-        case 2: if (out) rc = cli_fail(CMD, EXIT_USAGE, "option --output given twice"); out = v; break;
-        case 3:
-            if (parse_long(v, 261, 1000000, &n) != 0) rc = cli_fail(CMD, EXIT_USAGE, "--vocab-size: '%.40s' is not an integer in [261, 1000000]", v);
-            else opt.vocab_size = (int)n;
-            break;
-        case 4:
-            if (parse_long(v, 1, 2147483647L, &n) != 0) rc = cli_fail(CMD, EXIT_USAGE, "--min-frequency: '%.40s' is not a positive integer", v);
-            else opt.min_frequency = (int)n;
-            break;
-        }
-    }
-    if (rc == 0 && !out) rc = cli_fail(CMD, EXIT_USAGE, "--output DIR is required");
-    if (rc == 0 && !ninputs && !list) rc = cli_fail(CMD, EXIT_USAGE, "give at least one --input FILE or an --input-list");
-    if (rc) {
-        free(inputs);
-        return rc;
-    }
+/** The command once its flags are parsed. */
+static int run(const Args *a);
 
+int cmd_train_tokenizer(int argc, char **argv) {
+    Args a = { 0 };
+    CliCmd cmd = { .name = CMD, .usage = "--input FILE [--input FILE ...] [--input-list LIST] --output DIR\n"
+                                         "                            [--vocab-size N] [--min-frequency N]",
+                   .about = "\nLearns a byte-level BPE tokenizer from UTF-8 text with DeepSeek-V3's pre-tokenizer and\n"
+                            "chat template, and writes DIR/tokenizer.json and DIR/tokenizer_config.json (Hugging Face\n"
+                            "layout). Ids: 0 <｜begin▁of▁sentence｜>, 1 <｜end▁of▁sentence｜>, 2 <｜▁pad▁｜>, 3..258 the\n"
+                            "256 bytes, then one per merge, then <｜User｜> and <｜Assistant｜>. Ties between equally\n"
+                            "frequent pairs go to the smaller left id, then the smaller right id.",
+                   .footer = "Exit status: 0 ok, 1 run-time error, 2 usage error." };
+    cli_add(&cmd, CLI_GROUP(NULL, opts, &a));
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    if (!a.out) rc = cli_fail(CMD, EXIT_USAGE, "--output DIR is required");
+    else if (!a.inputs.n && !a.list) rc = cli_fail(CMD, EXIT_USAGE, "give at least one --input FILE or an --input-list");
+    else rc = run(&a);
+    cli_free(&cmd);
+    return rc;
+}
+
+static int run(const Args *a) {
+    BpeTrainOptions opt = bpe_train_defaults();
+    opt.vocab_size = (int)a->vocab_size, opt.min_frequency = (int)a->min_frequency;
+    const char *out = a->out, *list = a->list;
+    const char *const *inputs = a->inputs.v;
+    int ninputs = a->inputs.n, rc = 0;
     Err err = {{0}};
     BpeTrainer *tr = NULL;
     double t0 = now_seconds();
@@ -150,6 +132,5 @@ int cmd_train_tokenizer(int argc, char **argv) {
                    opt.vocab_size, opt.min_frequency);
     }
     bpe_train_free(tr);
-    free(inputs);
     return rc;
 }

@@ -1,17 +1,20 @@
 /**
  * @file main.c
  * @brief build/dsv3: one binary, one subcommand per job. This file only dispatches;
- *        each subcommand lives in its own ref/cmd_*.c and is declared in cli.h.
+ *        each subcommand lives in its own ref/cli/cmd_*.c and is declared in cli.h; their flags are
+ *        tables parsed by cli_opt.h.
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
+#include "cli_opt.h"
 
 /** `dsv3 version`: the version and what this build contains. */
 static int cmd_version(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
+    CliCmd cmd = { .name = "version", .usage = "", .about = "prints the version and the backends this build has" };
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc != CLI_RUN) return rc;
     printf("dsv3 0.1 (reference CPU backend%s)\n",
 #ifdef DSV3_HAVE_CUDA
            ", CUDA fast backend"

@@ -147,9 +147,13 @@ int batch_generate(const Model *m, GpuEngine *gpu, const BatchOptions *o, const 
             sl->len += b.chunks[i].n;
             if (sl->len < sl->n_tokens) continue; /* a prompt piece: more to come */
             int t = sampler_sample(&sl->sampler, b.logits + i * V, o->n_sample, b.probs, b.cands);
-            int eos = t == o->eos;
+            int eos = t == o->eos, cut = 0;
             if (!eos) sl->tokens[sl->n_tokens++] = t, sl->generated++, st->generated++;
-            if (eos || sl->generated == r->max_new || sl->n_tokens >= o->ctx) {
+            if (!eos && o->on_token && (cut = o->on_token(o->token_ctx, sl->req, t, err)) < 0) {
+                rc = -1;
+                break;
+            }
+            if (eos || cut || sl->generated == r->max_new || sl->n_tokens >= o->ctx) {
                 rc = done(done_ctx, sl->req, sl->tokens + r->n_prompt, sl->generated, eos, err);
                 sl->req = -1;
                 open--;

@@ -6,9 +6,10 @@
  * Up to max_seqs sequences are open at a time. Each step builds one batch: every decoding
  * sequence contributes its pending token, and sequences still reading their prompt fill the rest
  * of the step's max_T tokens with prefill chunks; a sequence that finishes (EOS, its token limit,
- * the context) hands its slot to the next waiting request at once. On the GPU a step is one
- * engine forward over all chunks (gpu_engine_forward_seqs: one paged cache, one launch sequence);
- * on the reference each chunk runs model_forward against its sequence's own KV cache.
+ * the context, or its on_token callback, e.g. at a stop string) hands its slot to the next waiting
+ * request at once. On the GPU a step is one engine forward over all chunks
+ * (gpu_engine_forward_seqs: one paged cache, one launch sequence); on the reference each chunk
+ * runs model_forward against its sequence's own KV cache.
  *
  * Every request samples with its own Sampler seeded from the request, so a request's output does
  * not depend on what else is in the batch: with the same seed it equals `dsv3 generate` of that
@@ -33,6 +34,13 @@ typedef struct {
 /** Called when request @p i is done: @p tokens [n] generated (EOS excluded), @p eos = 1 if it ended with EOS. */
 typedef int (*BatchDone)(void *ctx, int i, const int *tokens, int64_t n, int eos, Err *err);
 
+/**
+ * Called for every token request @p i generates (EOS excluded), before the next step: 1 ends the
+ * request there (e.g. its text now contains a stop string, ref/generate/stop.h), 0 lets it go on,
+ * −1 fails the run with @p err set.
+ */
+typedef int (*BatchToken)(void *ctx, int i, int token, Err *err);
+
 /** Settings of a batch run. */
 typedef struct {
     int max_seqs;        /**< sequences open at once */
@@ -46,6 +54,8 @@ typedef struct {
     AttnMode attn;       /**< reference: MLA form */
     Fp8Mode fp8;         /**< reference: FP8 numerics */
     MoeHook *moe_hook;   /**< reference: MoE layers go through it, e.g. expert parallelism (NULL: local) */
+    BatchToken on_token; /**< NULL: requests end at EOS, their token limit or the context only */
+    void *token_ctx;     /**< on_token's context */
 } BatchOptions;
 
 /** Counters of a batch run. */
