@@ -297,7 +297,7 @@ fuzz:
 # ---- training experiments (docs/experiments.md): load balancing arms and MTP on/off ------
 # Same model (models/kjv-config.json), data, seed and steps; only gamma / alpha / lambda differ.
 EXP_STEPS ?= 250
-EXP_ARGS = --train data/train.bin --val data/val.bin --config models/kjv-config.json -n $(EXP_STEPS) -b 8 -t 256 \
+EXP_ARGS = --train data/train.bin --val data/val.bin --config models/kjv-config.json -n $(EXP_STEPS) -b 8 -T 256 \
   --lr 1.5e-3 --lr-min 1e-4 --warmup 20 --shuffle --val-every 25 --val-batches 8 --seed 7
 $(BUILD)/train_report: tools/train_report.c $(BUILD)/libdsv3.a
 	@$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)

@@ -469,7 +469,7 @@ static void flags_errors_end_to_end(void **state) {
     usage_error("generate -m " KJV " --prompt a -p b", "option --prompt given twice (as --prompt and -p)");
     usage_error("generate -m " KJV " -p hi -t 0", "-t: '0' is not an integer in [1, 1024]");
     usage_error("logits -m " KJV " --ids 1 -o x --threads many", "--threads: 'many' is not an integer");
-    usage_error("train --train x -t 1", "-t: '1' is not an integer in [2, 1048576]"); /* train's -t is --seq-len */
+    usage_error("train --train x -T 1", "-T: '1' is not an integer in [2, 1048576]");
     usage_error("train --train x --threads 0", "--threads: '0' is not an integer in [1, 1024]");
     usage_error("generate -m " KJV " -p hi --stop ''", "--stop: an empty string");
     usage_error("generate -m " KJV " -p hi -e --stop '\\xff'", "--stop 1 is not valid UTF-8");

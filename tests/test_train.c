@@ -330,7 +330,7 @@ static void cli_setup(char *flags, size_t cap) {
     phrases(ids, 4000, cfg.vocab_size, 11);
     write_ids(data, ids, 4000);
     free(ids);
-    snprintf(flags, cap, "--config %s --train %s -t 16 -b 2 --shuffle --lr 3e-3 --warmup 3 --save-format f32", cfgp, data);
+    snprintf(flags, cap, "--config %s --train %s -T 16 -b 2 --shuffle --lr 3e-3 --warmup 3 --save-format f32", cfgp, data);
 }
 
 /** The "loss" field of each step line of a --log file, as text (bit-exact %.17g). */

@@ -58,8 +58,8 @@ static const CliOpt model_opts[] = {
 static const CliOpt schedule_opts[] = {
     { "--steps", "-n", CLI_LONG, offsetof(Args, steps), "N", .lo = 1, .hi = 1L << 40, .def = "1000", .help = "optimizer steps of the run" },
     { "--batch", "-b", CLI_LONG, offsetof(Args, batch), "N", .lo = 1, .hi = 1L << 20, .def = "8", .help = "sequences per step" },
-    { "--seq-len", "-t", CLI_LONG, offsetof(Args, seq_len), "N", .lo = 2, .hi = 1L << 20, .def = "256",
-      .help = "tokens per sequence (-t as in llm.c; the threads are --threads here)" },
+    { "--seq-len", "-T", CLI_LONG, offsetof(Args, seq_len), "N", .lo = 2, .hi = 1L << 20, .def = "256",
+      .help = "tokens per sequence (T)" },
     { "--lr", NULL, CLI_DOUBLE, offsetof(Args, lr), "X", .lo = 0, .hi = 10, .def = "1e-3",
       .help = "peak learning rate; the paper's is 2.2e-4 at 15M-token batches" },
     { "--lr-min", NULL, CLI_DOUBLE, offsetof(Args, lr_min), "X", .lo = 0, .hi = 10,
@@ -317,7 +317,7 @@ int cmd_train(int argc, char **argv) {
     cli_add(&cmd, CLI_GROUP("load balancing and MTP", balance_opts, &a));
     cli_add(&cmd, CLI_GROUP("init and data order", init_opts, &a));
     cli_add(&cmd, CLI_GROUP("output", output_opts, &a));
-    cli_add(&cmd, cli_threads_group(&a.threads, CLI_LONG_ONLY));
+    cli_add(&cmd, cli_threads_group(&a.threads, 0));
     int rc = cli_parse(&cmd, argc, argv);
     if (rc != CLI_RUN) return rc;
     static const char *const shape[] = { "--preset", "--config", "--init", "--vocab", "--set", "--mtp" };
