@@ -37,6 +37,12 @@ static void check(int ok, const char *claim) {
     failures += !ok;
 }
 
+/** A setup failure (a file that cannot be read, no memory): the notebook cannot make its point. */
+static void die(const char *msg) {
+    fprintf(stderr, "%s\n", msg);
+    exit(1);
+}
+
 /** max|a−b| / max|b| over n values: the project's way of comparing two float arrays. */
 static double max_rel_diff(const float *a, const float *b, size_t n) {
     double d = 0, m = 0;
@@ -59,7 +65,7 @@ static int argmax_agree(const float *a, const float *b, int rows, int V) {
 }
 
 /** Logits of all T positions of @p ids: a prefill of the first @p first tokens, then one token at a
- *  time — the second half decodes against the cache, the way generation does. NULL on error. */
+ *  time — the second half decodes against the cache, the way generation does. */
 static float *run(const Model *m, const int *ids, int T, int first, AttnMode attn, size_t *cache_bytes) {
     const Config *c = &m->config;
     RunState s;
@@ -67,32 +73,32 @@ static float *run(const Model *m, const int *ids, int T, int first, AttnMode att
     Err err;
     float *logits = malloc(sizeof(float) * (size_t)T * (size_t)c->vocab_size);
     if (!logits || runstate_init(&s, m, T, T, attn, FP8_DEQUANT, &err) ||
-        kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
-        fprintf(stderr, "setup failed\n");
-        exit(1);
-    }
+        kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err))
+        die("run: out of memory for the logits, the run state or the cache");
     int rc = model_forward(m, &s, &kv, ids, first, logits, first, NULL, NULL, &err);
     for (int p = first; p < T && rc == 0; p++)
         rc = model_forward(m, &s, &kv, ids + p, 1, logits + (size_t)p * c->vocab_size, 1, NULL, NULL, &err);
-    if (rc) fprintf(stderr, "%s\n", err.msg), exit(1);
+    if (rc) die(err.msg);
     *cache_bytes = kv.bytes;
     kvcache_free(&kv);
     runstate_free(&s);
     return logits;
 }
 
-int main(int argc, char **argv) {
-    const char *out_dir = argc > 1 ? argv[1] : "build/notebooks";
-    Err err;
+/* Context lengths of part A's table and plot. */
+enum { NCTX = 6 };
+static const int ctx[NCTX] = { 4096, 8192, 32768, 65536, 131072, 163840 };
 
-    /* ---- A. Bytes per token for DeepSeek-V3 ----------------------------------------------------
-     * Values per token and layer:
-     *   MLA (absorbed cache):   c_kv 512 + k_pe 64                      =    576
-     *   MHA (naive cache):      128 heads × (k 128+64 + v 128)          = 40 960
-     *   GQA, 8 KV heads:        8 × (k 192 + v 128)                     =  2 560
-     * DeepSeek's inference code keeps its cache in BF16 (2 bytes a value); the reference keeps FP32. */
+/* ---- A. Bytes per token for DeepSeek-V3 ----------------------------------------------------
+ * Values per token and layer:
+ *   MLA (absorbed cache):   c_kv 512 + k_pe 64                      =    576
+ *   MHA (naive cache):      128 heads × (k 128+64 + v 128)          = 40 960
+ *   GQA, 8 KV heads:        8 × (k 192 + v 128)                     =  2 560
+ * DeepSeek's inference code keeps its cache in BF16 (2 bytes a value); the reference keeps FP32. */
+static void part_bytes(double gib[][3]) {
+    Err err;
     Config v3;
-    if (config_preset(&v3, "v3", &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    if (config_preset(&v3, "v3", &err)) die(err.msg);
     int L = v3.num_hidden_layers, H = v3.num_attention_heads, Dqk = v3.qk_head_dim, Dv = v3.v_head_dim;
     int64_t mla = kvcache_floats_per_token(&v3, ATTN_ABSORB), mha = kvcache_floats_per_token(&v3, ATTN_NAIVE);
     enum { GQA_GROUPS = 8, BF16 = 2 };
@@ -109,16 +115,17 @@ int main(int argc, char **argv) {
           "kvcache_floats_per_token: MLA caches c_kv + k_pe, the naive form every head's k and v");
     check(mla * BF16 * L == 70272 && mha * BF16 * L == 4997120,
           "one token of context costs 70 272 bytes with MLA against 4 997 120 with MHA (71x)");
-    /* The DeepSeek-V2 paper (arXiv 2405.04434, Table 1) puts it as a GQA group count: MLA's 576 values are what GQA with
-     * 576 / (2 · 128) = 2.25 groups of 128-d keys and values would cache. */
-    printf("\n   MLA caches as much as GQA with %.2f groups of %d-d keys and values would (DeepSeek-V2 paper, arXiv 2405.04434, Table 1).\n",
+    /* The DeepSeek-V2 paper (arXiv 2405.04434, Table 1) puts it as a GQA group count: MLA's 576
+     * values are what GQA with 576 / (2 · 128) = 2.25 groups of 128-d keys and values would cache. */
+    printf("\n   MLA caches as much as GQA with %.2f groups of %d-d keys and values would\n"
+           "   (DeepSeek-V2 paper, arXiv 2405.04434, Table 1).\n",
            (double)mla / (2.0 * Dv), Dv);
 
     /* The reference's allocator agrees: kvcache_init for all 61 layers and 16 positions. */
     enum { POS = 16 };
     KVCache kv_mla, kv_mha;
     if (kvcache_init(&kv_mla, &v3, ATTN_ABSORB, L, POS, &err) || kvcache_init(&kv_mha, &v3, ATTN_NAIVE, L, POS, &err))
-        return fprintf(stderr, "%s\n", err.msg), 1;
+        die(err.msg);
     printf("   kvcache_init, %d positions x %d layers (FP32): absorb %zu bytes, naive %zu bytes\n", POS, L, kv_mla.bytes,
            kv_mha.bytes);
     check(kv_mla.bytes == (size_t)(mla * L * POS * 4) && kv_mha.bytes == (size_t)(mha * L * POS * 4),
@@ -126,17 +133,15 @@ int main(int argc, char **argv) {
     kvcache_free(&kv_mla);
     kvcache_free(&kv_mha);
 
-    enum { NCTX = 6 };
-    static const int ctx[NCTX] = { 4096, 8192, 32768, 65536, 131072, 163840 };
     printf("\n   one sequence's cache (BF16), GiB:\n      context      MHA      GQA-8      MLA\n");
-    double gib[NCTX][3];
     for (int i = 0; i < NCTX; i++) {
         for (int k = 0; k < 3; k++) gib[i][k] = (double)per_layer[k] * BF16 * L * ctx[i] / (1024.0 * 1024 * 1024);
         printf("      %7d  %7.1f  %7.2f  %7.3f\n", ctx[i], gib[i][0], gib[i][1], gib[i][2]);
     }
     printf("\n   At 128K tokens MHA would need %.0f GiB for ONE sequence — several 80 GiB GPUs; MLA needs %.1f GiB.\n",
            gib[4][0], gib[4][2]);
-    check(gib[4][0] > 80 && gib[4][2] < 10, "a 128K-token sequence: MHA's cache exceeds an 80 GiB GPU, MLA's is under 10 GiB");
+    check(gib[4][0] > 80 && gib[4][2] < 10,
+          "a 128K-token sequence: MHA's cache exceeds an 80 GiB GPU, MLA's is under 10 GiB");
 
     /* What absorption costs instead: per cached position and head, the absorbed form multiplies
      * 512 + 64 values for the score and 512 for the value sum (1 088 multiply-adds), the naive form
@@ -145,18 +150,21 @@ int main(int argc, char **argv) {
     int64_t mac_absorb = v3.kv_lora_rank + v3.qk_rope_head_dim + v3.kv_lora_rank, mac_naive = Dqk + Dv;
     printf("   The price: multiply-adds per cached position and head, absorbed %lld vs naive %lld (%.1fx).\n",
            (long long)mac_absorb, (long long)mac_naive, (double)mac_absorb / mac_naive);
+}
 
-    /* ---- B. Naive == absorbed, on a real checkpoint ---------------------------------------------
-     * golden/official-tiny: 4 layers in V3's layout (latent 64 + rope 16, 4 heads of k 48, v 32).
-     * Its 40 ids go through model_forward twice, once per MLA form: the first 20 as one prefill,
-     * then 20 single-token decode steps against the cache. */
+/* ---- B. Naive == absorbed, on a real checkpoint ---------------------------------------------
+ * golden/official-tiny: 4 layers in V3's layout (latent 64 + rope 16, 4 heads of k 48, v 32).
+ * Its 40 ids go through model_forward twice, once per MLA form: the first 20 as one prefill,
+ * then 20 single-token decode steps against the cache. */
+static void part_equivalence(void) {
+    Err err;
     Model m;
-    if (model_load(&m, "golden/official-tiny", NULL, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    if (model_load(&m, "golden/official-tiny", NULL, &err)) die(err.msg);
     const Config *c = &m.config;
     enum { T = 40, FIRST = 20 };
     int ids[T], n = 0, V = c->vocab_size;
     FILE *f = fopen("golden/official-tiny/ids.json", "r");
-    if (!f) return fprintf(stderr, "golden/official-tiny/ids.json: cannot open\n"), 1;
+    if (!f) die("golden/official-tiny/ids.json: cannot open");
     int ch;
     while (n < T && (ch = fgetc(f)) != EOF) /* a JSON array of integers: read the digits */
         if (ch >= '0' && ch <= '9') {
@@ -168,7 +176,7 @@ int main(int argc, char **argv) {
     f = fopen("golden/official-tiny/logits.f32", "rb");
     int have = f && official && fread(official, sizeof(float), (size_t)T * V, f) == (size_t)T * V;
     if (f) fclose(f);
-    if (n != T || !have) return fprintf(stderr, "golden/official-tiny: ids.json or logits.f32 unreadable\n"), 1;
+    if (n != T || !have) die("golden/official-tiny: ids.json or logits.f32 unreadable");
 
     size_t bytes_absorb, bytes_naive;
     float *absorb = run(&m, ids, T, FIRST, ATTN_ABSORB, &bytes_absorb);
@@ -186,12 +194,14 @@ int main(int argc, char **argv) {
     check(bytes_naive == bytes_absorb * (size_t)kvcache_floats_per_token(c, ATTN_NAIVE) /
                              (size_t)kvcache_floats_per_token(c, ATTN_ABSORB),
           "and the absorbed cache is smaller by exactly H(Dn+Dr+Dv)/(Dc+Dr)");
+}
 
-    /* ---- The plot: one sequence's cache against its context length. */
+/** The plot: one sequence's cache against its context length, into OUT_DIR/05_latent_kv_cache.png. */
+static void plot(const char *out_dir, double gib[][3]) {
     char png[4096];
     snprintf(png, sizeof png, "%s/05_latent_kv_cache.png", out_dir);
     FILE *gp = popen("gnuplot", "w");
-    if (!gp) return fprintf(stderr, "cannot run gnuplot\n"), 1;
+    if (!gp) die("cannot run gnuplot");
     fprintf(gp, "set terminal pngcairo size 900,560 font ',11'\nset output '%s'\n$d << EOD\n", png);
     for (int i = 0; i < NCTX; i++) fprintf(gp, "%d %g %g %g\n", ctx[i], gib[i][0], gib[i][1], gib[i][2]);
     fprintf(gp, "EOD\nset title 'KV cache of one sequence, DeepSeek-V3 shape (61 layers, BF16)'\n"
@@ -204,11 +214,14 @@ int main(int argc, char **argv) {
     struct stat st;
     check(pclose(gp) == 0 && stat(png, &st) == 0 && st.st_size > 0, "the plot was written");
     printf("\n  plot: %s\n", png);
+}
 
+int main(int argc, char **argv) {
+    const char *out_dir = argc > 1 ? argv[1] : "build/notebooks";
+    double gib[NCTX][3];
+    part_bytes(gib);
+    part_equivalence();
+    plot(out_dir, gib);
     printf("\n%s\n", failures ? "SOME CLAIMS FAILED" : "OK: every claim above holds.");
-    free(absorb);
-    free(naive);
-    free(official);
-    model_free(&m);
     return failures ? 1 : 0;
 }

@@ -45,6 +45,12 @@ static void check(int ok, const char *claim) {
     failures += !ok;
 }
 
+/** A setup failure (no memory, no gnuplot): the notebook cannot make its point. */
+static void die(const char *msg) {
+    fprintf(stderr, "%s\n", msg);
+    exit(1);
+}
+
 /* ================================ A. Quantization error per block =============================== */
 
 enum { T = 64, K = 7168 }; /* 64 tokens of DeepSeek-V3's hidden size */
@@ -147,37 +153,43 @@ static double promoted_sum(const double *p, int n, int model) {
     return acc32;
 }
 
-int main(int argc, char **argv) {
-    const char *out_dir = argc > 1 ? argv[1] : "build/notebooks";
-    Rng rng;
-    rng_seed(&rng, 6);
+/* Tile widths of part A1 (the last, 7168, is one scale per token) and lengths K of part B. */
+enum { NW = 8, NK = 7 };
+static const int widths[NW] = { 32, 64, 128, 256, 512, 1024, 2048, K };
+static const int Ks[NK] = { 256, 512, 1024, 2048, 4096, 8192, 16384 };
 
-    /* ---- A1. Activations with outliers.
-     * x[t][k] = σ_t · c_k · z: token norms σ_t spread over ~3 decades (log-normal), channel scales c_k
-     * log-normal, and 4 "massive" channels 10^4 × the rest in every token — the outlier pattern
-     * LLM activations are known for (Dettmers et al. 2022, arXiv 2208.07339; Sun et al. 2024,
-     * arXiv 2402.17762, find "massive activations" up to 10^4 times the median). The error is
-     * measured per token over its ORDINARY channels: the outliers set the scale and come through
-     * fine; the question is what they do to the rest. */
+/** What the plot shows: A1's errors per tile width (index NW: one scale per tensor) and B's errors
+ *  per K ([model 0, model 0 promoted, model 1, model 1 promoted]). */
+typedef struct {
+    double act_err[NW + 1], act_worst[NW + 1], act_flush[NW + 1];
+    double err[NK][4];
+} Results;
+
+/* ---- A1. Activations with outliers.
+ * x[t][k] = σ_t · c_k · z: token norms σ_t spread over ~3 decades (log-normal), channel scales c_k
+ * log-normal, and 4 "massive" channels 10^4 × the rest in every token — the outlier pattern
+ * LLM activations are known for (Dettmers et al. 2022, arXiv 2208.07339; Sun et al. 2024,
+ * arXiv 2402.17762, find "massive activations" up to 10^4 times the median). The error is
+ * measured per token over its ORDINARY channels: the outliers set the scale and come through
+ * fine; the question is what they do to the rest. */
+static void part_activations(Results *res, Rng *rng) {
+    double *act_err = res->act_err, *act_worst = res->act_worst, *act_flush = res->act_flush;
     float *x = malloc(sizeof(float) * T * K), *xq = malloc(sizeof(float) * T * K), *chan = malloc(sizeof(float) * K);
     float *lib_q = malloc(sizeof(float) * K), *lib_s = malloc(sizeof(float) * (K / FP8_BLOCK));
     char *ordinary = malloc(K);
-    if (!x || !xq || !chan || !lib_q || !lib_s || !ordinary) return fprintf(stderr, "out of memory\n"), 1;
+    if (!x || !xq || !chan || !lib_q || !lib_s || !ordinary) die("out of memory");
     for (int k = 0; k < K; k++) {
         ordinary[k] = k % 1777 != 5; /* channels 5, 1782, 3559, 5336 are the outliers */
-        chan[k] = expf(0.5f * rng_normal(&rng)) * (ordinary[k] ? 1.0f : 10000.0f);
+        chan[k] = expf(0.5f * rng_normal(rng)) * (ordinary[k] ? 1.0f : 10000.0f);
     }
     for (int t = 0; t < T; t++) {
-        float sigma = expf(1.5f * rng_normal(&rng));
-        for (int k = 0; k < K; k++) x[t * K + k] = sigma * chan[k] * rng_normal(&rng);
+        float sigma = expf(1.5f * rng_normal(rng));
+        for (int k = 0; k < K; k++) x[t * K + k] = sigma * chan[k] * rng_normal(rng);
     }
     printf("A. Quantization error per block size (e4m3, scale = amax/448 per tile)\n\n");
     printf("   activations [%d tokens][%d channels], 4 outlier channels at 10^4 x, token norms spread log-normally;\n"
            "   error = mean relative error of a token's ordinary values\n", T, K);
     printf("      tile            scales    mean token   worst token   ordinary values flushed to 0\n");
-    enum { NW = 8 };
-    static const int widths[NW] = { 32, 64, 128, 256, 512, 1024, 2048, K };
-    double act_err[NW + 1], act_worst[NW + 1], act_flush[NW + 1];
     for (int i = 0; i <= NW; i++) {
         int rows = i < NW ? 1 : T, cols = i < NW ? widths[i] : K; /* the last: one scale per tensor */
         quantize_tiles(xq, x, T, K, rows, cols);
@@ -204,22 +216,25 @@ int main(int argc, char **argv) {
           "1x128 tiles at least halve the error of per-token scales, which halve that of one scale per tensor");
     check(act_worst[iten] > 0.5 && act_worst[i128] < 0.05,
           "with one scale per tensor the quietest token loses over half its signal; with 1x128 tiles under 5 %");
+    free(x), free(xq), free(chan), free(lib_q), free(lib_s), free(ordinary);
+}
 
-    /* ---- A2. Weights: a [1024][7168] matrix whose 128×128 blocks differ in magnitude (log-normal
-     * per block, as the sub-matrices of different heads or expert groups do), quantized per 128×128
-     * block (the checkpoint's weight_scale_inv), per output row and per tensor; error per block.
-     * The block-scaled copy is decoded by the reference's tensor_row from e4m3 codes and F32
-     * scale_inv, as a checkpoint is. */
+/* ---- A2. Weights: a [1024][7168] matrix whose 128×128 blocks differ in magnitude (log-normal
+ * per block, as the sub-matrices of different heads or expert groups do), quantized per 128×128
+ * block (the checkpoint's weight_scale_inv), per output row and per tensor; error per block.
+ * The block-scaled copy is decoded by the reference's tensor_row from e4m3 codes and F32
+ * scale_inv, as a checkpoint is. */
+static void part_weights(Rng *rng) {
     enum { WR = 1024, WB = 128 };
     float *w = malloc(sizeof(float) * WR * K), *wq = malloc(sizeof(float) * WR * K);
     uint8_t *codes = malloc((size_t)WR * K);
     float *scale_inv = malloc(sizeof(float) * (WR / WB) * (K / WB)), *row = malloc(sizeof(float) * K);
-    if (!w || !wq || !codes || !scale_inv || !row) return fprintf(stderr, "out of memory\n"), 1;
+    if (!w || !wq || !codes || !scale_inv || !row) die("out of memory");
     for (int br = 0; br < WR / WB; br++)
         for (int bc = 0; bc < K / WB; bc++) {
-            float mag = 0.02f * expf(1.5f * rng_normal(&rng));
+            float mag = 0.02f * expf(1.5f * rng_normal(rng));
             for (int r = br * WB; r < (br + 1) * WB; r++)
-                for (int c = bc * WB; c < (bc + 1) * WB; c++) w[(size_t)r * K + c] = mag * rng_normal(&rng);
+                for (int c = bc * WB; c < (bc + 1) * WB; c++) w[(size_t)r * K + c] = mag * rng_normal(rng);
         }
     for (int br = 0; br < WR / WB; br++) /* the checkpoint's encoding: codes + one F32 scale per block */
         for (int bc = 0; bc < K / WB; bc++) {
@@ -250,26 +265,29 @@ int main(int argc, char **argv) {
     printf("      scaling             mean block   worst block   values flushed to 0\n");
     static const char *wnames[3] = { "128x128 blocks", "per output row", "per tensor" };
     for (int i = 0; i < 3; i++)
-        printf("      %-18s  %7.2f %%     %7.2f %%      %7.3f %%\n", wnames[i], 100 * werr[i], 100 * wworst[i], 100 * wflush[i]);
+        printf("      %-18s  %7.2f %%     %7.2f %%      %7.3f %%\n", wnames[i], 100 * werr[i], 100 * wworst[i],
+               100 * wflush[i]);
     printf("   Weights have no 10^4 x outliers, so e4m3's exponent absorbs most of the spread: the mean barely\n"
            "   moves, but the smallest blocks sink into the subnormals without a scale of their own.\n");
     check(same_w, "tensor_row decodes the checkpoint's codes and scale_inv to exactly the values quantized here");
     check(wworst[0] < 0.03 && wworst[0] < wworst[1] && wworst[1] < wworst[2],
           "worst block: 128x128 scales stay at e4m3's own error, per-row and per-tensor scales do worse");
+    free(w), free(wq), free(codes), free(scale_inv), free(row);
+}
 
-    /* ---- B. The accumulator ---------------------------------------------------------------------
-     * Operands: FP8 values (e4m3 codes of N(0,1) data with one per-tensor scale, so that a single
-     * tensor-core accumulator can run over all of K). Their products are exact in double, so the
-     * exact dot product is known and every error below is the accumulator's alone. We measure, over
-     * 256 outputs, max|y − y_exact| / max|y_exact| (the project's max relative difference). */
-    enum { NOUT = 256, KMAX = 16384, NK = 7 };
-    static const int Ks[NK] = { 256, 512, 1024, 2048, 4096, 8192, 16384 };
+/* ---- B. The accumulator ---------------------------------------------------------------------
+ * Operands: FP8 values (e4m3 codes of N(0,1) data with one per-tensor scale, so that a single
+ * tensor-core accumulator can run over all of K). Their products are exact in double, so the
+ * exact dot product is known and every error below is the accumulator's alone. We measure, over
+ * 256 outputs, max|y − y_exact| / max|y_exact| (the project's max relative difference). */
+static void part_accumulator(Results *res, Rng *rng) {
+    enum { NOUT = 256, KMAX = 16384 };
+    double(*err)[4] = res->err;
     float *xa = malloc(sizeof(float) * KMAX), *wa = malloc(sizeof(float) * (size_t)NOUT * KMAX);
     double *p = malloc(sizeof(double) * KMAX);
-    if (!xa || !wa || !p) return fprintf(stderr, "out of memory\n"), 1;
-    for (int k = 0; k < KMAX; k++) xa[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(64.0f * rng_normal(&rng)));
-    for (size_t i = 0; i < (size_t)NOUT * KMAX; i++) wa[i] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(64.0f * rng_normal(&rng)));
-    double err[NK][4]; /* [K][model 0, model 0 promoted, model 1, model 1 promoted] */
+    if (!xa || !wa || !p) die("out of memory");
+    for (int k = 0; k < KMAX; k++) xa[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(64.0f * rng_normal(rng)));
+    for (size_t i = 0; i < (size_t)NOUT * KMAX; i++) wa[i] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(64.0f * rng_normal(rng)));
     for (int ki = 0; ki < NK; ki++) {
         int n = Ks[ki];
         double maxy = 0, maxd[4] = { 0, 0, 0, 0 };
@@ -299,20 +317,24 @@ int main(int argc, char **argv) {
     check(err[k4][1] < err[k4][0] / 10 && err[k4][3] < err[k4][2] / 10, "promotion every 128 cuts the error 10x or more");
     check(err[NK - 1][0] > 4 * err[1][0] && err[NK - 1][1] < 2 * err[1][1],
           "without promotion the error grows with K (x4 from 512 to 16384); with it, it stays flat (< x2)");
+    free(xa), free(wa), free(p);
+}
 
-    /* The reference's W8A8 linear (ref/model/linear.c) is the promoted scheme with perfect partials:
-     * each 128-wide block is summed exactly, scaled by s_x·s_w and accumulated in FP32. Over K = 4096
-     * it must land at FP32 rounding from the exact product of its own quantized operands. */
+/* The reference's W8A8 linear (ref/model/linear.c) is the promoted scheme with perfect partials:
+ * each 128-wide block is summed exactly, scaled by s_x·s_w and accumulated in FP32. Over K = 4096
+ * it must land at FP32 rounding from the exact product of its own quantized operands. */
+static void part_library(Rng *rng) {
+    enum { WB = FP8_BLOCK };
     enum { KL = 4096, NL = 128 };
     float *xl = malloc(sizeof(float) * KL), *wl = malloc(sizeof(float) * NL * KL), *y = malloc(sizeof(float) * NL);
     uint8_t *cl = malloc((size_t)NL * KL);
     float *sl = malloc(sizeof(float) * (KL / WB)), *xs = malloc(sizeof(float) * (KL / WB));
-    float *xql = malloc(sizeof(float) * KL);
+    float *xql = malloc(sizeof(float) * KL), *row = malloc(sizeof(float) * KL);
     size_t scratch_n = linear_scratch_floats(1, KL);
     float *scratch = malloc(sizeof(float) * scratch_n);
-    if (!xl || !wl || !y || !cl || !sl || !xs || !xql || !scratch) return fprintf(stderr, "out of memory\n"), 1;
-    for (int k = 0; k < KL; k++) xl[k] = rng_normal(&rng);
-    for (int i = 0; i < NL * KL; i++) wl[i] = 0.02f * rng_normal(&rng);
+    if (!xl || !wl || !y || !cl || !sl || !xs || !xql || !row || !scratch) die("out of memory");
+    for (int k = 0; k < KL; k++) xl[k] = rng_normal(rng);
+    for (int i = 0; i < NL * KL; i++) wl[i] = 0.02f * rng_normal(rng);
     for (int bc = 0; bc < KL / WB; bc++) { /* one 128-row block of weights: scales per 128 columns */
         float amax = 0;
         for (int r = 0; r < NL; r++)
@@ -335,13 +357,19 @@ int main(int argc, char **argv) {
     printf("\n   ref/model/linear.c, W8A8, K = %d: max rel diff from the exact product of its FP8 operands %.2e\n", KL,
            maxd / maxy);
     check(maxd / maxy < 1e-6, "the reference's W8A8 GEMM (exact 128-partials, FP32 promotion) is exact to FP32 rounding");
+    free(xl), free(wl), free(y), free(cl), free(sl), free(xs), free(xql), free(row), free(scratch);
+}
 
-    /* ---- The plot: activation error per tile width (left), accumulation error per K (right). */
+/** The plot: activation error per tile width (left), accumulation error per K (right). */
+static void plot(const char *out_dir, const Results *res) {
+    const double *act_err = res->act_err, *act_worst = res->act_worst;
+    const double(*err)[4] = res->err;
     char png[4096];
     snprintf(png, sizeof png, "%s/06_fp8_blocks.png", out_dir);
     FILE *gp = popen("gnuplot", "w");
-    if (!gp) return fprintf(stderr, "cannot run gnuplot\n"), 1;
-    fprintf(gp, "set terminal pngcairo size 1300,520 font ',11'\nset output '%s'\nset multiplot layout 1,2\n$a << EOD\n", png);
+    if (!gp) die("cannot run gnuplot");
+    fprintf(gp, "set terminal pngcairo size 1300,520 font ',11'\nset output '%s'\nset multiplot layout 1,2\n", png);
+    fprintf(gp, "$a << EOD\n");
     for (int i = 0; i < NW; i++) fprintf(gp, "%d %g %g\n", widths[i], 100 * act_err[i], 100 * act_worst[i]);
     fprintf(gp, "EOD\n$b << EOD\n");
     for (int ki = 0; ki < NK; ki++)
@@ -368,7 +396,18 @@ int main(int argc, char **argv) {
     printf("\n  plot: %s\n", png);
 
     printf("\n%s\n", failures ? "SOME CLAIMS FAILED" : "OK: every claim above holds.");
-    free(x), free(xq), free(chan), free(lib_q), free(lib_s), free(w), free(wq), free(codes), free(scale_inv), free(row);
-    free(xa), free(wa), free(p), free(xl), free(wl), free(y), free(cl), free(sl), free(xs), free(xql), free(scratch);
+}
+
+int main(int argc, char **argv) {
+    const char *out_dir = argc > 1 ? argv[1] : "build/notebooks";
+    Rng rng;
+    rng_seed(&rng, 6);
+    static Results res;
+    part_activations(&res, &rng);
+    part_weights(&rng);
+    part_accumulator(&res, &rng);
+    part_library(&rng);
+    plot(out_dir, &res);
+    printf("\n%s\n", failures ? "SOME CLAIMS FAILED" : "OK: every claim above holds.");
     return failures ? 1 : 0;
 }
