@@ -194,6 +194,10 @@ static void part_equivalence(void) {
     check(bytes_naive == bytes_absorb * (size_t)kvcache_floats_per_token(c, ATTN_NAIVE) /
                              (size_t)kvcache_floats_per_token(c, ATTN_ABSORB),
           "and the absorbed cache is smaller by exactly H(Dn+Dr+Dv)/(Dc+Dr)");
+    free(absorb);
+    free(naive);
+    free(official);
+    model_free(&m);
 }
 
 /** The plot: one sequence's cache against its context length, into OUT_DIR/05_latent_kv_cache.png. */

@@ -359,7 +359,7 @@ static void part_sampling(const Model *m, const Tokenizer *tok) {
 int main(int argc, char **argv) {
     const char *out_dir = argc > 1 ? argv[1] : "build/notebooks";
     Model m;
-    Tokenizer *tok;
+    Tokenizer *tok = NULL;
     Err err;
     if (model_load(&m, "models/kjv", NULL, &err) || tokenizer_load(&tok, "models/kjv", &err)) die(err.msg);
     const Config *c = &m.config;
