@@ -135,7 +135,7 @@ static void part_greedy(const Model *m, const Tokenizer *tok) {
     const char *text = PROMPT;
     int np, *prompt = encode_prompt(tok, text, &np);
     Err err;
-    enum { NGEN = 96 };
+    enum { NGEN = 64 };
     int plain[NGEN], spec[3][NGEN], per_step[NGEN], steps1, steps_other;
     GenStats st_plain, st[3];
     Sampler greedy;
@@ -285,7 +285,7 @@ static void part_algebra(const Model *m, const Tokenizer *tok, const int *prompt
  * token after the prompt comes from the prefill's logits, the second from a speculative step
  * (draft, verify, accept or resample). The exact joint law comes from the main model alone. */
 static void part_sampling(const Model *m, const Tokenizer *tok) {
-    enum { TOPK = 3, N = 250, CELLS = TOPK * TOPK };
+    enum { TOPK = 3, N = 200, CELLS = TOPK * TOPK };
     const char *text_c = "And he said";
     int npc, *pc = encode_prompt(tok, text_c, &npc); /* a short prompt: every sample prefills it again */
     const Config *c = &m->config;
