@@ -111,10 +111,14 @@ COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) 
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
-$(BUILD)/.deps-ok: Makefile
+# One recipe for each stamp; DEB_NEED says which packages it checks (the notebooks also plot).
+NOTEBOOK_DEB_PACKAGES := gnuplot-nox
+$(BUILD)/.deps-ok: DEB_NEED = $(DEB_PACKAGES)
+$(BUILD)/.deps-notebooks-ok: DEB_NEED = $(NOTEBOOK_DEB_PACKAGES)
+$(BUILD)/.deps-ok $(BUILD)/.deps-notebooks-ok: Makefile
 	@mkdir -p $(BUILD)
 	@if [ -n "$(DEB_ROOT)" ]; then echo "dsv3: DEB_ROOT=$(DEB_ROOT): using the Debian packages unpacked there"; touch $@; exit 0; fi; \
-	missing=""; for p in $(DEB_PACKAGES); do \
+	missing=""; for p in $(DEB_NEED); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -122,7 +126,7 @@ $(BUILD)/.deps-ok: Makefile
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing || \
 	    { echo "dsv3: apt-get failed; install these packages by hand:$$missing"; exit 1; }; \
-	else echo "dsv3: Debian packages present: $(DEB_PACKAGES)"; fi
+	else echo "dsv3: Debian packages present: $(DEB_NEED)"; fi
 	@touch $@
 deps: $(BUILD)/.deps-ok
 
@@ -186,14 +190,16 @@ data/train.bin: data/tokenizer/tokenizer.json | $(BUILD)/dsv3
 	$(BUILD)/dsv3 prepare-data --tokenizer data/tokenizer --input data/kjv.txt --train data/train.bin --val data/val.bin
 
 # ---- notebooks: runnable walkthroughs, also run (quietly) by `make test` ----------------
+# Each one prints its point, checks its claims (non-zero exit if one does not hold) and may plot
+# into $(BUILD)/notebooks/NAME.png with gnuplot, which is installed when missing.
 NOTEBOOK_SRC := $(wildcard notebooks-c/*.c)
 NOTEBOOK_BIN := $(NOTEBOOK_SRC:notebooks-c/%.c=$(BUILD)/notebooks/%)
-$(BUILD)/notebooks/%: $(BUILD)/obj/notebooks-c/%.o $(BUILD)/libdsv3.a
+$(BUILD)/notebooks/%: $(BUILD)/obj/notebooks-c/%.o $(BUILD)/libdsv3.a | $(BUILD)/.deps-notebooks-ok
 	@mkdir -p $(dir $@)
 	@$(CC) -o $@ $^ $(LDLIBS)
 
 notebooks: $(NOTEBOOK_BIN)
-	@for n in $(NOTEBOOK_BIN); do echo "=== $$n"; $$n || exit 1; done
+	@for n in $(NOTEBOOK_BIN); do echo "=== $$n"; $$n $(BUILD)/notebooks || exit 1; done
 
 # ---- tests ----------------------------------------------------------------------------
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
@@ -220,7 +226,9 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 	  if $(MAKE) --no-print-directory $$c; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$c"; fi; \
 	done; \
 	for n in $(NOTEBOOK_BIN); do \
-	  if $$n > $(BUILD)/notebook.log 2>&1; then pass=$$((pass+1)); echo "notebook $$n: ok"; \
+	  t0=$$(date +%s%N); \
+	  if timeout 300 $$n $(BUILD)/notebooks > $(BUILD)/notebook.log 2>&1; then pass=$$((pass+1)); \
+	    echo "notebook $$n: ok ($$(( ($$(date +%s%N) - t0) / 1000000 )) ms)"; \
 	  else fail=$$((fail+1)); failed="$$failed $$n"; cat $(BUILD)/notebook.log; fi; \
 	done; \
 	for t in $(TEST_BIN); do \

@@ -139,6 +139,24 @@ double moe_balance_loss(const MoEActs *a, int64_t T, const Config *c, double alp
     return alpha * loss / (double)T;
 }
 
+void moe_balance_backward(float *dlogits, const MoEActs *a, int64_t T, const Config *c, double alpha, float *work) {
+    int64_t E = c->n_routed_experts;
+    if (alpha == 0.0 || T == 0) return;
+    float *f = work; /* E floats of scratch */
+    balance_f(f, a, T, c);
+    for (int64_t t = 0; t < T; t++) {
+        const float *s = a->scores + t * E;
+        float *dl = dlogits + t * E, sum = 0.0f, gs = 0.0f;
+        for (int64_t e = 0; e < E; e++) sum += s[e];
+        for (int64_t e = 0; e < E; e++) gs += f[e] * s[e];
+        float g = (float)alpha / (float)T;
+        for (int64_t e = 0; e < E; e++) {
+            float ds = g * (f[e] - gs / sum) / sum;
+            dl[e] += ds * s[e] * (1.0f - s[e]);
+        }
+    }
+}
+
 void moe_backward(float *dx, const LayerWeights *dw, const float *dout, const float *x, int64_t T, const LayerWeights *w,
                   const MoEActs *a, MoEActs *da, double alpha, const ForwardContext *ctx) {
     const Config *c = ctx->cfg;
@@ -169,21 +187,7 @@ void moe_backward(float *dx, const LayerWeights *dw, const float *dout, const fl
     /* 4. Gate: routing weights → logits; balance loss → logits; logits = x Gᵀ. */
     for (int64_t t = 0; t < T; t++)
         gate_backward(da->logits + t * E, da->weights + t * K, a->idx + t * K, a->scores + t * E, c);
-    if (alpha != 0.0) {
-        float *f = ctx->gate_work; /* E floats of scratch */
-        balance_f(f, a, T, c);
-        for (int64_t t = 0; t < T; t++) {
-            const float *s = a->scores + t * E;
-            float *dl = da->logits + t * E, sum = 0.0f, gs = 0.0f;
-            for (int64_t e = 0; e < E; e++) sum += s[e];
-            for (int64_t e = 0; e < E; e++) gs += f[e] * s[e];
-            float g = (float)alpha / (float)T;
-            for (int64_t e = 0; e < E; e++) {
-                float ds = g * (f[e] - gs / sum) / sum;
-                dl[e] += ds * s[e] * (1.0f - s[e]);
-            }
-        }
-    }
+    moe_balance_backward(da->logits, a, T, c, alpha, ctx->gate_work);
     linear_backward(dx, tensor_f32_mut(&dw->gate), da->logits, x, T, &w->gate);
     /* 5. Shared experts see every token with weight 1. */
     if (c->n_shared_experts > 0)

@@ -77,6 +77,13 @@ double moe_max_violation(const int64_t *load, int E);
 double moe_balance_loss(const MoEActs *a, int64_t T, const Config *c, double alpha, float *work);
 
 /**
+ * Gradient of moe_balance_loss with respect to the gate logits, added (+=) into @p dlogits [T][E]
+ * (f_i is a constant: it counts discrete selections; the gradient flows through P_i, i.e. the
+ * affinities; see moe.c). Does nothing when @p alpha is 0. @p work: E floats of scratch.
+ */
+void moe_balance_backward(float *dlogits, const MoEActs *a, int64_t T, const Config *c, double alpha, float *work);
+
+/**
  * Backward of moe_forward plus @p alpha × moe_balance_loss (alpha = 0: none), accumulating
  * (+=) into dx [T][D] and the FP32 gradients of @p dw (gate matrix, routed and shared experts;
  * the correction bias never gets one: it only selects). @p da is MoEActs-shaped scratch, zero
