@@ -23,7 +23,7 @@ CC := gcc
 endif
 
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
-DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev pkg-config
+DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev libmicrohttpd-dev pkg-config
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-unknown-pragmas
 ifneq ($(findstring clang,$(CC)),clang)
@@ -32,7 +32,7 @@ endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
-LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
+LDLIBS  := -lcjson -lpcre2-8 -lonig -lmicrohttpd -lm -pthread
 # MPI=1: launch under mpirun with MPI_Bcast for the NCCL id (Debian openmpi: libopenmpi-dev, openmpi-bin).
 MPI ?= 0
 ifeq ($(MPI),1)
@@ -83,8 +83,8 @@ GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
-# ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
-GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
+# ref/ files that include neither cJSON, PCRE2 nor libmicrohttpd headers (the oracles the GPU tests call need none of them)
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|microhttpd\|incbin' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
@@ -125,7 +125,8 @@ deps: $(BUILD)/.deps-ok
 # The runtime/header packages as .deb files, for a machine that has gcc and CUDA but cannot install
 # Debian packages (the GPU machines): carry build/debs there, unpack with `dpkg -x` and build with
 # DEB_ROOT=<dir> (tools/gpu_session.sh model does both).
-GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev
+GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev \
+            libmicrohttpd12 libmicrohttpd-dev
 gpu-debs:
 	@mkdir -p $(BUILD)/debs && cd $(BUILD)/debs && apt-get download $(GPU_DEBS) && ls -1 $(CURDIR)/$(BUILD)/debs
 
@@ -134,6 +135,9 @@ $(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+# The chat page is assembled into webui.o as it is (.incbin), so the object depends on it.
+$(BUILD)/obj/ref/serve/webui.o: ref/serve/chat.html
 
 $(BUILD)/libdsv3.a: $(REF_OBJ)
 	@rm -f $@
@@ -230,7 +234,7 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined" test
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -lmicrohttpd -lm -pthread -fsanitize=address,undefined" test
 
 # The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).
 MPI_RANKS ?= 3
