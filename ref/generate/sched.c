@@ -381,6 +381,7 @@ static void cancel_and_admit(struct Sched *s) {
         pthread_mutex_lock(&s->mu);
         int cancelled = sl->req && sl->req->cancelled;
         pthread_mutex_unlock(&s->mu);
+        if (sl->req && !cancelled && sl->req->sink.alive && !sl->req->sink.alive(sl->req->sink.user)) cancelled = 1;
         if (cancelled) finish(s, sl, SCHED_CANCELLED, NULL);
     }
     for (;;) {

@@ -5,7 +5,8 @@
  *        with what a slot holds prefill only the rest (what `dsv3 serve` runs; docs/serve.md).
  *
  * One model, n_slots slots. Each sched_step():
- *   1. ends the requests cancelled since the last step (their slots are free again at once);
+ *   1. ends the requests cancelled since the last step, or whose sink says they are no longer
+ *      wanted (a client that went away), so their slots are free again for this very step;
  *   2. admits waiting requests, first come first served, into free slots: the one whose cached
  *      tokens share the longest prefix with the prompt (least recently used on a tie), which then
  *      keeps that prefix and prefills only the rest (the prompt's last token is always run);
@@ -77,6 +78,8 @@ typedef struct {
     int (*on_token)(void *user, const SchedToken *t);
     /** The end, exactly once per accepted request (also for a cancelled one); @p user may be freed after. */
     void (*on_done)(void *user, const SchedResult *r);
+    /** Asked before every step (may be NULL): 0 cancels the request there (its client went away). */
+    int (*alive)(void *user);
     void *user; /**< their first argument */
 } SchedSink;
 

@@ -332,6 +332,16 @@ static int peer_closed(int fd) {
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
+/** The step thread: is the client still there? (A closed peer is seen here before its next step.) */
+static int req_alive(void *user) {
+    ServeReq *q = user;
+    pthread_mutex_lock(&q->mu);
+    int gone = q->client_gone || (q->fd >= 0 && peer_closed(q->fd));
+    if (gone) q->client_gone = 1;
+    pthread_mutex_unlock(&q->mu);
+    return !gone;
+}
+
 /** The connection thread gives up on @p q: its request is cancelled (the slot frees at the next step). */
 static void abandon(ServeReq *q) {
     pthread_mutex_lock(&q->mu);
@@ -617,7 +627,7 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
         if (rc == 0 && q->stream && kind == API_CHAT) sse_chunk(q, "", NULL, 1);
         SchedParams p = { (float)a.temperature, a.top_k, a.top_p > 0 ? (float)a.top_p : 1e-9f, seed, a.logits, max_new,
                           a.logprobs ? a.top_logprobs : -1 };
-        SchedSink sink = { on_token, on_done, q };
+        SchedSink sink = { on_token, on_done, req_alive, q };
         int sr = rc ? -1 : sched_submit(s->sched, ids.v, n, &p, &sink, &q->sched_id, &err);
         if (rc == 0 && sr == SCHED_FULL)
             rc = api_error(&e, 429, "rate_limit_error", NULL, "queue_full", "all %d slots are busy and %d requests are waiting (--max-queue); retry later",
@@ -645,7 +655,7 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
     }
     /* Not streaming: this connection's thread waits for the end, watching for the client going away. */
     pthread_mutex_lock(&q->mu);
-    int gone = wait_output(q) != 0;
+    int gone = wait_output(q) != 0 || q->client_gone;
     pthread_mutex_unlock(&q->mu);
     if (gone) {
         abandon(q);
