@@ -1,7 +1,9 @@
 # dsv3.c — the only build entry.
 #
 #   make run        build and run the demo on the bundled model (installs missing Debian packages)
-#   make test       build and run every CPU test (cmocka); GPU tests skip without a GPU
+#   make test       build and run every CPU test (cmocka, and tests/js with node); GPU tests skip without a GPU
+#   make test-soak  the 10,000-request soak of dsv3 serve
+#   make bench-serve  dsv3 serve against generate --batch (tokens/s, TTFT, inter-token latency)
 #   make check-layers  includes point down the layers of ref/ only (part of make test)
 #   make test-asan  the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      CPU benchmarks (ratios against baselines measured in the same run)
@@ -103,7 +105,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test check-layers test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test check-layers test-js test-soak bench-serve test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -212,7 +214,7 @@ check-layers:
 
 test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
 	@pass=0; fail=0; failed=""; \
-	for c in check-layers; do \
+	for c in check-layers test-js; do \
 	  if $(MAKE) --no-print-directory $$c; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$c"; fi; \
 	done; \
 	for n in $(NOTEBOOK_BIN); do \
@@ -230,6 +232,22 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 	done; \
 	echo "test binaries: $$pass passed, $$fail failed$$failed"; \
 	test $$fail -eq 0
+
+# `dsv3 serve` through the official OpenAI JavaScript client and its chat page in Debian's Chromium
+# (tests/js: npm ci installs openai and playwright-core from package-lock.json; node_modules is not committed).
+test-js: $(BUILD)/dsv3
+	@if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	command -v node >/dev/null && command -v npm >/dev/null || { echo "dsv3: installing Debian packages: nodejs npm"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nodejs npm; }; \
+	test -x /usr/bin/chromium || { echo "dsv3: installing Debian package: chromium"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; }
+	@cd tests/js && { test node_modules/.package-lock.json -nt package-lock.json || npm ci --no-audit --no-fund --loglevel=error; }
+	@echo "=== tests/js (node --test): the OpenAI client, the chat page in Chromium"
+	@cd tests/js && DSV3_BIN=$(abspath $(BUILD)/dsv3) node --test --test-concurrency=1 openai_client.test.mjs chat_page.test.mjs
+
+# The 10,000-request soak of `dsv3 serve` (make test runs 1000 of them): RSS after it within 10 % of RSS after 100.
+test-soak: $(BUILD)/dsv3 $(BUILD)/tests/test_serve
+	DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/tests/test_serve --soak 10000
 
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
 test-asan:
@@ -264,7 +282,7 @@ clean:
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---- benchmarks -------------------------------------------------------------------------
-BENCH_SRC := $(wildcard tests/bench_*.c)
+BENCH_SRC := $(filter-out tests/bench_serve.c,$(wildcard tests/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BUILD)/bench/%)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
@@ -272,6 +290,16 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 
 bench: $(BUILD)/dsv3 $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "=== $$b"; DSV3_BIN=$(BUILD)/dsv3 $$b || exit 1; done
+
+# `dsv3 serve` against `generate --batch` on the same prompts at 1, 4 and 16 clients (tests/bench_serve.c), on the
+# bundled model and on a mkckpt --preset mini checkpoint (with the bundled tokenizer's 4096 ids).
+BENCH_SERVE_MINI := $(BUILD)/bench-serve-mini
+$(BENCH_SERVE_MINI)/config.json: | $(BUILD)/dsv3
+	$(BUILD)/dsv3 mkckpt -o $(BENCH_SERVE_MINI) --preset mini --set vocab_size=4096
+	cp models/kjv/tokenizer.json models/kjv/tokenizer_config.json $(BENCH_SERVE_MINI)/
+bench-serve: $(BUILD)/dsv3 $(BUILD)/bench/bench_serve $(BENCH_SERVE_MINI)/config.json
+	@DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/bench/bench_serve --model models/kjv --label kjv
+	@DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/bench/bench_serve --model $(BENCH_SERVE_MINI) --label mini
 
 # Regenerates the committed corpus of malformed checkpoints under tests/bad/.
 bad-inputs: $(BUILD)/tests/test_bad_inputs
@@ -287,8 +315,16 @@ fuzz:
 	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/base/safetensors.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/model/config.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_serve.c ref/serve/api.c ref/serve/stop_match.c ref/generate/logits_process.c ref/base/util.c \
+	  ref/base/buf.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_serve
+	@mkdir -p $(BUILD)/fuzz/corpus-serve
+	@printf '\000{"messages": [{"role": "user", "content": "hi"}], "stop": ["a b", "x"], "logit_bias": {"5": -1}, "max_tokens": 3}' > $(BUILD)/fuzz/corpus-serve/chat
+	@printf '\001{"prompt": [0, 5, 9], "logprobs": 2, "stop": "in the", "seed": 7, "stream": true, "stream_options": {"include_usage": true}}' > $(BUILD)/fuzz/corpus-serve/completion
+	@printf '\002{"content": "In the beginning", "add_special": true, "with_pieces": true}' > $(BUILD)/fuzz/corpus-serve/tokenize
+	@printf '\003{"tokens": [0, 1, 2]}' > $(BUILD)/fuzz/corpus-serve/detokenize
 	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
 	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg
+	$(BUILD)/fuzz/fuzz_serve -max_total_time=$(FUZZ_SECONDS) -max_len=8192 $(BUILD)/fuzz/corpus-serve
 
 # ---- training experiments (docs/experiments.md): load balancing arms and MTP on/off ------
 # Same model (models/kjv-config.json), data, seed and steps; only gamma / alpha / lambda differ.
