@@ -10,7 +10,9 @@
  *  - a client that disconnects frees its slot within a step; 413, 429, 401, 404, 405; a table of
  *    malformed requests, each a 400 naming its field; SIGTERM ends in-flight streams cleanly and
  *    exits 0 within 5 s; a soak (`--soak N`: N requests, a tenth malformed, some cancelled) whose
- *    RSS after N stays within 10 % of RSS after 100 (make test runs 1000, make test-soak 10,000).
+ *    RSS after N stays within 10 % of RSS after 100 (make test runs 1000, make test-soak 10,000);
+ *  - --ep 2 (experts in a second process) and --backend fast over the host emulation of the
+ *    kernels (where nvcc built it: the GPU batch and one GPU sequence with MTP) give the same texts.
  */
 #define _DEFAULT_SOURCE
 #include <math.h>
@@ -902,6 +904,62 @@ static void soak(void **state) {
     assert_int_equal(test_server_stop(&s, SIGTERM, 10), 0);
 }
 
+/** --ep 2: the routed experts in a second process (TCP); the same texts, and both processes exit 0. */
+static void expert_parallel(void **state) {
+    (void)state;
+    TestServer ep;
+    assert_int_equal(test_server_start(&ep, "-m " MODEL " --ep 2 -np 2 -b 16", 1), 0);
+    concurrent_equals_solo_on(ep.port);
+    int st;
+    const char *req = "{\"prompt\": \"And the evening and the morning\", \"max_tokens\": 24, \"temperature\": 0.9, \"seed\": 4}";
+    cJSON *a = post(ep.port, "/v1/completions", &st, "%s", req), *b = post(main_srv.port, "/v1/completions", &st, "%s", req);
+    assert_string_equal(jstr(a, "choices.0.text"), jstr(b, "choices.0.text"));
+    cJSON_Delete(a), cJSON_Delete(b);
+    int status = test_server_stop(&ep, SIGTERM, 10);
+    assert_true(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0); /* rank 0 waits for rank 1's clean exit */
+}
+
+/**
+ * --backend fast over the host emulation of the kernels (build/tests/dsv3_mock, built where nvcc
+ * is): the GPU batch (-np 3, one gpu_engine_forward_seqs per step) gives each request its solo
+ * text and greedy `generate --backend fast`'s; one GPU sequence with --spec mtp the same greedy text.
+ */
+static void gpu_backend_mock(void **state) {
+    (void)state;
+    char mock[4096];
+    snprintf(mock, sizeof mock, "%s", dsv3_bin());
+    char *slash = strrchr(mock, '/');
+    snprintf(slash ? slash + 1 : mock, sizeof mock - (size_t)(slash ? slash + 1 - mock : 0), "tests/dsv3_mock");
+    if (access(mock, X_OK) != 0) {
+        printf("    no %s (a build without nvcc): the GPU path is tested by make test-gpu-mock builds only\n", mock);
+        return;
+    }
+    char *saved = strdup(dsv3_bin());
+    setenv("DSV3_BIN", mock, 1);
+    TestServer g;
+    assert_int_equal(test_server_start(&g, "-m " MODEL " --backend fast -np 3 -b 16", 1), 0);
+    concurrent_equals_solo_on(g.port);
+    int st;
+    cJSON *j = post(g.port, "/v1/completions", &st, "{\"prompt\": \"And God said\", \"max_tokens\": 24, \"temperature\": 0}");
+    RunResult r = run_shell(NULL, "%s generate -m %s --backend fast -p 'And God said' -n 24 --temp 0", mock, MODEL);
+    assert_int_equal(r.status, 0);
+    char *t = answer_text(j);
+    assert_true(strlen(t) + 1 == r.out_len);
+    assert_memory_equal(t, r.out, strlen(t));
+    cJSON_Delete(j);
+    assert_int_equal(test_server_stop(&g, SIGTERM, 10), 0);
+    assert_int_equal(test_server_start(&g, "-m " MODEL " --backend fast -np 1 --spec mtp", 1), 0);
+    j = post(g.port, "/v1/completions", &st, "{\"prompt\": \"And God said\", \"max_tokens\": 24, \"temperature\": 0}");
+    assert_string_equal(jstr(j, "choices.0.text"), t);
+    cJSON_Delete(j);
+    assert_int_equal(test_server_stop(&g, SIGTERM, 10), 0);
+    printf("    --backend fast (host emulation): -np 3 batch and -np 1 --spec mtp agree with generate --backend fast\n");
+    free(t);
+    run_result_free(&r);
+    setenv("DSV3_BIN", saved, 1);
+    free(saved);
+}
+
 /** GET /health is 503 while the model loads (a server started on a large, slowly loading model). */
 static void health_while_loading(void **state) {
     (void)state;
@@ -937,6 +995,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(malformed_requests),
         cmocka_unit_test(graceful_shutdown),
         cmocka_unit_test(health_while_loading),
+        cmocka_unit_test(expert_parallel),
+        cmocka_unit_test(gpu_backend_mock),
         cmocka_unit_test(soak),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
