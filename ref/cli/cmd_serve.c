@@ -76,7 +76,9 @@ static int split_keys(ServeArgs *a) {
     return 0;
 }
 
+/** Inside parse_args: takes the current flag's value into v, or fails the parse. */
 #define VALUE() if (!(v = cli_value(cmd, argc, argv, &i))) return -1
+/** Inside parse_args: the current flag's integer value in [lo, hi] into dst, or fails the parse. */
 #define LONG(lo, hi, dst) do { long x_; VALUE(); if (cli_long(cmd, f, v, lo, hi, &x_)) return -1; dst = x_; } while (0)
 
 /** Parses serve's flags into @p a; -1 (message printed) on a bad one, 1 for --help. */

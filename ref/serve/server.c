@@ -396,6 +396,7 @@ static void stream_free(void *cls) {
 
 /* ---- routes ---------------------------------------------------------------------------------- */
 
+/** What a path is. */
 typedef enum { R_CHAT, R_COMPLETIONS, R_TOKENIZE, R_DETOKENIZE, R_MODELS, R_HEALTH, R_METRICS, R_WEBUI } Route;
 
 static const struct {

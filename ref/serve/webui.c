@@ -6,6 +6,7 @@
 #include "webui.h"
 
 /* The assembler copies the file's bytes (the path is relative to the repository root, where make runs). */
+/** @cond */
 __asm__(".section .rodata\n"
         ".global dsv3_webui_html\n"
         "dsv3_webui_html:\n"
@@ -16,6 +17,7 @@ __asm__(".section .rodata\n"
         ".previous\n");
 
 extern const char dsv3_webui_html[], dsv3_webui_html_end[];
+/** @endcond */
 
 const char *webui_html(size_t *len) {
     *len = (size_t)(dsv3_webui_html_end - dsv3_webui_html);
