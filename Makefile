@@ -1,7 +1,9 @@
 # dsv3.c — the only build entry.
 #
 #   make run        build and run the demo on the bundled model (installs missing Debian packages)
-#   make test       build and run every CPU test (cmocka); GPU tests skip without a GPU
+#   make test       build and run every CPU test (cmocka, and tests/js with node); GPU tests skip without a GPU
+#   make test-soak  the 10,000-request soak of dsv3 serve
+#   make bench-serve  dsv3 serve against generate --batch (tokens/s, TTFT, inter-token latency)
 #   make check-layers  includes point down the layers of ref/ only (part of make test)
 #   make check-citations  every docs/X.md §N cited in the tree exists (part of make test)
 #   make test-asan  the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
@@ -24,7 +26,7 @@ CC := gcc
 endif
 
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
-DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev pkg-config
+DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev libmicrohttpd-dev pkg-config
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-unknown-pragmas
 ifneq ($(findstring clang,$(CC)),clang)
@@ -33,7 +35,7 @@ endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
-LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
+LDLIBS  := -lcjson -lpcre2-8 -lonig -lmicrohttpd -lm -pthread
 # MPI=1: launch under mpirun with MPI_Bcast for the NCCL id (Debian openmpi: libopenmpi-dev, openmpi-bin).
 MPI ?= 0
 ifeq ($(MPI),1)
@@ -84,9 +86,9 @@ GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
-# ref/ files that include neither cJSON, PCRE2 nor Oniguruma headers, directly or through
-# tokenizer/pretok.h (which includes cJSON); the oracles the GPU tests call need none of them
-GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|pretok\.h' $(REF_SRC))
+# ref/ files that include neither cJSON, PCRE2, Oniguruma nor libmicrohttpd headers, directly or through
+# tokenizer/pretok.h (which includes cJSON), nor embed files (incbin): the oracles the GPU tests call need none
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|pretok\.h\|microhttpd\|incbin' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
@@ -107,7 +109,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test check-layers check-citations test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test check-layers check-citations test-js test-soak bench-serve test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -133,7 +135,8 @@ deps: $(BUILD)/.deps-ok
 # The runtime/header packages as .deb files, for a machine that has gcc and CUDA but cannot install
 # Debian packages (the GPU machines): carry build/debs there, unpack with `dpkg -x` and build with
 # DEB_ROOT=<dir> (tools/gpu_session.sh model does both).
-GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev
+GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev \
+            libmicrohttpd12 libmicrohttpd-dev
 gpu-debs:
 	@mkdir -p $(BUILD)/debs && cd $(BUILD)/debs && apt-get download $(GPU_DEBS) && ls -1 $(CURDIR)/$(BUILD)/debs
 
@@ -142,6 +145,9 @@ $(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+# The chat page is assembled into webui.o as it is (.incbin), so the object depends on it.
+$(BUILD)/obj/ref/serve/webui.o: ref/serve/chat.html
 
 $(BUILD)/libdsv3.a: $(REF_OBJ)
 	@rm -f $@
@@ -222,7 +228,7 @@ check-citations:
 
 test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
 	@pass=0; fail=0; failed=""; \
-	for c in check-layers check-citations; do \
+	for c in check-layers check-citations test-js; do \
 	  if $(MAKE) --no-print-directory $$c; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$c"; fi; \
 	done; \
 	for n in $(NOTEBOOK_BIN); do \
@@ -243,10 +249,26 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 	echo "test binaries: $$pass passed, $$fail failed$$failed"; \
 	test $$fail -eq 0
 
+# `dsv3 serve` through the official OpenAI JavaScript client and its chat page in Debian's Chromium
+# (tests/js: npm ci installs openai and playwright-core from package-lock.json; node_modules is not committed).
+test-js: $(BUILD)/dsv3
+	@if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	command -v node >/dev/null && command -v npm >/dev/null || { echo "dsv3: installing Debian packages: nodejs npm"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nodejs npm; }; \
+	test -x /usr/bin/chromium || { echo "dsv3: installing Debian package: chromium"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; }
+	@cd tests/js && { test node_modules/.package-lock.json -nt package-lock.json || npm ci --no-audit --no-fund --loglevel=error; }
+	@echo "=== tests/js (node --test): the OpenAI client, the chat page in Chromium"
+	@cd tests/js && DSV3_BIN=$(abspath $(BUILD)/dsv3) node --test --test-concurrency=1 openai_client.test.mjs chat_page.test.mjs
+
+# The 10,000-request soak of `dsv3 serve` (make test runs 1000 of them): RSS after it within 10 % of RSS after 100.
+test-soak: $(BUILD)/dsv3 $(BUILD)/tests/test_serve
+	DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/tests/test_serve --soak 10000
+
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined" test
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -lmicrohttpd -lm -pthread -fsanitize=address,undefined" test
 
 # The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).
 MPI_RANKS ?= 3
@@ -276,7 +298,7 @@ clean:
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---- benchmarks -------------------------------------------------------------------------
-BENCH_SRC := $(wildcard tests/bench_*.c)
+BENCH_SRC := $(filter-out tests/bench_serve.c,$(wildcard tests/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BUILD)/bench/%)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
@@ -284,6 +306,16 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 
 bench: $(BUILD)/dsv3 $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "=== $$b"; DSV3_BIN=$(BUILD)/dsv3 $$b || exit 1; done
+
+# `dsv3 serve` against `generate --batch` on the same prompts at 1, 4 and 16 clients (tests/bench_serve.c), on the
+# bundled model and on a mkckpt --preset mini checkpoint (with the bundled tokenizer's 4096 ids).
+BENCH_SERVE_MINI := $(BUILD)/bench-serve-mini
+$(BENCH_SERVE_MINI)/config.json: | $(BUILD)/dsv3
+	$(BUILD)/dsv3 mkckpt -o $(BENCH_SERVE_MINI) --preset mini --set vocab_size=4096
+	cp models/kjv/tokenizer.json models/kjv/tokenizer_config.json $(BENCH_SERVE_MINI)/
+bench-serve: $(BUILD)/dsv3 $(BUILD)/bench/bench_serve $(BENCH_SERVE_MINI)/config.json
+	@DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/bench/bench_serve --model models/kjv --label kjv
+	@DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/bench/bench_serve --model $(BENCH_SERVE_MINI) --label mini
 
 # Regenerates the committed corpus of malformed checkpoints under tests/bad/.
 bad-inputs: $(BUILD)/tests/test_bad_inputs
@@ -299,8 +331,16 @@ fuzz:
 	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/base/safetensors.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/model/config.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_serve.c ref/serve/api.c ref/serve/stop_match.c ref/generate/logits_process.c ref/base/util.c \
+	  ref/base/buf.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_serve
+	@mkdir -p $(BUILD)/fuzz/corpus-serve
+	@printf '\000{"messages": [{"role": "user", "content": "hi"}], "stop": ["a b", "x"], "logit_bias": {"5": -1}, "max_tokens": 3}' > $(BUILD)/fuzz/corpus-serve/chat
+	@printf '\001{"prompt": [0, 5, 9], "logprobs": 2, "stop": "in the", "seed": 7, "stream": true, "stream_options": {"include_usage": true}}' > $(BUILD)/fuzz/corpus-serve/completion
+	@printf '\002{"content": "In the beginning", "add_special": true, "with_pieces": true}' > $(BUILD)/fuzz/corpus-serve/tokenize
+	@printf '\003{"tokens": [0, 1, 2]}' > $(BUILD)/fuzz/corpus-serve/detokenize
 	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
 	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg
+	$(BUILD)/fuzz/fuzz_serve -max_total_time=$(FUZZ_SECONDS) -max_len=8192 $(BUILD)/fuzz/corpus-serve
 
 # ---- training experiments (docs/experiments.md): load balancing arms and MTP on/off ------
 # Same model (models/kjv-config.json), data, seed and steps; only gamma / alpha / lambda differ.

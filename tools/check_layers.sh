@@ -9,6 +9,7 @@
 #   ep         base model
 #   ref/ (top) base model ep        backend.h: the one seam to fast/
 #   generate   base model ep top
+#   serve      base model tokenizer ep top generate   (the HTTP server over generate's scheduler)
 #   cli        everything
 #   fast/      base model ep top    (the GPU backend sits at backend.h's level)
 #   kernels/   nothing of ref/ (plain parameter structs only)
@@ -24,7 +25,8 @@ allowed() {
         ep) echo "base model" ;;
         top) echo "base model ep" ;;
         generate) echo "base model ep top" ;;
-        cli) echo "base model tokenizer train ep top generate" ;;
+        serve) echo "base model tokenizer ep top generate" ;;
+        cli) echo "base model tokenizer train ep top generate serve" ;;
         fast) echo "base model ep top" ;;
         kernels) echo "" ;;
     esac
@@ -54,7 +56,7 @@ check_file() { # file layer dir
         fi
     done < <(grep -h '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$f")
 }
-for d in base model tokenizer train ep generate cli; do
+for d in base model tokenizer train ep generate serve cli; do
     for f in ref/$d/*.[ch]; do check_file "$f" "$d" "ref/$d"; done
 done
 for f in ref/*.[ch]; do check_file "$f" top ref; done

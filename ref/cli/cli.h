@@ -32,6 +32,8 @@ int cmd_train_tokenizer(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 /** `dsv3 chat`: interactive multi-turn chat over one KV cache. */
 int cmd_chat(int argc, char **argv);
+/** `dsv3 serve`: an OpenAI-compatible HTTP server (ref/serve/server.h). */
+int cmd_serve(int argc, char **argv);
 /** `dsv3 prepare-data`: text corpus → uint32 token-id files. */
 int cmd_prepare_data(int argc, char **argv);
 /** `dsv3 perplexity`: evaluate a checkpoint on held-out tokens. */

@@ -38,6 +38,7 @@ static const Command commands[] = {
     {"logits", cmd_logits, "write the logits of every position of a token sequence (float32 file)"},
     {"generate", cmd_generate, "complete a prompt, streaming text (--spec mtp: MTP speculative decoding)"},
     {"chat", cmd_chat, "interactive multi-turn chat that keeps its KV cache across turns"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server: continuous batching, streaming, prefix reuse, a chat page"},
     {"prepare-data", cmd_prepare_data, "encode a text corpus into token-id files for training"},
     {"train", cmd_train, "train or fine-tune on pre-tokenized uint32 id files (AdamW, MTP, aux-loss-free balancing)"},
     {"perplexity", cmd_perplexity, "cross-entropy and perplexity of a checkpoint on held-out tokens"},

@@ -94,6 +94,28 @@ void gen_free(Generator *g) {
     memset(g, 0, sizeof *g);
 }
 
+void gen_set_logits_hook(Generator *g, GenLogitsHook hook, void *ctx) { g->hook = hook, g->hook_ctx = ctx; }
+
+int gen_rewind(Generator *g, int64_t n, Err *err) {
+    if (n < 0 || n > g->kv.len) return err_set(err, "gen_rewind: %lld of %lld cached tokens", (long long)n, (long long)g->kv.len);
+    g->n_tokens = n;
+    g->have_logits = 0;
+    g->last_out = 0;
+    if (g->draft == 0 || n == 0) { /* the cache keeps exactly the n tokens; gen_feed continues after them */
+        g->kv.len = n;
+        g->mtp_kv.len = 0;
+        g->pending = 0;
+        return 0;
+    }
+    /* Drafting needs h_{n−1}, which is not kept: positions 0..n−2 stay cached and token n−1 is
+     * left pending, run again by the next feed. MTP row n−2 pairs h_{n−2} with x_{n−1}, both
+     * kept, so it stays (mtp_kv.len = kv.len); the feed recomputes the rows after it. */
+    g->kv.len = n - 1;
+    g->mtp_kv.len = g->kv.len;
+    g->pending = 1;
+    return 0;
+}
+
 void gen_limit_vocab(Generator *g, int n) {
     if (n >= 1 && n <= g->m->config.vocab_size) g->n_sample = n;
 }
@@ -195,6 +217,7 @@ static int next_plain(Generator *g, int *out, Err *err) {
         g->pending = 0;
         g->stats.steps++;
     }
+    if (g->hook) g->hook(g->hook_ctx, g->tokens, g->n_tokens, g->logits, V);
     int t = sampler_sample(g->sampler, g->logits, V, g->p_probs, g->cands);
     g->tokens[g->n_tokens++] = t;
     g->pending = 1;
@@ -244,8 +267,9 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
     g->pending = 0;
     int a = 0, next = -1;
     for (; a < n; a++) {
-        const float *logits = g->logits + (size_t)a * stride;
+        float *logits = g->logits + (size_t)a * stride;
         int d = g->drafts[a];
+        if (g->hook) g->hook(g->hook_ctx, g->tokens, L + 1 + a, logits, V);
         if (g->sampler->temperature == 0.0f) {
             int target = sampler_argmax(logits, V);
             if (target == d) continue;
@@ -267,7 +291,10 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
         next = sampler_draw(g->sampler, g->p_probs, V);
         break;
     }
-    if (next < 0) next = sampler_sample(g->sampler, g->logits + (size_t)n * stride, V, g->p_probs, g->cands); /* bonus */
+    if (next < 0) { /* bonus */
+        if (g->hook) g->hook(g->hook_ctx, g->tokens, L + 1 + n, g->logits + (size_t)n * stride, V);
+        next = sampler_sample(g->sampler, g->logits + (size_t)n * stride, V, g->p_probs, g->cands);
+    }
     /* Commit: pending + a accepted drafts are in the cache; the new token becomes pending. */
     g->kv.len = L + 1 + a;
     g->n_tokens = L + 1 + a;
@@ -292,6 +319,8 @@ int gen_next(Generator *g, int *out, int *n_out, Err *err) {
     if (!g->pending && !g->have_logits) return err_set(err, "nothing to continue from: feed a prompt first");
     if (g->pending && gen_room(g) < 1)
         return err_set(err, "context full (%lld positions)", (long long)g->ctx);
+    if (g->draft > 0 && g->pending && g->mtp_kv.len != g->kv.len - 1)
+        return err_set(err, "gen_next after gen_rewind: feed at least one token first");
     double t0 = now_seconds();
     int rc;
     *n_out = 1;

@@ -24,6 +24,15 @@
 #include "model/model.h"
 #include "sampler.h"
 
+/**
+ * Called on every logits row of the main model before a token is drawn from it (plain steps,
+ * each verified position and the bonus token of a speculative step; not on MTP drafts, whose
+ * distribution only decides what gets verified): @p tokens [n_tokens] are the committed tokens
+ * before the one being drawn. It may change @p logits [n] in place (penalties, biases, masks:
+ * ref/generate/logits_process.h); after gen_next, logits row i holds what out[i] was drawn from.
+ */
+typedef void (*GenLogitsHook)(void *ctx, const int *tokens, int64_t n_tokens, float *logits, int n);
+
 /** Counters of a generation session. */
 typedef struct {
     int64_t prefilled;      /**< tokens run through gen_feed (prompt and chat turns) */
@@ -62,6 +71,8 @@ typedef struct {
     int last_out;        /**< tokens the last gen_next returned */
     GenStats stats;      /**< counters */
     GpuEngine *gpu;      /**< when set (gen_use_gpu), the main model runs there (not owned) */
+    GenLogitsHook hook;  /**< when set (gen_set_logits_hook), applied to every row before drawing */
+    void *hook_ctx;      /**< its argument */
     void *mem;           /**< the one allocation behind the buffers above */
 } Generator;
 
@@ -106,6 +117,17 @@ int gen_next(Generator *g, int *out, int *n_out, Err *err);
  * are rolled back (a chat stops at an EOS that a speculative step returned mid-way).
  */
 int gen_keep(Generator *g, int keep, Err *err);
+
+/** Installs @p hook (NULL: none) with its argument @p ctx; see GenLogitsHook. */
+void gen_set_logits_hook(Generator *g, GenLogitsHook hook, void *ctx);
+
+/**
+ * Forgets everything after the first @p n committed tokens (0 ≤ n ≤ kv.len), so that a new
+ * sequence sharing them continues from the cache (a server's prefix reuse); gen_feed must come
+ * next. Without drafting the cache keeps all n (kv.len = n); with drafting it keeps n − 1 and the
+ * n-th token is run again with the fed ones (the MTP module needs its hidden state, not kept).
+ */
+int gen_rewind(Generator *g, int64_t n, Err *err);
 
 /** Never generate ids ≥ @p n (e.g. the tokenizer's vocabulary size); 1 ≤ n ≤ vocab_size. */
 void gen_limit_vocab(Generator *g, int n);
