@@ -331,7 +331,7 @@ fuzz:
 	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/base/safetensors.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
 	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/model/config.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_serve.c ref/serve/api.c ref/serve/stop_match.c ref/generate/logits_process.c ref/base/util.c \
+	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_serve.c ref/serve/api.c ref/generate/stop.c ref/generate/logits_process.c ref/base/util.c \
 	  ref/base/buf.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_serve
 	@mkdir -p $(BUILD)/fuzz/corpus-serve
 	@printf '\000{"messages": [{"role": "user", "content": "hi"}], "stop": ["a b", "x"], "logit_bias": {"5": -1}, "max_tokens": 3}' > $(BUILD)/fuzz/corpus-serve/chat

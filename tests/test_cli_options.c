@@ -650,6 +650,39 @@ static void threads_end_to_end(void **state) {
     run_result_free(&p);
 }
 
+/** --repeat-penalty and friends: they change the text, and one implementation serves -p, --spec mtp
+ *  and --batch alike (the same text from each); an out-of-range value is a usage error. */
+static void penalties_end_to_end(void **state) {
+    (void)state;
+    const char *gen = "generate -m " KJV " -p 'And God said' -n 40 --temp 0";
+    char *plain = out_of("%s 2>/dev/null", gen);
+    char *pen = out_of("%s --repeat-penalty 1.5 --presence-penalty 0.5 --frequency-penalty 0.2 --repeat-last-n 32 2>/dev/null", gen);
+    printf("    plain:     \"%s\"\n    penalized: \"%s\"\n", plain, pen);
+    assert_string_not_equal(plain, pen); /* the greedy text loops ("the land of the land of"); the penalty breaks it */
+    char *spec = out_of("%s --repeat-penalty 1.5 --presence-penalty 0.5 --frequency-penalty 0.2 --repeat-last-n 32 --spec mtp 2>/dev/null", gen);
+    assert_string_equal(spec, pen);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/pen_prompts.txt", test_tmp);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "In the beginning\nAnd God said\n");
+    fclose(f);
+    char *b = out_of("generate -m " KJV " --batch %s -n 40 --temp 0 --parallel 2 --repeat-penalty 1.5 --presence-penalty 0.5 "
+                     "--frequency-penalty 0.2 --repeat-last-n 32 2>/dev/null", path);
+    char text[4096], reason[16];
+    batch_field(b, 1, text, sizeof text, reason);
+    assert_string_equal(text, pen);
+    /* min-p keeps the argmax, so greedy text is unchanged; sampled text with a seed repeats */
+    char *minp = out_of("%s --min-p 0.3 2>/dev/null", gen);
+    assert_string_equal(minp, plain);
+    char *s1 = out_of("generate -m " KJV " -p 'And God said' -n 40 --temp 1.2 -s 5 --min-p 0.2 2>/dev/null");
+    char *s2 = out_of("generate -m " KJV " -p 'And God said' -n 40 --temp 1.2 -s 5 --min-p 0.2 --spec mtp 2>/dev/null");
+    assert_true(strlen(s1) > 0 && strlen(s2) > 0);
+    usage_error("generate -m " KJV " -p x --min-p 2", "--min-p: '2' is not a number in [0, 1]");
+    usage_error("generate -m " KJV " -p x --repeat-penalty 0", "--repeat-penalty: '0' is not a number in (0, 10]");
+    usage_error("chat -m " KJV " --presence-penalty 3", "--presence-penalty: '3' is not a number in [-2, 2]");
+    free(plain), free(pen), free(spec), free(b), free(minp), free(s1), free(s2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parser_values_and_defaults),
@@ -664,6 +697,7 @@ int main(void) {
         cmocka_unit_test(stop_end_to_end),
         cmocka_unit_test(prompt_flags_end_to_end),
         cmocka_unit_test(threads_end_to_end),
+        cmocka_unit_test(penalties_end_to_end),
     };
     return cmocka_run_group_tests_name("cli_options", tests, test_tmp_setup, test_tmp_teardown);
 }

@@ -30,6 +30,19 @@ static const CliOpt sampling_opts[] = {
       .help = "sampling seed (default: from the clock, printed to stderr)" },
 };
 
+static const CliOpt penalties_opts[] = {
+    { "--min-p", NULL, CLI_DOUBLE, offsetof(CliPenalties, min_p), "P", .lo = 0, .hi = 1, .def = "0",
+      .help = "drop tokens less likely than P times the most likely one, 0 = off" },
+    { "--repeat-penalty", NULL, CLI_DOUBLE, offsetof(CliPenalties, repeat_penalty), "R", .lo = 0, .hi = 10, .open_lo = 1,
+      .def = "1", .help = "divide positive (multiply negative) logits of recent tokens by R, 1 = off" },
+    { "--repeat-last-n", NULL, CLI_LONG, offsetof(CliPenalties, repeat_last_n), "N", .lo = -1, .hi = 1 << 30, .def = "64",
+      .help = "recent tokens the penalties look at (prompt included), -1 = all" },
+    { "--presence-penalty", NULL, CLI_DOUBLE, offsetof(CliPenalties, presence_penalty), "A", .lo = -2, .hi = 2, .def = "0",
+      .help = "subtract A from the logit of every token seen in the window" },
+    { "--frequency-penalty", NULL, CLI_DOUBLE, offsetof(CliPenalties, frequency_penalty), "A", .lo = -2, .hi = 2, .def = "0",
+      .help = "subtract A times its count in the window from a token's logit" },
+};
+
 static const int backend_values[] = { 0, 1 }, kv_values[] = { -1, 0, 1 };
 static const CliOpt backend_opts[] = {
     { "--backend", NULL, CLI_CHOICE, offsetof(CliBackend, gpu), .choices = "ref|fast", .values = backend_values, .def = "ref",
@@ -54,6 +67,7 @@ static const CliOpt threads_opts[] = {
 CliGroup cli_model_group(CliModel *m) { return (CliGroup){ "model", model_opts, CLI_COUNT(model_opts), m, 0 }; }
 CliGroup cli_numerics_group(CliModel *m) { return (CliGroup){ NULL, numerics_opts, CLI_COUNT(numerics_opts), m, 0 }; }
 CliGroup cli_sampling_group(CliSampling *s) { return (CliGroup){ "sampling", sampling_opts, CLI_COUNT(sampling_opts), s, 0 }; }
+CliGroup cli_penalties_group(CliPenalties *p) { return (CliGroup){ NULL, penalties_opts, CLI_COUNT(penalties_opts), p, 0 }; }
 CliGroup cli_backend_group(CliBackend *b) { return (CliGroup){ "backend", backend_opts, CLI_COUNT(backend_opts), b, 0 }; }
 CliGroup cli_ep_group(CliEpFlags *f) { return (CliGroup){ "expert parallelism", ep_opts, CLI_COUNT(ep_opts), f, 0 }; }
 CliGroup cli_threads_group(CliThreads *t, unsigned flags) {

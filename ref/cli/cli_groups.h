@@ -6,6 +6,8 @@
  *   model      -m/--model                                  run info logits generate chat perplexity convert plan
  *   numerics   --attn, --fp8                               logits generate chat perplexity
  *   sampling   --temp, --top-k, --top-p, -s/--seed         generate chat run
+ *   penalties  --min-p, --repeat-penalty, --repeat-last-n,  generate chat
+ *              --presence-penalty, --frequency-penalty
  *   backend    --backend, --kv-cache                       logits generate chat
  *   EP         --ep, --ep-transport (cli_ep.h)             logits generate chat
  *   threads    -t/--threads                                every command that runs the model
@@ -31,6 +33,15 @@ typedef struct {
     long seed;    /**< -s/--seed; from the clock unless cli_given(cmd, "--seed") */
 } CliSampling;
 
+/** The logits processing before each draw (ref/generate/logits_process.h), as llama.cpp's flags. */
+typedef struct {
+    double min_p;             /**< --min-p: 0 = off */
+    double repeat_penalty;    /**< --repeat-penalty: 1 = off */
+    long repeat_last_n;       /**< --repeat-last-n: −1 = the whole sequence */
+    double presence_penalty;  /**< --presence-penalty: 0 = off */
+    double frequency_penalty; /**< --frequency-penalty: 0 = off */
+} CliPenalties;
+
 /** Where the model runs. */
 typedef struct {
     int gpu;     /**< --backend fast */
@@ -48,6 +59,8 @@ CliGroup cli_model_group(CliModel *m);
 CliGroup cli_numerics_group(CliModel *m);
 /** --temp, --top-k, --top-p, -s/--seed. */
 CliGroup cli_sampling_group(CliSampling *s);
+/** --min-p, --repeat-penalty, --repeat-last-n, --presence-penalty, --frequency-penalty (listed under sampling). */
+CliGroup cli_penalties_group(CliPenalties *p);
 /** --backend ref|fast and --kv-cache auto|f32|bf16. */
 CliGroup cli_backend_group(CliBackend *b);
 /** --ep N and --ep-transport nccl|tcp (see cli_ep.h). */

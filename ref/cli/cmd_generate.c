@@ -31,6 +31,7 @@
 #include "cli_util.h"
 #include "generate/batch.h"
 #include "generate/generate.h"
+#include "generate/logits_process.h"
 #include "generate/stop.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
@@ -39,6 +40,7 @@
 typedef struct {
     CliModel model;       /* -m, --attn, --fp8 */
     CliSampling sampling; /* --temp, --top-k, --top-p, --seed */
+    CliPenalties penalties; /* --min-p, --repeat-penalty, ... */
     CliBackend backend;   /* --backend, --kv-cache */
     CliEpFlags ep;        /* --ep N, --ep-transport */
     CliThreads threads;   /* -t */
@@ -118,6 +120,7 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a, CliCmd
     cli_add(c, cli_numerics_group(&a->model));
     cli_add(c, CLI_GROUP("generation", gen_opts, a));
     cli_add(c, cli_sampling_group(&a->sampling));
+    cli_add(c, cli_penalties_group(&a->penalties));
     cli_add(c, cli_backend_group(&a->backend));
     cli_add(c, cli_ep_group(&a->ep));
     cli_add(c, cli_threads_group(&a->threads, 0));
@@ -172,6 +175,8 @@ typedef struct {
     long ctx;       /* positions per sequence */
     uint64_t seed;  /* the sampler's (printed, so a run can be repeated) */
     EpRank *ep_rank; /* the reference's expert-parallel group, when there is one */
+    LogitsHookCtx lp; /* --min-p, --repeat-penalty, ...: what the logits hook applies */
+    int lp_on;      /* 1 when any of them changes a logit */
     char settings[256]; /* printed with the statistics, so a run can be repeated (seed) */
 } Session;
 
@@ -180,6 +185,7 @@ static void session_free(Session *s) {
     gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
     stop_free(&s->stop);
+    free(s->lp.work);
     tokenizer_free(s->tok);
     if (s->loaded_model) model_free(&s->m);
 }
@@ -244,6 +250,16 @@ static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
         return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     if (a->spec && s->m.w.n_mtp == 0) return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model.dir);
     if ((s->ctx = session_ctx(cmd, a, c)) == 0) return EXIT_USAGE;
+    const CliPenalties *pe = &a->penalties;
+    s->lp.p = logits_params_default();
+    s->lp.p.min_p = (float)pe->min_p, s->lp.p.repeat_penalty = (float)pe->repeat_penalty;
+    s->lp.p.penalty_last_n = (int)pe->repeat_last_n, s->lp.p.presence_penalty = (float)pe->presence_penalty;
+    s->lp.p.frequency_penalty = (float)pe->frequency_penalty;
+    if (logits_params_check(&s->lp.p, s->n_sample, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
+    if ((s->lp_on = !logits_params_off(&s->lp.p))) {
+        s->lp.cap = s->ctx + 1;
+        if (!(s->lp.work = xcalloc((size_t)s->lp.cap, sizeof *s->lp.work))) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
+    }
     if (a->backend.gpu && a->model.attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
     if (a->backend.gpu) {
         GpuEngineOptions go = session_gpu(a, s->ctx, ep);
@@ -270,6 +286,7 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
         (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     gen_set_moe_hook(&s->g, s->ep_rank ? &s->ep_rank->hook : NULL);
+    if (s->lp_on) gen_set_logits_hook(&s->g, logits_process_hook, &s->lp);
     gen_limit_vocab(&s->g, s->n_sample);
     decode_stream_init(&s->ds, s->tok);
     return EXIT_OK;
@@ -478,7 +495,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
         const CliSampling *sp = &a->sampling;
         BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s.n_sample,
                            s.eos, (AttnMode)a->model.attn, (Fp8Mode)a->model.fp8, s.ep_rank ? &s.ep_rank->hook : NULL,
-                           texts ? batch_token : NULL, &out };
+                           texts ? batch_token : NULL, &out, s.lp_on ? logits_process_hook : NULL, &s.lp };
         BatchStats st;
         if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else

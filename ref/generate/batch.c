@@ -146,6 +146,7 @@ int batch_generate(const Model *m, GpuEngine *gpu, const BatchOptions *o, const 
             const BatchRequest *r = &reqs[sl->req];
             sl->len += b.chunks[i].n;
             if (sl->len < sl->n_tokens) continue; /* a prompt piece: more to come */
+            if (o->logits_hook) o->logits_hook(o->hook_ctx, sl->tokens, sl->n_tokens, b.logits + i * V, o->n_sample);
             int t = sampler_sample(&sl->sampler, b.logits + i * V, o->n_sample, b.probs, b.cands);
             int eos = t == o->eos, cut = 0;
             if (!eos) sl->tokens[sl->n_tokens++] = t, sl->generated++, st->generated++;

@@ -21,6 +21,7 @@
 
 #include "backend.h"
 #include "model/model.h"
+#include "generate.h"
 #include "sampler.h"
 
 /** One prompt to complete. */
@@ -56,6 +57,8 @@ typedef struct {
     MoeHook *moe_hook;   /**< reference: MoE layers go through it, e.g. expert parallelism (NULL: local) */
     BatchToken on_token; /**< NULL: requests end at EOS, their token limit or the context only */
     void *token_ctx;     /**< on_token's context */
+    GenLogitsHook logits_hook; /**< applied to a sequence's logits row before each draw (penalties); NULL: none */
+    void *hook_ctx;      /**< logits_hook's context */
 } BatchOptions;
 
 /** Counters of a batch run. */

@@ -8,11 +8,26 @@
  */
 #include "stop.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void stop_init(StopMatcher *s, const char *const *stops, int n) {
     memset(s, 0, sizeof *s);
     s->stops = stops, s->n = n, s->hit = -1;
+}
+
+int stop_init_copy(StopMatcher *s, const char *const *stops, int n) {
+    stop_init(s, NULL, 0);
+    if (n <= 0) return 0;
+    if (!(s->owned = xcalloc((size_t)n, sizeof *s->owned))) return -1;
+    for (int k = 0; k < n; k++)
+        if (!stops[k][0] || !(s->owned[k] = strdup(stops[k]))) {
+            for (int j = 0; j < k; j++) free(s->owned[j]);
+            free(s->owned), s->owned = NULL;
+            return -1;
+        }
+    s->stops = (const char *const *)s->owned, s->n = n;
+    return 0;
 }
 
 /** Offset of the first occurrence of @p needle [m] in @p h [n], or n when there is none. */
@@ -79,4 +94,8 @@ void stop_reset(StopMatcher *s) {
 void stop_free(StopMatcher *s) {
     bytebuf_free(&s->held);
     bytebuf_free(&s->out);
+    if (s->owned)
+        for (int k = 0; k < s->n; k++) free(s->owned[k]);
+    free(s->owned);
+    s->owned = NULL;
 }

@@ -27,6 +27,7 @@
 #include <stddef.h>
 
 #include "base/buf.h"
+#include "base/util.h"
 
 /** A streaming matcher for up to a few stop strings. */
 typedef struct {
@@ -35,10 +36,15 @@ typedef struct {
     ByteBuf held;             /**< received text not yet released: it may begin a stop string */
     ByteBuf out;              /**< what the last stop_feed / stop_flush released */
     int hit;                  /**< index of the stop string that matched; −1 while none has */
+    char **owned;             /**< stop_init_copy: the copies @p stops points at (freed by stop_free) */
 } StopMatcher;
 
 /** Starts a matcher for @p n stop strings (kept by pointer; every one must be non-empty). */
 void stop_init(StopMatcher *s, const char *const *stops, int n);
+
+/** stop_init with copies of the strings (a server's request outlives its parsed body); 0, or −1
+ *  when out of memory or a string is empty. */
+int stop_init_copy(StopMatcher *s, const char *const *stops, int n);
 
 /**
  * Adds @p len bytes of generated text. *text / *out_len receive the text that is now final

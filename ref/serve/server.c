@@ -29,8 +29,8 @@
 #include "api.h"
 #include "base/rng.h"
 #include "generate/sched.h"
+#include "generate/stop.h"
 #include "metrics.h"
-#include "stop_match.h"
 #include "tokenizer/chat.h"
 #include "webui.h"
 
@@ -134,7 +134,7 @@ static void req_unref(ServeReq *q) {
     pthread_mutex_unlock(&q->mu);
     if (left) return;
     decode_stream_free(&q->ds);
-    stop_matcher_free(&q->stop);
+    stop_free(&q->stop);
     bytebuf_free(&q->scratch), bytebuf_free(&q->text), bytebuf_free(&q->out);
     cJSON_Delete(q->lp);
     pthread_mutex_destroy(&q->mu);
@@ -269,7 +269,10 @@ static int on_token(void *user, const SchedToken *t) {
     Err err;
     if (decode_stream_step(&q->ds, t->token, &piece, &len, &err)) piece = "", len = 0;
     q->scratch.len = 0;
-    int stopped = stop_matcher_feed(&q->stop, piece, len, &q->scratch);
+    const char *shown;
+    size_t n_shown;
+    int stopped = stop_feed(&q->stop, piece, len, &shown, &n_shown);
+    if (stopped >= 0) bytebuf_append(&q->scratch, shown, n_shown);
     if (q->logprobs) lp_add(q, t);
     const char *content = q->scratch.data ? q->scratch.data : "";
     if (!q->stream) bytebuf_append(&q->text, content, q->scratch.len);
@@ -293,8 +296,12 @@ static void on_done(void *user, const SchedResult *r) {
         size_t len;
         Err err;
         q->scratch.len = 0;
-        if (decode_stream_flush(&q->ds, &piece, &len, &err) == 0 && len > 0) stop_matcher_feed(&q->stop, piece, len, &q->scratch);
-        stop_matcher_flush(&q->stop, &q->scratch);
+        const char *shown;
+        size_t n_shown;
+        if (decode_stream_flush(&q->ds, &piece, &len, &err) == 0 && len > 0 && stop_feed(&q->stop, piece, len, &shown, &n_shown) >= 0)
+            bytebuf_append(&q->scratch, shown, n_shown);
+        stop_flush(&q->stop, &shown, &n_shown);
+        bytebuf_append(&q->scratch, shown, n_shown);
         const char *finish = r->finish == SCHED_STOP ? "stop" : "length";
         if (!q->stream) bytebuf_append(&q->text, q->scratch.data ? q->scratch.data : "", q->scratch.len);
         else {
@@ -624,7 +631,7 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
         pthread_mutex_unlock(&s->mu);
         snprintf(q->id, sizeof q->id, "%s-%llx%06llx", kind == API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)s->started,
                  (unsigned long long)serial);
-        if (stop_matcher_init(&q->stop, a.stop, a.n_stop, &err)) rc = api_error(&e, 400, "invalid_request_error", "stop", NULL, "%s", err.msg);
+        if (stop_init_copy(&q->stop, a.stop, a.n_stop)) rc = api_error(&e, 500, "server_error", NULL, NULL, "out of memory");
         if (rc == 0 && q->stream && kind == API_CHAT) sse_chunk(q, "", NULL, 1);
         SchedParams p = { (float)a.temperature, a.top_k, a.top_p > 0 ? (float)a.top_p : 1e-9f, seed, a.logits, max_new,
                           a.logprobs ? a.top_logprobs : -1 };

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "serve/api.h"
-#include "serve/stop_match.h"
+#include "generate/stop.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0) return 0;
@@ -28,20 +28,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (!r.msgs[i].role || !r.msgs[i].content || !utf8_valid(r.msgs[i].content, strlen(r.msgs[i].content))) __builtin_trap();
         /* Its stop strings over the body's bytes as a "generated text", in uneven pieces. */
         StopMatcher m;
-        Err err;
         ByteBuf out = { 0 };
-        if (stop_matcher_init(&m, r.stop, r.n_stop, &err) == 0) {
-            size_t at = 0, step = 1;
+        if (stop_init_copy(&m, r.stop, r.n_stop) == 0) {
+            size_t at = 0, step = 1, shown_n;
+            const char *shown;
             int stopped = 0;
             while (at < len && !stopped) {
                 size_t n = step < len - at ? step : len - at;
-                stopped = stop_matcher_feed(&m, body + at, n, &out) == 1;
+                stopped = stop_feed(&m, body + at, n, &shown, &shown_n) == 1;
+                bytebuf_append(&out, shown, shown_n);
                 at += n, step = step % 7 + 1;
             }
-            if (!stopped) stop_matcher_flush(&m, &out);
+            if (!stopped) stop_flush(&m, &shown, &shown_n), bytebuf_append(&out, shown, shown_n);
             if (out.len > len) __builtin_trap(); /* never more text than came in */
             if (!stopped && (out.len != len || (len && memcmp(out.data, body, len)))) __builtin_trap();
-            stop_matcher_free(&m);
+            stop_free(&m);
         }
         bytebuf_free(&out);
         api_request_free(&r);
