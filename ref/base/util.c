@@ -4,6 +4,8 @@
  */
 #include "util.h"
 
+#include "infile.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
@@ -55,65 +57,29 @@ void *xcalloc(size_t n, size_t size) {
 int read_file(const char *path, size_t max_bytes, char **data, size_t *len, Err *err) {
     *data = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return err_set(err, "%s: not a regular file", path);
-    }
+    if (infile_open(path, &fd, &sb, err)) return -1;
     if ((uint64_t)sb.st_size > (uint64_t)max_bytes) {
-        fclose(f);
-        return err_set(err, "%s: file is %lld bytes, more than the %zu allowed", path,
-                       (long long)sb.st_size, max_bytes);
+        close(fd);
+        return err_set(err, "%s: file is %lld bytes, more than the %zu allowed", path, (long long)sb.st_size, max_bytes);
     }
     size_t n = (size_t)sb.st_size;
     char *buf = malloc(n + 1);
     if (!buf) {
-        fclose(f);
+        close(fd);
         return err_set(err, "%s: out of memory reading %zu bytes", path, n);
     }
-    if (n && fread(buf, 1, n, f) != n) {
+    /* A file that shrinks while it is read is an error, not a short buffer; one that grows is read as it was. */
+    if (infile_pread(fd, buf, n, 0, path, err)) {
         free(buf);
-        fclose(f);
-        return err_set(err, "%s: short read", path);
+        close(fd);
+        return -1;
     }
-    fclose(f);
+    close(fd);
     buf[n] = 0;
     *data = buf;
     *len = n;
-    return 0;
-}
-
-int write_file_atomic(const char *path, const void *data, size_t len, Err *err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return err_set(err, "%s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return err_set(err, "%s: cannot create: %s", tmp, strerror(errno));
-    const char *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return err_set(err, "%s: write failed: %s", tmp, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        unlink(tmp);
-        return err_set(err, "%s: cannot flush: %s", tmp, strerror(errno));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return err_set(err, "%s: cannot rename into place: %s", path, strerror(e));
-    }
     return 0;
 }
 
@@ -255,13 +221,9 @@ void *arena_take(Arena *a, size_t n, size_t elem) {
 int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *err) {
     *map = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return err_set(err, "%s: not a regular file", path);
-    }
+    if (infile_open(path, &fd, &sb, err)) return -1;
     size_t n = (size_t)sb.st_size;
     if (n > 0) {
         void *m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
