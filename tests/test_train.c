@@ -267,15 +267,32 @@ static void token_files(void **state) {
     assert_int_equal(f.n, 10);
     DataCursor c = { 0, 0, 0 };
     int seq[5];
-    data_next(&f, &c, NULL, 4, seq); /* 0..4 */
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), 0); /* 0..4 */
     assert_int_equal(seq[0], 0);
     assert_int_equal(seq[4], 4);
-    data_next(&f, &c, NULL, 4, seq); /* 4..8 */
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), 0); /* 4..8 */
     assert_int_equal(seq[0], 4);
-    data_next(&f, &c, NULL, 4, seq); /* 8 + 5 > 10: wraps */
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), 0); /* 8 + 5 > 10: wraps */
     assert_int_equal(seq[0], 0);
     assert_int_equal(c.epoch, 1);
+    /* Rewritten while open: an id now outside the vocabulary is an error, not an index past the embedding. */
+    FILE *w = fopen(path, "r+b");
+    assert_non_null(w);
+    unsigned char b50[4] = { 50, 0, 0, 0 };
+    assert_int_equal(fseek(w, 36, SEEK_SET), 0);
+    assert_int_equal(fwrite(b50, 1, 4, w), 4);
+    fclose(w);
+    c = (DataCursor){ 5, 0, 0 };
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), -1); /* 5..9 */
+    assert_non_null(strstr(err.msg, "now id 50"));
+    /* Shrunk while open (it was memory-mapped, and reading past the new end was SIGBUS). */
+    assert_int_equal(truncate(path, 8), 0);
+    c = (DataCursor){ 0, 0, 0 };
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), -1);
+    assert_non_null(strstr(err.msg, "shrank"));
+    assert_non_null(strstr(err.msg, "ids.bin"));
     tokenfile_close(&f);
+    write_ids(path, ids, 10);
     assert_int_equal(tokenfile_open(&f, path, 49, 4, &err), -1); /* id 49 is outside a 49-token vocabulary */
     assert_non_null(strstr(err.msg, "token 9 is id 49"));
     assert_int_equal(tokenfile_open(&f, path, 50, 11, &err), -1); /* too short */

@@ -85,8 +85,9 @@ int cmd_perplexity(int argc, char **argv) {
     }
     if (ids_path) {
         if (tokenfile_open(&tf, ids_path, V, ctx + 1, &err)) goto fail;
-        for (int64_t i = 0; i < tf.n; i++)
-            if (intvec_push(&toks, tokenfile_get(&tf, i))) goto oom;
+        if (intvec_reserve(&toks, (size_t)tf.n)) goto oom;
+        if (tokenfile_read(&tf, 0, tf.n, toks.v, &err)) goto fail;
+        toks.n = (size_t)tf.n;
     } else {
         if (tokenizer_load(&tok, model_dir, &err) || read_file(text_path, 1u << 30, &text, &len, &err)) goto fail;
         if (!utf8_valid(text, len)) {

@@ -13,6 +13,7 @@
  */
 #include <math.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -277,7 +278,15 @@ static int save(Trainer *tr, const Args *a, Err *err) {
     return 0;
 }
 
-/** The training loop: steps, validation, checkpoints. */
+/** The saving schedule: flags given now, else the options read (a resumed checkpoint's, or the defaults). */
+static void keep_schedule(Args *a) {
+    if (a->save_every < 0) a->save_every = (long)a->o.save_every;
+    if (a->keep < 0) a->keep = (long)a->o.keep;
+    if ((int)a->format < 0) a->format = (CkptFormat)a->o.save_format;
+    a->o.save_every = a->save_every, a->o.keep = a->keep, a->o.save_format = (int)a->format;
+}
+
+/** The training loop: steps, validation, checkpoints; 0, -1 (err), or 128 + signal when interrupted (saved). */
 static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFile *valf, FILE *log, Err *err) {
     int64_t B = tr->opt.batch, T = tr->opt.seq_len, n_val = valf ? a->val_batches * B : 0;
     int *seqs = xcalloc((size_t)(B * (T + 1)), sizeof *seqs), *val = xcalloc((size_t)(n_val * (T + 1) + 1), sizeof *val);
@@ -286,13 +295,14 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
         return err_set(err, "out of memory for the batch");
     }
     DataCursor vc = { 0, 0, 0 }; /* validation: the same first sequences every time */
-    for (int64_t i = 0; i < n_val; i++) data_next(valf, &vc, NULL, T, val + i * (T + 1));
     int rc = 0;
+    for (int64_t i = 0; i < n_val && rc == 0; i++) rc = data_next(valf, &vc, NULL, T, val + i * (T + 1), err);
+    train_catch_interrupts(); /* Ctrl-C: finish the step, save, exit */
     while (tr->step < tr->opt.steps && rc == 0) {
         double t0 = now_seconds();
         TrainLosses L;
         StepStats st;
-        trainer_next_batch(tr, train, seqs);
+        if ((rc = trainer_next_batch(tr, train, seqs, err))) break;
         trainer_grad(tr, seqs, B, &L);
         trainer_update(tr, &st);
         log_step(log, tr, &L, &st, (double)(B * T) / (now_seconds() - t0));
@@ -306,8 +316,16 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
             if (log) fprintf(log, "{\"step\":%lld,\"val_loss\":%.17g,\"val_main\":%.17g,\"val_mtp\":%.17g}\n",
                              (long long)tr->step, V.total, V.main, V.mtp_mean), fflush(log);
         }
-        if (last || stop || (a->save_every && tr->step % a->save_every == 0)) rc = save(tr, a, err);
-        if (stop) break;
+        if (log && ferror(log)) rc = err_set(err, "--log %s: write error", a->log);
+        int sig = train_interrupted();
+        if (rc == 0 && (last || stop || sig || (a->save_every && tr->step % a->save_every == 0))) rc = save(tr, a, err);
+        if (rc == 0 && sig) {
+            fprintf(stderr, "dsv3 train: stopped by %s after step %lld; continue with: dsv3 train --resume %s --train %s%s%s\n",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)tr->step, a->out, a->train, a->val ? " --val " : "",
+                    a->val ? a->val : "");
+            rc = 128 + sig;
+        }
+        if (stop || sig) break;
     }
     free(seqs);
     free(val);
@@ -321,8 +339,8 @@ int cmd_train(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     a.o = train_options_default(0);
     a.o.init_std = -1; /* derived from the hidden size unless given */
-    a.format = CKPT_F32;
-    a.keep = 3, a.val_every = 100, a.val_batches = 4;
+    a.format = (CkptFormat)-1, a.keep = -1, a.save_every = -1; /* unless given: the checkpoint's (resume) or the defaults */
+    a.val_every = 100, a.val_batches = 4;
     if (parse(&a, argc, argv)) return EXIT_USAGE;
     Err err = { "" };
     Trainer tr;
@@ -334,6 +352,7 @@ int cmd_train(int argc, char **argv) {
         if (train_resolve_checkpoint(a.resume, ckpt, sizeof ckpt, &err) || train_read_checkpoint_options(ckpt, &c, &a.o, &err))
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         parse(&a, argc, argv); /* flags given now override the checkpoint's options */
+        keep_schedule(&a);
         if (!a.out) { /* continue in the run directory the checkpoint belongs to */
             snprintf(run_dir, sizeof run_dir, "%s", a.resume);
             if (!strcmp(ckpt, a.resume)) {
@@ -351,7 +370,7 @@ int cmd_train(int argc, char **argv) {
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         }
         fprintf(stderr, "dsv3 train: resumed %s at step %lld\n", ckpt, (long long)tr.step);
-    } else if (new_run(&a, &tr, &err)) {
+    } else if (keep_schedule(&a), new_run(&a, &tr, &err)) {
         trainer_free(&tr);
         return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
     }
@@ -381,6 +400,10 @@ int cmd_train(int argc, char **argv) {
         rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending: %s", a.log, strerror(errno));
         goto done;
     }
+    if (train_run_dir_prepare(a.out, &err)) { /* a run that cannot save fails before its first step */
+        rc = cli_fail(CMD, EXIT_USAGE, "-o %s", err.msg);
+        goto done;
+    }
     uint64_t main_p, mtp_p;
     weights_count(c, tr.opt.n_mtp, &main_p, &mtp_p);
     fprintf(stderr, "dsv3 train: %.2f M parameters (+ %.2f M in %d MTP depths, embedding and head shared), "
@@ -388,8 +411,8 @@ int cmd_train(int argc, char **argv) {
             (double)main_p / 1e6, (double)(mtp_p - 2 * (uint64_t)tr.opt.n_mtp * (uint64_t)c->vocab_size * (uint64_t)c->hidden_size) / 1e6,
             tr.opt.n_mtp, (long long)train.n, a.train, (long long)tr.opt.batch, (long long)tr.opt.seq_len,
             (long long)tr.opt.steps);
-    if (run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
-    else rc = EXIT_OK;
+    rc = run(&tr, &a, &train, a.val ? &valf : NULL, log, &err);
+    if (rc == -1) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
 done:
     if (log) fclose(log);
     tokenfile_close(&train);

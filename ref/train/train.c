@@ -64,6 +64,9 @@ TrainOptions train_options_default(int hidden) {
     o.init_std = 0.006 * sqrt(7168.0 / (double)(hidden > 0 ? hidden : 7168));
     o.seed = 1337;
     o.shuffle = 0;
+    o.save_every = 0;
+    o.keep = 3;
+    o.save_format = CKPT_F32;
     return o;
 }
 
@@ -383,8 +386,10 @@ void trainer_update(Trainer *tr, StepStats *st) {
     tr->step++;
 }
 
-void trainer_next_batch(Trainer *tr, const TokenFile *f, int *seqs) {
+int trainer_next_batch(Trainer *tr, const TokenFile *f, int *seqs, Err *err) {
     int64_t T = tr->opt.seq_len;
-    for (int64_t b = 0; b < tr->opt.batch; b++) data_next(f, &tr->data, &tr->rng, T, seqs + b * (T + 1));
+    for (int64_t b = 0; b < tr->opt.batch; b++)
+        if (data_next(f, &tr->data, &tr->rng, T, seqs + b * (T + 1), err)) return -1;
     tr->tokens += tr->opt.batch * T;
+    return 0;
 }
