@@ -257,7 +257,7 @@ docs:
 clean:
 	rm -rf $(BUILD)
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/fuzz/obj -name '*.d' 2>/dev/null)
 
 # ---- benchmarks -------------------------------------------------------------------------
 BENCH_SRC := $(wildcard tests/bench_*.c)
@@ -273,18 +273,57 @@ bench: $(BUILD)/dsv3 $(BENCH_BIN)
 bad-inputs: $(BUILD)/tests/test_bad_inputs
 	$(BUILD)/tests/test_bad_inputs --regen
 
-# Coverage-guided fuzzing with libFuzzer (clang). FUZZ_SECONDS per target.
+# Coverage-guided fuzzing with libFuzzer (clang, ASan+UBSan): one target per parser of outside input
+# (tests/fuzz/fuzz_*.c, results in docs/robustness.md). FUZZ_SECONDS per target; FUZZ_TARGETS runs a
+# subset (make fuzz FUZZ_TARGETS="chat ids"); each target's corpus grows in build/fuzz/corpus-NAME.
 FUZZ_SECONDS ?= 60
-FUZZ_FLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -O1 -g -Iref -fsanitize=fuzzer,address,undefined
-fuzz:
-	@mkdir -p $(BUILD)/fuzz/corpus-st $(BUILD)/fuzz/corpus-cfg
-	@cp golden/official-tiny/config.json $(BUILD)/fuzz/corpus-cfg/tiny.json; cp golden/fp8-small/config.json $(BUILD)/fuzz/corpus-cfg/small.json
-	@head -c 40000 golden/official-tiny/model.safetensors > $(BUILD)/fuzz/corpus-st/tiny-head
-	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/base/safetensors.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/model/config.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
-	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
-	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg
+FUZZ := $(BUILD)/fuzz
+FUZZ_ALL := safetensors config tokenizer tokenizer_config chat ids index train_state
+FUZZ_TARGETS ?= $(FUZZ_ALL)
+FUZZ_CFLAGS := $(CSTD) -O1 -g -Iref -Itests/fuzz -fsanitize=fuzzer-no-link,address,undefined -MMD -MP
+FUZZ_OBJ := $(REF_SRC:%.c=$(FUZZ)/obj/%.o)
+$(FUZZ)/obj/%.o: %.c | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (fuzz)"
+	@clang $(FUZZ_CFLAGS) -c $< -o $@
+$(FUZZ)/libdsv3fuzz.a: $(FUZZ_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+$(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ)/libdsv3fuzz.a
+	@echo "  LINK    $@"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ)/libdsv3fuzz.a -lcjson -lpcre2-8 -lonig -lm -pthread -o $@
+# Seeds: the golden files, a small trained tokenizer, a small training checkpoint, hand-written lists.
+FUZZ_TRAIN_SET := --preset tiny --vocab 16 --set hidden_size=16 --set num_attention_heads=1 --set q_lora_rank=8 \
+  --set kv_lora_rank=8 --set qk_nope_head_dim=8 --set qk_rope_head_dim=4 --set v_head_dim=8 --set intermediate_size=16 \
+  --set moe_intermediate_size=8 --set num_hidden_layers=2 --set n_routed_experts=2 --set n_shared_experts=1 \
+  --set num_experts_per_tok=1 --set n_group=1 --set topk_group=1 --mtp 0
+$(FUZZ)/.corpus: $(BUILD)/dsv3 tests/fuzz/fuzz_util.h
+	@mkdir -p $(addprefix $(FUZZ)/corpus-,$(FUZZ_ALL)) $(FUZZ)/seed
+	@cp golden/official-tiny/config.json $(FUZZ)/corpus-config/tiny.json; cp golden/fp8-small/config.json $(FUZZ)/corpus-config/small.json
+	@head -c 40000 golden/official-tiny/model.safetensors > $(FUZZ)/corpus-safetensors/tiny-head
+	@for f in tests/bad/*/model.safetensors; do cp $$f $(FUZZ)/corpus-safetensors/$$(basename $$(dirname $$f)); done
+	@head -c 20000 README.md > $(FUZZ)/seed/text.txt
+	@$(BUILD)/dsv3 train-tokenizer --input $(FUZZ)/seed/text.txt --vocab-size 300 --output $(FUZZ)/seed/tokenizer >/dev/null
+	@cp $(FUZZ)/seed/tokenizer/tokenizer.json $(FUZZ)/corpus-tokenizer/small.json
+	@cp $(FUZZ)/seed/tokenizer/tokenizer_config.json $(FUZZ)/corpus-tokenizer_config/small.json
+	@cp golden/tokenizer/deepseek-v3/tokenizer_config.json $(FUZZ)/corpus-tokenizer_config/deepseek.json
+	@printf '[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi \\u00e9"},{"role":"assistant","content":"Hello"}]' > $(FUZZ)/corpus-chat/three.json
+	@printf '[{"role":"user","content":"a\\nb"}]' > $(FUZZ)/corpus-chat/one.json
+	@printf '1,2,3' > $(FUZZ)/corpus-ids/plain; printf '[19923, 14, 2058]\n' > $(FUZZ)/corpus-ids/brackets
+	@printf '{"metadata":{"total_size":36},"weight_map":{"model.a":"model-00001-of-00002.safetensors","model.b":"model-00001-of-00002.safetensors","model.c":"model-00002-of-00002.safetensors"}}' > $(FUZZ)/corpus-index/valid.json
+	@head -c 4096 /dev/zero > $(FUZZ)/seed/ids.bin
+	@rm -rf $(FUZZ)/seed/run
+	@$(BUILD)/dsv3 train --train $(FUZZ)/seed/ids.bin $(FUZZ_TRAIN_SET) -n 2 -b 1 -t 8 -o $(FUZZ)/seed/run >/dev/null 2>&1
+	@cp $(FUZZ)/seed/run/latest/optimizer.safetensors $(FUZZ)/corpus-train_state/step2.safetensors
+	@touch $@
+fuzz: $(FUZZ_TARGETS:%=$(FUZZ)/fuzz_%) $(FUZZ)/.corpus
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "=== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  DSV3_FUZZ_TOKENIZER=$(FUZZ)/seed/tokenizer/tokenizer.json DSV3_FUZZ_CKPT=$(FUZZ)/seed/run/latest \
+	  $(FUZZ)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 -artifact_prefix=$(FUZZ)/crash-$$t- $(FUZZ)/corpus-$$t \
+	    > $(FUZZ)/$$t.log 2>&1 || { tail -40 $(FUZZ)/$$t.log; echo "fuzz_$$t: FAILED (log: $(FUZZ)/$$t.log)"; exit 1; }; \
+	  grep -E "DONE|stat::number_of_executed_units" $(FUZZ)/$$t.log; \
+	done
 
 # ---- training experiments (docs/experiments.md): load balancing arms and MTP on/off ------
 # Same model (models/kjv-config.json), data, seed and steps; only gamma / alpha / lambda differ.

@@ -141,34 +141,66 @@ int parse_double(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
-int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err) {
+/* Ids separated by ',', optionally in [brackets], whitespace allowed around them. */
+int parse_id_text(const char *s, size_t len, long max_id, int **ids, size_t *n, Err *err) {
     *ids = NULL;
     *n = 0;
-    if (!s || !*s) return err_set(err, "--ids: empty list");
-    size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += (*p == ',');
+    size_t i = 0, cap = 1, count = 0;
+    for (size_t k = 0; k < len; k++) cap += s[k] == ',';
     int *v = xcalloc(cap, sizeof *v);
-    if (!v) return err_set(err, "--ids: out of memory");
-    int count = 0;
-    const char *p = s;
-    while (1) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (end == p || errno || (*end != ',' && *end != 0)) {
-            free(v);
-            return err_set(err, "--ids: '%s' is not a comma-separated list of integers", s);
+    if (!v) return err_set(err, "out of memory");
+#define SKIP_SPACE() while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n')) i++
+#define FAIL(...) do { free(v); return err_set(err, __VA_ARGS__); } while (0)
+#define SHOWN() (int)(len - i < 20 ? len - i : 20) /* at most 20 bytes, never past len (s need not end in a NUL) */
+    SKIP_SPACE();
+    int bracket = i < len && s[i] == '[';
+    if (bracket) i++;
+    for (;;) {
+        SKIP_SPACE();
+        if (i >= len || (bracket && s[i] == ']')) {
+            if (count > 0) FAIL("trailing ','");
+            break;
         }
-        if (x < 0 || x >= max_id) {
-            free(v);
-            return err_set(err, "--ids: id %ld out of range [0, %ld)", x, max_id);
+        if (s[i] < '0' || s[i] > '9') FAIL("'%.*s' is not a token id (a non-negative integer)", SHOWN(), s + i);
+        long x = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9') {
+            x = x * 10 + (s[i++] - '0');
+            if (x > 0x7fffffff) FAIL("token id at offset %zu is too large", i);
         }
-        v[count++] = (int)x;
-        if (*end == 0) break;
-        p = end + 1;
+        if (max_id >= 0 && x >= max_id) FAIL("id %ld out of range [0, %ld)", x, max_id);
+        v[count++] = (int)x; /* count < cap: one more id than commas at most */
+        SKIP_SPACE();
+        if (i < len && s[i] == ',') {
+            i++;
+            continue;
+        }
+        break;
     }
+    if (bracket) {
+        if (i >= len || s[i] != ']') FAIL("missing ']'");
+        i++;
+        SKIP_SPACE();
+    }
+    if (i < len) FAIL("unexpected '%.*s' after the ids", SHOWN(), s + i);
+#undef SKIP_SPACE
+#undef FAIL
+#undef SHOWN
     *ids = v;
     *n = count;
+    return 0;
+}
+
+int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err) {
+    size_t count;
+    *n = 0;
+    if (!s || !*s) return err_set(err, "--ids: empty list");
+    if (strlen(s) > 0x7fffffff || parse_id_text(s, strlen(s), max_id, ids, &count, err)) return err_prefix(err, "--ids");
+    if (count == 0) {
+        free(*ids);
+        *ids = NULL;
+        return err_set(err, "--ids: empty list");
+    }
+    *n = (int)count;
     return 0;
 }
 

@@ -84,7 +84,13 @@ size_t peak_rss_bytes(void);
 int parse_long(const char *s, long lo, long hi, long *out);
 /** Parses a finite float in [lo, hi]; the whole string must be consumed. 0 ok, -1 error. */
 int parse_double(const char *s, double lo, double hi, double *out);
-/** Parses a comma-separated id list "5,17,3" into a malloc'd array; each id in [0, max_id). */
+/**
+ * Parses an id list — "5,17,3", or "[5, 17, 3]" as `dsv3 tokenize` prints it, whitespace allowed
+ * around ids — of @p len bytes into a malloc'd array of @p *n ids (NULL for an empty list), each
+ * in [0, @p max_id) (any non-negative int when @p max_id < 0). Errors name the offending text.
+ */
+int parse_id_text(const char *s, size_t len, long max_id, int **ids, size_t *n, Err *err);
+/** parse_id_text of the NUL-terminated flag value @p s (messages start "--ids"); an empty list is an error. */
 int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err);
 
 /** True when [s, s+len) is valid UTF-8 (no overlongs, no surrogates, ≤ U+10FFFF). */
