@@ -310,12 +310,116 @@ static void device_node_output(void **state) {
     assert_int_equal(temps_in(test_tmp), 0);
 }
 
+/** Starts `dsv3 ARGS` (split on spaces) with stdout and stderr to files; returns its pid. */
+static pid_t spawn_dsv3(const char *args_in, const char *out, const char *errf) {
+    static char args[8192];
+    snprintf(args, sizeof args, "%s", args_in);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *argv[64];
+        int argc = 0;
+        argv[argc++] = (char *)dsv3_bin();
+        for (char *t = strtok(args, " "); t && argc < 63; t = strtok(NULL, " ")) argv[argc++] = t;
+        argv[argc] = NULL;
+        if (!freopen(out, "w", stdout) || !freopen(errf, "w", stderr)) _exit(126);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/** The first child process of @p pid (Linux /proc), or -1. */
+static pid_t first_child(pid_t pid) {
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(p, "r");
+    int c = -1;
+    if (f) {
+        if (fscanf(f, "%d", &c) != 1) c = -1;
+        fclose(f);
+    }
+    return c;
+}
+
+/** Waits until @p path contains @p text (at most 60 s), then @p settle_ms more. */
+static void wait_text(const char *path, const char *text, int settle_ms) {
+    for (int i = 0; i < 60000; i++) {
+        size_t n;
+        char *b = (char *)read_bytes(path, &n);
+        int found = b && strstr(b, text);
+        free(b);
+        if (found) {
+            nanosleep(&(struct timespec){ settle_ms / 1000, (settle_ms % 1000) * 1000000L }, NULL);
+            return;
+        }
+        nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    }
+    fail_msg("%s: '%s' never appeared", path, text);
+}
+
+/**
+ * --ep 2 with the expert server stopped (SIGSTOP) mid-generation: rank 0 fails within about
+ * DSV3_EP_TIMEOUT with one line naming the rank, and the stopped server does not outlive it.
+ * (Before: rank 0 waited forever.) A server stopped for less than the limit is waited for.
+ */
+static void ep_stopped_server(void **state) {
+    (void)state;
+    char out[4096], errf[4096];
+    snprintf(out, sizeof out, "%s/ep.out", test_tmp);
+    snprintf(errf, sizeof errf, "%s/ep.err", test_tmp);
+    setenv("DSV3_EP_TIMEOUT", "3", 1);
+    alarm(120); /* a rank 0 that waits forever fails the test instead of hanging it */
+    /* stopped for 1 s (< 3): the run goes on and finishes */
+    pid_t pid = spawn_dsv3("generate -m models/kjv --ep 2 -p And -n 800 -s 1 --temp 0", out, errf);
+    wait_text(errf, "routed experts over 2 processes", 300); /* generating by now */
+    pid_t server = first_child(pid);
+    assert_true(server > 0);
+    assert_int_equal(kill(server, SIGSTOP), 0);
+    sleep(1);
+    assert_int_equal(kill(server, SIGCONT), 0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    size_t n;
+    char *e = (char *)read_bytes(errf, &n);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("a server stopped for 1 s of 3 broke the run: %s", e);
+    free(e);
+    /* stopped for good */
+    pid = spawn_dsv3("generate -m models/kjv --ep 2 -p And -n 3000 -s 1", out, errf);
+    wait_text(errf, "routed experts over 2 processes", 300);
+    server = first_child(pid);
+    assert_true(server > 0);
+    assert_int_equal(kill(server, SIGSTOP), 0);
+    double t0 = now_seconds();
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    double waited = now_seconds() - t0;
+    unsetenv("DSV3_EP_TIMEOUT");
+    e = (char *)read_bytes(errf, &n);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    if (!strstr(e, "rank 1 sent nothing for 3 s")) fail_msg("no line naming the stopped rank: %s", e);
+    if (waited > 20) fail_msg("rank 0 took %.1f s to give up on a stopped server (limit 3 s)", waited);
+    free(e);
+    printf("    stopped expert server: rank 0 failed after %.1f s, naming rank 1\n", waited);
+    for (int i = 0; i < 100 && kill(server, 0) == 0; i++) nanosleep(&(struct timespec){ 0, 10000000 }, NULL);
+    assert_int_equal(kill(server, 0), -1); /* SIGTERM + SIGCONT: it did not stay behind, stopped */
+    alarm(0);
+}
+
+/** A chat whose user pauses longer than DSV3_EP_TIMEOUT: the idle servers are not mistaken for dead ones. */
+static void ep_idle_is_alive(void **state) {
+    (void)state;
+    RunResult r = sh("(echo 'And God said'; sleep 3; echo 'Let there be') | DSV3_EP_TIMEOUT=1 %s chat -m models/kjv --temp 0 -n 8 --ep 2",
+                     dsv3_bin());
+    if (r.status != 0) fail_msg("chat --ep 2 with a 3 s pause (limit 1 s): exit %d: %s", r.status, r.err);
+    run_result_free(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(train_sigint_saves),    cmocka_unit_test(train_sigterm_saves),
         cmocka_unit_test(train_resume_keeps_schedule), cmocka_unit_test(train_checks_run_dir_first),
         cmocka_unit_test(mkckpt_killed),         cmocka_unit_test(train_tokenizer_killed),
         cmocka_unit_test(fifo_inputs),           cmocka_unit_test(device_node_output),
+        cmocka_unit_test(ep_stopped_server),     cmocka_unit_test(ep_idle_is_alive),
     };
     return cmocka_run_group_tests_name("interrupts", tests, setup, test_tmp_teardown);
 }

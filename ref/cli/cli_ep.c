@@ -185,7 +185,7 @@ int cli_ep_finish(CliEp *g, const char *cmd, int rc) {
         for (int r = 1; r < g->env.world_size; r++) {
             int st = g->child_status[r];
             if (g->children[r] > 0) {
-                if (rc != EXIT_OK) kill(g->children[r], SIGTERM); /* they may still wait to join */
+                if (rc != EXIT_OK) kill(g->children[r], SIGTERM), kill(g->children[r], SIGCONT); /* they may still wait to join, or be stopped */
                 while (waitpid(g->children[r], &st, 0) < 0 && errno == EINTR) {}
             }
             if (rc == EXIT_OK && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
