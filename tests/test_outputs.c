@@ -314,13 +314,28 @@ static void directory_swap(void **state) {
     assert_string_equal(s, "new b2");
     free(s);
     assert_int_equal(temps_in(test_tmp), 0);
-    /* a file the output does not own: refused, nothing touched */
+    /* a file outside the patterns stays: carried into the next output */
     snprintf(p, sizeof p, "%s/notes.md", dir);
     put(p, "mine");
+    assert_int_equal(outdir_open(&d, dir, owned, &err), 0);
+    snprintf(p, sizeof p, "%s/a.txt", d.tmp);
+    assert_int_equal(write_file_atomic(p, "a again", 7, &err), 0);
+    assert_int_equal(outdir_commit(&d, &err), 0);
+    snprintf(p, sizeof p, "%s/notes.md", dir);
+    s = slurp(p);
+    assert_string_equal(s, "mine");
+    free(s);
+    snprintf(p, sizeof p, "%s/b-2.txt", dir); /* replaced (the new output has no b-*) */
+    assert_int_equal(access(p, F_OK), -1);
+    /* a subdirectory outside the patterns cannot be carried: refused, nothing touched */
+    snprintf(p, sizeof p, "%s/figures", dir);
+    assert_int_equal(mkdir(p, 0755), 0);
     assert_int_equal(outdir_open(&d, dir, owned, &err), -1);
-    assert_non_null(strstr(err.msg, "notes.md"));
+    assert_non_null(strstr(err.msg, "figures"));
     assert_int_equal(access(p, F_OK), 0);
     assert_int_equal(temps_in(test_tmp), 0);
+    rmdir(p);
+    snprintf(p, sizeof p, "%s/notes.md", dir);
     /* a regular file where the directory should be */
     assert_int_equal(outdir_open(&d, p, owned, &err), -1);
     assert_non_null(strstr(err.msg, "not a directory"));
@@ -387,12 +402,13 @@ static void checkpoint_rewrite(void **state) {
     assert_int_equal(st_open(&st, dir, NULL, &err), 0);
     assert_int_equal(st.n_files, 3);
     st_close(&st);
-    /* a checkpoint directory holding a file of the user's: refused, not deleted */
-    snprintf(p, sizeof p, "%s/README.md", dir);
-    put(p, "notes");
-    assert_int_equal(ckpt_write(dir, &c, &single, ckpt_random_source, &ri, NULL, &err), -1);
-    assert_non_null(strstr(err.msg, "README.md"));
+    /* the other files of a checkpoint directory (a tokenizer, a README) stay */
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    put(p, "{}");
+    assert_int_equal(ckpt_write(dir, &c, &single, ckpt_random_source, &ri, NULL, &err), 0);
     assert_int_equal(access(p, F_OK), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    assert_int_equal(access(p, F_OK), -1); /* the sharded one's index went with its shards */
 }
 
 /** A checkpoint larger than the free space is refused before anything is written. */

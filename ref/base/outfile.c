@@ -467,28 +467,93 @@ static void outdir_release(OutDir *d) {
     d->slot = -1;
 }
 
-/** Checks that every entry of the existing directory @p path is one the output owns. */
-static int check_owned(const char *path, const char *shown, const char *const *owned, Err *err) {
+static int matches(const char *const *patterns, const char *name) {
+    for (int i = 0; patterns && patterns[i]; i++)
+        if (fnmatch(patterns[i], name, FNM_PERIOD) == 0) return 1;
+    return 0;
+}
+
+/** Refuses an existing target holding entries that can be neither replaced nor carried over. */
+static int check_target(const char *path, const char *shown, const char *const *replaced, Err *err) {
     DIR *dir = opendir(path);
     if (!dir) return err_set(err, "%s: cannot read the directory: %s", shown, strerror(errno));
     struct dirent *de;
     int rc = 0;
     while (rc == 0 && (de = readdir(dir))) {
         const char *n = de->d_name;
-        if (!strcmp(n, ".") || !strcmp(n, "..") || out_is_temp_name(n)) continue;
-        int ok = 0;
-        for (int i = 0; owned && owned[i] && !ok; i++) ok = fnmatch(owned[i], n, FNM_PERIOD) == 0;
-        if (!ok)
-            rc = err_set(err, "%s: the directory holds '%.200s', which this output would not write: refusing to replace it "
-                              "(give a new or empty directory)", shown, n);
+        if (!strcmp(n, ".") || !strcmp(n, "..") || out_is_temp_name(n) || matches(replaced, n)) continue;
+        char p[4096];
+        struct stat sb;
+        if (path_join(p, sizeof p, path, n) || lstat(p, &sb) != 0) continue;
+        if (!S_ISREG(sb.st_mode) && !S_ISLNK(sb.st_mode))
+            rc = err_set(err, "%s: holds '%.200s' (%s), which a new output could not carry over: give a new or "
+                              "empty directory", shown, n, type_name(sb.st_mode));
     }
     closedir(dir);
     return rc;
 }
 
-int outdir_open(OutDir *d, const char *path, const char *const *owned, Err *err) {
+/** Copies regular file @p src to @p dst (a new file), for file systems without hard links. */
+static int copy_plain(const char *src, const char *dst) {
+    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = -1;
+    struct stat sb;
+    if (in >= 0 && fstat(in, &sb) == 0) out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, sb.st_mode & 07777);
+    if (out >= 0) {
+        char buf[1 << 16];
+        ssize_t k;
+        rc = 0;
+        while (rc == 0 && (k = read(in, buf, sizeof buf)) != 0) {
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0) rc = -1;
+            for (ssize_t done = 0; rc == 0 && done < k;) {
+                ssize_t w = write(out, buf + done, (size_t)(k - done));
+                if (w < 0 && errno == EINTR) continue;
+                if (w <= 0) rc = -1;
+                else done += w;
+            }
+        }
+        if (fsync(out) != 0 || close(out) != 0) rc = -1;
+        if (rc) unlink(dst);
+    }
+    if (in >= 0) close(in);
+    return rc;
+}
+
+/** Carries the target's files outside the patterns, which the output did not write, into the new directory. */
+static int carry_over(const OutDir *d, Err *err) {
+    DIR *dir = opendir(d->path);
+    if (!dir) return errno == ENOENT ? 0 : err_set(err, "%s: cannot read the directory: %s", d->path, strerror(errno));
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(dir))) {
+        const char *n = de->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || out_is_temp_name(n) || matches(d->replaced, n)) continue;
+        char src[4096], dst[4096], link_to[4096];
+        struct stat sb;
+        if (path_join(src, sizeof src, d->path, n) || path_join(dst, sizeof dst, d->tmp, n)) {
+            rc = err_set(err, "%s: path too long", d->path);
+            break;
+        }
+        if (lstat(dst, &sb) == 0 || lstat(src, &sb) != 0) continue; /* written anew, or gone meanwhile */
+        if (S_ISREG(sb.st_mode)) {
+            if (link(src, dst) != 0 && copy_plain(src, dst) != 0)
+                rc = err_set(err, "%s: cannot carry '%s' over into the new directory: %s", d->path, n, strerror(errno));
+        } else if (S_ISLNK(sb.st_mode)) {
+            ssize_t k = readlink(src, link_to, sizeof link_to - 1);
+            if (k < 0 || (link_to[k] = 0, symlink(link_to, dst) != 0))
+                rc = err_set(err, "%s: cannot carry the link '%s' over: %s", d->path, n, strerror(errno));
+        } else {
+            rc = err_set(err, "%s: '%s' appeared meanwhile and cannot be carried over", d->path, n);
+        }
+    }
+    closedir(dir);
+    return rc;
+}
+
+int outdir_open(OutDir *d, const char *path, const char *const *replaced, Err *err) {
     memset(d, 0, sizeof *d);
     d->slot = -1;
+    d->replaced = replaced;
     if (!path || !*path) return err_set(err, "empty output directory");
     d->path = resolve(path);
     if (!d->path) return err_set(err, "%s: out of memory", path);
@@ -500,7 +565,7 @@ int outdir_open(OutDir *d, const char *path, const char *const *owned, Err *err)
             outdir_release(d);
             return err_set(err, "%s: exists and is %s, not a directory", path, type_name(sb.st_mode));
         }
-        if (check_owned(d->path, path, owned, err)) {
+        if (check_target(d->path, path, replaced, err)) {
             outdir_release(d);
             return -1;
         }
@@ -565,8 +630,11 @@ int outdir_commit(OutDir *d, Err *err) {
         outdir_release(d);
         return err_set(err, "commit of a closed directory output");
     }
-    int fd = open(d->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
-    if (fd < 0 || fsync(fd) != 0) rc = err_set(err, "%s: cannot flush to disk: %s", d->path, strerror(errno));
+    int rc = carry_over(d, err), fd = -1;
+    if (rc == 0) {
+        fd = open(d->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0) rc = err_set(err, "%s: cannot flush to disk: %s", d->path, strerror(errno));
+    }
     if (fd >= 0) close(fd);
     sigset_t old;
     block_signals(&old);

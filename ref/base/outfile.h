@@ -17,8 +17,11 @@
  *
  * A directory output (OutDir) is built in a temporary directory beside its target and swapped
  * in when complete (renameat2 RENAME_EXCHANGE: the target name always holds either the old or
- * the new content), then the old content is removed. A target that already holds files the
- * output does not own (names outside its patterns) is refused rather than deleted.
+ * the new content), then the old content is removed. The files of an existing target that the
+ * output replaces (its patterns: a previous output of the same kind, e.g. a checkpoint's shards
+ * and index) go with the old content; every other file of the target (a tokenizer beside a
+ * checkpoint, a README) is carried into the new directory (hard-linked) unless the output wrote
+ * a file of that name itself. A target holding a subdirectory the patterns do not cover is refused.
  *
  * Temporaries are named `.<target name>.dsv3-<host>-<pid>-<random>`. SIGINT, SIGTERM, SIGHUP and
  * SIGPIPE remove the temporaries of the process before it dies of the signal (handlers are
@@ -79,20 +82,23 @@ typedef struct {
     char *path;  /**< the target directory (symbolic links resolved) */
     char *tmp;   /**< the directory being built: write the output's files here */
     int slot;    /**< entry of tmp in the cleanup table, -1 when none */
+    const char *const *replaced; /**< the patterns given to outdir_open */
 } OutDir;
 
 /**
- * Starts a directory output for @p path. The target must be absent, or a directory whose
- * entries all match one of the fnmatch(3) patterns @p owned (NULL-terminated; NULL: the
- * directory must be empty) — the files a previous output of the same kind wrote, which the
- * new output replaces. Creates the temporary directory beside it; write into d->tmp.
+ * Starts a directory output for @p path, which must be absent or a directory. Entries of an
+ * existing target that match one of the fnmatch(3) patterns @p replaced (NULL-terminated, kept by
+ * reference: a static array) are the previous output's: the new one replaces them all. Other
+ * files stay (carried over at commit); a subdirectory or special file outside the patterns is
+ * refused now. Creates the temporary directory beside the target; write into d->tmp.
  */
-int outdir_open(OutDir *d, const char *path, const char *const *owned, Err *err);
+int outdir_open(OutDir *d, const char *path, const char *const *replaced, Err *err);
 
 /**
- * Swaps the complete directory in: fsync of the temporary directory, exchange with (or rename
- * to) the target, fsync of the parent, removal of the old content. On failure the temporary is
- * removed and the target is unchanged. Always releases @p d.
+ * Swaps the complete directory in: the target's files outside the patterns that the output did
+ * not write are hard-linked in, fsync of the temporary directory, exchange with (or rename to) the
+ * target, fsync of the parent, removal of the old content. On failure the temporary is removed
+ * and the target is unchanged. Always releases @p d.
  */
 int outdir_commit(OutDir *d, Err *err);
 

@@ -269,8 +269,8 @@ int ckpt_copy_tokenizer(const char *from_dir, const char *to_dir, int required, 
 }
 
 const char *const CKPT_OWNED_FILES[] = {
-    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "optimizer.safetensors", "tokenizer.json", "tokenizer_config.json", NULL,
+    "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "optimizer.safetensors", NULL,
 };
 
 /** Refuses to start a write the file system of @p dir has no room for (a V3 checkpoint is ~680 GB). */

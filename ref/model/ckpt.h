@@ -34,8 +34,8 @@ typedef int (*CkptSource)(void *ctx, const WeightSlot *s, float *out);
  * Writes config.json (num_nextn_predict_layers = n_mtp, quantization_config iff FP8) and the
  * safetensors file(s) as directory @p dir, one complete output (base/outfile.h): built in a
  * temporary directory beside it and swapped in when every file is written, so a kill or a full
- * disk leaves the old content of @p dir (or nothing). An existing @p dir may hold only files of
- * a checkpoint (CKPT_OWNED_FILES), which the new checkpoint replaces, shards and index included.
+ * disk leaves the old content of @p dir (or nothing). The files of a checkpoint already in @p dir
+ * (CKPT_OWNED_FILES: shards and index included) are all replaced; other files (a tokenizer) stay.
  * Refuses to start when the file system lacks the space. @p log (may be NULL) receives one
  * progress line per file.
  */
@@ -55,7 +55,7 @@ int ckpt_write_into(const char *dir, const Config *c, const CkptLayout *layout, 
  */
 int ckpt_copy_tokenizer(const char *from_dir, const char *to_dir, int required, Err *err);
 
-/** fnmatch patterns of the files a checkpoint directory holds (NULL-terminated): what a new one replaces. */
+/** fnmatch patterns of a checkpoint's own files (NULL-terminated): what a new checkpoint replaces. */
 extern const char *const CKPT_OWNED_FILES[];
 
 /** Parameters of random checkpoints. */

@@ -66,8 +66,8 @@ int bpe_train_run(BpeTrainer *tr, Err *err);
 
 /**
  * Writes @p dir/tokenizer.json and @p dir/tokenizer_config.json as one directory output
- * (base/outfile.h): both or neither, the old files kept on failure. An existing @p dir may hold
- * only those two files.
+ * (base/outfile.h): both or neither, the old files kept on failure; other files of @p dir (a
+ * checkpoint) stay.
  */
 int bpe_train_save(const BpeTrainer *tr, const char *dir, Err *err);
 
