@@ -27,6 +27,7 @@
 #include "cli.h"
 #include "cli_ep.h"
 #include "cli_util.h"
+#include "reply.h"
 #include "generate/generate.h"
 #include "tokenizer/tokenizer.h"
 
@@ -174,8 +175,8 @@ static void session_free(Session *s) {
 /** Positions of the session: -c, else the model's limit capped at 4096; 0 (error printed) if -c is too large. */
 static long session_ctx(const char *cmd, const GenArgs *a, const Config *c) {
     long ctx = a->ctx ? a->ctx : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
-    if (ctx > c->max_position_embeddings)
-        return cli_fail(cmd, EXIT_USAGE, "-c %ld exceeds max_position_embeddings = %d", ctx, c->max_position_embeddings), 0;
+    Err err = { "" };
+    if (config_check_positions(c, ctx, "-c", &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg), 0;
     return ctx;
 }
 
@@ -261,41 +262,14 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
 
 /**
  * Generates until EOS, @p limit tokens (-1: until the context is full) or an error, streaming
- * text to stdout. Returns 0, with *ended_eos set when the reply ended with EOS.
+ * text to stdout (reply.h). Returns 0, with *ended_eos set when the reply ended with EOS.
  */
 static int stream_reply(const char *cmd, Session *s, long limit, int *ended_eos) {
     Err err = { "" };
-    int out[17], k;
-    long produced = 0;
-    *ended_eos = 0;
-    while (limit < 0 || produced < limit) {
-        if (gen_room(&s->g) < 1) {
-            fprintf(stderr, "\n[context full]\n");
-            break;
-        }
-        if (gen_next(&s->g, out, &k, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        int used = 0;
-        for (int i = 0; i < k && (limit < 0 || produced < limit); i++) {
-            produced++;
-            used++;
-            if (out[i] == s->eos) {
-                *ended_eos = 1;
-                break;
-            }
-            const char *text;
-            size_t len;
-            if (decode_stream_step(&s->ds, out[i], &text, &len, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-            fwrite(text, 1, len, stdout);
-        }
-        /* A speculative step may return tokens past the EOS or the limit: they never happened. */
-        if (used < k && gen_keep(&s->g, used, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        fflush(stdout);
-        if (*ended_eos) break;
-    }
-    const char *text;
-    size_t len;
-    if (decode_stream_flush(&s->ds, &text, &len, &err) == 0) fwrite(text, 1, len, stdout);
-    fflush(stdout);
+    ReplyEnd end;
+    if (reply_stream(&s->g, &s->ds, s->eos, limit, stdout, NULL, NULL, &end, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    if (end == REPLY_CONTEXT_FULL) fprintf(stderr, "\n[context full]\n");
+    *ended_eos = end == REPLY_EOS;
     return EXIT_OK;
 }
 
@@ -430,8 +404,7 @@ int cmd_generate(int argc, char **argv) {
         else {
             int ended;
             rc = stream_reply(cmd, &s, a.n_predict, &ended);
-            printf("\n");
-            print_stats(&s, (int64_t)ids.n);
+            if (rc == EXIT_OK) printf("\n"), print_stats(&s, (int64_t)ids.n);
         }
     }
     free(ids.v);

@@ -154,6 +154,7 @@ int trainer_init(Trainer *tr, const Config *cfg, const TrainOptions *opt, Err *e
     if (o->steps < 1) return err_set(err, "steps = %lld must be at least 1", (long long)o->steps);
     if (o->lr.warmup < 0) return err_set(err, "warmup = %lld must not be negative", (long long)o->lr.warmup);
     o->lr.total = o->steps;
+    if (config_check_positions(cfg, o->seq_len, "seq_len", err)) return -1;
     if (params_init(&tr->ps, cfg, o->n_mtp, 1, err)) return -1;
     const Config *c = &tr->ps.config;
     int64_t T = o->seq_len, L = c->num_hidden_layers;
