@@ -23,7 +23,7 @@ CC := gcc
 endif
 
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
-DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev pkg-config
+DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev libedit-dev pkg-config
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-unknown-pragmas
 ifneq ($(findstring clang,$(CC)),clang)
@@ -32,7 +32,7 @@ endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
-LDLIBS  := -lcjson -lpcre2-8 -lonig -lm -pthread
+LDLIBS  := -lcjson -lpcre2-8 -lonig -ledit -lm -pthread
 # MPI=1: launch under mpirun with MPI_Bcast for the NCCL id (Debian openmpi: libopenmpi-dev, openmpi-bin).
 MPI ?= 0
 ifeq ($(MPI),1)
@@ -84,7 +84,7 @@ CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
 # ref/ files that include neither cJSON nor PCRE2 headers (the oracles the GPU tests call need none of them)
-GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma' $(REF_SRC))
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|histedit\|line_edit' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
@@ -125,7 +125,8 @@ deps: $(BUILD)/.deps-ok
 # The runtime/header packages as .deb files, for a machine that has gcc and CUDA but cannot install
 # Debian packages (the GPU machines): carry build/debs there, unpack with `dpkg -x` and build with
 # DEB_ROOT=<dir> (tools/gpu_session.sh model does both).
-GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev
+GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev \
+            libedit2 libedit-dev libbsd0 libmd0
 gpu-debs:
 	@mkdir -p $(BUILD)/debs && cd $(BUILD)/debs && apt-get download $(GPU_DEBS) && ls -1 $(CURDIR)/$(BUILD)/debs
 
@@ -230,7 +231,7 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined" test
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -ledit -lm -pthread -fsanitize=address,undefined" test
 
 # The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).
 MPI_RANKS ?= 3
@@ -291,7 +292,7 @@ $(FUZZ)/libdsv3fuzz.a: $(FUZZ_OBJ)
 	@ar rcs $@ $^
 $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ)/libdsv3fuzz.a
 	@echo "  LINK    $@"
-	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ)/libdsv3fuzz.a -lcjson -lpcre2-8 -lonig -lm -pthread -o $@
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ)/libdsv3fuzz.a -lcjson -lpcre2-8 -lonig -ledit -lm -pthread -o $@
 # Seeds: the golden files, a small trained tokenizer, a small training checkpoint, hand-written lists.
 FUZZ_TRAIN_SET := --preset tiny --vocab 16 --set hidden_size=16 --set num_attention_heads=1 --set q_lora_rank=8 \
   --set kv_lora_rank=8 --set qk_nope_head_dim=8 --set qk_rope_head_dim=4 --set v_head_dim=8 --set intermediate_size=16 \

@@ -24,6 +24,7 @@
 
 #include "generate/batch.h"
 #include "tokenizer/chat.h"
+#include "chat_repl.h"
 #include "cli.h"
 #include "cli_ep.h"
 #include "cli_util.h"
@@ -413,14 +414,6 @@ int cmd_generate(int argc, char **argv) {
     return cli_ep_finish(&ep, cmd, rc);
 }
 
-/** Reads one line from stdin into *buf (without the newline); 0 at EOF. */
-static int read_line(char **buf, size_t *cap) {
-    ssize_t n = getline(buf, cap, stdin);
-    if (n < 0) return 0;
-    while (n > 0 && ((*buf)[n - 1] == '\n' || (*buf)[n - 1] == '\r')) (*buf)[--n] = 0;
-    return 1;
-}
-
 int cmd_chat(int argc, char **argv) {
     const char *cmd = "chat";
     GenArgs a;
@@ -432,59 +425,12 @@ int cmd_chat(int argc, char **argv) {
         return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
     Session s;
     rc = session_open(cmd, &a, &s, &ep);
-    char *line = NULL;
-    size_t cap = 0;
-    int turn = 0, ended_eos = 1, interactive = isatty(0);
-    Err err = { "" };
-    while (rc == EXIT_OK) {
-        if (interactive) fprintf(stdout, "\n> "), fflush(stdout);
-        if (!read_line(&line, &cap) || !strcmp(line, "/exit") || !strcmp(line, "/quit") || (!line[0] && interactive)) break;
-        if (!line[0]) continue;
-        if (!utf8_valid(line, strlen(line))) {
-            fprintf(stderr, "dsv3 chat: that message is not valid UTF-8; try again\n");
-            continue;
-        }
-        IntVec ids = { 0 };
-        int erc;
-        if (turn == 0) {
-            ChatMessage msgs[2] = { { "system", a.system }, { "user", line } };
-            int *v = NULL, n = 0;
-            erc = chat_encode(s.tok, a.system ? msgs : msgs + 1, a.system ? 2 : 1, 1, &v, &n, &err);
-            if (!erc) erc = intvec_append(&ids, v, (size_t)n) ? err_set(&err, "out of memory") : 0;
-            free(v);
-        } else {
-            /* The previous reply's last token is pending and gets fed first; if it was not EOS
-             * (cut by -n), the turn still has to be closed with one. */
-            erc = chat_encode_user_turn(s.tok, line, !ended_eos, 1, &ids, &err);
-        }
-        if (erc) {
-            fprintf(stderr, "dsv3 chat: %s\n", err.msg);
-            free(ids.v);
-            continue;
-        }
-        int64_t before = s.g.stats.prefilled;
-        double t0 = now_seconds();
-        if (gen_feed(&s.g, ids.v, (int64_t)ids.n, &err)) {
-            rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-            free(ids.v);
-            break;
-        }
-        double t_prefill = now_seconds() - t0;
-        int64_t gen0 = s.g.stats.generated;
-        double d0 = s.g.stats.decode_seconds;
-        rc = stream_reply(cmd, &s, a.n_predict, &ended_eos);
-        printf("\n");
-        fflush(stdout);
-        int64_t gen = s.g.stats.generated - gen0;
-        fprintf(stderr, "[turn %d: prefilled %lld new tokens (%.1f tokens/s), generated %lld (%.1f tokens/s), cache %lld"
-                        " positions]\n",
-                turn + 1, (long long)(s.g.stats.prefilled - before), (s.g.stats.prefilled - before) / (t_prefill + 1e-9),
-                (long long)gen, gen / (s.g.stats.decode_seconds - d0 + 1e-9), (long long)s.g.kv.len);
-        free(ids.v);
-        turn++;
+    int turns = 0;
+    if (rc == EXIT_OK) {
+        ChatRepl r = { s.tok, &s.g, &s.ds, s.eos, a.n_predict, a.system };
+        rc = chat_repl(cmd, &r, &turns); /* chat_repl.c: the loop, its commands, context shift */
     }
-    if (rc == EXIT_OK && turn > 0) print_stats(&s, s.g.stats.prefilled);
-    free(line);
+    if (rc == EXIT_OK && turns > 0) print_stats(&s, s.g.stats.prefilled);
     session_free(&s);
     return cli_ep_finish(&ep, cmd, rc);
 }

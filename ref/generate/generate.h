@@ -107,6 +107,12 @@ int gen_next(Generator *g, int *out, int *n_out, Err *err);
  */
 int gen_keep(Generator *g, int keep, Err *err);
 
+/**
+ * Forgets every token: the session is as after gen_init (the statistics stay). A chat that
+ * starts over, or re-reads a shortened conversation (context shift), feeds it again from here.
+ */
+void gen_reset(Generator *g);
+
 /** Never generate ids ≥ @p n (e.g. the tokenizer's vocabulary size); 1 ≤ n ≤ vocab_size. */
 void gen_limit_vocab(Generator *g, int n);
 
