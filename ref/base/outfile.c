@@ -8,7 +8,8 @@
  * word), unlinks files, empties directories with getdents64/unlinkat (no opendir: it may
  * allocate) and removes them, then dies of the same signal with the default disposition.
  */
-#define _GNU_SOURCE /* renameat2 (RENAME_EXCHANGE), getdents64 */
+/** renameat2 (RENAME_EXCHANGE) and getdents64 are GNU extensions. */
+#define _GNU_SOURCE
 #include "outfile.h"
 
 #include <dirent.h>
@@ -169,6 +170,7 @@ static void test_hook(void) {
 /* ------------------------------------------------------------------------------------- */
 /* names                                                                                   */
 
+/** What marks a name as a temporary of ours: `.NAME.dsv3-HOST-PID-RANDOM`. */
 #define TEMP_TAG ".dsv3-"
 
 static uint32_t host_hash(void) {
@@ -191,7 +193,7 @@ static char *dir_of(const char *path) {
     return strndup(path, (size_t)(slash - path));
 }
 
-/* out_temp_name: dir/.<base>.dsv3-<host>-<pid>-<random> */
+/* out_temp_name: dir/.NAME.dsv3-HOST-PID-RANDOM */
 int out_temp_name(char *out, size_t cap, const char *target) {
     static _Atomic unsigned counter;
     static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

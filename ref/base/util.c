@@ -141,6 +141,13 @@ int parse_double(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
+/** Skips blanks and line ends. */
+#define SKIP_SPACE() while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n')) i++
+/** Frees the ids so far and returns the message. */
+#define FAIL(...) do { free(v); return err_set(err, __VA_ARGS__); } while (0)
+/** How much of the text at i a message quotes: at most 20 bytes, never past len (s need not end in a NUL). */
+#define SHOWN() (int)(len - i < 20 ? len - i : 20)
+
 /* Ids separated by ',', optionally in [brackets], whitespace allowed around them. */
 int parse_id_text(const char *s, size_t len, long max_id, int **ids, size_t *n, Err *err) {
     *ids = NULL;
@@ -149,9 +156,6 @@ int parse_id_text(const char *s, size_t len, long max_id, int **ids, size_t *n, 
     for (size_t k = 0; k < len; k++) cap += s[k] == ',';
     int *v = xcalloc(cap, sizeof *v);
     if (!v) return err_set(err, "out of memory");
-#define SKIP_SPACE() while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n')) i++
-#define FAIL(...) do { free(v); return err_set(err, __VA_ARGS__); } while (0)
-#define SHOWN() (int)(len - i < 20 ? len - i : 20) /* at most 20 bytes, never past len (s need not end in a NUL) */
     SKIP_SPACE();
     int bracket = i < len && s[i] == '[';
     if (bracket) i++;

@@ -287,26 +287,27 @@ static void cmd_system(Chat *c, const char *text) {
                           : "[no system message; the conversation is re-read at your next message]\n");
 }
 
+/** Whether the first @p n bytes of @p line are the command word @p s. */
+static int is_word(const char *line, size_t n, const char *s) { return n == strlen(s) && !strncmp(line, s, n); }
+
 /** Runs the /command in @p line; 1 when the chat should end. */
 static int command(Chat *c, const char *line) {
     const char *arg = strchr(line, ' ');
     size_t n = arg ? (size_t)(arg - line) : strlen(line);
     while (arg && *arg == ' ') arg++;
-#define IS(s) (n == strlen(s) && !strncmp(line, s, n))
-    if (IS("/exit") || IS("/quit")) return 1;
-    if (IS("/help") || IS("/?")) fputs(HELP, stdout), fflush(stdout);
-    else if (IS("/reset")) {
+    if (is_word(line, n, "/exit") || is_word(line, n, "/quit")) return 1;
+    if (is_word(line, n, "/help") || is_word(line, n, "/?")) fputs(HELP, stdout), fflush(stdout);
+    else if (is_word(line, n, "/reset")) {
         msgs_clear(c, 1);
         c->fresh = 1;
         fprintf(stderr, "[conversation cleared%s]\n", c->n ? "; the system message stays" : "");
-    } else if (IS("/system")) cmd_system(c, arg ? arg : "");
-    else if (IS("/save") || IS("/load")) {
+    } else if (is_word(line, n, "/system")) cmd_system(c, arg ? arg : "");
+    else if (is_word(line, n, "/save") || is_word(line, n, "/load")) {
         if (!arg || !*arg) fprintf(stderr, "dsv3 %s: %.*s needs a file name\n", c->cmd, (int)n, line);
-        else if (IS("/save")) cmd_save(c, arg);
+        else if (is_word(line, n, "/save")) cmd_save(c, arg);
         else cmd_load(c, arg);
     } else fprintf(stderr, "dsv3 %s: unknown command %.*s (/help lists them; //text sends text starting with '/')\n", c->cmd,
                    (int)(n > 40 ? 40 : n), line);
-#undef IS
     return 0;
 }
 
