@@ -23,18 +23,6 @@
 #include "util_compare.h"
 #include "util_run.h"
 
-static RunResult sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static RunResult sh(const char *fmt, ...) {
-    char cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    RunResult r;
-    if (run_cmd(cmd, NULL, &r)) fail_msg("cannot run %s", cmd);
-    return r;
-}
-
 /** Runs `dsv3 ARGS`, expects exit @p status and, when @p text is given, stderr containing it. */
 static void expect(int status, const char *text, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void expect(int status, const char *text, const char *fmt, ...) {
@@ -43,7 +31,7 @@ static void expect(int status, const char *text, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    RunResult r = sh("%s %s", dsv3_bin(), args);
+    RunResult r = run_shell(NULL, "%s %s", dsv3_bin(), args);
     if (r.status != status || (text && !strstr(r.err, text)))
         fail_msg("dsv3 %s: exit %d (want %d), stderr: %s (want '%s')", args, r.status, status, r.err, text ? text : "");
     run_result_free(&r);
@@ -65,7 +53,7 @@ static void stdout_write_errors(void **state) {
         "detokenize --tokenizer models/kjv --ids 100,101",
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        RunResult r = sh("%s %s > /dev/full", dsv3_bin(), cmds[i]);
+        RunResult r = run_shell(NULL, "%s %s > /dev/full", dsv3_bin(), cmds[i]);
         if (r.status != 1 || !strstr(r.err, "write error"))
             fail_msg("dsv3 %s > /dev/full: exit %d, stderr: %s", cmds[i], r.status, r.err);
         run_result_free(&r);
@@ -73,7 +61,7 @@ static void stdout_write_errors(void **state) {
     /* train --log on a full device: the first step's line fails, the run stops */
     char ids[4096];
     snprintf(ids, sizeof ids, "%s/ids.bin", test_tmp);
-    RunResult r = sh("head -c 4096 /dev/zero > %s && %s train --train %s --preset tiny --vocab 64 -n 20 -b 1 -t 8 -o %s/run --log /dev/full",
+    RunResult r = run_shell(NULL, "head -c 4096 /dev/zero > %s && %s train --train %s --preset tiny --vocab 64 -n 20 -b 1 -t 8 -o %s/run --log /dev/full",
                      ids, dsv3_bin(), ids, test_tmp);
     if (r.status != 1 || !strstr(r.err, "--log /dev/full: write error")) fail_msg("train --log /dev/full: exit %d: %s", r.status, r.err);
     if (strstr(r.out, "step     20/")) fail_msg("train went on after the log failed");
@@ -86,7 +74,7 @@ static void sequence_length_rule(void **state) {
     char model[4096], ids[4096];
     snprintf(model, sizeof model, "%s/short", test_tmp);
     snprintf(ids, sizeof ids, "%s/ids.bin", test_tmp);
-    RunResult r = sh("%s mkckpt --preset tiny --set max_position_embeddings=8 --set vocab_size=4096 -o %s 2>&1 && cp models/kjv/tokenizer*.json %s/ && "
+    RunResult r = run_shell(NULL, "%s mkckpt --preset tiny --set max_position_embeddings=8 --set vocab_size=4096 -o %s 2>&1 && cp models/kjv/tokenizer*.json %s/ && "
                      "head -c 4096 /dev/zero > %s", dsv3_bin(), model, model, ids);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
@@ -105,7 +93,7 @@ static void prepare_data_checks(void **state) {
     char in[4096], empty[4096];
     snprintf(in, sizeof in, "%s/corpus.txt", test_tmp);
     snprintf(empty, sizeof empty, "%s/empty.txt", test_tmp);
-    RunResult r = sh("printf 'one doc\\n\\ntwo doc\\n' > %s && : > %s && ln -sf corpus.bin %s/alias.bin", in, empty, test_tmp);
+    RunResult r = run_shell(NULL, "printf 'one doc\\n\\ntwo doc\\n' > %s && : > %s && ln -sf corpus.bin %s/alias.bin", in, empty, test_tmp);
     run_result_free(&r);
     expect(2, "three different files", "prepare-data --tokenizer models/kjv --input %s --train %s/x.bin --val %s/x.bin", in,
            test_tmp, test_tmp);
@@ -113,7 +101,7 @@ static void prepare_data_checks(void **state) {
     expect(0, NULL, "prepare-data --tokenizer models/kjv --input %s --train %s/corpus.bin --val %s/v.bin", in, test_tmp, test_tmp);
     expect(2, "three different files", "prepare-data --tokenizer models/kjv --input %s --train %s/corpus.bin --val %s/alias.bin", in,
            test_tmp, test_tmp);
-    r = sh("%s prepare-data --tokenizer models/kjv --input %s --train %s/e.bin --val %s/ev.bin", dsv3_bin(), empty, test_tmp, test_tmp);
+    r = run_shell(NULL, "%s prepare-data --tokenizer models/kjv --input %s --train %s/e.bin --val %s/ev.bin", dsv3_bin(), empty, test_tmp, test_tmp);
     assert_int_equal(r.status, 1);
     assert_non_null(strstr(r.err, "no documents"));
     assert_null(strstr(r.err, "nan"));
@@ -130,8 +118,8 @@ static void chat_nul(void **state) {
 /** `dsv3 version` names the GPU backend exactly when the binary has one. */
 static void version_names_backend(void **state) {
     (void)state;
-    RunResult v = sh("%s version", dsv3_bin());
-    RunResult f = sh("%s logits -m golden/official-tiny --ids 1,2 -o /dev/null --backend fast", dsv3_bin());
+    RunResult v = run_shell(NULL, "%s version", dsv3_bin());
+    RunResult f = run_shell(NULL, "%s logits -m golden/official-tiny --ids 1,2 -o /dev/null --backend fast", dsv3_bin());
     assert_int_equal(v.status, 0);
     int linked = !strstr(f.err, "built without CUDA");
     if (linked != !!strstr(v.out, "CUDA"))
@@ -144,13 +132,13 @@ static void version_names_backend(void **state) {
 /** plan: a batch whose KV cache does not fit gets no decode speed. */
 static void plan_context_fits(void **state) {
     (void)state;
-    RunResult r = sh("%s plan --ctx 1000000", dsv3_bin());
+    RunResult r = run_shell(NULL, "%s plan --ctx 1000000", dsv3_bin());
     assert_int_equal(r.status, 0);
     if (strstr(r.out, "tokens/s for the unit")) fail_msg("a decode speed for a batch that does not fit:\n%s", r.out);
     assert_non_null(strstr(r.out, "DOES NOT FIT"));
     assert_non_null(strstr(r.out, "max_position_embeddings"));
     run_result_free(&r);
-    r = sh("%s plan --ctx 4096", dsv3_bin());
+    r = run_shell(NULL, "%s plan --ctx 4096", dsv3_bin());
     assert_non_null(strstr(r.out, "tokens/s for the unit"));
     run_result_free(&r);
 }
@@ -162,7 +150,7 @@ static void mkckpt_free_space(void **state) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/v3", test_tmp);
     /* timeout: a build without the check would start writing ~680 GB */
-    RunResult r = sh("timeout -s KILL 60 %s mkckpt --preset v3 -o %s", dsv3_bin(), dir);
+    RunResult r = run_shell(NULL, "timeout -s KILL 60 %s mkckpt --preset v3 -o %s", dsv3_bin(), dir);
     if (r.status != 1 || !strstr(r.err, "GB free")) fail_msg("mkckpt --preset v3: exit %d: %s", r.status, r.err);
     run_result_free(&r);
     assert_true(now_seconds() - t0 < 60);
@@ -175,7 +163,7 @@ static void convert_over_conversion(void **state) {
     char out[4096], p[4200];
     snprintf(out, sizeof out, "%s/conv", test_tmp);
     expect(0, NULL, "convert -m models/kjv -o %s --format bf16", out);
-    RunResult r = sh("DSV3_TEST_KILL_AFTER=20 %s convert -m models/kjv -o %s --format f32 --shards 3 2>&1", dsv3_bin(), out);
+    RunResult r = run_shell(NULL, "DSV3_TEST_KILL_AFTER=20 %s convert -m models/kjv -o %s --format f32 --shards 3 2>&1", dsv3_bin(), out);
     assert_int_equal(r.status, 128 + SIGTERM);
     run_result_free(&r);
     expect(0, NULL, "generate -m %s -p And -n 4 -s 1", out); /* was: mixed shards and a stale index */

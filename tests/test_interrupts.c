@@ -49,18 +49,6 @@ static int setup(void **state) {
     return fclose(f);
 }
 
-static RunResult sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static RunResult sh(const char *fmt, ...) {
-    char cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    RunResult r;
-    if (run_cmd(cmd, NULL, &r)) fail_msg("cannot run %s", cmd);
-    return r;
-}
-
 static int temps_in(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return -1;
@@ -71,21 +59,23 @@ static int temps_in(const char *dir) {
     return n;
 }
 
-/** The "loss" text of each step line of a --log file (bit-exact %.17g), by step. */
-static int read_losses(const char *path, char losses[][40], int max) {
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char line[8192];
-    int n = 0;
-    while (fgets(line, sizeof line, f)) {
-        long step;
-        char loss[40];
-        if (sscanf(line, "{\"step\":%ld,\"loss\":%39[^,]", &step, loss) != 2 || step < 1 || step > max) continue;
-        snprintf(losses[step - 1], 40, "%s", loss);
-        n = step > n ? (int)step : n;
+/** Starts `dsv3 ARGS` (split on spaces) with stdout and stderr to files; returns its pid. */
+static pid_t spawn_dsv3(const char *args_in, const char *out, const char *errf) {
+    static char args[8192];
+    snprintf(args, sizeof args, "%s", args_in);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *argv[64];
+        int argc = 0;
+        argv[argc++] = (char *)dsv3_bin();
+        for (char *t = strtok(args, " "); t && argc < 63; t = strtok(NULL, " ")) argv[argc++] = t;
+        argv[argc] = NULL;
+        signal(SIGINT, SIG_DFL), signal(SIGTERM, SIG_DFL);
+        if (!freopen(out, "w", stdout) || !freopen(errf, "w", stderr)) _exit(126);
+        execv(argv[0], argv);
+        _exit(127);
     }
-    fclose(f);
-    return n;
+    return pid;
 }
 
 /**
@@ -98,7 +88,7 @@ static void train_signal_saves(int sig) {
     char full[4096], cut[4096];
     snprintf(full, sizeof full, "%s/full%d", test_tmp, sig);
     snprintf(cut, sizeof cut, "%s/cut%d", test_tmp, sig);
-    RunResult r = sh("%s train --train %s %s -n %d -o %s --log %s.log > /dev/null", dsv3_bin(), data_path, MODEL, N, full, full);
+    RunResult r = run_shell(NULL, "%s train --train %s %s -n %d -o %s --log %s.log > /dev/null", dsv3_bin(), data_path, MODEL, N, full, full);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
     /* Started here rather than with '&' in sh: a shell without job control starts background jobs with SIGINT ignored. */
@@ -106,18 +96,7 @@ static void train_signal_saves(int sig) {
     snprintf(logp, sizeof logp, "%s.log", cut);
     snprintf(errp, sizeof errp, "%s.err", cut);
     snprintf(args, sizeof args, "train --train %s %s -n %d -o %s --log %s", data_path, MODEL, N, cut, logp);
-    pid_t pid = fork();
-    if (pid == 0) {
-        char *argv[64];
-        int argc = 0;
-        argv[argc++] = (char *)dsv3_bin();
-        for (char *t = strtok(args, " "); t && argc < 63; t = strtok(NULL, " ")) argv[argc++] = t;
-        argv[argc] = NULL;
-        signal(SIGINT, SIG_DFL), signal(SIGTERM, SIG_DFL);
-        if (!freopen("/dev/null", "w", stdout) || !freopen(errp, "w", stderr)) _exit(126);
-        execv(argv[0], argv);
-        _exit(127);
-    }
+    pid_t pid = spawn_dsv3(args, "/dev/null", errp);
     for (int waited = 0;; waited++) { /* until step 5 is logged */
         size_t n;
         char *log = (char *)read_bytes(logp, &n);
@@ -143,7 +122,7 @@ static void train_signal_saves(int sig) {
     snprintf(latest, sizeof latest, "%s/latest/optimizer.safetensors", cut);
     assert_int_equal(access(latest, R_OK), 0);
     assert_int_equal(temps_in(cut), 0);
-    r = sh("%s train --resume %s --train %s --log %s.log > /dev/null", dsv3_bin(), cut, data_path, cut);
+    r = run_shell(NULL, "%s train --resume %s --train %s --log %s.log > /dev/null", dsv3_bin(), cut, data_path, cut);
     if (r.status != 0) fail_msg("resume: %s", r.err);
     run_result_free(&r);
     static char a[64][40], b[64][40];
@@ -151,8 +130,8 @@ static void train_signal_saves(int sig) {
     char p1[4200], p2[4200];
     snprintf(p1, sizeof p1, "%s.log", full);
     snprintf(p2, sizeof p2, "%s.log", cut);
-    assert_int_equal(read_losses(p1, a, 64), N);
-    assert_int_equal(read_losses(p2, b, 64), N);
+    assert_int_equal(read_step_losses(p1, a, 64), N);
+    assert_int_equal(read_step_losses(p2, b, 64), N);
     for (int s = 0; s < N; s++)
         if (strcmp(a[s], b[s])) fail_msg("step %d: loss %s uninterrupted, %s interrupted and resumed", s + 1, a[s], b[s]);
     snprintf(p1, sizeof p1, "%s/latest/model.safetensors", full);
@@ -181,11 +160,11 @@ static void train_resume_keeps_schedule(void **state) {
     (void)state;
     char run[4096];
     snprintf(run, sizeof run, "%s/sched", test_tmp);
-    RunResult r = sh("%s train --train %s %s -n 8 --save-every 2 --keep 0 --save-format bf16 -o %s --stop-after 3 > /dev/null",
+    RunResult r = run_shell(NULL, "%s train --train %s %s -n 8 --save-every 2 --keep 0 --save-format bf16 -o %s --stop-after 3 > /dev/null",
                      dsv3_bin(), data_path, MODEL, run);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
-    r = sh("%s train --resume %s --train %s > /dev/null", dsv3_bin(), run, data_path);
+    r = run_shell(NULL, "%s train --resume %s --train %s > /dev/null", dsv3_bin(), run, data_path);
     if (r.status != 0) fail_msg("resume: %s", r.err);
     run_result_free(&r);
     const char *want[] = { "step_00000002", "step_00000003", "step_00000004", "step_00000006", "step_00000008" };
@@ -211,7 +190,7 @@ static void train_checks_run_dir_first(void **state) {
     snprintf(blocker, sizeof blocker, "%s/a-file", test_tmp);
     FILE *f = fopen(blocker, "w");
     fclose(f);
-    RunResult r = sh("%s train --train %s %s -n 50 -o %s/run", dsv3_bin(), data_path, MODEL, blocker);
+    RunResult r = run_shell(NULL, "%s train --train %s %s -n 50 -o %s/run", dsv3_bin(), data_path, MODEL, blocker);
     assert_int_not_equal(r.status, 0);
     if (strstr(r.out, "step ")) fail_msg("steps ran before the run directory was checked:\n%s", r.out);
     assert_non_null(strstr(r.err, "a-file/run"));
@@ -224,23 +203,23 @@ static void mkckpt_killed(void **state) {
     (void)state;
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/ck", test_tmp);
-    RunResult r = sh("%s mkckpt --preset tiny --format bf16 -o %s 2>/dev/null", dsv3_bin(), dir);
+    RunResult r = run_shell(NULL, "%s mkckpt --preset tiny --format bf16 -o %s 2>/dev/null", dsv3_bin(), dir);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
-    r = sh("DSV3_TEST_KILL_AFTER=30 %s mkckpt --preset tiny --format f32 --shards 4 -o %s 2>/dev/null", dsv3_bin(), dir);
+    r = run_shell(NULL, "DSV3_TEST_KILL_AFTER=30 %s mkckpt --preset tiny --format f32 --shards 4 -o %s 2>/dev/null", dsv3_bin(), dir);
     assert_int_equal(r.status, 128 + SIGTERM);
     run_result_free(&r);
     assert_int_equal(temps_in(test_tmp), 0);
-    r = sh("%s info -m %s", dsv3_bin(), dir);
+    r = run_shell(NULL, "%s info -m %s", dsv3_bin(), dir);
     if (r.status != 0) fail_msg("the old checkpoint no longer loads: %s", r.err);
     run_result_free(&r);
     char p[4200];
     snprintf(p, sizeof p, "%s/model-00001-of-00004.safetensors", dir);
     assert_int_equal(access(p, F_OK), -1); /* was: partial shards beside the old file */
     /* SIGKILL cannot be caught: the temporary stays, and the next mkckpt in that directory removes it */
-    r = sh("%s mkckpt --preset mini -o %s/big 2>/dev/null & pid=$!; sleep 0.3; kill -9 $pid; wait $pid; true", dsv3_bin(), test_tmp);
+    r = run_shell(NULL, "%s mkckpt --preset mini -o %s/big 2>/dev/null & pid=$!; sleep 0.3; kill -9 $pid; wait $pid; true", dsv3_bin(), test_tmp);
     run_result_free(&r);
-    r = sh("%s mkckpt --preset tiny -o %s/other 2>/dev/null", dsv3_bin(), test_tmp);
+    r = run_shell(NULL, "%s mkckpt --preset tiny -o %s/other 2>/dev/null", dsv3_bin(), test_tmp);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
     assert_int_equal(temps_in(test_tmp), 0);
@@ -254,7 +233,7 @@ static void train_tokenizer_killed(void **state) {
     FILE *f = fopen(text, "w");
     for (int i = 0; i < 200; i++) fputs("the quick brown fox jumps over the lazy dog. ", f);
     fclose(f);
-    RunResult r = sh("DSV3_TEST_KILL_AFTER=2 %s train-tokenizer --input %s --vocab-size 300 --output %s/tok 2>&1", dsv3_bin(),
+    RunResult r = run_shell(NULL, "DSV3_TEST_KILL_AFTER=2 %s train-tokenizer --input %s --vocab-size 300 --output %s/tok 2>&1", dsv3_bin(),
                      text, test_tmp);
     assert_int_equal(r.status, 128 + SIGTERM);
     run_result_free(&r);
@@ -262,7 +241,7 @@ static void train_tokenizer_killed(void **state) {
     snprintf(p, sizeof p, "%s/tok/tokenizer.json", test_tmp);
     assert_int_equal(access(p, F_OK), -1);
     assert_int_equal(temps_in(test_tmp), 0);
-    r = sh("%s train-tokenizer --input %s --vocab-size 300 --output %s/tok 2>&1", dsv3_bin(), text, test_tmp);
+    r = run_shell(NULL, "%s train-tokenizer --input %s --vocab-size 300 --output %s/tok 2>&1", dsv3_bin(), text, test_tmp);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
     assert_int_equal(access(p, F_OK), 0);
@@ -287,7 +266,7 @@ static void fifo_inputs(void **state) {
         char c[8192], line[4096];
         snprintf(line, sizeof line, cmds[i], fifo);
         snprintf(c, sizeof c, "timeout 20 %s %s", dsv3_bin(), line);
-        RunResult r = sh("%s", c);
+        RunResult r = run_shell(NULL, "%s", c);
         if (r.status == 124) fail_msg("%s: blocked on the FIFO", line);
         assert_int_not_equal(r.status, 0);
         if (count_lines(r.err) != 1 || !strstr(r.err, "in.fifo")) fail_msg("%s: want one line naming the FIFO, got: %s", line, r.err);
@@ -301,31 +280,13 @@ static void device_node_output(void **state) {
     char dev[4096];
     snprintf(dev, sizeof dev, "%s/null-dev", test_tmp);
     assert_int_equal(mknod(dev, S_IFCHR | 0666, makedev(1, 3)), 0);
-    RunResult r = sh("%s logits -m golden/official-tiny --ids 1,2,3 -o %s", dsv3_bin(), dev);
+    RunResult r = run_shell(NULL, "%s logits -m golden/official-tiny --ids 1,2,3 -o %s", dsv3_bin(), dev);
     if (r.status != 0) fail_msg("logits -o device: %s", r.err);
     run_result_free(&r);
     struct stat sb;
     assert_int_equal(stat(dev, &sb), 0);
     assert_true(S_ISCHR(sb.st_mode));
     assert_int_equal(temps_in(test_tmp), 0);
-}
-
-/** Starts `dsv3 ARGS` (split on spaces) with stdout and stderr to files; returns its pid. */
-static pid_t spawn_dsv3(const char *args_in, const char *out, const char *errf) {
-    static char args[8192];
-    snprintf(args, sizeof args, "%s", args_in);
-    pid_t pid = fork();
-    if (pid == 0) {
-        char *argv[64];
-        int argc = 0;
-        argv[argc++] = (char *)dsv3_bin();
-        for (char *t = strtok(args, " "); t && argc < 63; t = strtok(NULL, " ")) argv[argc++] = t;
-        argv[argc] = NULL;
-        if (!freopen(out, "w", stdout) || !freopen(errf, "w", stderr)) _exit(126);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
 }
 
 /** The first child process of @p pid (Linux /proc), or -1. */
@@ -407,7 +368,7 @@ static void ep_stopped_server(void **state) {
 /** A chat whose user pauses longer than DSV3_EP_TIMEOUT: the idle servers are not mistaken for dead ones. */
 static void ep_idle_is_alive(void **state) {
     (void)state;
-    RunResult r = sh("(echo 'And God said'; sleep 3; echo 'Let there be') | DSV3_EP_TIMEOUT=1 %s chat -m models/kjv --temp 0 -n 8 --ep 2",
+    RunResult r = run_shell(NULL, "(echo 'And God said'; sleep 3; echo 'Let there be') | DSV3_EP_TIMEOUT=1 %s chat -m models/kjv --temp 0 -n 8 --ep 2",
                      dsv3_bin());
     if (r.status != 0) fail_msg("chat --ep 2 with a 3 s pause (limit 1 s): exit %d: %s", r.status, r.err);
     run_result_free(&r);

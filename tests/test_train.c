@@ -350,23 +350,6 @@ static void cli_setup(char *flags, size_t cap) {
     snprintf(flags, cap, "--config %s --train %s -t 16 -b 2 --shuffle --lr 3e-3 --warmup 3 --save-format f32", cfgp, data);
 }
 
-/** The "loss" field of each step line of a --log file, as text (bit-exact %.17g). */
-static int read_losses(const char *path, char losses[][40], int max) {
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f)) {
-        long step;
-        char loss[40];
-        if (sscanf(line, "{\"step\":%ld,\"loss\":%39[^,]", &step, loss) != 2 || step < 1 || step > max) continue;
-        snprintf(losses[step - 1], 40, "%s", loss);
-        n = step > n ? (int)step : n;
-    }
-    fclose(f);
-    return n;
-}
-
 static char *file_bytes(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -402,8 +385,8 @@ static void assert_same_run(const char *full, const char *cut, int steps) {
     char a[64][40], b[64][40];
     memset(a, 0, sizeof a);
     memset(b, 0, sizeof b);
-    assert_int_equal(read_losses(full, a, 64), steps);
-    assert_int_equal(read_losses(cut, b, 64), steps);
+    assert_int_equal(read_step_losses(full, a, 64), steps);
+    assert_int_equal(read_step_losses(cut, b, 64), steps);
     for (int s = 0; s < steps; s++) {
         if (strcmp(a[s], b[s])) fail_msg("step %d: loss %s uninterrupted, %s resumed", s + 1, a[s], b[s]);
     }
@@ -462,7 +445,7 @@ static void resume_after_kill(void **state) {
     snprintf(p1, sizeof p1, "%s/kill.log", test_tmp);
     char before[64][40];
     memset(before, 0, sizeof before);
-    int reached = read_losses(p1, before, 64);
+    int reached = read_step_losses(p1, before, 64);
     printf("    killed by SIGKILL: %s, after %d logged steps\n", killed ? "yes" : "no (finished first)", reached);
     assert_true(killed);
     assert_true(reached < N);

@@ -316,6 +316,45 @@ static const char *type_name(mode_t m) {
 /* ------------------------------------------------------------------------------------- */
 /* files                                                                                   */
 
+/**
+ * Creates the temporary of @p target (a file opened for writing, or a directory), registered in
+ * the cleanup table first so that a signal at any moment removes it; removes stale temporaries
+ * of the same directory before. Returns the descriptor (0 for a directory) and sets *tmp and
+ * *slot, or −1 with a message naming @p shown.
+ */
+static int make_temp(const char *target, const char *shown, int kind, mode_t mode, char **tmp, int *slot, Err *err) {
+    char *dir = dir_of(target), name[4096];
+    if (dir) out_clean_stale(dir);
+    for (int attempt = 0;; attempt++) {
+        if (out_temp_name(name, sizeof name, target)) {
+            free(dir);
+            return err_set(err, "%s: path too long", shown);
+        }
+        if ((*slot = slot_add(name, kind)) < 0) {
+            free(dir);
+            return err_set(err, "%s: too many outputs open at once", shown);
+        }
+        int fd = kind == SLOT_FILE ? open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode) : mkdir(name, mode);
+        int e = errno;
+        if (fd >= 0 && (*tmp = strdup(name))) {
+            free(dir);
+            return fd;
+        }
+        if (fd >= 0) { /* out of memory for the name */
+            if (kind == SLOT_FILE) close(fd), unlink(name);
+            else rmdir(name);
+            e = ENOMEM;
+        }
+        slot_remove(slot);
+        if (e != EEXIST || attempt > 100) {
+            err_set(err, "%s: cannot create a %s in %s: %s", shown, kind == SLOT_FILE ? "file" : "directory", dir ? dir : ".",
+                    strerror(e));
+            free(dir);
+            return -1;
+        }
+    }
+}
+
 static void outfile_release(OutFile *o) {
     if (o->fd >= 0) close(o->fd);
     free(o->path);
@@ -361,40 +400,12 @@ int outfile_open(OutFile *o, const char *path, int flags, Err *err) {
         if (rc) outfile_release(o);
         return rc;
     }
-    char *dir = dir_of(o->path);
-    if (dir) out_clean_stale(dir);
-    free(dir);
-    char tmp[4096];
-    for (int attempt = 0;; attempt++) {
-        if (out_temp_name(tmp, sizeof tmp, o->path)) {
-            outfile_release(o);
-            return err_set(err, "%s: path too long", path);
-        }
-        o->slot = slot_add(tmp, SLOT_FILE);
-        if (o->slot < 0) {
-            outfile_release(o);
-            return err_set(err, "%s: too many outputs open at once", path);
-        }
-        o->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, exists ? (sb.st_mode & 07777) : 0666);
-        if (o->fd >= 0) break;
-        int e = errno;
-        slot_remove(&o->slot);
-        if (e != EEXIST || attempt > 100) {
-            char *d = dir_of(o->path);
-            err_set(err, "%s: cannot create a file in %s: %s", path, d ? d : ".", strerror(e));
-            free(d);
-            outfile_release(o);
-            return -1;
-        }
+    o->fd = make_temp(o->path, path, SLOT_FILE, exists ? (sb.st_mode & 07777) : 0666, &o->tmp, &o->slot, err);
+    if (o->fd < 0) {
+        outfile_release(o);
+        return -1;
     }
     if (exists) (void)fchmod(o->fd, sb.st_mode & 07777); /* keep the mode of the file it replaces */
-    o->tmp = strdup(tmp);
-    if (!o->tmp) {
-        unlink(tmp);
-        slot_remove(&o->slot);
-        outfile_release(o);
-        return err_set(err, "%s: out of memory", path);
-    }
     return 0;
 }
 
@@ -572,37 +583,9 @@ int outdir_open(OutDir *d, const char *path, const char *const *replaced, Err *e
             return -1;
         }
     }
-    char *parent = dir_of(d->path);
-    if (parent) out_clean_stale(parent);
-    free(parent);
-    char tmp[4096];
-    for (int attempt = 0;; attempt++) {
-        if (out_temp_name(tmp, sizeof tmp, d->path)) {
-            outdir_release(d);
-            return err_set(err, "%s: path too long", path);
-        }
-        d->slot = slot_add(tmp, SLOT_DIR);
-        if (d->slot < 0) {
-            outdir_release(d);
-            return err_set(err, "%s: too many outputs open at once", path);
-        }
-        if (mkdir(tmp, 0777) == 0) break;
-        int e = errno;
-        slot_remove(&d->slot);
-        if (e != EEXIST || attempt > 100) {
-            char *p = dir_of(d->path);
-            err_set(err, "%s: cannot create a directory in %s: %s", path, p ? p : ".", strerror(e));
-            free(p);
-            outdir_release(d);
-            return -1;
-        }
-    }
-    d->tmp = strdup(tmp);
-    if (!d->tmp) {
-        rmdir(tmp);
-        slot_remove(&d->slot);
+    if (make_temp(d->path, path, SLOT_DIR, 0777, &d->tmp, &d->slot, err) < 0) {
         outdir_release(d);
-        return err_set(err, "%s: out of memory", path);
+        return -1;
     }
     return 0;
 }
