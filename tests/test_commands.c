@@ -5,7 +5,7 @@
  *        max_position_embeddings in logits / perplexity / train / generate, prepare-data's
  *        same-file and empty-input checks, NUL in chat content, `dsv3 version` naming the
  *        linked backend, `plan` with a context whose cache does not fit, mkckpt's free-space
- *        check, convert over an earlier conversion.
+ *        check, convert over an earlier conversion, perplexity's progress on a terminal.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -21,6 +21,7 @@
 
 #include "base/util.h"
 #include "util_compare.h"
+#include "util_pty.h"
 #include "util_run.h"
 
 /** Runs `dsv3 ARGS`, expects exit @p status and, when @p text is given, stderr containing it. */
@@ -175,12 +176,26 @@ static void convert_over_conversion(void **state) {
     expect(0, NULL, "generate -m %s -p And -n 4 -s 1", out);
 }
 
+/** perplexity shows its progress on a terminal (it ran ~40 s in silence). */
+static void perplexity_progress(void **state) {
+    (void)state;
+    Pty p;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "exec %s perplexity -m models/kjv -f models/kjv/README.md -c 16 --max-chunks 4", dsv3_bin());
+    assert_int_equal(pty_spawn(&p, cmd), 0);
+    if (pty_expect(&p, "chunk 3/4, perplexity so far", 60)) fail_msg("no progress on the terminal:\n%s", p.buf);
+    assert_int_equal(pty_wait(&p, 60), 0);
+    assert_non_null(strstr(p.buf, "4 chunks x 16 tokens"));
+    pty_free(&p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(stdout_write_errors), cmocka_unit_test(sequence_length_rule),
         cmocka_unit_test(prepare_data_checks), cmocka_unit_test(chat_nul),
         cmocka_unit_test(version_names_backend), cmocka_unit_test(plan_context_fits),
         cmocka_unit_test(mkckpt_free_space),   cmocka_unit_test(convert_over_conversion),
+        cmocka_unit_test(perplexity_progress),
     };
     return cmocka_run_group_tests_name("commands", tests, test_tmp_setup, test_tmp_teardown);
 }
