@@ -75,20 +75,20 @@ static void line_editing_and_history(void **state) {
     snprintf(file, sizeof file, "%s/edit.json", test_tmp);
     start(&p, "--temp 0 -n 4");
     pty_send(&p, "\r"); /* an empty line: ignored (it used to end the chat) */
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "> ", 60);
     pty_send(&p, "helo\x1b[Dl\r");
     expect_text(&p, "[turn 1", 60);
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "> ", 60);
     pty_send(&p, "/help\r");
-    expect_text(&p, "/reset", 10);
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "/reset", 60);
+    expect_text(&p, "> ", 60);
     pty_send(&p, "\x1b[A\r"); /* Up: /help again */
-    expect_text(&p, "/reset", 10);
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "/reset", 60);
+    expect_text(&p, "> ", 60);
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "/save %s\r", file);
     pty_send(&p, cmd);
-    expect_text(&p, "[saved 2 messages", 10);
+    expect_text(&p, "[saved 2 messages", 60);
     quit(&p);
     pty_free(&p);
     cJSON *a = saved(file);
@@ -105,14 +105,14 @@ static void ctrl_c_stops_the_reply(const char *extra) {
     expect_text(&p, " ", 60); /* the reply has started */
     nap_ms(300);
     pty_send(&p, "\x03");
-    expect_text(&p, "[stopped]", 30);
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "[stopped]", 60);
+    expect_text(&p, "> ", 60);
     pty_send(&p, "Let there be light\r"); /* the session goes on (with --ep: the servers did not die of the Ctrl-C) */
     nap_ms(300);
     pty_send(&p, "\x03");
-    expect_text(&p, "[stopped]", 30);
-    expect_text(&p, "[turn 2", 10);
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "[stopped]", 60);
+    expect_text(&p, "[turn 2", 60);
+    expect_text(&p, "> ", 60);
     pty_send(&p, "\x03"); /* once at the prompt, right after a stopped reply: quit */
     int st = pty_wait(&p, 30);
     if (st != 0) fail_msg("Ctrl-C twice: exit %d; the terminal shows:\n%s", st, p.buf);
@@ -120,8 +120,8 @@ static void ctrl_c_stops_the_reply(const char *extra) {
     /* at a fresh prompt, one Ctrl-C only clears the line */
     start(&p, "--temp 0 -n 4 %s", extra);
     pty_send(&p, "typed but not sent\x03");
-    expect_text(&p, "Ctrl-C again", 10);
-    expect_text(&p, "> ", 10);
+    expect_text(&p, "Ctrl-C again", 60);
+    expect_text(&p, "> ", 60);
     pty_send(&p, "\x03");
     st = pty_wait(&p, 30);
     assert_int_equal(st, 0);

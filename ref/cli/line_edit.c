@@ -10,6 +10,7 @@
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
+#include <wchar.h>
 
 struct LineEditor {
     EditLine *el;
@@ -54,7 +55,8 @@ LineEditor *line_editor_open(const char *prompt) {
     el_set(e->el, EL_PROMPT, show_prompt);
     el_set(e->el, EL_HIST, history, e->hist);
     el_set(e->el, EL_SETTY, "-d", "-isig", NULL); /* Ctrl-C is a key while a line is edited */
-    el_set(e->el, EL_ADDFN, "dsv3-interrupt", "discard the line", on_ctrl_c);
+    /* the wide form: el_set would keep converted copies of the two strings that el_end never frees */
+    el_wset(e->el, EL_ADDFN, L"dsv3-interrupt", L"discard the line", on_ctrl_c);
     el_set(e->el, EL_BIND, "^C", "dsv3-interrupt", NULL);
     el_source(e->el, NULL); /* ~/.editrc, as other libedit programs */
     return e;
