@@ -26,7 +26,7 @@ CC := gcc
 endif
 
 # Debian packages the build needs (checked, and installed when missing, by `make deps`).
-DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev libmicrohttpd-dev pkg-config
+DEB_PACKAGES := gcc make libc6-dev libcmocka-dev libcjson-dev libpcre2-dev libonig-dev libmicrohttpd-dev libedit-dev pkg-config
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-unknown-pragmas
 ifneq ($(findstring clang,$(CC)),clang)
@@ -35,7 +35,7 @@ endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
 OPT     ?= -O2
 CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
-LDLIBS  := -lcjson -lpcre2-8 -lonig -lmicrohttpd -lm -pthread
+LDLIBS  := -lcjson -lpcre2-8 -lonig -lmicrohttpd -ledit -lm -pthread
 # MPI=1: launch under mpirun with MPI_Bcast for the NCCL id (Debian openmpi: libopenmpi-dev, openmpi-bin).
 MPI ?= 0
 ifeq ($(MPI),1)
@@ -86,9 +86,10 @@ GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
 FAST_OBJ := $(CU_SRC:%.cu=$(GPU)/obj/%.o) $(FAST_C:%.c=$(GPU)/obj/%.o)
-# ref/ files that include neither cJSON, PCRE2, Oniguruma nor libmicrohttpd headers, directly or through
-# tokenizer/pretok.h (which includes cJSON), nor embed files (incbin): the oracles the GPU tests call need none
-GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|pretok\.h\|microhttpd\|incbin' $(REF_SRC))
+# ref/ files that include neither cJSON, PCRE2, Oniguruma, libmicrohttpd nor libedit headers, directly or
+# through tokenizer/pretok.h (which includes cJSON) or line_edit.h, nor embed files (incbin): the oracles
+# the GPU tests call need none of them
+GPU_REF_SRC := $(shell grep -L 'cjson\|pcre2\|oniguruma\|pretok\.h\|microhttpd\|incbin\|histedit\|line_edit' $(REF_SRC))
 GPU_REF_OBJ := $(GPU_REF_SRC:%.c=$(GPU)/obj/%.o)
 # NCCL: CUDA_HOME's by default; NCCL_HOME=<dir with include/ and lib/> NCCL_LIB=-l:libnccl.so.2 for a pip wheel's copy.
 NCCL_HOME ?= $(CUDA_HOME)
@@ -136,7 +137,7 @@ deps: $(BUILD)/.deps-ok
 # Debian packages (the GPU machines): carry build/debs there, unpack with `dpkg -x` and build with
 # DEB_ROOT=<dir> (tools/gpu_session.sh model does both).
 GPU_DEBS := libcjson1 libcjson-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libpcre2-dev libonig5 libonig-dev \
-            libmicrohttpd12 libmicrohttpd-dev
+            libmicrohttpd12 libmicrohttpd-dev libedit2 libedit-dev libbsd0 libmd0
 gpu-debs:
 	@mkdir -p $(BUILD)/debs && cd $(BUILD)/debs && apt-get download $(GPU_DEBS) && ls -1 $(CURDIR)/$(BUILD)/debs
 
@@ -268,7 +269,7 @@ test-soak: $(BUILD)/dsv3 $(BUILD)/tests/test_serve
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lonig -lmicrohttpd -lm -pthread -fsanitize=address,undefined" test
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -lmicrohttpd -ledit -lm -pthread -fsanitize=address,undefined" test
 
 # The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).
 MPI_RANKS ?= 3
@@ -295,7 +296,7 @@ docs:
 clean:
 	rm -rf $(BUILD)
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/fuzz/obj -name '*.d' 2>/dev/null)
 
 # ---- benchmarks -------------------------------------------------------------------------
 BENCH_SRC := $(filter-out tests/bench_serve.c,$(wildcard tests/bench_*.c))
@@ -321,26 +322,61 @@ bench-serve: $(BUILD)/dsv3 $(BUILD)/bench/bench_serve $(BENCH_SERVE_MINI)/config
 bad-inputs: $(BUILD)/tests/test_bad_inputs
 	$(BUILD)/tests/test_bad_inputs --regen
 
-# Coverage-guided fuzzing with libFuzzer (clang). FUZZ_SECONDS per target.
+# Coverage-guided fuzzing with libFuzzer (clang, ASan+UBSan): one target per parser of outside input
+# (tests/fuzz/fuzz_*.c, results in docs/robustness.md). FUZZ_SECONDS per target; FUZZ_TARGETS runs a
+# subset (make fuzz FUZZ_TARGETS="chat ids"); each target's corpus grows in build/fuzz/corpus-NAME.
 FUZZ_SECONDS ?= 60
-FUZZ_FLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -O1 -g -Iref -fsanitize=fuzzer,address,undefined
-fuzz:
-	@mkdir -p $(BUILD)/fuzz/corpus-st $(BUILD)/fuzz/corpus-cfg
-	@cp golden/official-tiny/config.json $(BUILD)/fuzz/corpus-cfg/tiny.json; cp golden/fp8-small/config.json $(BUILD)/fuzz/corpus-cfg/small.json
-	@head -c 40000 golden/official-tiny/model.safetensors > $(BUILD)/fuzz/corpus-st/tiny-head
-	@for f in tests/bad/*/model.safetensors; do cp $$f $(BUILD)/fuzz/corpus-st/$$(basename $$(dirname $$f)); done
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_safetensors.c ref/base/safetensors.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_safetensors
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c ref/model/config.c ref/base/util.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_config
-	clang $(FUZZ_FLAGS) tests/fuzz/fuzz_serve.c ref/serve/api.c ref/generate/stop.c ref/generate/logits_process.c ref/base/util.c \
-	  ref/base/buf.c -lcjson -lm -o $(BUILD)/fuzz/fuzz_serve
-	@mkdir -p $(BUILD)/fuzz/corpus-serve
-	@printf '\000{"messages": [{"role": "user", "content": "hi"}], "stop": ["a b", "x"], "logit_bias": {"5": -1}, "max_tokens": 3}' > $(BUILD)/fuzz/corpus-serve/chat
-	@printf '\001{"prompt": [0, 5, 9], "logprobs": 2, "stop": "in the", "seed": 7, "stream": true, "stream_options": {"include_usage": true}}' > $(BUILD)/fuzz/corpus-serve/completion
-	@printf '\002{"content": "In the beginning", "add_special": true, "with_pieces": true}' > $(BUILD)/fuzz/corpus-serve/tokenize
-	@printf '\003{"tokens": [0, 1, 2]}' > $(BUILD)/fuzz/corpus-serve/detokenize
-	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-st
-	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-cfg
-	$(BUILD)/fuzz/fuzz_serve -max_total_time=$(FUZZ_SECONDS) -max_len=8192 $(BUILD)/fuzz/corpus-serve
+FUZZ := $(BUILD)/fuzz
+FUZZ_ALL := safetensors config tokenizer tokenizer_config chat ids index train_state serve
+FUZZ_TARGETS ?= $(FUZZ_ALL)
+FUZZ_CFLAGS := $(CSTD) -O1 -g -Iref -Itests/fuzz -fsanitize=fuzzer-no-link,address,undefined -MMD -MP
+FUZZ_OBJ := $(REF_SRC:%.c=$(FUZZ)/obj/%.o)
+$(FUZZ)/obj/%.o: %.c | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (fuzz)"
+	@clang $(FUZZ_CFLAGS) -c $< -o $@
+$(FUZZ)/libdsv3fuzz.a: $(FUZZ_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+$(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ)/libdsv3fuzz.a
+	@echo "  LINK    $@"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ)/libdsv3fuzz.a -lcjson -lpcre2-8 -lonig -lmicrohttpd -ledit -lm -pthread -o $@
+# Seeds: the golden files, a small trained tokenizer, a small training checkpoint, hand-written lists.
+FUZZ_TRAIN_SET := --preset tiny --vocab 16 --set hidden_size=16 --set num_attention_heads=1 --set q_lora_rank=8 \
+  --set kv_lora_rank=8 --set qk_nope_head_dim=8 --set qk_rope_head_dim=4 --set v_head_dim=8 --set intermediate_size=16 \
+  --set moe_intermediate_size=8 --set num_hidden_layers=2 --set n_routed_experts=2 --set n_shared_experts=1 \
+  --set num_experts_per_tok=1 --set n_group=1 --set topk_group=1 --mtp 0
+$(FUZZ)/.corpus: $(BUILD)/dsv3 tests/fuzz/fuzz_util.h
+	@mkdir -p $(addprefix $(FUZZ)/corpus-,$(FUZZ_ALL)) $(FUZZ)/seed
+	@cp golden/official-tiny/config.json $(FUZZ)/corpus-config/tiny.json; cp golden/fp8-small/config.json $(FUZZ)/corpus-config/small.json
+	@head -c 40000 golden/official-tiny/model.safetensors > $(FUZZ)/corpus-safetensors/tiny-head
+	@for f in tests/bad/*/model.safetensors; do cp $$f $(FUZZ)/corpus-safetensors/$$(basename $$(dirname $$f)); done
+	@head -c 20000 README.md > $(FUZZ)/seed/text.txt
+	@$(BUILD)/dsv3 train-tokenizer --input $(FUZZ)/seed/text.txt --vocab-size 300 --output $(FUZZ)/seed/tokenizer >/dev/null
+	@cp $(FUZZ)/seed/tokenizer/tokenizer.json $(FUZZ)/corpus-tokenizer/small.json
+	@cp $(FUZZ)/seed/tokenizer/tokenizer_config.json $(FUZZ)/corpus-tokenizer_config/small.json
+	@cp golden/tokenizer/deepseek-v3/tokenizer_config.json $(FUZZ)/corpus-tokenizer_config/deepseek.json
+	@printf '[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi \\u00e9"},{"role":"assistant","content":"Hello"}]' > $(FUZZ)/corpus-chat/three.json
+	@printf '[{"role":"user","content":"a\\nb"}]' > $(FUZZ)/corpus-chat/one.json
+	@printf '1,2,3' > $(FUZZ)/corpus-ids/plain; printf '[19923, 14, 2058]\n' > $(FUZZ)/corpus-ids/brackets
+	@printf '{"metadata":{"total_size":36},"weight_map":{"model.a":"model-00001-of-00002.safetensors","model.b":"model-00001-of-00002.safetensors","model.c":"model-00002-of-00002.safetensors"}}' > $(FUZZ)/corpus-index/valid.json
+	@head -c 4096 /dev/zero > $(FUZZ)/seed/ids.bin
+	@rm -rf $(FUZZ)/seed/run
+	@$(BUILD)/dsv3 train --train $(FUZZ)/seed/ids.bin $(FUZZ_TRAIN_SET) -n 2 -b 1 -T 8 -o $(FUZZ)/seed/run >/dev/null 2>&1
+	@cp $(FUZZ)/seed/run/latest/optimizer.safetensors $(FUZZ)/corpus-train_state/step2.safetensors
+	@printf '\000{"messages": [{"role": "user", "content": "hi"}], "stop": ["a b", "x"], "logit_bias": {"5": -1}, "max_tokens": 3}' > $(FUZZ)/corpus-serve/chat
+	@printf '\001{"prompt": [0, 5, 9], "logprobs": 2, "stop": "in the", "seed": 7, "stream": true, "stream_options": {"include_usage": true}}' > $(FUZZ)/corpus-serve/completion
+	@printf '\002{"content": "In the beginning", "add_special": true, "with_pieces": true}' > $(FUZZ)/corpus-serve/tokenize
+	@printf '\003{"tokens": [0, 1, 2]}' > $(FUZZ)/corpus-serve/detokenize
+	@touch $@
+fuzz: $(FUZZ_TARGETS:%=$(FUZZ)/fuzz_%) $(FUZZ)/.corpus
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "=== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  DSV3_FUZZ_TOKENIZER=$(FUZZ)/seed/tokenizer/tokenizer.json DSV3_FUZZ_CKPT=$(FUZZ)/seed/run/latest \
+	  $(FUZZ)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 -artifact_prefix=$(FUZZ)/crash-$$t- $(FUZZ)/corpus-$$t \
+	    > $(FUZZ)/$$t.log 2>&1 || { tail -40 $(FUZZ)/$$t.log; echo "fuzz_$$t: FAILED (log: $(FUZZ)/$$t.log)"; exit 1; }; \
+	  grep -E "DONE|stat::number_of_executed_units" $(FUZZ)/$$t.log; \
+	done
 
 # ---- training experiments (docs/experiments.md): load balancing arms and MTP on/off ------
 # Same model (models/kjv-config.json), data, seed and steps; only gamma / alpha / lambda differ.

@@ -66,6 +66,8 @@ static int join_group(GpuEngine *e, const Model *m, const GpuEngineOptions *opt,
     return ep_plan_init(&e->plan, opt->ep->world_size, c->n_routed_experts, NULL, 0, err);
 }
 
+const char *gpu_backend_name(void) { return "CUDA fast backend"; }
+
 int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
     *out = NULL;
     GpuEngine *e = xcalloc(1, sizeof *e);

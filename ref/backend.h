@@ -17,6 +17,9 @@
 #include "model/linear.h"
 #include "model/model.h"
 
+/** The GPU backend linked into this binary, in words (e.g. "CUDA fast backend"), or NULL when there is none. */
+const char *gpu_backend_name(void);
+
 /** A model uploaded to a GPU with one open sequence. */
 typedef struct GpuEngine GpuEngine;
 

@@ -5,6 +5,8 @@
  */
 #include "backend.h"
 
+__attribute__((weak)) const char *gpu_backend_name(void) { return NULL; }
+
 __attribute__((weak)) int gpu_engine_open(GpuEngine **e, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
     (void)m, (void)opt, (void)log;
     *e = NULL;

@@ -267,15 +267,32 @@ static void token_files(void **state) {
     assert_int_equal(f.n, 10);
     DataCursor c = { 0, 0, 0 };
     int seq[5];
-    data_next(&f, &c, NULL, 4, seq); /* 0..4 */
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), 0); /* 0..4 */
     assert_int_equal(seq[0], 0);
     assert_int_equal(seq[4], 4);
-    data_next(&f, &c, NULL, 4, seq); /* 4..8 */
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), 0); /* 4..8 */
     assert_int_equal(seq[0], 4);
-    data_next(&f, &c, NULL, 4, seq); /* 8 + 5 > 10: wraps */
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), 0); /* 8 + 5 > 10: wraps */
     assert_int_equal(seq[0], 0);
     assert_int_equal(c.epoch, 1);
+    /* Rewritten while open: an id now outside the vocabulary is an error, not an index past the embedding. */
+    FILE *w = fopen(path, "r+b");
+    assert_non_null(w);
+    unsigned char b50[4] = { 50, 0, 0, 0 };
+    assert_int_equal(fseek(w, 36, SEEK_SET), 0);
+    assert_int_equal(fwrite(b50, 1, 4, w), 4);
+    fclose(w);
+    c = (DataCursor){ 5, 0, 0 };
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), -1); /* 5..9 */
+    assert_non_null(strstr(err.msg, "now id 50"));
+    /* Shrunk while open (it was memory-mapped, and reading past the new end was SIGBUS). */
+    assert_int_equal(truncate(path, 8), 0);
+    c = (DataCursor){ 0, 0, 0 };
+    assert_int_equal(data_next(&f, &c, NULL, 4, seq, &err), -1);
+    assert_non_null(strstr(err.msg, "shrank"));
+    assert_non_null(strstr(err.msg, "ids.bin"));
     tokenfile_close(&f);
+    write_ids(path, ids, 10);
     assert_int_equal(tokenfile_open(&f, path, 49, 4, &err), -1); /* id 49 is outside a 49-token vocabulary */
     assert_non_null(strstr(err.msg, "token 9 is id 49"));
     assert_int_equal(tokenfile_open(&f, path, 50, 11, &err), -1); /* too short */
@@ -333,23 +350,6 @@ static void cli_setup(char *flags, size_t cap) {
     snprintf(flags, cap, "--config %s --train %s -T 16 -b 2 --shuffle --lr 3e-3 --warmup 3 --save-format f32", cfgp, data);
 }
 
-/** The "loss" field of each step line of a --log file, as text (bit-exact %.17g). */
-static int read_losses(const char *path, char losses[][40], int max) {
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f)) {
-        long step;
-        char loss[40];
-        if (sscanf(line, "{\"step\":%ld,\"loss\":%39[^,]", &step, loss) != 2 || step < 1 || step > max) continue;
-        snprintf(losses[step - 1], 40, "%s", loss);
-        n = step > n ? (int)step : n;
-    }
-    fclose(f);
-    return n;
-}
-
 static char *file_bytes(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -385,8 +385,8 @@ static void assert_same_run(const char *full, const char *cut, int steps) {
     char a[64][40], b[64][40];
     memset(a, 0, sizeof a);
     memset(b, 0, sizeof b);
-    assert_int_equal(read_losses(full, a, 64), steps);
-    assert_int_equal(read_losses(cut, b, 64), steps);
+    assert_int_equal(read_step_losses(full, a, 64), steps);
+    assert_int_equal(read_step_losses(cut, b, 64), steps);
     for (int s = 0; s < steps; s++) {
         if (strcmp(a[s], b[s])) fail_msg("step %d: loss %s uninterrupted, %s resumed", s + 1, a[s], b[s]);
     }
@@ -445,7 +445,7 @@ static void resume_after_kill(void **state) {
     snprintf(p1, sizeof p1, "%s/kill.log", test_tmp);
     char before[64][40];
     memset(before, 0, sizeof before);
-    int reached = read_losses(p1, before, 64);
+    int reached = read_step_losses(p1, before, 64);
     printf("    killed by SIGKILL: %s, after %d logged steps\n", killed ? "yes" : "no (finished first)", reached);
     assert_true(killed);
     assert_true(reached < N);

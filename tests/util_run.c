@@ -117,3 +117,19 @@ RunResult run_shell(const char *stdin_text, const char *fmt, ...) {
     }
     return r;
 }
+
+int read_step_losses(const char *path, char losses[][40], int max) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[8192];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        long step;
+        char loss[40];
+        if (sscanf(line, "{\"step\":%ld,\"loss\":%39[^,]", &step, loss) != 2 || step < 1 || step > max) continue;
+        snprintf(losses[step - 1], 40, "%s", loss);
+        n = step > n ? (int)step : n;
+    }
+    fclose(f);
+    return n;
+}

@@ -22,6 +22,11 @@ void run_result_free(RunResult *r);
 RunResult run_shell(const char *stdin_text, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /** Path of the dsv3 binary under test: $DSV3_BIN or "build/dsv3". */
 const char *dsv3_bin(void);
+/**
+ * The "loss" text (bit-exact %.17g) of each step line {"step":N,"loss":...} of a `train --log`
+ * file into losses[N-1], for N ≤ @p max; returns the largest step seen (0 if unreadable).
+ */
+int read_step_losses(const char *path, char losses[][40], int max);
 /** Number of lines in @p s (a final line without '\n' counts). */
 int count_lines(const char *s);
 

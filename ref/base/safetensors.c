@@ -20,6 +20,8 @@
  */
 #include "safetensors.h"
 
+#include "outfile.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -500,9 +502,8 @@ int st_write_stream(const char *path, const StEntry *entries, int n, const char 
     int rc = -1;
     char *hdr = NULL;
     void *buf = NULL;
-    FILE *f = NULL;
-    char tmp[4096];
-    tmp[0] = 0;
+    OutFile out;
+    int open_out = 0;
     if (!order || !sizes || !root) {
         err_set(err, "%s: out of memory", path);
         goto done;
@@ -544,44 +545,26 @@ int st_write_stream(const char *path, const StEntry *entries, int n, const char 
         goto done;
     }
     size_t hlen = strlen(hdr), padded = (hlen + 7) / 8 * 8;
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        tmp[0] = 0;
-        err_set(err, "%s: path too long", path);
-        goto done;
-    }
-    f = fopen(tmp, "wb");
-    if (!f) {
-        err_set(err, "%s: cannot create: %s", tmp, strerror(errno));
-        tmp[0] = 0;
-        goto done;
-    }
+    if (outfile_open(&out, path, 0, err)) goto done;
+    open_out = 1;
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen;
-    for (size_t i = hlen; i < padded && ok; i++) ok = fputc(' ', f) != EOF;
-    for (int i = 0; i < n && ok; i++) {
+    char pad[8] = "        ";
+    if (outfile_write(&out, len8, 8, err) || outfile_write(&out, hdr, hlen, err) ||
+        outfile_write(&out, pad, padded - hlen, err))
+        goto done;
+    for (int i = 0; i < n; i++) {
         if (fill(ctx, order[i], buf, (size_t)sizes[i])) {
             err_set(err, "%s: could not produce tensor '%s'", path, order[i]->name);
             goto done;
         }
-        ok = sizes[i] == 0 || fwrite(buf, 1, (size_t)sizes[i], f) == sizes[i];
+        if (outfile_write(&out, buf, (size_t)sizes[i], err)) goto done;
     }
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0) ok = 0;
-    f = NULL;
-    if (!ok) {
-        err_set(err, "%s: write failed: %s", tmp, strerror(errno));
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        err_set(err, "%s: cannot rename into place: %s", path, strerror(errno));
-        goto done;
-    }
-    tmp[0] = 0;
+    open_out = 0;
+    if (outfile_commit(&out, err)) goto done;
     rc = 0;
 done:
-    if (f) fclose(f);
-    if (tmp[0]) unlink(tmp);
+    if (open_out) outfile_abort(&out);
     free(buf);
     free(hdr);
     free(sizes);

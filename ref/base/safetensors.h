@@ -106,7 +106,8 @@ typedef struct {
 } StEntry;
 
 /**
- * Writes a safetensors file atomically (path.tmp, then rename). Tensors are laid out by
+ * Writes a safetensors file as one complete output (outfile.h: a unique temporary beside
+ * @p path, renamed into place when every byte is written). Tensors are laid out by
  * descending element size, then name, and the header is space-padded to a multiple of 8,
  * so every tensor in the file is naturally aligned (what the Rust writer does).
  * @p metadata: NULL or a JSON object text of string→string pairs.

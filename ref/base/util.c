@@ -4,6 +4,8 @@
  */
 #include "util.h"
 
+#include "infile.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
@@ -55,65 +57,29 @@ void *xcalloc(size_t n, size_t size) {
 int read_file(const char *path, size_t max_bytes, char **data, size_t *len, Err *err) {
     *data = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return err_set(err, "%s: not a regular file", path);
-    }
+    if (infile_open(path, &fd, &sb, err)) return -1;
     if ((uint64_t)sb.st_size > (uint64_t)max_bytes) {
-        fclose(f);
-        return err_set(err, "%s: file is %lld bytes, more than the %zu allowed", path,
-                       (long long)sb.st_size, max_bytes);
+        close(fd);
+        return err_set(err, "%s: file is %lld bytes, more than the %zu allowed", path, (long long)sb.st_size, max_bytes);
     }
     size_t n = (size_t)sb.st_size;
     char *buf = malloc(n + 1);
     if (!buf) {
-        fclose(f);
+        close(fd);
         return err_set(err, "%s: out of memory reading %zu bytes", path, n);
     }
-    if (n && fread(buf, 1, n, f) != n) {
+    /* A file that shrinks while it is read is an error, not a short buffer; one that grows is read as it was. */
+    if (infile_pread(fd, buf, n, 0, path, err)) {
         free(buf);
-        fclose(f);
-        return err_set(err, "%s: short read", path);
+        close(fd);
+        return -1;
     }
-    fclose(f);
+    close(fd);
     buf[n] = 0;
     *data = buf;
     *len = n;
-    return 0;
-}
-
-int write_file_atomic(const char *path, const void *data, size_t len, Err *err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return err_set(err, "%s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return err_set(err, "%s: cannot create: %s", tmp, strerror(errno));
-    const char *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return err_set(err, "%s: write failed: %s", tmp, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        unlink(tmp);
-        return err_set(err, "%s: cannot flush: %s", tmp, strerror(errno));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return err_set(err, "%s: cannot rename into place: %s", path, strerror(e));
-    }
     return 0;
 }
 
@@ -175,34 +141,70 @@ int parse_double(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
-int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err) {
+/** Skips blanks and line ends. */
+#define SKIP_SPACE() while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n')) i++
+/** Frees the ids so far and returns the message. */
+#define FAIL(...) do { free(v); return err_set(err, __VA_ARGS__); } while (0)
+/** How much of the text at i a message quotes: at most 20 bytes, never past len (s need not end in a NUL). */
+#define SHOWN() (int)(len - i < 20 ? len - i : 20)
+
+/* Ids separated by ',', optionally in [brackets], whitespace allowed around them. */
+int parse_id_text(const char *s, size_t len, long max_id, int **ids, size_t *n, Err *err) {
     *ids = NULL;
     *n = 0;
-    if (!s || !*s) return err_set(err, "--ids: empty list");
-    size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += (*p == ',');
+    size_t i = 0, cap = 1, count = 0;
+    for (size_t k = 0; k < len; k++) cap += s[k] == ',';
     int *v = xcalloc(cap, sizeof *v);
-    if (!v) return err_set(err, "--ids: out of memory");
-    int count = 0;
-    const char *p = s;
-    while (1) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (end == p || errno || (*end != ',' && *end != 0)) {
-            free(v);
-            return err_set(err, "--ids: '%s' is not a comma-separated list of integers", s);
+    if (!v) return err_set(err, "out of memory");
+    SKIP_SPACE();
+    int bracket = i < len && s[i] == '[';
+    if (bracket) i++;
+    for (;;) {
+        SKIP_SPACE();
+        if (i >= len || (bracket && s[i] == ']')) {
+            if (count > 0) FAIL("trailing ','");
+            break;
         }
-        if (x < 0 || x >= max_id) {
-            free(v);
-            return err_set(err, "--ids: id %ld out of range [0, %ld)", x, max_id);
+        if (s[i] < '0' || s[i] > '9') FAIL("'%.*s' is not a token id (a non-negative integer)", SHOWN(), s + i);
+        long x = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9') {
+            x = x * 10 + (s[i++] - '0');
+            if (x > 0x7fffffff) FAIL("token id at offset %zu is too large", i);
         }
-        v[count++] = (int)x;
-        if (*end == 0) break;
-        p = end + 1;
+        if (max_id >= 0 && x >= max_id) FAIL("id %ld out of range [0, %ld)", x, max_id);
+        v[count++] = (int)x; /* count < cap: one more id than commas at most */
+        SKIP_SPACE();
+        if (i < len && s[i] == ',') {
+            i++;
+            continue;
+        }
+        break;
     }
+    if (bracket) {
+        if (i >= len || s[i] != ']') FAIL("missing ']'");
+        i++;
+        SKIP_SPACE();
+    }
+    if (i < len) FAIL("unexpected '%.*s' after the ids", SHOWN(), s + i);
+#undef SKIP_SPACE
+#undef FAIL
+#undef SHOWN
     *ids = v;
     *n = count;
+    return 0;
+}
+
+int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err) {
+    size_t count;
+    *n = 0;
+    if (!s || !*s) return err_set(err, "--ids: empty list");
+    if (strlen(s) > 0x7fffffff || parse_id_text(s, strlen(s), max_id, ids, &count, err)) return err_prefix(err, "--ids");
+    if (count == 0) {
+        free(*ids);
+        *ids = NULL;
+        return err_set(err, "--ids: empty list");
+    }
+    *n = (int)count;
     return 0;
 }
 
@@ -255,13 +257,9 @@ void *arena_take(Arena *a, size_t n, size_t elem) {
 int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *err) {
     *map = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return err_set(err, "%s: not a regular file", path);
-    }
+    if (infile_open(path, &fd, &sb, err)) return -1;
     size_t n = (size_t)sb.st_size;
     if (n > 0) {
         void *m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);

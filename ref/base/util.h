@@ -52,10 +52,17 @@ int size_add(size_t *out, size_t a, size_t b);
 /** calloc(n, size) with an overflow check; NULL on overflow or exhaustion. */
 void *xcalloc(size_t n, size_t size);
 
-/** Reads a whole file into a NUL-terminated buffer (len excludes the NUL); caps the size at @p max_bytes. */
+/**
+ * Reads a whole regular file into a NUL-terminated buffer (len excludes the NUL); caps the size
+ * at @p max_bytes. Opened without blocking (a FIFO, a device or a directory is refused with a
+ * message, see infile.h); a file that shrinks while being read is an error.
+ */
 int read_file(const char *path, size_t max_bytes, char **data, size_t *len, Err *err);
 
-/** Writes @p len bytes atomically: to "path.tmp", fsync, then rename over @p path. */
+/**
+ * Writes @p len bytes as one complete output (outfile.h: a unique temporary beside @p path,
+ * fsync, rename into place; a device or FIFO target is written directly). Implemented in outfile.c.
+ */
 int write_file_atomic(const char *path, const void *data, size_t len, Err *err);
 
 /** bfloat16 bits → float (exact). */
@@ -77,7 +84,13 @@ size_t peak_rss_bytes(void);
 int parse_long(const char *s, long lo, long hi, long *out);
 /** Parses a finite float in [lo, hi]; the whole string must be consumed. 0 ok, -1 error. */
 int parse_double(const char *s, double lo, double hi, double *out);
-/** Parses a comma-separated id list "5,17,3" into a malloc'd array; each id in [0, max_id). */
+/**
+ * Parses an id list — "5,17,3", or "[5, 17, 3]" as `dsv3 tokenize` prints it, whitespace allowed
+ * around ids — of @p len bytes into a malloc'd array of @p *n ids (NULL for an empty list), each
+ * in [0, @p max_id) (any non-negative int when @p max_id < 0). Errors name the offending text.
+ */
+int parse_id_text(const char *s, size_t len, long max_id, int **ids, size_t *n, Err *err);
+/** parse_id_text of the NUL-terminated flag value @p s (messages start "--ids"); an empty list is an error. */
 int parse_id_list(const char *s, long max_id, int **ids, int *n, Err *err);
 
 /** True when [s, s+len) is valid UTF-8 (no overlongs, no surrogates, ≤ U+10FFFF). */
@@ -113,7 +126,9 @@ void *arena_take(Arena *a, size_t n, size_t elem);
 
 /**
  * Maps a regular file read-only (an empty file maps to NULL with size 0). Errors name the
- * file: cannot open, not a regular file, mmap failure. Release with unmap_file().
+ * file: cannot open, not a regular file, mmap failure; opened without blocking (infile.h).
+ * Release with unmap_file(). The mapping is for files nothing rewrites while they are in use
+ * (checkpoints); data that may change under a long run is read instead (train/data.h).
  */
 int map_file_readonly(const char *path, const uint8_t **map, size_t *size, Err *err);
 /** Releases a mapping made by map_file_readonly (NULL is fine). */

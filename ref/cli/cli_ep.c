@@ -67,6 +67,7 @@ static int spawn(CliEp *g, Err *err) {
             snprintf(v, sizeof v, "%d", r), setenv("RANK", v, 1), setenv("LOCAL_RANK", v, 1);
             snprintf(v, sizeof v, "%d", port), setenv("MASTER_PORT", v, 1);
             setenv("MASTER_ADDR", "127.0.0.1", 1);
+            signal(SIGINT, SIG_IGN); /* Ctrl-C is rank 0's (a chat stops its reply); the servers follow rank 0 */
             int null = open("/dev/null", O_RDWR); /* the prompt and the text belong to rank 0 */
             if (null >= 0) dup2(null, 0), dup2(null, 1);
             execv("/proc/self/exe", args);
@@ -169,7 +170,7 @@ int cli_ep_finish(CliEp *g, const char *cmd, int rc) {
         for (int r = 1; r < g->env.world_size; r++) {
             int st = g->child_status[r];
             if (g->children[r] > 0) {
-                if (rc != EXIT_OK) kill(g->children[r], SIGTERM); /* they may still wait to join */
+                if (rc != EXIT_OK) kill(g->children[r], SIGTERM), kill(g->children[r], SIGCONT); /* they may still wait to join, or be stopped */
                 while (waitpid(g->children[r], &st, 0) < 0 && errno == EINTR) {}
             }
             if (rc == EXIT_OK && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {

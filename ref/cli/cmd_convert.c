@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/outfile.h"
 #include "model/ckpt.h"
 #include "cli.h"
 #include "cli_groups.h"
@@ -32,20 +33,6 @@ static int from_model(void *ctx, const WeightSlot *s, float *out) {
     Tensor view = { t->data, t->dtype, s->rows, s->cols, sc ? sc->data : NULL };
     for (int64_t r = 0; r < s->rows; r++) tensor_row(&view, r, 0, s->cols, 1, out + r * s->cols);
     return 0;
-}
-
-static int copy_file(const char *from_dir, const char *to_dir, const char *name, Err *err) {
-    char src[4096], dst[4096], *data;
-    size_t len;
-    if (path_join(src, sizeof src, from_dir, name) || path_join(dst, sizeof dst, to_dir, name))
-        return err_set(err, "path too long");
-    FILE *f = fopen(src, "rb");
-    if (!f) return 0; /* optional */
-    fclose(f);
-    if (read_file(src, 1u << 30, &data, &len, err)) return -1;
-    int rc = write_file_atomic(dst, data, len, err);
-    free(data);
-    return rc;
 }
 
 /** What the command line sets besides -m. */
@@ -86,8 +73,13 @@ int cmd_convert(int argc, char **argv) {
     if (model_load(&m, in, stderr, &err)) return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     layout.n_mtp = m.w.n_mtp;
     rc = EXIT_OK;
-    if (ckpt_write(out, &m.config, &layout, from_model, &m, stderr, &err) ||
-        copy_file(in, out, "tokenizer.json", &err) || copy_file(in, out, "tokenizer_config.json", &err))
+    /* One directory output: the shards, index, config and tokenizer appear together or not at all. */
+    OutDir d;
+    if (outdir_open(&d, out, CKPT_OWNED_FILES, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    else if (ckpt_write_into(d.tmp, &m.config, &layout, from_model, &m, stderr, &err) || ckpt_copy_tokenizer(in, d.tmp, 0, &err)) {
+        outdir_abort(&d);
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s: %s", out, err.msg);
+    } else if (outdir_commit(&d, &err))
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     model_free(&m);
     return rc;

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base/buf.h"
 #include "cli.h"
@@ -20,6 +21,13 @@
 #include "tokenizer/tokenizer.h"
 
 static const char *const CMD = "prepare-data";
+
+/** True when @p a and @p b name the same file: the same path, or the same existing inode (links, ./x). */
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (!strcmp(a, b)) return 1;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
 
 static int write_ids(const char *path, const IntVec *v, Err *err) {
     /* ids are non-negative ints < vocab: stored as uint32 (little-endian on our targets). */
@@ -52,6 +60,11 @@ int cmd_prepare_data(int argc, char **argv) {
     long every = a.every;
     if (!tok_dir || !input || !train || !val)
         return cli_fail(CMD, EXIT_USAGE, "--tokenizer, --input, --train and --val are required");
+    /* The outputs are written one after the other: the same file for both would end up holding the
+     * validation ids only, and the input must survive to be read. */
+    if (same_file(train, val) || same_file(train, input) || same_file(val, input))
+        return cli_fail(CMD, EXIT_USAGE, "--train, --val and --input must be three different files (%s, %s, %s)", train, val,
+                        input);
     Err err = { "" };
     Tokenizer *tok = NULL;
     char *text = NULL;
@@ -82,6 +95,13 @@ int cmd_prepare_data(int argc, char **argv) {
         }
         pos = end;
     }
+    if (docs == 0) {
+        err_set(&err, "%s: no documents (the input is empty or only blank lines)", input);
+        goto fail;
+    }
+    if (va.n == 0)
+        fprintf(stderr, "dsv3 prepare-data: note: %ld documents, fewer than --val-every %ld: %s gets no tokens\n", docs,
+                every, val);
     if (write_ids(train, &tr, &err) || write_ids(val, &va, &err)) goto fail;
     fprintf(stderr, "dsv3 prepare-data: %ld documents, %.2f MB of text -> %zu training + %zu validation tokens"
                     " (%.2f bytes/token)\n",

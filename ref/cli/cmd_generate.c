@@ -28,7 +28,9 @@
 #include "base/threads.h"
 #include "cli.h"
 #include "cli_groups.h"
+#include "chat_repl.h"
 #include "cli_util.h"
+#include "reply.h"
 #include "generate/batch.h"
 #include "generate/generate.h"
 #include "generate/logits_process.h"
@@ -193,8 +195,8 @@ static void session_free(Session *s) {
 /** Positions of the session: -c, else the model's limit capped at 4096; 0 (error printed) if -c is too large. */
 static long session_ctx(const char *cmd, const GenArgs *a, const Config *c) {
     long ctx = a->ctx ? a->ctx : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
-    if (ctx > c->max_position_embeddings)
-        return cli_fail(cmd, EXIT_USAGE, "-c %ld exceeds max_position_embeddings = %d", ctx, c->max_position_embeddings), 0;
+    Err err = { "" };
+    if (config_check_positions(c, ctx, "-c", &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg), 0;
     return ctx;
 }
 
@@ -292,57 +294,15 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     return EXIT_OK;
 }
 
-/** How a reply ended. */
-typedef enum { END_LIMIT, END_EOS, END_STOP } ReplyEnd;
-
 /**
  * Generates until EOS, a --stop string, @p limit tokens (-1: until the context is full) or an
- * error, streaming text to stdout. Returns 0 with *how set.
+ * error, streaming text to stdout (reply.h). Returns 0 with *how set.
  */
 static int stream_reply(const char *cmd, Session *s, long limit, ReplyEnd *how) {
     Err err = { "" };
-    int out[17], k;
-    long produced = 0;
-    *how = END_LIMIT;
-    stop_reset(&s->stop);
-    while (*how == END_LIMIT && (limit < 0 || produced < limit)) {
-        if (gen_room(&s->g) < 1) {
-            fprintf(stderr, "\n[context full]\n");
-            break;
-        }
-        if (gen_next(&s->g, out, &k, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        int used = 0;
-        for (int i = 0; i < k && (limit < 0 || produced < limit); i++) {
-            produced++;
-            used++;
-            if (out[i] == s->eos) {
-                *how = END_EOS;
-                break;
-            }
-            const char *text;
-            size_t len;
-            if (decode_stream_step(&s->ds, out[i], &text, &len, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-            int hit = stop_feed(&s->stop, text, len, &text, &len);
-            if (hit < 0) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
-            fwrite(text, 1, len, stdout);
-            if (hit) {
-                *how = END_STOP;
-                break;
-            }
-        }
-        /* A speculative step may return tokens past the EOS, the stop string or the limit: they never happened. */
-        if (used < k && gen_keep(&s->g, used, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        fflush(stdout);
-    }
-    const char *text;
-    size_t len;
-    if (decode_stream_flush(&s->ds, &text, &len, &err) == 0 && *how != END_STOP) {
-        if (stop_feed(&s->stop, text, len, &text, &len) < 0) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
-        fwrite(text, 1, len, stdout);
-        stop_flush(&s->stop, &text, &len);
-        fwrite(text, 1, len, stdout);
-    }
-    fflush(stdout);
+    if (reply_stream(&s->g, &s->ds, s->eos, limit, &s->stop, stdout, NULL, NULL, how, &err))
+        return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    if (*how == REPLY_CONTEXT_FULL) fprintf(stderr, "\n[context full]\n");
     return EXIT_OK;
 }
 
@@ -557,8 +517,7 @@ static int generate(const char *cmd, GenArgs *a, int argc, char **argv) {
             ReplyEnd how;
             if (a->display_prompt) fwrite(text, 1, len, stdout);
             rc = stream_reply(cmd, &s, a->n_predict, &how);
-            printf("\n");
-            print_stats(&s, (int64_t)ids.n);
+            if (rc == EXIT_OK) printf("\n"), print_stats(&s, (int64_t)ids.n);
         }
     }
     free(ids.v);
@@ -579,14 +538,6 @@ static int with_args(const char *cmd, int argc, char **argv, int (*body)(const c
 
 int cmd_generate(int argc, char **argv) { return with_args("generate", argc, argv, generate); }
 
-/** Reads one line from stdin into *buf (without the newline); 0 at EOF. */
-static int read_line(char **buf, size_t *cap) {
-    ssize_t n = getline(buf, cap, stdin);
-    if (n < 0) return 0;
-    while (n > 0 && ((*buf)[n - 1] == '\n' || (*buf)[n - 1] == '\r')) (*buf)[--n] = 0;
-    return 1;
-}
-
 /** chat once its flags are parsed. */
 static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
     if (a->system && !utf8_valid(a->system, strlen(a->system))) return cli_fail(cmd, EXIT_USAGE, "-sys is not valid UTF-8");
@@ -597,60 +548,12 @@ static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
         return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, a, &ep));
     Session s;
     rc = session_open(cmd, a, &s, &ep);
-    char *line = NULL;
-    size_t cap = 0;
-    int turn = 0, interactive = isatty(0);
-    ReplyEnd ended = END_EOS;
-    Err err = { "" };
-    while (rc == EXIT_OK) {
-        if (interactive) fprintf(stdout, "\n> "), fflush(stdout);
-        if (!read_line(&line, &cap) || !strcmp(line, "/exit") || !strcmp(line, "/quit") || (!line[0] && interactive)) break;
-        if (!line[0]) continue;
-        if (!utf8_valid(line, strlen(line))) {
-            fprintf(stderr, "dsv3 chat: that message is not valid UTF-8; try again\n");
-            continue;
-        }
-        IntVec ids = { 0 };
-        int erc;
-        if (turn == 0) {
-            ChatMessage msgs[2] = { { "system", a->system }, { "user", line } };
-            int *v = NULL, n = 0;
-            erc = chat_encode(s.tok, a->system ? msgs : msgs + 1, a->system ? 2 : 1, 1, &v, &n, &err);
-            if (!erc) erc = intvec_append(&ids, v, (size_t)n) ? err_set(&err, "out of memory") : 0;
-            free(v);
-        } else {
-            /* The previous reply's last token is pending and gets fed first; if it was not EOS
-             * (cut by -n or a --stop string), the turn still has to be closed with one. */
-            erc = chat_encode_user_turn(s.tok, line, ended != END_EOS, 1, &ids, &err);
-        }
-        if (erc) {
-            fprintf(stderr, "dsv3 chat: %s\n", err.msg);
-            free(ids.v);
-            continue;
-        }
-        int64_t before = s.g.stats.prefilled;
-        double t0 = now_seconds();
-        if (gen_feed(&s.g, ids.v, (int64_t)ids.n, &err)) {
-            rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-            free(ids.v);
-            break;
-        }
-        double t_prefill = now_seconds() - t0;
-        int64_t gen0 = s.g.stats.generated;
-        double d0 = s.g.stats.decode_seconds;
-        rc = stream_reply(cmd, &s, a->n_predict, &ended);
-        printf("\n");
-        fflush(stdout);
-        int64_t gen = s.g.stats.generated - gen0;
-        fprintf(stderr, "[turn %d: prefilled %lld new tokens (%.1f tokens/s), generated %lld (%.1f tokens/s), cache %lld"
-                        " positions]\n",
-                turn + 1, (long long)(s.g.stats.prefilled - before), (s.g.stats.prefilled - before) / (t_prefill + 1e-9),
-                (long long)gen, gen / (s.g.stats.decode_seconds - d0 + 1e-9), (long long)s.g.kv.len);
-        free(ids.v);
-        turn++;
+    int turns = 0;
+    if (rc == EXIT_OK) {
+        ChatRepl r = { s.tok, &s.g, &s.ds, s.eos, a->n_predict, a->system, &s.stop };
+        rc = chat_repl(cmd, &r, &turns); /* chat_repl.c: the loop, its commands, context shift */
     }
-    if (rc == EXIT_OK && turn > 0) print_stats(&s, s.g.stats.prefilled);
-    free(line);
+    if (rc == EXIT_OK && turns > 0) print_stats(&s, s.g.stats.prefilled);
     session_free(&s);
     return cli_ep_finish(&ep, cmd, rc);
 }

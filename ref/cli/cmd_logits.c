@@ -100,6 +100,10 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         rc = cli_fail(CMD, EXIT_USAGE, "--prefill %ld exceeds the %d ids given", prefill, T);
         goto done;
     }
+    if (config_check_positions(c, T, "--ids: a sequence of", &err)) {
+        rc = cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
+        goto done;
+    }
     if (want_mtp && m.w.n_mtp == 0) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s has no MTP module (model.layers.%d.* absent; num_nextn_predict_layers = %d)",
                       model_dir, c->num_hidden_layers, c->num_nextn_predict_layers);

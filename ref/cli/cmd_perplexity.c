@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/buf.h"
 #include "cli.h"
@@ -85,10 +86,15 @@ int cmd_perplexity(int argc, char **argv) {
         rc = cli_fail(CMD, EXIT_USAGE, "--mtp: %s has no MTP module", model_dir);
         goto done;
     }
+    if (config_check_positions(c, ctx, "-c", &err)) {
+        rc = cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
+        goto done;
+    }
     if (ids_path) {
         if (tokenfile_open(&tf, ids_path, V, ctx + 1, &err)) goto fail;
-        for (int64_t i = 0; i < tf.n; i++)
-            if (intvec_push(&toks, tokenfile_get(&tf, i))) goto oom;
+        if (intvec_reserve(&toks, (size_t)tf.n)) goto oom;
+        if (tokenfile_read(&tf, 0, tf.n, toks.v, &err)) goto fail;
+        toks.n = (size_t)tf.n;
     } else {
         if (tokenizer_load(&tok, model_dir, &err) || read_file(text_path, 1u << 30, &text, &len, &err)) goto fail;
         if (!utf8_valid(text, len)) {
@@ -109,8 +115,17 @@ int cmd_perplexity(int argc, char **argv) {
     if (!logits || !probs || !normed) goto oom;
     if (runstate_init(&s, &m, ctx, ctx, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, ctx, &err))
         goto fail;
-    double nll = 0, nll_mtp = 0, t0 = now_seconds();
+    double nll = 0, nll_mtp = 0, t0 = now_seconds(), shown = t0;
+    int tty = isatty(2);
     for (int64_t ch = 0; ch < chunks; ch++) {
+        /* Progress: every chunk on a terminal, every 10 s in a log. */
+        double t = now_seconds();
+        if (ch > 0 && (tty || t - shown >= 10)) {
+            fprintf(stderr, tty ? "\rdsv3 perplexity: chunk %lld/%lld, perplexity so far %.3f, %.0f s left " :
+                                  "dsv3 perplexity: chunk %lld/%lld, perplexity so far %.3f, %.0f s left\n",
+                    (long long)ch, (long long)chunks, exp(nll / ((double)ch * (double)ctx)), (t - t0) / ch * (chunks - ch));
+            shown = t;
+        }
         const int *x = toks.v + ch * (ctx + 1);
         kv.len = 0;
         if (model_forward(&m, &s, &kv, x, ctx, logits, ctx, NULL, normed, &err)) goto fail;
@@ -121,6 +136,7 @@ int cmd_perplexity(int argc, char **argv) {
             nll_mtp += cross_entropy_forward(probs, logits, x + 2, ctx - 1, V);
         }
     }
+    if (tty && chunks > 1) fprintf(stderr, "\n");
     double n = (double)chunks * (double)ctx, ce = nll / n;
     printf("%s: %lld chunks x %ld tokens: cross-entropy %.4f nats/token, perplexity %.3f", model_dir, (long long)chunks, ctx,
            ce, exp(ce));

@@ -58,6 +58,7 @@ int cmd_plan(int argc, char **argv) {
     Err err;
     if (dir ? config_load(&c, dir, &err) : config_preset(&c, preset, &err)) return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
     if (!c.has_fp8) printf("note: the config has no FP8 quantization; sizes assume the real model's FP8 storage\n");
+    if (config_check_positions(&c, ctx, "note: --ctx", &err)) printf("%s\n", err.msg);
     int n;
     const Deployment *presets = plan_presets(&n);
     printf("model: hidden %d, %d layers, %d experts top-%d; decode batch %ld per attention rank, context %ld%s\n\n",
@@ -78,7 +79,12 @@ int cmd_plan(int argc, char **argv) {
                r.kv_bytes_per_token, r.kv_tokens);
         printf("  all-to-all       %.0f B dispatch (FP8 + scales) + %.0f B combine (BF16) per token per MoE layer;"
                " %.0f%% crosses nodes\n", r.dispatch_bytes, r.combine_bytes, 100 * r.remote_fraction);
-        printf("  decode step      HBM %.2f ms, links %.2f ms -> %.2f ms (overlapped) = %.0f tokens/s for the unit\n\n",
+        if (!r.kv_fits) /* no speed for a batch whose cache does not fit */
+            printf("  decode step      DOES NOT FIT: %ld x %ld tokens of KV cache per GPU, room for %.0f"
+                   " (at most %.0f sequences of this context per attention rank)\n\n",
+                   batch, ctx, r.kv_tokens, r.max_batch);
+        else
+            printf("  decode step      HBM %.2f ms, links %.2f ms -> %.2f ms (overlapped) = %.0f tokens/s for the unit\n\n",
                1e3 * r.step_compute_s, 1e3 * r.step_comm_s, 1e3 * r.step_s, r.tokens_per_s);
     }
     return EXIT_OK;

@@ -28,32 +28,11 @@
 #include "cli_opt.h"
 #include "cli_util.h"
 #include "tokenizer/tokenizer.h"
+#include "base/infile.h"
 #include "base/util.h"
 
 /** Largest --file we read (a prompt or an id list). */
 #define CMD_MAX_INPUT ((size_t)1 << 30)
-
-/* Reads PATH ("-" = standard input) whole. */
-static int read_input(const char *path, char **data, size_t *len, Err *err) {
-    if (strcmp(path, "-") != 0) return read_file(path, CMD_MAX_INPUT, data, len, err);
-    ByteBuf b = {0};
-    char chunk[65536];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, stdin)) > 0) {
-        if (b.len + k > CMD_MAX_INPUT || bytebuf_append(&b, chunk, k) != 0) {
-            bytebuf_free(&b);
-            return err_set(err, "standard input: more than %zu bytes or out of memory", CMD_MAX_INPUT);
-        }
-    }
-    if (ferror(stdin)) {
-        bytebuf_free(&b);
-        return err_set(err, "standard input: read error");
-    }
-    if (bytebuf_reserve(&b, 0) != 0) return err_set(err, "standard input: out of memory");
-    *data = b.data;
-    *len = b.len;
-    return 0;
-}
 
 static int write_out(const char *cmd, const void *p, size_t n) {
     if ((n && fwrite(p, 1, n, stdout) != n) || fflush(stdout) != 0)
@@ -110,7 +89,7 @@ int cmd_tokenize(int argc, char **argv) {
     Err err = {{0}};
     char *data = NULL;
     size_t len = 0;
-    if (file && read_input(file, &data, &len, &err) != 0) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    if (file && read_input(file, CMD_MAX_INPUT, &data, &len, &err) != 0) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     const char *in = text ? text : data;
     if (text) len = strlen(text);
 
@@ -134,42 +113,6 @@ int cmd_tokenize(int argc, char **argv) {
     free(data);
     tokenizer_free(t);
     return rc;
-}
-
-/* Parses "1,2,3" or "[1, 2, 3]" (what tokenize prints); whitespace allowed around ids. */
-static int parse_ids(const char *s, size_t len, IntVec *out, Err *err) {
-    size_t i = 0;
-    while (i < len && strchr(" \t\r\n", s[i])) i++;
-    int bracket = i < len && s[i] == '[';
-    if (bracket) i++;
-    int expect_id = 1, count = 0;
-    for (;;) {
-        while (i < len && strchr(" \t\r\n", s[i])) i++;
-        if (i >= len || (bracket && s[i] == ']')) break;
-        if (!expect_id) {
-            if (s[i] != ',') return err_set(err, "expected ',' at offset %zu", i);
-            i++;
-            expect_id = 1;
-            continue;
-        }
-        if (s[i] < '0' || s[i] > '9') return err_set(err, "'%.20s' is not a token id (a non-negative integer)", s + i);
-        long v = 0;
-        while (i < len && s[i] >= '0' && s[i] <= '9') {
-            v = v * 10 + (s[i++] - '0');
-            if (v > 0x7fffffff) return err_set(err, "token id at offset %zu is too large", i);
-        }
-        if (intvec_push(out, (int)v) != 0) return err_set(err, "out of memory");
-        count++;
-        expect_id = 0;
-    }
-    if (bracket) {
-        if (i >= len || s[i] != ']') return err_set(err, "missing ']'");
-        i++;
-        while (i < len && strchr(" \t\r\n", s[i])) i++;
-    }
-    if (i < len) return err_set(err, "unexpected '%.20s' after the ids", s + i);
-    if (count > 0 && expect_id) return err_set(err, "trailing ','");
-    return 0;
 }
 
 static const CliOpt detokenize_opts[] = {
@@ -200,8 +143,8 @@ int cmd_detokenize(int argc, char **argv) {
     size_t len = 0;
     int bad_status = idstr ? EXIT_USAGE : EXIT_RUNTIME; /* a bad id is a usage error when it came from the flag */
     const char *src = idstr ? "--ids" : file;
-    if (file && read_input(file, &data, &len, &err) != 0) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    if (parse_ids(idstr ? idstr : data, idstr ? strlen(idstr) : len, &ids, &err) != 0) {
+    if (file && read_input(file, CMD_MAX_INPUT, &data, &len, &err) != 0) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    if (parse_id_text(idstr ? idstr : data, idstr ? strlen(idstr) : len, -1, &ids.v, &ids.n, &err) != 0) {
         free(data);
         intvec_free(&ids);
         return cli_fail(cmd, bad_status, "%s: %s", src, err.msg);

@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -131,6 +132,9 @@ static void take_options(const CliCmd *c, Args *a, int all) {
     TAKE("--seed", a->o.seed, (uint64_t)a->seed);
     TAKE("--init-std", a->o.init_std, a->init_std);
     TAKE("--shuffle", a->o.shuffle, a->shuffle);
+    TAKE("--save-every", a->o.save_every, a->save_every);
+    TAKE("--keep", a->o.keep, a->keep);
+    TAKE("--save-format", a->o.save_format, a->format);
 #undef TAKE
 }
 
@@ -259,12 +263,12 @@ static void log_step(FILE *log, const Trainer *tr, const TrainLosses *L, const S
 static int save(Trainer *tr, const Args *a, Err *err) {
     char path[4096];
     double t0 = now_seconds();
-    if (trainer_checkpoint(tr, a->out, a->format, a->tokenizer, (int)a->keep, path, sizeof path, err)) return -1;
+    if (trainer_checkpoint(tr, a->out, (CkptFormat)tr->opt.save_format, a->tokenizer, (int)tr->opt.keep, path, sizeof path, err)) return -1;
     fprintf(stderr, "dsv3 train: saved %s (%.2f s)\n", path, now_seconds() - t0);
     return 0;
 }
 
-/** The training loop: steps, validation, checkpoints. */
+/** The training loop: steps, validation, checkpoints; 0, -1 (err), or 128 + signal when interrupted (saved). */
 static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFile *valf, FILE *log, Err *err) {
     int64_t B = tr->opt.batch, T = tr->opt.seq_len, n_val = valf ? a->val_batches * B : 0;
     int *seqs = xcalloc((size_t)(B * (T + 1)), sizeof *seqs), *val = xcalloc((size_t)(n_val * (T + 1) + 1), sizeof *val);
@@ -273,13 +277,14 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
         return err_set(err, "out of memory for the batch");
     }
     DataCursor vc = { 0, 0, 0 }; /* validation: the same first sequences every time */
-    for (int64_t i = 0; i < n_val; i++) data_next(valf, &vc, NULL, T, val + i * (T + 1));
     int rc = 0;
+    for (int64_t i = 0; i < n_val && rc == 0; i++) rc = data_next(valf, &vc, NULL, T, val + i * (T + 1), err);
+    train_catch_interrupts(); /* Ctrl-C: finish the step, save, exit */
     while (tr->step < tr->opt.steps && rc == 0) {
         double t0 = now_seconds();
         TrainLosses L;
         StepStats st;
-        trainer_next_batch(tr, train, seqs);
+        if ((rc = trainer_next_batch(tr, train, seqs, err))) break;
         trainer_grad(tr, seqs, B, &L);
         trainer_update(tr, &st);
         log_step(log, tr, &L, &st, (double)(B * T) / (now_seconds() - t0));
@@ -293,8 +298,16 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
             if (log) fprintf(log, "{\"step\":%lld,\"val_loss\":%.17g,\"val_main\":%.17g,\"val_mtp\":%.17g}\n",
                              (long long)tr->step, V.total, V.main, V.mtp_mean), fflush(log);
         }
-        if (last || stop || (a->save_every && tr->step % a->save_every == 0)) rc = save(tr, a, err);
-        if (stop) break;
+        if (log && ferror(log)) rc = err_set(err, "--log %s: write error", a->log);
+        int sig = train_interrupted();
+        if (rc == 0 && (last || stop || sig || (tr->opt.save_every && tr->step % tr->opt.save_every == 0))) rc = save(tr, a, err);
+        if (rc == 0 && sig) {
+            fprintf(stderr, "dsv3 train: stopped by %s after step %lld; continue with: dsv3 train --resume %s --train %s%s%s\n",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)tr->step, a->out, a->train, a->val ? " --val " : "",
+                    a->val ? a->val : "");
+            rc = 128 + sig;
+        }
+        if (stop || sig) break;
     }
     free(seqs);
     free(val);
@@ -390,6 +403,10 @@ static int start(Args a, const CliCmd *cmd) {
         rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending: %s", a.log, strerror(errno));
         goto done;
     }
+    if (train_run_dir_prepare(a.out, &err)) { /* a run that cannot save fails before its first step */
+        rc = cli_fail(CMD, EXIT_USAGE, "-o %s", err.msg);
+        goto done;
+    }
     uint64_t main_p, mtp_p;
     weights_count(c, tr.opt.n_mtp, &main_p, &mtp_p);
     fprintf(stderr, "dsv3 train: %.2f M parameters (+ %.2f M in %d MTP depths, embedding and head shared), "
@@ -397,8 +414,8 @@ static int start(Args a, const CliCmd *cmd) {
             (double)main_p / 1e6, (double)(mtp_p - 2 * (uint64_t)tr.opt.n_mtp * (uint64_t)c->vocab_size * (uint64_t)c->hidden_size) / 1e6,
             tr.opt.n_mtp, (long long)train.n, a.train, (long long)tr.opt.batch, (long long)tr.opt.seq_len,
             (long long)tr.opt.steps);
-    if (run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
-    else rc = EXIT_OK;
+    rc = run(&tr, &a, &train, a.val ? &valf : NULL, log, &err);
+    if (rc == -1) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
 done:
     if (log) fclose(log);
     tokenfile_close(&train);

@@ -7,21 +7,18 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
+#include "base/outfile.h"
 #include "cli.h"
 #include "cli_opt.h"
 
-/** `dsv3 version`: the version and what this build contains. */
+/** `dsv3 version`: the version and the backends linked into this binary. */
 static int cmd_version(int argc, char **argv) {
     CliCmd cmd = { .name = "version", .usage = "", .about = "prints the version and the backends this build has" };
     int rc = cli_parse(&cmd, argc, argv);
     if (rc != CLI_RUN) return rc;
-    printf("dsv3 0.1 (reference CPU backend%s)\n",
-#ifdef DSV3_HAVE_CUDA
-           ", CUDA fast backend"
-#else
-           ""
-#endif
-    );
+    const char *gpu = gpu_backend_name(); /* NULL from ref/backend_stub.c when CUDA was not linked */
+    printf("dsv3 0.1 (reference CPU backend%s%s)\n", gpu ? ", " : "", gpu ? gpu : "");
     return 0;
 }
 
@@ -57,14 +54,22 @@ static void usage(FILE *f) {
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].summary);
 }
 
+/** What went to stdout must have reached it: a write error (a full disk, /dev/full) is exit 1, not 0. */
+static int checked(const char *cmd, int rc) {
+    Err err = { "" };
+    if (stdout_check(&err) == 0) return rc;
+    fprintf(stderr, "dsv3%s%s: %s\n", cmd ? " " : "", cmd ? cmd : "", err.msg);
+    return rc ? rc : 1;
+}
+
 /** Dispatches argv[1] to its subcommand. */
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+        return checked(NULL, argc < 2 ? 2 : 0);
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) return checked(argv[1], commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "dsv3: unknown command '%s' (dsv3 --help lists them)\n", argv[1]);
     return 2;
 }

@@ -10,19 +10,27 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { MAGIC = 0x64737665 /* "dsve" */ };
+
+/** The 8-byte header of a heartbeat frame: no length can be this (payloads are far smaller). */
+#define HEARTBEAT UINT64_MAX
 
 /** One peer's progress through the current alltoallv. */
 typedef struct {
     uint64_t hdr_out, hdr_in; /* the length sent first, the length received */
     size_t out_done, in_done; /* bytes of header + payload done each way */
+    int heard;                /* a byte arrived from this peer in the current window */
+    int quiet;                /* consecutive windows without one */
 } Flow;
 
 typedef struct {
@@ -32,13 +40,34 @@ typedef struct {
     struct pollfd *pfd; /* [nranks] */
     int *peer_of;  /* [nranks] which peer each pfd entry is */
     int broken;    /* an earlier call failed: the byte streams are out of step */
+    /* liveness: the heartbeat thread and the exchange share each socket's sending side under lock */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t hb_thread;
+    int hb_started, hb_stop;
+    double hb_interval;  /* seconds between heartbeats to an idle peer */
+    int quiet_limit;     /* windows of hb_interval without a byte after which a peer counts as gone */
+    double timeout_s;    /* DSV3_EP_TIMEOUT as given, for messages */
+    int *out_busy;       /* [nranks] a data frame to that peer is partly sent: no heartbeat may cut in */
+    int *hb_left;        /* [nranks] bytes of a heartbeat still to send (it is finished before any data) */
+    double *last_send;   /* [nranks] when bytes last went to that peer */
 } Mesh;
 
 static void mesh_free(Mesh *m) {
     if (!m) return;
+    if (m->hb_started) {
+        pthread_mutex_lock(&m->lock);
+        m->hb_stop = 1;
+        pthread_cond_signal(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(m->hb_thread, NULL);
+        pthread_mutex_destroy(&m->lock);
+        pthread_cond_destroy(&m->wake);
+    }
     for (int r = 0; m->fd && r < m->nranks; r++)
         if (m->fd[r] >= 0) close(m->fd[r]);
     free(m->fd), free(m->flow), free(m->pfd), free(m->peer_of);
+    free(m->out_busy), free(m->hb_left), free(m->last_send);
     free(m);
 }
 
@@ -47,6 +76,49 @@ static void tune(int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+/** Sends what is left of a heartbeat to @p p without blocking (under lock); 1 when none is left. */
+static int hb_flush(Mesh *m, int p) {
+    static const unsigned char ones[8] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+    while (m->hb_left[p] > 0) {
+        ssize_t k = send(m->fd[p], ones + 8 - m->hb_left[p], (size_t)m->hb_left[p], MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return 0; /* full (later) or broken (the exchange reports it) */
+        m->hb_left[p] -= (int)k;
+    }
+    m->last_send[p] = now_seconds();
+    return 1;
+}
+
+/**
+ * The heartbeat thread: every half interval, a heartbeat to each peer that has not been sent
+ * anything for an interval — also while this rank computes or waits outside any exchange (an
+ * expert server between requests, rank 0 while the user types). A stopped process (SIGSTOP)
+ * stops its heartbeats too, which is what lets its peers tell it from a busy one.
+ */
+static void *hb_main(void *arg) {
+    Mesh *m = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
+    pthread_mutex_lock(&m->lock);
+    while (!m->hb_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        long ns = ts.tv_nsec + (long)(m->hb_interval * 0.5e9);
+        ts.tv_sec += ns / 1000000000L, ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&m->wake, &m->lock, &ts);
+        if (m->hb_stop) break;
+        double t = now_seconds();
+        for (int p = 0; p < m->nranks; p++) {
+            if (p == m->rank || m->fd[p] < 0 || m->out_busy[p]) continue;
+            if (m->hb_left[p] == 0 && t - m->last_send[p] >= m->hb_interval) m->hb_left[p] = 8;
+            if (m->hb_left[p]) hb_flush(m, p);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
 }
 
 /** Moves as many bytes as the socket takes of the 8-byte header + payload; 1 when the peer closed. */
@@ -67,48 +139,78 @@ static int pump(int fd, uint64_t *hdr, char *payload, size_t total, size_t *done
     return 0;
 }
 
-static int sock_alltoallv(EpTransport *t, int rank, const void *send, const size_t *send_bytes, const size_t *send_offsets,
-                          void *recv, const size_t *recv_bytes, const size_t *recv_offsets, Err *err) {
-    Mesh *m = t->ctx;
-    if (m->broken) return err_set(err, "TCP transport: an earlier exchange failed; the group cannot continue");
-    if (rank != m->rank) return err_set(err, "TCP transport: called as rank %d by rank %d", rank, m->rank);
-    if (send_bytes[rank] != recv_bytes[rank])
-        return err_set(err, "TCP transport: rank %d sends itself %zu bytes but expects %zu", rank, send_bytes[rank], recv_bytes[rank]);
+/**
+ * A peer whose frame to us is complete while ours to it is not: consumes the heartbeats it
+ * sends meanwhile (MSG_PEEK, so the header of a later frame is never taken). 1 when some arrived.
+ */
+static int drain_heartbeats(int fd, int *closed) {
+    int got = 0;
+    for (;;) {
+        uint64_t h;
+        ssize_t k = recv(fd, &h, 8, MSG_PEEK | MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) continue;
+        if (k == 0) *closed = 1;
+        if (k < 8) return got || k > 0;
+        if (h != HEARTBEAT) return 1; /* a later frame: the peer is alive and past this exchange */
+        if (recv(fd, &h, 8, MSG_DONTWAIT) != 8) return 1;
+        got = 1;
+    }
+}
+
+static int exchange(Mesh *m, int rank, const void *send, const size_t *send_bytes, const size_t *send_offsets, void *recv,
+                    const size_t *recv_bytes, const size_t *recv_offsets, Err *err) {
     if (send_bytes[rank]) memcpy((char *)recv + recv_offsets[rank], (const char *)send + send_offsets[rank], send_bytes[rank]);
-    for (int p = 0; p < m->nranks; p++) m->flow[p] = (Flow){ send_bytes[p], 0, 0, 0 };
+    for (int p = 0; p < m->nranks; p++) m->flow[p] = (Flow){ send_bytes[p], 0, 0, 0, 0, 0 };
+    double window = now_seconds();
     for (;;) {
         int n = 0;
         for (int p = 0; p < m->nranks; p++) {
             if (p == rank) continue;
             Flow *f = &m->flow[p];
             short ev = 0;
-            if (f->out_done < 8 + send_bytes[p]) ev |= POLLOUT;
-            if (f->in_done < 8 || f->in_done < 8 + f->hdr_in) ev |= POLLIN;
-            if (ev) m->pfd[n] = (struct pollfd){ m->fd[p], ev, 0 }, m->peer_of[n++] = p;
+            int out_open = f->out_done < 8 + send_bytes[p], in_open = f->in_done < 8 || f->in_done < 8 + f->hdr_in;
+            if (out_open || m->hb_left[p]) ev |= POLLOUT;
+            if (in_open || out_open) ev |= POLLIN; /* the frame, or (peeked) heartbeats while ours is unread */
+            if (out_open || in_open) m->pfd[n] = (struct pollfd){ m->fd[p], ev, 0 }, m->peer_of[n++] = p;
         }
         if (n == 0) return 0;
-        if (poll(m->pfd, (nfds_t)n, -1) < 0) {
-            if (errno == EINTR) continue;
+        pthread_mutex_unlock(&m->lock); /* the heartbeat thread may send while this one waits */
+        int pr = poll(m->pfd, (nfds_t)n, (int)(m->hb_interval * 1000) + 1);
+        int pe = errno;
+        pthread_mutex_lock(&m->lock);
+        if (pr < 0 && pe != EINTR) {
             m->broken = 1;
-            return err_set(err, "TCP transport: poll: %s", strerror(errno));
+            return err_set(err, "TCP transport: poll: %s", strerror(pe));
         }
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n && pr > 0; i++) {
             int p = m->peer_of[i], closed = 0, rc = 0;
             Flow *f = &m->flow[p];
-            short re = m->pfd[i].revents, ev = m->pfd[i].events;
+            short re = m->pfd[i].revents;
             if (!re) continue;
+            int in_open = f->in_done < 8 || f->in_done < 8 + f->hdr_in;
             /* an error or hang-up wakes either direction, so that its send or recv reports it */
-            if ((ev & POLLOUT) && (re & (POLLOUT | POLLHUP | POLLERR)))
-                rc = pump(m->fd[p], &f->hdr_out, (char *)send + send_offsets[p], 8 + send_bytes[p], &f->out_done, 1, &closed);
-            if (!rc && !closed && (ev & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) {
-                size_t total = f->in_done >= 8 ? 8 + (size_t)f->hdr_in : 8;
+            if (re & (POLLOUT | POLLHUP | POLLERR)) {
+                if (!m->out_busy[p] && m->hb_left[p]) hb_flush(m, p); /* a heartbeat already begun goes first */
+                if (!m->hb_left[p] && f->out_done < 8 + send_bytes[p]) {
+                    m->out_busy[p] = 1;
+                    rc = pump(m->fd[p], &f->hdr_out, (char *)send + send_offsets[p], 8 + send_bytes[p], &f->out_done, 1, &closed);
+                    if (f->out_done == 8 + send_bytes[p]) m->out_busy[p] = 0, m->last_send[p] = now_seconds();
+                }
+            }
+            if (!rc && !closed && in_open && (re & (POLLIN | POLLHUP | POLLERR))) {
+                size_t before = f->in_done, total = f->in_done >= 8 ? 8 + (size_t)f->hdr_in : 8;
                 rc = pump(m->fd[p], &f->hdr_in, (char *)recv + recv_offsets[p], total, &f->in_done, 0, &closed);
-                if (!rc && !closed && f->in_done == 8 && f->hdr_in != recv_bytes[p]) {
+                if (f->in_done != before) f->heard = 1;
+                if (!rc && !closed && f->in_done == 8 && f->hdr_in == HEARTBEAT) {
+                    f->in_done = 0, f->hdr_in = 0; /* alive; the frame follows */
+                } else if (!rc && !closed && f->in_done == 8 && f->hdr_in != recv_bytes[p]) {
                     m->broken = 1;
                     return err_set(err, "TCP transport: rank %d expected %zu bytes from rank %d, which sends %llu", rank,
                                    recv_bytes[p], p, (unsigned long long)f->hdr_in);
                 }
                 /* a header read just now: its payload follows on the next round */
+            } else if (!rc && !closed && !in_open && (re & (POLLIN | POLLHUP | POLLERR))) {
+                f->heard |= drain_heartbeats(m->fd[p], &closed);
             }
             if (rc || closed) {
                 m->broken = 1;
@@ -116,7 +218,38 @@ static int sock_alltoallv(EpTransport *t, int rank, const void *send, const size
                                rc ? "broke: " : "was closed", rc ? strerror(-rc) : "");
             }
         }
+        /* Liveness, counted in windows rather than seconds: after the whole group was stopped and
+         * continued (Ctrl-Z, fg) the clock jumps by one window, not by the stop's length. */
+        double t = now_seconds();
+        if (t - window < m->hb_interval) continue;
+        window = t;
+        for (int p = 0; p < m->nranks; p++) {
+            Flow *f = &m->flow[p];
+            if (p == rank || (f->out_done >= 8 + send_bytes[p] && f->in_done >= 8 && f->in_done >= 8 + f->hdr_in)) continue;
+            f->quiet = f->heard ? 0 : f->quiet + 1;
+            f->heard = 0;
+            if (f->quiet >= m->quiet_limit) {
+                m->broken = 1;
+                return err_set(err, "TCP transport: rank %d sent nothing for %.0f s (stopped or hung; the limit is "
+                                    "DSV3_EP_TIMEOUT)", p, m->timeout_s);
+            }
+        }
     }
+}
+
+static int sock_alltoallv(EpTransport *t, int rank, const void *send, const size_t *send_bytes, const size_t *send_offsets,
+                          void *recv, const size_t *recv_bytes, const size_t *recv_offsets, Err *err) {
+    Mesh *m = t->ctx;
+    if (m->broken) return err_set(err, "TCP transport: an earlier exchange failed; the group cannot continue");
+    if (rank != m->rank) return err_set(err, "TCP transport: called as rank %d by rank %d", rank, m->rank);
+    if (send_bytes[rank] != recv_bytes[rank])
+        return err_set(err, "TCP transport: rank %d sends itself %zu bytes but expects %zu", rank, send_bytes[rank], recv_bytes[rank]);
+    for (int p = 0; p < m->nranks; p++)
+        if (p != rank && send_bytes[p] >= (size_t)HEARTBEAT) return err_set(err, "TCP transport: message too large");
+    pthread_mutex_lock(&m->lock);
+    int rc = exchange(m, rank, send, send_bytes, send_offsets, recv, recv_bytes, recv_offsets, err);
+    pthread_mutex_unlock(&m->lock);
+    return rc;
 }
 
 /** Rank 0: accepts every other rank on MASTER_PORT, then sends each the table of addresses and ports. */
@@ -217,8 +350,11 @@ int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeou
         m->flow = xcalloc((size_t)n, sizeof *m->flow);
         m->pfd = xcalloc((size_t)n, sizeof *m->pfd);
         m->peer_of = xcalloc((size_t)n, sizeof *m->peer_of);
+        m->out_busy = xcalloc((size_t)n, sizeof *m->out_busy);
+        m->hb_left = xcalloc((size_t)n, sizeof *m->hb_left);
+        m->last_send = xcalloc((size_t)n, sizeof *m->last_send);
     }
-    if (!m || !m->fd || !m->flow || !m->pfd || !m->peer_of) {
+    if (!m || !m->fd || !m->flow || !m->pfd || !m->peer_of || !m->out_busy || !m->hb_left || !m->last_send) {
         mesh_free(m);
         return err_set(err, "out of memory");
     }
@@ -230,6 +366,31 @@ int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeou
     }
     for (int r = 0; r < n; r++)
         if (m->fd[r] >= 0) tune(m->fd[r]);
+    /* A peer silent for timeout_s in an exchange is gone; heartbeats at most every second keep a
+     * busy or idle one from looking so (at least 4 per timeout). */
+    m->timeout_s = timeout_s;
+    m->hb_interval = timeout_s / 4 < 1.0 ? timeout_s / 4 : 1.0;
+    if (m->hb_interval < 0.01) m->hb_interval = 0.01;
+    m->quiet_limit = (int)(timeout_s / m->hb_interval + 0.5);
+    if (m->quiet_limit < 2) m->quiet_limit = 2;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (pthread_mutex_init(&m->lock, NULL) || pthread_cond_init(&m->wake, &ca)) {
+        pthread_condattr_destroy(&ca);
+        mesh_free(m);
+        return err_set(err, "TCP transport: cannot create the heartbeat's lock");
+    }
+    pthread_condattr_destroy(&ca);
+    if (n > 1) {
+        for (int r = 0; r < n; r++) m->last_send[r] = now_seconds();
+        if (pthread_create(&m->hb_thread, NULL, hb_main, m) != 0) {
+            pthread_mutex_destroy(&m->lock), pthread_cond_destroy(&m->wake);
+            mesh_free(m);
+            return err_set(err, "TCP transport: cannot start the heartbeat thread");
+        }
+        m->hb_started = 1;
+    }
     t->nranks = n;
     t->alltoallv = sock_alltoallv;
     t->ctx = m;

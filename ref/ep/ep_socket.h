@@ -16,10 +16,17 @@
  * alltoallv: every message is an 8-byte length followed by the payload; all peers progress at
  * once under poll(), so no pair can block another. A length that differs from what the receiver
  * expects, or a peer that closes its connection (it exited or failed), is an error naming the
- * rank; the transport then refuses further calls, since the byte streams are out of step. A call
- * waits without a time limit (an expert server waits for the next request of a chat as long as
- * the user takes to type it); TCP keep-alive notices a peer host that vanished.
- */
+ * rank; the transport then refuses further calls, since the byte streams are out of step.
+ *
+ * Liveness: a thread sends a heartbeat frame (header 0xff…ff, no payload) to every peer that has
+ * been sent nothing for an interval (min(1 s, timeout/4)), between frames only, also while its
+ * rank computes or waits outside any exchange. An exchange in which a peer that still owes bytes
+ * has sent nothing at all — no data, no heartbeat — for the timeout (DSV3_EP_TIMEOUT, the
+ * joining timeout of ep_socket_transport_init) fails with a message naming that rank: a stopped
+ * (SIGSTOP) or hung process, which TCP keep-alive cannot see because its kernel still answers.
+ * A rank that is merely slow, or waits for its user, keeps sending heartbeats and is waited for
+ * without limit. Silence is counted in intervals, so a whole group stopped and continued
+ * together (Ctrl-Z, fg) is not mistaken for a dead peer. */
 #ifndef DSV3_EP_SOCKET_H
 #define DSV3_EP_SOCKET_H
 
@@ -28,7 +35,8 @@
 
 /**
  * Joins the group described by @p env (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT): connects
- * every pair of ranks, giving up after @p timeout_s seconds. WORLD_SIZE = 1 needs no socket.
+ * every pair of ranks, giving up after @p timeout_s seconds, which also bounds how long a peer
+ * may stay silent in an exchange. Starts the heartbeat thread. WORLD_SIZE = 1 needs no socket.
  */
 int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeout_s, Err *err);
 

@@ -14,6 +14,7 @@
  */
 #include "plan.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "model/weights.h"
@@ -89,6 +90,9 @@ void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int
     double free_bytes = 0.9 * d->hbm_gb * 1e9 - per_gpu;
     r->fits = free_bytes > 0;
     r->kv_tokens = r->fits ? free_bytes / r->kv_bytes_per_token : 0;
+    /* Every GPU of an attention rank holds its sequences' whole latent cache (all heads read it). */
+    r->max_batch = ctx > 0 ? floor(r->kv_tokens / ctx) : 0;
+    r->kv_fits = r->fits && (double)batch * (double)ctx <= r->kv_tokens;
 
     /* All-to-all per token per MoE layer: one FP8 copy (+ scales) to each of the K experts, and
      * one BF16 result back from each. Experts on other nodes cross InfiniBand. */

@@ -40,6 +40,8 @@ typedef struct {
     double step_s;              /**< decode step time, compute and communication overlapped */
     double tokens_per_s;        /**< decode throughput of the whole unit */
     int fits;                   /**< weights leave room for a KV cache */
+    int kv_fits;                /**< and that room holds batch × ctx tokens (the step figures mean something) */
+    double max_batch;           /**< sequences of ctx tokens per attention rank the room holds */
 } PlanResult;
 
 /**

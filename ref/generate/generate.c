@@ -137,6 +137,16 @@ int gen_keep(Generator *g, int keep, Err *err) {
 
 int64_t gen_room(const Generator *g) { return g->ctx - g->kv.len - g->pending; }
 
+void gen_reset(Generator *g) {
+    /* The caches are overwritten from position 0 by the next feed (the GPU engine follows kv.len). */
+    g->kv.len = 0;
+    g->mtp_kv.len = 0;
+    g->n_tokens = 0;
+    g->pending = 0;
+    g->have_logits = 0;
+    g->last_out = 0;
+}
+
 /** The main model over ids at position kv.len (then kv.len += k), on the GPU engine when there is one. */
 static int run_main(Generator *g, const int *ids, int64_t k, int64_t n_logits, Err *err) {
     if (!g->gpu) return model_forward(g->m, &g->rs, &g->kv, ids, k, g->logits, n_logits, NULL, g->normed, err);

@@ -128,6 +128,11 @@ void gen_set_logits_hook(Generator *g, GenLogitsHook hook, void *ctx);
  * n-th token is run again with the fed ones (the MTP module needs its hidden state, not kept).
  */
 int gen_rewind(Generator *g, int64_t n, Err *err);
+/**
+ * Forgets every token: the session is as after gen_init (the statistics stay). A chat that
+ * starts over, or re-reads a shortened conversation (context shift), feeds it again from here.
+ */
+void gen_reset(Generator *g);
 
 /** Never generate ids ≥ @p n (e.g. the tokenizer's vocabulary size); 1 ≤ n ≤ vocab_size. */
 void gen_limit_vocab(Generator *g, int n);

@@ -20,8 +20,10 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "fp8.h"
+#include "base/outfile.h"
 #include "base/rng.h"
 #include "base/safetensors.h"
 
@@ -269,13 +271,58 @@ static int write_text(const char *dir, const char *name, const char *text, Err *
     return write_file_atomic(path, text, strlen(text), err);
 }
 
+static int copy_file(const char *from_dir, const char *to_dir, const char *name, int required, Err *err) {
+    char src[4096], dst[4096], *data;
+    size_t len;
+    if (path_join(src, sizeof src, from_dir, name) || path_join(dst, sizeof dst, to_dir, name))
+        return err_set(err, "%s: path too long", from_dir);
+    struct stat sb;
+    if (!required && stat(src, &sb) != 0 && errno == ENOENT) return 0;
+    if (read_file(src, (size_t)1 << 30, &data, &len, err)) return -1;
+    int rc = write_file_atomic(dst, data, len, err);
+    free(data);
+    return rc;
+}
+
+int ckpt_copy_tokenizer(const char *from_dir, const char *to_dir, int required, Err *err) {
+    return copy_file(from_dir, to_dir, "tokenizer.json", required, err) ||
+           copy_file(from_dir, to_dir, "tokenizer_config.json", 0, err) ? -1 : 0;
+}
+
+const char *const CKPT_OWNED_FILES[] = {
+    "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "optimizer.safetensors", NULL,
+};
+
+/** Refuses to start a write the file system of @p dir has no room for (a V3 checkpoint is ~680 GB). */
+static int check_free_space(const char *dir, uint64_t need, Err *err) {
+    struct statvfs fs;
+    if (statvfs(dir, &fs) != 0) return 0; /* unknown: let the writes report it */
+    uint64_t avail = (uint64_t)fs.f_bavail * (uint64_t)fs.f_frsize;
+    if (need > avail)
+        return err_set(err, "%s: the checkpoint needs %.2f GB but its file system has %.2f GB free", dir, (double)need / 1e9,
+                       (double)avail / 1e9);
+    return 0;
+}
+
 int ckpt_write(const char *dir, const Config *cfg, const CkptLayout *layout, CkptSource src, void *ctx, FILE *log,
                Err *err) {
+    OutDir out;
+    if (outdir_open(&out, dir, CKPT_OWNED_FILES, err)) return -1;
+    if (ckpt_write_into(out.tmp, cfg, layout, src, ctx, log, err)) {
+        err_prefix(err, "%s", dir);
+        outdir_abort(&out);
+        return -1;
+    }
+    return outdir_commit(&out, err);
+}
+
+int ckpt_write_into(const char *dir, const Config *cfg, const CkptLayout *layout, CkptSource src, void *ctx, FILE *log,
+                    Err *err) {
     if (layout->shards < 1 || layout->shards > 9999) return err_set(err, "shards must be in [1, 9999]");
     if (layout->n_mtp < 0 || layout->n_mtp > cfg->num_nextn_predict_layers)
         return err_set(err, "cannot write %d MTP modules: config has num_nextn_predict_layers = %d", layout->n_mtp,
                        cfg->num_nextn_predict_layers);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return err_set(err, "%s: cannot create directory: %s", dir, strerror(errno));
     Config c = *cfg;
     c.num_nextn_predict_layers = layout->n_mtp;
     c.has_fp8 = layout->format == CKPT_FP8;
@@ -302,9 +349,14 @@ int ckpt_write(const char *dir, const Config *cfg, const CkptLayout *layout, Ckp
         err_set(err, "out of memory");
         goto done;
     }
-    uint64_t total = 0, acc = 0;
-    for (int i = 0; i < p.n_slots; i++)
-        total += (uint64_t)p.slots[i].rows * (uint64_t)p.slots[i].cols * (uint64_t)(dtype_bits(slot_dtype(&p, &p.slots[i])) / 8);
+    uint64_t total = 0, acc = 0, scales = 0;
+    for (int i = 0; i < p.n_slots; i++) {
+        const WeightSlot *s = &p.slots[i];
+        total += (uint64_t)s->rows * (uint64_t)s->cols * (uint64_t)(dtype_bits(slot_dtype(&p, s)) / 8);
+        if (slot_dtype(&p, s) == DT_F8_E4M3) scales += (uint64_t)((s->rows + 127) / 128) * (uint64_t)((s->cols + 127) / 128) * 4;
+    }
+    /* + headers, index and config: a few hundred bytes per tensor */
+    if (check_free_space(dir, total + scales + (uint64_t)p.n_slots * 512 + 65536, err)) goto done;
     for (int i = 0; i < p.n_slots; i++) {
         const WeightSlot *s = &p.slots[i];
         DType dt = slot_dtype(&p, s);
@@ -354,7 +406,7 @@ int ckpt_write(const char *dir, const Config *cfg, const CkptLayout *layout, Ckp
         }
         p.current = shard_pe;
         p.current_st = st;
-        if (log) fprintf(log, "dsv3: writing %s (%d tensors)\n", path, n);
+        if (log) fprintf(log, "dsv3: writing %s (%d tensors)\n", fname, n);
         if (st_write_stream(path, st, n, "{\"format\":\"pt\"}", fill_entry, &p, err)) {
             cJSON_Delete(index);
             goto done;

@@ -32,11 +32,31 @@ typedef int (*CkptSource)(void *ctx, const WeightSlot *s, float *out);
 
 /**
  * Writes config.json (num_nextn_predict_layers = n_mtp, quantization_config iff FP8) and the
- * safetensors file(s) into directory @p dir (created if missing). Every file is written
- * atomically. @p log (may be NULL) receives one progress line per file.
+ * safetensors file(s) as directory @p dir, one complete output (base/outfile.h): built in a
+ * temporary directory beside it and swapped in when every file is written, so a kill or a full
+ * disk leaves the old content of @p dir (or nothing). The files of a checkpoint already in @p dir
+ * (CKPT_OWNED_FILES: shards and index included) are all replaced; other files (a tokenizer) stay.
+ * Refuses to start when the file system lacks the space. @p log (may be NULL) receives one
+ * progress line per file.
  */
 int ckpt_write(const char *dir, const Config *c, const CkptLayout *layout, CkptSource src, void *ctx, FILE *log,
                Err *err);
+
+/**
+ * The files of ckpt_write written into the existing directory @p dir — for an output that adds
+ * files of its own before it is committed (an OutDir's tmp: training state, tokenizer files).
+ */
+int ckpt_write_into(const char *dir, const Config *c, const CkptLayout *layout, CkptSource src, void *ctx, FILE *log,
+                    Err *err);
+
+/**
+ * Copies tokenizer.json (an error when absent and @p required) and tokenizer_config.json (when
+ * present) from directory @p from_dir into @p to_dir, each file complete or absent.
+ */
+int ckpt_copy_tokenizer(const char *from_dir, const char *to_dir, int required, Err *err);
+
+/** fnmatch patterns of a checkpoint's own files (NULL-terminated): what a new checkpoint replaces. */
+extern const char *const CKPT_OWNED_FILES[];
 
 /** Parameters of random checkpoints. */
 typedef struct {

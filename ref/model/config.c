@@ -285,6 +285,13 @@ int config_load(Config *c, const char *path, Err *err) {
     return rc;
 }
 
+int config_check_positions(const Config *c, int64_t n, const char *what, Err *err) {
+    if (n > c->max_position_embeddings)
+        return err_set(err, "%s %lld exceeds max_position_embeddings = %d (the positions the model knows)", what,
+                       (long long)n, c->max_position_embeddings);
+    return 0;
+}
+
 int64_t config_max_linear_in(const Config *c) {
     int64_t max_in = 2 * (int64_t)c->hidden_size;
     int64_t cand[] = { c->q_lora_rank, c->kv_lora_rank, (int64_t)c->num_attention_heads * c->v_head_dim,

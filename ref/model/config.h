@@ -81,6 +81,13 @@ char *config_to_json(const Config *c);
  */
 int config_apply_sets(Config *c, char *const *sets, int n, Err *err);
 
+/**
+ * The one rule for sequence lengths (logits, perplexity, train, generate and chat): a sequence
+ * holds at most max_position_embeddings positions, 0 .. max_position_embeddings − 1, the range
+ * the model was trained on. Fails with "@p what N exceeds max_position_embeddings = M".
+ */
+int config_check_positions(const Config *c, int64_t n, const char *what, Err *err);
+
 /** The widest input of any linear layer: D, Dq, Dc, H·Dv, I, S·Ie or 2D (the MTP eh_proj);
  *  sizes the row scratch of linear_forward. */
 int64_t config_max_linear_in(const Config *c);

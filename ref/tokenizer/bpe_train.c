@@ -19,6 +19,7 @@
 #include "base/buf.h"
 #include "bytelevel.h"
 #include "base/hashmap.h"
+#include "base/outfile.h"
 #include "pretok.h"
 
 /* Copied from DeepSeek-V3's tokenizer.json / tokenizer_config.json (test_bpe_train.c checks
@@ -607,14 +608,22 @@ static int write_json(const char *dir, const char *name, const cJSON *j, Err *er
 }
 
 int bpe_train_save(const BpeTrainer *tr, const char *dir, Err *err) {
+    static const char *const owned[] = { "tokenizer.json", "tokenizer_config.json", NULL };
     if (!tr->trained) return err_set(err, "internal: bpe_train_save before bpe_train_run");
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return err_set(err, "%s: cannot create: %s", dir, strerror(errno));
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return err_set(err, "%s: not a directory", dir);
     cJSON *tok = build_tokenizer_json(tr), *cfg = build_config_json();
     int rc = (!tok || !cfg) ? err_set(err, "out of memory building the JSON") : 0;
-    if (rc == 0) rc = write_json(dir, "tokenizer.json", tok, err);
-    if (rc == 0) rc = write_json(dir, "tokenizer_config.json", cfg, err);
+    /* Both files or neither: a directory output, swapped in when both are written. */
+    OutDir out;
+    if (rc == 0) rc = outdir_open(&out, dir, owned, err);
+    if (rc == 0) {
+        rc = write_json(out.tmp, "tokenizer.json", tok, err) || write_json(out.tmp, "tokenizer_config.json", cfg, err) ? -1 : 0;
+        if (rc) {
+            err_prefix(err, "%s", dir);
+            outdir_abort(&out);
+        } else {
+            rc = outdir_commit(&out, err);
+        }
+    }
     cJSON_Delete(tok);
     cJSON_Delete(cfg);
     return rc;

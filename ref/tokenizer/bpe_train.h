@@ -64,7 +64,11 @@ int bpe_train_feed(BpeTrainer *tr, const char *text, size_t len, Err *err);
 /** Learns the merges from everything fed so far (call once). */
 int bpe_train_run(BpeTrainer *tr, Err *err);
 
-/** Writes @p dir/tokenizer.json and @p dir/tokenizer_config.json atomically (creates @p dir). */
+/**
+ * Writes @p dir/tokenizer.json and @p dir/tokenizer_config.json as one directory output
+ * (base/outfile.h): both or neither, the old files kept on failure; other files of @p dir (a
+ * checkpoint) stay.
+ */
 int bpe_train_save(const BpeTrainer *tr, const char *dir, Err *err);
 
 /** The counters so far. */

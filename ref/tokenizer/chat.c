@@ -87,8 +87,31 @@ int chat_encode_user_turn(const Tokenizer *t, const char *content, int close_rep
     return rc;
 }
 
+/**
+ * Offset of the first NUL the parsed strings would hold — a raw 0 byte, or a \u0000 escape inside
+ * a string — or −1. cJSON decodes either into a C string that ends there, which would silently
+ * cut a message short.
+ */
+static long find_nul(const char *json, size_t len) {
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (json[i] == 0) return (long)i;
+        if (!in_string) {
+            in_string = json[i] == '"';
+        } else if (json[i] == '"') {
+            in_string = 0;
+        } else if (json[i] == '\\' && i + 1 < len) {
+            if (json[i + 1] == 'u' && i + 5 < len && !memcmp(json + i + 2, "0000", 4)) return (long)i;
+            i++; /* the escaped character: \" does not end the string */
+        }
+    }
+    return -1;
+}
+
 int chat_parse_json(const char *json, size_t len, ChatLog *log, Err *err) {
     memset(log, 0, sizeof *log);
+    long nul = find_nul(json, len);
+    if (nul >= 0) return err_set(err, "messages: a NUL character (\\u0000) at byte %ld: message text cannot contain it", nul);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) return err_set(err, "messages: invalid JSON");
     if (!cJSON_IsArray(root)) {

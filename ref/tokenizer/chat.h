@@ -78,7 +78,8 @@ int chat_encode_user_turn(const Tokenizer *t, const char *content, int close_rep
 
 /**
  * Parses an OpenAI-style JSON array of {"role": string, "content": string} objects
- * (other keys are ignored). Errors name the offending element; roles are checked too.
+ * (other keys are ignored). Errors name the offending element; roles are checked too, and a
+ * NUL character (raw or \\u0000), which would cut a C string short, is refused.
  */
 int chat_parse_json(const char *json, size_t len, ChatLog *log, Err *err);
 

@@ -1,8 +1,12 @@
 /**
  * @file data.h
  * @brief Pre-tokenized training data: a flat file of little-endian uint32 token ids (the llm.c
- *        format without a header), memory-mapped, validated against the vocabulary once, and
- *        cut into sequences of T+1 ids (T inputs, their T next-token targets).
+ *        format without a header), validated against the vocabulary when opened, and cut into
+ *        sequences of T+1 ids (T inputs, their T next-token targets).
+ *
+ * The file is read with pread(2), one sequence at a time, not memory-mapped: a file truncated
+ * or rewritten while a run uses it is then an error naming the file (the ids are checked again
+ * as they are read), where a mapping would kill the process with SIGBUS.
  *
  * The pipeline: text corpus → tokenizer → `.bin` id file (4 bytes per token, little-endian,
  * document boundaries marked by the tokenizer's own EOS/BOS ids, nothing else) → `dsv3 train`.
@@ -15,23 +19,28 @@
 #include "base/rng.h"
 #include "base/util.h"
 
-/** A mapped token file. */
+/** An open token file. */
 typedef struct {
-    const unsigned char *map; /**< the file's bytes */
-    size_t bytes;             /**< file size (a multiple of 4) */
+    int fd;                   /**< the open file (-1: closed) */
+    size_t bytes;             /**< file size when opened (a multiple of 4) */
     int64_t n;                /**< tokens */
+    int vocab_size;           /**< every id is below this */
     char path[1024];          /**< as opened, for messages */
 } TokenFile;
 
 /**
- * Maps @p path and checks it: a whole number of 4-byte ids, at least @p min_tokens of them, each
- * < @p vocab_size (the first bad one is reported with its index).
+ * Opens regular file @p path (without blocking: a FIFO is refused) and checks it: a whole number
+ * of 4-byte ids, at least @p min_tokens of them, each < @p vocab_size (the first bad one is
+ * reported with its index).
  */
 int tokenfile_open(TokenFile *f, const char *path, int vocab_size, int64_t min_tokens, Err *err);
-/** Unmaps; safe on a zeroed struct. */
+/** Closes; safe on a zeroed struct. */
 void tokenfile_close(TokenFile *f);
-/** Token @p i (little-endian decode, any host). */
-int tokenfile_get(const TokenFile *f, int64_t i);
+/**
+ * Ids [start, start + count) into @p out (little-endian decode, any host). A file that has
+ * shrunk, or an id that is no longer below vocab_size, is an error naming the file.
+ */
+int tokenfile_read(const TokenFile *f, int64_t start, int64_t count, int *out, Err *err);
 
 /** Where the next training sequence starts; part of a run's resumable state. */
 typedef struct {
@@ -44,7 +53,8 @@ typedef struct {
  * The next sequence of T+1 ids into @p out. Sequential: starts at pos, then pos += T (so the
  * last id of one sequence is the first of the next, as in llm.c), wrapping to 0 (epoch + 1)
  * when fewer than T+1 ids remain. Shuffled: a uniform start in [0, n − T − 1] from @p rng.
+ * Errors are tokenfile_read's.
  */
-void data_next(const TokenFile *f, DataCursor *c, Rng *rng, int64_t T, int *out);
+int data_next(const TokenFile *f, DataCursor *c, Rng *rng, int64_t T, int *out, Err *err);
 
 #endif

@@ -64,6 +64,9 @@ TrainOptions train_options_default(int hidden) {
     o.init_std = 0.006 * sqrt(7168.0 / (double)(hidden > 0 ? hidden : 7168));
     o.seed = 1337;
     o.shuffle = 0;
+    o.save_every = 0;
+    o.keep = 3;
+    o.save_format = CKPT_F32;
     return o;
 }
 
@@ -151,6 +154,7 @@ int trainer_init(Trainer *tr, const Config *cfg, const TrainOptions *opt, Err *e
     if (o->steps < 1) return err_set(err, "steps = %lld must be at least 1", (long long)o->steps);
     if (o->lr.warmup < 0) return err_set(err, "warmup = %lld must not be negative", (long long)o->lr.warmup);
     o->lr.total = o->steps;
+    if (config_check_positions(cfg, o->seq_len, "seq_len", err)) return -1;
     if (params_init(&tr->ps, cfg, o->n_mtp, 1, err)) return -1;
     const Config *c = &tr->ps.config;
     int64_t T = o->seq_len, L = c->num_hidden_layers;
@@ -383,8 +387,10 @@ void trainer_update(Trainer *tr, StepStats *st) {
     tr->step++;
 }
 
-void trainer_next_batch(Trainer *tr, const TokenFile *f, int *seqs) {
+int trainer_next_batch(Trainer *tr, const TokenFile *f, int *seqs, Err *err) {
     int64_t T = tr->opt.seq_len;
-    for (int64_t b = 0; b < tr->opt.batch; b++) data_next(f, &tr->data, &tr->rng, T, seqs + b * (T + 1));
+    for (int64_t b = 0; b < tr->opt.batch; b++)
+        if (data_next(f, &tr->data, &tr->rng, T, seqs + b * (T + 1), err)) return -1;
     tr->tokens += tr->opt.batch * T;
+    return 0;
 }

@@ -43,6 +43,9 @@ typedef struct {
     double init_std;          /**< std of random matrices (paper: 0.006 at hidden 7168) */
     uint64_t seed;            /**< random init and data shuffling */
     int shuffle;              /**< random sequence starts instead of a sequential pass */
+    int64_t save_every;       /**< checkpoint every N steps (0: at the end only); kept by --resume */
+    int64_t keep;             /**< newest checkpoints kept (0: all); kept by --resume */
+    int save_format;          /**< CkptFormat of model.safetensors; kept by --resume */
 } TrainOptions;
 
 /** Defaults for a model of hidden size @p hidden (paper values; see docs/training.md). */
@@ -134,8 +137,11 @@ typedef struct {
  */
 void trainer_update(Trainer *tr, StepStats *st);
 
-/** The next batch of opt.batch training sequences from @p f into @p seqs [B][T+1] (advances the cursor). */
-void trainer_next_batch(Trainer *tr, const TokenFile *f, int *seqs);
+/**
+ * The next batch of opt.batch training sequences from @p f into @p seqs [B][T+1] (advances the
+ * cursor). Fails, naming the file, when it shrank or changed since it was opened.
+ */
+int trainer_next_batch(Trainer *tr, const TokenFile *f, int *seqs, Err *err);
 
 /**
  * Writes a checkpoint into directory @p dir (created): config.json + model.safetensors in the
@@ -163,6 +169,24 @@ int trainer_load_state(Trainer *tr, const char *dir, Err *err);
  */
 int trainer_checkpoint(Trainer *tr, const char *out_dir, CkptFormat format, const char *tokenizer_dir, int keep,
                        char *path_out, size_t cap, Err *err);
+
+/**
+ * Prepares run directory @p out_dir before the first step: creates it if absent, checks that
+ * checkpoints can be written there, and removes temporaries left by killed runs — so that a
+ * run that cannot save fails now, not after its steps.
+ */
+int train_run_dir_prepare(const char *out_dir, Err *err);
+
+/**
+ * Makes SIGINT/SIGTERM ask the run to stop at the end of its current step instead of killing it
+ * (base/outfile.h's deferred interrupts): the loop then saves a checkpoint and exits, and
+ * `--resume` continues on the same trajectory. A second signal still kills the process,
+ * removing a checkpoint that was being written (the previous one stays complete).
+ */
+void train_catch_interrupts(void);
+
+/** The signal that asked the run to stop (SIGINT or SIGTERM), or 0; checked after every step. */
+int train_interrupted(void);
 
 /**
  * Resolves what --resume names: a checkpoint directory (has config.json) or a run directory

@@ -16,10 +16,10 @@
  * LR), the correction biases (F32 in the model file, docs/model.md §1.3), the RNG and the data position:
  * all are saved, and doubles are printed with 17 significant digits so they read back exactly.
  *
- * Atomicity: each file is written to a temporary name and renamed (write_file_atomic /
- * st_write); a whole checkpoint is written into `.step_N.tmp/` and renamed to `step_N/`, then the
- * `latest` symlink is replaced by rename. A run killed at any instant leaves `latest` pointing at
- * a complete checkpoint (or absent), never at a partial one.
+ * Atomicity: a checkpoint is one directory output (base/outfile.h): built in a temporary
+ * directory beside `step_N/` and swapped in when complete, then the `latest` symlink is replaced
+ * by rename. A run killed at any instant leaves `latest` pointing at a complete checkpoint (or
+ * absent), never at a partial one, and leaves no partial directory behind.
  */
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -33,6 +33,8 @@
 
 #include "train.h"
 
+#include "base/outfile.h"
+
 /* ------------------------------------------------------------------------------------- */
 /* options <-> metadata                                                                    */
 
@@ -41,27 +43,31 @@ typedef struct {
     const char *key;
     char type; /* 'd' double, 'l' int64, 'i' int, 'u' uint64 */
     size_t offset;
+    int optional; /* absent from checkpoints older than the field: keeps its default */
 } OptField;
 
 static const OptField opt_fields[] = {
-    { "batch", 'l', offsetof(TrainOptions, batch) },
-    { "seq_len", 'l', offsetof(TrainOptions, seq_len) },
-    { "steps", 'l', offsetof(TrainOptions, steps) },
-    { "lr", 'd', offsetof(TrainOptions, lr.peak) },
-    { "lr_min", 'd', offsetof(TrainOptions, lr.min) },
-    { "warmup", 'l', offsetof(TrainOptions, lr.warmup) },
-    { "beta1", 'd', offsetof(TrainOptions, adamw.beta1) },
-    { "beta2", 'd', offsetof(TrainOptions, adamw.beta2) },
-    { "eps", 'd', offsetof(TrainOptions, adamw.eps) },
-    { "weight_decay", 'd', offsetof(TrainOptions, adamw.weight_decay) },
-    { "grad_clip", 'd', offsetof(TrainOptions, grad_clip) },
-    { "bias_update_speed", 'd', offsetof(TrainOptions, bias_update_speed) },
-    { "balance_alpha", 'd', offsetof(TrainOptions, balance_alpha) },
-    { "mtp_lambda", 'd', offsetof(TrainOptions, mtp_lambda) },
-    { "n_mtp", 'i', offsetof(TrainOptions, n_mtp) },
-    { "init_std", 'd', offsetof(TrainOptions, init_std) },
-    { "seed", 'u', offsetof(TrainOptions, seed) },
-    { "shuffle", 'i', offsetof(TrainOptions, shuffle) },
+    { "batch", 'l', offsetof(TrainOptions, batch), 0 },
+    { "seq_len", 'l', offsetof(TrainOptions, seq_len), 0 },
+    { "steps", 'l', offsetof(TrainOptions, steps), 0 },
+    { "lr", 'd', offsetof(TrainOptions, lr.peak), 0 },
+    { "lr_min", 'd', offsetof(TrainOptions, lr.min), 0 },
+    { "warmup", 'l', offsetof(TrainOptions, lr.warmup), 0 },
+    { "beta1", 'd', offsetof(TrainOptions, adamw.beta1), 0 },
+    { "beta2", 'd', offsetof(TrainOptions, adamw.beta2), 0 },
+    { "eps", 'd', offsetof(TrainOptions, adamw.eps), 0 },
+    { "weight_decay", 'd', offsetof(TrainOptions, adamw.weight_decay), 0 },
+    { "grad_clip", 'd', offsetof(TrainOptions, grad_clip), 0 },
+    { "bias_update_speed", 'd', offsetof(TrainOptions, bias_update_speed), 0 },
+    { "balance_alpha", 'd', offsetof(TrainOptions, balance_alpha), 0 },
+    { "mtp_lambda", 'd', offsetof(TrainOptions, mtp_lambda), 0 },
+    { "n_mtp", 'i', offsetof(TrainOptions, n_mtp), 0 },
+    { "init_std", 'd', offsetof(TrainOptions, init_std), 0 },
+    { "seed", 'u', offsetof(TrainOptions, seed), 0 },
+    { "shuffle", 'i', offsetof(TrainOptions, shuffle), 0 },
+    { "save_every", 'l', offsetof(TrainOptions, save_every), 1 },
+    { "keep", 'l', offsetof(TrainOptions, keep), 1 },
+    { "save_format", 'i', offsetof(TrainOptions, save_format), 1 },
 };
 
 static void meta_put(cJSON *o, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -145,9 +151,15 @@ int train_read_checkpoint_options(const char *dir, Config *c, TrainOptions *opt,
     if (open_state(dir, &st, &meta, label, sizeof label, err)) return -1;
     int rc = 0;
     *opt = train_options_default(c->hidden_size);
-    for (size_t i = 0; i < sizeof opt_fields / sizeof opt_fields[0] && rc == 0; i++)
-        rc = meta_num(meta, opt_fields[i].key, label, opt_fields[i].type, (char *)opt + opt_fields[i].offset, err);
+    for (size_t i = 0; i < sizeof opt_fields / sizeof opt_fields[0] && rc == 0; i++) {
+        const OptField *f = &opt_fields[i];
+        if (f->optional && !cJSON_GetObjectItemCaseSensitive(meta, f->key)) continue;
+        rc = meta_num(meta, f->key, label, f->type, (char *)opt + f->offset, err);
+    }
     opt->lr.total = opt->steps;
+    if (rc == 0 && (opt->save_every < 0 || opt->keep < 0 || opt->save_format < CKPT_F32 || opt->save_format > CKPT_FP8))
+        rc = err_set(err, "%s: metadata save_every = %lld, keep = %lld, save_format = %d out of range", label,
+                     (long long)opt->save_every, (long long)opt->keep, opt->save_format);
     if (rc == 0 && opt->n_mtp != c->num_nextn_predict_layers)
         rc = err_set(err, "%s: %d MTP depths in the state but num_nextn_predict_layers = %d in config.json", label,
                      opt->n_mtp, c->num_nextn_predict_layers);
@@ -159,10 +171,11 @@ int train_read_checkpoint_options(const char *dir, Config *c, TrainOptions *opt,
 /* ------------------------------------------------------------------------------------- */
 /* save                                                                                    */
 
-int trainer_save(Trainer *tr, const char *dir, CkptFormat format, Err *err) {
+/** The files of a checkpoint, written into the existing (temporary) directory @p dir. */
+static int save_files(Trainer *tr, const char *dir, CkptFormat format, Err *err) {
     ParamSet *p = &tr->ps;
     CkptLayout layout = { format, 0, 1, p->n_mtp };
-    if (ckpt_write(dir, &p->config, &layout, params_ckpt_source, p, NULL, err)) return -1;
+    if (ckpt_write_into(dir, &p->config, &layout, params_ckpt_source, p, NULL, err)) return -1;
     int masters = format != CKPT_F32, n = 0, rc = -1;
     StEntry *es = xcalloc((size_t)p->n_entries * 3 + 1, sizeof *es);
     char(*names)[200] = xcalloc((size_t)p->n_entries * 3 + 1, sizeof *names);
@@ -199,6 +212,16 @@ done:
     free(names);
     free(meta);
     return rc;
+}
+
+int trainer_save(Trainer *tr, const char *dir, CkptFormat format, Err *err) {
+    OutDir out;
+    if (outdir_open(&out, dir, CKPT_OWNED_FILES, err)) return -1;
+    if (save_files(tr, out.tmp, format, err)) {
+        outdir_abort(&out);
+        return -1;
+    }
+    return outdir_commit(&out, err);
 }
 
 /* ------------------------------------------------------------------------------------- */
@@ -253,6 +276,11 @@ int trainer_load_state(Trainer *tr, const char *dir, Err *err) {
              meta_num(meta, "data_pos", label, 'l', &tr->data.pos, err) ||
              meta_num(meta, "data_epoch", label, 'l', &tr->data.epoch, err)
             ? -1 : 0;
+    /* Values that index the data or the schedule: out of range is a damaged file, not a state to run from. */
+    if (rc == 0 && (tr->step < 0 || tr->tokens < 0 || tr->data.pos < 0 || tr->data.epoch < 0 || !(tr->rng.inc & 1)))
+        rc = err_set(err, "%s: run state out of range (step %lld, tokens %lld, data_pos %lld, data_epoch %lld, rng_inc %llu)",
+                     label, (long long)tr->step, (long long)tr->tokens, (long long)tr->data.pos, (long long)tr->data.epoch,
+                     (unsigned long long)tr->rng.inc);
     cJSON_Delete(meta);
     st_close(&st);
     st_close(&model);
@@ -261,42 +289,6 @@ int trainer_load_state(Trainer *tr, const char *dir, Err *err) {
 
 /* ------------------------------------------------------------------------------------- */
 /* checkpoint directories                                                                  */
-
-/** Removes a directory of plain files (a checkpoint); missing is fine. */
-static int remove_flat_dir(const char *dir, Err *err) {
-    DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? 0 : err_set(err, "%s: cannot open: %s", dir, strerror(errno));
-    struct dirent *de;
-    char path[4096];
-    while ((de = readdir(d))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        if (path_join(path, sizeof path, dir, de->d_name) == 0) unlink(path);
-    }
-    closedir(d);
-    if (rmdir(dir) != 0) return err_set(err, "%s: cannot remove: %s", dir, strerror(errno));
-    return 0;
-}
-
-static int copy_file(const char *src_dir, const char *dst_dir, const char *name, int required, Err *err) {
-    char src[4096], dst[4096];
-    if (path_join(src, sizeof src, src_dir, name) || path_join(dst, sizeof dst, dst_dir, name))
-        return err_set(err, "%s: path too long", src_dir);
-    if (!required && access(src, R_OK) != 0) return 0;
-    char *data;
-    size_t len;
-    if (read_file(src, (size_t)1 << 30, &data, &len, err)) return -1;
-    int rc = write_file_atomic(dst, data, len, err);
-    free(data);
-    return rc;
-}
-
-static void fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-}
 
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -322,40 +314,45 @@ static void prune(const char *out_dir, int keep) {
     qsort(names, (size_t)n, sizeof *names, cmp_names); /* step_%08lld sorts by step */
     char path[4096];
     for (int i = 0; i < n; i++) {
-        if (i < n - keep && names[i] && path_join(path, sizeof path, out_dir, names[i]) == 0) remove_flat_dir(path, NULL);
+        if (i < n - keep && names[i] && path_join(path, sizeof path, out_dir, names[i]) == 0) out_remove(path, NULL);
         free(names[i]);
     }
     free(names);
 }
 
+void train_catch_interrupts(void) { out_interrupts_defer(1); }
+
+int train_interrupted(void) { return out_interrupted(); }
+
+int train_run_dir_prepare(const char *out_dir, Err *err) {
+    if (out_dir_writable(out_dir, err)) return -1;
+    out_clean_stale(out_dir);
+    return 0;
+}
+
 int trainer_checkpoint(Trainer *tr, const char *out_dir, CkptFormat format, const char *tokenizer_dir, int keep,
                        char *path_out, size_t cap, Err *err) {
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) return err_set(err, "%s: cannot create: %s", out_dir, strerror(errno));
-    char step[64], tmp_name[80], old_name[80], tmp[4096], final[4096], old[4096], link_tmp[4096], link[4096];
+    if (out_dir_writable(out_dir, err)) return -1;
+    char step[64], final[4096], link_tmp[4096], link[4096];
     snprintf(step, sizeof step, "step_%08lld", (long long)tr->step);
-    snprintf(tmp_name, sizeof tmp_name, ".%s.tmp", step);
-    snprintf(old_name, sizeof old_name, ".%s.old", step);
-    if (path_join(tmp, sizeof tmp, out_dir, tmp_name) || path_join(final, sizeof final, out_dir, step) ||
-        path_join(old, sizeof old, out_dir, old_name) || path_join(link_tmp, sizeof link_tmp, out_dir, ".latest.tmp") ||
-        path_join(link, sizeof link, out_dir, "latest") || strlen(final) >= cap)
+    if (path_join(final, sizeof final, out_dir, step) || path_join(link, sizeof link, out_dir, "latest") ||
+        out_temp_name(link_tmp, sizeof link_tmp, link) || strlen(final) >= cap)
         return err_set(err, "%s: path too long", out_dir);
-    /* Leftovers of a run killed while saving this step are incomplete: start over. */
-    if (remove_flat_dir(tmp, err) || remove_flat_dir(old, err)) return -1;
-    if (trainer_save(tr, tmp, format, err)) return -1;
-    if (tokenizer_dir && (copy_file(tokenizer_dir, tmp, "tokenizer.json", 1, err) ||
-                          copy_file(tokenizer_dir, tmp, "tokenizer_config.json", 0, err)))
+    OutDir d;
+    if (outdir_open(&d, final, CKPT_OWNED_FILES, err)) return -1;
+    if (save_files(tr, d.tmp, format, err) ||
+        (tokenizer_dir && ckpt_copy_tokenizer(tokenizer_dir, d.tmp, 1, err))) {
+        outdir_abort(&d);
         return -1;
-    fsync_dir(tmp);
-    /* A directory cannot be renamed over a non-empty one: move an existing step aside first. */
-    struct stat sb;
-    int had = stat(final, &sb) == 0;
-    if (had && rename(final, old) != 0) return err_set(err, "%s: cannot move aside: %s", final, strerror(errno));
-    if (rename(tmp, final) != 0) return err_set(err, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
-    if (had) remove_flat_dir(old, NULL);
-    unlink(link_tmp);
-    if (symlink(step, link_tmp) != 0 || rename(link_tmp, link) != 0)
-        return err_set(err, "%s: cannot update the latest link: %s", link, strerror(errno));
-    fsync_dir(out_dir);
+    }
+    if (outdir_commit(&d, err)) return -1;
+    if (symlink(step, link_tmp) != 0 || rename(link_tmp, link) != 0) {
+        int e = errno;
+        unlink(link_tmp);
+        return err_set(err, "%s: cannot update the latest link: %s", link, strerror(e));
+    }
+    int fd = open(out_dir, O_RDONLY);
+    if (fd >= 0) fsync(fd), close(fd);
     prune(out_dir, keep);
     snprintf(path_out, cap, "%s", final);
     return 0;
