@@ -102,11 +102,11 @@ check_tree() {
             seg=${text%%docs/*}
             check_segment "$where" "$file" "$seg"
         fi
-    done < <(grep -rInE --exclude=check_citations.sh 'docs/[A-Za-z0-9_./-]+\.md|§' "${paths[@]}" |
+    done < <(grep -rInE --exclude=check_citations.sh --exclude-dir=node_modules 'docs/[A-Za-z0-9_./-]+\.md|§' "${paths[@]}" |
              grep -E 'docs/[A-Za-z0-9_./-]+\.md|^docs/(model|formats)\.md:')
     while IFS= read -r line; do
         report "${line%%:*}:$(cut -d: -f2 <<<"$line"): cites a document outside the repository: ${line#*:*:}"
-    done < <(grep -rInE --exclude=check_citations.sh 'spec §|spec\.md|ecosystem\.md|\.\./shared|shared/docs' "${paths[@]}")
+    done < <(grep -rInE --exclude=check_citations.sh --exclude-dir=node_modules 'spec §|spec\.md|ecosystem\.md|\.\./shared|shared/docs' "${paths[@]}")
 }
 
 # The fixture: a document with sections 1, 1.1, 1.2, 11 (entries #1, #2) and one citing line per case.
