@@ -3,7 +3,7 @@
  * @brief `dsv3 mkckpt`: random checkpoints in the real Hugging Face layout, for tests,
  *        benchmarks and experiments.
  *
- *   dsv3 mkckpt -o DIR [--preset tiny|small|mini|v3 | --config FILE] [--format fp8|bf16|f32]
+ *   dsv3 mkckpt -o DIR [--preset NAME (ref/model/ckpt.c's table) | --config FILE] [--format fp8|bf16|f32]
  *               [--mtp N] [--shards N] [--seed S] [--bias-std X] [--eh-proj-fp8] [--set KEY=VALUE]...
  */
 #include <stdio.h>
@@ -19,7 +19,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: dsv3 mkckpt -o DIR [options]\n"
             "  -o, --output DIR       directory to write config.json + safetensors into\n"
-            "  --preset NAME          tiny (default), small, mini (~70 MB FP8, used by make bench), v3 (671B shape)\n"
+            "  --preset NAME          tiny (default), small, mini (~70 MB FP8, used by make bench), v3 (671B shape),\n"
+            "                         v3.1, v3.1-small (UE8M0 scales), k2, k2-tiny (Kimi K2), moonlight, moonlight-tiny\n"
             "  --config FILE          start from a config.json instead of a preset\n"
             "  --set KEY=VALUE        override a numeric config field (repeatable), e.g. --set num_hidden_layers=2\n"
             "  --format fp8|bf16|f32  matrix storage (default: fp8 if the config is FP8, else bf16)\n"

@@ -16,7 +16,7 @@
 static void quant_ref(uint8_t *codes, float *scales, const float *x, int64_t M, int64_t K) {
     float *xq = xmalloc((size_t)K * sizeof *xq);
     for (int64_t m = 0; m < M; m++) {
-        fp8_quantize_row(xq, scales + m * (K / 128), x + m * K, K);
+        fp8_quantize_row(xq, scales + m * (K / 128), x + m * K, K, 0);
         for (int64_t k = 0; k < K; k++) codes[m * K + k] = fp8_e4m3_from_f32(xq[k]);
     }
     free(xq);

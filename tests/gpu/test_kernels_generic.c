@@ -93,7 +93,7 @@ static void linear_generic_case(DType wt, int w8a8, int64_t M, int64_t N, int64_
               *sx = xmalloc((size_t)(rows * kb) * 4);
         for (int64_t r = 0; r < rows; r++) {
             memcpy(xr + r * K, x + (r0 + r) * ldx, (size_t)K * 4);
-            fp8_quantize_row(xq + r * K, sx + r * kb, xr + r * K, K);
+            fp8_quantize_row(xq + r * K, sx + r * kb, xr + r * K, K, 0);
             in_group[r0 + r] = 1;
         }
         Tensor W = { w + (size_t)g * (size_t)(N * K) * es, wt, N, K, fp8 ? (const uint8_t *)(ws + g * nb * kb) : NULL };
@@ -172,7 +172,7 @@ static void quant_f32_case(const char *label, const float *x, int64_t M, int64_t
     const int64_t kb = (K + 127) / 128;
     float *xq = xmalloc((size_t)(M * K) * 4), *sc = xmalloc((size_t)(M * kb) * 4);
     float *xq_g = xmalloc((size_t)(M * K) * 4), *sc_g = xmalloc((size_t)(M * kb) * 4);
-    for (int64_t m = 0; m < M; m++) fp8_quantize_row(xq + m * K, sc + m * kb, x + m * ldx, K);
+    for (int64_t m = 0; m < M; m++) fp8_quantize_row(xq + m * K, sc + m * kb, x + m * ldx, K, 0);
     DevBuf dx = dev_copy("x", x, (size_t)(M * ldx) * 4), dq = devbuf_new("xq", (size_t)(M * K) * 4),
            ds = devbuf_new("scale", (size_t)(M * kb) * 4);
     devbuf_poison(&dq, 0xFF), devbuf_poison(&ds, 0xFF);
