@@ -12,6 +12,7 @@ beta_fast = beta_slow (docs/model.md §13).
 
     /usr/bin/python3 tools/golden_family.py golden/k2-tiny        # writes logits.f32, hidden.f32
     /usr/bin/python3 tools/golden_family.py --rope-table          # YaRN tables for tests/test_rope.c
+    /usr/bin/python3 tools/golden_family.py --w8a8-ue8m0 golden/fp8-small   # DeepSeek-V3.1's W8A8 GEMM
 
 Run once by a developer (Debian's python3-numpy); make test never runs it.
 """
@@ -197,7 +198,62 @@ ROPE_CASES = [
 ]
 
 
+# ---- DeepSeek-V3.1's W8A8 GEMM (scale_fmt ue8m0) ----------------------------------------------
+
+FINITE = np.array([c for c in range(256) if not np.isnan(E4M3[c])])
+
+
+def e4m3_round(v):
+    """float32 values -> nearest e4m3 value (ties to the even code), saturating at +-448."""
+    v = np.clip(v.astype(np.float64), -448.0, 448.0)
+    vals = E4M3[FINITE]
+    d = np.abs(v.reshape(-1, 1) - vals.reshape(1, -1))
+    best = d.min(1, keepdims=True)
+    tie = d == best
+    even = (FINITE & 1) == 0
+    pick = np.where(tie.sum(1) > 1, np.argmax(tie & even, 1), np.argmax(tie, 1))
+    out = vals[pick].reshape(v.shape)
+    return np.where(out == 0, np.copysign(0.0, v), out)
+
+
+def w8a8_ue8m0(d):
+    """V3.1's kernel.py: s = max(amax, 1e-4) / 448 in FP32, then s = 2^ceil(log2 s); y = sum over
+    128-blocks of (xq . wq) * s_x * s_w. Writes w8a8_ue8m0.f32 (y) and w8a8_ue8m0_scale.f32 (s_x)."""
+    x = read_safetensors(f"{d}/w8a8_gemm.safetensors")["x"].astype(np.float32)
+    M, K = x.shape
+    # the weight as stored: e4m3 codes and 128x128 block scales
+    blob = open(f"{d}/w8a8_gemm.safetensors", "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    raw, base = json.loads(blob[8:8 + n]), 8 + n
+    a, b = raw["w.weight"]["data_offsets"]
+    wq = E4M3[np.frombuffer(blob[base + a:base + b], dtype=np.uint8)].reshape(raw["w.weight"]["shape"])
+    a, b = raw["w.weight_scale_inv"]["data_offsets"]
+    ws = np.frombuffer(blob[base + a:base + b], dtype="<f4").reshape(raw["w.weight_scale_inv"]["shape"])
+    N = wq.shape[0]
+    nb = (K + 127) // 128
+    sx = np.zeros((M, nb), dtype=np.float32)
+    xq = np.zeros((M, K))
+    for m in range(M):
+        for g in range(nb):
+            blk = x[m, 128 * g:128 * g + 128]
+            s = np.float32(max(np.float32(np.abs(blk).max()), np.float32(1e-4))) / np.float32(448.0)
+            mant, e = np.frexp(np.float64(s))  # exact ceil(log2 s)
+            s = np.float32(2.0 ** (e - 1 if mant == 0.5 else e))
+            sx[m, g] = s
+            xq[m, 128 * g:128 * g + 128] = e4m3_round((blk / s).astype(np.float32))
+    y = np.zeros((M, N))
+    for g in range(nb):
+        part = xq[:, 128 * g:128 * g + 128] @ wq[:, 128 * g:128 * g + 128].T  # exact in FP64
+        y += part * sx[:, g:g + 1].astype(np.float64) * np.repeat(ws[:, g], 128)[:N][None, :]
+    y.astype("<f4").tofile(f"{d}/w8a8_ue8m0.f32")
+    sx.astype("<f4").tofile(f"{d}/w8a8_ue8m0_scale.f32")
+    print(f"{d}: w8a8_ue8m0.f32 [{M}][{N}], w8a8_ue8m0_scale.f32 [{M}][{nb}]")
+
+
 def main(argv):
+    if len(argv) == 3 and argv[1] == "--w8a8-ue8m0":
+        w8a8_ue8m0(argv[2])
+        return 0
     if argv[1:] == ["--rope-table"]:
         for label, cfg in ROPE_CASES:
             inv, _ = rope_inv_freq(cfg)
