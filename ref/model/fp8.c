@@ -77,6 +77,7 @@ uint8_t fp8_e4m3_from_f32(float x) {
 }
 
 float fp8_scale_ue8m0(float s) {
+    if (!isfinite(s)) return s; /* an Inf amax stays Inf, as in the plain path */
     int e;
     float m = frexpf(s, &e); /* s = m · 2^e, m in [0.5, 1) */
     return ldexpf(1.0f, m == 0.5f ? e - 1 : e);

@@ -136,7 +136,7 @@ static void linear_generic_case(DType wt, int w8a8, int64_t M, int64_t N, int64_
     p.group_start = starts ? dgs.ptr : NULL, p.num_groups = G;
     int rc = 0;
     if (fp8 && w8a8) {
-        rc = fp8_quantize_rows_f32_cuda(dxq.ptr, dxs.ptr, dx.ptr, ldx, M, K, 0, &err);
+        rc = fp8_quantize_rows_f32_cuda(dxq.ptr, dxs.ptr, dx.ptr, ldx, M, K, 0, 0, &err);
         p.x = dxq.ptr, p.ldx = K, p.x_scale = dxs.ptr;
     }
     if (launched(rc || linear_generic_cuda(&p, 0, &err), &err, what)) {
@@ -180,7 +180,7 @@ static void quant_f32_case(const char *label, const float *x, int64_t M, int64_t
     snprintf(what, sizeof what, "fp8_quantize_rows_f32 %s M=%lld K=%lld ldx=%lld", label, (long long)M, (long long)K,
              (long long)ldx);
     Err err = { { 0 } };
-    if (launched(fp8_quantize_rows_f32_cuda(dq.ptr, ds.ptr, dx.ptr, ldx, M, K, 0, &err), &err, what)) {
+    if (launched(fp8_quantize_rows_f32_cuda(dq.ptr, ds.ptr, dx.ptr, ldx, M, K, 0, 0, &err), &err, what)) {
         devbuf_download(xq_g, &dq, (size_t)(M * K) * 4);
         devbuf_download(sc_g, &ds, (size_t)(M * kb) * 4);
         char w2[240];
