@@ -5,7 +5,10 @@
  *
  *   dsv3 generate -m MODEL_DIR [--tokenizer DIR] (-p PROMPT | -f FILE) [-n N] [--temp T]
  *                 [--top-p P] [--top-k K] [--seed S] [-c CTX] [--spec mtp|none] [--draft N]
- *   dsv3 chat     -m MODEL_DIR [--tokenizer DIR] [-sys SYSTEM] [same sampling flags]
+ *   dsv3 chat     -m MODEL_DIR [--tokenizer DIR] [-sys SYSTEM] [--chat-template NAME] [--think on|off]
+ *                 [same sampling flags]
+ *   both: [--reasoning show|hide]   the <think>…</think> part of a reply dimmed on a terminal (as written
+ *         otherwise), or not printed (ref/tokenizer/chat.h, ChatReasoning)
  *
  * Text streams to stdout as it is produced (never half a UTF-8 character); statistics go to
  * stderr. Speculative decoding with the checkpoint's MTP module (--spec mtp) never changes the
@@ -42,6 +45,9 @@ typedef struct {
     int gpu;        /* --backend fast */
     int kv_bf16;    /* --kv-cache: -1 auto, 0 f32, 1 bf16 */
     CliEpFlags ep;  /* --ep N, --ep-transport */
+    const char *chat_template; /* --chat-template NAME (chat) */
+    int think;                 /* --think on|off (chat; deepseek-v3.1): -1 not given */
+    int hide_reasoning;        /* --reasoning hide */
 } GenArgs;
 
 static void usage(FILE *f, const char *cmd) {
@@ -55,7 +61,10 @@ static void usage(FILE *f, const char *cmd) {
                    "  --parallel N          --batch: sequences decoded together (default 8)\n");
     else
         fprintf(f, "usage: dsv3 chat -m MODEL_DIR [options]   (type your message, empty line or /exit to quit)\n"
-                   "  -sys, --system TEXT   system prompt\n");
+                   "  -sys, --system TEXT   system prompt\n"
+                   "  --chat-template NAME  deepseek-v3, deepseek-r1, deepseek-v3.1, kimi-k2, kimi-k2-thinking\n"
+                   "                        (default: recognized from the tokenizer's tokenizer_config.json)\n"
+                   "  --think on|off        deepseek-v3.1: thinking mode (default off)\n");
     fprintf(f, "  -m, --model DIR       checkpoint directory\n"
                "  --tokenizer DIR       tokenizer.json location (default: the model directory)\n"
                "  -n, --n-predict N     tokens to generate, -1 = until EOS or the context is full (default 256)\n"
@@ -74,7 +83,8 @@ static void usage(FILE *f, const char *cmd) {
                "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n"
                "  --ep N                split the routed experts over N processes (this one and N-1 it starts);\n"
                "                        under torchrun / mpirun the launcher's processes form the group instead\n"
-               "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
+               "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n"
+               "  --reasoning show|hide the <think>...</think> part of a reply: shown (dimmed on a terminal), or hidden\n");
 }
 
 /** Inside parse_args: takes the current flag's value into v, or fails the parse. */
@@ -84,7 +94,7 @@ static void usage(FILE *f, const char *cmd) {
 static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
     memset(a, 0, sizeof *a);
     a->n_predict = 256, a->ctx = 0, a->top_k = 40, a->draft = 1, a->chunk = 256, a->parallel = 8;
-    a->temp = 0.8, a->top_p = 0.95, a->spec = 0, a->kv_bf16 = -1;
+    a->temp = 0.8, a->top_p = 0.95, a->spec = 0, a->kv_bf16 = -1, a->think = -1;
     int is_chat = !strcmp(cmd, "chat");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v;
@@ -101,6 +111,17 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
         else if (!is_chat && !strcmp(f, "--parallel")) { VALUE(); if (cli_long(cmd, f, v, 1, 4096, &a->parallel)) return -1; }
         else if (!strcmp(f, "-b") || !strcmp(f, "--batch-size")) { VALUE(); if (cli_long(cmd, f, v, 1, 1L << 16, &a->chunk)) return -1; }
         else if (is_chat && (!strcmp(f, "-sys") || !strcmp(f, "--system"))) { VALUE(); a->system = v; }
+        else if (is_chat && !strcmp(f, "--chat-template")) { VALUE(); a->chat_template = v; }
+        else if (is_chat && !strcmp(f, "--think")) {
+            VALUE();
+            if (!strcmp(v, "on") || !strcmp(v, "off")) a->think = !strcmp(v, "on");
+            else return cli_fail(cmd, EXIT_USAGE, "--think must be on or off, got '%s'", v), -1;
+        }
+        else if (!strcmp(f, "--reasoning")) {
+            VALUE();
+            if (!strcmp(v, "show") || !strcmp(v, "hide")) a->hide_reasoning = !strcmp(v, "hide");
+            else return cli_fail(cmd, EXIT_USAGE, "--reasoning must be show or hide, got '%s'", v), -1;
+        }
         else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) { VALUE(); if (cli_long(cmd, f, v, -1, 1L << 30, &a->n_predict)) return -1; }
         else if (!strcmp(f, "-c") || !strcmp(f, "--ctx-size")) { VALUE(); if (cli_long(cmd, f, v, 1, 1L << 30, &a->ctx)) return -1; }
         else if (!strcmp(f, "--temp")) { VALUE(); if (cli_double(cmd, f, v, 0.0, 100.0, &a->temp)) return -1; }
@@ -154,6 +175,7 @@ typedef struct {
     Generator g;
     GpuEngine *gpu; /* --backend fast */
     DecodeStream ds;
+    ChatReasoning reasoning; /* the reply's <think> part, shown or hidden (--reasoning) */
     int eos;
     int loaded_model;
     int n_sample;   /* the tokenizer's ids: larger ids are never generated */
@@ -165,6 +187,7 @@ typedef struct {
 
 static void session_free(Session *s) {
     gen_free(&s->g);
+    chat_reasoning_free(&s->reasoning);
     gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
     tokenizer_free(s->tok);
@@ -259,6 +282,22 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     return EXIT_OK;
 }
 
+/** Prints reply text through the reasoning splitter (@p last: the reply ends here). */
+static int write_reply(Session *s, const char *text, size_t len, int last) {
+    ByteBuf out = { 0 };
+    int rc = chat_reasoning_feed(&s->reasoning, text, len, &out) || (last && chat_reasoning_flush(&s->reasoning, &out));
+    if (!rc && out.len) fwrite(out.data, 1, out.len, stdout);
+    bytebuf_free(&out);
+    return rc;
+}
+
+/** Starts a reply's reasoning splitter (--reasoning; dimmed only on a terminal). */
+static void reply_start(Session *s, const GenArgs *a, int opened) {
+    chat_reasoning_free(&s->reasoning);
+    chat_reasoning_init(&s->reasoning, a->hide_reasoning ? REASONING_HIDE : isatty(1) ? REASONING_SHOW_DIM : REASONING_SHOW_TAGS,
+                        opened);
+}
+
 /**
  * Generates until EOS, @p limit tokens (-1: until the context is full) or an error, streaming
  * text to stdout. Returns 0, with *ended_eos set when the reply ended with EOS.
@@ -285,7 +324,7 @@ static int stream_reply(const char *cmd, Session *s, long limit, int *ended_eos)
             const char *text;
             size_t len;
             if (decode_stream_step(&s->ds, out[i], &text, &len, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-            fwrite(text, 1, len, stdout);
+            if (write_reply(s, text, len, 0)) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
         }
         /* A speculative step may return tokens past the EOS or the limit: they never happened. */
         if (used < k && gen_keep(&s->g, used, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
@@ -294,7 +333,8 @@ static int stream_reply(const char *cmd, Session *s, long limit, int *ended_eos)
     }
     const char *text;
     size_t len;
-    if (decode_stream_flush(&s->ds, &text, &len, &err) == 0) fwrite(text, 1, len, stdout);
+    if (decode_stream_flush(&s->ds, &text, &len, &err) == 0 && write_reply(s, text, len, 1))
+        return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
     fflush(stdout);
     return EXIT_OK;
 }
@@ -429,6 +469,7 @@ int cmd_generate(int argc, char **argv) {
         else if (gen_feed(&s.g, ids.v, (int64_t)ids.n, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else {
             int ended;
+            reply_start(&s, &a, chat_text_opens_reasoning(text, len));
             rc = stream_reply(cmd, &s, a.n_predict, &ended);
             printf("\n");
             print_stats(&s, (int64_t)ids.n);
@@ -459,6 +500,20 @@ int cmd_chat(int argc, char **argv) {
         return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, &a, &ep));
     Session s;
     rc = session_open(cmd, &a, &s, &ep);
+    /* The template (--chat-template, or recognized from tokenizer_config.json); a reply ends at its end of turn. */
+    ChatTemplate tpl;
+    Err terr = { "" };
+    if (rc == EXIT_OK && (chat_template_select(&tpl, s.tok, a.chat_template, a.think > 0, &terr) ||
+                          chat_template_check(&tpl, s.tok, &terr)))
+        rc = cli_fail(cmd, EXIT_USAGE, "%s", terr.msg);
+    if (rc == EXIT_OK) {
+        int eot = tokenizer_token_id(s.tok, chat_template_end_of_turn(&tpl));
+        if (eot >= 0) s.eos = eot;
+        if (a.think >= 0 && !chat_template_has_think_switch(&tpl))
+            fprintf(stderr, "dsv3 chat: --think has no effect with the %s template\n", chat_template_name(tpl.kind));
+        fprintf(stderr, "dsv3 chat: %s chat template%s\n", chat_template_name(tpl.kind),
+                chat_template_has_think_switch(&tpl) ? (tpl.think ? ", thinking" : ", not thinking") : "");
+    }
     char *line = NULL;
     size_t cap = 0;
     int turn = 0, ended_eos = 1, interactive = isatty(0);
@@ -476,13 +531,13 @@ int cmd_chat(int argc, char **argv) {
         if (turn == 0) {
             ChatMessage msgs[2] = { { "system", a.system }, { "user", line } };
             int *v = NULL, n = 0;
-            erc = chat_encode(s.tok, a.system ? msgs : msgs + 1, a.system ? 2 : 1, 1, &v, &n, &err);
+            erc = chat_template_encode(&tpl, s.tok, a.system ? msgs : msgs + 1, a.system ? 2 : 1, 1, &v, &n, &err);
             if (!erc) erc = intvec_append(&ids, v, (size_t)n) ? err_set(&err, "out of memory") : 0;
             free(v);
         } else {
             /* The previous reply's last token is pending and gets fed first; if it was not EOS
              * (cut by -n), the turn still has to be closed with one. */
-            erc = chat_encode_user_turn(s.tok, line, !ended_eos, 1, &ids, &err);
+            erc = chat_template_encode_user_turn(&tpl, s.tok, line, !ended_eos, 1, &ids, &err);
         }
         if (erc) {
             fprintf(stderr, "dsv3 chat: %s\n", err.msg);
@@ -499,6 +554,7 @@ int cmd_chat(int argc, char **argv) {
         double t_prefill = now_seconds() - t0;
         int64_t gen0 = s.g.stats.generated;
         double d0 = s.g.stats.decode_seconds;
+        reply_start(&s, &a, chat_template_opens_reasoning(&tpl));
         rc = stream_reply(cmd, &s, a.n_predict, &ended_eos);
         printf("\n");
         fflush(stdout);

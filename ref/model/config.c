@@ -303,6 +303,14 @@ int64_t config_max_linear_in(const Config *c) {
     return max_in;
 }
 
+const char *config_family(const Config *c) {
+    if (!strcmp(c->model_type, "kimi_k2") || (c->n_routed_experts == 384 && c->n_group == 1)) return "Kimi K2";
+    if (c->q_lora_rank == 0) return "Moonlight"; /* and Kimi-VL's language model: the direct q_proj */
+    if (c->scale_ue8m0) return "DeepSeek-V3.1";
+    if (c->vocab_size == 129280 && c->n_routed_experts == 256) return "DeepSeek-V3";
+    return "a DeepSeek-V3-architecture model";
+}
+
 int config_layer_is_moe(const Config *c, int layer) {
     return layer >= c->first_k_dense_replace && layer % c->moe_layer_freq == 0;
 }

@@ -89,6 +89,13 @@ int config_apply_sets(Config *c, char *const *sets, int n, Err *err);
  *  sizes the row scratch of linear_forward. */
 int64_t config_max_linear_in(const Config *c);
 
+/**
+ * Which member of the DeepSeek-V3 family the config describes (docs/model.md §13.1): "Kimi K2",
+ * "Moonlight", "DeepSeek-V3.1", "DeepSeek-V3" (also R1 and V3-0324, whose configs are V3's: the chat
+ * template tells them apart), or "a DeepSeek-V3-architecture model" for other shapes.
+ */
+const char *config_family(const Config *c);
+
 /** True if decoder layer @p layer has a routed-expert MoE FFN (layer ≥ first_k_dense_replace, freq). */
 int config_layer_is_moe(const Config *c, int layer);
 

@@ -175,7 +175,7 @@ int chat_render(const ChatMessage *msgs, int n, int add_generation_prompt, const
 }
 
 /* The markers must be added tokens, or the rendered text would be tokenized as plain text. */
-static int check_markers(const ChatTemplate *tpl, const Tokenizer *t, Err *err) {
+int chat_template_check(const ChatTemplate *tpl, const Tokenizer *t, Err *err) {
     static const char *const deepseek[] = { CHAT_USER, CHAT_ASSISTANT, CHAT_END, NULL };
     static const char *const kimi[] = { "<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>", KIMI_END, NULL };
     for (const char *const *m = is_kimi(tpl) ? kimi : deepseek; *m; m++)
@@ -189,7 +189,7 @@ int chat_template_encode(const ChatTemplate *tpl, const Tokenizer *t, const Chat
                          int add_generation_prompt, int **ids, int *n_ids, Err *err) {
     *ids = NULL;
     *n_ids = 0;
-    if (check_markers(tpl, t, err) != 0) return -1;
+    if (chat_template_check(tpl, t, err) != 0) return -1;
     const char *bos = NULL;
     if (!is_kimi(tpl) && !(bos = tokenizer_id_to_token(t, tokenizer_bos_id(t))))
         return err_set(err, "the chat template needs a bos_token (from tokenizer_config.json next to tokenizer.json)");
@@ -211,7 +211,7 @@ int chat_encode(const Tokenizer *t, const ChatMessage *msgs, int n, int add_gene
 
 int chat_template_encode_user_turn(const ChatTemplate *tpl, const Tokenizer *t, const char *content, int close_reply,
                                    int add_generation_prompt, IntVec *out, Err *err) {
-    if (check_markers(tpl, t, err) != 0) return -1;
+    if (chat_template_check(tpl, t, err) != 0) return -1;
     ByteBuf text = {0};
     int kimi = is_kimi(tpl);
     int rc = (close_reply && bytebuf_puts(&text, chat_template_end_of_turn(tpl)) != 0) ||
@@ -307,9 +307,8 @@ static int toggle(ChatReasoning *r, ByteBuf *out) {
 }
 
 int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf *out) {
-    if (r->pending_open) { /* a reasoning the prompt opened: its marker before the first piece */
-        static const char *const open[] = { THINK_OPEN, DIM_ON, "" };
-        if (bytebuf_puts(out, open[r->mode])) return -1;
+    if (r->pending_open) { /* a reasoning the prompt opened: dimmed from the first piece (tags: as written) */
+        if (r->mode == REASONING_SHOW_DIM && bytebuf_puts(out, DIM_ON)) return -1;
         r->pending_open = 0;
     }
     ByteBuf buf = {0};

@@ -104,6 +104,9 @@ int chat_template_detect(const char *jinja, ChatTemplateKind *kind);
  */
 int chat_template_select(ChatTemplate *out, const Tokenizer *t, const char *name, int think, Err *err);
 
+/** 0 when @p t has every marker of @p tpl as an added token; else an error naming the missing one. */
+int chat_template_check(const ChatTemplate *tpl, const Tokenizer *t, Err *err);
+
 /** 1 when the template has a thinking switch (deepseek-v3.1), so --think means something. */
 int chat_template_has_think_switch(const ChatTemplate *tpl);
 
@@ -169,7 +172,7 @@ void chat_log_free(ChatLog *log);
 
 /** What a streamed reply's reasoning becomes on screen (--reasoning show|hide). */
 typedef enum {
-    REASONING_SHOW_TAGS, /**< printed as the model wrote it, between <think> and </think> */
+    REASONING_SHOW_TAGS, /**< printed as the model wrote it, tags included: the text is unchanged */
     REASONING_SHOW_DIM,  /**< printed dimmed (ANSI SGR 2), without the tags: a terminal */
     REASONING_HIDE,      /**< not printed: the answer only */
 } ReasoningMode;
