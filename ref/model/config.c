@@ -13,6 +13,9 @@
  *    get_mscale(factor, mscale_all_dim) = 1.0 for V3 (no magnitude scaling).
  *  - #11 the correction bias is keyed on topk_method == "noaux_tc" (not the official `dim == 7168`);
  *    it is the only routing method supported, so every MoE layer has one.
+ * The family's fields (docs/model.md §13): model_type "kimi_k2", q_lora_rank null (a direct q_proj, kept
+ * as 0), rope_scaling with beta_fast ≤ beta_slow (computed as the references do, rope.c), and
+ * quantization_config.scale_fmt "ue8m0".
  */
 #include "config.h"
 
