@@ -7,7 +7,7 @@
  *                 [--top-p P] [--top-k K] [--seed S] [-c CTX] [--spec mtp|none] [--draft N]
  *   dsv3 chat     -m MODEL_DIR [--tokenizer DIR] [-sys SYSTEM] [--chat-template NAME] [--think on|off]
  *                 [same sampling flags]
- *   both: [--reasoning show|hide]   the <think>…</think> part of a reply dimmed on a terminal (as written
+ *   both: [--reasoning show|hide]   the `<think>…</think>` part of a reply dimmed on a terminal (as written
  *         otherwise), or not printed (ref/tokenizer/chat.h, ChatReasoning)
  *
  * Text streams to stdout as it is produced (never half a UTF-8 character); statistics go to
@@ -175,7 +175,7 @@ typedef struct {
     Generator g;
     GpuEngine *gpu; /* --backend fast */
     DecodeStream ds;
-    ChatReasoning reasoning; /* the reply's <think> part, shown or hidden (--reasoning) */
+    ChatReasoning reasoning; /* the reply's \<think> part, shown or hidden (--reasoning) */
     int eos;
     int loaded_model;
     int n_sample;   /* the tokenizer's ids: larger ids are never generated */

@@ -2,7 +2,8 @@
  * @file chat.c
  * @brief Implementation of chat.h: the chat templates of the DeepSeek-V3 family (docs/model.md §9.2,
  *        §13.6) and the reasoning splitter.
- *
+ */
+/*
  * Each template is the Jinja text of the model's tokenizer_config.json (the .jinja files of golden/chat) read for
  * messages without tool calls; tests/test_chat.c compares every rendering with the one npm's
  * @huggingface/jinja produced from that text (golden/chat/expectations.json). The pieces, by template:
@@ -11,7 +12,7 @@
  *    `<｜User｜>` + content or `<｜Assistant｜>` + content + `<｜end▁of▁sentence｜>`, and finally
  *    `<｜Assistant｜>` when add_generation_prompt;
  *  - deepseek-r1: `content.split('</think>')[-1]` for assistants, generation prompt
- *    `<｜Assistant｜><think>\n`;
+ *    `<｜Assistant｜><think>` + newline;
  *  - deepseek-v3.1: `ns.is_last_user` decides whether an assistant message (and the generation
  *    prompt) gets `<｜Assistant｜>` + `</think>` (or `<think>` when `thinking`), and
  *    `content.split('</think>', 1)[1]` for assistants;
@@ -30,9 +31,13 @@
 static const char *const NAMES[CHAT_TEMPLATE_COUNT] = { "deepseek-v3", "deepseek-r1", "deepseek-v3.1", "kimi-k2",
                                                         "kimi-k2-thinking" };
 
+/** Kimi's system-role header. */
 #define KIMI_SYSTEM "<|im_system|>system<|im_middle|>"
+/** Kimi's user-role header. */
 #define KIMI_USER "<|im_user|>user<|im_middle|>"
+/** Kimi's assistant-role header, also the generation prompt. */
 #define KIMI_ASSISTANT "<|im_assistant|>assistant<|im_middle|>"
+/** Kimi's end of a turn. */
 #define KIMI_END "<|im_end|>"
 
 static int is_kimi(const ChatTemplate *tpl) { return tpl->kind == CHAT_KIMI_K2 || tpl->kind == CHAT_KIMI_K2_THINKING; }
@@ -103,7 +108,7 @@ static const char *generation_prompt(const ChatTemplate *tpl) {
     }
 }
 
-/** An assistant's content as the template keeps it in history: R1 after the last </think>, V3.1 after the first. */
+/** An assistant's content as the template keeps it in history: R1 after the last `</think>`, V3.1 after the first. */
 static const char *history_content(const ChatTemplate *tpl, const char *c) {
     const char *at = strstr(c, "</think>");
     if (!at) return c;
@@ -278,9 +283,10 @@ void chat_log_free(ChatLog *log) {
 
 /* ---- reasoning ---------------------------------------------------------------------------- */
 
-#define THINK_OPEN "<think>"
-#define THINK_CLOSE "</think>"
+static const char THINK_OPEN[] = "<think>", THINK_CLOSE[] = "</think>";
+/** ANSI SGR 2: dim (reasoning on a terminal). */
 #define DIM_ON "\033[2m"
+/** ANSI SGR 0: back to normal. */
 #define DIM_OFF "\033[0m"
 
 void chat_reasoning_init(ChatReasoning *r, ReasoningMode mode, int in_reasoning) {
@@ -298,7 +304,7 @@ static int emit(ChatReasoning *r, const char *s, size_t n, ByteBuf *out) {
     return bytebuf_append(out, s, n);
 }
 
-/** The reasoning opens (<think>) or closes (</think>): the mode's marker. */
+/** The reasoning opens (`<think>`) or closes (`</think>`): the mode's marker. */
 static int toggle(ChatReasoning *r, ByteBuf *out) {
     static const char *const open[] = { THINK_OPEN, DIM_ON, "" }, *const close[] = { THINK_CLOSE, DIM_OFF, "" };
     int rc = bytebuf_puts(out, r->in_reasoning ? close[r->mode] : open[r->mode]);
@@ -335,7 +341,7 @@ int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf 
             }
         if (hit) {
             size_t k = (size_t)(hit - s);
-            /* <think> opens the reasoning only at the start of the answer */
+            /* \<think> opens the reasoning only at the start of the answer */
             if (!r->in_reasoning) {
                 for (size_t i = at; i < k; i++)
                     if (s[i] != ' ' && s[i] != '\n' && s[i] != '\t' && s[i] != '\r') r->answer_started = 1;

@@ -4,38 +4,38 @@
  *        system/user/assistant chats: recognizing the template from tokenizer_config.json's Jinja
  *        text as llama.cpp does, rendering to text, encoding to ids, the incremental form a chat
  *        loop uses to append one user turn to a conversation whose ids are already in the KV cache,
- *        and splitting a streamed reply into its reasoning (`<think>…</think>`) and its answer.
+ *        and splitting a streamed reply into its reasoning (`<think>` … `</think>`) and its answer.
  *
  * The templates, restricted to messages without tool calls (each checked against the Jinja
- * rendering of the real template: golden/chat/expectations.json, from npm @huggingface/jinja):
+ * rendering of the real template: golden/chat/expectations.json, from npm `@huggingface/jinja`):
  *
- *   deepseek-v3     {bos}{system_1}\n\n{system_2}…  then per message  <｜User｜>{user}  or
- *                   <｜Assistant｜>{assistant}<｜end▁of▁sentence｜>;  generation prompt <｜Assistant｜>
- *   deepseek-r1     the same, an assistant's content cut to what follows its last </think>, and the
- *                   generation prompt <｜Assistant｜><think>\n (the reply starts inside its reasoning)
- *   deepseek-v3.1   the same system block; <｜Assistant｜></think> (or <think> with `thinking`) opens
- *                   the assistant turn after a user turn; history content cut after its first
- *                   </think>; generation prompt only after a user turn: <｜Assistant｜></think> or,
- *                   thinking (--think on), <｜Assistant｜><think>
- *   kimi-k2         <|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|> unless the
- *                   first message is a system one; per message <|im_system|>system<|im_middle|>,
- *                   <|im_user|>user<|im_middle|> or <|im_assistant|>assistant<|im_middle|>, the
- *                   content, <|im_end|>; generation prompt <|im_assistant|>assistant<|im_middle|>; no BOS
- *   kimi-k2-thinking  the same with the default system prompt "You are Kimi, an AI assistant created by
- *                   Moonshot AI." (also for no messages) and every assistant content after <think></think>
+ *    deepseek-v3     {bos}{system_1}\n\n{system_2}…  then per message  `<｜User｜>`{user}  or
+ *                    `<｜Assistant｜>{assistant}<｜end▁of▁sentence｜>`;  generation prompt `<｜Assistant｜>`
+ *    deepseek-r1     the same, an assistant's content cut to what follows its last `</think>`, and the
+ *                    generation prompt `<｜Assistant｜>` + `<think>` + newline (the reply starts inside its reasoning)
+ *    deepseek-v3.1   the same system block; `<｜Assistant｜>` + `</think>` (or `<think>` with `thinking`) opens
+ *                    the assistant turn after a user turn; history content cut after its first
+ *                    `</think>`; generation prompt only after a user turn: `<｜Assistant｜>` + `</think>` or,
+ *                    thinking (--think on), `<｜Assistant｜>` + `<think>`
+ *    kimi-k2         <|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|> unless the
+ *                    first message is a system one; per message <|im_system|>system<|im_middle|>,
+ *                    <|im_user|>user<|im_middle|> or <|im_assistant|>assistant<|im_middle|>, the
+ *                    content, <|im_end|>; generation prompt <|im_assistant|>assistant<|im_middle|>; no BOS
+ *    kimi-k2-thinking  the same with the default system prompt "You are Kimi, an AI assistant created by
+ *                    Moonshot AI." (also for no messages) and every assistant content after `<think>` + `</think>`
  *
  * with nothing inserted between role tokens and contents. apply_chat_template then tokenizes that
  * string with add_special_tokens=False, so encoding is exactly tokenizer_encode(render(...)): the
  * role markers are added tokens, matched verbatim. Because every turn starts with an added token,
  * no BPE piece crosses a turn boundary, hence (for deepseek-v3, deepseek-v3.1 without thinking
- * when the reply holds no </think>, and kimi-k2)
+ * when the reply holds no `</think>`, and kimi-k2)
  *
  *     encode(m + [assistant a, user u], gen=1)
  *       == encode(m, gen=1) ++ encode(a) ++ encode_user_turn(u, close_reply=1, gen=1)
  *
  * which is what lets a chat loop keep its KV cache across turns (tested in test_chat.c). Where the
  * template rewrites history (R1 and V3.1 drop an earlier reply's reasoning — R1's generation prompt
- * <think>\n included —, K2-Thinking adds <think></think>), the cache keeps the reply as generated,
+ * `<think>` + newline included —, K2-Thinking adds `<think>` + `</think>`), the cache keeps the reply as generated,
  * as llama.cpp's llama-cli does.
  * Special-token ids are looked up by content in the tokenizer's added tokens, never hard-coded.
  */
@@ -71,7 +71,7 @@ typedef struct {
 /** The chat templates dsv3 implements. */
 typedef enum {
     CHAT_DEEPSEEK_V3,       /**< deepseek-ai/DeepSeek-V3, V3-0324 */
-    CHAT_DEEPSEEK_R1,       /**< deepseek-ai/DeepSeek-R1: the reply opens with <think> */
+    CHAT_DEEPSEEK_R1,       /**< deepseek-ai/DeepSeek-R1: the reply opens with `<think>` */
     CHAT_DEEPSEEK_V31,      /**< deepseek-ai/DeepSeek-V3.1, V3.1-Terminus: thinking or not */
     CHAT_KIMI_K2,           /**< moonshotai/Kimi-K2-Instruct (and Moonlight-Instruct's layout) */
     CHAT_KIMI_K2_THINKING,  /**< moonshotai/Kimi-K2-Thinking */
@@ -110,10 +110,10 @@ int chat_template_check(const ChatTemplate *tpl, const Tokenizer *t, Err *err);
 /** 1 when the template has a thinking switch (deepseek-v3.1), so --think means something. */
 int chat_template_has_think_switch(const ChatTemplate *tpl);
 
-/** 1 when the generation prompt opens the reply inside <think> (deepseek-r1; v3.1 with think). */
+/** 1 when the generation prompt opens the reply inside `<think>` (deepseek-r1; v3.1 with think). */
 int chat_template_opens_reasoning(const ChatTemplate *tpl);
 
-/** The text that ends an assistant turn: "<｜end▁of▁sentence｜>" or "<|im_end|>" (a chat stops there). */
+/** The text that ends an assistant turn: "`<｜end▁of▁sentence｜>`" or "<|im_end|>" (a chat stops there). */
 const char *chat_template_end_of_turn(const ChatTemplate *tpl);
 
 /**
@@ -178,19 +178,19 @@ typedef enum {
 } ReasoningMode;
 
 /**
- * Splits a reply streamed in pieces into reasoning and answer. The reasoning runs from a <think>
+ * Splits a reply streamed in pieces into reasoning and answer. The reasoning runs from a `<think>`
  * that opens the reply (only whitespace before it) — or from the start, when the prompt opened it
- * (chat_template_opens_reasoning) — to the next </think>; a tag split across two pieces is found.
+ * (chat_template_opens_reasoning) — to the next `</think>`; a tag split across two pieces is found.
  */
 typedef struct {
     ReasoningMode mode;  /**< how reasoning is printed */
-    int in_reasoning;    /**< between <think> and </think> */
-    int answer_started;  /**< something other than whitespace was printed as answer (no <think> after it) */
+    int in_reasoning;    /**< between `<think>` and `</think>` */
+    int answer_started;  /**< something other than whitespace was printed as answer (no `<think>` after it) */
     int pending_open;    /**< the prompt opened the reasoning: print its marker before the first piece */
     ByteBuf hold;        /**< the end of the last piece that may begin a tag */
 } ChatReasoning;
 
-/** Starts a reply: @p in_reasoning when the prompt ended inside <think>. */
+/** Starts a reply: @p in_reasoning when the prompt ended inside `<think>`. */
 void chat_reasoning_init(ChatReasoning *r, ReasoningMode mode, int in_reasoning);
 
 /** Appends to @p out what @p text (the next @p len bytes of the reply) shows in r->mode. */
@@ -202,7 +202,7 @@ int chat_reasoning_flush(ChatReasoning *r, ByteBuf *out);
 /** Releases the held bytes. */
 void chat_reasoning_free(ChatReasoning *r);
 
-/** 1 when a raw prompt ends inside an open <think> (trailing whitespace aside): `generate -p`. */
+/** 1 when a raw prompt ends inside an open `<think>` (trailing whitespace aside): `generate -p`. */
 int chat_text_opens_reasoning(const char *text, size_t len);
 
 #endif /* DSV3_CHAT_H */
