@@ -361,16 +361,9 @@ static void test_incremental_family(void **state) {
     ChatTemplate tpl[] = { { CHAT_DEEPSEEK_V3, 0 }, { CHAT_DEEPSEEK_V31, 0 } };
     for (size_t i = 0; i < 2; i++) incremental_for(&tpl[i], ds);
     /* Kimi's markers: the Kimi-class tiktoken fixture (cl100k_base ranks + Kimi K2's tokenizer_config) */
-    char *dir = make_temp_dir("kimi-chat"), cwd[4000], target[4200], link[4200], *cfg;
-    assert_non_null(getcwd(cwd, sizeof cwd));
-    snprintf(target, sizeof target, "%s/golden/tokenizer/tiktoken/cl100k_base/tiktoken.model", cwd);
-    snprintf(link, sizeof link, "%s/tiktoken.model", dir);
-    assert_int_equal(symlink(target, link), 0);
-    size_t len;
+    char *dir = make_temp_dir("kimi-chat");
+    assert_int_equal(tok_kimi_fixture(dir, NULL), 0);
     Err err = {{0}};
-    assert_int_equal(read_file("golden/tokenizer/tiktoken/kimi/tokenizer_config.json", 1 << 20, &cfg, &len, &err), 0);
-    assert_int_equal(tok_write_in(dir, "tokenizer_config.json", cfg), 0);
-    free(cfg);
     Tokenizer *kimi;
     assert_int_equal(tokenizer_load(&kimi, dir, &err), 0);
     ChatTemplate k2 = { CHAT_KIMI_K2, 0 };

@@ -33,23 +33,7 @@ static int setup(void **state) {
     int ok = r.status == 0;
     if (!ok) fprintf(stderr, "%s", r.err);
     run_result_free(&r);
-    char cwd[4000], target[4200], link[4300], path[4300], *cfg = NULL, *tpl = NULL;
-    size_t len;
-    Err err = { "" };
-    if (!ok || !getcwd(cwd, sizeof cwd)) return -1;
-    snprintf(target, sizeof target, "%s/golden/tokenizer/tiktoken/cl100k_base/tiktoken.model", cwd);
-    snprintf(link, sizeof link, "%s/tiktoken.model", kimi);
-    if (symlink(target, link) || read_file("golden/tokenizer/tiktoken/kimi/tokenizer_config.json", 1 << 20, &cfg, &len, &err) ||
-        read_file("golden/chat/kimi-k2.jinja", 1 << 20, &tpl, &len, &err))
-        return -1;
-    cJSON *j = cJSON_Parse(cfg);
-    cJSON_AddStringToObject(j, "chat_template", tpl);
-    char *text = cJSON_Print(j);
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", kimi);
-    ok = tok_write(path, text, strlen(text)) == 0;
-    free(text), free(cfg), free(tpl);
-    cJSON_Delete(j);
-    return ok ? 0 : -1;
+    return ok && tok_kimi_fixture(kimi, "golden/chat/kimi-k2.jinja") == 0 ? 0 : -1;
 }
 
 static void info_names_kimi(void **state) {

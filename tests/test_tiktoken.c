@@ -25,21 +25,12 @@
 #include "util_compare.h"
 #include "util_tok.h"
 
-#define TIK "golden/tokenizer/tiktoken"
+#define TIK TIK_DIR
 
 /** A directory with cl100k_base's ranks (a symlink) and the Kimi-style tokenizer_config.json. */
 static char *kimi_dir(void) {
-    char *dir = make_temp_dir("kimi-tok"), target[PATH_MAX], link[4200], *cfg = NULL;
-    char cwd[PATH_MAX];
-    assert_non_null(getcwd(cwd, sizeof cwd));
-    snprintf(target, sizeof target, "%.3000s/" TIK "/cl100k_base/tiktoken.model", cwd);
-    snprintf(link, sizeof link, "%s/tiktoken.model", dir);
-    assert_int_equal(symlink(target, link), 0);
-    size_t len;
-    Err err = { "" };
-    assert_int_equal(read_file(TIK "/kimi/tokenizer_config.json", 1 << 20, &cfg, &len, &err), 0);
-    assert_int_equal(tok_write_in(dir, "tokenizer_config.json", cfg), 0);
-    free(cfg);
+    char *dir = make_temp_dir("kimi-tok");
+    assert_int_equal(tok_kimi_fixture(dir, NULL), 0);
     return dir;
 }
 

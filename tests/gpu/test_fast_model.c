@@ -718,6 +718,24 @@ static void cli_ep_case(const char *bin) {
     free(dir);
 }
 
+/** `BIN mkckpt -o DIR ARGS` into a temporary directory with 20 ids, then run_case on it with @p cs's numerics. */
+static void mkckpt_case(const char *bin, const char *tag, const char *args, Case cs, int quick) {
+    char *dir = make_temp_dir(tag), cmd[2048], path[600];
+    snprintf(cmd, sizeof cmd, "%s mkckpt -o %s %s >/dev/null 2>&1", bin, dir, args);
+    snprintf(path, sizeof path, "%s/ids.json", dir);
+    FILE *f = NULL;
+    if (system(cmd) != 0 || !(f = fopen(path, "w"))) {
+        report(0, "%s: '%s' failed", tag, cmd);
+    } else {
+        fputs("[3, 17, 99, 5, 250, 31, 7, 8, 9, 10, 200, 150, 44, 45, 46, 47, 48, 49, 50, 51]\n", f);
+        fclose(f);
+        cs.dir = dir;
+        run_case(&cs, quick);
+    }
+    remove_tree(dir);
+    free(dir);
+}
+
 /**
  * DeepSeek-V3's attention shapes (kv_lora_rank 512, rope 64, heads a multiple of 64) at a small
  * width, so that the tensor-core MLA decode kernel and the e4m3 MoE gather run: a checkpoint from
@@ -729,24 +747,11 @@ static void cli_ep_case(const char *bin) {
  * checkpoint's logits by 0.25 even on the FP32 paths (its activations sit on many boundaries).
  */
 static void v3_shapes_case(const char *bin, int quick) {
-    char *dir = make_temp_dir("v3shape"), cmd[2048], path[600];
-    snprintf(cmd, sizeof cmd,
-             "%s mkckpt -o %s --preset tiny --format fp8 --set kv_lora_rank=512 --set qk_rope_head_dim=64 "
-             "--set num_attention_heads=64 --set hidden_size=512 --set q_lora_rank=256 --set moe_intermediate_size=256 "
-             "--set intermediate_size=512 --set num_hidden_layers=3 >/dev/null 2>&1",
-             bin, dir);
-    snprintf(path, sizeof path, "%s/ids.json", dir);
-    FILE *f = NULL;
-    if (system(cmd) != 0 || !(f = fopen(path, "w"))) {
-        report(0, "v3 shapes: '%s' failed", cmd);
-    } else {
-        fputs("[3, 17, 99, 5, 250, 31, 7, 8, 9, 10, 200, 150, 44, 45, 46, 47, 48, 49, 50, 51]\n", f);
-        fclose(f);
-        Case cs = { dir, FP8_DEQUANT, 1, 1e-2, "MLA kernel: bf16 q and P on top of the bf16 cache" };
-        run_case(&cs, quick);
-    }
-    remove_tree(dir);
-    free(dir);
+    mkckpt_case(bin, "v3shape",
+                "--preset tiny --format fp8 --set kv_lora_rank=512 --set qk_rope_head_dim=64 --set num_attention_heads=64 "
+                "--set hidden_size=512 --set q_lora_rank=256 --set moe_intermediate_size=256 --set intermediate_size=512 "
+                "--set num_hidden_layers=3",
+                (Case){ NULL, FP8_DEQUANT, 1, 1e-2, "MLA kernel: bf16 q and P on top of the bf16 cache" }, quick);
 }
 
 /**
@@ -757,20 +762,8 @@ static void v3_shapes_case(const char *bin, int quick) {
  * the batched comparison lands on an e4m3 boundary and flips to 5.2e-2 (the isolated flips of the header).
  */
 static void ue8m0_case(const char *bin, int quick) {
-    char *dir = make_temp_dir("v31"), cmd[2048], path[600];
-    snprintf(cmd, sizeof cmd, "%s mkckpt -o %s --preset v3.1-small --seed 2 >/dev/null 2>&1", bin, dir);
-    snprintf(path, sizeof path, "%s/ids.json", dir);
-    FILE *f = NULL;
-    if (system(cmd) != 0 || !(f = fopen(path, "w"))) {
-        report(0, "ue8m0: '%s' failed", cmd);
-    } else {
-        fputs("[3, 17, 99, 5, 250, 31, 7, 8, 9, 10, 200, 150, 44, 45, 46, 47, 48, 49, 50, 51]\n", f);
-        fclose(f);
-        Case cs = { dir, FP8_W8A8, 0, 5e-2, "V3.1 UE8M0 activation scales, W8A8 on both sides" };
-        run_case(&cs, quick);
-    }
-    remove_tree(dir);
-    free(dir);
+    mkckpt_case(bin, "v31", "--preset v3.1-small --seed 2",
+                (Case){ NULL, FP8_W8A8, 0, 5e-2, "V3.1 UE8M0 activation scales, W8A8 on both sides" }, quick);
 }
 
 /** A model that does not fit: one line naming the sizes, before anything is allocated. */
