@@ -117,8 +117,9 @@ static const char TOKENIZE_HELP[] =
     "  --text STR       the text (UTF-8)\n"
     "  --file PATH      read the text from PATH ('-' = standard input)\n"
     "  --chat           the input is a JSON array of {\"role\", \"content\"} messages (roles system,\n"
-    "                   user, assistant): print the ids of the chat template with BOS and the\n"
-    "                   generation prompt <｜Assistant｜> appended\n"
+    "                   user, assistant): print the ids of the tokenizer's chat template (recognized\n"
+    "                   from tokenizer_config.json: deepseek-v3, -r1, -v3.1, kimi-k2, kimi-k2-thinking)\n"
+    "                   with its generation prompt appended\n"
     "\n"
     "Exit status: 0 ok, 1 run-time error (unreadable or invalid input, tokenizer does not load),\n"
     "2 usage error (unknown option, missing value, invalid UTF-8 in --text).\n";
