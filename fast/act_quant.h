@@ -22,10 +22,11 @@ extern "C" {
  * Quantizes M rows of K activations (K % 128 == 0, the shapes of DeepSeek-V3).
  * q [M][q_stride] e4m3 codes (output; q_stride ≥ K, in bytes), scale [M][K/128] (output),
  * x [M][x_stride] elements of type @p x_dtype. q_stride and x_stride are in elements.
+ * @p ue8m0: round each scale up to a power of two (DeepSeek-V3.1's scale_fmt, docs/model.md §13.4).
  * Returns 0 or -1 with a message in @p err (K not a multiple of 128, strides too small, launch error).
  */
 int fp8_quantize_rows_cuda(uint8_t *q, int64_t q_stride, float *scale, const void *x, FastDType x_dtype,
-                           int64_t x_stride, int64_t M, int64_t K, cudaStream_t stream, Err *err);
+                           int64_t x_stride, int64_t M, int64_t K, int ue8m0, cudaStream_t stream, Err *err);
 
 #ifdef __cplusplus
 }

@@ -64,10 +64,11 @@ int linear_generic_cuda(const LinearGenericParams *p, cudaStream_t stream, Err *
  * ref fp8_quantize_row on M rows of any K (last group may be shorter than 128):
  * scale[m][g] = max(amax, 1e-4)/448, xq[m][k] = the FLOAT value of e4m3(x[m][k]/scale) (the
  * reference's representation, the x input of linear_generic_cuda in w8a8 mode).
- * xq [M][K], scale [M][ceil(K/128)], x [M][ldx]. Bit-identical to the reference.
+ * xq [M][K], scale [M][ceil(K/128)], x [M][ldx]. Bit-identical to the reference; @p ue8m0 rounds
+ * each scale up to a power of two (DeepSeek-V3.1, docs/model.md §13.4).
  */
 int fp8_quantize_rows_f32_cuda(float *xq, float *scale, const float *x, int64_t ldx, int64_t M, int64_t K,
-                               cudaStream_t stream, Err *err);
+                               int ue8m0, cudaStream_t stream, Err *err);
 
 /**
  * Strided batched product in FP32: for b < batch, m < M, n < N

@@ -24,7 +24,7 @@ int fast_linear_forward(const FastModel *fm, FastRunState *s, float *y, int64_t 
                        (long long)K, (long long)s->lin_rows, (long long)s->max_in);
     int fp8 = W->dtype == DT_F8_E4M3;
     if (fp8 && mode == FP8_W8A8 && K % 128 == 0 && fm->fp8_tc && ldx % 4 == 0) {
-        if (fp8_quantize_rows_cuda(s->xq, K, s->xs, x, FAST_F32, ldx, M, K, fm->stream, err)) return -1;
+        if (fp8_quantize_rows_cuda(s->xq, K, s->xs, x, FAST_F32, ldx, M, K, fm->config.scale_ue8m0, fm->stream, err)) return -1;
         Fp8GemmParams p = { 0 };
         p.out = y, p.out_dtype = FAST_F32, p.ldo = ldy;
         p.a = s->xq, p.a_scale = s->xs, p.b = W->data, p.b_scale = (const float *)W->scale_inv;
@@ -37,7 +37,7 @@ int fast_linear_forward(const FastModel *fm, FastRunState *s, float *y, int64_t 
     p.w = W->data, p.w_dtype = W->dtype, p.w_scale = fp8 ? (const float *)W->scale_inv : NULL;
     p.M = M, p.N = N, p.K = K, p.group_start = group_start, p.num_groups = G;
     if (fp8 && mode == FP8_W8A8) {
-        if (fp8_quantize_rows_f32_cuda(s->xqf, s->xs, x, ldx, M, K, fm->stream, err)) return -1;
+        if (fp8_quantize_rows_f32_cuda(s->xqf, s->xs, x, ldx, M, K, fm->config.scale_ue8m0, fm->stream, err)) return -1;
         p.x = s->xqf, p.ldx = K, p.x_scale = s->xs;
     }
     return linear_generic_cuda(&p, fm->stream, err);

@@ -4,6 +4,7 @@
  *        ref/model/mla.c's mla_forward with ATTN_ABSORB, for the T tokens of a batch of sequences.
  *
  *   c_q = W_DQ x,  ĉ_q = RMSNorm(c_q),  q = W_UQ ĉ_q = per head [q_nope | q_pe],  q_pe ← RoPE(q_pe)
+ *   (q_lora_rank null: q = W_Q x, one q_proj)
  *   [c_kv | k_pe] = W_DKV x,  ĉ_kv = RMSNorm(c_kv),  k_pe ← RoPE(k_pe)   → written to the paged cache
  *   q_abs_h = W_UK[h]ᵀ q_nope_h                    (gemm_batched_cuda over heads)
  *   u_h = Σ_t softmax(scale·(q_abs_h·ĉ_kv(t) + q_pe_h·k_pe(t))) ĉ_kv(t)   t ≤ pos (causal)
@@ -36,11 +37,15 @@ int fast_mla_forward(const FastModel *fm, FastRunState *s, FastKVCache *kv, int 
     int64_t D = c->hidden_size, H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim;
     int64_t Dv = c->v_head_dim, Dq = c->q_lora_rank, Dc = c->kv_lora_rank, Dqk = Dn + Dr;
     float eps = (float)c->rms_norm_eps;
-    /* Queries: down-projection, latent norm, up-projection, RoPE on each head's q_pe. */
-    if (fast_linear_forward(fm, s, s->c_q, Dq, x, D, T, &w->q_a_proj, NULL, 1, fm->fp8, err) ||
-        rmsnorm_forward_cuda(s->c_q_norm, FAST_F32, Dq, s->c_q, FAST_F32, Dq, w->q_a_layernorm, T, Dq, eps, NULL, st, err) ||
-        fast_linear_forward(fm, s, s->q, H * Dqk, s->c_q_norm, Dq, T, &w->q_b_proj, NULL, 1, fm->fp8, err) ||
-        rope_forward_cuda(s->q + Dn, FAST_F32, T, H, Dqk, H * Dqk, s->rope_cos, s->rope_sin, (int)Dr, st, err))
+    /* Queries: down-projection, latent norm, up-projection — or the one q_proj of a config with
+     * q_lora_rank null (docs/model.md §13.2) — then RoPE on each head's q_pe. */
+    if (Dq > 0 ? fast_linear_forward(fm, s, s->c_q, Dq, x, D, T, &w->q_a_proj, NULL, 1, fm->fp8, err) ||
+                     rmsnorm_forward_cuda(s->c_q_norm, FAST_F32, Dq, s->c_q, FAST_F32, Dq, w->q_a_layernorm, T, Dq, eps,
+                                          NULL, st, err) ||
+                     fast_linear_forward(fm, s, s->q, H * Dqk, s->c_q_norm, Dq, T, &w->q_b_proj, NULL, 1, fm->fp8, err)
+               : fast_linear_forward(fm, s, s->q, H * Dqk, x, D, T, &w->q_proj, NULL, 1, fm->fp8, err))
+        return -1;
+    if (rope_forward_cuda(s->q + Dn, FAST_F32, T, H, Dqk, H * Dqk, s->rope_cos, s->rope_sin, (int)Dr, st, err))
         return -1;
     /* Keys: one down-projection gives [c_kv | k_pe]; normalize c_kv, rotate k_pe in place. */
     if (fast_linear_forward(fm, s, s->kv_a, Dc + Dr, x, D, T, &w->kv_a_proj_with_mqa, NULL, 1, fm->fp8, err) ||

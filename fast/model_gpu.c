@@ -27,7 +27,8 @@ static size_t gemm_workspace(const FastModel *fm, int64_t max_T) {
     const Config *c = &fm->config;
     int64_t D = c->hidden_size, H = c->num_attention_heads, Dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
     int64_t Is = (int64_t)c->n_shared_experts * c->moe_intermediate_size, I = c->intermediate_size;
-    int64_t nk[][2] = { { c->q_lora_rank, D }, { H * Dqk, c->q_lora_rank }, { c->kv_lora_rank + c->qk_rope_head_dim, D },
+    int64_t nk[][2] = { { c->q_lora_rank, D }, { H * Dqk, c->q_lora_rank }, { H * Dqk, D } /* q_proj */,
+                        { c->kv_lora_rank + c->qk_rope_head_dim, D },
                         { D, H * c->v_head_dim }, { I, D }, { D, I }, { Is, D }, { D, Is } };
     size_t best = 0;
     for (int64_t M = 1; M <= max_T && M <= 256; M++)

@@ -65,12 +65,12 @@ int fast_moe_forward(const FastModel *fm, FastRunState *s, int layer, float *y, 
     if (fast_moe_route(fm, s, layer, x, T, err)) return -1;
     /* 3. Routed experts: gate and up into one [R][2·Ie] row, SwiGLU, down. */
     if (fast_moe_tensor_cores(fm)) {
-        if (fp8_quantize_rows_cuda(s->xq, D, s->xs, x, FAST_F32, D, T, D, st, err) ||
+        if (fp8_quantize_rows_cuda(s->xq, D, s->xs, x, FAST_F32, D, T, D, c->scale_ue8m0, st, err) ||
             moe_gather_rows_cuda(s->xq_perm, s->xs_perm, s->xq, s->xs, s->perm, R, K, D, st, err) ||
             grouped_fp8(fm, s, s->h13, 2 * Ie, s->xq_perm, s->xs_perm, R, &fl->w1, (int)E, err) ||
             grouped_fp8(fm, s, s->h13 + Ie, 2 * Ie, s->xq_perm, s->xs_perm, R, &fl->w3, (int)E, err) ||
             swiglu_forward_cuda(s->act, FAST_F32, Ie, s->h13, s->h13 + Ie, FAST_F32, 2 * Ie, R, Ie, st, err) ||
-            fp8_quantize_rows_cuda(s->xq_perm, Ie, s->xs_perm, s->act, FAST_F32, Ie, R, Ie, st, err) ||
+            fp8_quantize_rows_cuda(s->xq_perm, Ie, s->xs_perm, s->act, FAST_F32, Ie, R, Ie, c->scale_ue8m0, st, err) ||
             grouped_fp8(fm, s, s->y_perm, D, s->xq_perm, s->xs_perm, R, &fl->w2, (int)E, err))
             return -1;
     } else {

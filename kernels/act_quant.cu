@@ -17,7 +17,7 @@ namespace dsv3 {
 /** One warp per (row, group); blockDim.x = 256 → 8 groups per block. */
 __global__ void act_quant_kernel(uint8_t *__restrict__ q, int64_t q_stride, float *__restrict__ scale,
                                  const void *__restrict__ x, FastDType x_dtype, int64_t x_stride, int64_t M,
-                                 int64_t K) {
+                                 int64_t K, int ue8m0) {
     const int64_t groups = K / 128;
     const int64_t gid = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; /* global group index */
     if (gid >= M * groups) return;
@@ -41,7 +41,8 @@ __global__ void act_quant_kernel(uint8_t *__restrict__ q, int64_t q_stride, floa
     float amax = 0.0f;
     for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
     for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    const float s = __fdiv_rn(fmaxf(amax, 1e-4f), 448.0f);
+    float s = __fdiv_rn(fmaxf(amax, 1e-4f), 448.0f);
+    if (ue8m0) s = scale_ue8m0(s);
     uint32_t word = 0;
     for (int i = 0; i < 4; i++) word |= (uint32_t)e4m3_from_f32(__fdiv_rn(v[i], s)) << (8 * i);
     *reinterpret_cast<uint32_t *>(q + m * q_stride + k0) = word;
@@ -51,7 +52,7 @@ __global__ void act_quant_kernel(uint8_t *__restrict__ q, int64_t q_stride, floa
 } // namespace dsv3
 
 extern "C" int fp8_quantize_rows_cuda(uint8_t *q, int64_t q_stride, float *scale, const void *x, FastDType x_dtype,
-                                      int64_t x_stride, int64_t M, int64_t K, cudaStream_t stream, Err *err) {
+                                      int64_t x_stride, int64_t M, int64_t K, int ue8m0, cudaStream_t stream, Err *err) {
     const char *fn = "fp8_quantize_rows_cuda";
     if (M < 0 || K <= 0 || K % 128 != 0)
         return err_set(err, "%s: M = %lld, K = %lld: need M >= 0 and K a positive multiple of 128", fn, (long long)M,
@@ -67,6 +68,6 @@ extern "C" int fp8_quantize_rows_cuda(uint8_t *q, int64_t q_stride, float *scale
     const int threads = 256;
     const int64_t blocks = dsv3::ceil_div<int64_t>(warps, threads / 32);
     if (blocks > 0x7FFFFFFF) return err_set(err, "%s: M·K/128 = %lld groups is too many for one grid", fn, (long long)warps);
-    dsv3::act_quant_kernel<<<(unsigned)blocks, threads, 0, stream>>>(q, q_stride, scale, x, x_dtype, x_stride, M, K);
+    dsv3::act_quant_kernel<<<(unsigned)blocks, threads, 0, stream>>>(q, q_stride, scale, x, x_dtype, x_stride, M, K, ue8m0);
     return fast_check_launch(fn, "act_quant_kernel", err);
 }

@@ -63,6 +63,14 @@ __device__ __forceinline__ uint8_t e4m3_from_f32(float x) {
     return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
 }
 
+/** The smallest power of two ≥ s (s > 0): DeepSeek-V3.1's UE8M0 activation scale, as ref fp8_scale_ue8m0. */
+__device__ __forceinline__ float scale_ue8m0(float s) {
+    if (!isfinite(s)) return s;
+    int e;
+    const float m = frexpf(s, &e);
+    return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+
 /** Generic → shared-window address, for PTX operands. */
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 

@@ -345,7 +345,7 @@ __global__ void __launch_bounds__(GV_WARPS * 32) linear_gemv_kernel(const Linear
  * written as a float. Scalar loads: K and ldx are arbitrary.
  */
 __global__ void quantize_f32_kernel(float *__restrict__ xq, float *__restrict__ scale, const float *__restrict__ x,
-                                    int64_t ldx, int64_t M, int64_t K) {
+                                    int64_t ldx, int64_t M, int64_t K, int ue8m0) {
     const int64_t groups = ceil_div<int64_t>(K, FP8_KB);
     const int64_t gid = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (gid >= M * groups) return; /* whole warp */
@@ -360,7 +360,8 @@ __global__ void quantize_f32_kernel(float *__restrict__ xq, float *__restrict__ 
         amax = fmaxf(amax, fabsf(v[i])); /* fmaxf ignores NaN, as the reference's loop does */
     }
     for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    const float s = __fdiv_rn(fmaxf(amax, 1e-4f), 448.0f);
+    float s = __fdiv_rn(fmaxf(amax, 1e-4f), 448.0f);
+    if (ue8m0) s = scale_ue8m0(s);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int64_t k = g * FP8_KB + lane * 4 + i;
@@ -595,7 +596,7 @@ extern "C" int linear_generic_cuda(const LinearGenericParams *p, cudaStream_t st
 }
 
 extern "C" int fp8_quantize_rows_f32_cuda(float *xq, float *scale, const float *x, int64_t ldx, int64_t M, int64_t K,
-                                          cudaStream_t stream, Err *err) {
+                                          int ue8m0, cudaStream_t stream, Err *err) {
     const char *fn = "fp8_quantize_rows_f32_cuda";
     if (M < 0 || K <= 0) return err_set(err, "%s: M = %lld, K = %lld: need M >= 0 and K > 0", fn, (long long)M, (long long)K);
     if (ldx < K) return err_set(err, "%s: ldx = %lld < K = %lld", fn, (long long)ldx, (long long)K);
@@ -607,7 +608,7 @@ extern "C" int fp8_quantize_rows_f32_cuda(float *xq, float *scale, const float *
     const int64_t warps = M * ceil_div<int64_t>(K, FP8_KB), blocks = ceil_div<int64_t>(warps, threads / 32);
     if (blocks > 0x7FFFFFFF)
         return err_set(err, "%s: M·ceil(K/128) = %lld groups is too many for one grid", fn, (long long)warps);
-    quantize_f32_kernel<<<(unsigned)blocks, threads, 0, stream>>>(xq, scale, x, ldx, M, K);
+    quantize_f32_kernel<<<(unsigned)blocks, threads, 0, stream>>>(xq, scale, x, ldx, M, K, ue8m0);
     return fast_check_launch(fn, "quantize_f32_kernel", err);
 }
 

@@ -471,6 +471,29 @@ static void mla_grad(void **state) {
     fx_free(&f);
 }
 
+/** The same check without a query latent (q_lora_rank null: q = q_proj(x), docs/model.md §13.2). */
+static void mla_q_proj_grad(void **state) {
+    (void)state;
+    Config saved = cfg, c = cfg;
+    Err err = { "" };
+    char *json = config_to_json(&c), *at = strstr(json, "\"q_lora_rank\":");
+    assert_non_null(at);
+    char *end = strchr(at, ',');
+    char patched[8192];
+    snprintf(patched, sizeof patched, "%.*s\"q_lora_rank\": null%s", (int)(at - json), json, end);
+    free(json);
+    assert_int_equal(config_parse(&cfg, patched, strlen(patched), "q_proj test", &err), 0);
+    assert_int_equal(cfg.q_lora_rank, 0);
+    Fx f;
+    fx_init(&f, 0, 0);
+    assert_non_null(f.ps.w.layers[0].q_proj.data);
+    assert_null(f.ps.w.layers[0].q_a_proj.data);
+    fx_backward(&f);
+    fx_check_all(&f, "mla_q_proj.x", "self_attn");
+    fx_free(&f);
+    cfg = saved;
+}
+
 static void moe_grad(void **state) {
     (void)state;
     Fx f;
@@ -553,7 +576,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(embedding_grad), cmocka_unit_test(rmsnorm_grad),     cmocka_unit_test(rope_grad),
         cmocka_unit_test(linear_grad),    cmocka_unit_test(ffn_grad),         cmocka_unit_test(cross_entropy_grad),
-        cmocka_unit_test(mla_grad),       cmocka_unit_test(moe_grad),         cmocka_unit_test(balance_loss_grad),
+        cmocka_unit_test(mla_grad),       cmocka_unit_test(mla_q_proj_grad),  cmocka_unit_test(moe_grad),         cmocka_unit_test(balance_loss_grad),
         cmocka_unit_test(routing_flips_detected),
         cmocka_unit_test(dense_block_grad),
         cmocka_unit_test(moe_block_grad), cmocka_unit_test(mtp_module_grad),

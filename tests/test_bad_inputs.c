@@ -413,6 +413,12 @@ static void mk_cfg_experts_per_tok(void) { set_config("num_experts_per_tok", cJS
 static void mk_cfg_group_divides(void) { set_config("n_group", cJSON_CreateNumber(3)); }
 static void mk_cfg_model_type(void) { set_config("model_type", cJSON_CreateString("llama")); }
 static void mk_cfg_q_lora_null(void) { set_config("q_lora_rank", cJSON_CreateNull()); }
+static void mk_cfg_q_lora_zero(void) { set_config("q_lora_rank", cJSON_CreateNumber(0)); }
+static void mk_cfg_scale_fmt(void) {
+    cJSON *q = cJSON_Parse("{\"activation_scheme\":\"dynamic\",\"fmt\":\"e4m3\",\"quant_method\":\"fp8\","
+                           "\"weight_block_size\":[128,128],\"scale_fmt\":\"e8m0\"}");
+    set_config("quantization_config", q);
+}
 static void mk_cfg_odd_rope(void) { set_config("qk_rope_head_dim", cJSON_CreateNumber(7)); }
 static void mk_cfg_block_size(void) {
     cJSON *q = cJSON_Parse("{\"activation_scheme\":\"dynamic\",\"fmt\":\"e4m3\",\"quant_method\":\"fp8\","
@@ -573,7 +579,10 @@ static const BadCase cases[] = {
     { "cfg_experts_per_tok", "num_experts_per_tok = 5 exceeds n_routed_experts = 4", "config.json", mk_cfg_experts_per_tok },
     { "cfg_group_divides", "not a multiple of n_group = 3", "config.json", mk_cfg_group_divides },
     { "cfg_model_type", "unsupported model_type 'llama'", "config.json", mk_cfg_model_type },
-    { "cfg_q_lora_null", "q_lora_rank is null", "config.json", mk_cfg_q_lora_null },
+    /* q_lora_rank null is a direct q_proj (Moonlight): a checkpoint with q_a_proj instead lacks it */
+    { "cfg_q_lora_null", "missing tensor 'model.layers.0.self_attn.q_proj.weight'", "checkpoint", mk_cfg_q_lora_null },
+    { "cfg_q_lora_zero", "'q_lora_rank' = 0 is out of range", "config.json", mk_cfg_q_lora_zero },
+    { "cfg_scale_fmt", "scale_fmt must be \"ue8m0\"", "config.json", mk_cfg_scale_fmt },
     { "cfg_odd_rope_dim", "must be even", "config.json", mk_cfg_odd_rope },
     { "cfg_block_size", "weight_block_size must be [128, 128]", "config.json", mk_cfg_block_size },
     { "cfg_no_quant_config", "no fp8 quantization_config", "model.safetensors", mk_cfg_no_quant },

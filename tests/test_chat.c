@@ -1,7 +1,9 @@
 /**
  * @file test_chat.c
- * @brief DeepSeek-V3's chat template (docs/model.md §9.2): rendered text, ids of multi-turn chats
- *        with and without system messages, the incremental user-turn form, and errors.
+ * @brief The chat templates (docs/model.md §9.2, §13.6): every template against the Jinja rendering of
+ *        the real one (golden/chat/expectations.json, npm @huggingface/jinja), recognition of the real
+ *        template texts, DeepSeek-V3's ids of multi-turn chats with and without system messages, the
+ *        incremental user-turn form for each template, the reasoning splitter, and errors.
  *
  * Expected ids are built piece by piece from the expected rendered string: BOS, the encoded
  * system text, then per turn the role token id (looked up by content) and the encoded content.
@@ -19,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
@@ -267,6 +271,163 @@ static void test_template_is_deepseek_v3(void **state) {
     }
 }
 
+/** Every template renders what @huggingface/jinja rendered from the real template text. */
+static void test_jinja_expectations(void **state) {
+    (void)state;
+    cJSON *root = tok_json_file("golden/chat/expectations.json");
+    assert_non_null(root);
+    int n = 0, per[CHAT_TEMPLATE_COUNT] = { 0 };
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        ChatTemplate tpl = { CHAT_DEEPSEEK_V3, cJSON_IsTrue(cJSON_GetObjectItem(c, "thinking")) };
+        Err err = {{0}};
+        assert_int_equal(chat_template_by_name(cJSON_GetObjectItem(c, "template")->valuestring, &tpl.kind, &err), 0);
+        const cJSON *ms = cJSON_GetObjectItem(c, "messages"), *m;
+        ChatMessage msgs[16];
+        int k = 0;
+        cJSON_ArrayForEach(m, ms) {
+            msgs[k].role = cJSON_GetObjectItem(m, "role")->valuestring;
+            msgs[k].content = cJSON_GetObjectItem(m, "content")->valuestring;
+            k++;
+        }
+        ByteBuf b = {0};
+        int gen = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"));
+        assert_int_equal(chat_template_render(&tpl, msgs, k, gen, "<｜begin▁of▁sentence｜>", &b, &err), 0);
+        const char *want = cJSON_GetObjectItem(c, "text")->valuestring;
+        if (strcmp(b.data ? b.data : "", want))
+            fprintf(stderr, "%s think=%d gen=%d:\n  got  %s\n  want %s\n", chat_template_name(tpl.kind), tpl.think, gen,
+                    b.data ? b.data : "", want);
+        assert_string_equal(b.data ? b.data : "", want);
+        bytebuf_free(&b);
+        per[tpl.kind]++;
+        n++;
+    }
+    printf("    %d renderings equal to @huggingface/jinja's (", n);
+    for (int k = 0; k < CHAT_TEMPLATE_COUNT; k++) printf("%s%s %d", k ? ", " : "", chat_template_name((ChatTemplateKind)k), per[k]);
+    printf(")\n");
+    for (int k = 0; k < CHAT_TEMPLATE_COUNT; k++) assert_true(per[k] >= 20);
+    cJSON_Delete(root);
+}
+
+/** The real template texts are recognized as what they are; others are refused. */
+static void test_detect(void **state) {
+    const Tokenizer *t = *state;
+    for (int k = 0; k < CHAT_TEMPLATE_COUNT; k++) {
+        char path[256], *text;
+        size_t len;
+        Err err = {{0}};
+        snprintf(path, sizeof path, "golden/chat/%s.jinja", chat_template_name((ChatTemplateKind)k));
+        assert_int_equal(read_file(path, 1 << 20, &text, &len, &err), 0);
+        ChatTemplateKind got;
+        assert_int_equal(chat_template_detect(text, &got), 0);
+        assert_string_equal(chat_template_name(got), chat_template_name((ChatTemplateKind)k));
+        free(text);
+    }
+    ChatTemplate tpl;
+    Err err = {{0}};
+    assert_int_equal(chat_template_select(&tpl, t, NULL, 0, &err), 0);
+    assert_int_equal(tpl.kind, CHAT_DEEPSEEK_V3); /* golden/tokenizer/deepseek-v3 */
+    ChatTemplateKind k;
+    const char *chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+    assert_int_equal(chat_template_detect(chatml, &k), -1);
+    assert_int_equal(chat_template_by_name("chatml", &k, &err), -1);
+    assert_non_null(strstr(err.msg, "kimi-k2-thinking"));
+    assert_int_equal(chat_template_select(&tpl, t, "kimi-k2", 1, &err), 0);
+    assert_int_equal(tpl.kind, CHAT_KIMI_K2);
+    assert_string_equal(chat_template_end_of_turn(&tpl), "<|im_end|>");
+}
+
+/** encode(m + [a, u]) == encode(m) ++ encode(a) ++ user_turn(u, close) for every template where it holds. */
+static void incremental_for(const ChatTemplate *tpl, const Tokenizer *t) {
+    const ChatMessage m[] = { { "system", "Be kind." }, { "user", "Hi there" }, { "assistant", "Hello! 42." },
+                              { "user", "Tell me more" } };
+    Err err = {{0}};
+    int *prefix, np, *full, nf;
+    assert_int_equal(chat_template_encode(tpl, t, m, 2, 1, &prefix, &np, &err), 0);
+    assert_int_equal(chat_template_encode(tpl, t, m, 4, 1, &full, &nf, &err), 0);
+    IntVec inc = {0};
+    assert_int_equal(intvec_append(&inc, prefix, (size_t)np), 0);
+    push_text(t, &inc, m[2].content);
+    assert_int_equal(chat_template_encode_user_turn(tpl, t, m[3].content, 1, 1, &inc, &err), 0);
+    char what[64];
+    snprintf(what, sizeof what, "incremental %s", chat_template_name(tpl->kind));
+    assert_true(tok_ids_equal(what, inc.v, (int)inc.n, full, nf));
+    free(prefix), free(full), free(inc.v);
+}
+
+static void test_incremental_family(void **state) {
+    const Tokenizer *ds = *state;
+    /* (R1 and V3.1 with thinking open the reply inside <think>, which their history drops: no identity) */
+    ChatTemplate tpl[] = { { CHAT_DEEPSEEK_V3, 0 }, { CHAT_DEEPSEEK_V31, 0 } };
+    for (size_t i = 0; i < 2; i++) incremental_for(&tpl[i], ds);
+    /* Kimi's markers: the Kimi-class tiktoken fixture (cl100k_base ranks + Kimi K2's tokenizer_config) */
+    char *dir = make_temp_dir("kimi-chat");
+    assert_int_equal(tok_kimi_fixture(dir, NULL), 0);
+    Err err = {{0}};
+    Tokenizer *kimi;
+    assert_int_equal(tokenizer_load(&kimi, dir, &err), 0);
+    ChatTemplate k2 = { CHAT_KIMI_K2, 0 };
+    incremental_for(&k2, kimi);
+    /* no BOS in Kimi's template: the first id is <|im_system|> */
+    const ChatMessage u[] = { { "user", "hi" } };
+    int *ids, n;
+    assert_int_equal(chat_template_encode(&k2, kimi, u, 1, 1, &ids, &n, &err), 0);
+    assert_int_equal(ids[0], tokenizer_token_id(kimi, "<|im_system|>"));
+    assert_int_equal(ids[n - 1], tokenizer_token_id(kimi, "<|im_middle|>"));
+    free(ids);
+    /* DeepSeek's markers are not Kimi's */
+    ChatTemplate v3 = { CHAT_DEEPSEEK_V3, 0 };
+    assert_int_equal(chat_template_encode(&v3, kimi, u, 1, 1, &ids, &n, &err), -1);
+    assert_non_null(strstr(err.msg, "<｜User｜>"));
+    tokenizer_free(kimi);
+    remove_tree(dir);
+    free(dir);
+}
+
+/** Feeds @p text cut at every position (and byte by byte) and checks the shown text each time. */
+static void check_reasoning(ReasoningMode mode, int opened, const char *text, const char *want) {
+    size_t n = strlen(text);
+    for (size_t cut = 0; cut <= n + 1; cut++) {
+        ChatReasoning r;
+        chat_reasoning_init(&r, mode, opened);
+        ByteBuf out = {0};
+        if (cut <= n) {
+            assert_int_equal(chat_reasoning_feed(&r, text, cut, &out), 0);
+            assert_int_equal(chat_reasoning_feed(&r, text + cut, n - cut, &out), 0);
+        } else
+            for (size_t i = 0; i < n; i++) assert_int_equal(chat_reasoning_feed(&r, text + i, 1, &out), 0);
+        assert_int_equal(chat_reasoning_flush(&r, &out), 0);
+        if (strcmp(out.data ? out.data : "", want))
+            fprintf(stderr, "mode %d opened %d cut %zu: '%s' -> '%s', want '%s'\n", mode, opened, cut, text,
+                    out.data ? out.data : "", want);
+        assert_string_equal(out.data ? out.data : "", want);
+        bytebuf_free(&out);
+        chat_reasoning_free(&r);
+    }
+}
+
+static void test_reasoning(void **state) {
+    (void)state;
+    const char *reply = "<think>\nLet me think.\n</think>\n\nThe answer is 4.";
+    check_reasoning(REASONING_SHOW_TAGS, 0, reply, reply);
+    check_reasoning(REASONING_HIDE, 0, reply, "\n\nThe answer is 4.");
+    check_reasoning(REASONING_SHOW_DIM, 0, reply, "\033[2m\nLet me think.\n\033[0m\n\nThe answer is 4.");
+    /* the prompt opened <think> (R1, V3.1 with --think on): the reply starts inside it */
+    check_reasoning(REASONING_HIDE, 1, "hmm</think>4", "4");
+    check_reasoning(REASONING_SHOW_TAGS, 1, "hmm</think>4", "hmm</think>4"); /* exactly what was generated */
+    check_reasoning(REASONING_SHOW_DIM, 1, "hmm</think>4", "\033[2mhmm\033[0m4");
+    /* <think> after the answer began is text; a lone '<' or "</thin" is text too */
+    check_reasoning(REASONING_HIDE, 0, "4 <think>x</think>", "4 <think>x</think>");
+    check_reasoning(REASONING_HIDE, 0, "a < b </thin", "a < b </thin");
+    check_reasoning(REASONING_HIDE, 0, "  <think>x</think>y", "  y");
+    /* a reasoning cut by the token limit: hidden, or dimmed then reset */
+    check_reasoning(REASONING_HIDE, 1, "still thinking <", "");
+    check_reasoning(REASONING_SHOW_DIM, 1, "still", "\033[2mstill\033[0m");
+    assert_true(chat_text_opens_reasoning("<｜Assistant｜><think>\n", strlen("<｜Assistant｜><think>\n")));
+    assert_false(chat_text_opens_reasoning("<think>a</think> b", 18));
+    assert_false(chat_text_opens_reasoning("plain", 5));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render),
@@ -277,6 +438,10 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_needs_bos),
         cmocka_unit_test(test_template_is_deepseek_v3),
+        cmocka_unit_test(test_jinja_expectations),
+        cmocka_unit_test(test_detect),
+        cmocka_unit_test(test_incremental_family),
+        cmocka_unit_test(test_reasoning),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -19,6 +19,7 @@
 #include "model/linear.h"
 #include "base/safetensors.h"
 #include "model/tensor.h"
+#include "util_compare.h"
 
 /** All 256 codes: S.EEEE.MMM, bias 7; E = 0 subnormal 2^-6·M/8; 0x7F/0xFF NaN (docs/model.md §8.1). */
 static void all_256_codes(void **state) {
@@ -76,7 +77,7 @@ static void activation_quant(void **state) {
     for (int i = 0; i < 200; i++) x[i] = 0.0f;
     x[5] = 2.0f;
     x[130] = -1e-6f; /* a tiny second group: amax clamps at 1e-4 */
-    fp8_quantize_row(xq, s, x, 200);
+    fp8_quantize_row(xq, s, x, 200, 0);
     assert_true(s[0] == 2.0f / 448.0f);
     assert_true(s[1] == 1e-4f / 448.0f);
     assert_true(xq[5] == 448.0f);
@@ -145,11 +146,60 @@ static void golden_w8a8_gemm(void **state) {
     st_close(&st);
 }
 
+/** DeepSeek-V3.1's scale_fmt "ue8m0": the smallest power of two ≥ s, exactly (docs/model.md §13.4). */
+static void ue8m0_scales(void **state) {
+    (void)state;
+    assert_true(fp8_scale_ue8m0(1.0f) == 1.0f);
+    assert_true(fp8_scale_ue8m0(0.5f) == 0.5f);
+    assert_true(fp8_scale_ue8m0(nextafterf(0.5f, 1.0f)) == 1.0f); /* just above a power: the next one */
+    assert_true(fp8_scale_ue8m0(0.75f) == 1.0f);
+    assert_true(fp8_scale_ue8m0(1e-4f / 448.0f) == 0x1p-22f); /* the amax floor: 2.23e-7 → 2^-22 */
+    assert_true(fp8_scale_ue8m0(3.0f) == 4.0f);
+    float x[128], xq[128], s, plain;
+    for (int i = 0; i < 128; i++) x[i] = 0.01f * (float)(i - 60);
+    fp8_quantize_row(xq, &plain, x, 128, 0);
+    fp8_quantize_row(xq, &s, x, 128, 1);
+    assert_true(s >= plain && s < 2.0f * plain);
+    int e;
+    assert_true(frexpf(s, &e) == 0.5f); /* a power of two */
+    for (int i = 0; i < 128; i++) assert_true(fabsf(xq[i]) <= 448.0f);
+}
+
+/** The same W8A8 GEMM with V3.1's power-of-two activation scales, against tools/golden_family.py. */
+static void golden_w8a8_ue8m0(void **state) {
+    (void)state;
+    SafeTensors st;
+    Err err;
+    assert_int_equal(st_open(&st, "golden/fp8-small/w8a8_gemm.safetensors", NULL, &err), 0);
+    const StTensor *x = st_find(&st, "x"), *w = st_find(&st, "w.weight"), *ws = st_find(&st, "w.weight_scale_inv");
+    int M = (int)x->shape[0], K = (int)x->shape[1], N = (int)w->shape[0], blocks = (K + 127) / 128;
+    Tensor W = { w->data, DT_F8_E4M3, N, K, ws->data };
+    size_t ny, ns;
+    float *yref = read_f32("golden/fp8-small/w8a8_ue8m0.f32", &ny);
+    float *sref = read_f32("golden/fp8-small/w8a8_ue8m0_scale.f32", &ns);
+    assert_int_equal(ny, (size_t)M * N);
+    assert_int_equal(ns, (size_t)M * blocks);
+    float *xf = malloc(sizeof(float) * M * K), *y = malloc(sizeof(float) * M * N);
+    float *scratch = malloc(sizeof(float) * linear_scratch_floats(M, K));
+    for (int i = 0; i < M * K; i++) xf[i] = st_load_f32(x->data + 4 * i);
+    LinearScratch ls = linear_scratch_init(scratch, M, K);
+    ls.scale_ue8m0 = 1;
+    linear_forward(y, xf, M, &W, FP8_W8A8, &ls);
+    double md = 0, mx = 0;
+    for (int i = 0; i < M * N; i++) md = fmax(md, fabs(y[i] - yref[i])), mx = fmax(mx, fabs(yref[i]));
+    printf("    y_w8a8 ue8m0: max rel %.3e\n", md / mx);
+    assert_true(md / mx <= 1e-6);
+    for (int i = 0; i < M * blocks; i++) assert_true(ls.x_scale[i] == sref[i]);
+    free(xf), free(y), free(scratch), free(yref), free(sref);
+    st_close(&st);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(all_256_codes),          cmocka_unit_test(encoder),
         cmocka_unit_test(activation_quant),       cmocka_unit_test(block_dequant_576_edge),
-        cmocka_unit_test(golden_w8a8_gemm),
+        cmocka_unit_test(golden_w8a8_gemm),       cmocka_unit_test(ue8m0_scales),
+        cmocka_unit_test(golden_w8a8_ue8m0),
     };
     return cmocka_run_group_tests_name("fp8", tests, NULL, NULL);
 }

@@ -8,6 +8,10 @@
  *    implementation lands near 1e-6; anything above 1e-4 is a bug, per the golden README.)
  *  - golden/fp8-small: an FP8 block-scaled checkpoint (partial 128-blocks) and its MTP logits,
  *    from an independent FP64 implementation of docs/model.md. Same tolerance.
+ *  - golden/k2-tiny, golden/moonlight-tiny: the family's shapes (Kimi K2: 384 experts in one group,
+ *    YaRN with beta_fast = beta_slow, no MTP; Moonlight: q_lora_rank null, plain RoPE θ 50000), logits
+ *    from tools/golden_family.py, a numpy implementation of HF's modeling_deepseek_v3.py. Same tolerance,
+ *    both MLA forms, whole and chunked prefill.
  *  - W8A8 numerics on the whole model are not bit-comparable (quantization is discontinuous);
  *    the median row error against the dequant logits is bounded and reported instead.
  */
@@ -106,6 +110,21 @@ static void fp8_mtp(void **state) {
     check_logits("golden/fp8-small", "--mtp --prefill 16", "mtp_logits.f32", 31, 384, NULL, 0);
 }
 
+/** The family goldens: every MLA form and chunking, logits and hidden states (docs/model.md §13). */
+static void family_all_modes(const char *dir) {
+    const char *modes[] = { "", "--attn naive", "--prefill 1", "--prefill 7", "--prefill 9 --attn naive" };
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        check_logits(dir, modes[i], "logits.f32", 40, 256, i < 2 ? "hidden.f32" : NULL, 64);
+}
+static void kimi_k2_tiny(void **state) {
+    (void)state;
+    family_all_modes("golden/k2-tiny");
+}
+static void moonlight_tiny(void **state) {
+    (void)state;
+    family_all_modes("golden/moonlight-tiny");
+}
+
 /** MTP through the prefill path vs the decode path: the same layer, same inputs, ≤ 1e-5. */
 static void mtp_prefill_vs_decode(void **state) {
     (void)state;
@@ -169,7 +188,8 @@ int main(void) {
         cmocka_unit_test(official_absorb),       cmocka_unit_test(official_naive),
         cmocka_unit_test(official_prefill),      cmocka_unit_test(fp8_dequant_all_modes),
         cmocka_unit_test(fp8_mtp),               cmocka_unit_test(mtp_prefill_vs_decode),
-        cmocka_unit_test(fp8_w8a8_whole_model),
+        cmocka_unit_test(fp8_w8a8_whole_model),  cmocka_unit_test(kimi_k2_tiny),
+        cmocka_unit_test(moonlight_tiny),
     };
     return cmocka_run_group_tests_name("golden", tests, test_tmp_setup, test_tmp_teardown);
 }

@@ -251,3 +251,25 @@ long stream_decode_all(const Tokenizer *tok, const int *ids, int n, ByteBuf *all
     decode_stream_free(&ds);
     return rc;
 }
+
+int tok_kimi_fixture(const char *dir, const char *chat_template_path) {
+    char cwd[4000], target[4200], link[4300], path[4300], *cfg = NULL, *tpl = NULL;
+    size_t len;
+    Err err = { "" };
+    if (!getcwd(cwd, sizeof cwd)) return -1;
+    snprintf(target, sizeof target, "%s/" TIK_DIR "/cl100k_base/tiktoken.model", cwd);
+    snprintf(link, sizeof link, "%s/tiktoken.model", dir);
+    if (symlink(target, link) || read_file(TIK_DIR "/kimi/tokenizer_config.json", 1 << 20, &cfg, &len, &err) ||
+        (chat_template_path && read_file(chat_template_path, 1 << 20, &tpl, &len, &err))) {
+        free(cfg);
+        return -1;
+    }
+    cJSON *j = cJSON_Parse(cfg);
+    if (tpl) cJSON_AddStringToObject(j, "chat_template", tpl);
+    char *text = cJSON_Print(j);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    int rc = text && tok_write(path, text, strlen(text)) == 0 ? 0 : -1;
+    free(text), free(cfg), free(tpl);
+    cJSON_Delete(j);
+    return rc;
+}

@@ -15,6 +15,16 @@ struct cJSON;
 /** The real DeepSeek-V3 tokenizer directory (tests run from the repository root). */
 #define DS_TOKENIZER_DIR "golden/tokenizer/deepseek-v3"
 
+/** The tiktoken fixtures (golden/tokenizer/tiktoken/README.md). */
+#define TIK_DIR "golden/tokenizer/tiktoken"
+
+/**
+ * Makes @p dir (existing) a Kimi-class tiktoken tokenizer: a symlink to cl100k_base's tiktoken.model
+ * and Kimi K2's tokenizer_config.json layout, with the chat_template read from @p chat_template_path
+ * (NULL: none). 0, or -1.
+ */
+int tok_kimi_fixture(const char *dir, const char *chat_template_path);
+
 /** Parses a JSON file; NULL (with a message on stderr) if it cannot be read or parsed. */
 struct cJSON *tok_json_file(const char *path);
 

@@ -90,7 +90,7 @@ static int render(const Chat *c, int n, IntVec *out, Err *err) {
     if (!cm) return err_set(err, "out of memory");
     for (int i = 0; i < n; i++) cm[i] = (ChatMessage){ c->m[i].role, c->m[i].content };
     int *ids = NULL, k = 0;
-    int rc = chat_encode(c->r->tok, cm, n, n > 0 && !strcmp(cm[n - 1].role, "user"), &ids, &k, err);
+    int rc = chat_template_encode(c->r->tpl, c->r->tok, cm, n, n > 0 && !strcmp(cm[n - 1].role, "user"), &ids, &k, err);
     free(cm);
     out->n = 0;
     if (rc == 0 && intvec_append(out, ids, (size_t)k)) rc = err_set(err, "out of memory");
@@ -161,7 +161,7 @@ static int user_turn(Chat *c, const char *text, size_t len, Err *err) {
     } else {
         /* The previous reply's last token is pending and is fed first; a reply cut short (-n,
          * Ctrl-C) still has to be closed with EOS. */
-        rc = chat_encode_user_turn(r->tok, c->m[c->n - 1].content, !c->ended_eos, 1, &ids, err);
+        rc = chat_template_encode_user_turn(r->tpl, r->tok, c->m[c->n - 1].content, !c->ended_eos, 1, &ids, err);
     }
     if (rc == 0) {
         if (c->fresh && (int64_t)ids.n + reserve <= g->ctx) {
@@ -189,9 +189,11 @@ static int user_turn(Chat *c, const char *text, size_t len, Err *err) {
     ReplyEnd end;
     long left = r->n_predict;
     out_interrupts_defer(1); /* Ctrl-C now stops the reply instead of the process */
+    chat_reasoning_free(r->reasoning);
+    chat_reasoning_init(r->reasoning, r->reasoning_mode, chat_template_opens_reasoning(r->tpl));
     for (;;) {
         size_t had = rids.n;
-        rc = reply_stream(g, r->ds, r->eos, left, r->stop, stdout, &rids, &rtext, &end, err);
+        rc = reply_stream(g, r->ds, r->eos, left, r->stop, r->reasoning, stdout, &rids, &rtext, &end, err);
         if (rc || end != REPLY_CONTEXT_FULL) break;
         if (left > 0) left -= (long)(rids.n - had); /* the ids this piece produced */
         /* Mid-reply: drop old turns and go on with the reply where it stopped. */

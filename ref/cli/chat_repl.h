@@ -17,6 +17,7 @@
 
 #include "generate/generate.h"
 #include "generate/stop.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
 /** What the loop works with: the session `dsv3 chat` opened. */
@@ -28,6 +29,9 @@ typedef struct {
     long n_predict;       /**< tokens per reply at most (-1: until EOS or the context is full) */
     const char *system;   /**< the first system message (-sys), or NULL */
     StopMatcher *stop;    /**< --stop strings end a reply (NULL: none) */
+    const ChatTemplate *tpl; /**< the chat template (--chat-template, or recognized from the tokenizer) */
+    ChatReasoning *reasoning; /**< each reply's `<think>` part goes through it (--reasoning) */
+    ReasoningMode reasoning_mode; /**< how that part is shown */
 } ChatRepl;
 
 /**

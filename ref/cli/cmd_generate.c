@@ -5,7 +5,10 @@
  *
  *   dsv3 generate -m MODEL_DIR [--tokenizer DIR] (-p PROMPT | -f FILE) [-n N] [--temp T]
  *                 [--top-p P] [--top-k K] [--seed S] [-c CTX] [--stop S]... [--spec mtp|none] [--draft N]
- *   dsv3 chat     -m MODEL_DIR [--tokenizer DIR] [-sys SYSTEM] [same sampling flags]
+ *   dsv3 chat     -m MODEL_DIR [--tokenizer DIR] [-sys SYSTEM] [--chat-template NAME] [--think on|off]
+ *                 [same sampling flags]
+ *   both: [--reasoning show|hide]   the `<think>…</think>` part of a reply dimmed on a terminal (as written
+ *         otherwise), or not printed (ref/tokenizer/chat.h, ChatReasoning)
  *
  * Text streams to stdout as it is produced (never half a UTF-8 character, and never the start
  * of a --stop string before it is known not to be one); statistics go to stderr. stdout is the
@@ -49,6 +52,9 @@ typedef struct {
     const char *tokenizer, *prompt, *prompt_file, *system, *batch_file;
     long n_predict, ctx, chunk, parallel, draft;
     int spec, no_bos, escape, display_prompt, no_display_prompt, verbose_prompt;
+    const char *chat_template; /* --chat-template NAME (chat) */
+    int think;            /* --think on|off (chat; deepseek-v3.1): −1 not given */
+    int hide_reasoning;   /* --reasoning hide */
     CliList stop_args;    /* --stop, as given */
     int fp8_given;        /* --fp8 on the command line (the GPU backend defaults to w8a8) */
     int seed_given;       /* --seed on the command line (else from the clock) */
@@ -59,7 +65,7 @@ typedef struct {
     char **stops_esc;     /* [n_stops] owned copies with -e */
 } GenArgs;
 
-static const int spec_values[] = { 1, 0 };
+static const int spec_values[] = { 1, 0 }, think_values[] = { 1, 0 };
 
 /** generate only: where the prompt comes from, and what is printed around the completion. */
 static const CliOpt prompt_opts[] = {
@@ -82,6 +88,11 @@ static const CliOpt prompt_opts[] = {
 /** chat only. */
 static const CliOpt chat_opts[] = {
     { "--system", "-sys", CLI_STR, offsetof(GenArgs, system), "TEXT", .help = "system prompt" },
+    { "--chat-template", NULL, CLI_STR, offsetof(GenArgs, chat_template), "NAME",
+      .help = "deepseek-v3, deepseek-r1, deepseek-v3.1, kimi-k2, kimi-k2-thinking\n"
+              "(default: recognized from the tokenizer's tokenizer_config.json)" },
+    { "--think", NULL, CLI_CHOICE, offsetof(GenArgs, think), .choices = "on|off", .values = think_values,
+      .help = "deepseek-v3.1: thinking mode (default off)" },
 };
 
 /** generate and chat. */
@@ -101,6 +112,8 @@ static const CliOpt gen_opts[] = {
       .help = "speculative decoding with the MTP module; docs/benchmarks.md says when it pays" },
     { "--draft", NULL, CLI_LONG, offsetof(GenArgs, draft), "N", .lo = 1, .hi = 16, .def = "1",
       .help = "MTP drafts per step, recycling the module's output" },
+    { "--reasoning", NULL, CLI_CHOICE, offsetof(GenArgs, hide_reasoning), .choices = "show|hide", .def = "show",
+      .help = "the <think>...</think> part of a reply: shown (dimmed on a terminal), or hidden" },
 };
 
 /**
@@ -129,6 +142,7 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a, CliCmd
     int rc = cli_parse(c, argc, argv);
     if (rc != CLI_RUN) return rc;
     a->fp8_given = cli_given(c, "--fp8"), a->seed_given = cli_given(c, "--seed");
+    if (is_chat && !cli_given(c, "--think")) a->think = -1;
     if (!a->model.dir) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 %s --help)", cmd);
     if (!is_chat && !!a->prompt + !!a->prompt_file + !!a->batch_file != 1)
         return cli_fail(cmd, EXIT_USAGE, "give exactly one of -p PROMPT, -f FILE or --batch FILE");
@@ -171,6 +185,7 @@ typedef struct {
     GpuEngine *gpu; /* --backend fast */
     DecodeStream ds;
     StopMatcher stop; /* --stop */
+    ChatReasoning reasoning; /* the reply's <think> part, shown or hidden (--reasoning) */
     int eos;
     int loaded_model;
     int n_sample;   /* the tokenizer's ids: larger ids are never generated */
@@ -187,6 +202,7 @@ static void session_free(Session *s) {
     gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
     stop_free(&s->stop);
+    chat_reasoning_free(&s->reasoning);
     free(s->lp.work);
     tokenizer_free(s->tok);
     if (s->loaded_model) model_free(&s->m);
@@ -294,13 +310,18 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     return EXIT_OK;
 }
 
+/** How a reply's reasoning is shown: --reasoning hide, else dimmed on a terminal, as written elsewhere. */
+static ReasoningMode reasoning_mode(const GenArgs *a) {
+    return a->hide_reasoning ? REASONING_HIDE : isatty(1) ? REASONING_SHOW_DIM : REASONING_SHOW_TAGS;
+}
+
 /**
  * Generates until EOS, a --stop string, @p limit tokens (-1: until the context is full) or an
  * error, streaming text to stdout (reply.h). Returns 0 with *how set.
  */
 static int stream_reply(const char *cmd, Session *s, long limit, ReplyEnd *how) {
     Err err = { "" };
-    if (reply_stream(&s->g, &s->ds, s->eos, limit, &s->stop, stdout, NULL, NULL, how, &err))
+    if (reply_stream(&s->g, &s->ds, s->eos, limit, &s->stop, &s->reasoning, stdout, NULL, NULL, how, &err))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     if (*how == REPLY_CONTEXT_FULL) fprintf(stderr, "\n[context full]\n");
     return EXIT_OK;
@@ -516,6 +537,7 @@ static int generate(const char *cmd, GenArgs *a, int argc, char **argv) {
         else {
             ReplyEnd how;
             if (a->display_prompt) fwrite(text, 1, len, stdout);
+            chat_reasoning_init(&s.reasoning, reasoning_mode(a), chat_text_opens_reasoning(text, len));
             rc = stream_reply(cmd, &s, a->n_predict, &how);
             if (rc == EXIT_OK) printf("\n"), print_stats(&s, (int64_t)ids.n);
         }
@@ -548,9 +570,23 @@ static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
         return cli_ep_finish(&ep, cmd, rc ? rc : serve_session(cmd, a, &ep));
     Session s;
     rc = session_open(cmd, a, &s, &ep);
+    /* The template (--chat-template, or recognized from tokenizer_config.json); a reply ends at its end of turn. */
+    ChatTemplate tpl;
+    Err terr = { "" };
+    if (rc == EXIT_OK && (chat_template_select(&tpl, s.tok, a->chat_template, a->think > 0, &terr) ||
+                          chat_template_check(&tpl, s.tok, &terr)))
+        rc = cli_fail(cmd, EXIT_USAGE, "%s", terr.msg);
+    if (rc == EXIT_OK) {
+        int eot = tokenizer_token_id(s.tok, chat_template_end_of_turn(&tpl));
+        if (eot >= 0) s.eos = eot;
+        if (a->think >= 0 && !chat_template_has_think_switch(&tpl))
+            fprintf(stderr, "dsv3 chat: --think has no effect with the %s template\n", chat_template_name(tpl.kind));
+        fprintf(stderr, "dsv3 chat: %s chat template%s\n", chat_template_name(tpl.kind),
+                chat_template_has_think_switch(&tpl) ? (tpl.think ? ", thinking" : ", not thinking") : "");
+    }
     int turns = 0;
     if (rc == EXIT_OK) {
-        ChatRepl r = { s.tok, &s.g, &s.ds, s.eos, a->n_predict, a->system, &s.stop };
+        ChatRepl r = { s.tok, &s.g, &s.ds, s.eos, a->n_predict, a->system, &s.stop, &tpl, &s.reasoning, reasoning_mode(a) };
         rc = chat_repl(cmd, &r, &turns); /* chat_repl.c: the loop, its commands, context shift */
     }
     if (rc == EXIT_OK && turns > 0) print_stats(&s, s.g.stats.prefilled);

@@ -3,7 +3,7 @@
  * @brief `dsv3 mkckpt`: random checkpoints in the real Hugging Face layout, for tests,
  *        benchmarks and experiments.
  *
- *   dsv3 mkckpt -o DIR [--preset tiny|small|mini|v3 | --config FILE] [--format fp8|bf16|f32]
+ *   dsv3 mkckpt -o DIR [--preset NAME (ref/model/ckpt.c's table) | --config FILE] [--format fp8|bf16|f32]
  *               [--mtp N] [--shards N] [--seed S] [--bias-std X] [--eh-proj-fp8] [--set KEY=VALUE]...
  */
 #include <stddef.h>
@@ -30,7 +30,8 @@ static const int format_values[] = { CKPT_FP8, CKPT_BF16, CKPT_F32 };
 static const CliOpt opts[] = {
     { "--output", "-o", CLI_STR, offsetof(Args, out), "DIR", .help = "directory to write config.json + safetensors into" },
     { "--preset", NULL, CLI_STR, offsetof(Args, preset), "NAME", .def = "tiny",
-      .help = "tiny, small, mini (~70 MB FP8, used by make bench) or v3 (the 671B shape)" },
+      .help = "tiny, small, mini (~70 MB FP8, used by make bench), v3 (the 671B shape),\n"
+              "v3.1, v3.1-small (UE8M0 scales), k2, k2-tiny (Kimi K2), moonlight, moonlight-tiny" },
     { "--config", NULL, CLI_STR, offsetof(Args, config), "FILE", .help = "start from a config.json instead of a preset" },
     { "--set", NULL, CLI_LIST, offsetof(Args, sets), "KEY=VALUE",
       .help = "override a numeric config field (repeatable), e.g. --set num_hidden_layers=2" },

@@ -63,8 +63,9 @@ static const CliOpt tokenize_opts[] = {
     { "--file", NULL, CLI_STR, offsetof(Args, file), "PATH", .help = "read the text from PATH ('-' = standard input)" },
     { "--chat", NULL, CLI_FLAG, offsetof(Args, chat),
       .help = "the input is a JSON array of {\"role\", \"content\"} messages (roles system,\n"
-              "user, assistant): print the ids of the chat template with BOS and the\n"
-              "generation prompt <｜Assistant｜> appended" },
+              "user, assistant): print the ids of the tokenizer's chat template (recognized\n"
+              "from tokenizer_config.json: deepseek-v3, -r1, -v3.1, kimi-k2, kimi-k2-thinking)\n"
+              "with its generation prompt appended" },
 };
 
 static const char EXIT_STATUS[] = "Exit status: 0 ok, 1 run-time error (unreadable or invalid input, tokenizer does not load),\n"

@@ -11,8 +11,8 @@
  *   BF16:  round to nearest even;   F32: as is.
  * The correction biases are always F32. With shards, each scale is written to the shard after its
  * weight's, so readers are tested on scales that live in another file (docs/formats.md §1.3).
- * The presets (tiny, small, mini, v3) are DeepSeek-V3's configuration at other sizes: a table of
- * the fields in which each differs from DeepSeek-V3.
+ * The presets are the family's configurations (DeepSeek-V3, V3.1, Kimi K2, Moonlight) at their real
+ * and at smaller sizes: a table of sizes, each row naming the family whose other fields it takes.
  */
 #include "ckpt.h"
 
@@ -32,14 +32,39 @@
 /* ------------------------------------------------------------------------------------- */
 /* presets                                                                                 */
 
-/** The fields every preset shares with DeepSeek-V3 (docs/model.md §1.2). */
-static void v3_defaults(Config *c) {
+/**
+ * The fields a family member's config.json fixes whatever the size (docs/model.md §1.2, §13.1):
+ * DeepSeek-V3 (and R1, V3-0324, whose configs are V3's), V3.1 (UE8M0 scales), Kimi K2 and Moonlight.
+ */
+typedef struct {
+    const char *name, *model_type;
+    double rope_theta;
+    int has_yarn;
+    double rope_factor, beta_fast, beta_slow; /* YaRN (mscale = mscale_all_dim = 1, L0 = 4096) */
+    int max_position_embeddings;
+    double routed_scaling_factor, rms_norm_eps;
+    int bos_token_id, eos_token_id;           /* 0 / 1 instead when they do not fit a preset's vocabulary */
+    int scale_ue8m0;
+} Family;
+
+static const Family FAMILIES[] = {
+    /*                   model_type    theta yarn  factor  β_fast β_slow  max_pos   rsf    eps      bos     eos ue8m0 */
+    { "v3",        "deepseek_v3", 10000,    1,     40,     32,     1,  163840, 2.5,   1e-6,      0,      1, 0 },
+    { "v3.1",      "deepseek_v3", 10000,    1,     40,     32,     1,  163840, 2.5,   1e-6,      0,      1, 1 },
+    { "kimi-k2",   "kimi_k2",     50000,    1,     32,      1,     1,  131072, 2.827, 1e-6, 163584, 163585, 0 },
+    { "moonlight", "deepseek_v3", 50000,    0,      1,     32,     1,    8192, 2.446, 1e-5, 163584, 163585, 0 },
+};
+
+static void family_defaults(Config *c, const Family *f) {
     memset(c, 0, sizeof *c);
+    snprintf(c->model_type, sizeof c->model_type, "%s", f->model_type);
     c->moe_layer_freq = 1, c->norm_topk_prob = 1;
-    c->routed_scaling_factor = 2.5, c->rope_theta = 10000, c->has_yarn = 1, c->rope_factor = 40;
-    c->original_max_position_embeddings = 4096, c->beta_fast = 32, c->beta_slow = 1;
-    c->mscale = 1.0, c->mscale_all_dim = 1.0, c->max_position_embeddings = 163840;
-    c->rms_norm_eps = 1e-6, c->bos_token_id = 0, c->eos_token_id = 1;
+    c->routed_scaling_factor = f->routed_scaling_factor, c->rope_theta = f->rope_theta, c->has_yarn = f->has_yarn;
+    c->rope_factor = f->rope_factor, c->original_max_position_embeddings = f->has_yarn ? 4096 : 0;
+    c->beta_fast = f->beta_fast, c->beta_slow = f->beta_slow;
+    c->mscale = 1.0, c->mscale_all_dim = 1.0, c->max_position_embeddings = f->max_position_embeddings;
+    c->rms_norm_eps = f->rms_norm_eps, c->bos_token_id = f->bos_token_id, c->eos_token_id = f->eos_token_id;
+    c->scale_ue8m0 = f->scale_ue8m0;
 }
 
 /** A preset: the Config fields in which the presets differ (every other field is V3's, v3_defaults). */
@@ -50,6 +75,7 @@ typedef struct {
     int num_attention_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     int n_routed_experts, n_shared_experts, num_experts_per_tok, n_group, topk_group;
     int has_fp8;
+    const char *family; /* a FAMILIES name: the fields that are not sizes */
 } Preset;
 
 /*
@@ -57,30 +83,47 @@ typedef struct {
  * small  fp8-small-like: FP8 partial edge blocks (144-row projections).
  * mini   ~85 MB FP8 (+ BF16 embeddings): V3's proportions at ~1/9 width — Dq ≈ 0.25 D with a
  *        partial 64-row FP8 block, latent 128 + rope 32, 32 experts in 8 groups, 1 shared, MTP.
- * v3     deepseek-ai/DeepSeek-V3 (docs/model.md §1.2).
+ * v3     deepseek-ai/DeepSeek-V3 (docs/model.md §1.2); R1, R1-0528 and V3-0324 have this config too.
+ * v3.1, v3.1-small  DeepSeek-V3.1 / V3.1-Terminus: V3's shape with UE8M0 (power-of-two) scales; small's shape.
+ * k2     moonshotai/Kimi-K2-Instruct: 384 experts in one group, 64 heads, one dense layer, no MTP,
+ *        θ 50000, YaRN 32 with β_fast = β_slow = 1 (docs/model.md §13.1).
+ * k2-tiny  K2's routing (384 experts, one group, top-8) and rope at a width that runs in milliseconds.
+ * moonlight  moonshotai/Moonlight-16B-A3B: q_lora_rank null (direct q_proj), 64 experts top-6 in one
+ *        group, 2 shared, plain RoPE θ 50000 (docs/model.md §13.1–13.2); moonlight-tiny its shape, small.
  * Columns, in Preset's order: vocab_size, hidden_size D, intermediate_size I (dense FFN),
  * moe_intermediate_size Im, num_hidden_layers L, num_nextn_predict_layers MTP,
  * first_k_dense_replace, num_attention_heads H, q_lora_rank Dq, kv_lora_rank Dc, the
  * qk_nope / qk_rope / v head dims, n_routed_experts E, n_shared_experts Es,
- * num_experts_per_tok K, n_group G, topk_group Gk, has_fp8.
+ * num_experts_per_tok K, n_group G, topk_group Gk, has_fp8, family (Dq 0 = q_lora_rank null).
  */
 static const Preset PRESETS[] = {
-    /*          vocab     D      I    Im   L  MTP  dense    H    Dq   Dc  nope  rope    v    E  Es  K  G  Gk  fp8 */
-    { "tiny",     320,  256,   384,  128,  4,   1,     1,   4,   96,  64,   32,   16,  32,  16,  2, 4, 4,  2,   0 },
-    { "small",    384,  384,   512,  128,  3,   1,     1,   3,  256, 128,   32,   16,  48,  12,  1, 3, 3,  2,   1 },
-    { "mini",    4096,  768,  2048,  128,  5,   1,     1,  12,  192, 128,   64,   32,  64,  32,  1, 4, 8,  4,   1 },
-    { "v3",    129280, 7168, 18432, 2048, 61,   1,     3, 128, 1536, 512,  128,   64, 128, 256,  1, 8, 8,  4,   1 },
+    /*               vocab     D      I    Im   L  MTP  dense    H    Dq   Dc  nope  rope    v    E  Es  K  G  Gk fp8 family */
+    { "tiny",          320,  256,   384,  128,  4,   1,     1,   4,   96,  64,   32,   16,  32,  16,  2, 4, 4,  2, 0, "v3" },
+    { "small",         384,  384,   512,  128,  3,   1,     1,   3,  256, 128,   32,   16,  48,  12,  1, 3, 3,  2, 1, "v3" },
+    { "mini",         4096,  768,  2048,  128,  5,   1,     1,  12,  192, 128,   64,   32,  64,  32,  1, 4, 8,  4, 1, "v3" },
+    { "v3",         129280, 7168, 18432, 2048, 61,   1,     3, 128, 1536, 512,  128,   64, 128, 256,  1, 8, 8,  4, 1, "v3" },
+    { "v3.1",       129280, 7168, 18432, 2048, 61,   1,     3, 128, 1536, 512,  128,   64, 128, 256,  1, 8, 8,  4, 1, "v3.1" },
+    { "v3.1-small",    384,  384,   512,  128,  3,   1,     1,   3,  256, 128,   32,   16,  48,  12,  1, 3, 3,  2, 1, "v3.1" },
+    { "k2",         163840, 7168, 18432, 2048, 61,   0,     1,  64, 1536, 512,  128,   64, 128, 384,  1, 8, 1,  1, 1, "kimi-k2" },
+    { "k2-tiny",       256,   64,   128,    8,  3,   0,     1,   4,   32,  32,   16,    8,  16, 384,  1, 8, 1,  1, 0, "kimi-k2" },
+    { "moonlight",  163840, 2048, 11264, 1408, 27,   0,     1,  16,    0, 512,  128,   64, 128,  64,  2, 6, 1,  1, 0, "moonlight" },
+    { "moonlight-tiny", 256,  64,   128,   16,  3,   0,     1,   4,    0,  32,   16,    8,  16,  64,  2, 6, 1,  1, 0, "moonlight" },
 };
 
 int config_preset(Config *c, const char *name, Err *err) {
-    v3_defaults(c);
     const Preset *p = NULL;
-    char names[128] = "";
+    char names[256] = "";
     for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++) {
         if (!strcmp(name, PRESETS[i].name)) p = &PRESETS[i];
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", PRESETS[i].name);
     }
     if (!p) return err_set(err, "unknown preset '%s' (%s)", name, names);
+    const Family *f = NULL;
+    for (size_t i = 0; i < sizeof FAMILIES / sizeof FAMILIES[0]; i++)
+        if (!strcmp(p->family, FAMILIES[i].name)) f = &FAMILIES[i];
+    DSV3_ASSERT(f);
+    family_defaults(c, f);
+    if (c->bos_token_id >= p->vocab_size || c->eos_token_id >= p->vocab_size) c->bos_token_id = 0, c->eos_token_id = 1;
     c->vocab_size = p->vocab_size, c->hidden_size = p->hidden_size, c->intermediate_size = p->intermediate_size;
     c->moe_intermediate_size = p->moe_intermediate_size, c->num_hidden_layers = p->num_hidden_layers;
     c->num_nextn_predict_layers = p->num_nextn_predict_layers, c->first_k_dense_replace = p->first_k_dense_replace;
@@ -170,6 +213,7 @@ typedef struct {
     int tmp_slot;       /* the slot whose values tmp holds (-1: none) */
     const PlanEntry *current; /* entries of the shard being written, parallel to its StEntry array */
     const StEntry *current_st;
+    int ue8m0;          /* power-of-two block scales (config scale_fmt ue8m0) */
 } Plan;
 
 static int collect_slot(void *ctx, const WeightSlot *s) {
@@ -193,12 +237,14 @@ static DType slot_dtype(const Plan *p, const WeightSlot *s) {
     return DT_BF16;
 }
 
-/** Per-128×128-block scale (amax/448; 1 for an all-zero block) of a [rows][cols] matrix. */
-static float block_scale(const float *w, int64_t cols, int64_t rows, int64_t br, int64_t bc) {
+/** Per-128×128-block scale (amax/448; 1 for an all-zero block) of a [rows][cols] matrix; with
+ *  @p ue8m0 rounded up to a power of two, as DeepSeek-V3.1's checkpoint stores them (docs/model.md §13.4). */
+static float block_scale(const float *w, int64_t cols, int64_t rows, int64_t br, int64_t bc, int ue8m0) {
     float amax = 0.0f;
     for (int64_t i = br * 128; i < rows && i < (br + 1) * 128; i++)
         for (int64_t j = bc * 128; j < cols && j < (bc + 1) * 128; j++) amax = fmaxf(amax, fabsf(w[i * cols + j]));
-    return amax > 0.0f ? amax / FP8_E4M3_MAX : 1.0f;
+    float s = amax > 0.0f ? amax / FP8_E4M3_MAX : 1.0f;
+    return ue8m0 ? fp8_scale_ue8m0(s) : s;
 }
 
 /** e4m3 codes of a [rows][cols] FP32 matrix, block by 128×128 block. */
@@ -206,6 +252,7 @@ typedef struct {
     const float *w;
     uint8_t *out;
     int64_t rows, cols;
+    int ue8m0;
 } Fp8Fill;
 
 static void fp8_block_rows(void *ctx, int64_t br0, int64_t br1) {
@@ -213,7 +260,7 @@ static void fp8_block_rows(void *ctx, int64_t br0, int64_t br1) {
     int64_t gc = (f->cols + 127) / 128;
     for (int64_t br = br0; br < br1; br++)
         for (int64_t bc = 0; bc < gc; bc++) {
-            float scale = block_scale(f->w, f->cols, f->rows, br, bc);
+            float scale = block_scale(f->w, f->cols, f->rows, br, bc, f->ue8m0);
             for (int64_t i = br * 128; i < f->rows && i < (br + 1) * 128; i++)
                 for (int64_t j = bc * 128; j < f->cols && j < (bc + 1) * 128; j++)
                     f->out[i * f->cols + j] = fp8_e4m3_from_f32(f->w[i * f->cols + j] / scale);
@@ -241,7 +288,7 @@ static int fill_entry(void *ctx, const StEntry *e, void *buf, size_t nbytes) {
     if (pe->is_scale) {
         float *sc = buf;
         for (int64_t br = 0; br < gr; br++)
-            for (int64_t bc = 0; bc < gc; bc++) sc[br * gc + bc] = block_scale(p->tmp, s->cols, s->rows, br, bc);
+            for (int64_t bc = 0; bc < gc; bc++) sc[br * gc + bc] = block_scale(p->tmp, s->cols, s->rows, br, bc, p->ue8m0);
         return 0;
     }
     switch (e->dtype) {
@@ -255,7 +302,7 @@ static int fill_entry(void *ctx, const StEntry *e, void *buf, size_t nbytes) {
         }
         break;
     case DT_F8_E4M3: {
-        Fp8Fill f = { p->tmp, buf, s->rows, s->cols };
+        Fp8Fill f = { p->tmp, buf, s->rows, s->cols, p->ue8m0 };
         parallel_ranges(gr, 8, fp8_block_rows, &f); /* each 128-row block row is independent */
         break;
     }
@@ -329,7 +376,7 @@ int ckpt_write_into(const char *dir, const Config *cfg, const CkptLayout *layout
     Plan p;
     memset(&p, 0, sizeof p);
     p.tmp_slot = -1;
-    p.layout = layout, p.src = src, p.src_ctx = ctx;
+    p.layout = layout, p.src = src, p.src_ctx = ctx, p.ue8m0 = c.scale_ue8m0;
     Weights w;
     StEntry *st = NULL;
     PlanEntry *shard_pe = NULL;

@@ -72,7 +72,8 @@ typedef struct {
  */
 int ckpt_random_source(void *ctx, const WeightSlot *s, float *out);
 
-/** Fills @p c with a named preset: "tiny", "small", "mini", "v3" (the real 671B shape). */
+/** Fills @p c with a named preset: "tiny", "small", "mini", "v3" (the real 671B shape), "v3.1",
+ *  "v3.1-small", "k2", "k2-tiny", "moonlight", "moonlight-tiny" (docs/model.md §13.1). */
 int config_preset(Config *c, const char *name, Err *err);
 
 #endif

@@ -13,6 +13,9 @@
  *    get_mscale(factor, mscale_all_dim) = 1.0 for V3 (no magnitude scaling).
  *  - #11 the correction bias is keyed on topk_method == "noaux_tc" (not the official `dim == 7168`);
  *    it is the only routing method supported, so every MoE layer has one.
+ * The family's fields (docs/model.md §13): model_type "kimi_k2", q_lora_rank null (a direct q_proj, kept
+ * as 0), rope_scaling with beta_fast ≤ beta_slow (computed as the references do, rope.c), and
+ * quantization_config.scale_fmt "ue8m0".
  */
 #include "config.h"
 
@@ -77,9 +80,12 @@ static int check_str(Reader *r, const char *key, int required, const char *const
     if (!v || cJSON_IsNull(v))
         return required ? err_set(r->err, "%s: missing required field '%s'", r->label, key) : 0;
     if (!cJSON_IsString(v)) return err_set(r->err, "%s: field '%s' must be a string", r->label, key);
-    for (const char *const *a = allowed; *a; a++)
+    char list[128] = "";
+    for (const char *const *a = allowed; *a; a++) {
         if (!strcmp(v->valuestring, *a)) return 0;
-    return err_set(r->err, "%s: unsupported %s '%s' (supported: %s)", r->label, key, v->valuestring, allowed[0]);
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", a == allowed ? "" : ", ", *a);
+    }
+    return err_set(r->err, "%s: unsupported %s '%s' (supported: %s)", r->label, key, v->valuestring, list);
 }
 
 /** quantization_config: only DeepSeek-V3's block-scaled e4m3 with 128×128 blocks (docs/model.md §8). */
@@ -101,9 +107,15 @@ static int parse_quant(Reader *r, Config *c) {
     if (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2 || !cJSON_IsNumber(b->child) ||
         !cJSON_IsNumber(b->child->next) || b->child->valuedouble != 128 || b->child->next->valuedouble != 128)
         return err_set(r->err, "%s: quantization_config.weight_block_size must be [128, 128]", r->label);
+    /* DeepSeek-V3.1: power-of-two (UE8M0) scales; W8A8 rounds the activation scales up to a power of
+     * two as its reference kernel does (docs/model.md §13.4). The weight scales are read as stored. */
     const cJSON *sf = cJSON_GetObjectItemCaseSensitive(q, "scale_fmt");
-    if (sf && !cJSON_IsNull(sf))
-        return err_set(r->err, "%s: quantization_config.scale_fmt is not supported (DeepSeek-V3.1 ue8m0 scales)", r->label);
+    c->scale_ue8m0 = 0;
+    if (sf && !cJSON_IsNull(sf)) {
+        if (!cJSON_IsString(sf) || strcmp(sf->valuestring, "ue8m0"))
+            return err_set(r->err, "%s: quantization_config.scale_fmt must be \"ue8m0\" (or absent)", r->label);
+        c->scale_ue8m0 = 1;
+    }
     c->has_fp8 = 1;
     return 0;
 }
@@ -169,7 +181,7 @@ int config_parse(Config *c, const char *json, size_t len, const char *label, Err
     if (!root) return err_set(err, "%s: not valid JSON", label);
     Reader r = { root, label, err };
     int rc = -1;
-    static const char *const model_types[] = {"deepseek_v3", NULL};
+    static const char *const model_types[] = {"deepseek_v3", "kimi_k2", NULL};
     static const char *const topk_methods[] = {"noaux_tc", NULL};
     static const char *const scorings[] = {"sigmoid", NULL};
     static const char *const acts[] = {"silu", NULL};
@@ -180,12 +192,13 @@ int config_parse(Config *c, const char *json, size_t len, const char *label, Err
     if (check_str(&r, "model_type", 1, model_types) || check_str(&r, "topk_method", 0, topk_methods) ||
         check_str(&r, "scoring_func", 0, scorings) || check_str(&r, "hidden_act", 0, acts))
         goto done;
-    /* q_lora_rank = null is DeepSeek-V2-Lite's direct q_proj: not a V3 layout. */
+    /* Kimi K2 calls its DeepseekV3ForCausalLM "kimi_k2"; the layout and the computation are V3's. */
+    snprintf(c->model_type, sizeof c->model_type, "%s",
+             cJSON_GetObjectItemCaseSensitive(root, "model_type")->valuestring);
+    /* q_lora_rank = null (Moonlight, Kimi-VL, HF's `q_lora_rank is None`): one direct q_proj, no
+     * query latent (docs/model.md §13.2); kept as 0, the official ModelArgs' value for it. */
     const cJSON *ql = cJSON_GetObjectItemCaseSensitive(root, "q_lora_rank");
-    if (ql && cJSON_IsNull(ql)) {
-        err_set(err, "%s: q_lora_rank is null (a q_proj without LoRA, DeepSeek-V2-Lite layout): not supported", label);
-        goto done;
-    }
+    int q_direct = ql && cJSON_IsNull(ql);
     if (get_int(&r, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->vocab_size) ||
         get_int(&r, "hidden_size", 1, 0, 1, MAX_DIM, &c->hidden_size) ||
         get_int(&r, "intermediate_size", 1, 0, 1, MAX_DIM, &c->intermediate_size) ||
@@ -193,7 +206,7 @@ int config_parse(Config *c, const char *json, size_t len, const char *label, Err
         get_int(&r, "num_hidden_layers", 1, 0, 1, MAX_LAYERS, &c->num_hidden_layers) ||
         get_int(&r, "num_nextn_predict_layers", 0, 0, 0, 16, &c->num_nextn_predict_layers) ||
         get_int(&r, "num_attention_heads", 1, 0, 1, MAX_HEADS, &c->num_attention_heads) ||
-        get_int(&r, "q_lora_rank", 1, 0, 1, MAX_DIM, &c->q_lora_rank) ||
+        (!q_direct && get_int(&r, "q_lora_rank", 1, 0, 1, MAX_DIM, &c->q_lora_rank)) ||
         get_int(&r, "kv_lora_rank", 1, 0, 1, MAX_DIM, &c->kv_lora_rank) ||
         get_int(&r, "qk_nope_head_dim", 1, 0, 1, 65536, &c->qk_nope_head_dim) ||
         get_int(&r, "qk_rope_head_dim", 1, 0, 2, 65536, &c->qk_rope_head_dim) ||
@@ -267,8 +280,7 @@ int config_validate(const Config *c, const char *label, Err *err) {
                        c->eos_token_id, c->vocab_size);
     if (c->has_yarn && c->original_max_position_embeddings <= 0)
         return err_set(err, "%s: rope_scaling.original_max_position_embeddings must be positive", label);
-    if (c->has_yarn && !(c->beta_fast > c->beta_slow))
-        return err_set(err, "%s: rope_scaling.beta_fast = %g must exceed beta_slow = %g", label, c->beta_fast, c->beta_slow);
+    /* beta_fast ≤ beta_slow (Kimi K2: both 1) is legal: the ramp of rope.c handles it as the references do. */
     return 0;
 }
 
@@ -299,6 +311,14 @@ int64_t config_max_linear_in(const Config *c) {
     for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
         if (cand[i] > max_in) max_in = cand[i];
     return max_in;
+}
+
+const char *config_family(const Config *c) {
+    if (!strcmp(c->model_type, "kimi_k2") || (c->n_routed_experts == 384 && c->n_group == 1)) return "Kimi K2";
+    if (c->q_lora_rank == 0) return "Moonlight"; /* and Kimi-VL's language model: the direct q_proj */
+    if (c->scale_ue8m0) return "DeepSeek-V3.1";
+    if (c->vocab_size == 129280 && c->n_routed_experts == 256) return "DeepSeek-V3";
+    return "a DeepSeek-V3-architecture model";
 }
 
 int config_layer_is_moe(const Config *c, int layer) {
@@ -344,13 +364,16 @@ char *config_to_json(const Config *c) {
     cJSON *o = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(o, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("DeepseekV3ForCausalLM"));
-    cJSON_AddStringToObject(o, "model_type", "deepseek_v3");
+    cJSON_AddStringToObject(o, "model_type", c->model_type[0] ? c->model_type : "deepseek_v3");
     NUM(vocab_size); NUM(hidden_size); NUM(intermediate_size); NUM(moe_intermediate_size);
     NUM(num_hidden_layers); NUM(num_nextn_predict_layers); NUM(num_attention_heads);
     cJSON_AddNumberToObject(o, "num_key_value_heads", c->num_attention_heads);
     NUM(n_shared_experts); NUM(n_routed_experts);
     cJSON_AddNumberToObject(o, "ep_size", 1);
-    NUM(routed_scaling_factor); NUM(kv_lora_rank); NUM(q_lora_rank); NUM(qk_rope_head_dim); NUM(v_head_dim);
+    NUM(routed_scaling_factor); NUM(kv_lora_rank);
+    if (c->q_lora_rank > 0) NUM(q_lora_rank);
+    else cJSON_AddNullToObject(o, "q_lora_rank");
+    NUM(qk_rope_head_dim); NUM(v_head_dim);
     NUM(qk_nope_head_dim);
     cJSON_AddStringToObject(o, "topk_method", "noaux_tc");
     NUM(n_group); NUM(topk_group); NUM(num_experts_per_tok); NUM(moe_layer_freq); NUM(first_k_dense_replace);
@@ -385,6 +408,7 @@ char *config_to_json(const Config *c) {
         cJSON *b = cJSON_AddArrayToObject(q, "weight_block_size");
         cJSON_AddItemToArray(b, cJSON_CreateNumber(128));
         cJSON_AddItemToArray(b, cJSON_CreateNumber(128));
+        if (c->scale_ue8m0) cJSON_AddStringToObject(q, "scale_fmt", "ue8m0");
     }
     char *s = cJSON_Print(o);
     cJSON_Delete(o);

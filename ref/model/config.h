@@ -26,7 +26,8 @@ typedef struct {
     int num_nextn_predict_layers; /**< num_nextn_predict_layers = 1: MTP modules stored as layers 61.. */
     int num_attention_heads;      /**< num_attention_heads = 128 */
     /* MLA (docs/model.md §3) */
-    int q_lora_rank;              /**< q_lora_rank = 1536 */
+    int q_lora_rank;              /**< q_lora_rank = 1536; 0 when config.json says null: one direct q_proj
+                                       [H·(Dn+Dr)][D] and no q_a_layernorm (Moonlight, Kimi-VL; docs/model.md §13.2) */
     int kv_lora_rank;             /**< kv_lora_rank = 512 */
     int qk_nope_head_dim;         /**< qk_nope_head_dim = 128 */
     int qk_rope_head_dim;         /**< qk_rope_head_dim = 64 */
@@ -56,6 +57,9 @@ typedef struct {
     int bos_token_id;             /**< bos_token_id = 0 */
     int eos_token_id;             /**< eos_token_id = 1 */
     int has_fp8;                  /**< quantization_config = {fp8, e4m3, dynamic, [128,128]} present */
+    int scale_ue8m0;              /**< quantization_config.scale_fmt = "ue8m0" (DeepSeek-V3.1): W8A8 rounds every
+                                       activation scale up to a power of two (docs/model.md §13.4) */
+    char model_type[16];          /**< "deepseek_v3" or "kimi_k2" (Kimi K2 names its DeepseekV3ForCausalLM so) */
 
     /* derived (config_load fills these) */
     int qk_head_dim;              /**< qk_nope_head_dim + qk_rope_head_dim = 192 */
@@ -91,6 +95,13 @@ int config_check_positions(const Config *c, int64_t n, const char *what, Err *er
 /** The widest input of any linear layer: D, Dq, Dc, H·Dv, I, S·Ie or 2D (the MTP eh_proj);
  *  sizes the row scratch of linear_forward. */
 int64_t config_max_linear_in(const Config *c);
+
+/**
+ * Which member of the DeepSeek-V3 family the config describes (docs/model.md §13.1): "Kimi K2",
+ * "Moonlight", "DeepSeek-V3.1", "DeepSeek-V3" (also R1 and V3-0324, whose configs are V3's: the chat
+ * template tells them apart), or "a DeepSeek-V3-architecture model" for other shapes.
+ */
+const char *config_family(const Config *c);
 
 /** True if decoder layer @p layer has a routed-expert MoE FFN (layer ≥ first_k_dense_replace, freq). */
 int config_layer_is_moe(const Config *c, int layer);

@@ -76,12 +76,20 @@ uint8_t fp8_e4m3_from_f32(float x) {
     return (uint8_t)(sign | ((e + 7) << 3) | q);
 }
 
-void fp8_quantize_row(float *xq, float *scales, const float *x, int64_t K) {
+float fp8_scale_ue8m0(float s) {
+    if (!isfinite(s)) return s; /* an Inf amax stays Inf, as in the plain path */
+    int e;
+    float m = frexpf(s, &e); /* s = m · 2^e, m in [0.5, 1) */
+    return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+
+void fp8_quantize_row(float *xq, float *scales, const float *x, int64_t K, int ue8m0) {
     for (int64_t g0 = 0, g = 0; g0 < K; g0 += FP8_BLOCK, g++) {
         int64_t g1 = g0 + FP8_BLOCK < K ? g0 + FP8_BLOCK : K;
         float amax = 0.0f;
         for (int64_t k = g0; k < g1; k++) amax = fmaxf(amax, fabsf(x[k]));
         float s = fmaxf(amax, FP8_AMAX_EPS) / FP8_E4M3_MAX;
+        if (ue8m0) s = fp8_scale_ue8m0(s);
         scales[g] = s;
         for (int64_t k = g0; k < g1; k++) xq[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(x[k] / s));
     }

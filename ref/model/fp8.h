@@ -34,10 +34,17 @@ uint8_t fp8_e4m3_from_f32(float x);
 #define FP8_BLOCK 128
 
 /**
- * Quantizes one activation row of @p K channels in groups of 128 (the last group may be
- * shorter): @p scales[g] = max(amax_g, 1e-4)/448 and @p xq[k] = e4m3(x[k] / scales[k/128]),
- * stored as the float value of the code (exactly representable).
+ * The smallest power of two ≥ @p s (s > 0, finite): DeepSeek-V3.1's `scale_fmt = "ue8m0"` rounding
+ * of an activation scale, `2^ceil(log2 s)` of its act_quant kernel, computed exactly (docs/model.md §13.4).
  */
-void fp8_quantize_row(float *xq, float *scales, const float *x, int64_t K);
+float fp8_scale_ue8m0(float s);
+
+/**
+ * Quantizes one activation row of @p K channels in groups of 128 (the last group may be
+ * shorter): @p scales[g] = max(amax_g, 1e-4)/448 (rounded up to a power of two when @p ue8m0)
+ * and @p xq[k] = e4m3(x[k] / scales[k/128]), stored as the float value of the code (exactly
+ * representable).
+ */
+void fp8_quantize_row(float *xq, float *scales, const float *x, int64_t K, int ue8m0);
 
 #endif /* DSV3_FP8_H */

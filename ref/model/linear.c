@@ -41,6 +41,7 @@ LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in) {
     s.x_scale = s.xq + (size_t)T * (size_t)max_in;
     s.max_in = max_in;
     s.max_T = T;
+    s.scale_ue8m0 = 0;
     return s;
 }
 
@@ -100,7 +101,7 @@ static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W,
 /** W8A8 mode: quantize activations per 128 channels, exact block partials, FP32 accumulation. */
 static void linear_w8a8(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
     int64_t out = W->rows, in = W->cols, blocks = tensor_col_blocks(W);
-    for (int64_t t = 0; t < T; t++) fp8_quantize_row(s->xq + t * in, s->x_scale + t * blocks, x + t * in, in);
+    for (int64_t t = 0; t < T; t++) fp8_quantize_row(s->xq + t * in, s->x_scale + t * blocks, x + t * in, in, s->scale_ue8m0);
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < out; o++) {
         float *wq = s->row + (size_t)thread_id() * (size_t)s->max_in;

@@ -23,6 +23,7 @@ typedef struct {
     float *x_scale;   /**< W8A8: activation scales [T][ceil(max_in/128)] */
     int64_t max_in;   /**< capacity of a row */
     int64_t max_T;    /**< tokens xq/x_scale hold: the most rows one linear_forward call may take in W8A8 */
+    int scale_ue8m0;  /**< W8A8: activation scales rounded up to powers of two (config scale_fmt "ue8m0") */
 } LinearScratch;
 
 /** Floats the three scratch arrays need together for up to @p T tokens and @p max_in inputs. */

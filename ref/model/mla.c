@@ -7,6 +7,7 @@
  *
  *   c_q   = W_DQ x                 ĉ_q  = RMSNorm(c_q)           (q_a_proj, q_a_layernorm)
  *   q     = W_UQ ĉ_q  → per head [q_nope (Dn) | q_pe (Dr)], q_pe ← RoPE_p(q_pe)   (q_b_proj)
+ *           (q_lora_rank null — Moonlight, Kimi-VL: q = W_Q x in one step, q_proj; docs/model.md §13.2)
  *   [c_kv | k_pe] = W_DKV x         ĉ_kv = RMSNorm(c_kv), k_pe ← RoPE_p(k_pe)      (kv_a_proj_with_mqa)
  *   naive:  [k_nope_h | v_h] = W_UKV ĉ_kv per head (kv_b_proj rows h·(Dn+Dv) + …)
  *           s_h(p,t) = scale · (q_nope_h·k_nope_h(t) + q_pe_h·k_pe(t))
@@ -146,10 +147,15 @@ void mla_forward(float *y, const float *x, int64_t T, int64_t pos0, const LayerW
     int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim;
     int64_t Dq = c->q_lora_rank, Dc = c->kv_lora_rank, Dqk = Dn + Dr, half = Dr / 2;
     float eps = (float)c->rms_norm_eps;
-    /* Queries: down-projection, latent norm, up-projection. */
-    linear_forward(a->c_q, x, T, &w->q_a_proj, ctx->fp8, &ctx->lin);
-    rmsnorm_forward(a->c_q_norm, Dq, a->c_q, Dq, w->q_a_layernorm, T, Dq, eps, a->rstd_q);
-    linear_forward(a->q, a->c_q_norm, T, &w->q_b_proj, ctx->fp8, &ctx->lin);
+    /* Queries: down-projection, latent norm, up-projection; or, without a query latent
+     * (q_lora_rank null, docs/model.md §13.2), the one direct projection q = W_Q x. */
+    if (Dq > 0) {
+        linear_forward(a->c_q, x, T, &w->q_a_proj, ctx->fp8, &ctx->lin);
+        rmsnorm_forward(a->c_q_norm, Dq, a->c_q, Dq, w->q_a_layernorm, T, Dq, eps, a->rstd_q);
+        linear_forward(a->q, a->c_q_norm, T, &w->q_b_proj, ctx->fp8, &ctx->lin);
+    } else {
+        linear_forward(a->q, x, T, &w->q_proj, ctx->fp8, &ctx->lin);
+    }
     /* Keys/values: one down-projection gives the 512-d latent and the shared 64-d rope key. */
     linear_forward(a->kv_a, x, T, &w->kv_a_proj_with_mqa, ctx->fp8, &ctx->lin);
     rmsnorm_forward(a->c_kv, Dc, a->kv_a, Dc + Dr, w->kv_a_layernorm, T, Dc, eps, a->rstd_kv);

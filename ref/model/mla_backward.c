@@ -20,6 +20,7 @@
  *   q = W_UQ ĉ_q                      dĉ_q = W_UQᵀ dq,  dW_UQ += dq ĉ_qᵀ
  *   ĉ_q = RMSNorm(c_q)                dc_q = RMSNorm backward        (q_a_layernorm gradient too)
  *   c_q = W_DQ x                      dx += W_DQᵀ dc_q,  dW_DQ += dc_q xᵀ
+ *   (q_lora_rank null: q = W_Q x      dx += W_Qᵀ dq,  dW_Q += dq xᵀ — docs/model.md §13.2)
  *
  * Causality: query t sees keys j ≤ t, so dk(j), dv(j) collect from queries t ≥ j. The forward
  * kept the probabilities P (a->att) and the cache kept the rotated keys and the values, so
@@ -94,6 +95,10 @@ void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const floa
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++)
             rope_backward(da->q + (t * H + h) * Dqk + Dn, ctx->rope_cos + t * half, ctx->rope_sin + t * half, (int)Dr);
+    if (Dq == 0) { /* q_lora_rank null: q = W_Q x */
+        linear_backward(dx, tensor_f32_mut(&dw->q_proj), da->q, x, T, &w->q_proj);
+        return;
+    }
     linear_backward(da->c_q_norm, tensor_f32_mut(&dw->q_b_proj), da->q, a->c_q_norm, T, &w->q_b_proj);
     rmsnorm_backward(da->c_q, Dq, f32_mut(dw->q_a_layernorm), da->c_q_norm, Dq, a->c_q, Dq, w->q_a_layernorm, a->rstd_q, T,
                      Dq);

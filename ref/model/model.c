@@ -89,7 +89,10 @@ static void runstate_layout(RunState *s, const Config *c, int64_t max_T, int64_t
     ARENA_TAKE(ar, s->rope_cos, max_T * half);
     ARENA_TAKE(ar, s->rope_sin, max_T * half);
     float *lin = ARENA_TAKE(ar, lin, linear_scratch_floats(max_T, max_in));
-    if (lin) s->ctx.lin = linear_scratch_init(lin, max_T, max_in);
+    if (lin) {
+        s->ctx.lin = linear_scratch_init(lin, max_T, max_in);
+        s->ctx.lin.scale_ue8m0 = c->scale_ue8m0; /* V3.1's power-of-two activation scales (docs/model.md §13.4) */
+    }
     ARENA_TAKE(ar, s->ctx.att_row, max_seq);
     ARENA_TAKE(ar, s->ctx.gate_work, 2 * ((int64_t)c->n_routed_experts + c->n_group));
     LayerActsSpec spec = { max_T, 0, 0, 0, s->attn, 0 };

@@ -5,7 +5,8 @@
  *     θ_i      = base^(−2i/dim)                                  i < dim/2  (FP32)
  *     corr(r)  = dim · ln(L₀ / (2π r)) / (2 ln base)             (double, as Python does)
  *     low      = max(floor(corr(β_fast)), 0),  high = min(ceil(corr(β_slow)), dim − 1)
- *     ramp_i   = clamp((i − low) / (high − low), 0, 1)           (FP32; high += 0.001 if equal)
+ *     ramp_i   = clamp((i − low) / (high − low), 0, 1)           (FP32; high += 0.001 if equal; any order of
+ *                                                                 low and high, docs/model.md §13.3)
  *     θ'_i     = θ_i / s · ramp_i + θ_i · (1 − ramp_i)            (FP32, official operation order)
  * For V3 (dim 64, base 1e4, L₀ 4096, s 40, β 32/1): low 10, high 23; θ'_i = θ_i for i ≤ 10,
  * θ_i/40 for i ≥ 23 (tests/test_rope.c checks the table printed in docs/model.md §4.2).
@@ -33,11 +34,15 @@ int rope_init(Rope *r, const Config *c, Err *err) {
     double hi = ceil(correction_dim(c->beta_slow, dim, c->rope_theta, c->original_max_position_embeddings));
     if (lo < 0) lo = 0;
     if (hi > dim - 1) hi = dim - 1;
-    float low = (float)lo, high = (float)hi;
-    if (low == high) high += 0.001f;
+    /* linear_ramp_factor(low, high): Python adds 0.001 to high (a double) when the two meet and
+     * subtracts in double; torch then computes (arange − low) / (high − low) in FP32. Nothing here
+     * requires low < high: β_fast = β_slow (Kimi K2) gives low + 1 = high or low = high, and
+     * β_fast < β_slow a falling ramp, exactly as in both references (docs/model.md §13.3). */
+    if (lo == hi) hi += 0.001;
+    float low = (float)lo, span = (float)(hi - lo);
     float factor = (float)c->rope_factor;
     for (int i = 0; i < half; i++) {
-        float ramp = ((float)i - low) / (high - low);
+        float ramp = ((float)i - low) / span;
         ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
         float smooth = 1.0f - ramp;
         r->inv_freq[i] = r->inv_freq[i] / factor * (1.0f - smooth) + r->inv_freq[i] * smooth;

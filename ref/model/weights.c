@@ -4,7 +4,8 @@
  *
  * Every tensor of the checkpoint is one row of a table: its HF name, its kind (matrix or vector), its
  * shape as a formula of the config, the layers that carry it, and its dtype rule. For V3:
- *     q_b_proj            [H·(Dn+Dr)][Dq]   = [24576][1536]
+ *     q_b_proj            [H·(Dn+Dr)][Dq]   = [24576][1536]   (q_lora_rank null: q_proj [H·(Dn+Dr)][D] instead
+ *                                                        of q_a_proj, q_a_layernorm and q_b_proj)
  *     kv_a_proj_with_mqa  [Dc+Dr][D]        = [576][7168]
  *     kv_b_proj           [H·(Dn+Dv)][Dc]   = [32768][512]
  *     o_proj              [D][H·Dv]         = [7168][16384]
@@ -57,8 +58,21 @@ static int64_t dim_value(const Config *c, Dim d) {
     return 0;
 }
 
-/** Which layers carry an entry. */
-typedef enum { IN_EVERY, IN_DENSE, IN_MOE, IN_MOE_SHARED } Where;
+/** Which layers carry an entry: all, dense or MoE ones, MoE ones with shared experts, or every layer of a
+ *  model with a query latent (q_lora_rank > 0) / with one direct q_proj (q_lora_rank null, docs/model.md §13.2). */
+typedef enum { IN_EVERY, IN_DENSE, IN_MOE, IN_MOE_SHARED, IN_Q_LORA, IN_Q_DIRECT } Where;
+
+static int entry_in_layer(Where where, const LayerWeights *L, const Config *c) {
+    switch (where) {
+    case IN_EVERY: return 1;
+    case IN_DENSE: return !L->is_moe;
+    case IN_MOE: return L->is_moe;
+    case IN_MOE_SHARED: return L->is_moe && c->n_shared_experts > 0;
+    case IN_Q_LORA: return c->q_lora_rank > 0;
+    case IN_Q_DIRECT: return c->q_lora_rank == 0;
+    }
+    return 0;
+}
 
 typedef struct {
     const char *suffix; /* after "model.layers.L." */
@@ -78,9 +92,10 @@ typedef struct {
 /** Decoder block tensors (docs/model.md §1.3), in the order of the official Block. */
 static const LayerEntry layer_table[] = {
     VEC("input_layernorm.weight", DIM_D, IN_EVERY, input_layernorm),
-    MAT("self_attn.q_a_proj.weight", DIM_Q_LORA, DIM_D, IN_EVERY, q_a_proj),
-    VEC("self_attn.q_a_layernorm.weight", DIM_Q_LORA, IN_EVERY, q_a_layernorm),
-    MAT("self_attn.q_b_proj.weight", DIM_Q_HEADS, DIM_Q_LORA, IN_EVERY, q_b_proj),
+    MAT("self_attn.q_a_proj.weight", DIM_Q_LORA, DIM_D, IN_Q_LORA, q_a_proj),
+    VEC("self_attn.q_a_layernorm.weight", DIM_Q_LORA, IN_Q_LORA, q_a_layernorm),
+    MAT("self_attn.q_b_proj.weight", DIM_Q_HEADS, DIM_Q_LORA, IN_Q_LORA, q_b_proj),
+    MAT("self_attn.q_proj.weight", DIM_Q_HEADS, DIM_D, IN_Q_DIRECT, q_proj),
     MAT("self_attn.kv_a_proj_with_mqa.weight", DIM_KV_A, DIM_D, IN_EVERY, kv_a_proj_with_mqa),
     VEC("self_attn.kv_a_layernorm.weight", DIM_KV_LORA, IN_EVERY, kv_a_layernorm),
     MAT("self_attn.kv_b_proj.weight", DIM_KV_HEADS, DIM_KV_LORA, IN_EVERY, kv_b_proj),
@@ -164,9 +179,7 @@ static int foreach_block(LayerWeights *L, const Config *c, int layer, int mtp,
     WeightSlot s;
     for (size_t i = 0; i < sizeof layer_table / sizeof layer_table[0]; i++) {
         const LayerEntry *e = &layer_table[i];
-        if ((e->where == IN_DENSE && L->is_moe) || (e->where != IN_EVERY && e->where != IN_DENSE && !L->is_moe) ||
-            (e->where == IN_MOE_SHARED && c->n_shared_experts == 0))
-            continue;
+        if (!entry_in_layer(e->where, L, c)) continue;
         memset(&s, 0, sizeof s);
         snprintf(s.name, sizeof s.name, "model.layers.%d.%s", layer, e->suffix);
         s.kind = e->kind;

@@ -32,6 +32,7 @@ typedef struct LayerWeights {
     Tensor q_a_proj;                       /**< W_DQ [Dq][D] */
     const float *q_a_layernorm;            /**< [Dq] */
     Tensor q_b_proj;                       /**< W_UQ [H·(Dn+Dr)][Dq]; per head [q_nope | q_pe] */
+    Tensor q_proj;                         /**< q_lora_rank null only: W_Q [H·(Dn+Dr)][D], replacing the three above */
     Tensor kv_a_proj_with_mqa;             /**< [W_DKV; W_KR] [Dc+Dr][D]: rows [c_kv | k_pe] */
     const float *kv_a_layernorm;           /**< [Dc] */
     Tensor kv_b_proj;                      /**< [W_UK; W_UV] interleaved per head: [H·(Dn+Dv)][Dc] */

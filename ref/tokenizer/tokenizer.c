@@ -292,6 +292,49 @@ static int encode_added(const Tokenizer *t, EncodeWork *w, const Trie *tr, const
                      : encode_plain(t, w, s + gap, n - gap, out, err);
 }
 
+/* Python's str.isspace: general category Zs, or bidirectional class WS, B or S. */
+static int py_isspace(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+/* Decodes the code point at s (valid UTF-8); returns its length. */
+static size_t cp_at(const unsigned char *s, uint32_t *cp) {
+    size_t k = s[0] < 0x80 ? 1 : s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 : 4;
+    uint32_t v = k == 1 ? s[0] : k == 2 ? (s[0] & 0x1fu) : k == 3 ? (s[0] & 0x0fu) : (s[0] & 0x07u);
+    for (size_t i = 1; i < k; i++) v = v << 6 | (s[i] & 0x3fu);
+    *cp = v;
+    return k;
+}
+
+/* Kimi's TikTokenTokenizer.encode before tiktoken: 400 000-character chunks, each cut wherever a run of
+ * whitespace or of non-whitespace characters would exceed run_limit (_split_whitespaces_or_nonwhitespaces);
+ * every piece is encoded on its own, added tokens included. */
+static int encode_runs(const Tokenizer *t, EncodeWork *w, const char *text, size_t len, IntVec *out, Err *err) {
+    const unsigned char *u = (const unsigned char *)text;
+    for (size_t chunk = 0; chunk < len;) {
+        size_t end = chunk;
+        uint32_t cp;
+        for (long count = 0; end < len && count < 400000; count++) end += cp_at(u + end, &cp);
+        cp_at(u + chunk, &cp);
+        int space = py_isspace(cp);
+        size_t slice = chunk, run = 0;
+        for (size_t i = chunk; i < end;) {
+            size_t k = cp_at(u + i, &cp);
+            int now = py_isspace(cp);
+            if (now != space) run = 1, space = now;
+            else if (++run > t->run_limit) {
+                if (encode_added(t, w, &t->trie_raw, &t->trie_norm, text + slice, i - slice, out, err)) return -1;
+                slice = i, run = 1;
+            }
+            i += k;
+        }
+        if (encode_added(t, w, &t->trie_raw, &t->trie_norm, text + slice, end - slice, out, err)) return -1;
+        chunk = end;
+    }
+    return 0;
+}
+
 int tokenizer_encode_append(const Tokenizer *t, const char *text, size_t len, IntVec *out, Err *err) {
     if (len > (size_t)INT_MAX / 2) return err_set(err, "tokenize: text of %zu bytes is too long", len);
     if (!utf8_valid(text, len)) {
@@ -301,7 +344,8 @@ int tokenizer_encode_append(const Tokenizer *t, const char *text, size_t len, In
     EncodeWork w;
     memset(&w, 0, sizeof w);
     size_t n0 = out->n;
-    int rc = encode_added(t, &w, &t->trie_raw, &t->trie_norm, text, len, out, err);
+    int rc = t->run_limit ? encode_runs(t, &w, text, len, out, err)
+                          : encode_added(t, &w, &t->trie_raw, &t->trie_norm, text, len, out, err);
     work_free(&w);
     if (rc == 0 && out->n > (size_t)INT_MAX) rc = err_set(err, "tokenize: too many tokens");
     if (rc != 0) out->n = n0;
@@ -425,3 +469,4 @@ int tokenizer_is_special(const Tokenizer *t, int id) {
 int tokenizer_bos_id(const Tokenizer *t) { return t->bos_id; }
 int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
 const char *tokenizer_chat_template(const Tokenizer *t) { return t->chat_template; }
+int tokenizer_is_tiktoken(const Tokenizer *t) { return t->tiktoken; }

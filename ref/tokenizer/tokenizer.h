@@ -46,7 +46,9 @@ typedef struct Tokenizer Tokenizer;
 /**
  * Loads @p path: a tokenizer.json file, or a directory containing one. When a
  * tokenizer_config.json sits next to it, its bos_token/eos_token (string or {"content": …})
- * give tokenizer_bos_id()/tokenizer_eos_id() and its chat_template is kept.
+ * give tokenizer_bos_id()/tokenizer_eos_id() and its chat_template is kept. A directory without
+ * tokenizer.json but with a tiktoken.model (or a path ending in .model) is a tiktoken BPE: ranks
+ * from that file, special tokens and the pattern from tokenizer_config.json (tokenizer_tiktoken.c).
  * Every validation failure is one line in @p err naming the file and the field.
  */
 int tokenizer_load(Tokenizer **t, const char *path, Err *err);
@@ -93,6 +95,9 @@ int tokenizer_eos_id(const Tokenizer *t);
 
 /** tokenizer_config.json's chat_template string, or NULL. */
 const char *tokenizer_chat_template(const Tokenizer *t);
+
+/** 1 when @p t was loaded from a tiktoken.model (Kimi K2, Moonlight), 0 for a tokenizer.json. */
+int tokenizer_is_tiktoken(const Tokenizer *t);
 
 /**
  * Incremental decoder for generation: feed ids one at a time and get back only complete

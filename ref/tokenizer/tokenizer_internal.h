@@ -23,6 +23,12 @@
 #include "pretok.h"
 #include "tokenizer.h"
 
+/** Largest id accepted from a file: bounds the per-id arrays a hostile file can make us allocate
+ *  (DeepSeek-V3 uses 128 815 ids; the largest public vocabularies are ~256k). */
+#define TOK_MAX_ID 16777215
+/** Largest tokenizer.json / tokenizer_config.json / tiktoken.model we read (DeepSeek-V3's is 7.8 MB). */
+#define TOK_MAX_FILE ((size_t)512 << 20)
+
 /** What an id names: nothing, a model.vocab token, or an added token. */
 enum { KIND_NONE = 0, KIND_VOCAB = 1, KIND_ADDED = 2 };
 
@@ -75,6 +81,28 @@ struct Tokenizer {
     int bos_id;              /**< tokenizer_config.json bos_token, -1 if none */
     int eos_id;              /**< tokenizer_config.json eos_token, -1 if none */
     char *chat_template;     /**< tokenizer_config.json chat_template, NULL if none */
+    int tiktoken;            /**< loaded from a tiktoken.model (tokenizer_tiktoken.c), not a tokenizer.json */
+    size_t run_limit;        /**< > 0: cut runs of whitespace / non-whitespace longer than this before
+                                  pre-tokenizing (Kimi's tokenizer: 25 000 characters) */
 };
+
+/* Shared by the two loaders (tokenizer_load.c defines them). */
+
+/** Reads and parses a JSON file (at most TOK_MAX_FILE bytes); errors name the file and the line. */
+int tok_parse_json_file(const char *path, cJSON **root, Err *err);
+/** Grows the per-id arrays (kind, special, name_off) to hold ids < @p n. */
+int tok_ensure_ids(Tokenizer *t, int n);
+/** Stores the name of @p id (n bytes, NUL added) in t->names. */
+int tok_set_name(Tokenizer *t, int id, const char *s, size_t n);
+/** Adds a token's bytes to a trie of added tokens. */
+int tok_trie_insert(Trie *tr, const unsigned char *s, size_t n, int token);
+/** Reads the optional tokenizer_config.json at @p path: bos_token, eos_token, chat_template. */
+int tok_load_config(Tokenizer *t, const char *path, Err *err);
+
+/**
+ * Loads a tiktoken BPE (tokenizer_tiktoken.c): @p model_path (tiktoken.model: "base64 rank" lines),
+ * its pre-tokenizer pattern and special tokens from the tokenizer_config.json at @p cfg_path.
+ */
+int tokenizer_load_tiktoken(Tokenizer **out, const char *model_path, const char *cfg_path, Err *err);
 
 #endif /* DSV3_TOKENIZER_INTERNAL_H */

@@ -26,11 +26,6 @@
 #include "pretok.h"
 #include "tokenizer_internal.h"
 
-/** Largest id accepted from a file: bounds the per-id arrays a hostile file can make us allocate
- *  (DeepSeek-V3 uses 128 815 ids; the largest public vocabularies are ~256k). */
-#define TOK_MAX_ID 16777215
-/** Largest tokenizer.json / tokenizer_config.json we read (DeepSeek-V3's is 7.8 MB). */
-#define TOK_MAX_FILE ((size_t)512 << 20)
 
 /* Decodes one code point of valid UTF-8 at s (n bytes left); returns its length. */
 static size_t utf8_get(const unsigned char *s, size_t n, uint32_t *cp) {
@@ -59,7 +54,7 @@ static int trie_node(Trie *tr, unsigned char byte) {
     return tr->n++;
 }
 
-static int trie_insert(Trie *tr, const unsigned char *s, size_t n, int token) {
+int tok_trie_insert(Trie *tr, const unsigned char *s, size_t n, int token) {
     if (!tr->n && trie_node(tr, 0) != 0) return -1; /* root = node 0 */
     int cur = 0;
     for (size_t i = 0; i < n; i++) {
@@ -110,7 +105,7 @@ static const char *clip(const char *s, char buf[64]) {
     return buf;
 }
 
-static int parse_json_file(const char *path, cJSON **root, Err *err) {
+int tok_parse_json_file(const char *path, cJSON **root, Err *err) {
     char *data;
     size_t len;
     *root = NULL;
@@ -133,7 +128,7 @@ static int parse_json_file(const char *path, cJSON **root, Err *err) {
 }
 
 /* Grows the per-id arrays to hold ids < n. */
-static int ensure_ids(Tokenizer *t, int n) {
+int tok_ensure_ids(Tokenizer *t, int n) {
     if (n <= t->vocab_size) return 0;
     unsigned char *k = realloc(t->kind, (size_t)n);
     if (!k) return -1;
@@ -150,7 +145,7 @@ static int ensure_ids(Tokenizer *t, int n) {
     return 0;
 }
 
-static int set_name(Tokenizer *t, int id, const char *s, size_t n) {
+int tok_set_name(Tokenizer *t, int id, const char *s, size_t n) {
     if (bytebuf_reserve(&t->names, n + 1) != 0) return -1;
     t->name_off[id] = t->names.len;
     memcpy(t->names.data + t->names.len, s, n);
@@ -187,7 +182,7 @@ static int load_vocab(Tokenizer *t, const cJSON *vocab, const char *path, Err *e
         if (id > max_id) max_id = id;
         i++;
     }
-    if (ensure_ids(t, max_id + 1) != 0) return err_set(err, "%s: out of memory", path);
+    if (tok_ensure_ids(t, max_id + 1) != 0) return err_set(err, "%s: out of memory", path);
     for (size_t k = 0; k < t->vocab.n; k++) {
         int id = t->vocab_id[k];
         size_t len;
@@ -206,7 +201,7 @@ static int load_vocab(Tokenizer *t, const cJSON *vocab, const char *path, Err *e
         }
         t->kind[id] = KIND_VOCAB;
         t->special[id] = 0;
-        if (set_name(t, id, key, len) != 0) return err_set(err, "%s: out of memory", path);
+        if (tok_set_name(t, id, key, len) != 0) return err_set(err, "%s: out of memory", path);
     }
     return 0;
 }
@@ -410,16 +405,16 @@ static int load_added(Tokenizer *t, const cJSON *list, const char *path, Err *er
                            expect);
         }
         t->added_id[k] = id;
-        if (ensure_ids(t, id + 1) != 0) return err_set(err, "%s: out of memory", path);
+        if (tok_ensure_ids(t, id + 1) != 0) return err_set(err, "%s: out of memory", path);
         if (t->kind[id] == KIND_ADDED)
             return err_set(err, "%s: id %d is already used by added token '%s'", where, id,
                            t->names.data + t->name_off[id]);
         if (t->kind[id] == KIND_NONE) {
             t->kind[id] = KIND_ADDED;
-            if (set_name(t, id, c, clen) != 0) return err_set(err, "%s: out of memory", path);
+            if (tok_set_name(t, id, c, clen) != 0) return err_set(err, "%s: out of memory", path);
         }
         t->special[id] = (unsigned char)special;
-        if (trie_insert(normalized ? &t->trie_norm : &t->trie_raw, (const unsigned char *)c, clen, id) != 0)
+        if (tok_trie_insert(normalized ? &t->trie_norm : &t->trie_raw, (const unsigned char *)c, clen, id) != 0)
             return err_set(err, "%s: out of memory", path);
     }
     return 0;
@@ -494,11 +489,11 @@ static int config_token(const Tokenizer *t, const cJSON *cfg, const char *key, i
     return err_set(err, "%s: %s '%s' is not a token of the tokenizer", path, key, clip(v->valuestring, cb));
 }
 
-static int load_config(Tokenizer *t, const char *path, Err *err) {
+int tok_load_config(Tokenizer *t, const char *path, Err *err) {
     struct stat sb;
     if (stat(path, &sb) != 0 && errno == ENOENT) return 0; /* optional */
     cJSON *cfg;
-    if (parse_json_file(path, &cfg, err) != 0) return -1;
+    if (tok_parse_json_file(path, &cfg, err) != 0) return -1;
     int rc = 0;
     if (!cJSON_IsObject(cfg)) rc = err_set(err, "%s: expected a JSON object", path);
     if (!rc) rc = config_token(t, cfg, "bos_token", &t->bos_id, path, err);
@@ -517,10 +512,21 @@ int tokenizer_load(Tokenizer **out, const char *path, Err *err) {
     char file[4096], cfg[4096];
     struct stat sb;
     if (stat(path, &sb) != 0) return err_set(err, "%s: %s", path, strerror(errno));
+    size_t plen = strlen(path);
     if (S_ISDIR(sb.st_mode)) {
         if (path_join(file, sizeof file, path, "tokenizer.json") != 0 ||
             path_join(cfg, sizeof cfg, path, "tokenizer_config.json") != 0)
             return err_set(err, "%s: path too long", path);
+        /* The directory decides: tokenizer.json (Hugging Face), else tiktoken.model (Kimi, Moonlight). */
+        char tk[4096];
+        if (stat(file, &sb) != 0 && path_join(tk, sizeof tk, path, "tiktoken.model") == 0 && stat(tk, &sb) == 0)
+            return tokenizer_load_tiktoken(out, tk, cfg, err);
+    } else if (plen >= 6 && !strcmp(path + plen - 6, ".model")) {
+        const char *slash = strrchr(path, '/');
+        int dlen = slash ? (int)(slash - path) : 1;
+        if (snprintf(cfg, sizeof cfg, "%.*s/tokenizer_config.json", dlen, slash ? path : ".") >= (int)sizeof cfg)
+            return err_set(err, "%s: path too long", path);
+        return tokenizer_load_tiktoken(out, path, cfg, err);
     } else {
         if (snprintf(file, sizeof file, "%s", path) >= (int)sizeof file) return err_set(err, "%s: path too long", path);
         const char *slash = strrchr(path, '/');
@@ -529,7 +535,7 @@ int tokenizer_load(Tokenizer **out, const char *path, Err *err) {
             return err_set(err, "%s: path too long", path);
     }
     cJSON *root;
-    if (parse_json_file(file, &root, err) != 0) return -1;
+    if (tok_parse_json_file(file, &root, err) != 0) return -1;
     Tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
         cJSON_Delete(root);
@@ -552,7 +558,7 @@ int tokenizer_load(Tokenizer **out, const char *path, Err *err) {
     cJSON_Delete(root);
     if (!rc && t->vocab_size == 0) rc = err_set(err, "%s: empty vocabulary", file);
     if (!rc) rc = build_decode_table(t, file, err);
-    if (!rc) rc = load_config(t, cfg, err);
+    if (!rc) rc = tok_load_config(t, cfg, err);
     if (rc) {
         tokenizer_free(t);
         return -1;

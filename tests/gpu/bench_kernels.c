@@ -487,7 +487,7 @@ static int run_op(void *ctx, int rep) {
     OpBench *o = ctx;
     (void)rep;
     switch (o->kind) {
-    case 0: return fp8_quantize_rows_cuda(o->y, o->D, o->z, o->x, FAST_BF16, o->D, o->T, o->D, 0, &o->err);
+    case 0: return fp8_quantize_rows_cuda(o->y, o->D, o->z, o->x, FAST_BF16, o->D, o->T, o->D, 0, 0, &o->err);
     case 1: return rmsnorm_forward_cuda(o->y, FAST_BF16, o->D, o->x, FAST_BF16, o->D, o->w, o->T, o->D, 1e-6f, NULL, 0, &o->err);
     case 2: return swiglu_forward_cuda(o->y, FAST_BF16, o->D, o->x, (uint16_t *)o->x + o->D, FAST_BF16, 2 * o->D, o->T, o->D, 0, &o->err);
     default: return -1;

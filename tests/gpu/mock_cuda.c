@@ -155,7 +155,7 @@ static float bf16r(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 /* ---- act_quant ------------------------------------------------------------------------ */
 
 int fp8_quantize_rows_cuda(uint8_t *q, int64_t q_stride, float *scale, const void *x, FastDType x_dtype,
-                           int64_t x_stride, int64_t M, int64_t K, cudaStream_t stream, Err *err) {
+                           int64_t x_stride, int64_t M, int64_t K, int ue8m0, cudaStream_t stream, Err *err) {
     (void)stream;
     if (M < 0 || K <= 0 || K % 128) return err_set(err, "mock fp8_quantize_rows_cuda: K = %lld: need a positive multiple of 128", (long long)K);
     for (int64_t m = 0; m < M; m++)
@@ -163,6 +163,7 @@ int fp8_quantize_rows_cuda(uint8_t *q, int64_t q_stride, float *scale, const voi
             float v[128], amax = 0.0f;
             for (int i = 0; i < 128; i++) v[i] = ld(x, x_dtype, m * x_stride + g * 128 + i), amax = fmaxf(amax, fabsf(v[i]));
             float s = fmaxf(amax, 1e-4f) / 448.0f;
+            if (ue8m0) s = fp8_scale_ue8m0(s);
             scale[m * (K / 128) + g] = s;
             for (int i = 0; i < 128; i++) q[m * q_stride + g * 128 + i] = fp8_e4m3_from_f32(v[i] / s);
         }

@@ -123,7 +123,7 @@ int linear_generic_cuda(const LinearGenericParams *p, cudaStream_t stream, Err *
 }
 
 int fp8_quantize_rows_f32_cuda(float *xq, float *scale, const float *x, int64_t ldx, int64_t M, int64_t K,
-                               cudaStream_t stream, Err *err) {
+                               int ue8m0, cudaStream_t stream, Err *err) {
     (void)stream;
     if (M < 0 || K <= 0 || ldx < K)
         return err_set(err, "mock fp8_quantize_rows_f32_cuda: M = %lld, K = %lld, ldx = %lld", (long long)M,
@@ -142,7 +142,8 @@ int fp8_quantize_rows_f32_cuda(float *xq, float *scale, const float *x, int64_t 
             }
             float amax = 0.0f;
             for (int l = 0; l < 32; l++) amax = fmaxf(amax, lane_max[l]);
-            const float s = fmaxf(amax, 1e-4f) / 448.0f;
+            float s = fmaxf(amax, 1e-4f) / 448.0f;
+            if (ue8m0) s = fp8_scale_ue8m0(s);
             for (int64_t k = g * KB; k < k1; k++) xq[m * K + k] = e4m3_decode(fp8_e4m3_from_f32(x[m * ldx + k] / s));
             scale[m * groups + g] = s;
         }

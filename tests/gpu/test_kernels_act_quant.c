@@ -13,23 +13,23 @@
 #include "test_kernels.h"
 
 /** Reference codes: the ref stores each quantized value as a float; re-encoding it gives its code. */
-static void quant_ref(uint8_t *codes, float *scales, const float *x, int64_t M, int64_t K) {
+static void quant_ref(uint8_t *codes, float *scales, const float *x, int64_t M, int64_t K, int ue8m0) {
     float *xq = xmalloc((size_t)K * sizeof *xq);
     for (int64_t m = 0; m < M; m++) {
-        fp8_quantize_row(xq, scales + m * (K / 128), x + m * K, K);
+        fp8_quantize_row(xq, scales + m * (K / 128), x + m * K, K, ue8m0);
         for (int64_t k = 0; k < K; k++) codes[m * K + k] = fp8_e4m3_from_f32(xq[k]);
     }
     free(xq);
 }
 
-static void act_quant_case(const char *label, const float *x_in, int64_t M, int64_t K, FastDType dt) {
+static void act_quant_case(const char *label, const float *x_in, int64_t M, int64_t K, FastDType dt, int ue8m0) {
     char what[160];
     float *x = xmalloc((size_t)(M * K) * sizeof *x);
     memcpy(x, x_in, (size_t)(M * K) * sizeof *x);
     if (dt == FAST_BF16) round_bf16(x, M * K); /* the kernel sees bf16, so does the oracle */
     uint8_t *codes = xmalloc((size_t)(M * K)), *codes_gpu = xmalloc((size_t)(M * K));
     float *sc = xmalloc((size_t)(M * K / 128) * sizeof *sc), *sc_gpu = xmalloc((size_t)(M * K / 128) * sizeof *sc);
-    quant_ref(codes, sc, x, M, K);
+    quant_ref(codes, sc, x, M, K, ue8m0);
 
     DevBuf dx = devbuf_new("x", (size_t)(M * K) * fast_dtype_size(dt)), dq = devbuf_new("q", (size_t)(M * K)),
            ds = devbuf_new("scale", (size_t)(M * K / 128) * sizeof(float));
@@ -44,8 +44,9 @@ static void act_quant_case(const char *label, const float *x_in, int64_t M, int6
     devbuf_poison(&dq, 0xFF);
     devbuf_poison(&ds, 0xFF);
     Err err = { { 0 } };
-    snprintf(what, sizeof what, "act_quant %s M=%lld K=%lld %s", label, (long long)M, (long long)K, fast_dtype_name(dt));
-    if (launched(fp8_quantize_rows_cuda(dq.ptr, K, ds.ptr, dx.ptr, dt, K, M, K, 0, &err), &err, what)) {
+    snprintf(what, sizeof what, "act_quant %s M=%lld K=%lld %s%s", label, (long long)M, (long long)K, fast_dtype_name(dt),
+             ue8m0 ? " ue8m0" : "");
+    if (launched(fp8_quantize_rows_cuda(dq.ptr, K, ds.ptr, dx.ptr, dt, K, M, K, ue8m0, 0, &err), &err, what)) {
         devbuf_download(codes_gpu, &dq, (size_t)(M * K));
         devbuf_download(sc_gpu, &ds, (size_t)(M * K / 128) * sizeof(float));
         char w2[200];
@@ -91,7 +92,7 @@ void test_act_quant(void) {
             g[i] = j < nv ? vals[j] : 0.0f;
         }
     }
-    act_quant_case("encoder values (s = 1)", xe, Me, Ke, FAST_F32);
+    act_quant_case("encoder values (s = 1)", xe, Me, Ke, FAST_F32, 0);
     free(xe);
 
     /* (2) Random rows: normal values with per-row magnitudes from 1e-8 to 1e4 (the 1e-4 amax
@@ -108,12 +109,14 @@ void test_act_quant(void) {
     }
     for (int k = 0; k < 128; k++) x[1 * K + 256 + k] = 0.0f; /* amax 0 → s = 1e-4/448 */
     x[2 * K + 1000] = INFINITY;                              /* s = Inf: x/s = 0, Inf/Inf = NaN */
-    act_quant_case("random", x, M, K, FAST_F32);
-    act_quant_case("random", x, M, K, FAST_BF16);
+    act_quant_case("random", x, M, K, FAST_F32, 0);
+    act_quant_case("random", x, M, K, FAST_BF16, 0);
+    act_quant_case("random", x, M, K, FAST_F32, 1); /* DeepSeek-V3.1's power-of-two scales */
+    act_quant_case("random", x, M, K, FAST_BF16, 1);
     free(x);
 
     /* (3) Rejected input: K not a multiple of 128. */
     Err err = { { 0 } };
-    int rc = fp8_quantize_rows_cuda(NULL, 100, NULL, NULL, FAST_F32, 100, 1, 100, 0, &err);
+    int rc = fp8_quantize_rows_cuda(NULL, 100, NULL, NULL, FAST_F32, 100, 1, 100, 0, 0, &err);
     report(rc == -1 && strstr(err.msg, "multiple of 128") != NULL, "act_quant rejects K = 100: \"%s\"", err.msg);
 }

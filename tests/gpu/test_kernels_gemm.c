@@ -108,7 +108,7 @@ static GemmDev gemm_upload(const GemmData *d) {
     devbuf_upload(&g.b, d->w, (size_t)(d->G * N * K));
     devbuf_upload(&g.bs, d->ws, (size_t)(d->G * nblk(N) * (K / 128)) * 4);
     Err err = { { 0 } };
-    if (fp8_quantize_rows_cuda(g.a.ptr, K, g.as.ptr, g.x.ptr, FAST_F32, K, M, K, 0, &err)) {
+    if (fp8_quantize_rows_cuda(g.a.ptr, K, g.as.ptr, g.x.ptr, FAST_F32, K, M, K, 0, 0, &err)) {
         report(0, "gemm setup: fp8_quantize_rows_cuda: %s", err.msg);
         exit(1);
     }

@@ -93,7 +93,7 @@ static void linear_generic_case(DType wt, int w8a8, int64_t M, int64_t N, int64_
               *sx = xmalloc((size_t)(rows * kb) * 4);
         for (int64_t r = 0; r < rows; r++) {
             memcpy(xr + r * K, x + (r0 + r) * ldx, (size_t)K * 4);
-            fp8_quantize_row(xq + r * K, sx + r * kb, xr + r * K, K);
+            fp8_quantize_row(xq + r * K, sx + r * kb, xr + r * K, K, 0);
             in_group[r0 + r] = 1;
         }
         Tensor W = { w + (size_t)g * (size_t)(N * K) * es, wt, N, K, fp8 ? (const uint8_t *)(ws + g * nb * kb) : NULL };
@@ -136,7 +136,7 @@ static void linear_generic_case(DType wt, int w8a8, int64_t M, int64_t N, int64_
     p.group_start = starts ? dgs.ptr : NULL, p.num_groups = G;
     int rc = 0;
     if (fp8 && w8a8) {
-        rc = fp8_quantize_rows_f32_cuda(dxq.ptr, dxs.ptr, dx.ptr, ldx, M, K, 0, &err);
+        rc = fp8_quantize_rows_f32_cuda(dxq.ptr, dxs.ptr, dx.ptr, ldx, M, K, 0, 0, &err);
         p.x = dxq.ptr, p.ldx = K, p.x_scale = dxs.ptr;
     }
     if (launched(rc || linear_generic_cuda(&p, 0, &err), &err, what)) {
@@ -172,7 +172,7 @@ static void quant_f32_case(const char *label, const float *x, int64_t M, int64_t
     const int64_t kb = (K + 127) / 128;
     float *xq = xmalloc((size_t)(M * K) * 4), *sc = xmalloc((size_t)(M * kb) * 4);
     float *xq_g = xmalloc((size_t)(M * K) * 4), *sc_g = xmalloc((size_t)(M * kb) * 4);
-    for (int64_t m = 0; m < M; m++) fp8_quantize_row(xq + m * K, sc + m * kb, x + m * ldx, K);
+    for (int64_t m = 0; m < M; m++) fp8_quantize_row(xq + m * K, sc + m * kb, x + m * ldx, K, 0);
     DevBuf dx = dev_copy("x", x, (size_t)(M * ldx) * 4), dq = devbuf_new("xq", (size_t)(M * K) * 4),
            ds = devbuf_new("scale", (size_t)(M * kb) * 4);
     devbuf_poison(&dq, 0xFF), devbuf_poison(&ds, 0xFF);
@@ -180,7 +180,7 @@ static void quant_f32_case(const char *label, const float *x, int64_t M, int64_t
     snprintf(what, sizeof what, "fp8_quantize_rows_f32 %s M=%lld K=%lld ldx=%lld", label, (long long)M, (long long)K,
              (long long)ldx);
     Err err = { { 0 } };
-    if (launched(fp8_quantize_rows_f32_cuda(dq.ptr, ds.ptr, dx.ptr, ldx, M, K, 0, &err), &err, what)) {
+    if (launched(fp8_quantize_rows_f32_cuda(dq.ptr, ds.ptr, dx.ptr, ldx, M, K, 0, 0, &err), &err, what)) {
         devbuf_download(xq_g, &dq, (size_t)(M * K) * 4);
         devbuf_download(sc_g, &ds, (size_t)(M * kb) * 4);
         char w2[240];
