@@ -204,7 +204,7 @@ static void part_activations(Results *res, Rng *rng) {
     quantize_tiles(xq, x, T, K, 1, FP8_BLOCK);
     int same = 1;
     for (int t = 0; t < T; t++) {
-        fp8_quantize_row(lib_q, lib_s, x + t * K, K);
+        fp8_quantize_row(lib_q, lib_s, x + t * K, K, 0);
         for (int k = 0; k < K; k++) same &= lib_q[k] * lib_s[k / FP8_BLOCK] == xq[t * K + k];
     }
     int i128 = 2, itok = NW - 1, iten = NW;
@@ -346,7 +346,7 @@ static void part_library(Rng *rng) {
     Tensor WL = { cl, DT_F8_E4M3, NL, KL, (const uint8_t *)sl };
     LinearScratch ls = linear_scratch_init(scratch, 1, KL);
     linear_forward(y, xl, 1, &WL, FP8_W8A8, &ls);
-    fp8_quantize_row(xql, xs, xl, KL);
+    fp8_quantize_row(xql, xs, xl, KL, 0);
     double maxd = 0, maxy = 0;
     for (int o = 0; o < NL; o++) {
         tensor_row(&WL, o, 0, KL, 1, row); /* dequantized weights */
