@@ -41,5 +41,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 /** `dsv3 pipeline`: build, check and simulate pipeline schedules (ref/train/pipeline.h). */
 int cmd_pipeline(int argc, char **argv);
+/** `dsv3 eplb`: place redundant experts from routing statistics (ref/ep/eplb.h). */
+int cmd_eplb(int argc, char **argv);
 
 #endif

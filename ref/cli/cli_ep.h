@@ -40,16 +40,20 @@ typedef struct {
     EpTransport t;      /**< the reference's transport (TCP) */
     EpPlan plan;        /**< contiguous expert ranges */
     EpRank rank;        /**< this rank's exchange state; ForwardContext.ep points here */
+    const char *plan_path; /**< --ep-plan PLAN.json (NULL: contiguous experts) */
+    EpPlan *layer_plans;   /**< [n_layer_plans] its per-layer placement (rank.layer_plans) */
+    int n_layer_plans;     /**< entries */
 } CliEp;
 
 /** Flags of the group as the command line gave them. */
 typedef struct {
     long n;             /**< --ep N (0: not given) */
     int tcp;            /**< --ep-transport tcp */
+    const char *plan;   /**< --ep-plan PLAN.json: an EPLB placement (ref/ep/eplb.h), reference backend only */
 } CliEpFlags;
 
 /**
- * Parses `--ep N` (1..256) and `--ep-transport nccl|tcp`. Returns 1 when argv[*i] was one of
+ * Parses `--ep N` (1..256), `--ep-transport nccl|tcp` and `--ep-plan PLAN.json`. Returns 1 when argv[*i] was one of
  * them, 0 for another flag, -1 (message printed) on a bad value — the cli_gpu_flag contract.
  */
 int cli_ep_flag(const char *cmd, int argc, char **argv, int *i, CliEpFlags *f);

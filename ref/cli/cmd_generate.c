@@ -26,6 +26,7 @@
 #include "tokenizer/chat.h"
 #include "cli.h"
 #include "cli_ep.h"
+#include "ep/eplb.h"
 #include "cli_util.h"
 #include "generate/generate.h"
 #include "tokenizer/tokenizer.h"
@@ -42,6 +43,7 @@ typedef struct {
     int gpu;        /* --backend fast */
     int kv_bf16;    /* --kv-cache: -1 auto, 0 f32, 1 bf16 */
     CliEpFlags ep;  /* --ep N, --ep-transport */
+    const char *routing_stats; /* --routing-stats FILE */
 } GenArgs;
 
 static void usage(FILE *f, const char *cmd) {
@@ -74,7 +76,9 @@ static void usage(FILE *f, const char *cmd) {
                "  --kv-cache auto|f32|bf16  GPU latent cache (auto: bf16 where the tensor-core MLA kernel applies)\n"
                "  --ep N                split the routed experts over N processes (this one and N-1 it starts);\n"
                "                        under torchrun / mpirun the launcher's processes form the group instead\n"
-               "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
+               "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n"
+               "  --ep-plan PLAN.json   place the experts as an EPLB plan says (dsv3 eplb -o; reference backend)\n"
+               "  --routing-stats FILE  write the tokens each routed expert received, per MoE layer (JSON lines)\n");
 }
 
 /** Inside parse_args: takes the current flag's value into v, or fails the parse. */
@@ -93,6 +97,7 @@ static int parse_args(const char *cmd, int argc, char **argv, GenArgs *a) {
             return 1;
         }
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) { VALUE(); a->model = v; }
+        else if (!strcmp(f, "--routing-stats")) { VALUE(); a->routing_stats = v; }
         else if (!strcmp(f, "--tokenizer")) { VALUE(); a->tokenizer = v; }
         else if (!is_chat && (!strcmp(f, "-p") || !strcmp(f, "--prompt"))) { VALUE(); a->prompt = v; }
         else if (!is_chat && (!strcmp(f, "-f") || !strcmp(f, "--file"))) { VALUE(); a->prompt_file = v; }
@@ -160,10 +165,12 @@ typedef struct {
     long ctx;       /* positions per sequence */
     uint64_t seed;  /* the sampler's (printed, so a run can be repeated) */
     EpRank *ep_rank; /* the reference's expert-parallel group, when there is one */
+    RoutingCounter routing; /* --routing-stats: counts every MoE layer, then runs it through ep_rank or locally */
     char settings[256]; /* printed with the statistics, so a run can be repeated (seed) */
 } Session;
 
 static void session_free(Session *s) {
+    routing_counter_free(&s->routing);
     gen_free(&s->g);
     gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
@@ -232,17 +239,34 @@ static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     if (a->gpu && a->attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
     if (a->gpu) {
         GpuEngineOptions go = session_gpu(a, s->ctx, ep);
-        if (cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
+        if (ep->plan_path) err_set(&err, "--ep-plan places experts on the reference backend only: drop --backend fast");
+        if (ep->plan_path || cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
             return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));
     } else if (cli_ep_gpu_env(ep)) {
         if (!(s->ep_rank = cli_ep_join_ref(ep, &s->m, &err))) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
     }
+    if (a->routing_stats && (a->gpu || routing_counter_init(&s->routing, c, s->m.w.n_mtp, s->ep_rank ? &s->ep_rank->hook : NULL, &err)))
+        return cli_fail(cmd, EXIT_USAGE, "--routing-stats: %s", a->gpu ? "counts the reference's MoE layers: drop --backend fast" : err.msg);
     snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s", s->ctx,
              a->temp, a->top_k, a->top_p, (unsigned long long)s->seed,
              a->spec ? (a->draft > 1 ? "MTP multi-draft" : "MTP") : "off");
     return EXIT_OK;
+}
+
+/** The hook the session's MoE layers go through: the routing counter, the EP group, or none. */
+static MoeHook *session_hook(Session *s) {
+    return s->routing.scratch ? &s->routing.hook : s->ep_rank ? &s->ep_rank->hook : NULL;
+}
+
+/** Writes --routing-stats at the end of a successful run. */
+static int session_finish(const char *cmd, const GenArgs *a, Session *s, int rc) {
+    Err err = { "" };
+    if (rc == EXIT_OK && a->routing_stats && routing_stats_write(&s->routing.stats, a->routing_stats, &err))
+        rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    session_free(s);
+    return rc;
 }
 
 /** session_load, then the generator of one sequence on the chosen backend. */
@@ -253,7 +277,7 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     if (gen_init(&s->g, &s->m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, a->attn, a->fp8, &err) ||
         (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    gen_set_moe_hook(&s->g, s->ep_rank ? &s->ep_rank->hook : NULL);
+    gen_set_moe_hook(&s->g, session_hook(s));
     gen_limit_vocab(&s->g, s->n_sample);
     decode_stream_init(&s->ds, s->tok);
     return EXIT_OK;
@@ -373,7 +397,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
         for (int i = 0; i < n; i++)
             reqs[i] = (BatchRequest){ ids.v + start[i], (int64_t)(start[i + 1] - start[i]), a->n_predict, s.seed + (uint64_t)i };
         BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)a->temp, (int)a->top_k, (float)a->top_p, s.n_sample,
-                           s.eos, a->attn, a->fp8, s.ep_rank ? &s.ep_rank->hook : NULL };
+                           s.eos, a->attn, a->fp8, session_hook(&s) };
         BatchOut out = { s.tok, reqs };
         BatchStats st;
         if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
@@ -384,8 +408,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
                     st.seconds, st.generated / (st.seconds + 1e-9), (st.prompt_tokens + st.generated) / (st.seconds + 1e-9));
     }
     free(reqs), free(start), free(ids.v);
-    session_free(&s);
-    return rc;
+    return session_finish(cmd, a, &s, rc);
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -436,8 +459,7 @@ int cmd_generate(int argc, char **argv) {
     }
     free(ids.v);
     free(file_text);
-    session_free(&s);
-    return cli_ep_finish(&ep, cmd, rc);
+    return cli_ep_finish(&ep, cmd, session_finish(cmd, &a, &s, rc));
 }
 
 /** Reads one line from stdin into *buf (without the newline); 0 at EOF. */
@@ -512,6 +534,5 @@ int cmd_chat(int argc, char **argv) {
     }
     if (rc == EXIT_OK && turn > 0) print_stats(&s, s.g.stats.prefilled);
     free(line);
-    session_free(&s);
-    return cli_ep_finish(&ep, cmd, rc);
+    return cli_ep_finish(&ep, cmd, session_finish(cmd, &a, &s, rc));
 }

@@ -40,7 +40,8 @@ static void usage(FILE *f) {
             "                       the reference is f32 and emulates bf16 rounding with --kv-cache bf16)\n"
             "  --ep N               split the routed experts over N processes (this one and N-1 it starts);\n"
             "                       under torchrun / mpirun the launcher's processes form the group instead\n"
-            "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n");
+            "  --ep-transport nccl|tcp  --backend fast: NCCL, one GPU per rank (default), or TCP via host memory\n"
+            "  --ep-plan PLAN.json  place the experts as an EPLB plan says (dsv3 eplb -o; reference backend)\n");
 }
 
 static int run(const char *model_dir, const char *ids_arg, const char *out_path, const char *hidden_path, AttnMode attn,
@@ -52,7 +53,7 @@ int cmd_logits(int argc, char **argv) {
     Fp8Mode fp8 = FP8_DEQUANT;
     long prefill = -1;
     int want_mtp = 0, gpu = 0, kv_bf16 = -1, fp8_given = 0;
-    CliEpFlags epf = { 0, 0 };
+    CliEpFlags epf = { 0, 0, NULL };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -147,7 +148,8 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         goto done;
     }
     if (gpu) {
-        if (cli_ep_start(ep, &m, &err) || gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
+        if (ep->plan_path) err_set(&err, "--ep-plan places experts on the reference backend only: drop --backend fast");
+        if (ep->plan_path || cli_ep_start(ep, &m, &err) || gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
     } else if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;

@@ -18,6 +18,7 @@
 #include "base/buf.h"
 #include "cli.h"
 #include "cli_util.h"
+#include "ep/eplb.h"
 #include "train/data.h"
 #include "train/loss.h"
 #include "model/mtp.h"
@@ -26,7 +27,7 @@
 static const char *const CMD = "perplexity";
 
 int cmd_perplexity(int argc, char **argv) {
-    const char *model_dir = NULL, *ids_path = NULL, *text_path = NULL, *v;
+    const char *model_dir = NULL, *ids_path = NULL, *text_path = NULL, *v, *stats_path = NULL;
     long ctx = 256, max_chunks = 0;
     int want_mtp = 0;
     AttnMode attn = ATTN_ABSORB;
@@ -38,10 +39,12 @@ int cmd_perplexity(int argc, char **argv) {
                    "                       [--fp8 dequant|w8a8] [--attn absorb|naive] [--mtp]\n"
                    "  mean next-token cross-entropy (nats) and perplexity over consecutive CTX+1-token chunks\n"
                    "  (default CTX 256); --ids takes uint32 token files (dsv3 prepare-data), -f text (the\n"
-                   "  model's tokenizer.json encodes it); --mtp also scores the MTP head\n");
+                   "  model's tokenizer.json encodes it); --mtp also scores the MTP head\n"
+                   "  --routing-stats FILE  write the tokens each routed expert received, per MoE layer (JSON lines)\n");
             return EXIT_OK;
         }
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(model_dir = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
+        else if (!strcmp(a, "--routing-stats")) { if (!(stats_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
         else if (!strcmp(a, "--ids")) { if (!(ids_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!(text_path = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
@@ -76,6 +79,8 @@ int cmd_perplexity(int argc, char **argv) {
     size_t len = 0;
     RunState s;
     KVCache kv;
+    RoutingCounter routing; /* --routing-stats: wraps the local MoE layers */
+    memset(&routing, 0, sizeof routing);
     memset(&s, 0, sizeof s);
     memset(&kv, 0, sizeof kv);
     float *logits = NULL, *probs = NULL, *normed = NULL;
@@ -107,6 +112,10 @@ int cmd_perplexity(int argc, char **argv) {
     if (!logits || !probs || !normed) goto oom;
     if (runstate_init(&s, &m, ctx, ctx, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, ctx, &err))
         goto fail;
+    if (stats_path) {
+        if (routing_counter_init(&routing, c, want_mtp ? m.w.n_mtp : 0, NULL, &err)) goto fail;
+        s.ctx.moe_hook = &routing.hook;
+    }
     double nll = 0, nll_mtp = 0, t0 = now_seconds();
     for (int64_t ch = 0; ch < chunks; ch++) {
         const int *x = toks.v + ch * (ctx + 1);
@@ -115,7 +124,7 @@ int cmd_perplexity(int argc, char **argv) {
         nll += cross_entropy_forward(probs, logits, x + 1, ctx, V); /* a sum over the positions */
         if (want_mtp) {
             /* Rows p = 0..ctx−2 predict x[p+2]: the same contract as `logits --mtp`. */
-            if (mtp_logits_sequence(&m, 0, x, normed, ctx, ctx, attn, fp8, NULL, logits, &err)) goto fail;
+            if (mtp_logits_sequence(&m, 0, x, normed, ctx, ctx, attn, fp8, s.ctx.moe_hook, logits, &err)) goto fail;
             nll_mtp += cross_entropy_forward(probs, logits, x + 2, ctx - 1, V);
         }
     }
@@ -127,6 +136,7 @@ int cmd_perplexity(int argc, char **argv) {
         printf(" | MTP head (token after next): %.4f nats, perplexity %.3f", ce2, exp(ce2));
     }
     printf(" (%.1f tokens/s)\n", n / (now_seconds() - t0));
+    if (stats_path && routing_stats_write(&routing.stats, stats_path, &err)) goto fail;
     rc = EXIT_OK;
     goto done;
 oom:
@@ -140,6 +150,7 @@ done:
     tokenfile_close(&tf);
     kvcache_free(&kv);
     runstate_free(&s);
+    routing_counter_free(&routing);
     model_free(&m);
     return rc;
 }
