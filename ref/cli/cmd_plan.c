@@ -60,20 +60,21 @@ int cmd_plan(int argc, char **argv) {
     Config c;
     Err err;
     if (dir ? config_load(&c, dir, &err) : config_preset(&c, preset, &err)) return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
+    EplbPlan ep_plan;
+    memset(&ep_plan, 0, sizeof ep_plan);
+    if (plan_path && eplb_plan_read(&ep_plan, plan_path, &err)) return cli_fail(CMD, EXIT_USAGE, "--ep-plan %s", err.msg);
+    if (plan_path && ep_plan.n_experts != c.n_routed_experts) {
+        cli_fail(CMD, EXIT_USAGE, "--ep-plan %s places %d experts per layer, the model has %d (-m)", plan_path,
+                 ep_plan.n_experts, c.n_routed_experts);
+        eplb_plan_free(&ep_plan);
+        return EXIT_USAGE;
+    }
     if (!c.has_fp8) printf("note: the config has no FP8 quantization; sizes assume the real model's FP8 storage\n");
     int n;
     const Deployment *presets = plan_presets(&n);
     printf("model: hidden %d, %d layers, %d experts top-%d; decode batch %ld per attention rank, context %ld%s\n\n",
            c.hidden_size, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok, batch, ctx,
            with_mtp ? ", MTP module resident" : "");
-    EplbPlan ep_plan;
-    memset(&ep_plan, 0, sizeof ep_plan);
-    if (plan_path && eplb_plan_read(&ep_plan, plan_path, &err)) return cli_fail(CMD, EXIT_USAGE, "--ep-plan %s", err.msg);
-    if (plan_path && ep_plan.n_experts != c.n_routed_experts) {
-        eplb_plan_free(&ep_plan);
-        return cli_fail(CMD, EXIT_USAGE, "--ep-plan %s places %d experts per layer, the model has %d (-m)", plan_path,
-                        ep_plan.n_experts, c.n_routed_experts);
-    }
     for (int i = 0; i < n + (plan_path != NULL); i++) {
         Deployment d = presets[i < n ? i : 3]; /* the plan runs on the H100 nodes' hardware */
         if (hbm > 0) d.hbm_tbs = hbm;
