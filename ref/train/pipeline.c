@@ -41,6 +41,15 @@ int pipe_rank_of(const PipeSchedule *s, int dir, int stage, int *chunk) {
     }
 }
 
+int pipe_chunk_stage(const PipeSchedule *s, int rank, int chunk, int *dir) {
+    for (int d = 0; d < s->n_dirs; d++)
+        for (int st = 0; st < s->n_stages; st++) {
+            int ch;
+            if (pipe_rank_of(s, d, st, &ch) == rank && ch == chunk) return *dir = d, st;
+        }
+    return -1;
+}
+
 /* ------------------------------------------------------------------------------------- */
 /* building                                                                                */
 

@@ -124,6 +124,9 @@ void pipe_free(PipeSchedule *s);
 /** The rank that runs stage @p stage of direction @p dir, and the copy (chunk) it uses. */
 int pipe_rank_of(const PipeSchedule *s, int dir, int stage, int *chunk);
 
+/** The stage (and direction, in @p dir) that rank @p rank runs on its copy @p chunk; −1 if it has none. */
+int pipe_chunk_stage(const PipeSchedule *s, int rank, int chunk, int *dir);
+
 /**
  * Gives every operation its start and end for chunk times @p t (op_time, when not NULL, overrides
  * the time of each operation: called with the rank and the operation). Returns -1 with a message
