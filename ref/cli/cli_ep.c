@@ -134,6 +134,8 @@ int cli_ep_start(CliEp *g, const Model *m, Err *err) {
     return g->spawn_n > 1 && !g->children ? spawn(g, err) : 0;
 }
 
+int cli_ep_spawn(CliEp *g, Err *err) { return g->spawn_n > 1 && !g->children ? spawn(g, err) : 0; }
+
 int cli_ep_is_server(const CliEp *g) { return g->env.world_size > 1 && g->env.rank > 0; }
 
 const LaunchEnv *cli_ep_gpu_env(const CliEp *g) { return g->env.world_size > 1 ? &g->env : NULL; }

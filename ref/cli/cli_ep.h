@@ -73,6 +73,13 @@ int cli_ep_launch(CliEp *g, const char *cmd, const CliEpFlags *f, int argc, char
  */
 int cli_ep_start(CliEp *g, const Model *m, Err *err);
 
+/**
+ * Starts ranks 1..N−1 of a `--ep N`-style self-launched group (same binary and flags, told their
+ * rank by the torchrun variables); a no-op when a launcher started them or they run already. For
+ * groups that are not expert-parallel (dsv3 train --pipeline): cli_ep_start without its MoE check.
+ */
+int cli_ep_spawn(CliEp *g, Err *err);
+
 /** 1 if this process is an expert server (rank > 0 of a group). */
 int cli_ep_is_server(const CliEp *g);
 

@@ -74,7 +74,7 @@ int cmd_pipeline(int argc, char **argv) {
         }
         pipe_print_summary(stdout, &s, &st, &t);
         if (events) pipe_print_events(stdout, &s);
-        int rc = png ? pipe_draw_png(&s, png, &err) : 0;
+        int rc = png ? pipe_draw_png(&s, png, NULL, &err) : 0;
         pipe_free(&s);
         if (rc) return cli_fail(CMD, EXIT_RUNTIME, "--png %s", err.msg);
         if (png) fprintf(stderr, "dsv3 pipeline: drew %s\n", png);

@@ -18,7 +18,9 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_pipeline.h"
 #include "cli_util.h"
+#include "ep/eplb.h"
 #include "train/train.h"
 
 static const char *const CMD = "train";
@@ -66,7 +68,13 @@ static void usage(FILE *f) {
             "  --log FILE             append one JSON line per step and per validation\n"
             "  --resume PATH          continue a run from a checkpoint or a run directory (its latest);\n"
             "                         the options are the checkpoint's, flags given here override them\n"
-            "  --stop-after N         save and exit after step N, as if interrupted (resume continues)\n");
+            "  --stop-after N         save and exit after step N, as if interrupted (resume continues)\n"
+            "  --routing-stats FILE   write the tokens each routed expert received over the run, per MoE layer\n"
+            "pipeline parallelism (docs/pipeline.md)\n"
+            "  --pipeline N           N processes (this one and N-1 it starts, or a launcher's), the layers cut into\n"
+            "                         stages; the batch's sequences are the micro-batches\n"
+            "  --schedule S           1f1b, zb1p, dualpipe (default) or dualpipev\n"
+            "  --pipeline-png FILE    draw the last step's measured timeline (needs gnuplot)\n");
 }
 
 /** Everything the command line sets. */
@@ -77,6 +85,12 @@ typedef struct {
     int n_sets, shape_flags, warmup_given, lr_min_given, mtp_given;
     long vocab, save_every, keep, val_every, val_batches, stop_after;
     CkptFormat format;
+    long pipeline;             /* --pipeline N (0: one process) */
+    const char *schedule;      /* --schedule */
+    const char *pipeline_png;  /* --pipeline-png FILE */
+    const char *routing_stats; /* --routing-stats FILE */
+    CliPipe *pipe;             /* the pipeline group, when there is one */
+    RoutingStats *routing;     /* the loads counted for --routing-stats */
 } Args;
 
 /* Flag helpers of parse(), over its locals f (flag), v (value), l, d, argc, argv, i. */
@@ -142,6 +156,10 @@ static int parse(Args *a, int argc, char **argv) {
         else if (IS("--log")) { if (!VALUE()) return -1; a->log = v; }
         else if (IS("--resume")) { if (!VALUE()) return -1; a->resume = v; }
         else if (IS("--stop-after")) { if (!LONG(1, 1L << 40)) return -1; a->stop_after = l; }
+        else if (IS("--pipeline")) { if (!LONG(1, 256)) return -1; a->pipeline = l; }
+        else if (IS("--schedule")) { if (!VALUE()) return -1; a->schedule = v; }
+        else if (IS("--pipeline-png")) { if (!VALUE()) return -1; a->pipeline_png = v; }
+        else if (IS("--routing-stats")) { if (!VALUE()) return -1; a->routing_stats = v; }
         else return cli_fail(CMD, EXIT_USAGE, "unknown option '%s' (dsv3 train --help)", f), -1;
     }
     return 0;
@@ -293,8 +311,23 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
         TrainLosses L;
         StepStats st;
         trainer_next_batch(tr, train, seqs);
-        trainer_grad(tr, seqs, B, &L);
+        if (a->pipe && pipe_trainer_grad(&a->pipe->pt, seqs, &L, err)) {
+            rc = -1;
+            break;
+        }
+        if (!a->pipe) trainer_grad(tr, seqs, B, &L);
         trainer_update(tr, &st);
+        if (a->routing) /* each MoE layer's tokens: the MTP depth k block sees T − k of each sequence */
+            for (int j = 0; j < tr->n_moe; j++) {
+                int l = tr->moe_layer[j], L0 = tr->ps.config.num_hidden_layers;
+                routing_stats_add(a->routing, l, B * (T - (l < L0 ? 0 : l - L0 + 1)),
+                                  tr->load + (size_t)j * (size_t)tr->ps.config.n_routed_experts);
+            }
+        if (a->pipe) cli_pipe_after_step(a->pipe);
+        if (a->pipe && cli_pipe_rank(a->pipe) > 0) { /* rank 0 prints, validates and saves */
+            if (a->stop_after && tr->step == a->stop_after) break;
+            continue;
+        }
         log_step(log, tr, &L, &st, (double)(B * T) / (now_seconds() - t0));
         int last = tr->step == tr->opt.steps, stop = a->stop_after && tr->step == a->stop_after;
         if (n_val && ((a->val_every && tr->step % a->val_every == 0) || last)) {
@@ -314,6 +347,8 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
     return rc;
 }
 
+static int train_command(int argc, char **argv, const Args *parsed, PipeKind kind);
+
 int cmd_train(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage(stdout), EXIT_OK;
@@ -325,6 +360,22 @@ int cmd_train(int argc, char **argv) {
     a.keep = 3, a.val_every = 100, a.val_batches = 4;
     if (parse(&a, argc, argv)) return EXIT_USAGE;
     Err err = { "" };
+    PipeKind kind = PIPE_DUALPIPE;
+    if (a.schedule && pipe_kind_parse(a.schedule, &kind, &err)) return cli_fail(CMD, EXIT_USAGE, "--schedule: %s", err.msg);
+    if ((a.schedule || a.pipeline_png) && !a.pipeline) return cli_fail(CMD, EXIT_USAGE, "--schedule and --pipeline-png need --pipeline N");
+    CliPipe pipe; /* --pipeline: the group; every exit below goes through cli_pipe_finish */
+    int prc = a.pipeline ? cli_pipe_launch(&pipe, CMD, a.pipeline, argc, argv) : EXIT_OK;
+    if (prc) return prc;
+    if (a.pipeline) a.pipe = &pipe;
+    int rc = train_command(argc, argv, &a, kind);
+    return a.pipe ? cli_pipe_finish(&pipe, CMD, rc) : rc;
+}
+
+/** The command after its flags: the run, in one process or as one rank of a pipeline (@p kind). */
+static int train_command(int argc, char **argv, const Args *parsed, PipeKind kind) {
+    Args a = *parsed;
+    Err err = { "" };
+    int quiet = a.pipe && cli_pipe_rank(a.pipe) > 0; /* ranks 1..: no messages, logs or checkpoints */
     Trainer tr;
     memset(&tr, 0, sizeof tr);
     char ckpt[4096], run_dir[4096];
@@ -350,7 +401,7 @@ int cmd_train(int argc, char **argv) {
             trainer_free(&tr);
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         }
-        fprintf(stderr, "dsv3 train: resumed %s at step %lld\n", ckpt, (long long)tr.step);
+        if (!quiet) fprintf(stderr, "dsv3 train: resumed %s at step %lld\n", ckpt, (long long)tr.step);
     } else if (new_run(&a, &tr, &err)) {
         trainer_free(&tr);
         return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
@@ -362,7 +413,9 @@ int cmd_train(int argc, char **argv) {
     }
     const Config *c = &tr.ps.config;
     TokenFile train, valf;
+    RoutingStats routing;
     memset(&valf, 0, sizeof valf);
+    memset(&routing, 0, sizeof routing);
     int rc = EXIT_RUNTIME;
     FILE *log = NULL;
     if (tokenfile_open(&train, a.train, c->vocab_size, tr.opt.seq_len + 1, &err) ||
@@ -377,20 +430,34 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
     }
-    if (a.log && !(log = fopen(a.log, "a"))) {
+    if (a.log && !quiet && !(log = fopen(a.log, "a"))) {
         rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending: %s", a.log, strerror(errno));
+        goto done;
+    }
+    if (a.pipe && pipe_trainer_check(&tr, kind, a.pipe->grp.env.world_size, &err)) {
+        rc = cli_fail(CMD, EXIT_USAGE, "--pipeline: %s", err.msg);
+        goto done;
+    }
+    if (a.routing_stats && (routing_stats_init(&routing, c, tr.opt.n_mtp, &err) || !(a.routing = &routing))) {
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;
     }
     uint64_t main_p, mtp_p;
     weights_count(c, tr.opt.n_mtp, &main_p, &mtp_p);
-    fprintf(stderr, "dsv3 train: %.2f M parameters (+ %.2f M in %d MTP depths, embedding and head shared), "
+    if (!quiet) fprintf(stderr, "dsv3 train: %.2f M parameters (+ %.2f M in %d MTP depths, embedding and head shared), "
                     "%lld tokens in %s, %lld x %lld tokens per step, %lld steps\n",
             (double)main_p / 1e6, (double)(mtp_p - 2 * (uint64_t)tr.opt.n_mtp * (uint64_t)c->vocab_size * (uint64_t)c->hidden_size) / 1e6,
             tr.opt.n_mtp, (long long)train.n, a.train, (long long)tr.opt.batch, (long long)tr.opt.seq_len,
             (long long)tr.opt.steps);
-    if (run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    if (a.pipe && cli_pipe_start(a.pipe, &tr, kind, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "--pipeline: %s", err.msg);
+    else if (run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     else rc = EXIT_OK;
+    if (rc == EXIT_OK && !quiet && a.pipe && cli_pipe_report(a.pipe, stdout, a.pipeline_png, &err))
+        rc = cli_fail(CMD, EXIT_RUNTIME, "--pipeline-png %s", err.msg);
+    if (rc == EXIT_OK && !quiet && a.routing && routing_stats_write(a.routing, a.routing_stats, &err))
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
 done:
+    routing_stats_free(&routing);
     if (log) fclose(log);
     tokenfile_close(&train);
     tokenfile_close(&valf);

@@ -604,9 +604,10 @@ void pipe_print_summary(FILE *f, const PipeSchedule *s, const PipeStats *st, con
             st->param_copies, st->makespan);
 }
 
-int pipe_draw_png(const PipeSchedule *s, const char *png, Err *err) {
+int pipe_draw_png(const PipeSchedule *s, const char *png, const char *title_in, Err *err) {
     char title[200], tmp[4096];
-    snprintf(title, sizeof title, "%s: %d ranks, %d stages, %d micro-batches", pipe_kind_name(s->kind), s->n_ranks, s->n_stages,
+    if (title_in) snprintf(title, sizeof title, "%s", title_in);
+    else snprintf(title, sizeof title, "%s: %d ranks, %d stages, %d micro-batches", pipe_kind_name(s->kind), s->n_ranks, s->n_stages,
              s->n_mb);
     for (const char *p = png; *p; p++)
         if (*p == '\'' || *p == '\\' || *p == '\n') return err_set(err, "%s: the file name may not contain quotes or backslashes", png);

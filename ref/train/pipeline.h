@@ -169,8 +169,11 @@ int pipe_run(PipeSchedule *s, PipeKind kind, int pp, int n_mb, const PipeTimes *
 /** Prints a simulated schedule's bubble, memory and parameters beside Table 2's formulas. */
 void pipe_print_summary(FILE *f, const PipeSchedule *s, const PipeStats *st, const PipeTimes *t);
 
-/** Draws the timeline into PNG @p png by running gnuplot (Debian gnuplot-nox) on pipe_write_gnuplot's script. */
-int pipe_draw_png(const PipeSchedule *s, const char *png, Err *err);
+/**
+ * Draws the timeline into PNG @p png by running gnuplot (Debian gnuplot-nox) on pipe_write_gnuplot's
+ * script, titled @p title (NULL: the schedule's name and size). The file appears complete or not at all.
+ */
+int pipe_draw_png(const PipeSchedule *s, const char *png, const char *title, Err *err);
 
 /** Prints one line per operation: rank, start, end, op, micro-batch, stage, direction. */
 void pipe_print_events(FILE *f, const PipeSchedule *s);

@@ -140,18 +140,23 @@ static double *rec_mtp(PipeTrainer *pt) { return pt->rec + pt->sched.n_mb; }
 static double *rec_bal(PipeTrainer *pt) { return rec_mtp(pt) + (size_t)pt->sched.n_mb * pt->tr->opt.n_mtp; }
 static double *rec_load(PipeTrainer *pt) { return rec_bal(pt) + (size_t)pt->sched.n_mb * pt->tr->n_moe; }
 
+int pipe_trainer_check(const Trainer *tr, PipeKind kind, int n_ranks, Err *err) {
+    PipeSchedule s;
+    if (tr->opt.batch > 1 << 16) return err_set(err, "pipeline: %lld sequences per step is too many", (long long)tr->opt.batch);
+    if (pipe_build(&s, kind, n_ranks, (int)tr->opt.batch, err)) return err_prefix(err, "--batch %lld", (long long)tr->opt.batch);
+    int S = s.n_stages, L = tr->ps.config.num_hidden_layers;
+    pipe_free(&s);
+    if (L < S) return err_set(err, "%s over %d processes cuts the model into %d stages, but it has %d layers", pipe_kind_name(kind), n_ranks, S, L);
+    return 0;
+}
+
 int pipe_trainer_init(PipeTrainer *pt, Trainer *tr, PipeKind kind, MsgLink *link, Err *err) {
     memset(pt, 0, sizeof *pt);
     pt->tr = tr, pt->link = link;
     const Config *c = &tr->ps.config;
     int L = c->num_hidden_layers, E = c->n_routed_experts, N = link->nranks;
-    if (tr->opt.batch > 1 << 16) return err_set(err, "pipeline: %lld sequences per step is too many", (long long)tr->opt.batch);
-    if (pipe_build(&pt->sched, kind, N, (int)tr->opt.batch, err)) return err_prefix(err, "--batch %lld", (long long)tr->opt.batch);
+    if (pipe_trainer_check(tr, kind, N, err) || pipe_build(&pt->sched, kind, N, (int)tr->opt.batch, err)) return -1;
     int S = pt->sched.n_stages;
-    if (L < S) {
-        pipe_free(&pt->sched);
-        return err_set(err, "%s over %d processes cuts the model into %d stages, but it has %d layers", pipe_kind_name(kind), N, S, L);
-    }
     pt->stage_first = xcalloc((size_t)S + 1, sizeof *pt->stage_first);
     pt->nullg = xcalloc((size_t)L, sizeof *pt->nullg);
     pt->null_experts = xcalloc((size_t)(E ? E : 1), sizeof *pt->null_experts);
@@ -212,7 +217,15 @@ static void record_moe(PipeTrainer *pt, int mb, int layer, const MoEActs *a, int
     moe_count_load(tr->load + (size_t)j * E, a, rows, c);
 }
 
-static int forward(PipeTrainer *pt, const PipeTask *t, const int *seqs, Err *err) {
+/** The timeline: operation times are taken from when its inputs are there, so waiting is idle time. */
+typedef struct {
+    double t0;     /* the step's start */
+    double *start; /* where the operation's start goes */
+} Clock;
+
+static void started(const Clock *k) { *k->start = now_seconds() - k->t0; }
+
+static int forward(PipeTrainer *pt, const PipeTask *t, const int *seqs, const Clock *clk, Err *err) {
     Trainer *tr = pt->tr;
     const Config *c = &tr->ps.config;
     const Weights *w = &tr->ps.w;
@@ -227,6 +240,7 @@ static int forward(PipeTrainer *pt, const PipeTask *t, const int *seqs, Err *err
     else if (pt->link->recv(pt->link, pipe_rank_of(&pt->sched, t->dir, t->stage - 1, &ck), tag(TAG_ACT, t->dir, t->stage, t->mb), s->h,
                             bytes, err))
         return -1;
+    if (clk) started(clk);
     for (int l = ch->first; l < ch->end; l++) {
         block_forward(s->h, T, 0, &w->layers[l], &s->kv.layers[l - ch->first], &s->acts[l - ch->first], &tr->ctx);
         if (w->layers[l].is_moe) record_moe(pt, t->mb, l, &s->acts[l - ch->first].moe, T);
@@ -343,8 +357,19 @@ static int weights_done(PipeChunk *ch, PipeSlot *s, int mb, Err *err) {
     return 0;
 }
 
-/** A backward chunk: full (weight gradients too) or input-only (@p full = 0; its W comes later). */
-static int backward(PipeTrainer *pt, const PipeTask *t, const int *seqs, int full, Err *err) {
+/** The gradient a backward at a stage other than the last starts from (into pt->dh). */
+static int receive_gradient(PipeTrainer *pt, const PipeTask *t, Err *err) {
+    int ck;
+    size_t bytes = sizeof(float) * (size_t)(pt->tr->opt.seq_len * pt->tr->ps.config.hidden_size);
+    return pt->link->recv(pt->link, pipe_rank_of(&pt->sched, t->dir, t->stage + 1, &ck), tag(TAG_GRAD, t->dir, t->stage, t->mb), pt->dh,
+                          bytes, err);
+}
+
+/**
+ * A backward chunk: full (weight gradients too) or input-only (@p full = 0; its W comes later).
+ * @p have_input: its gradient is already in pt->dh (a forward/backward pair receives both first).
+ */
+static int backward(PipeTrainer *pt, const PipeTask *t, const int *seqs, int full, int have_input, const Clock *clk, Err *err) {
     Trainer *tr = pt->tr;
     const Config *c = &tr->ps.config;
     PipeChunk *ch = &pt->chunk[t->chunk];
@@ -356,14 +381,15 @@ static int backward(PipeTrainer *pt, const PipeTask *t, const int *seqs, int ful
     PipeSlot *s = slot_find(ch, t->mb, err);
     if (!s) return -1;
     if (t->stage == pt->sched.n_stages - 1) {
+        if (clk) started(clk);
         train_head_backward(tr, &s->head, s->h, ids, scale, pt->dh, tr->opt.n_mtp ? pt->emb_rows : NULL);
         if (tr->opt.n_mtp &&
             pt->link->send(pt->link, pipe_rank_of(&pt->sched, t->dir, 0, &ck), tag(TAG_EMB, t->dir, 0, t->mb), pt->emb_rows,
                            sizeof(float) * (size_t)(tr->opt.n_mtp * T * D), err))
             return -1;
-    } else if (pt->link->recv(pt->link, pipe_rank_of(&pt->sched, t->dir, t->stage + 1, &ck), tag(TAG_GRAD, t->dir, t->stage, t->mb),
-                              pt->dh, bytes, err)) {
-        return -1;
+    } else {
+        if (!have_input && receive_gradient(pt, t, err)) return -1;
+        if (clk) started(clk);
     }
     if (!full) memset(s->gmem, 0, s->gbytes);
     for (int l = ch->end - 1; l >= ch->first; l--) {
@@ -420,13 +446,17 @@ int pipe_trainer_grad(PipeTrainer *pt, const int *seqs, TrainLosses *out, Err *e
         const PipeOp *op = &pt->sched.ops[r][i];
         double *tm = pt->times + 2 * (size_t)(pt->op_base[r] + i);
         tm[0] = now_seconds() - t0;
-        int rc = 0;
+        Clock k = { t0, tm };
+        int rc = 0, last = op->b.stage == pt->sched.n_stages - 1;
         switch (op->kind) {
-        case PIPE_F: rc = forward(pt, &op->f, seqs, err); break;
-        case PIPE_B: rc = backward(pt, &op->b, seqs, 1, err); break;
-        case PIPE_BIN: rc = backward(pt, &op->b, seqs, 0, err); break;
+        case PIPE_F: rc = forward(pt, &op->f, seqs, &k, err); break;
+        case PIPE_B: rc = backward(pt, &op->b, seqs, 1, 0, &k, err); break;
+        case PIPE_BIN: rc = backward(pt, &op->b, seqs, 0, 0, &k, err); break;
         case PIPE_W: rc = weight_grad(pt, &op->b, seqs, err); break;
-        case PIPE_FB: rc = forward(pt, &op->f, seqs, err) || backward(pt, &op->b, seqs, 1, err); break;
+        case PIPE_FB: /* both inputs first, as DualPipe's pair does; then the two computations */
+            rc = (!last && receive_gradient(pt, &op->b, err)) || forward(pt, &op->f, seqs, &k, err) ||
+                 backward(pt, &op->b, seqs, 1, !last, NULL, err);
+            break;
         }
         tm[1] = now_seconds() - t0;
         if (rc) return err_prefix(err, "rank %d, operation %d", r, i);
@@ -455,44 +485,74 @@ int pipe_trainer_grad(PipeTrainer *pt, const int *seqs, TrainLosses *out, Err *e
     return 0;
 }
 
-/** op_time of the prediction: the measured mean of the operation's kind. */
+/** Mean durations per rank, stage copy and operation kind: [rank][chunk][kind]. */
+typedef struct {
+    double *mean;
+} Means;
+
+static size_t mean_at(const PipeOp *op, int rank) {
+    int chunk = op->kind == PIPE_F || op->kind == PIPE_FB ? op->f.chunk : op->b.chunk;
+    return ((size_t)rank * 2 + (size_t)chunk) * 5 + (size_t)op->kind;
+}
+
+/** op_time of the prediction: the measured mean of the operation's kind on its rank and stage copy. */
 static double mean_time(void *ctx, int rank, const PipeOp *op) {
-    (void)rank;
-    const double *mean = ctx;
-    return mean[op->kind];
+    const Means *m = ctx;
+    return m->mean[mean_at(op, rank)];
+}
+
+int pipe_trainer_measured(const PipeTrainer *pt, PipeSchedule *m, Err *err) {
+    const PipeSchedule *s = &pt->sched;
+    *m = *s;
+    m->n_ops = xcalloc((size_t)s->n_ranks, sizeof *m->n_ops);
+    m->ops = xcalloc((size_t)s->n_ranks, sizeof *m->ops);
+    int rc = m->n_ops && m->ops ? 0 : -1;
+    for (int r = 0; !rc && r < s->n_ranks; r++) {
+        if (!(m->ops[r] = malloc((size_t)(s->n_ops[r] ? s->n_ops[r] : 1) * sizeof *m->ops[r]))) {
+            rc = -1;
+            break;
+        }
+        m->n_ops[r] = s->n_ops[r];
+        for (int i = 0; i < s->n_ops[r]; i++) {
+            m->ops[r][i] = s->ops[r][i];
+            m->ops[r][i].start = pt->times[2 * (size_t)(pt->op_base[r] + i)];
+            m->ops[r][i].end = pt->times[2 * (size_t)(pt->op_base[r] + i) + 1];
+        }
+    }
+    if (rc) {
+        if (!m->ops) m->n_ranks = 0;
+        pipe_free(m);
+        return err_set(err, "out of memory");
+    }
+    return 0;
 }
 
 int pipe_trainer_timing(const PipeTrainer *pt, PipeTiming *t, Err *err) {
     memset(t, 0, sizeof *t);
-    const PipeSchedule *s = &pt->sched;
-    PipeSchedule m = *s; /* the measured timeline: the same operations with the real times */
-    m.ops = xcalloc((size_t)s->n_ranks, sizeof *m.ops);
-    double sum[5] = { 0 }, mean[5] = { 0 };
-    int cnt[5] = { 0 }, rc = 0;
-    for (int r = 0; m.ops && r < s->n_ranks; r++) {
-        if (!(m.ops[r] = malloc((size_t)(s->n_ops[r] ? s->n_ops[r] : 1) * sizeof *m.ops[r]))) {
-            rc = -1;
-            break;
+    PipeSchedule m;
+    if (pipe_trainer_measured(pt, &m, err)) return -1;
+    size_t nm = (size_t)m.n_ranks * 10;
+    double *sum = xcalloc(2 * nm, sizeof *sum), all[5] = { 0 };
+    int *cnt = xcalloc(nm, sizeof *cnt), all_n[5] = { 0 }, rc = 0;
+    if (!sum || !cnt) rc = err_set(err, "out of memory");
+    for (int r = 0; !rc && r < m.n_ranks; r++)
+        for (int i = 0; i < m.n_ops[r]; i++) {
+            const PipeOp *op = &m.ops[r][i];
+            sum[mean_at(op, r)] += op->end - op->start, cnt[mean_at(op, r)]++;
+            all[op->kind] += op->end - op->start, all_n[op->kind]++;
         }
-        for (int i = 0; i < s->n_ops[r]; i++) {
-            m.ops[r][i] = s->ops[r][i];
-            m.ops[r][i].start = pt->times[2 * (size_t)(pt->op_base[r] + i)];
-            m.ops[r][i].end = pt->times[2 * (size_t)(pt->op_base[r] + i) + 1];
-            sum[s->ops[r][i].kind] += m.ops[r][i].end - m.ops[r][i].start, cnt[s->ops[r][i].kind]++;
-        }
-    }
-    if (!m.ops || rc) rc = err_set(err, "out of memory");
     if (!rc) {
         pipe_stats(&m, &t->measured);
-        for (int k = 0; k < 5; k++) mean[k] = cnt[k] ? sum[k] / cnt[k] : 0;
-        t->mean = (PipeTimes){ mean[PIPE_F], mean[PIPE_B], mean[PIPE_W], mean[PIPE_FB], 0 };
-        t->mean_bin = mean[PIPE_BIN];
-        /* the simulation reuses m's operation lists (their times are overwritten) */
+        for (size_t i = 0; i < nm; i++) sum[nm + i] = cnt[i] ? sum[i] / cnt[i] : 0;
+        for (int k = 0; k < 5; k++) all[k] = all_n[k] ? all[k] / all_n[k] : 0;
+        t->mean = (PipeTimes){ all[PIPE_F], all[PIPE_B], all[PIPE_W], all[PIPE_FB], 0 };
+        t->mean_bin = all[PIPE_BIN];
         PipeTimes none = { 0, 0, 0, 0, 0 };
-        rc = pipe_simulate(&m, &none, mean_time, mean, err);
+        Means means = { sum + nm };
+        rc = pipe_simulate(&m, &none, mean_time, &means, err); /* m's times are overwritten */
         if (!rc) pipe_stats(&m, &t->predicted);
     }
-    for (int r = 0; m.ops && r < s->n_ranks; r++) free(m.ops[r]);
-    free(m.ops);
+    pipe_free(&m);
+    free(sum), free(cnt);
     return rc;
 }

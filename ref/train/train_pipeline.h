@@ -60,8 +60,9 @@ typedef struct {
 /** How the last step's operations took their time, measured and as the simulator predicts it. */
 typedef struct {
     PipeStats measured;     /**< from the operations' real start and end times */
-    PipeStats predicted;    /**< the simulator with the measured mean time of each operation kind */
-    PipeTimes mean;         /**< those means (f, b: full backward, w, fb); b_in in mean_bin */
+    PipeStats predicted;    /**< the simulator with the measured mean time of each operation kind on each
+                                 rank and stage copy (the stages need not be equally heavy) */
+    PipeTimes mean;         /**< the means of each kind over all ranks (f, b: full backward, w, fb) */
     double mean_bin;        /**< mean input-only backward */
 } PipeTiming;
 
@@ -83,6 +84,9 @@ typedef struct {
     int steps;              /**< steps run */
 } PipeTrainer;
 
+/** Whether trainer @p tr can run schedule @p kind over @p n_ranks ranks (a layer per stage, a batch it accepts). */
+int pipe_trainer_check(const Trainer *tr, PipeKind kind, int n_ranks, Err *err);
+
 /**
  * Prepares rank link->rank of a pipelined trainer running schedule @p kind over link->nranks
  * ranks for trainer @p tr (whose batch is the number of micro-batches). Checks that the model
@@ -97,6 +101,9 @@ void pipe_trainer_free(PipeTrainer *pt);
  * passes the same batch), the step's expert loads and the losses, on every rank. Collective.
  */
 int pipe_trainer_grad(PipeTrainer *pt, const int *seqs, TrainLosses *out, Err *err);
+
+/** A copy of the schedule with the last step's measured start and end times (free with pipe_free). */
+int pipe_trainer_measured(const PipeTrainer *pt, PipeSchedule *out, Err *err);
 
 /** The last step's measured timeline against the simulator's for the same chunk times. */
 int pipe_trainer_timing(const PipeTrainer *pt, PipeTiming *t, Err *err);
