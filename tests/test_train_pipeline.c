@@ -9,7 +9,11 @@
  *    the two stage copies' partial sums, differ from the running sum by rounding only:
  *    max|a−b|/max|b| per tensor ≤ 1e-5 (measured: printed), argmax-free since they are gradients;
  *  - two steps in a row (the optimizer state and the correction biases move the same way);
- *  - a schedule the model cannot take (more stages than layers, a batch DualPipe refuses) is an error.
+ *  - a schedule the model cannot take (more stages than layers, a batch DualPipe refuses) is an error;
+ *  - through the binary, `dsv3 train --pipeline 2` as processes over TCP: with 1F1B and DualPipeV the
+ *    per-step losses of --log and the checkpoint's bytes equal the one-process run's; DualPipe's first
+ *    step's loss too; a torchrun-style launch by hand (WORLD_SIZE/RANK) the same; bad flags and
+ *    schedules the model or batch cannot take are one-line errors with exit status 2 and no checkpoint.
  */
 #include <math.h>
 #include <pthread.h>
@@ -23,8 +27,12 @@
 
 #include <cmocka.h>
 
+#include <unistd.h>
+
+#include "ep/bootstrap.h"
 #include "train/train_pipeline.h"
 #include "util_compare.h"
+#include "util_run.h"
 
 /** 8 small layers (1 dense, 7 MoE) and 2 MTP depths: room for 8 stages. */
 static const char *const CFG =
@@ -196,6 +204,127 @@ static void refused(void **state) {
     trainer_free(&tr);
 }
 
+/* ---- through the binary ------------------------------------------------------------------ */
+
+static char tokens[4200];
+
+/** Random ids < 320 (the tiny preset's vocabulary) for the runs below. */
+static void write_tokens(void) {
+    snprintf(tokens, sizeof tokens, "%s/train.bin", test_tmp);
+    FILE *f = fopen(tokens, "wb");
+    assert_non_null(f);
+    uint64_t x = 5;
+    for (int i = 0; i < 4000; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t id = (uint32_t)((x >> 33) % 320);
+        fwrite(&id, 4, 1, f);
+    }
+    fclose(f);
+}
+
+static const char *const RUN = "--preset tiny -n 2 -b 4 -t 16 --val-every 0 --seed 3";
+
+/** The losses of a --log file: every line with its tok_per_s field (a speed) cut out. */
+static char *losses_of(const char *log) {
+    size_t n;
+    char *t = (char *)read_bytes(log, &n);
+    assert_non_null(t);
+    for (char *p = t; (p = strstr(p, "\"tok_per_s\":"));) {
+        char *end = strchr(p, ',');
+        assert_non_null(end);
+        memmove(p, end + 1, strlen(end + 1) + 1);
+    }
+    return t;
+}
+
+/** Runs `dsv3 train` with @p extra into run directory @p name; returns its losses. */
+static char *train_run(const char *name, const char *extra, char **out) {
+    char dir[4300], log[4300];
+    snprintf(dir, sizeof dir, "%s/%s", test_tmp, name);
+    snprintf(log, sizeof log, "%s/%s.jsonl", test_tmp, name);
+    RunResult r = run_shell(NULL, "%s train --train %s %s -o %s --log %s %s", dsv3_bin(), tokens, RUN, dir, log, extra);
+    if (r.status) fprintf(stderr, "%s", r.err);
+    assert_int_equal(r.status, 0);
+    if (out) *out = strdup(r.out);
+    run_result_free(&r);
+    return losses_of(log);
+}
+
+static unsigned char *checkpoint(const char *name, size_t *n) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s/latest/model.safetensors", test_tmp, name);
+    unsigned char *b = read_bytes(path, n);
+    assert_non_null(b);
+    return b;
+}
+
+static void processes_like_one(void **state) {
+    (void)state;
+    write_tokens();
+    size_t n1, n2;
+    char *one = train_run("one", "", NULL);
+    unsigned char *c1 = checkpoint("one", &n1);
+    const char *sched[] = { "1f1b", "dualpipev", "dualpipe" };
+    for (int i = 0; i < 3; i++) {
+        char flags[64], name[32], *out;
+        snprintf(flags, sizeof flags, "--pipeline 2 --schedule %s", sched[i]);
+        snprintf(name, sizeof name, "pp_%s", sched[i]);
+        char *two = train_run(name, flags, &out);
+        unsigned char *c2 = checkpoint(name, &n2);
+        assert_non_null(strstr(out, "pipeline: "));
+        if (i < 2) {
+            assert_string_equal(one, two);
+            assert_int_equal(n1, n2);
+            assert_memory_equal(c1, c2, n1);
+            printf("    train --pipeline 2 --schedule %s: losses of both steps and the checkpoint identical to one process\n", sched[i]);
+        } else {
+            size_t first = (size_t)(strstr(one, "\"grad_norm\"") - one); /* step 1's losses; its gradient norm differs */
+            assert_memory_equal(one, two, first);
+            assert_int_equal(n1, n2);
+            printf("    train --pipeline 2 --schedule dualpipe: step 1's losses identical (later steps: within rounding)\n");
+        }
+        const char *rep = strstr(out, "pipeline: ");
+        printf("    %.*s\n", (int)(strchr(rep, '\n') - rep), rep);
+        free(two), free(c2), free(out);
+    }
+    /* launched by hand, torchrun-style */
+    int fd, port;
+    Err err;
+    assert_int_equal(bootstrap_listen(0, &fd, &port, &err), 0);
+    close(fd);
+    char dir[4300];
+    snprintf(dir, sizeof dir, "%s/byhand", test_tmp);
+    RunResult r = run_shell(NULL,
+                            "export WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=%d; "
+                            "RANK=1 %s train --train %s %s -o %s --pipeline 2 --schedule 1f1b >/dev/null & "
+                            "RANK=0 %s train --train %s %s -o %s --pipeline 2 --schedule 1f1b; s=$?; wait $! || s=9; exit $s",
+                            port, dsv3_bin(), tokens, RUN, dir, dsv3_bin(), tokens, RUN, dir);
+    if (r.status) fprintf(stderr, "%s", r.err);
+    assert_int_equal(r.status, 0);
+    run_result_free(&r);
+    unsigned char *c3 = checkpoint("byhand", &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(c1, c3, n1);
+    printf("    WORLD_SIZE=2 by hand: the same checkpoint\n");
+    free(c3), free(one), free(c1);
+}
+
+static void bad_flags(void **state) {
+    (void)state;
+    const char *bad[] = { "--pipeline 0", "--pipeline 2 --schedule gpipe", "--schedule 1f1b", "--pipeline 2 --schedule dualpipe -b 3",
+                          "--pipeline 8 --schedule 1f1b -b 8", "--pipeline-png x.png" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char dir[4300];
+        snprintf(dir, sizeof dir, "%s/bad%zu", test_tmp, i);
+        RunResult r = run_shell(NULL, "%s train --train %s --preset tiny -n 2 -t 16 -o %s %s", dsv3_bin(), tokens, dir, bad[i]);
+        printf("    %s: %s", bad[i], r.err);
+        assert_int_equal(r.status, 2);
+        assert_int_equal(count_lines(r.err), 1);
+        assert_int_equal(access(dir, F_OK), -1);
+        run_result_free(&r);
+    }
+}
+
 int main(void) {
     Err err;
     if (config_parse(&cfg, CFG, strlen(CFG), "test", &err)) {
@@ -204,7 +333,8 @@ int main(void) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(one_f_one_b), cmocka_unit_test(zero_bubble), cmocka_unit_test(dualpipe),
-        cmocka_unit_test(dualpipev),   cmocka_unit_test(refused),
+        cmocka_unit_test(dualpipev),   cmocka_unit_test(refused),     cmocka_unit_test(processes_like_one),
+        cmocka_unit_test(bad_flags),
     };
-    return cmocka_run_group_tests_name("train_pipeline", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("train_pipeline", tests, test_tmp_setup, test_tmp_teardown);
 }
