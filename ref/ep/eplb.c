@@ -532,16 +532,47 @@ int eplb_plan_read(EplbPlan *p, const char *path, Err *err) {
             p->layer[l] = (int)layer;
             for (int k = 0; k < l && !rc; k++)
                 if (p->layer[k] == layer) rc = err_set(err, "layer %lld appears twice", (long long)layer);
-            /* the counts must be what physical_to_logical says; copies are numbered in slot order */
+            /* the counts must be what physical_to_logical says */
             int *seen = rc ? NULL : xcalloc((size_t)E, sizeof *seen);
             if (!rc && !seen) rc = err_set(err, "out of memory");
-            for (int s = 0; s < R && !rc; s++) p->phy_rank[(size_t)l * R + s] = seen[p2l[s]]++;
+            for (int s = 0; s < R && !rc; s++) seen[p2l[s]]++;
             for (int e = 0; e < E && !rc; e++)
                 if (seen[e] != cnt[e])
                     rc = err_set(err, "expert %d has %d slots in physical_to_logical but logical_count %d", e, seen[e], cnt[e]);
             free(seen);
+            /* logical_to_physical numbers the copies: row e lists e's slots (copy 0 first), then −1 */
+            const cJSON *l2p = cJSON_GetObjectItemCaseSensitive(L, "logical_to_physical"), *row;
+            int e = 0, width = -1;
+            int *rank = p->phy_rank + (size_t)l * R;
+            for (int s = 0; s < R; s++) rank[s] = -1;
+            if (!rc && (!cJSON_IsArray(l2p) || cJSON_GetArraySize(l2p) != E))
+                rc = err_set(err, "\"logical_to_physical\" must be an array of %lld arrays", (long long)E);
+            if (!rc) cJSON_ArrayForEach(row, l2p) {
+                int k = 0;
+                const cJSON *v;
+                if (!cJSON_IsArray(row) || (width >= 0 && cJSON_GetArraySize(row) != width) || cJSON_GetArraySize(row) < cnt[e]) {
+                    rc = err_set(err, "\"logical_to_physical\"[%d] must list the expert's %d slots (rows of one width)", e, cnt[e]);
+                    break;
+                }
+                width = cJSON_GetArraySize(row);
+                cJSON_ArrayForEach(v, row) {
+                    int ok = cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble);
+                    int slot = ok ? (int)v->valuedouble : -2;
+                    if (k < cnt[e]) ok = ok && slot >= 0 && slot < R && p2l[slot] == e && rank[slot] < 0;
+                    else ok = ok && slot == -1;
+                    if (!ok) {
+                        rc = err_set(err, "\"logical_to_physical\"[%d][%d] must be %s", e, k,
+                                     k < cnt[e] ? "a slot of that expert, listed once" : "-1");
+                        break;
+                    }
+                    if (k < cnt[e]) rank[slot] = k;
+                    k++;
+                }
+                if (rc) break;
+                e++;
+            }
             const cJSON *w = cJSON_GetObjectItemCaseSensitive(L, "load"), *v;
-            int e = 0;
+            e = 0;
             if (!rc && (!cJSON_IsArray(w) || cJSON_GetArraySize(w) != E)) rc = err_set(err, "\"load\" must be an array of %lld numbers", (long long)E);
             if (!rc) cJSON_ArrayForEach(v, w) {
                 if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 1e300)) rc = err_set(err, "\"load\"[%d] must be a non-negative number", e);
