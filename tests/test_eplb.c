@@ -9,6 +9,7 @@
  *  - routing statistics: lines of one layer add up, bad lines are errors naming the line;
  *  - plan files: write → read gives the same maps; malformed files are one-line errors;
  *  - per-layer plans route the rows where the plan says, with outputs bit-identical to moe_forward;
+ *  - --routing-stats of perplexity and train count every token's K choices of every MoE layer;
  *  - the bundled models/kjv: `generate --routing-stats` counts every token's K choices per layer,
  *    `dsv3 eplb` lowers the imbalance, `--ep 4 --ep-plan` gives the same logits and text as one
  *    process, `dsv3 plan --ep-plan` reports it; bad uses of --ep-plan are one-line errors.
@@ -336,6 +337,56 @@ static void measured_kjv(void **state) {
     assert_int_equal(access(path, F_OK), -1);
 }
 
+/** Every line of @p path: Σ load = tokens · K; returns the tokens of layer @p layer. */
+static int64_t stats_tokens(const char *path, int layer, int K) {
+    RoutingStats s;
+    Err err;
+    if (routing_stats_read(&s, path, &err)) fail_msg("%s", err.msg);
+    int64_t tokens = -1;
+    for (int j = 0; j < s.n_layers; j++) {
+        int64_t sum = 0;
+        for (int e = 0; e < s.n_experts; e++) sum += s.load[(size_t)j * s.n_experts + e];
+        assert_int_equal(sum, s.tokens[j] * K);
+        if (s.layer[j] == layer) tokens = s.tokens[j];
+    }
+    routing_stats_free(&s);
+    return tokens;
+}
+
+static void routing_stats_everywhere(void **state) {
+    (void)state;
+    char path[4300], ids[4300], out[4300];
+    snprintf(path, sizeof path, "%s/rs.jsonl", test_tmp);
+    snprintf(ids, sizeof ids, "%s/ids.bin", test_tmp);
+    snprintf(out, sizeof out, "%s/run", test_tmp);
+    FILE *f = fopen(ids, "wb");
+    for (uint32_t i = 0; i < 700; i++) {
+        uint32_t id = (i * 2654435761u) % 300;
+        fwrite(&id, 4, 1, f);
+    }
+    fclose(f);
+    /* perplexity: 2 chunks of 64 tokens; --mtp: the MTP block sees 63 of each */
+    RunResult r = run_shell(NULL, "%s perplexity -m %s --ids %s -c 64 --max-chunks 2 --mtp --routing-stats %s", dsv3_bin(), KJV, ids, path);
+    assert_int_equal(r.status, 0);
+    run_result_free(&r);
+    assert_int_equal(stats_tokens(path, 1, 4), 128);
+    assert_int_equal(stats_tokens(path, 4, 4), 126);
+    /* train: 2 steps of 2 sequences of 16 tokens; the MTP depth sees 15 of each */
+    r = run_shell(NULL, "%s train --train %s --preset tiny -n 2 -b 2 -t 16 --val-every 0 -o %s --routing-stats %s", dsv3_bin(), ids, out,
+                  path);
+    assert_int_equal(r.status, 0);
+    run_result_free(&r);
+    assert_int_equal(stats_tokens(path, 3, 4), 64);
+    assert_int_equal(stats_tokens(path, 4, 4), 60);
+    /* an unwritable file: an error, nothing left behind */
+    r = run_shell(NULL, "%s perplexity -m %s --ids %s -c 64 --max-chunks 1 --routing-stats %s/no/such/dir.jsonl", dsv3_bin(), KJV, ids,
+                  test_tmp);
+    assert_int_not_equal(r.status, 0);
+    assert_int_equal(count_lines(r.err), 1);
+    run_result_free(&r);
+    printf("    --routing-stats of perplexity (--mtp) and train: every token's choices, per layer\n");
+}
+
 static int setup(void **state) {
     if (test_tmp_setup(state)) return -1;
     Err err;
@@ -354,7 +405,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(readme_example),    cmocka_unit_test(hand_made),    cmocka_unit_test(stats_and_plan_files),
-        cmocka_unit_test(layer_plans_route), cmocka_unit_test(measured_kjv),
+        cmocka_unit_test(layer_plans_route), cmocka_unit_test(measured_kjv), cmocka_unit_test(routing_stats_everywhere),
     };
     return cmocka_run_group_tests_name("eplb", tests, setup, teardown);
 }
