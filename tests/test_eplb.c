@@ -9,6 +9,8 @@
  *  - routing statistics: lines of one layer add up, bad lines are errors naming the line;
  *  - plan files: write → read gives the same maps; malformed files are one-line errors;
  *  - per-layer plans route the rows where the plan says, with outputs bit-identical to moe_forward;
+ *  - mutation fuzzing of both parsers (statistics lines, plan files): every mutant is read or refused
+ *    with a one-line message, never a crash (ASan/UBSan in make test-asan);
  *  - --routing-stats of perplexity and train count every token's K choices of every MoE layer;
  *  - the bundled models/kjv: `generate --routing-stats` counts every token's K choices per layer,
  *    `dsv3 eplb` lowers the imbalance, `--ep 4 --ep-plan` gives the same logits and text as one
@@ -168,6 +170,75 @@ static void stats_and_plan_files(void **state) {
         assert_int_equal(eplb_plan_read(&q, tmp_file("bad.json", bad_plans[i]), &err), -1);
         printf("    bad plan: %s\n", err.msg);
     }
+}
+
+/** Writes @p n bytes to @p path. */
+static void put(const char *path, const unsigned char *b, size_t n) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(b, 1, n, f);
+    fclose(f);
+}
+
+/** One random mutation of buf[0..*n) in place (bit flip, JSON character, digit, deletion, truncation). */
+static void mutate(unsigned char *buf, size_t *n, size_t cap, Rng *r) {
+    static const char specials[] = "0123456789-.e,[]{}\":ntf ";
+    if (*n == 0) return;
+    size_t at = rng_u32(r) % *n;
+    switch (rng_u32(r) % 5) {
+    case 0: buf[at] ^= (unsigned char)(1u << (rng_u32(r) % 8)); break;
+    case 1: buf[at] = (unsigned char)specials[rng_u32(r) % (sizeof specials - 1)]; break;
+    case 2: memmove(buf + at, buf + at + 1, *n - at - 1), (*n)--; break;
+    case 3: *n = at; break;
+    default:
+        if (*n < cap) memmove(buf + at + 1, buf + at, *n - at), buf[at] = (unsigned char)specials[rng_u32(r) % 10], (*n)++;
+    }
+}
+
+static void fuzz_parsers(void **state) {
+    (void)state;
+    /* valid seeds: statistics of two layers, and a plan made from them */
+    const char *seed_stats = "{\"layer\":1,\"mtp\":false,\"tokens\":9,\"experts\":4,\"groups\":2,\"load\":[10,9,8,9]}\n"
+                             "{\"layer\":2,\"mtp\":true,\"tokens\":9,\"experts\":4,\"groups\":2,\"load\":[1,30,3,2]}\n";
+    char spath[4300], ppath[4300], mpath[4300];
+    snprintf(spath, sizeof spath, "%s/fz.jsonl", test_tmp);
+    snprintf(ppath, sizeof ppath, "%s/fz.json", test_tmp);
+    snprintf(mpath, sizeof mpath, "%s/mut", test_tmp);
+    put(spath, (const unsigned char *)seed_stats, strlen(seed_stats));
+    RoutingStats s;
+    EplbPlan p;
+    Err err;
+    assert_int_equal(routing_stats_read(&s, spath, &err), 0);
+    assert_int_equal(eplb_rebalance_stats(&p, &s, 6, 0, 1, 2, &err), 0);
+    assert_int_equal(eplb_plan_write(&p, ppath, &err), 0);
+    eplb_plan_free(&p), routing_stats_free(&s);
+    Rng r;
+    rng_seed(&r, 99);
+    int accepted[2] = { 0, 0 }, total = 0;
+    for (int which = 0; which < 2; which++) {
+        size_t n0;
+        unsigned char *seed = read_bytes(which ? ppath : spath, &n0), *buf = malloc(n0 + 64);
+        for (int i = 0; i < 1500; i++) {
+            size_t n = n0;
+            memcpy(buf, seed, n0);
+            for (int k = 1 + (int)(rng_u32(&r) % 4); k > 0; k--) mutate(buf, &n, n0 + 64, &r);
+            put(mpath, buf, n);
+            err.msg[0] = 0;
+            int rc = which ? eplb_plan_read(&p, mpath, &err) : routing_stats_read(&s, mpath, &err);
+            if (rc == 0) {
+                accepted[which]++;
+                if (which) eplb_plan_free(&p);
+                else routing_stats_free(&s);
+            } else {
+                assert_int_equal(rc, -1);
+                assert_true(err.msg[0] && !strchr(err.msg, '\n'));
+            }
+            total++;
+        }
+        free(seed), free(buf);
+    }
+    printf("    %d mutants: %d statistics and %d plans still valid, the rest refused with one line each\n", total, accepted[0],
+           accepted[1]);
 }
 
 /* ---- per-layer plans in expert parallelism ------------------------------------------------ */
@@ -405,6 +476,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(readme_example),    cmocka_unit_test(hand_made),    cmocka_unit_test(stats_and_plan_files),
+        cmocka_unit_test(fuzz_parsers),
         cmocka_unit_test(layer_plans_route), cmocka_unit_test(measured_kjv), cmocka_unit_test(routing_stats_everywhere),
     };
     return cmocka_run_group_tests_name("eplb", tests, setup, teardown);
