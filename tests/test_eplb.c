@@ -144,6 +144,13 @@ static void stats_and_plan_files(void **state) {
     assert_memory_equal(q.slot_start, p.slot_start, sizeof(int) * 3);
     assert_int_equal(q.max_count, p.max_count);
     assert_memory_equal(q.log2phy, p.log2phy, sizeof(int) * 8 * (size_t)p.max_count);
+    /* --eval: the same placement measured on other loads (here: the same ones, then one layer short) */
+    double gl[2], before = eplb_gpu_load(&p, 1, gl);
+    assert_int_equal(eplb_plan_set_loads(&q, &s, &err), 0);
+    assert_true(eplb_gpu_load(&q, 1, gl) == before);
+    s.layer[0] = 7;
+    assert_int_equal(eplb_plan_set_loads(&q, &s, &err), -1);
+    assert_non_null(strstr(err.msg, "layer 1"));
     eplb_plan_free(&p), eplb_plan_free(&q);
     routing_stats_free(&s);
     /* malformed statistics and plans */

@@ -18,11 +18,12 @@ static void usage(FILE *f) {
                "  (default 1) from the loads in FILE: the hierarchical policy when the G expert groups (default: the\n"
                "  model's, from FILE) divide over the nodes, the global one otherwise. Prints each layer's max/mean\n"
                "  GPU load before (contiguous experts, no copies) and after; -o writes the plan for --ep-plan.\n"
-               "  --redundant K   R = E + K\n");
+               "  --redundant K   R = E + K\n"
+               "  --eval FILE     also show how the plan does on the loads of FILE (other traffic than it was made from)\n");
 }
 
 int cmd_eplb(int argc, char **argv) {
-    const char *stats = NULL, *out = NULL;
+    const char *stats = NULL, *out = NULL, *eval = NULL;
     long gpus = 0, replicas = 0, redundant = -1, groups = 0, nodes = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -33,6 +34,8 @@ int cmd_eplb(int argc, char **argv) {
             if (!(v = cli_value(CMD, argc, argv, &i)) || cli_long(CMD, a, v, num == &redundant ? 0 : 1, 1 << 20, num)) return EXIT_USAGE;
         } else if (!strcmp(a, "--stats")) {
             if (!(stats = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
+        } else if (!strcmp(a, "--eval")) {
+            if (!(eval = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
         } else if (!strcmp(a, "-o") || !strcmp(a, "--out")) {
             if (!(out = cli_value(CMD, argc, argv, &i))) return EXIT_USAGE;
         } else {
@@ -54,6 +57,12 @@ int cmd_eplb(int argc, char **argv) {
         eplb_print_report(stdout, &p);
         if (out && eplb_plan_write(&p, out, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "-o %s", err.msg);
         else if (out) fprintf(stderr, "dsv3 eplb: wrote %s\n", out);
+        RoutingStats ev;
+        if (rc == 0 && eval) {
+            if (routing_stats_read(&ev, eval, &err) || eplb_plan_set_loads(&p, &ev, &err)) rc = cli_fail(CMD, EXIT_USAGE, "--eval %s", err.msg);
+            else printf("\nthe same placement on the loads of %s:\n", eval), eplb_print_report(stdout, &p);
+            routing_stats_free(&ev);
+        }
     } else {
         rc = cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
     }

@@ -361,6 +361,17 @@ int eplb_rebalance_stats(EplbPlan *p, const RoutingStats *s, int physical, int g
     return rc;
 }
 
+int eplb_plan_set_loads(EplbPlan *p, const RoutingStats *s, Err *err) {
+    if (s->n_experts != p->n_experts) return err_set(err, "%d experts per layer, the plan has %d", s->n_experts, p->n_experts);
+    for (int l = 0; l < p->n_layers; l++)
+        if (routing_stats_row(s, p->layer[l]) < 0) return err_set(err, "no loads of layer %d, which the plan places", p->layer[l]);
+    for (int l = 0; l < p->n_layers; l++) {
+        const int64_t *load = s->load + (size_t)routing_stats_row(s, p->layer[l]) * s->n_experts;
+        for (int e = 0; e < p->n_experts; e++) p->weight[(size_t)l * p->n_experts + e] = (double)load[e];
+    }
+    return 0;
+}
+
 void eplb_plan_free(EplbPlan *p) {
     free(p->slot_start), free(p->layer), free(p->phy2log), free(p->phy_rank), free(p->log_count), free(p->log2phy), free(p->weight);
     memset(p, 0, sizeof *p);

@@ -118,6 +118,12 @@ int eplb_rebalance(EplbPlan *p, const double *weight, const int *layers, int n_l
                    int nodes, int gpus, Err *err);
 /** eplb_rebalance over the layers of @p s (@p groups ≤ 0: the statistics' own group count). */
 int eplb_rebalance_stats(EplbPlan *p, const RoutingStats *s, int physical, int groups, int nodes, int gpus, Err *err);
+/**
+ * Replaces the loads a plan was computed from by those of @p s (layer by layer; every layer of the
+ * plan must be in @p s, with the same experts), so that eplb_gpu_load and eplb_print_report show
+ * how the placement does on other traffic — a plan made from past statistics meeting new ones.
+ */
+int eplb_plan_set_loads(EplbPlan *p, const RoutingStats *s, Err *err);
 /** Frees a plan; safe on a zeroed struct. */
 void eplb_plan_free(EplbPlan *p);
 
