@@ -122,16 +122,18 @@ int msg_allreduce_f64(MsgLink *l, double *v, size_t n, uint64_t tag, Err *err) {
     return rc;
 }
 
+/** Where rank @p d's share of @p n values split over @p N ranks starts (shares differ by at most one). */
+static size_t share(size_t n, int d, int N) { return (size_t)((unsigned long long)n * (unsigned long long)d / (unsigned long long)N); }
+
 int msg_allreduce_f32(MsgLink *l, float *v, size_t n, uint64_t tag, Err *err) {
     int N = l->nranks, me = l->rank, rc = 0;
     if (N == 1) return 0;
-#define SHARE(d) ((size_t)((unsigned long long)n * (unsigned long long)(d) / (unsigned long long)N))
-    size_t lo = SHARE(me), hi = SHARE(me + 1), mine = hi - lo;
+    size_t lo = share(n, me, N), hi = share(n, me + 1, N), mine = hi - lo;
     float *in = malloc((mine ? mine : 1) * sizeof *in), *acc = calloc(mine ? mine : 1, sizeof *acc);
     if (!in || !acc) rc = err_set(err, "out of memory");
     /* reduce-scatter: share d of every rank goes to rank d, which adds them in rank order */
     for (int d = 0; d < N && !rc; d++)
-        if (d != me) rc = l->send(l, d, tag, v + SHARE(d), (SHARE(d + 1) - SHARE(d)) * sizeof *v, err);
+        if (d != me) rc = l->send(l, d, tag, v + share(n, d, N), (share(n, d + 1, N) - share(n, d, N)) * sizeof *v, err);
     for (int r = 0; r < N && !rc; r++) {
         const float *src = v + lo;
         if (r != me) {
@@ -145,8 +147,7 @@ int msg_allreduce_f32(MsgLink *l, float *v, size_t n, uint64_t tag, Err *err) {
     for (int d = 0; d < N && !rc; d++)
         if (d != me) rc = l->send(l, d, tag + 1, v + lo, mine * sizeof *v, err);
     for (int r = 0; r < N && !rc; r++)
-        if (r != me) rc = l->recv(l, r, tag + 1, v + SHARE(r), (SHARE(r + 1) - SHARE(r)) * sizeof *v, err);
-#undef SHARE
+        if (r != me) rc = l->recv(l, r, tag + 1, v + share(n, r, N), (share(n, r + 1, N) - share(n, r, N)) * sizeof *v, err);
     free(in), free(acc);
     return rc;
 }

@@ -25,7 +25,10 @@ typedef struct {
     PipeTrainer pt;     /**< this rank's pipelined trainer */
     int on;             /**< pt is ready */
     int steps;          /**< steps timed (after the first) */
-    double idle, idle_sim, bubble, bubble_sim; /**< sums over the timed steps */
+    double idle;        /**< sum over the timed steps of the measured idle fraction */
+    double idle_sim;    /**< and of the simulated one */
+    double bubble;      /**< sum of the measured largest bubble (seconds) */
+    double bubble_sim;  /**< and of the simulated one */
     PipeTimes mean;     /**< sums of the measured chunk times */
     double mean_bin;    /**< and of the input-only backward */
 } CliPipe;

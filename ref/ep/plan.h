@@ -8,6 +8,7 @@
 #define DSV3_PLAN_H
 
 #include "base/util.h"
+#include "eplb.h"
 #include "model/config.h"
 
 /** A way to lay the model out on GPUs. */
@@ -51,15 +52,13 @@ typedef struct {
  */
 void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int with_mtp, PlanResult *r);
 
-struct EplbPlan;
-
 /**
  * plan_evaluate for the deployment an EPLB plan (ref/ep/eplb.h) describes: its GPUs, nodes and
  * redundant copies on the hardware of @p hw; the all-to-all time grows by the plan's load
  * imbalance (mean over its layers of max/mean GPU load), since the busiest rank finishes last.
  * Fills @p d with that deployment. -1 if the plan does not fit the model (experts).
  */
-int plan_evaluate_eplb(const Config *c, const Deployment *hw, const struct EplbPlan *p, int batch, int ctx, int with_mtp,
+int plan_evaluate_eplb(const Config *c, const Deployment *hw, const EplbPlan *p, int batch, int ctx, int with_mtp,
                        Deployment *d, PlanResult *r, Err *err);
 
 /** The built-in deployments: the paper's prefill and decode units, 8×H200, 16×H100. n set to count. */

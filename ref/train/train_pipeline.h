@@ -51,7 +51,8 @@ struct PipeSlot;
 typedef struct {
     int stage;               /**< its stage (−1: the rank has no such copy) */
     int dir;                 /**< its direction */
-    int first, end;          /**< decoder layers first .. end−1 */
+    int first;               /**< its first decoder layer */
+    int end;                 /**< one past its last decoder layer */
     int n_slots;             /**< slots allocated */
     struct PipeSlot **slots; /**< [n_slots] */
     int last_w;              /**< the last micro-batch whose weight gradients were added (order check) */
