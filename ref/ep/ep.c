@@ -15,10 +15,8 @@
 /* ------------------------------------------------------------------------------------- */
 /* plan                                                                                    */
 
-int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int n_redundant, Err *err) {
-    memset(p, 0, sizeof *p);
-    if (nranks < 1 || nranks > 4096) return err_set(err, "expert parallelism: %d ranks (1..4096)", nranks);
-    if (n_experts < nranks) return err_set(err, "expert parallelism: %d experts cannot be split over %d ranks", n_experts, nranks);
+/** A plan's arrays for @p nranks ranks and @p n_experts experts, all zero. */
+static int plan_alloc(EpPlan *p, int nranks, int n_experts, Err *err) {
     p->nranks = nranks;
     p->n_experts = n_experts;
     p->first = xcalloc((size_t)nranks + 1, sizeof *p->first);
@@ -28,6 +26,14 @@ int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int
         ep_plan_free(p);
         return err_set(err, "out of memory");
     }
+    return 0;
+}
+
+int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int n_redundant, Err *err) {
+    memset(p, 0, sizeof *p);
+    if (nranks < 1 || nranks > 4096) return err_set(err, "expert parallelism: %d ranks (1..4096)", nranks);
+    if (n_experts < nranks) return err_set(err, "expert parallelism: %d experts cannot be split over %d ranks", n_experts, nranks);
+    if (plan_alloc(p, nranks, n_experts, err)) return -1;
     for (int r = 0; r <= nranks; r++) p->first[r] = (int)((int64_t)n_experts * r / nranks);
     for (int r = 0; r < nranks; r++)
         for (int e = p->first[r]; e < p->first[r + 1]; e++) p->copies[(size_t)e * nranks] = r, p->n_copies[e] = 1;
@@ -48,15 +54,7 @@ int ep_plan_init_placement(EpPlan *p, int nranks, int n_experts, const int *rank
     memset(p, 0, sizeof *p);
     if (nranks < 1 || nranks > 4096 || n_experts < 1 || width < 1)
         return err_set(err, "expert parallelism: a placement of %d experts on %d ranks", n_experts, nranks);
-    p->nranks = nranks;
-    p->n_experts = n_experts;
-    p->first = xcalloc((size_t)nranks + 1, sizeof *p->first);
-    p->n_copies = xcalloc((size_t)n_experts, sizeof *p->n_copies);
-    p->copies = xcalloc((size_t)n_experts * (size_t)nranks, sizeof *p->copies);
-    if (!p->first || !p->n_copies || !p->copies) {
-        ep_plan_free(p);
-        return err_set(err, "out of memory");
-    }
+    if (plan_alloc(p, nranks, n_experts, err)) return -1;
     for (int e = 0; e < n_experts; e++) {
         for (int k = 0; k < width && ranks[(size_t)e * width + k] >= 0; k++) {
             int r = ranks[(size_t)e * width + k];
