@@ -9,6 +9,7 @@
 #   make test-asan  the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      CPU benchmarks (ratios against baselines measured in the same run)
 #   make docs       Doxygen HTML into build/docs (warnings are errors)
+#   make pipeline-figures  the schedule timelines of docs/pipeline.md (dsv3 pipeline --png; installs gnuplot)
 #   make test-gpu / bench-gpu   CUDA tests and benchmarks (need nvcc; skip cleanly without a GPU)
 #   make sanitize-gpu           compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the GPU test
 #   make cuda                   compile the CUDA library, GPU test and benchmark only
@@ -110,7 +111,7 @@ GPU_BENCH_BIN := $(BUILD)/bench/bench_gpu_kernels
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) $(shell command -v compute-sanitizer 2>/dev/null))
 
 .SECONDARY:
-.PHONY: all run test check-layers check-citations test-js test-soak bench-serve test-asan bench docs clean deps gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
+.PHONY: all run test check-layers check-citations test-js test-soak bench-serve test-asan bench docs clean deps pipeline-figures gpu-debs test-mpi test-gpu bench-gpu sanitize-gpu test-gpu-mock bench-gpu-model cuda fuzz notebooks bad-inputs data experiments
 all: $(BUILD)/dsv3
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -396,6 +397,14 @@ experiments: data $(BUILD)/dsv3 $(BUILD)/train_report
 	  none=runs/exp/none.jsonl nomtp=runs/exp/nomtp.jsonl | tee runs/exp/table.md
 	@command -v gnuplot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y gnuplot-nox; fi; }
 	gnuplot -e 'dir="runs/exp"' tools/plot_experiments.gp
+
+# ---- pipeline schedules drawn (docs/pipeline.md): PP 8, 20 micro-batches, the paper's Fig. 5 setting ----
+PIPE_FIG_ARGS ?= --pp 8 --micro 20
+pipeline-figures: $(BUILD)/dsv3
+	@command -v gnuplot >/dev/null || { echo "dsv3: installing Debian package gnuplot-nox"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y --no-install-recommends gnuplot-nox; fi; }
+	@mkdir -p docs/img
+	@for s in 1f1b zb1p dualpipe dualpipev; do $(BUILD)/dsv3 pipeline $(PIPE_FIG_ARGS) --schedule $$s --png docs/img/pipeline_$$s.png || exit 1; done
 
 # ---- CUDA build, GPU tests and benchmarks --------------------------------------------------
 ifeq ($(HAVE_CUDA),1)

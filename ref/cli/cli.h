@@ -42,5 +42,9 @@ int cmd_perplexity(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 /** `dsv3 plan`: deployment memory/communication/time estimates. */
 int cmd_plan(int argc, char **argv);
+/** `dsv3 pipeline`: build, check and simulate pipeline schedules (ref/train/pipeline.h). */
+int cmd_pipeline(int argc, char **argv);
+/** `dsv3 eplb`: place redundant experts from routing statistics (ref/ep/eplb.h). */
+int cmd_eplb(int argc, char **argv);
 
 #endif

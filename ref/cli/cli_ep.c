@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli_util.h"
+#include "ep/eplb.h"
 #include "ep/ep_socket.h"
 
 /** What a wait status says, for a message. */
@@ -84,6 +85,7 @@ int cli_ep_launch(CliEp *g, const char *cmd, const CliEpFlags *f, int argc, char
     memset(g, 0, sizeof *g);
     Err err = { "" };
     g->tcp = f->tcp;
+    g->plan_path = f->plan;
     g->timeout_s = 300;
     const char *t = getenv("DSV3_EP_TIMEOUT");
     if (t && *t) {
@@ -93,6 +95,7 @@ int cli_ep_launch(CliEp *g, const char *cmd, const CliEpFlags *f, int argc, char
     }
     if (launch_env_read(&g->env, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     int launched = g->env.world_size > 1 || getenv("WORLD_SIZE");
+    if (f->plan && f->n <= 1 && !launched) return cli_fail(cmd, EXIT_USAGE, "--ep-plan %s needs --ep N (N > 1) or a launcher", f->plan);
     if (f->n > 0 && launched && f->n != g->env.world_size)
         return cli_fail(cmd, EXIT_USAGE, "--ep %ld, but the launcher started %d processes (WORLD_SIZE)", f->n, g->env.world_size);
     if (f->n > 1 && !launched) {
@@ -107,14 +110,21 @@ int cli_ep_launch(CliEp *g, const char *cmd, const CliEpFlags *f, int argc, char
 int cli_ep_start(CliEp *g, const Model *m, Err *err) {
     if (g->env.world_size <= 1) return 0;
     if (ep_model_splits(&m->config, g->env.world_size, err)) return -1;
+    if (g->plan_path && !g->layer_plans &&
+        eplb_load_ep_plans(g->plan_path, &m->config, g->env.world_size, &g->layer_plans, &g->n_layer_plans, err))
+        return err_prefix(err, "--ep-plan");
+    if (g->plan_path && g->env.rank == 0 && g->spawn_n >= 0 && !g->children)
+        fprintf(stderr, "dsv3: --ep-plan %s: routed experts placed per layer as the plan says\n", g->plan_path);
     return g->spawn_n > 1 && !g->children ? spawn(g, err) : 0;
 }
+
+int cli_ep_spawn(CliEp *g, Err *err) { return g->spawn_n > 1 && !g->children ? spawn(g, err) : 0; }
 
 int cli_ep_is_server(const CliEp *g) { return g->env.world_size > 1 && g->env.rank > 0; }
 
 const LaunchEnv *cli_ep_gpu_env(const CliEp *g) { return g->env.world_size > 1 ? &g->env : NULL; }
 
-/** The CPU group: TCP transport, contiguous expert ranges, this rank's exchange state. */
+/** The CPU group: TCP transport, contiguous expert ranges (or --ep-plan's per layer), this rank's exchange state. */
 static int join(CliEp *g, const Model *m, Err *err) {
     const Config *c = &m->config;
     if (cli_ep_start(g, m, err) || ep_socket_transport_init(&g->t, &g->env, g->timeout_s, err)) return -1;
@@ -124,6 +134,7 @@ static int join(CliEp *g, const Model *m, Err *err) {
         ep_socket_transport_free(&g->t);
         return -1;
     }
+    g->rank.layer_plans = g->layer_plans, g->rank.n_layer_plans = g->n_layer_plans;
     g->joined = 1;
     return 0;
 }
@@ -136,7 +147,10 @@ EpRank *cli_ep_join_ref(CliEp *g, const Model *m, Err *err) {
 int cli_ep_serve(CliEp *g, const char *cmd, const Model *m, const GpuEngineOptions *gpu, Fp8Mode fp8) {
     Err err = { "" };
     int rc = EXIT_OK;
-    if (gpu) {
+    if (gpu && g->plan_path) {
+        err_set(&err, "--ep-plan places experts on the reference backend only");
+        rc = EXIT_USAGE;
+    } else if (gpu) {
         GpuEngine *e = NULL;
         GpuEngineOptions o = *gpu;
         o.ep = &g->env, o.ep_tcp = g->tcp, o.ep_timeout_s = g->timeout_s;
@@ -166,6 +180,9 @@ int cli_ep_finish(CliEp *g, const char *cmd, int rc) {
         ep_socket_transport_free(&g->t); /* closing the connections also ends servers after a failure */
         g->joined = 0;
     }
+    for (int l = 0; l < g->n_layer_plans; l++) ep_plan_free(&g->layer_plans[l]);
+    free(g->layer_plans);
+    g->layer_plans = NULL, g->n_layer_plans = 0;
     if (g->children) {
         for (int r = 1; r < g->env.world_size; r++) {
             int st = g->child_status[r];

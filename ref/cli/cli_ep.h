@@ -40,12 +40,16 @@ typedef struct {
     EpTransport t;      /**< the reference's transport (TCP) */
     EpPlan plan;        /**< contiguous expert ranges */
     EpRank rank;        /**< this rank's exchange state; ForwardContext.ep points here */
+    const char *plan_path; /**< --ep-plan PLAN.json (NULL: contiguous experts) */
+    EpPlan *layer_plans;   /**< [n_layer_plans] its per-layer placement (rank.layer_plans) */
+    int n_layer_plans;     /**< entries */
 } CliEp;
 
 /** Flags of the group as the command line gave them (cli_ep_group in cli_groups.h parses them). */
 typedef struct {
     long n;             /**< --ep N (0: not given) */
     int tcp;            /**< --ep-transport tcp */
+    const char *plan;   /**< --ep-plan PLAN.json: an EPLB placement (ref/ep/eplb.h), reference backend only */
 } CliEpFlags;
 
 /**
@@ -62,6 +66,13 @@ int cli_ep_launch(CliEp *g, const char *cmd, const CliEpFlags *f, int argc, char
  * A no-op without expert parallelism. Returns 0, or -1 with @p err set.
  */
 int cli_ep_start(CliEp *g, const Model *m, Err *err);
+
+/**
+ * Starts ranks 1..N−1 of a `--ep N`-style self-launched group (same binary and flags, told their
+ * rank by the torchrun variables); a no-op when a launcher started them or they run already. For
+ * groups that are not expert-parallel (dsv3 train --pipeline): cli_ep_start without its MoE check.
+ */
+int cli_ep_spawn(CliEp *g, Err *err);
 
 /** 1 if this process is an expert server (rank > 0 of a group). */
 int cli_ep_is_server(const CliEp *g);

@@ -57,6 +57,8 @@ static const CliOpt ep_opts[] = {
               "under torchrun / mpirun the launcher's processes form the group instead" },
     { "--ep-transport", NULL, CLI_CHOICE, offsetof(CliEpFlags, tcp), .choices = "nccl|tcp", .def = "nccl",
       .help = "--backend fast: NCCL, one GPU per rank, or TCP through host memory;\nthe reference always uses TCP" },
+    { "--ep-plan", NULL, CLI_STR, offsetof(CliEpFlags, plan), "PLAN.json",
+      .help = "place the routed experts (with redundant copies) as an EPLB plan says\n(dsv3 eplb; docs/eplb.md); reference backend only" },
 };
 
 static const CliOpt threads_opts[] = {

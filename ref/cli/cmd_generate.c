@@ -32,6 +32,7 @@
 #include "cli.h"
 #include "cli_groups.h"
 #include "chat_repl.h"
+#include "ep/eplb.h"
 #include "cli_util.h"
 #include "reply.h"
 #include "generate/batch.h"
@@ -56,6 +57,7 @@ typedef struct {
     int think;            /* --think on|off (chat; deepseek-v3.1): −1 not given */
     int hide_reasoning;   /* --reasoning hide */
     CliList stop_args;    /* --stop, as given */
+    const char *routing_stats; /* --routing-stats FILE */
     int fp8_given;        /* --fp8 on the command line (the GPU backend defaults to w8a8) */
     int seed_given;       /* --seed on the command line (else from the clock) */
     /* after -e: the texts in use (owned when escapes were processed) */
@@ -114,6 +116,8 @@ static const CliOpt gen_opts[] = {
       .help = "MTP drafts per step, recycling the module's output" },
     { "--reasoning", NULL, CLI_CHOICE, offsetof(GenArgs, hide_reasoning), .choices = "show|hide", .def = "show",
       .help = "the <think>...</think> part of a reply: shown (dimmed on a terminal), or hidden" },
+    { "--routing-stats", NULL, CLI_STR, offsetof(GenArgs, routing_stats), "FILE",
+      .help = "write the tokens each routed expert received, per MoE layer (JSON lines; dsv3 eplb)" },
 };
 
 /**
@@ -194,6 +198,7 @@ typedef struct {
     EpRank *ep_rank; /* the reference's expert-parallel group, when there is one */
     LogitsHookCtx lp; /* --min-p, --repeat-penalty, ...: what the logits hook applies */
     int lp_on;      /* 1 when any of them changes a logit */
+    RoutingCounter routing; /* --routing-stats: counts every MoE layer, then runs it through ep_rank or locally */
     char settings[256]; /* printed with the statistics, so a run can be repeated (seed) */
 } Session;
 
@@ -203,6 +208,7 @@ static void session_free(Session *s) {
     decode_stream_free(&s->ds);
     stop_free(&s->stop);
     chat_reasoning_free(&s->reasoning);
+    routing_counter_free(&s->routing);
     free(s->lp.work);
     tokenizer_free(s->tok);
     if (s->loaded_model) model_free(&s->m);
@@ -281,17 +287,34 @@ static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     if (a->backend.gpu && a->model.attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
     if (a->backend.gpu) {
         GpuEngineOptions go = session_gpu(a, s->ctx, ep);
-        if (cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
+        if (ep->plan_path) err_set(&err, "--ep-plan places experts on the reference backend only: drop --backend fast");
+        if (ep->plan_path || cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
             return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));
     } else if (cli_ep_gpu_env(ep)) {
         if (!(s->ep_rank = cli_ep_join_ref(ep, &s->m, &err))) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
     }
+    if (a->routing_stats && (a->backend.gpu || routing_counter_init(&s->routing, c, s->m.w.n_mtp, s->ep_rank ? &s->ep_rank->hook : NULL, &err)))
+        return cli_fail(cmd, EXIT_USAGE, "--routing-stats: %s", a->backend.gpu ? "counts the reference's MoE layers: drop --backend fast" : err.msg);
     snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s, %d thread%s",
              s->ctx, sp->temp, sp->top_k, sp->top_p, (unsigned long long)s->seed,
              a->spec ? (a->draft > 1 ? "MTP multi-draft" : "MTP") : "off", threads_get(), threads_get() == 1 ? "" : "s");
     return EXIT_OK;
+}
+
+/** The hook the session's MoE layers go through: the routing counter, the EP group, or none. */
+static MoeHook *session_hook(Session *s) {
+    return s->routing.scratch ? &s->routing.hook : s->ep_rank ? &s->ep_rank->hook : NULL;
+}
+
+/** Writes --routing-stats at the end of a successful run, then frees the session. */
+static int session_finish(const char *cmd, const GenArgs *a, Session *s, int rc) {
+    Err err = { "" };
+    if (rc == EXIT_OK && a->routing_stats && routing_stats_write(&s->routing.stats, a->routing_stats, &err))
+        rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    session_free(s);
+    return rc;
 }
 
 /** session_load, then the generator of one sequence on the chosen backend. */
@@ -303,7 +326,7 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
                  (Fp8Mode)a->model.fp8, &err) ||
         (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    gen_set_moe_hook(&s->g, s->ep_rank ? &s->ep_rank->hook : NULL);
+    gen_set_moe_hook(&s->g, session_hook(s));
     if (s->lp_on) gen_set_logits_hook(&s->g, logits_process_hook, &s->lp);
     gen_limit_vocab(&s->g, s->n_sample);
     decode_stream_init(&s->ds, s->tok);
@@ -475,7 +498,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
         BatchOut out = { s.tok, reqs, texts };
         const CliSampling *sp = &a->sampling;
         BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s.n_sample,
-                           s.eos, (AttnMode)a->model.attn, (Fp8Mode)a->model.fp8, s.ep_rank ? &s.ep_rank->hook : NULL,
+                           s.eos, (AttnMode)a->model.attn, (Fp8Mode)a->model.fp8, session_hook(&s),
                            texts ? batch_token : NULL, &out, s.lp_on ? logits_process_hook : NULL, &s.lp };
         BatchStats st;
         if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
@@ -488,8 +511,7 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
     for (int i = 0; texts && i < n; i++) /* requests an error left unfinished */
         decode_stream_free(&texts[i].ds), stop_free(&texts[i].stop), bytebuf_free(&texts[i].text);
     free(texts), free(reqs), free(start), free(ids.v);
-    session_free(&s);
-    return rc;
+    return session_finish(cmd, a, &s, rc);
 }
 
 /** generate once its flags are parsed. */
@@ -544,8 +566,7 @@ static int generate(const char *cmd, GenArgs *a, int argc, char **argv) {
     }
     free(ids.v);
     free(file_text);
-    session_free(&s);
-    return cli_ep_finish(&ep, cmd, rc);
+    return cli_ep_finish(&ep, cmd, session_finish(cmd, a, &s, rc));
 }
 
 /** Parses the flags of @p cmd and, when they are valid, runs @p body with them. */
@@ -590,8 +611,7 @@ static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
         rc = chat_repl(cmd, &r, &turns); /* chat_repl.c: the loop, its commands, context shift */
     }
     if (rc == EXIT_OK && turns > 0) print_stats(&s, s.g.stats.prefilled);
-    session_free(&s);
-    return cli_ep_finish(&ep, cmd, rc);
+    return cli_ep_finish(&ep, cmd, session_finish(cmd, a, &s, rc));
 }
 
 int cmd_chat(int argc, char **argv) { return with_args("chat", argc, argv, chat); }

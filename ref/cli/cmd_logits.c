@@ -47,7 +47,7 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
 int cmd_logits(int argc, char **argv) {
     CliModel mo = { 0 };
     CliBackend be = { 0 };
-    CliEpFlags epf = { 0, 0 };
+    CliEpFlags epf = { 0, 0, NULL };
     CliThreads th = { 0 };
     Args a = { 0 };
     a.prefill = -1;
@@ -128,7 +128,8 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         goto done;
     }
     if (gpu) {
-        if (cli_ep_start(ep, &m, &err) || gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
+        if (ep->plan_path) err_set(&err, "--ep-plan places experts on the reference backend only: drop --backend fast");
+        if (ep->plan_path || cli_ep_start(ep, &m, &err) || gpu_engine_open(&engine, &m, &go, stderr, &err)) goto fail_msg;
     } else if (runstate_init(&s, &m, first, T, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, T, &err)) {
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;

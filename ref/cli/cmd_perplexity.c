@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "cli_groups.h"
 #include "cli_util.h"
+#include "ep/eplb.h"
 #include "train/data.h"
 #include "train/loss.h"
 #include "model/mtp.h"
@@ -30,7 +31,7 @@ static const char *const CMD = "perplexity";
 
 /** What the command line sets besides the model group. */
 typedef struct {
-    const char *ids_path, *text_path;
+    const char *ids_path, *text_path, *stats_path;
     long ctx, max_chunks;
     int want_mtp;
     CliThreads threads;
@@ -44,6 +45,8 @@ static const CliOpt opts[] = {
     { "--max-chunks", NULL, CLI_LONG, offsetof(Args, max_chunks), "N", .lo = 0, .hi = 1L << 30, .def = "0",
       .help = "score at most N chunks, 0 = all" },
     { "--mtp", NULL, CLI_FLAG, offsetof(Args, want_mtp), .help = "also score the MTP head (the token after next)" },
+    { "--routing-stats", NULL, CLI_STR, offsetof(Args, stats_path), "FILE",
+      .help = "write the tokens each routed expert received, per MoE layer (JSON lines)" },
 };
 
 int cmd_perplexity(int argc, char **argv) {
@@ -57,7 +60,7 @@ int cmd_perplexity(int argc, char **argv) {
     cli_add(&cmd, cli_threads_group(&a.threads, 0));
     int rc = cli_parse(&cmd, argc, argv);
     if (rc != CLI_RUN) return rc;
-    const char *model_dir = mo.dir, *ids_path = a.ids_path, *text_path = a.text_path;
+    const char *model_dir = mo.dir, *ids_path = a.ids_path, *text_path = a.text_path, *stats_path = a.stats_path;
     long ctx = a.ctx, max_chunks = a.max_chunks;
     int want_mtp = a.want_mtp;
     AttnMode attn = (AttnMode)mo.attn;
@@ -79,6 +82,8 @@ int cmd_perplexity(int argc, char **argv) {
     size_t len = 0;
     RunState s;
     KVCache kv;
+    RoutingCounter routing; /* --routing-stats: wraps the local MoE layers */
+    memset(&routing, 0, sizeof routing);
     memset(&s, 0, sizeof s);
     memset(&kv, 0, sizeof kv);
     float *logits = NULL, *probs = NULL, *normed = NULL;
@@ -115,6 +120,10 @@ int cmd_perplexity(int argc, char **argv) {
     if (!logits || !probs || !normed) goto oom;
     if (runstate_init(&s, &m, ctx, ctx, attn, fp8, &err) || kvcache_init(&kv, c, attn, c->num_hidden_layers, ctx, &err))
         goto fail;
+    if (stats_path) {
+        if (routing_counter_init(&routing, c, want_mtp ? m.w.n_mtp : 0, NULL, &err)) goto fail;
+        s.ctx.moe_hook = &routing.hook;
+    }
     double nll = 0, nll_mtp = 0, t0 = now_seconds(), shown = t0;
     int tty = isatty(2);
     for (int64_t ch = 0; ch < chunks; ch++) {
@@ -132,7 +141,7 @@ int cmd_perplexity(int argc, char **argv) {
         nll += cross_entropy_forward(probs, logits, x + 1, ctx, V); /* a sum over the positions */
         if (want_mtp) {
             /* Rows p = 0..ctx−2 predict x[p+2]: the same contract as `logits --mtp`. */
-            if (mtp_logits_sequence(&m, 0, x, normed, ctx, ctx, attn, fp8, NULL, logits, &err)) goto fail;
+            if (mtp_logits_sequence(&m, 0, x, normed, ctx, ctx, attn, fp8, s.ctx.moe_hook, logits, &err)) goto fail;
             nll_mtp += cross_entropy_forward(probs, logits, x + 2, ctx - 1, V);
         }
     }
@@ -145,6 +154,7 @@ int cmd_perplexity(int argc, char **argv) {
         printf(" | MTP head (token after next): %.4f nats, perplexity %.3f", ce2, exp(ce2));
     }
     printf(" (%.1f tokens/s)\n", n / (now_seconds() - t0));
+    if (stats_path && routing_stats_write(&routing.stats, stats_path, &err)) goto fail;
     rc = EXIT_OK;
     goto done;
 oom:
@@ -158,6 +168,7 @@ done:
     tokenfile_close(&tf);
     kvcache_free(&kv);
     runstate_free(&s);
+    routing_counter_free(&routing);
     model_free(&m);
     return rc;
 }

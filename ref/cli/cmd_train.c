@@ -21,7 +21,9 @@
 
 #include "cli.h"
 #include "cli_groups.h"
+#include "cli_pipeline.h"
 #include "cli_util.h"
+#include "ep/eplb.h"
 #include "train/train.h"
 
 static const char *const CMD = "train";
@@ -39,6 +41,12 @@ typedef struct {
     double lr, lr_min, beta1, beta2, eps, wd, clip, bias_update, balance_alpha, mtp_lambda, init_std;
     int shuffle;
     CliThreads threads;
+    long pipeline;             /* --pipeline N (0: one process) */
+    const char *schedule;      /* --schedule */
+    const char *pipeline_png;  /* --pipeline-png FILE */
+    const char *routing_stats; /* --routing-stats FILE */
+    CliPipe *pipe;             /* the pipeline group, when there is one */
+    RoutingStats *routing;     /* the loads counted for --routing-stats */
 } Args;
 
 /* The defaults are train_options_default()'s (ref/train/train.c): the values the paper uses
@@ -107,6 +115,15 @@ static const CliOpt output_opts[] = {
               "the options are the checkpoint's, flags given here override them" },
     { "--stop-after", NULL, CLI_LONG, offsetof(Args, stop_after), "N", .lo = 1, .hi = 1L << 40,
       .help = "save and exit after step N, as if interrupted (resume continues)" },
+    { "--routing-stats", NULL, CLI_STR, offsetof(Args, routing_stats), "FILE",
+      .help = "write the tokens each routed expert received over the run, per MoE layer" },
+};
+static const CliOpt pipeline_opts[] = {
+    { "--pipeline", NULL, CLI_LONG, offsetof(Args, pipeline), "N", .lo = 1, .hi = 256,
+      .help = "N processes (this one and N-1 it starts, or a launcher's), the layers cut\n"
+              "into stages; the batch's sequences are the micro-batches (docs/pipeline.md)" },
+    { "--schedule", NULL, CLI_STR, offsetof(Args, schedule), "S", .help = "1f1b, zb1p, dualpipe (default) or dualpipev" },
+    { "--pipeline-png", NULL, CLI_STR, offsetof(Args, pipeline_png), "FILE", .help = "draw the last step's measured timeline (needs gnuplot)" },
 };
 
 /** In take_options: dst = src when the run takes every flag, or when @p flag was given. */
@@ -285,8 +302,23 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
         TrainLosses L;
         StepStats st;
         if ((rc = trainer_next_batch(tr, train, seqs, err))) break;
-        trainer_grad(tr, seqs, B, &L);
+        if (a->pipe && pipe_trainer_grad(&a->pipe->pt, seqs, &L, err)) {
+            rc = -1;
+            break;
+        }
+        if (!a->pipe) trainer_grad(tr, seqs, B, &L);
         trainer_update(tr, &st);
+        if (a->routing) /* each MoE layer's tokens: the MTP depth k block sees T − k of each sequence */
+            for (int j = 0; j < tr->n_moe; j++) {
+                int l = tr->moe_layer[j], L0 = tr->ps.config.num_hidden_layers;
+                routing_stats_add(a->routing, l, B * (T - (l < L0 ? 0 : l - L0 + 1)),
+                                  tr->load + (size_t)j * (size_t)tr->ps.config.n_routed_experts);
+            }
+        if (a->pipe) cli_pipe_after_step(a->pipe);
+        if (a->pipe && cli_pipe_rank(a->pipe) > 0) { /* rank 0 prints, validates and saves */
+            if ((a->stop_after && tr->step == a->stop_after) || train_interrupted()) break;
+            continue;
+        }
         log_step(log, tr, &L, &st, (double)(B * T) / (now_seconds() - t0));
         int last = tr->step == tr->opt.steps, stop = a->stop_after && tr->step == a->stop_after;
         if (n_val && ((a->val_every && tr->step % a->val_every == 0) || last)) {
@@ -315,7 +347,7 @@ static int run(Trainer *tr, const Args *a, const TokenFile *train, const TokenFi
 }
 
 /** The command once its flags are parsed. */
-static int start(Args a, const CliCmd *c);
+static int start(Args a, const CliCmd *c, int argc, char **argv);
 
 int cmd_train(int argc, char **argv) {
     Args a;
@@ -330,20 +362,39 @@ int cmd_train(int argc, char **argv) {
     cli_add(&cmd, CLI_GROUP("load balancing and MTP", balance_opts, &a));
     cli_add(&cmd, CLI_GROUP("init and data order", init_opts, &a));
     cli_add(&cmd, CLI_GROUP("output", output_opts, &a));
+    cli_add(&cmd, CLI_GROUP("pipeline parallelism", pipeline_opts, &a));
     cli_add(&cmd, cli_threads_group(&a.threads, 0));
     int rc = cli_parse(&cmd, argc, argv);
     if (rc != CLI_RUN) return rc;
     static const char *const shape[] = { "--preset", "--config", "--init", "--vocab", "--set", "--mtp" };
     for (int i = 0; i < 6; i++) a.shape_flags += cli_given(&cmd, shape[i]);
     a.mtp_given = cli_given(&cmd, "--mtp"), a.warmup_given = cli_given(&cmd, "--warmup"), a.lr_min_given = cli_given(&cmd, "--lr-min");
-    rc = start(a, &cmd);
+    rc = start(a, &cmd, argc, argv);
     cli_free(&cmd);
     return rc;
 }
 
-static int start(Args a, const CliCmd *cmd) {
+static int train_command(Args a, const CliCmd *cmd, PipeKind kind);
+
+/** --pipeline: the group of processes (every exit goes through cli_pipe_finish), then the run. */
+static int start(Args a, const CliCmd *cmd, int argc, char **argv) {
     cli_threads_apply(&a.threads);
     Err err = { "" };
+    PipeKind kind = PIPE_DUALPIPE;
+    if (a.schedule && pipe_kind_parse(a.schedule, &kind, &err)) return cli_fail(CMD, EXIT_USAGE, "--schedule: %s", err.msg);
+    if ((a.schedule || a.pipeline_png) && !a.pipeline) return cli_fail(CMD, EXIT_USAGE, "--schedule and --pipeline-png need --pipeline N");
+    CliPipe pipe;
+    int prc = a.pipeline ? cli_pipe_launch(&pipe, CMD, a.pipeline, argc, argv) : EXIT_OK;
+    if (prc) return prc;
+    if (a.pipeline) a.pipe = &pipe;
+    int rc = train_command(a, cmd, kind);
+    return a.pipe ? cli_pipe_finish(&pipe, CMD, rc) : rc;
+}
+
+/** The run, in one process or as one rank of a pipeline (@p kind). */
+static int train_command(Args a, const CliCmd *cmd, PipeKind kind) {
+    Err err = { "" };
+    int quiet = a.pipe && cli_pipe_rank(a.pipe) > 0; /* ranks 1..: no messages, logs or checkpoints */
     Trainer tr;
     memset(&tr, 0, sizeof tr);
     char ckpt[4096], run_dir[4096];
@@ -369,7 +420,7 @@ static int start(Args a, const CliCmd *cmd) {
             trainer_free(&tr);
             return cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         }
-        fprintf(stderr, "dsv3 train: resumed %s at step %lld\n", ckpt, (long long)tr.step);
+        if (!quiet) fprintf(stderr, "dsv3 train: resumed %s at step %lld\n", ckpt, (long long)tr.step);
     } else {
         take_options(cmd, &a, 1);
         if (new_run(&a, &tr, &err)) {
@@ -384,7 +435,9 @@ static int start(Args a, const CliCmd *cmd) {
     }
     const Config *c = &tr.ps.config;
     TokenFile train, valf;
+    RoutingStats routing;
     memset(&valf, 0, sizeof valf);
+    memset(&routing, 0, sizeof routing);
     int rc = EXIT_RUNTIME;
     FILE *log = NULL;
     if (tokenfile_open(&train, a.train, c->vocab_size, tr.opt.seq_len + 1, &err) ||
@@ -399,24 +452,37 @@ static int start(Args a, const CliCmd *cmd) {
             goto done;
         }
     }
-    if (a.log && !(log = fopen(a.log, "a"))) {
+    if (a.log && !quiet && !(log = fopen(a.log, "a"))) {
         rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending: %s", a.log, strerror(errno));
         goto done;
     }
-    if (train_run_dir_prepare(a.out, &err)) { /* a run that cannot save fails before its first step */
+    if (!quiet && train_run_dir_prepare(a.out, &err)) { /* a run that cannot save fails before its first step */
         rc = cli_fail(CMD, EXIT_USAGE, "-o %s", err.msg);
+        goto done;
+    }
+    if (a.pipe && pipe_trainer_check(&tr, kind, a.pipe->grp.env.world_size, &err)) {
+        rc = cli_fail(CMD, EXIT_USAGE, "--pipeline: %s", err.msg);
+        goto done;
+    }
+    if (a.routing_stats && (routing_stats_init(&routing, c, tr.opt.n_mtp, &err) || !(a.routing = &routing))) {
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;
     }
     uint64_t main_p, mtp_p;
     weights_count(c, tr.opt.n_mtp, &main_p, &mtp_p);
-    fprintf(stderr, "dsv3 train: %.2f M parameters (+ %.2f M in %d MTP depths, embedding and head shared), "
+    if (!quiet) fprintf(stderr, "dsv3 train: %.2f M parameters (+ %.2f M in %d MTP depths, embedding and head shared), "
                     "%lld tokens in %s, %lld x %lld tokens per step, %lld steps\n",
             (double)main_p / 1e6, (double)(mtp_p - 2 * (uint64_t)tr.opt.n_mtp * (uint64_t)c->vocab_size * (uint64_t)c->hidden_size) / 1e6,
             tr.opt.n_mtp, (long long)train.n, a.train, (long long)tr.opt.batch, (long long)tr.opt.seq_len,
             (long long)tr.opt.steps);
-    rc = run(&tr, &a, &train, a.val ? &valf : NULL, log, &err);
-    if (rc == -1) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    if (a.pipe && cli_pipe_start(a.pipe, &tr, kind, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "--pipeline: %s", err.msg);
+    else if ((rc = run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) == -1) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
+    if (rc == EXIT_OK && !quiet && a.pipe && cli_pipe_report(a.pipe, stdout, a.pipeline_png, &err))
+        rc = cli_fail(CMD, EXIT_RUNTIME, "--pipeline-png %s", err.msg);
+    if (rc == EXIT_OK && !quiet && a.routing && routing_stats_write(a.routing, a.routing_stats, &err))
+        rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
 done:
+    routing_stats_free(&routing);
     if (log) fclose(log);
     tokenfile_close(&train);
     tokenfile_close(&valf);

@@ -41,6 +41,8 @@ static const Command commands[] = {
     {"perplexity", cmd_perplexity, "cross-entropy and perplexity of a checkpoint on held-out tokens"},
     {"convert", cmd_convert, "rewrite a checkpoint as FP8 / BF16 / F32, optionally sharded"},
     {"mkckpt", cmd_mkckpt, "write a random checkpoint in the Hugging Face layout (tests, benchmarks)"},
+    {"eplb", cmd_eplb, "expert-parallel load balancer: redundant experts placed on GPUs from measured routing statistics"},
+    {"pipeline", cmd_pipeline, "pipeline schedules (1F1B, ZB1P, DualPipe, DualPipeV) simulated against the paper's Table 2"},
     {"plan", cmd_plan, "weights, KV cache and all-to-all per GPU for serving on GPU clusters"},
     {"tokenize", cmd_tokenize, "text or a chat to token ids (a JSON array on one line)"},
     {"detokenize", cmd_detokenize, "token ids to text"},

@@ -15,10 +15,8 @@
 /* ------------------------------------------------------------------------------------- */
 /* plan                                                                                    */
 
-int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int n_redundant, Err *err) {
-    memset(p, 0, sizeof *p);
-    if (nranks < 1 || nranks > 4096) return err_set(err, "expert parallelism: %d ranks (1..4096)", nranks);
-    if (n_experts < nranks) return err_set(err, "expert parallelism: %d experts cannot be split over %d ranks", n_experts, nranks);
+/** A plan's arrays for @p nranks ranks and @p n_experts experts, all zero. */
+static int plan_alloc(EpPlan *p, int nranks, int n_experts, Err *err) {
     p->nranks = nranks;
     p->n_experts = n_experts;
     p->first = xcalloc((size_t)nranks + 1, sizeof *p->first);
@@ -28,6 +26,14 @@ int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int
         ep_plan_free(p);
         return err_set(err, "out of memory");
     }
+    return 0;
+}
+
+int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int n_redundant, Err *err) {
+    memset(p, 0, sizeof *p);
+    if (nranks < 1 || nranks > 4096) return err_set(err, "expert parallelism: %d ranks (1..4096)", nranks);
+    if (n_experts < nranks) return err_set(err, "expert parallelism: %d experts cannot be split over %d ranks", n_experts, nranks);
+    if (plan_alloc(p, nranks, n_experts, err)) return -1;
     for (int r = 0; r <= nranks; r++) p->first[r] = (int)((int64_t)n_experts * r / nranks);
     for (int r = 0; r < nranks; r++)
         for (int e = p->first[r]; e < p->first[r + 1]; e++) p->copies[(size_t)e * nranks] = r, p->n_copies[e] = 1;
@@ -40,6 +46,28 @@ int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int
         if (p->n_copies[e] >= nranks) continue; /* already on every rank */
         int next = (p->copies[(size_t)e * nranks + p->n_copies[e] - 1] + 1) % nranks;
         p->copies[(size_t)e * nranks + p->n_copies[e]++] = next;
+    }
+    return 0;
+}
+
+int ep_plan_init_placement(EpPlan *p, int nranks, int n_experts, const int *ranks, int width, Err *err) {
+    memset(p, 0, sizeof *p);
+    if (nranks < 1 || nranks > 4096 || n_experts < 1 || width < 1)
+        return err_set(err, "expert parallelism: a placement of %d experts on %d ranks", n_experts, nranks);
+    if (plan_alloc(p, nranks, n_experts, err)) return -1;
+    for (int e = 0; e < n_experts; e++) {
+        for (int k = 0; k < width && ranks[(size_t)e * width + k] >= 0; k++) {
+            int r = ranks[(size_t)e * width + k];
+            if (r >= nranks) {
+                ep_plan_free(p);
+                return err_set(err, "expert %d placed on rank %d of %d", e, r, nranks);
+            }
+            if (!ep_plan_holds(p, r, e)) p->copies[(size_t)e * nranks + p->n_copies[e]++] = r;
+        }
+        if (!p->n_copies[e]) {
+            ep_plan_free(p);
+            return err_set(err, "expert %d is placed on no rank", e);
+        }
     }
     return 0;
 }
@@ -92,6 +120,12 @@ void ep_rank_free(EpRank *r) {
     free(r->msg);
     free(r->rows_n);
     memset(r, 0, sizeof *r);
+}
+
+/** The plan of decoder layer @p layer: its own (EPLB) or the rank's default. */
+static const EpPlan *plan_of(const EpRank *r, int layer) {
+    if (layer >= 0 && layer < r->n_layer_plans && r->layer_plans[layer].n_experts > 0) return &r->layer_plans[layer];
+    return r->plan;
 }
 
 /** Grows buffer @p p to @p n elements; inside ensure(): returns an error when out of memory. */
@@ -197,7 +231,7 @@ static int run_received(EpRank *r, const LayerWeights *w, size_t n_sent, const F
         for (size_t j = 0; j < total; j++)
             if (r->recv_meta[j] == e) memcpy(r->work_in + m++ * D, r->recv_rows + j * D, (size_t)D * sizeof(float));
         if (m == 0) continue;
-        if (!ep_plan_holds(r->plan, r->rank, (int)e)) return err_set(err, "rank %d received rows for expert %lld it does not hold", r->rank, (long long)e);
+        if (!ep_plan_holds(plan_of(r, w->index), r->rank, (int)e)) return err_set(err, "rank %d received rows for expert %lld it does not hold", r->rank, (long long)e);
         FFNActs acts = { r->h_gate, r->h_up, r->h_act };
         for (size_t j0 = 0; j0 < m; j0 += (size_t)ctx->lin.max_T) { /* the scratch holds max_T rows */
             int64_t rows = (int64_t)(m - j0 < (size_t)ctx->lin.max_T ? m - j0 : (size_t)ctx->lin.max_T);
@@ -214,7 +248,7 @@ static int run_received(EpRank *r, const LayerWeights *w, size_t n_sent, const F
 int ep_moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, EpRank *r,
                    const ForwardContext *ctx, Err *err) {
     const Config *c = ctx->cfg;
-    const EpPlan *p = r->plan;
+    const EpPlan *p = plan_of(r, w->index);
     int n = r->t->nranks;
     int64_t D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Ie = c->moe_intermediate_size;
     if (p->n_experts != E || p->nranks != n) return err_set(err, "EP plan does not match the model or the transport");

@@ -58,7 +58,8 @@ enum {
 typedef struct {
     int nranks;          /**< ranks */
     int n_experts;       /**< routed experts per layer */
-    int *first;          /**< [nranks+1] rank r owns experts first[r] .. first[r+1]−1 */
+    int *first;          /**< [nranks+1] rank r owns experts first[r] .. first[r+1]−1 (ep_plan_init; zeros in a
+                              plan of ep_plan_init_placement) */
     int *n_copies;       /**< [n_experts] ranks holding each expert (1 + redundant copies) */
     int *copies;         /**< [n_experts][nranks] those ranks, the owner first */
 } EpPlan;
@@ -68,6 +69,12 @@ typedef struct {
  * a copy of each expert in @p redundant (n_redundant ids) on the rank after its owner.
  */
 int ep_plan_init(EpPlan *p, int nranks, int n_experts, const int *redundant, int n_redundant, Err *err);
+/**
+ * A plan from an explicit placement (an EPLB plan, ref/ep/eplb.h): expert e is held by the ranks
+ * ranks[e·width + 0 ..] (−1 ends the list; a rank named twice holds the expert once). Every expert
+ * needs at least one rank.
+ */
+int ep_plan_init_placement(EpPlan *p, int nranks, int n_experts, const int *ranks, int width, Err *err);
 /** Releases a plan's arrays and zeroes it. */
 void ep_plan_free(EpPlan *p);
 
@@ -82,6 +89,9 @@ typedef struct EpRank {
     int rank;              /**< this rank */
     EpTransport *t;        /**< the group's transport */
     const EpPlan *plan;    /**< who holds which expert */
+    const EpPlan *layer_plans; /**< [n_layer_plans] per decoder layer (EPLB); an entry with n_experts 0, or a
+                                    layer past the end, uses plan */
+    int n_layer_plans;     /**< entries of layer_plans (0: plan for every layer) */
     size_t cap_rows;       /**< rows the buffers below hold */
     float *send_rows;      /**< [cap][D] hidden rows to dispatch, grouped by destination */
     int *send_meta;        /**< [cap] expert id of each row */

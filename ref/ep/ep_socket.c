@@ -33,8 +33,27 @@ typedef struct {
     int quiet;                /* consecutive windows without one */
 } Flow;
 
+/** A tagged message (ep_socket_link) that arrived before its recv. */
+typedef struct Parcel {
+    uint64_t tag;
+    size_t n;
+    struct Parcel *next;
+    unsigned char data[]; /* n bytes */
+} Parcel;
+
+/** What has come from one peer on the message path: the message being read and those complete. */
+typedef struct {
+    uint64_t hdr[3];     /* {MSG_MAGIC, tag, length} */
+    size_t got;          /* bytes of header + payload read of the current message */
+    Parcel *cur;         /* its payload, once the header is in */
+    Parcel *head, *tail; /* complete messages, oldest first */
+    int closed;          /* the peer closed its end */
+    double heard_at;     /* when a byte (a message's or a heartbeat's) last came from the peer */
+} Inbox;
+
 typedef struct {
     int rank, nranks;
+    Inbox *inbox;  /* [nranks] tagged messages received (ep_socket_link); inbox[rank]: sent to itself */
     int *fd;       /* [nranks] one connection per peer, −1 for this rank */
     Flow *flow;    /* [nranks] */
     struct pollfd *pfd; /* [nranks] */
@@ -55,6 +74,11 @@ typedef struct {
 
 static void mesh_free(Mesh *m) {
     if (!m) return;
+    for (int r = 0; m->inbox && r < m->nranks; r++) {
+        free(m->inbox[r].cur);
+        for (Parcel *q = m->inbox[r].head, *next; q; q = next) next = q->next, free(q);
+    }
+    free(m->inbox);
     if (m->hb_started) {
         pthread_mutex_lock(&m->lock);
         m->hb_stop = 1;
@@ -353,8 +377,9 @@ int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeou
         m->out_busy = xcalloc((size_t)n, sizeof *m->out_busy);
         m->hb_left = xcalloc((size_t)n, sizeof *m->hb_left);
         m->last_send = xcalloc((size_t)n, sizeof *m->last_send);
+        m->inbox = xcalloc((size_t)n, sizeof *m->inbox);
     }
-    if (!m || !m->fd || !m->flow || !m->pfd || !m->peer_of || !m->out_busy || !m->hb_left || !m->last_send) {
+    if (!m || !m->fd || !m->flow || !m->pfd || !m->peer_of || !m->out_busy || !m->hb_left || !m->last_send || !m->inbox) {
         mesh_free(m);
         return err_set(err, "out of memory");
     }
@@ -401,4 +426,162 @@ int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeou
 void ep_socket_transport_free(EpTransport *t) {
     mesh_free(t->ctx);
     memset(t, 0, sizeof *t);
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* tagged point-to-point messages (base/msg.h)                                             */
+
+enum { MSG_MAGIC = 0x6473766d /* "dsvm" */ };
+
+/** Reads whatever peer @p p has sent without blocking, completing messages into its inbox. */
+static int drain(Mesh *m, int p, Err *err) {
+    Inbox *in = &m->inbox[p];
+    for (;;) {
+        size_t want = in->got < 24 ? 24 - in->got : 24 + in->cur->n - in->got;
+        if (want == 0) { /* a message is complete */
+            if (in->tail) in->tail->next = in->cur;
+            else in->head = in->cur;
+            in->tail = in->cur, in->cur = NULL, in->got = 0;
+            continue;
+        }
+        char *dst = in->got < 24 ? (char *)in->hdr + in->got : (char *)in->cur->data + (in->got - 24);
+        ssize_t k = recv(m->fd[p], dst, want, MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+        if (k <= 0) {
+            in->closed = 1;
+            if (in->got == 0) return 0; /* between messages: the peer is done */
+            return err_set(err, "TCP messages: rank %d closed its connection in the middle of a message", p);
+        }
+        in->got += (size_t)k;
+        in->heard_at = now_seconds();
+        /* Heartbeats (8 bytes of 0xff, sent while this link is idle) come between messages: skip them. */
+        while (!in->cur && in->got >= 8 && in->hdr[0] == HEARTBEAT) {
+            memmove(in->hdr, (char *)in->hdr + 8, in->got - 8);
+            in->got -= 8;
+        }
+        if (in->got == 24 && !in->cur) {
+            if (in->hdr[0] != MSG_MAGIC || in->hdr[2] > (uint64_t)1 << 36)
+                return err_set(err, "TCP messages: rank %d sent a malformed header (not a dsv3 message)", p);
+            if (!(in->cur = malloc(sizeof *in->cur + (in->hdr[2] ? in->hdr[2] : 1))))
+                return err_set(err, "out of memory for a message of %llu bytes", (unsigned long long)in->hdr[2]);
+            in->cur->tag = in->hdr[1], in->cur->n = (size_t)in->hdr[2], in->cur->next = NULL;
+        }
+    }
+}
+
+/** Waits until some peer has sent something (or @p out_fd can take more, when ≥ 0), draining the readable ones. */
+static int wait_and_drain(Mesh *m, int out_fd, int *writable, Err *err) {
+    int n = 0;
+    for (int p = 0; p < m->nranks; p++)
+        if (p != m->rank && !m->inbox[p].closed) m->pfd[n] = (struct pollfd){ m->fd[p], POLLIN, 0 }, m->peer_of[n++] = p;
+    int out_at = -1;
+    if (out_fd >= 0) {
+        for (int i = 0; i < n; i++)
+            if (m->pfd[i].fd == out_fd) out_at = i, m->pfd[i].events |= POLLOUT;
+        if (out_at < 0) out_at = n, m->pfd[n] = (struct pollfd){ out_fd, POLLOUT, 0 }, m->peer_of[n++] = -1;
+    }
+    if (n == 0) return err_set(err, "TCP messages: every peer has closed its connection");
+    /* Wake at least every heartbeat interval, so the callers can tell a silent peer from a slow one. */
+    if (poll(m->pfd, (nfds_t)n, (int)(m->hb_interval * 1000) + 1) < 0)
+        return errno == EINTR ? 0 : err_set(err, "TCP messages: poll: %s", strerror(errno));
+    for (int i = 0; i < n; i++) {
+        if (m->peer_of[i] >= 0 && (m->pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) && drain(m, m->peer_of[i], err)) return -1;
+        if (i == out_at && (m->pfd[i].revents & (POLLOUT | POLLHUP | POLLERR))) *writable = 1;
+    }
+    return 0;
+}
+
+static int link_send(MsgLink *l, int dst, uint64_t tag, const void *buf, size_t n, Err *err) {
+    Mesh *m = l->ctx;
+    if (dst < 0 || dst >= m->nranks) return err_set(err, "TCP messages: no rank %d in a group of %d", dst, m->nranks);
+    if (dst == m->rank) { /* to itself: straight into its own inbox */
+        Parcel *q = malloc(sizeof *q + (n ? n : 1));
+        if (!q) return err_set(err, "out of memory");
+        q->tag = tag, q->n = n, q->next = NULL;
+        if (n) memcpy(q->data, buf, n);
+        Inbox *in = &m->inbox[dst];
+        if (in->tail) in->tail->next = q;
+        else in->head = q;
+        in->tail = q;
+        return 0;
+    }
+    if (m->inbox[dst].closed) return err_set(err, "TCP messages: rank %d has closed its connection", dst);
+    uint64_t hdr[3] = { MSG_MAGIC, tag, n };
+    size_t done = 0, total = 24 + n;
+    double since = now_seconds();
+    /* The heartbeat thread shares this socket: finish a heartbeat it began, then keep it out of the message. */
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        int clear = hb_flush(m, dst);
+        if (clear) m->out_busy[dst] = 1;
+        pthread_mutex_unlock(&m->lock);
+        if (clear) break;
+        int writable = 0;
+        if (wait_and_drain(m, m->fd[dst], &writable, err)) return -1;
+    }
+    int rc = 0;
+    while (done < total && rc == 0) {
+        const char *p = done < 24 ? (const char *)hdr + done : (const char *)buf + (done - 24);
+        size_t want = done < 24 ? 24 - done : total - done;
+        ssize_t k = send(m->fd[dst], p, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k > 0) {
+            done += (size_t)k, since = now_seconds();
+            continue;
+        }
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            rc = err_set(err, "TCP messages: sending to rank %d: %s (that process exited or failed)", dst, strerror(errno));
+            break;
+        }
+        if (now_seconds() - since > m->timeout_s) {
+            rc = err_set(err, "TCP messages: rank %d took nothing for %.0f s (stopped or hung?; DSV3_EP_TIMEOUT)", dst, m->timeout_s);
+            break;
+        }
+        /* the socket is full: take in what the others send while it drains, so nobody waits in a cycle */
+        int writable = 0;
+        if (wait_and_drain(m, m->fd[dst], &writable, err)) rc = -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->out_busy[dst] = 0;
+    m->last_send[dst] = now_seconds();
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+static int link_recv(MsgLink *l, int src, uint64_t tag, void *buf, size_t n, Err *err) {
+    Mesh *m = l->ctx;
+    if (src < 0 || src >= m->nranks) return err_set(err, "TCP messages: no rank %d in a group of %d", src, m->nranks);
+    Inbox *in = &m->inbox[src];
+    for (;;) {
+        Parcel *prev = NULL;
+        for (Parcel *q = in->head; q; prev = q, q = q->next) {
+            if (q->tag != tag) continue;
+            if (prev) prev->next = q->next;
+            else in->head = q->next;
+            if (in->tail == q) in->tail = prev;
+            int rc = q->n == n ? 0 : err_set(err, "TCP messages: rank %d expected %zu bytes from rank %d (tag %llx), got %zu",
+                                             m->rank, n, src, (unsigned long long)tag, q->n);
+            if (!rc && n) memcpy(buf, q->data, n);
+            free(q);
+            return rc;
+        }
+        if (src == m->rank) return err_set(err, "TCP messages: rank %d waits for a message it never sent itself (tag %llx)", src, (unsigned long long)tag);
+        if (in->closed)
+            return err_set(err, "TCP messages: rank %d closed its connection before sending tag %llx (that process exited or failed)",
+                           src, (unsigned long long)tag);
+        if (now_seconds() - in->heard_at > m->timeout_s)
+            return err_set(err, "TCP messages: rank %d sent nothing for %.0f s, not even a heartbeat (stopped or hung?; "
+                                "DSV3_EP_TIMEOUT)", src, m->timeout_s);
+        int writable = 0;
+        if (wait_and_drain(m, -1, &writable, err)) return -1;
+    }
+}
+
+int ep_socket_link(EpTransport *t, MsgLink *link, Err *err) {
+    Mesh *m = t->ctx;
+    if (!m || t->alltoallv != sock_alltoallv) return err_set(err, "ep_socket_link: not a TCP transport");
+    *link = (MsgLink){ m->rank, m->nranks, link_send, link_recv, m };
+    for (int p = 0; p < m->nranks; p++) m->inbox[p].heard_at = now_seconds();
+    return 0;
 }

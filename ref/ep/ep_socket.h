@@ -30,6 +30,7 @@
 #ifndef DSV3_EP_SOCKET_H
 #define DSV3_EP_SOCKET_H
 
+#include "base/msg.h"
 #include "bootstrap.h"
 #include "ep.h"
 
@@ -39,6 +40,14 @@
  * may stay silent in an exchange. Starts the heartbeat thread. WORLD_SIZE = 1 needs no socket.
  */
 int ep_socket_transport_init(EpTransport *t, const LaunchEnv *env, double timeout_s, Err *err);
+
+/**
+ * Tagged point-to-point messages (base/msg.h) over the same connections, for pipeline
+ * parallelism: a send that finds a socket full reads what the other ranks send meanwhile, so no
+ * two ranks wait on each other. A transport carries either alltoallv calls or messages at a time,
+ * not both interleaved. The link is valid while @p t is.
+ */
+int ep_socket_link(EpTransport *t, MsgLink *link, Err *err);
 
 /** Closes the connections and frees the transport. Safe on a zeroed struct. */
 void ep_socket_transport_free(EpTransport *t);

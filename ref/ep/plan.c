@@ -15,8 +15,10 @@
 #include "plan.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "eplb.h"
 #include "model/weights.h"
 
 /** Bytes of a stored tensor in the real checkpoint's format: FP8 + F32 scales where eligible. */
@@ -79,7 +81,7 @@ void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int
 
     /* Memory per GPU: attention heads split by TP, the rest of attention replicated; dense FFN
      * split by dense_tp; experts spread over EP ranks; embedding/head split by attention TP. */
-    r->experts_per_gpu = (double)(E + d->redundant) / d->ep;
+    r->experts_per_gpu = (double)((E + d->redundant + d->ep - 1) / d->ep); /* the fullest rank */
     double per_gpu = t.attn_rep + (t.attn - t.attn_rep) / d->attn_tp + t.dense / d->dense_tp + t.gate +
                      t.embed_head / d->attn_tp + t.mtp_extra / d->attn_tp +
                      r->experts_per_gpu * t.expert * t.moe_layers;
@@ -111,6 +113,33 @@ void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int
     r->step_s = r->step_compute_s > r->step_comm_s ? r->step_compute_s : r->step_comm_s;
     int dp = d->gpus / d->attn_tp;
     r->tokens_per_s = r->step_s > 0 ? dp * tokens / r->step_s : 0;
+    r->load_imbalance = r->load_imbalance_contiguous = 1;
+}
+
+int plan_evaluate_eplb(const Config *c, const Deployment *hw, const EplbPlan *p, int batch, int ctx, int with_mtp,
+                       Deployment *d, PlanResult *r, Err *err) {
+    if (p->n_experts != c->n_routed_experts)
+        return err_set(err, "the plan places %d experts per layer, the model has %d", p->n_experts, c->n_routed_experts);
+    *d = *hw;
+    d->name = "EPLB plan";
+    d->gpus = d->ep = p->n_gpus;
+    d->gpus_per_node = p->n_gpus / p->n_nodes;
+    d->attn_tp = d->dense_tp = 1;
+    d->redundant = p->n_physical - p->n_experts;
+    d->shared_on_ep = 1;
+    plan_evaluate(c, d, batch, ctx, with_mtp, r);
+    double *gl = xcalloc((size_t)p->n_gpus, sizeof *gl), after = 0, before = 0;
+    if (!gl) return err_set(err, "out of memory");
+    for (int l = 0; l < p->n_layers; l++) {
+        after += eplb_gpu_load(p, l, gl) / p->n_layers;
+        before += eplb_contiguous_load(p->weight + (size_t)l * p->n_experts, p->n_experts, p->n_gpus, gl) / p->n_layers;
+    }
+    free(gl);
+    r->load_imbalance = after, r->load_imbalance_contiguous = before;
+    r->step_comm_s *= after;
+    r->step_s = r->step_compute_s > r->step_comm_s ? r->step_compute_s : r->step_comm_s;
+    r->tokens_per_s = r->step_s > 0 ? d->gpus * (double)batch / r->step_s : 0;
+    return 0;
 }
 
 const Deployment *plan_presets(int *n) {

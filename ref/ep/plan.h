@@ -7,6 +7,8 @@
 #ifndef DSV3_PLAN_H
 #define DSV3_PLAN_H
 
+#include "base/util.h"
+#include "eplb.h"
 #include "model/config.h"
 
 /** A way to lay the model out on GPUs. */
@@ -29,7 +31,7 @@ typedef struct {
 /** What a deployment costs, per GPU unless said otherwise. */
 typedef struct {
     double weight_bytes;        /**< resident weights per GPU (the fullest GPU) */
-    double experts_per_gpu;     /**< routed experts (incl. redundant copies) per EP rank and layer */
+    double experts_per_gpu;     /**< routed experts (incl. redundant copies) per EP rank and layer, on the fullest rank */
     double kv_bytes_per_token;  /**< latent cache per token, all layers, BF16 (c_kv + k_pe) */
     double kv_tokens;           /**< tokens of KV cache that fit beside the weights (90 % of HBM) */
     double dispatch_bytes;      /**< per token per MoE layer: FP8 hidden + 1×128 scales to each expert */
@@ -42,6 +44,8 @@ typedef struct {
     int fits;                   /**< weights leave room for a KV cache */
     int kv_fits;                /**< and that room holds batch × ctx tokens (the step figures mean something) */
     double max_batch;           /**< sequences of ctx tokens per attention rank the room holds */
+    double load_imbalance;      /**< max / mean tokens an EP rank receives (1: even; from an EPLB plan) */
+    double load_imbalance_contiguous; /**< the same for contiguous experts without copies (EPLB plans) */
 } PlanResult;
 
 /**
@@ -49,6 +53,15 @@ typedef struct {
  * tokens long (KV read per step), counting the MTP module iff @p with_mtp.
  */
 void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int with_mtp, PlanResult *r);
+
+/**
+ * plan_evaluate for the deployment an EPLB plan (ref/ep/eplb.h) describes: its GPUs, nodes and
+ * redundant copies on the hardware of @p hw; the all-to-all time grows by the plan's load
+ * imbalance (mean over its layers of max/mean GPU load), since the busiest rank finishes last.
+ * Fills @p d with that deployment. -1 if the plan does not fit the model (experts).
+ */
+int plan_evaluate_eplb(const Config *c, const Deployment *hw, const EplbPlan *p, int batch, int ctx, int with_mtp,
+                       Deployment *d, PlanResult *r, Err *err);
 
 /** The built-in deployments: the paper's prefill and decode units, 8×H200, 16×H100. n set to count. */
 const Deployment *plan_presets(int *n);

@@ -74,6 +74,20 @@ TrainOptions train_options_default(int hidden) {
 /* allocation                                                                              */
 
 
+void train_mtp_acts_layout(MTPActs *a, const Config *c, int64_t T, int k, Arena *ar) {
+    int64_t D = c->hidden_size;
+    ARENA_TAKE(ar, a->emb, T * D);
+    ARENA_TAKE(ar, a->rstd_e, T);
+    ARENA_TAKE(ar, a->rstd_h, T);
+    ARENA_TAKE(ar, a->cat, T * 2 * D);
+    ARENA_TAKE(ar, a->h, T * D);
+    ARENA_TAKE(ar, a->normed, T * D);
+    ARENA_TAKE(ar, a->rstd_out, T);
+    int moe = config_layer_is_moe(c, c->num_hidden_layers + k); /* MoE for V3; dense if moe_layer_freq skips it */
+    LayerActsSpec spec = { T, T, !moe, moe, ATTN_NAIVE, 1 };
+    layer_acts_layout(&a->block, c, &spec, ar);
+}
+
 static void trainer_layout(Trainer *tr, Arena *ar) {
     const Config *c = &tr->ps.config;
     int64_t T = tr->opt.seq_len, D = c->hidden_size, V = c->vocab_size, Dm = tr->opt.n_mtp, L = c->num_hidden_layers;
@@ -100,19 +114,7 @@ static void trainer_layout(Trainer *tr, Arena *ar) {
         LayerActsSpec spec = { T, T, !moe, moe, ATTN_NAIVE, 1 };
         layer_acts_layout(&tr->acts[l], c, &spec, ar);
     }
-    for (int64_t k = 0; k < Dm; k++) {
-        MTPActs *a = &tr->mtp[k];
-        ARENA_TAKE(ar, a->emb, T * D);
-        ARENA_TAKE(ar, a->rstd_e, T);
-        ARENA_TAKE(ar, a->rstd_h, T);
-        ARENA_TAKE(ar, a->cat, T * 2 * D);
-        ARENA_TAKE(ar, a->h, T * D);
-        ARENA_TAKE(ar, a->normed, T * D);
-        ARENA_TAKE(ar, a->rstd_out, T);
-        int moe = config_layer_is_moe(c, (int)(L + k)); /* MoE for V3; dense if moe_layer_freq skips it */
-        LayerActsSpec spec = { T, T, !moe, moe, ATTN_NAIVE, 1 };
-        layer_acts_layout(&a->block, c, &spec, ar);
-    }
+    for (int64_t k = 0; k < Dm; k++) train_mtp_acts_layout(&tr->mtp[k], c, T, (int)k, ar);
     ARENA_TAKE(ar, tr->dmtp.emb, T * D);
     ARENA_TAKE(ar, tr->dmtp.cat, T * 2 * D);
     ARENA_TAKE(ar, tr->dmtp.h, T * D);
@@ -246,32 +248,44 @@ static float *logits_of(const Trainer *tr, float *base, int k) {
     return base + (size_t)k * (size_t)tr->opt.seq_len * (size_t)tr->ps.config.vocab_size;
 }
 
-static void forward_sequence(Trainer *tr, const int *ids, TrainLosses *out, int count_load) {
+TrainHead trainer_head(Trainer *tr) {
+    return (TrainHead){ tr->normed, tr->rstd, tr->logits, tr->probs, tr->targets, tr->mtp, &tr->mtp_kv };
+}
+
+void train_head_forward(Trainer *tr, TrainHead *hd, const float *h, const int *ids, TrainLosses *out) {
     const Config *c = &tr->ps.config;
     const Weights *w = &tr->ps.w;
-    int64_t T = tr->opt.seq_len, D = c->hidden_size, V = c->vocab_size, E = c->n_routed_experts;
+    int64_t T = tr->opt.seq_len, D = c->hidden_size, V = c->vocab_size;
     float eps = (float)c->rms_norm_eps;
-    /* Main model (docs/model.md §2): embed, blocks, final norm, head. */
-    embedding_forward(tr->h, ids, T, &w->embed_tokens);
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        block_forward(tr->h, T, 0, &w->layers[l], &tr->kv.layers[l], &tr->acts[l], &tr->ctx);
-    rmsnorm_forward(tr->normed, D, tr->h, D, w->norm, T, D, eps, tr->rstd);
-    linear_forward(tr->logits, tr->normed, T, &w->lm_head, FP8_DEQUANT, &tr->ctx.lin);
-    for (int64_t t = 0; t < T; t++) tr->targets[t] = ids[t + 1];
-    out->main += cross_entropy_forward(tr->probs, tr->logits, tr->targets, T, V) / (double)T;
+    rmsnorm_forward(hd->normed, D, h, D, w->norm, T, D, eps, hd->rstd);
+    linear_forward(hd->logits, hd->normed, T, &w->lm_head, FP8_DEQUANT, &tr->ctx.lin);
+    for (int64_t t = 0; t < T; t++) hd->targets[t] = ids[t + 1];
+    out->main += cross_entropy_forward(hd->probs, hd->logits, hd->targets, T, V) / (double)T;
     /* MTP depths (eqs. 21–24): depth k predicts x_{i+k+1} from h_i^{k−1} and Emb(x_{i+k}). */
-    const float *h_prev = tr->normed;
+    const float *h_prev = hd->normed;
     for (int k = 1; k <= tr->opt.n_mtp; k++) {
         int64_t Tk = T - k;
-        MTPActs *a = &tr->mtp[k - 1];
-        mtp_module_forward(ids + k, h_prev, Tk, 0, &w->mtp[k - 1], &tr->mtp_kv.layers[k - 1], a, &tr->ctx);
-        float *lg = logits_of(tr, tr->logits, k), *pr = logits_of(tr, tr->probs, k);
-        int *tg = tr->targets + k * T;
+        MTPActs *a = &hd->mtp[k - 1];
+        mtp_module_forward(ids + k, h_prev, Tk, 0, &w->mtp[k - 1], &hd->mtp_kv->layers[k - 1], a, &tr->ctx);
+        float *lg = logits_of(tr, hd->logits, k), *pr = logits_of(tr, hd->probs, k);
+        int *tg = hd->targets + k * T;
         linear_forward(lg, a->normed, Tk, &w->mtp[k - 1].shared_head_head, FP8_DEQUANT, &tr->ctx.lin);
         for (int64_t i = 0; i < Tk; i++) tg[i] = ids[i + k + 1];
         out->mtp[k - 1] += cross_entropy_forward(pr, lg, tg, Tk, V) / (double)T; /* eq. 24: 1/T */
         h_prev = a->normed;
     }
+}
+
+static void forward_sequence(Trainer *tr, const int *ids, TrainLosses *out, int count_load) {
+    const Config *c = &tr->ps.config;
+    const Weights *w = &tr->ps.w;
+    int64_t T = tr->opt.seq_len, E = c->n_routed_experts;
+    /* Main model (docs/model.md §2): embed, blocks, final norm, head; then the MTP depths. */
+    embedding_forward(tr->h, ids, T, &w->embed_tokens);
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        block_forward(tr->h, T, 0, &w->layers[l], &tr->kv.layers[l], &tr->acts[l], &tr->ctx);
+    TrainHead hd = trainer_head(tr);
+    train_head_forward(tr, &hd, tr->h, ids, out);
     /* Sequence-wise balance loss of every MoE layer (eqs. 17–20), and the step's loads. */
     for (int j = 0; j < tr->n_moe; j++) {
         int64_t rows;
@@ -281,14 +295,13 @@ static void forward_sequence(Trainer *tr, const int *ids, TrainLosses *out, int 
     }
 }
 
-/** Clears the gradient scratch of one block (activation gradients and K/V gradients). */
-static void clear_block_scratch(Trainer *tr) {
+void train_clear_block_scratch(Trainer *tr) {
     memset(tr->dmem, 0, tr->dbytes);
     memset(tr->dkv.mem, 0, tr->dkv.bytes);
 }
 
-/** Accumulates ∂(scale · L_sequence)/∂params into the gradients. */
-static void backward_sequence(Trainer *tr, const int *ids, float scale) {
+void train_head_backward(Trainer *tr, const TrainHead *hd, const float *h, const int *ids, float scale, float *dh,
+                         float *emb_grad) {
     const Config *c = &tr->ps.config;
     const Weights *w = &tr->ps.w, *g = &tr->ps.g;
     int64_t T = tr->opt.seq_len, D = c->hidden_size, V = c->vocab_size;
@@ -297,36 +310,55 @@ static void backward_sequence(Trainer *tr, const int *ids, float scale) {
     memset(tr->dnormed, 0, sizeof(float) * (size_t)((1 + Dm) * T * D));
     for (int k = Dm; k >= 1; k--) {
         int64_t Tk = T - k;
-        const MTPActs *a = &tr->mtp[k - 1];
+        const MTPActs *a = &hd->mtp[k - 1];
         float *dn = tr->dnormed + k * T * D, *dh_prev = tr->dnormed + (k - 1) * T * D;
-        const float *h_prev = k == 1 ? tr->normed : tr->mtp[k - 2].normed;
+        const float *h_prev = k == 1 ? hd->normed : hd->mtp[k - 2].normed;
         memset(tr->dlogits, 0, sizeof(float) * (size_t)(Tk * V));
-        cross_entropy_backward(tr->dlogits, logits_of(tr, tr->probs, k), tr->targets + k * T, Tk, V,
+        cross_entropy_backward(tr->dlogits, logits_of(tr, hd->probs, k), hd->targets + k * T, Tk, V,
                                scale * (float)(tr->opt.mtp_lambda / Dm) / (float)T);
         linear_backward(dn, tensor_f32_mut(&g->mtp[k - 1].shared_head_head), tr->dlogits, a->normed, Tk,
                         &w->mtp[k - 1].shared_head_head);
-        clear_block_scratch(tr);
+        train_clear_block_scratch(tr);
         memset(tr->dmtp.emb, 0, sizeof(float) * (size_t)(T * D));
         memset(tr->dmtp.cat, 0, sizeof(float) * (size_t)(T * 2 * D));
         memset(tr->dmtp.h, 0, sizeof(float) * (size_t)(T * D));
-        mtp_module_backward(dh_prev, &g->mtp[k - 1], dn, ids + k, h_prev, Tk, &w->mtp[k - 1], &tr->mtp_kv.layers[k - 1],
+        MTPWeights gk = g->mtp[k - 1];
+        if (emb_grad) gk.embed_tokens.data = NULL; /* the embedding's rows go to emb_grad instead */
+        mtp_module_backward(dh_prev, &gk, dn, ids + k, h_prev, Tk, &w->mtp[k - 1], &hd->mtp_kv->layers[k - 1],
                             &tr->dkv.layers[0], a, &tr->dmtp, alpha, &tr->ctx);
+        if (emb_grad) memcpy(emb_grad + (size_t)(k - 1) * (size_t)(T * D), tr->dmtp.emb, sizeof(float) * (size_t)(Tk * D));
     }
     /* Main head and final norm. */
     memset(tr->dlogits, 0, sizeof(float) * (size_t)(T * V));
-    cross_entropy_backward(tr->dlogits, tr->probs, tr->targets, T, V, scale / (float)T);
-    linear_backward(tr->dnormed, tensor_f32_mut(&g->lm_head), tr->dlogits, tr->normed, T, &w->lm_head);
-    memset(tr->dh, 0, sizeof(float) * (size_t)(T * D));
-    rmsnorm_backward(tr->dh, D, f32_mut(g->norm), tr->dnormed, D, tr->h, D, w->norm, tr->rstd, T, D);
+    cross_entropy_backward(tr->dlogits, hd->probs, hd->targets, T, V, scale / (float)T);
+    linear_backward(tr->dnormed, tensor_f32_mut(&g->lm_head), tr->dlogits, hd->normed, T, &w->lm_head);
+    memset(dh, 0, sizeof(float) * (size_t)(T * D));
+    rmsnorm_backward(dh, D, f32_mut(g->norm), tr->dnormed, D, h, D, w->norm, hd->rstd, T, D);
+}
+
+void train_mtp_embedding_backward(Trainer *tr, const float *emb_grad, const int *ids) {
+    int64_t T = tr->opt.seq_len, D = tr->ps.config.hidden_size;
+    for (int k = tr->opt.n_mtp; k >= 1; k--) /* backward_sequence's order: depth Dm first */
+        embedding_backward(tensor_f32_mut(&tr->ps.g.embed_tokens), emb_grad + (size_t)(k - 1) * (size_t)(T * D), ids + k, T - k, D);
+}
+
+/** Accumulates ∂(scale · L_sequence)/∂params into the gradients. */
+static void backward_sequence(Trainer *tr, const int *ids, float scale) {
+    const Config *c = &tr->ps.config;
+    const Weights *w = &tr->ps.w, *g = &tr->ps.g;
+    int64_t T = tr->opt.seq_len, D = c->hidden_size;
+    double alpha = tr->opt.balance_alpha * scale;
+    TrainHead hd = trainer_head(tr);
+    train_head_backward(tr, &hd, tr->h, ids, scale, tr->dh, NULL);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
-        clear_block_scratch(tr);
+        train_clear_block_scratch(tr);
         block_backward(tr->dh, T, &w->layers[l], &g->layers[l], &tr->kv.layers[l], &tr->dkv.layers[0], &tr->acts[l],
                        &tr->dacts, alpha, &tr->ctx);
     }
     embedding_backward(tensor_f32_mut(&g->embed_tokens), tr->dh, ids, T, D);
 }
 
-static void finish_losses(const Trainer *tr, TrainLosses *out, int64_t n) {
+void train_finish_losses(const Trainer *tr, TrainLosses *out, int64_t n) {
     out->main /= (double)n;
     out->balance /= (double)n;
     out->mtp_mean = 0.0;
@@ -347,13 +379,13 @@ void trainer_grad(Trainer *tr, const int *seqs, int64_t n, TrainLosses *out) {
         forward_sequence(tr, ids, out, 1);
         backward_sequence(tr, ids, 1.0f / (float)n);
     }
-    finish_losses(tr, out, n);
+    train_finish_losses(tr, out, n);
 }
 
 void trainer_eval(Trainer *tr, const int *seqs, int64_t n, TrainLosses *out) {
     memset(out, 0, sizeof *out);
     for (int64_t b = 0; b < n; b++) forward_sequence(tr, seqs + b * (tr->opt.seq_len + 1), out, 0);
-    finish_losses(tr, out, n);
+    train_finish_losses(tr, out, n);
 }
 
 /* ------------------------------------------------------------------------------------- */

@@ -194,4 +194,47 @@ int train_interrupted(void);
  */
 int train_resolve_checkpoint(const char *path, char *out, size_t cap, Err *err);
 
+/* ---- pieces of one sequence's step, shared with the pipelined step (train_pipeline.h) ---- */
+
+/** The buffers of the loss end of one sequence: final norm, heads and MTP depths (views, not owned). */
+typedef struct {
+    float *normed;   /**< [T][D] final norm output */
+    float *rstd;     /**< [T] */
+    float *logits;   /**< [1+n_mtp][T][V] */
+    float *probs;    /**< [1+n_mtp][T][V] */
+    int *targets;    /**< [1+n_mtp][T] */
+    MTPActs *mtp;    /**< [n_mtp] */
+    KVCache *mtp_kv; /**< n_mtp naive layers of T positions */
+} TrainHead;
+
+/** The trainer's own head buffers. */
+TrainHead trainer_head(Trainer *tr);
+
+/** Lays out one MTP depth's activations (depth @p k, 0-based) for T rows in @p ar. */
+void train_mtp_acts_layout(MTPActs *a, const Config *c, int64_t T, int k, Arena *ar);
+
+/**
+ * The loss end of one sequence's forward from the last block's output @p h [T][D]: final norm,
+ * head and main loss, then every MTP depth and its loss, added into @p out (main, mtp[]).
+ */
+void train_head_forward(Trainer *tr, TrainHead *hd, const float *h, const int *ids, TrainLosses *out);
+
+/**
+ * Its backward with loss weight @p scale: the MTP depths from the deepest, the heads (their
+ * gradients into the trainer's), the final norm; @p dh [T][D] receives ∂L/∂h. When @p emb_grad is
+ * given ([n_mtp][T][D]), the MTP modules' embedding-gradient rows go there instead of into the
+ * embedding's gradient (a pipeline adds them where the embedding lives: train_mtp_embedding_backward).
+ */
+void train_head_backward(Trainer *tr, const TrainHead *hd, const float *h, const int *ids, float scale, float *dh,
+                         float *emb_grad);
+
+/** Adds the rows train_head_backward left in @p emb_grad to the embedding's gradient, in its order. */
+void train_mtp_embedding_backward(Trainer *tr, const float *emb_grad, const int *ids);
+
+/** Clears the gradient scratch of one block (tr->dacts and tr->dkv) before its backward. */
+void train_clear_block_scratch(Trainer *tr);
+
+/** Ends the sums of a step's @p n sequences: means of main, balance and each MTP depth, and the total. */
+void train_finish_losses(const Trainer *tr, TrainLosses *out, int64_t n);
+
 #endif
