@@ -456,12 +456,12 @@ static int train_command(Args a, const CliCmd *cmd, PipeKind kind) {
         rc = cli_fail(CMD, EXIT_USAGE, "--log %s: cannot open for appending: %s", a.log, strerror(errno));
         goto done;
     }
-    if (!quiet && train_run_dir_prepare(a.out, &err)) { /* a run that cannot save fails before its first step */
-        rc = cli_fail(CMD, EXIT_USAGE, "-o %s", err.msg);
-        goto done;
-    }
     if (a.pipe && pipe_trainer_check(&tr, kind, a.pipe->grp.env.world_size, &err)) {
         rc = cli_fail(CMD, EXIT_USAGE, "--pipeline: %s", err.msg);
+        goto done;
+    }
+    if (!quiet && train_run_dir_prepare(a.out, &err)) { /* a run that cannot save fails before its first step */
+        rc = cli_fail(CMD, EXIT_USAGE, "-o %s", err.msg);
         goto done;
     }
     if (a.routing_stats && (routing_stats_init(&routing, c, tr.opt.n_mtp, &err) || !(a.routing = &routing))) {
