@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "cli_ep.h"
 #include "cli_groups.h"
+#include "cli_load.h"
 #include "cli_util.h"
 #include "generate/generate.h"
 #include "serve/server.h"
@@ -174,36 +175,24 @@ int cmd_serve(int argc, char **argv) {
         return cli_ep_finish(&ep, cmd, rc);
     }
     Server *srv = NULL;
-    Tokenizer *tok = NULL;
-    GpuEngine *gpu = NULL;
-    EpRank *rank = NULL;
-    int loaded = 0;
+    CliLoaded l = { 0 };
     char describe[256] = "reference";
     if (serve_start(&srv, &a.o, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    else if (model_load(&m, a.model.dir, stderr, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    else loaded = 1;
-    if (rc == 0 && tokenizer_load(&tok, a.tokenizer ? a.tokenizer : a.model.dir, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    if (rc == 0 && (a.ctx = serve_ctx(&a, &m.config)) == 0) rc = EXIT_USAGE;
-    if (rc == 0 && a.o.draft > 0 && m.w.n_mtp == 0) rc = cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a.model.dir);
+    else rc = cli_load(cmd, a.model.dir, a.tokenizer, a.o.draft > 0, &l);
+    if (rc == 0 && (a.ctx = serve_ctx(&a, &l.m.config)) == 0) rc = EXIT_USAGE;
     if (rc == 0 && a.backend.gpu && a.o.draft > 0 && a.o.n_slots > 1)
         rc = cli_fail(cmd, EXIT_USAGE, "--spec mtp with --backend fast drafts for one sequence: use -np 1");
-    if (rc == 0 && a.backend.gpu) {
-        GpuEngineOptions go = engine_options(&a, &ep);
-        if (cli_ep_start(&ep, &m, &err) || gpu_engine_open(&gpu, &m, &go, stderr, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        else snprintf(describe, sizeof describe, "--backend fast on %s", gpu_engine_describe(gpu));
-    } else if (rc == 0 && cli_ep_gpu_env(&ep)) {
-        if (!(rank = cli_ep_join_ref(&ep, &m, &err))) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        else snprintf(describe, sizeof describe, "reference, routed experts over %d processes", ep.env.world_size);
-    }
+    GpuEngineOptions go = engine_options(&a, &ep);
+    if (rc == 0) rc = cli_load_backend(cmd, &l, a.backend.gpu ? &go : NULL, &ep);
+    if (rc == 0 && l.gpu) snprintf(describe, sizeof describe, "--backend fast on %s", gpu_engine_describe(l.gpu));
+    else if (rc == 0 && l.ep_rank) snprintf(describe, sizeof describe, "reference, routed experts over %d processes", ep.env.world_size);
     if (rc == 0) {
-        ServeModel sm = { &m, tok, gpu, rank ? &rank->hook : NULL, (AttnMode)a.model.attn, (Fp8Mode)a.model.fp8, a.ctx, describe };
+        ServeModel sm = { &l.m, l.tok, l.gpu, l.ep_rank ? &l.ep_rank->hook : NULL, (AttnMode)a.model.attn, (Fp8Mode)a.model.fp8, a.ctx, describe };
         if (serve_attach(srv, &sm, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else serve_wait(srv);
     }
     serve_free(srv);
-    gpu_engine_close(gpu);
-    tokenizer_free(tok);
-    if (loaded) model_free(&m);
+    cli_loaded_free(&l);
     free(a.keys_text);
     return cli_ep_finish(&ep, cmd, rc);
 }
