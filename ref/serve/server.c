@@ -634,7 +634,7 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
         if (stop_init_copy(&q->stop, a.stop, a.n_stop)) rc = api_error(&e, 500, "server_error", NULL, NULL, "out of memory");
         if (rc == 0 && q->stream && kind == API_CHAT) sse_chunk(q, "", NULL, 1);
         SchedParams p = { (float)a.temperature, a.top_k, a.top_p > 0 ? (float)a.top_p : 1e-9f, seed, a.logits, max_new,
-                          a.logprobs ? a.top_logprobs : -1 };
+                          a.logprobs ? a.top_logprobs : -1, { 0 }, 0 };
         SchedSink sink = { on_token, on_done, req_alive, q };
         int sr = rc ? -1 : sched_submit(s->sched, ids.v, n, &p, &sink, &q->sched_id, &err);
         if (rc == 0 && sr == SCHED_FULL)
