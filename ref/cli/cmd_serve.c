@@ -123,13 +123,15 @@ static int parse_args(int argc, char **argv, ServeArgs *a) {
     cli_free(&c);
     if (rc != CLI_RUN) return rc;
     if (!a->model.dir) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 serve --help)");
+    ChatTemplateKind kind;
+    Err err = { "" };
+    if (a->chat_template && chat_template_by_name(a->chat_template, &kind, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     a->o = serve_options_default();
     a->o.host = a->host, a->o.port = (int)a->port, a->o.n_slots = (int)a->n_slots, a->o.batch = a->batch;
     a->o.timeout_s = a->timeout_s, a->o.max_queue = (int)a->max_queue, a->o.max_body = (size_t)a->max_body;
     a->o.metrics = a->metrics, a->o.webui = !a->no_webui;
     a->ctx = a->ctx_flag;
     if (a->key_file) {
-        Err err = { "" };
         size_t len;
         if (read_file(a->key_file, 1 << 20, &a->keys_text, &len, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     } else if (a->api_key && !(a->keys_text = strdup(a->api_key)))
