@@ -406,6 +406,26 @@ static void check_reasoning(ReasoningMode mode, int opened, const char *text, co
     }
 }
 
+/** check_reasoning for REASONING_SPLIT: the reasoning and the answer apart, cut at every position. */
+static void check_split(int opened, const char *text, const char *want_reasoning, const char *want_answer) {
+    size_t n = strlen(text);
+    for (size_t cut = 0; cut <= n + 1; cut++) {
+        ChatReasoning r;
+        chat_reasoning_init(&r, REASONING_SPLIT, opened);
+        ByteBuf think = {0}, answer = {0};
+        if (cut <= n) {
+            assert_int_equal(chat_reasoning_split(&r, text, cut, &think, &answer), 0);
+            assert_int_equal(chat_reasoning_split(&r, text + cut, n - cut, &think, &answer), 0);
+        } else
+            for (size_t i = 0; i < n; i++) assert_int_equal(chat_reasoning_split(&r, text + i, 1, &think, &answer), 0);
+        assert_int_equal(chat_reasoning_split_flush(&r, &think, &answer), 0);
+        assert_string_equal(think.data ? think.data : "", want_reasoning);
+        assert_string_equal(answer.data ? answer.data : "", want_answer);
+        bytebuf_free(&think), bytebuf_free(&answer);
+        chat_reasoning_free(&r);
+    }
+}
+
 static void test_reasoning(void **state) {
     (void)state;
     const char *reply = "<think>\nLet me think.\n</think>\n\nThe answer is 4.";
@@ -423,6 +443,37 @@ static void test_reasoning(void **state) {
     /* a reasoning cut by the token limit: hidden, or dimmed then reset */
     check_reasoning(REASONING_HIDE, 1, "still thinking <", "");
     check_reasoning(REASONING_SHOW_DIM, 1, "still", "\033[2mstill\033[0m");
+    /* split (a server's reasoning_content): the two parts apart, no tags; the same rules */
+    check_split(0, reply, "\nLet me think.\n", "\n\nThe answer is 4.");
+    check_split(1, "hmm</think>4", "hmm", "4");
+    check_split(1, "still thinking <", "still thinking <", "");
+    check_split(0, "4 <think>x</think>", "", "4 <think>x</think>");
+    check_split(0, "  <think>x</think>y", "x", "  y");
+    check_split(0, "no reasoning", "", "no reasoning");
+    /* in the other modes chat_reasoning_split writes everything to the answer, as chat_reasoning_feed */
+    ChatReasoning r;
+    chat_reasoning_init(&r, REASONING_SHOW_TAGS, 1);
+    ByteBuf think = {0}, answer = {0};
+    assert_int_equal(chat_reasoning_split(&r, "a</think>b", 10, &think, &answer), 0);
+    assert_int_equal(chat_reasoning_split_flush(&r, &think, &answer), 0);
+    assert_int_equal(think.len, 0);
+    assert_string_equal(answer.data, "a</think>b");
+    bytebuf_free(&answer);
+    chat_reasoning_free(&r);
+    /* which templates reason */
+    ChatTemplate t = { CHAT_DEEPSEEK_V3, 0 };
+    assert_false(chat_template_reasons(&t));
+    t.kind = CHAT_DEEPSEEK_R1;
+    assert_true(chat_template_reasons(&t));
+    t.kind = CHAT_DEEPSEEK_V31;
+    assert_false(chat_template_reasons(&t));
+    t.think = 1;
+    assert_true(chat_template_reasons(&t));
+    t.kind = CHAT_KIMI_K2;
+    assert_false(chat_template_reasons(&t));
+    t.kind = CHAT_KIMI_K2_THINKING;
+    assert_true(chat_template_reasons(&t));
+    assert_false(chat_template_opens_reasoning(&t)); /* K2-Thinking's reply writes its own <think> */
     assert_true(chat_text_opens_reasoning("<｜Assistant｜><think>\n", strlen("<｜Assistant｜><think>\n")));
     assert_false(chat_text_opens_reasoning("<think>a</think> b", 18));
     assert_false(chat_text_opens_reasoning("plain", 5));

@@ -210,7 +210,7 @@ static int solo(const int *prompt, int n, const SchedParams *p, int draft, int *
 }
 
 static SchedParams params(float temp, uint64_t seed, int64_t max_new) {
-    SchedParams p = { temp, 40, 0.95f, seed, logits_params_default(), max_new, -1 };
+    SchedParams p = { temp, 40, 0.95f, seed, logits_params_default(), max_new, -1, { 0 }, 0 };
     return p;
 }
 
@@ -303,6 +303,41 @@ static void prefix_reuse(void **state) {
     (void)state;
     prefix_reuse_with(0);
     prefix_reuse_with(1);
+}
+
+/** A stop id ends a request where that token is drawn, like the EOS: not delivered, SCHED_STOP; also with MTP drafts. */
+static void stop_ids_with(int draft) {
+    SchedOptions o = { 1, 256, 16, draft, 4096, -1, 4, ATTN_ABSORB, FP8_DEQUANT, NULL };
+    Sched *s;
+    Err err;
+    assert_int_equal(sched_open(&s, &model, NULL, &o, &err), 0);
+    int prompt[6] = { 0, 250, 31, 90, 1200, 7 };
+    SchedParams p = params(0.0f, 1, 20);
+    Got a = { .n = 0 }, b = { .n = 0 };
+    SchedSink sa = { got_token, got_done, NULL, &a }, sb = { got_token, got_done, NULL, &b };
+    uint64_t id;
+    assert_int_equal(sched_submit(s, prompt, 6, &p, &sa, &id, &err), 0);
+    while (sched_step(s, &err) > 0) {}
+    assert_int_equal(a.n, 20);
+    int first = 0;
+    while (a.tokens[first] != a.tokens[7]) first++;
+    p.stop_ids[1] = a.tokens[7], p.n_stop_ids = 2; /* stop_ids[0] = 0, the BOS: never drawn here */
+    assert_int_equal(sched_submit(s, prompt, 6, &p, &sb, &id, &err), 0);
+    while (sched_step(s, &err) > 0) {}
+    assert_int_equal(b.res.finish, SCHED_STOP);
+    assert_int_equal(b.n, first);
+    assert_int_equal(b.res.generated, first);
+    assert_memory_equal(b.tokens, a.tokens, (size_t)first * sizeof(int));
+    p.n_stop_ids = SCHED_MAX_STOP_IDS + 1;
+    assert_int_equal(sched_submit(s, prompt, 6, &p, &sb, &id, &err), -1);
+    assert_non_null(strstr(err.msg, "n_stop_ids"));
+    sched_close(s);
+}
+
+static void stop_ids(void **state) {
+    (void)state;
+    stop_ids_with(0);
+    stop_ids_with(1);
 }
 
 static void cancel_queue_and_errors(void **state) {
@@ -419,6 +454,7 @@ int main(void) {
         cmocka_unit_test(api_parsing),
         cmocka_unit_test_setup_teardown(scheduled_equals_solo, load_model, free_model),
         cmocka_unit_test_setup_teardown(prefix_reuse, load_model, free_model),
+        cmocka_unit_test_setup_teardown(stop_ids, load_model, free_model),
         cmocka_unit_test_setup_teardown(cancel_queue_and_errors, load_model, free_model),
         cmocka_unit_test_setup_teardown(generator_hook, load_model, free_model),
     };

@@ -12,7 +12,12 @@
  *    exits 0 within 5 s; a soak (`--soak N`: N requests, a tenth malformed, some cancelled) whose
  *    RSS after N stays within 10 % of RSS after 100 (make test runs 1000, make test-soak 10,000);
  *  - --ep 2 (experts in a second process) and --backend fast over the host emulation of the
- *    kernels (where nvcc built it: the GPU batch and one GPU sequence with MTP) give the same texts.
+ *    kernels (where nvcc built it: the GPU batch and one GPU sequence with MTP) give the same texts;
+ *  - the DeepSeek-V3 family on a random tiny checkpoint whose tokenizer has every template's markers:
+ *    R1 recognized from tokenizer_config.json, V3.1's chat_template_kwargs.thinking and --think,
+ *    K2-Thinking — reasoning_content and content (streamed: reasoning deltas first) are the split of
+ *    the same prompt's completion, with its finish_reason and usage, under stop strings too; Kimi's
+ *    <|im_end|> ends a chat reply, not a completion; --chat-template errors.
  */
 #define _DEFAULT_SOURCE
 #include <math.h>
@@ -34,8 +39,13 @@
 #include <cjson/cJSON.h>
 
 #include "base/util.h"
+#include "ep/eplb.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
+#include "util_compare.h"
 #include "util_http.h"
 #include "util_run.h"
+#include "util_tok.h"
 
 #define MODEL "models/kjv"
 
@@ -103,7 +113,9 @@ static char *answer_text(const cJSON *j) {
 /** A streamed answer: its events' texts joined, the finish reason, the usage (if any). */
 typedef struct {
     int status, n_events, done, first_role, same_id, utf8_ok, n_content;
+    int n_reasoning, reasoning_after_content; /* delta.reasoning_content chunks; one came after a content delta */
     char text[65536], finish[32], id[64];
+    char reasoning[16384];
     cJSON *usage;
 } Stream;
 
@@ -150,6 +162,13 @@ static void parse_sse(const char *body, Stream *s) {
                 s->n_content++;
                 if (!utf8_valid(c, strlen(c))) s->utf8_ok = 0;
                 strncat(s->text, c, sizeof s->text - strlen(s->text) - 1);
+            }
+            const char *rc = jstr(j, "choices.0.delta.reasoning_content");
+            if (rc && *rc) {
+                s->n_reasoning++;
+                if (s->n_content) s->reasoning_after_content = 1;
+                if (!utf8_valid(rc, strlen(rc))) s->utf8_ok = 0;
+                strncat(s->reasoning, rc, sizeof s->reasoning - strlen(s->reasoning) - 1);
             }
             const char *fin = jstr(j, "choices.0.finish_reason");
             if (fin) snprintf(s->finish, sizeof s->finish, "%s", fin);
@@ -261,6 +280,7 @@ static void endpoints(void **state) {
     assert_string_equal(jstr(j, "object"), "chat.completion");
     assert_string_equal(jstr(j, "choices.0.message.role"), "assistant");
     assert_non_null(jstr(j, "choices.0.message.content"));
+    assert_null(jstr(j, "choices.0.message.reasoning_content")); /* deepseek-v3 does not reason: the reply as it is */
     assert_true(jnum(j, "usage.prompt_tokens_details.cached_tokens") >= 0);
     assert_true(jnum(j, "created") > 1.6e9);
     cJSON_Delete(j);
@@ -308,6 +328,7 @@ static void sse_framing_and_equality(void **state) {
     assert_true(s.finish[0]);
     assert_non_null(s.usage);
     assert_true(jnum(s.usage, "completion_tokens") >= 1);
+    assert_int_equal(s.n_reasoning, 0);
     cJSON *j = post(port, "/v1/chat/completions", &st, "{\"messages\": %s, \"max_tokens\": 40, \"temperature\": 0}", msgs);
     assert_int_equal(st, 200);
     assert_string_equal(jstr(j, "choices.0.message.content"), s.text);
@@ -763,6 +784,10 @@ static const struct {
     { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{\"type\": \"function\"}]}", "tools" },
     { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": \"json_object\"}}", "response_format" },
     { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 100000}", "messages" },
+    { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"chat_template_kwargs\": [true]}", "chat_template_kwargs" },
+    { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"chat_template_kwargs\": \"thinking\"}", "chat_template_kwargs" },
+    { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"chat_template_kwargs\": {\"thinking\": \"yes\"}}", "chat_template_kwargs.thinking" },
+    { "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"chat_template_kwargs\": {\"thinking\": 1}}", "chat_template_kwargs.thinking" },
     { "/v1/completions", "{}", "prompt" },
     { "/v1/completions", "{\"prompt\": 5}", "prompt" },
     { "/v1/completions", "{\"prompt\": []}", "prompt" },
@@ -843,6 +868,45 @@ static void graceful_shutdown(void **state) {
     assert_true(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
     s.pid = 0;
     assert_true(http_connect(s.port) < 0);
+}
+
+/** --routing-stats FILE: written at shutdown, every forwarded token's K choices in each MoE layer. */
+static void routing_stats_at_shutdown(void **state) {
+    (void)state;
+    char path[] = "/tmp/dsv3-serve-stats-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    char args[256];
+    snprintf(args, sizeof args, "-m " MODEL " -np 2 --routing-stats %s", path);
+    TestServer s;
+    assert_int_equal(test_server_start(&s, args, 1), 0);
+    int st;
+    cJSON *r = post(s.port, "/v1/completions", &st, "{\"prompt\": \"In the beginning\", \"max_tokens\": 32, \"temperature\": 0}");
+    assert_int_equal(st, 200);
+    int64_t generated = (int64_t)jnum(r, "usage.completion_tokens");
+    cJSON_Delete(r);
+    assert_int_equal(access(path, F_OK), -1); /* not before shutdown */
+    int status = test_server_stop(&s, SIGTERM, 10);
+    assert_true(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    RoutingStats rs;
+    Err err;
+    assert_int_equal(routing_stats_read(&rs, path, &err), 0);
+    assert_int_equal(rs.n_layers, 3); /* models/kjv: layers 1..3 are MoE */
+    for (int j = 0; j < rs.n_layers; j++) {
+        int64_t sum = 0;
+        for (int e = 0; e < rs.n_experts; e++) sum += rs.load[(size_t)j * rs.n_experts + e];
+        assert_true(rs.tokens[j] >= generated);
+        assert_int_equal(sum, rs.tokens[j] * 4); /* models/kjv routes each token to K = 4 experts */
+    }
+    printf("    %lld tokens counted in each of %d MoE layers\n", (long long)rs.tokens[0], rs.n_layers);
+    routing_stats_free(&rs);
+    unlink(path);
+    /* the GPU path does not run the reference's MoE layers: refused before serving */
+    RunResult g = run_shell(NULL, "%s serve -m " MODEL " --backend fast --routing-stats %s", dsv3_bin(), path);
+    assert_int_not_equal(g.status, 0);
+    run_result_free(&g);
 }
 
 typedef struct {
@@ -982,6 +1046,322 @@ static void gpu_backend_mock(void **state) {
     free(saved);
 }
 
+/* ---- the DeepSeek-V3 family: chat templates, thinking, reasoning_content ------------------------------------- */
+
+static char *fam; /* a random tiny checkpoint whose tokenizer knows every template's markers (family_setup) */
+
+/** Appends the added token @p content with id @p id to tokenizer.json's added_tokens. */
+static void add_token(cJSON *added, int id, const char *content, int special) {
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddNumberToObject(t, "id", id);
+    cJSON_AddStringToObject(t, "content", content);
+    cJSON_AddBoolToObject(t, "single_word", 0);
+    cJSON_AddBoolToObject(t, "lstrip", 0);
+    cJSON_AddBoolToObject(t, "rstrip", 0);
+    cJSON_AddBoolToObject(t, "normalized", 0);
+    cJSON_AddBoolToObject(t, "special", special);
+    cJSON_AddItemToArray(added, t);
+}
+
+/** Writes @p j to fam/@p name; 0 or -1. */
+static int write_json_in_fam(const char *name, const cJSON *j) {
+    char *text = cJSON_Print(j);
+    int rc = text && tok_write_in(fam, name, text) == 0 ? 0 : -1;
+    free(text);
+    return rc;
+}
+
+/**
+ * `mkckpt --preset tiny` (random weights, 4103 ids) with models/kjv's tokenizer plus what the other
+ * templates need as added tokens — <think> 4096, </think> 4097, Kimi's <|im_system|>, <|im_user|>,
+ * <|im_assistant|>, <|im_middle|>, <|im_end|> 4098..4102 — and R1's Jinja template
+ * (golden/chat/deepseek-r1.jinja) in tokenizer_config.json, for the server to recognize.
+ */
+static int family_setup(void **state) {
+    (void)state;
+    if (!(fam = make_temp_dir("serve-family"))) return -1;
+    RunResult r = run_shell(NULL, "%s mkckpt -o %s --preset tiny --set vocab_size=4103 --seed 5", dsv3_bin(), fam);
+    int rc = r.status == 0 ? 0 : -1;
+    if (rc) fprintf(stderr, "%s", r.err);
+    run_result_free(&r);
+    cJSON *tok = tok_json_file(MODEL "/tokenizer.json"), *cfg = tok_json_file(MODEL "/tokenizer_config.json");
+    char *jinja = NULL;
+    size_t len;
+    Err err = { "" };
+    if (rc || !tok || !cfg || read_file("golden/chat/deepseek-r1.jinja", 1 << 20, &jinja, &len, &err)) rc = -1;
+    else {
+        static const char *const marks[] = { "<think>", "</think>", "<|im_system|>", "<|im_user|>", "<|im_assistant|>",
+                                             "<|im_middle|>", "<|im_end|>" };
+        for (int i = 0; i < 7; i++) add_token(cJSON_GetObjectItem(tok, "added_tokens"), 4096 + i, marks[i], i >= 2);
+        cJSON_DeleteItemFromObject(cfg, "chat_template");
+        cJSON_AddStringToObject(cfg, "chat_template", jinja);
+        rc = write_json_in_fam("tokenizer.json", tok) || write_json_in_fam("tokenizer_config.json", cfg) ? -1 : 0;
+    }
+    free(jinja);
+    cJSON_Delete(tok), cJSON_Delete(cfg);
+    return rc;
+}
+
+static int family_teardown(void **state) {
+    (void)state;
+    if (fam) remove_tree(fam);
+    free(fam);
+    fam = NULL;
+    return 0;
+}
+
+/** The one message of these tests. */
+#define FAM_MESSAGES "[{\"role\": \"user\", \"content\": \"Who?\"}]"
+
+/** The ids of FAM_MESSAGES under template @p kind (thinking @p think), rendered here, as a JSON array (malloc'd). */
+static char *fam_prompt_ids(ChatTemplateKind kind, int think) {
+    Tokenizer *t = NULL;
+    Err err = { "" };
+    assert_int_equal(tokenizer_load(&t, fam, &err), 0);
+    ChatTemplate tpl = { kind, think };
+    ChatMessage m = { "user", "Who?" };
+    int *ids = NULL, n = 0;
+    assert_int_equal(chat_template_encode(&tpl, t, &m, 1, 1, &ids, &n, &err), 0);
+    cJSON *a = cJSON_CreateIntArray(ids, n);
+    char *text = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    free(ids);
+    tokenizer_free(t);
+    return text;
+}
+
+/** The id of @p word, which must be one token. */
+static int word_id(int port, const char *word) {
+    int st;
+    cJSON *j = post(port, "/tokenize", &st, "{\"content\": \"%s\"}", word);
+    const cJSON *ids = cJSON_GetObjectItem(j, "tokens");
+    assert_int_equal(cJSON_GetArraySize(ids), 1);
+    int id = cJSON_GetArrayItem(ids, 0)->valueint;
+    cJSON_Delete(j);
+    return id;
+}
+
+/**
+ * Request fields that make the random model write, greedily, a reasoning and then an answer:
+ * logit_bias lifts three words (+20), </think> (+18) and two more words (+17) far above every other
+ * token, and once a token is written the penalties (presence 2 + frequency 2) put it below those not
+ * written yet. So the six tokens come out once each, the first three (reasoning) before </think> and
+ * the other two (answer) after it, in an order within each group that the model's own logits decide.
+ * @p think_first: <think> (+22) first, as Kimi K2-Thinking opens its reply.
+ */
+static void script(int port, int think_first, char *out, size_t cap) {
+    snprintf(out, cap,
+             "\"logit_bias\": {\"%d\": 20, \"%d\": 20, \"%d\": 20, \"4097\": 18, \"%d\": 17, \"%d\": 17%s},"
+             " \"presence_penalty\": 2, \"frequency_penalty\": 2, \"repeat_penalty\": 10, \"temperature\": 0, \"max_tokens\": %d",
+             word_id(port, " Jordan"), word_id(port, " Moses"), word_id(port, " Aaron"), word_id(port, " Judah"),
+             word_id(port, " Zion"), think_first ? ", \"4096\": 22" : "", think_first ? 7 : 6);
+}
+
+/** Splits a raw reply here: the reasoning from the start (@p opened) or from a leading <think> to the first </think>. */
+static void split_raw(const char *raw, int opened, char *reasoning, char *answer, size_t cap) {
+    const char *r = raw;
+    while (!opened && (*r == ' ' || *r == '\n')) r++;
+    if (!opened && strncmp(r, "<think>", 7)) { /* no reasoning */
+        snprintf(reasoning, cap, "%s", "");
+        snprintf(answer, cap, "%s", raw);
+        return;
+    }
+    if (!opened) r += 7;
+    const char *end = strstr(r, "</think>");
+    snprintf(reasoning, cap, "%.*s", end ? (int)(end - r) : (int)strlen(r), r);
+    snprintf(answer, cap, "%s", end ? end + 8 : "");
+}
+
+/**
+ * The chat reply to FAM_MESSAGES with @p fields (plus @p chat_fields), non-streaming and streaming,
+ * against the completion of the same prompt ids @p ids with the same @p fields: reasoning_content and
+ * content are the raw text split (split_raw), finish_reason and usage are the completion's, and
+ * reasoning deltas come before content deltas. With @p both, the raw text must have both parts.
+ * Returns the raw text's length.
+ */
+static size_t check_split_reply(int port, const char *ids, const char *fields, const char *chat_fields, int opened, int both) {
+    int st;
+    cJSON *c = post(port, "/v1/completions", &st, "{\"prompt\": %s, %s}", ids, fields);
+    assert_int_equal(st, 200);
+    const char *raw = jstr(c, "choices.0.text");
+    char want_r[4096], want_a[4096];
+    split_raw(raw, opened, want_r, want_a, sizeof want_r);
+    printf("    raw \"%s\" -> reasoning \"%s\", content \"%s\" (%s)\n", raw, want_r, want_a, jstr(c, "choices.0.finish_reason"));
+    if (both) assert_true(want_r[0] && want_a[0]);
+    cJSON *j = post(port, "/v1/chat/completions", &st, "{\"messages\": " FAM_MESSAGES ", %s%s}", fields, chat_fields);
+    assert_int_equal(st, 200);
+    assert_string_equal(jstr(j, "choices.0.message.reasoning_content"), want_r);
+    assert_string_equal(jstr(j, "choices.0.message.content"), want_a);
+    assert_string_equal(jstr(j, "choices.0.finish_reason"), jstr(c, "choices.0.finish_reason"));
+    assert_true(jnum(j, "usage.completion_tokens") == jnum(c, "usage.completion_tokens"));
+    assert_true(jnum(j, "usage.prompt_tokens") == jnum(c, "usage.prompt_tokens"));
+    char body[4096];
+    snprintf(body, sizeof body, "{\"messages\": " FAM_MESSAGES ", %s%s, \"stream\": true, \"stream_options\": {\"include_usage\": true}}",
+             fields, chat_fields);
+    Stream s;
+    stream_post(port, "/v1/chat/completions", body, &s);
+    assert_int_equal(s.status, 200);
+    assert_true(s.done && s.first_role && s.same_id && s.utf8_ok);
+    assert_string_equal(s.reasoning, want_r);
+    assert_string_equal(s.text, want_a);
+    assert_false(s.reasoning_after_content);
+    assert_string_equal(s.finish, jstr(c, "choices.0.finish_reason"));
+    assert_true(jnum(s.usage, "completion_tokens") == jnum(c, "usage.completion_tokens"));
+    size_t n = strlen(raw);
+    stream_free(&s);
+    cJSON_Delete(j), cJSON_Delete(c);
+    return n;
+}
+
+/** Starts a server on the family checkpoint with @p flags; its log must hold each of @p want (NULL-ended). */
+static void fam_server(TestServer *srv, const char *flags, const char *const *want) {
+    char args[4400], *log = NULL;
+    snprintf(args, sizeof args, "-m %s -np 2 %s", fam, flags);
+    assert_int_equal(test_server_start(srv, args, 1), 0);
+    size_t len;
+    Err err = { "" };
+    assert_int_equal(read_file(srv->log, 1 << 20, &log, &len, &err), 0);
+    for (; *want; want++) {
+        if (!strstr(log, *want)) fprintf(stderr, "the server's log lacks '%s':\n%s", *want, log);
+        assert_non_null(strstr(log, *want));
+    }
+    free(log);
+}
+
+/**
+ * R1's template recognized from tokenizer_config.json: the reply opens inside <think>, so the part
+ * before </think> is reasoning_content and the rest content, streamed or not; stop strings cut the
+ * raw text (in the reasoning or in the answer), and usage counts every token.
+ */
+static void reasoning_r1(void **state) {
+    (void)state;
+    TestServer srv;
+    char fields[1024], stopped[1400];
+    fam_server(&srv, "", (const char *const[]){ "chat template deepseek-r1\n", NULL });
+    HttpResponse r;
+    assert_int_equal(http_request(srv.port, "GET", "/v1/models", NULL, NULL, &r), 0);
+    cJSON *m = cJSON_Parse(r.body);
+    assert_string_equal(jstr(m, "data.0.meta.chat_template"), "deepseek-r1");
+    cJSON_Delete(m);
+    http_response_free(&r);
+    char *ids = fam_prompt_ids(CHAT_DEEPSEEK_R1, 0);
+    script(srv.port, 0, fields, sizeof fields);
+    check_split_reply(srv.port, ids, fields, "", 1, 1);
+    /* chat_template_kwargs mean nothing to R1's template (nor do unknown keys) */
+    check_split_reply(srv.port, ids, fields, ", \"chat_template_kwargs\": {\"thinking\": false, \"other\": [1]}", 1, 1);
+    /* stop strings: one inside the answer, one inside the reasoning (each without its first word's space) */
+    int st;
+    cJSON *j = post(srv.port, "/v1/chat/completions", &st, "{\"messages\": " FAM_MESSAGES ", %s}", fields);
+    char reasoning[256], answer[256];
+    snprintf(reasoning, sizeof reasoning, "%s", jstr(j, "choices.0.message.reasoning_content"));
+    snprintf(answer, sizeof answer, "%s", jstr(j, "choices.0.message.content"));
+    cJSON_Delete(j);
+    snprintf(stopped, sizeof stopped, "%s, \"stop\": [\"%s\"]", fields, answer + 1);
+    check_split_reply(srv.port, ids, stopped, "", 1, 0);
+    j = post(srv.port, "/v1/chat/completions", &st, "{\"messages\": " FAM_MESSAGES ", %s}", stopped);
+    assert_string_equal(jstr(j, "choices.0.finish_reason"), "stop");
+    assert_string_equal(jstr(j, "choices.0.message.reasoning_content"), reasoning);
+    assert_string_equal(jstr(j, "choices.0.message.content"), " ");
+    cJSON_Delete(j);
+    snprintf(stopped, sizeof stopped, "%s, \"stop\": \"%s\"", fields, strchr(reasoning + 1, ' ') + 1);
+    check_split_reply(srv.port, ids, stopped, "", 1, 0);
+    j = post(srv.port, "/v1/chat/completions", &st, "{\"messages\": " FAM_MESSAGES ", %s}", stopped);
+    assert_string_equal(jstr(j, "choices.0.finish_reason"), "stop");
+    assert_memory_equal(jstr(j, "choices.0.message.reasoning_content"), reasoning, strchr(reasoning + 1, ' ') - reasoning + 1);
+    assert_string_equal(jstr(j, "choices.0.message.content"), "");
+    cJSON_Delete(j);
+    free(ids);
+    assert_int_equal(test_server_stop(&srv, SIGTERM, 10), 0);
+}
+
+/**
+ * V3.1 with --think on: thinking unless a request says "chat_template_kwargs": {"thinking": false},
+ * whose prompt ends in </think> instead of <think> and whose reply is the model's text unchanged
+ * (no reasoning_content).
+ */
+static void thinking_v31(void **state) {
+    (void)state;
+    TestServer srv;
+    char fields[1024];
+    fam_server(&srv, "--chat-template deepseek-v3.1 --think on",
+               (const char *const[]){ "chat template deepseek-v3.1 (thinking by default)\n", NULL });
+    script(srv.port, 0, fields, sizeof fields);
+    char *on = fam_prompt_ids(CHAT_DEEPSEEK_V31, 1), *off = fam_prompt_ids(CHAT_DEEPSEEK_V31, 0);
+    check_split_reply(srv.port, on, fields, "", 1, 1);
+    check_split_reply(srv.port, on, fields, ", \"chat_template_kwargs\": {\"thinking\": true}", 1, 1);
+    check_split_reply(srv.port, on, fields, ", \"chat_template_kwargs\": {\"thinking\": null}", 1, 1);
+    int st;
+    cJSON *c = post(srv.port, "/v1/completions", &st, "{\"prompt\": %s, %s}", off, fields);
+    cJSON *j = post(srv.port, "/v1/chat/completions", &st,
+                    "{\"messages\": " FAM_MESSAGES ", %s, \"chat_template_kwargs\": {\"thinking\": false}}", fields);
+    assert_int_equal(st, 200);
+    assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "message"),
+                                    "reasoning_content"));
+    assert_string_equal(jstr(j, "choices.0.message.content"), jstr(c, "choices.0.text"));
+    assert_true(jnum(j, "usage.prompt_tokens") == jnum(c, "usage.prompt_tokens"));
+    printf("    thinking false: no reasoning_content, content \"%s\" (the prompt's </think> is penalized)\n",
+           jstr(j, "choices.0.message.content"));
+    cJSON_Delete(j), cJSON_Delete(c);
+    j = post(srv.port, "/v1/chat/completions", &st, "{\"messages\": " FAM_MESSAGES ", \"chat_template_kwargs\": {\"thinking\": 0}}");
+    assert_int_equal(st, 400);
+    assert_string_equal(jstr(j, "error.param"), "chat_template_kwargs.thinking");
+    cJSON_Delete(j);
+    free(on), free(off);
+    assert_int_equal(test_server_stop(&srv, SIGTERM, 10), 0);
+}
+
+/**
+ * Kimi K2-Thinking: the reply writes its own <think>; a chat reply ends at <|im_end|>, the template's
+ * end of turn, which is not the tokenizer's EOS — a completion goes on past it.
+ */
+static void kimi_thinking_end_of_turn(void **state) {
+    (void)state;
+    TestServer srv;
+    char fields[1024];
+    fam_server(&srv, "--chat-template kimi-k2-thinking --think on",
+               (const char *const[]){ "--think has no effect with the kimi-k2-thinking template", "chat template kimi-k2-thinking\n", NULL });
+    char *ids = fam_prompt_ids(CHAT_KIMI_K2_THINKING, 0);
+    script(srv.port, 1, fields, sizeof fields);
+    check_split_reply(srv.port, ids, fields, "", 0, 1);
+    int st;
+    const char *eot = "\"logit_bias\": {\"4102\": 100}, \"max_tokens\": 4, \"temperature\": 0";
+    cJSON *j = post(srv.port, "/v1/chat/completions", &st, "{\"messages\": " FAM_MESSAGES ", %s}", eot);
+    assert_string_equal(jstr(j, "choices.0.finish_reason"), "stop");
+    assert_string_equal(jstr(j, "choices.0.message.content"), "");
+    assert_string_equal(jstr(j, "choices.0.message.reasoning_content"), "");
+    assert_true(jnum(j, "usage.completion_tokens") == 0);
+    cJSON_Delete(j);
+    j = post(srv.port, "/v1/completions", &st, "{\"prompt\": %s, %s}", ids, eot);
+    assert_string_equal(jstr(j, "choices.0.finish_reason"), "length");
+    assert_string_equal(jstr(j, "choices.0.text"), "<|im_end|><|im_end|><|im_end|><|im_end|>");
+    cJSON_Delete(j);
+    free(ids);
+    assert_int_equal(test_server_stop(&srv, SIGTERM, 10), 0);
+}
+
+/**
+ * --chat-template: an unknown name is a one-line error (exit 2) before anything starts; a template
+ * whose markers the tokenizer lacks, one line once the tokenizer is loaded (after the listening line).
+ */
+static void template_flag_errors(void **state) {
+    (void)state;
+    static const struct {
+        const char *args, *want;
+    } cases[] = {
+        { "--chat-template chatml", "unknown chat template 'chatml' (known: deepseek-v3" },
+        { "--chat-template kimi-k2", "no added token '<|im_system|>', which the kimi-k2 chat template needs" },
+        { "--think maybe", "--think must be on or off" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        RunResult r = run_shell(NULL, "%s serve -m %s --port 0 %s", dsv3_bin(), MODEL, cases[i].args);
+        if (!strstr(r.err, cases[i].want)) fprintf(stderr, "%s: %s", cases[i].args, r.err);
+        assert_int_equal(r.status, 2);
+        assert_non_null(strstr(r.err, cases[i].want));
+        assert_int_equal(count_lines(r.err), i == 1 ? 2 : 1);
+        run_result_free(&r);
+    }
+}
+
 /** GET /health is 503 while the model loads (a server started on a large, slowly loading model). */
 static void health_while_loading(void **state) {
     (void)state;
@@ -1016,9 +1396,14 @@ int main(int argc, char **argv) {
         cmocka_unit_test(limits_and_auth),
         cmocka_unit_test(malformed_requests),
         cmocka_unit_test(graceful_shutdown),
+        cmocka_unit_test(routing_stats_at_shutdown),
         cmocka_unit_test(health_while_loading),
         cmocka_unit_test(expert_parallel),
         cmocka_unit_test(gpu_backend_mock),
+        cmocka_unit_test_setup_teardown(reasoning_r1, family_setup, family_teardown),
+        cmocka_unit_test_setup_teardown(thinking_v31, family_setup, family_teardown),
+        cmocka_unit_test_setup_teardown(kimi_thinking_end_of_turn, family_setup, family_teardown),
+        cmocka_unit_test(template_flag_errors),
         cmocka_unit_test(soak),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

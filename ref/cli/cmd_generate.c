@@ -33,6 +33,7 @@
 #include "cli_groups.h"
 #include "chat_repl.h"
 #include "ep/eplb.h"
+#include "cli_load.h"
 #include "cli_util.h"
 #include "reply.h"
 #include "generate/batch.h"
@@ -182,20 +183,15 @@ static void gen_args_free(GenArgs *a, CliCmd *c) {
 
 /** Everything a session needs, loaded from the flags. */
 typedef struct {
-    Model m;
-    Tokenizer *tok;
+    CliLoaded l;    /* the model, its tokenizer and backend (GPU engine or expert-parallel group) */
     Sampler sampler;
     Generator g;
-    GpuEngine *gpu; /* --backend fast */
     DecodeStream ds;
     StopMatcher stop; /* --stop */
     ChatReasoning reasoning; /* the reply's <think> part, shown or hidden (--reasoning) */
     int eos;
-    int loaded_model;
-    int n_sample;   /* the tokenizer's ids: larger ids are never generated */
     long ctx;       /* positions per sequence */
     uint64_t seed;  /* the sampler's (printed, so a run can be repeated) */
-    EpRank *ep_rank; /* the reference's expert-parallel group, when there is one */
     LogitsHookCtx lp; /* --min-p, --repeat-penalty, ...: what the logits hook applies */
     int lp_on;      /* 1 when any of them changes a logit */
     RoutingCounter routing; /* --routing-stats: counts every MoE layer, then runs it through ep_rank or locally */
@@ -204,14 +200,12 @@ typedef struct {
 
 static void session_free(Session *s) {
     gen_free(&s->g);
-    gpu_engine_close(s->gpu);
     decode_stream_free(&s->ds);
     stop_free(&s->stop);
     chat_reasoning_free(&s->reasoning);
     routing_counter_free(&s->routing);
     free(s->lp.work);
-    tokenizer_free(s->tok);
-    if (s->loaded_model) model_free(&s->m);
+    cli_loaded_free(&s->l);
 }
 
 /** Positions of the session: -c, else the model's limit capped at 4096; 0 (error printed) if -c is too large. */
@@ -259,43 +253,31 @@ static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     Err err = { "" };
     const CliSampling *sp = &a->sampling;
     if (isatty(2)) fprintf(stderr, "dsv3: loading %s ...\n", a->model.dir);
-    if (model_load(&s->m, a->model.dir, stderr, &err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    s->loaded_model = 1;
-    const Config *c = &s->m.config;
-    if (tokenizer_load(&s->tok, a->tokenizer ? a->tokenizer : a->model.dir, &err))
-        return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    s->n_sample = tokenizer_vocab_size(s->tok);
-    if (s->n_sample > c->vocab_size)
-        return cli_fail(cmd, EXIT_RUNTIME, "the tokenizer has %d ids but the model only %d (vocab_size)", s->n_sample, c->vocab_size);
-    s->eos = tokenizer_eos_id(s->tok);
+    int rc = cli_load(cmd, a->model.dir, a->tokenizer, a->spec, &s->l);
+    if (rc) return rc;
+    const Config *c = &s->l.m.config;
+    s->eos = tokenizer_eos_id(s->l.tok);
     if (s->eos < 0) s->eos = c->eos_token_id;
     s->seed = a->seed_given ? (uint64_t)sp->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (sampler_init(&s->sampler, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s->seed, &err))
         return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
-    if (a->spec && s->m.w.n_mtp == 0) return cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a->model.dir);
     if ((s->ctx = session_ctx(cmd, a, c)) == 0) return EXIT_USAGE;
     const CliPenalties *pe = &a->penalties;
     s->lp.p = logits_params_default();
     s->lp.p.min_p = (float)pe->min_p, s->lp.p.repeat_penalty = (float)pe->repeat_penalty;
     s->lp.p.penalty_last_n = (int)pe->repeat_last_n, s->lp.p.presence_penalty = (float)pe->presence_penalty;
     s->lp.p.frequency_penalty = (float)pe->frequency_penalty;
-    if (logits_params_check(&s->lp.p, s->n_sample, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
+    if (logits_params_check(&s->lp.p, s->l.n_sample, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     if ((s->lp_on = !logits_params_off(&s->lp.p))) {
         s->lp.cap = s->ctx + 1;
         if (!(s->lp.work = xcalloc((size_t)s->lp.cap, sizeof *s->lp.work))) return cli_fail(cmd, EXIT_RUNTIME, "out of memory");
     }
     if (a->backend.gpu && a->model.attn != ATTN_ABSORB) return cli_fail(cmd, EXIT_USAGE, "--backend fast runs the absorbed attention only");
-    if (a->backend.gpu) {
-        GpuEngineOptions go = session_gpu(a, s->ctx, ep);
-        if (ep->plan_path) err_set(&err, "--ep-plan places experts on the reference backend only: drop --backend fast");
-        if (ep->plan_path || cli_ep_start(ep, &s->m, &err) || gpu_engine_open(&s->gpu, &s->m, &go, stderr, &err))
-            return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->gpu));
-    } else if (cli_ep_gpu_env(ep)) {
-        if (!(s->ep_rank = cli_ep_join_ref(ep, &s->m, &err))) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
-    }
-    if (a->routing_stats && (a->backend.gpu || routing_counter_init(&s->routing, c, s->m.w.n_mtp, s->ep_rank ? &s->ep_rank->hook : NULL, &err)))
+    GpuEngineOptions go = session_gpu(a, s->ctx, ep);
+    if ((rc = cli_load_backend(cmd, &s->l, a->backend.gpu ? &go : NULL, ep))) return rc;
+    if (s->l.gpu) fprintf(stderr, "dsv3: --backend fast on %s\n", gpu_engine_describe(s->l.gpu));
+    else if (s->l.ep_rank) fprintf(stderr, "dsv3: routed experts over %d processes (TCP)\n", ep->env.world_size);
+    if (a->routing_stats && (a->backend.gpu || routing_counter_init(&s->routing, c, s->l.m.w.n_mtp, s->l.ep_rank ? &s->l.ep_rank->hook : NULL, &err)))
         return cli_fail(cmd, EXIT_USAGE, "--routing-stats: %s", a->backend.gpu ? "counts the reference's MoE layers: drop --backend fast" : err.msg);
     snprintf(s->settings, sizeof s->settings, "context %ld, temp %g top-k %ld top-p %g seed %llu, speculative %s, %d thread%s",
              s->ctx, sp->temp, sp->top_k, sp->top_p, (unsigned long long)s->seed,
@@ -305,7 +287,7 @@ static int session_load(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
 
 /** The hook the session's MoE layers go through: the routing counter, the EP group, or none. */
 static MoeHook *session_hook(Session *s) {
-    return s->routing.scratch ? &s->routing.hook : s->ep_rank ? &s->ep_rank->hook : NULL;
+    return s->routing.scratch ? &s->routing.hook : s->l.ep_rank ? &s->l.ep_rank->hook : NULL;
 }
 
 /** Writes --routing-stats at the end of a successful run, then frees the session. */
@@ -322,14 +304,14 @@ static int session_open(const char *cmd, const GenArgs *a, Session *s, CliEp *ep
     int rc = session_load(cmd, a, s, ep);
     if (rc) return rc;
     Err err = { "" };
-    if (gen_init(&s->g, &s->m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, (AttnMode)a->model.attn,
+    if (gen_init(&s->g, &s->l.m, &s->sampler, s->ctx, a->spec ? (int)a->draft : 0, a->chunk, (AttnMode)a->model.attn,
                  (Fp8Mode)a->model.fp8, &err) ||
-        (s->gpu && gen_use_gpu(&s->g, s->gpu, &err)))
+        (s->l.gpu && gen_use_gpu(&s->g, s->l.gpu, &err)))
         return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     gen_set_moe_hook(&s->g, session_hook(s));
     if (s->lp_on) gen_set_logits_hook(&s->g, logits_process_hook, &s->lp);
-    gen_limit_vocab(&s->g, s->n_sample);
-    decode_stream_init(&s->ds, s->tok);
+    gen_limit_vocab(&s->g, s->l.n_sample);
+    decode_stream_init(&s->ds, s->l.tok);
     return EXIT_OK;
 }
 
@@ -353,7 +335,7 @@ static int stream_reply(const char *cmd, Session *s, long limit, ReplyEnd *how) 
 /** Statistics on stderr: tokens, speeds, KV cache, memory, speculation. */
 static void print_stats(const Session *s, int64_t prompt_tokens) {
     const GenStats *st = &s->g.stats;
-    const Config *c = &s->m.config;
+    const Config *c = &s->l.m.config;
     int64_t per_token = kvcache_floats_per_token(c, s->g.kv.mode) * (int64_t)sizeof(float) * c->num_hidden_layers;
     fprintf(stderr, "\n[%s]\n[prompt %lld tokens, prefill %.1f tokens/s | generated %lld tokens, decode %.1f tokens/s |"
                     " KV cache %lld tokens x %lld B = %.2f MiB | peak RSS %.1f MiB",
@@ -477,8 +459,8 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
             if (!ns) rc = cli_fail(cmd, EXIT_RUNTIME, "out of memory");
             else {
                 start = ns, start[n++] = ids.n;
-                int bos = tokenizer_bos_id(s.tok);
-                if ((!a->no_bos && bos >= 0 && intvec_push(&ids, bos)) || tokenizer_encode_append(s.tok, text + at, stop - at, &ids, &err))
+                int bos = tokenizer_bos_id(s.l.tok);
+                if ((!a->no_bos && bos >= 0 && intvec_push(&ids, bos)) || tokenizer_encode_append(s.l.tok, text + at, stop - at, &ids, &err))
                     rc = cli_fail(cmd, EXIT_RUNTIME, "%s: prompt %d: %s", a->batch_file, n - 1, err.msg[0] ? err.msg : "out of memory");
             }
         }
@@ -489,19 +471,19 @@ static int run_batch(const char *cmd, const GenArgs *a, const char *text, size_t
     if (rc == EXIT_OK && a->n_stops && !(texts = xcalloc((size_t)n, sizeof *texts))) rc = cli_fail(cmd, EXIT_RUNTIME, "out of memory");
     if (rc == EXIT_OK) start[n] = ids.n;
     for (int i = 0; rc == EXIT_OK && a->verbose_prompt && i < n; i++)
-        rc = print_prompt_tokens(cmd, s.tok, ids.v + start[i], start[i + 1] - start[i], i);
+        rc = print_prompt_tokens(cmd, s.l.tok, ids.v + start[i], start[i + 1] - start[i], i);
     if (rc == EXIT_OK) {
         for (int i = 0; i < n; i++) {
             reqs[i] = (BatchRequest){ ids.v + start[i], (int64_t)(start[i + 1] - start[i]), a->n_predict, s.seed + (uint64_t)i };
-            if (texts) decode_stream_init(&texts[i].ds, s.tok), stop_init(&texts[i].stop, a->stops, a->n_stops);
+            if (texts) decode_stream_init(&texts[i].ds, s.l.tok), stop_init(&texts[i].stop, a->stops, a->n_stops);
         }
-        BatchOut out = { s.tok, reqs, texts };
+        BatchOut out = { s.l.tok, reqs, texts };
         const CliSampling *sp = &a->sampling;
-        BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s.n_sample,
+        BatchOptions o = { (int)a->parallel, batch_max_T(a), s.ctx, (float)sp->temp, (int)sp->top_k, (float)sp->top_p, s.l.n_sample,
                            s.eos, (AttnMode)a->model.attn, (Fp8Mode)a->model.fp8, session_hook(&s),
                            texts ? batch_token : NULL, &out, s.lp_on ? logits_process_hook : NULL, &s.lp };
         BatchStats st;
-        if (batch_generate(&s.m, s.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        if (batch_generate(&s.l.m, s.l.gpu, &o, reqs, n, batch_line, &out, &st, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else
             fprintf(stderr, "[%s]\n[%d prompts, %lld prompt tokens, %lld generated in %lld steps (up to %d sequences at once)"
                             " in %.2f s: %.1f tokens/s generated, %.1f tokens/s in all]\n",
@@ -545,14 +527,14 @@ static int generate(const char *cmd, GenArgs *a, int argc, char **argv) {
     rc = session_open(cmd, a, &s, &ep);
     IntVec ids = { 0 };
     if (rc == EXIT_OK) {
-        int bos = tokenizer_bos_id(s.tok);
+        int bos = tokenizer_bos_id(s.l.tok);
         if (!a->no_bos && bos >= 0) intvec_push(&ids, bos);
-        if (tokenizer_encode_append(s.tok, text, len, &ids, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+        if (tokenizer_encode_append(s.l.tok, text, len, &ids, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else if ((int64_t)ids.n >= s.g.ctx)
             rc = cli_fail(cmd, EXIT_USAGE, "the prompt is %zu tokens but the context holds %lld (-c)", ids.n,
                           (long long)s.g.ctx);
         else if (a->verbose_prompt)
-            rc = print_prompt_tokens(cmd, s.tok, ids.v, ids.n, -1);
+            rc = print_prompt_tokens(cmd, s.l.tok, ids.v, ids.n, -1);
     }
     if (rc == EXIT_OK) {
         if (gen_feed(&s.g, ids.v, (int64_t)ids.n, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
@@ -594,11 +576,11 @@ static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
     /* The template (--chat-template, or recognized from tokenizer_config.json); a reply ends at its end of turn. */
     ChatTemplate tpl;
     Err terr = { "" };
-    if (rc == EXIT_OK && (chat_template_select(&tpl, s.tok, a->chat_template, a->think > 0, &terr) ||
-                          chat_template_check(&tpl, s.tok, &terr)))
+    if (rc == EXIT_OK && (chat_template_select(&tpl, s.l.tok, a->chat_template, a->think > 0, &terr) ||
+                          chat_template_check(&tpl, s.l.tok, &terr)))
         rc = cli_fail(cmd, EXIT_USAGE, "%s", terr.msg);
     if (rc == EXIT_OK) {
-        int eot = tokenizer_token_id(s.tok, chat_template_end_of_turn(&tpl));
+        int eot = tokenizer_token_id(s.l.tok, chat_template_end_of_turn(&tpl));
         if (eot >= 0) s.eos = eot;
         if (a->think >= 0 && !chat_template_has_think_switch(&tpl))
             fprintf(stderr, "dsv3 chat: --think has no effect with the %s template\n", chat_template_name(tpl.kind));
@@ -607,7 +589,7 @@ static int chat(const char *cmd, GenArgs *a, int argc, char **argv) {
     }
     int turns = 0;
     if (rc == EXIT_OK) {
-        ChatRepl r = { s.tok, &s.g, &s.ds, s.eos, a->n_predict, a->system, &s.stop, &tpl, &s.reasoning, reasoning_mode(a) };
+        ChatRepl r = { s.l.tok, &s.g, &s.ds, s.eos, a->n_predict, a->system, &s.stop, &tpl, &s.reasoning, reasoning_mode(a) };
         rc = chat_repl(cmd, &r, &turns); /* chat_repl.c: the loop, its commands, context shift */
     }
     if (rc == EXIT_OK && turns > 0) print_stats(&s, s.g.stats.prefilled);

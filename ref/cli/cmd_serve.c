@@ -5,6 +5,11 @@
  *   dsv3 serve -m DIR [--host 127.0.0.1] [--port 8080] [-c CTX] [-np N] [-b N] [-t N]
  *              [--backend ref|fast] [--ep N] [--spec mtp] [--api-key KEY[,KEY…] | --api-key-file F]
  *              [--timeout S] [--max-queue N] [--metrics] [--no-webui] [--alias NAME]
+ *              [--chat-template NAME] [--think on|off]
+ *
+ * The chat template is chosen once, here (chat.h: --chat-template, else the one recognized from
+ * tokenizer_config.json); --think is deepseek-v3.1's thinking for requests that do not set
+ * chat_template_kwargs.thinking.
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -15,9 +20,12 @@
 #include "cli.h"
 #include "cli_ep.h"
 #include "cli_groups.h"
+#include "cli_load.h"
 #include "cli_util.h"
+#include "ep/eplb.h"
 #include "generate/generate.h"
 #include "serve/server.h"
+#include "tokenizer/chat.h"
 
 /** The flags of serve. */
 typedef struct {
@@ -26,6 +34,9 @@ typedef struct {
     CliEpFlags ep;         /* --ep N, --ep-transport */
     CliThreads threads;    /* -t */
     const char *tokenizer, *host, *api_key, *key_file, *alias;
+    const char *chat_template; /* --chat-template NAME */
+    const char *routing_stats; /* --routing-stats FILE */
+    int think;             /* --think on|off: −1 not given */
     long port, n_slots, batch, draft, max_queue, max_body;
     double timeout_s;
     int spec, metrics, no_webui;
@@ -37,7 +48,7 @@ typedef struct {
     long ctx_flag;         /* -c as given */
 } ServeArgs;
 
-static const int spec_values[] = { 1, 0 };
+static const int spec_values[] = { 1, 0 }, think_values[] = { 1, 0 };
 
 /** serve's own options (llama-server's names). */
 static const CliOpt serve_opts[] = {
@@ -68,6 +79,13 @@ static const CliOpt serve_opts[] = {
     { "--no-webui", NULL, CLI_FLAG, offsetof(ServeArgs, no_webui), .help = "no chat page at GET /" },
     { "--alias", NULL, CLI_STR, offsetof(ServeArgs, alias), "NAME",
       .help = "the model's name in /v1/models and responses (default: the directory's name)" },
+    { "--chat-template", NULL, CLI_STR, offsetof(ServeArgs, chat_template), "NAME",
+      .help = "deepseek-v3, deepseek-r1, deepseek-v3.1, kimi-k2, kimi-k2-thinking\n"
+              "(default: recognized from the tokenizer's tokenizer_config.json)" },
+    { "--think", NULL, CLI_CHOICE, offsetof(ServeArgs, think), .choices = "on|off", .values = think_values,
+      .help = "deepseek-v3.1: thinking unless a request sets chat_template_kwargs.thinking\n(default off)" },
+    { "--routing-stats", NULL, CLI_STR, offsetof(ServeArgs, routing_stats), "FILE",
+      .help = "at shutdown, write the tokens each routed expert received, per MoE layer\n(JSON lines; dsv3 eplb)" },
 };
 
 /** Splits the comma- or newline-separated keys of a->keys_text into a->keys. */
@@ -103,18 +121,21 @@ static int parse_args(int argc, char **argv, ServeArgs *a) {
     cli_add(&c, cli_threads_group(&a->threads, 0));
     int rc = cli_parse(&c, argc, argv);
     a->fp8_given = rc == CLI_RUN && cli_given(&c, "--fp8");
+    if (rc == CLI_RUN && !cli_given(&c, "--think")) a->think = -1;
     if (rc == CLI_RUN && cli_given(&c, "--api-key") && cli_given(&c, "--api-key-file"))
         rc = cli_fail(cmd, EXIT_USAGE, "give one of --api-key and --api-key-file");
     cli_free(&c);
     if (rc != CLI_RUN) return rc;
     if (!a->model.dir) return cli_fail(cmd, EXIT_USAGE, "-m MODEL_DIR is required (dsv3 serve --help)");
+    ChatTemplateKind kind;
+    Err err = { "" };
+    if (a->chat_template && chat_template_by_name(a->chat_template, &kind, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     a->o = serve_options_default();
     a->o.host = a->host, a->o.port = (int)a->port, a->o.n_slots = (int)a->n_slots, a->o.batch = a->batch;
     a->o.timeout_s = a->timeout_s, a->o.max_queue = (int)a->max_queue, a->o.max_body = (size_t)a->max_body;
     a->o.metrics = a->metrics, a->o.webui = !a->no_webui;
     a->ctx = a->ctx_flag;
     if (a->key_file) {
-        Err err = { "" };
         size_t len;
         if (read_file(a->key_file, 1 << 20, &a->keys_text, &len, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
     } else if (a->api_key && !(a->keys_text = strdup(a->api_key)))
@@ -136,6 +157,24 @@ static GpuEngineOptions engine_options(const ServeArgs *a, const CliEp *ep) {
     int64_t max_T = one ? gen_max_T(a->o.batch, a->o.draft, a->ctx) : (a->o.batch > a->o.n_slots ? a->o.batch : a->o.n_slots);
     return (GpuEngineOptions){ a->fp8_given ? (Fp8Mode)a->model.fp8 : FP8_W8A8, a->backend.kv_bf16, max_T, a->ctx, a->o.draft > 0, cli_ep_gpu_env(ep),
                                ep->tcp, ep->timeout_s, a->o.n_slots };
+}
+
+/**
+ * The chat template of every request: --chat-template, else the tokenizer's (an unknown one is an
+ * error). A tokenizer without the template's markers still serves completions: chat requests then
+ * get a 400 naming the missing token — unless --chat-template asked for that template.
+ */
+static int serve_template(const ServeArgs *a, const Tokenizer *tok, ChatTemplate *tpl) {
+    const char *cmd = "serve";
+    Err err = { "" };
+    if (chat_template_select(tpl, tok, a->chat_template, a->think > 0, &err)) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
+    if (chat_template_check(tpl, tok, &err)) {
+        if (a->chat_template) return cli_fail(cmd, EXIT_USAGE, "%s", err.msg);
+        fprintf(stderr, "dsv3 serve: chat requests will get 400: %s\n", err.msg);
+    }
+    if (a->think >= 0 && !chat_template_has_think_switch(tpl))
+        fprintf(stderr, "dsv3 serve: --think has no effect with the %s template\n", chat_template_name(tpl->kind));
+    return EXIT_OK;
 }
 
 /** The context of a model: -c, else its limit capped at 4096; 0 (printed) when -c is too large. */
@@ -174,36 +213,38 @@ int cmd_serve(int argc, char **argv) {
         return cli_ep_finish(&ep, cmd, rc);
     }
     Server *srv = NULL;
-    Tokenizer *tok = NULL;
-    GpuEngine *gpu = NULL;
-    EpRank *rank = NULL;
-    int loaded = 0;
+    CliLoaded l = { 0 };
     char describe[256] = "reference";
     if (serve_start(&srv, &a.o, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    else if (model_load(&m, a.model.dir, stderr, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    else loaded = 1;
-    if (rc == 0 && tokenizer_load(&tok, a.tokenizer ? a.tokenizer : a.model.dir, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-    if (rc == 0 && (a.ctx = serve_ctx(&a, &m.config)) == 0) rc = EXIT_USAGE;
-    if (rc == 0 && a.o.draft > 0 && m.w.n_mtp == 0) rc = cli_fail(cmd, EXIT_USAGE, "--spec mtp: %s has no MTP module", a.model.dir);
+    else rc = cli_load(cmd, a.model.dir, a.tokenizer, a.o.draft > 0, &l);
+    if (rc == 0 && (a.ctx = serve_ctx(&a, &l.m.config)) == 0) rc = EXIT_USAGE;
+    ChatTemplate tpl;
+    if (rc == 0) rc = serve_template(&a, l.tok, &tpl);
     if (rc == 0 && a.backend.gpu && a.o.draft > 0 && a.o.n_slots > 1)
         rc = cli_fail(cmd, EXIT_USAGE, "--spec mtp with --backend fast drafts for one sequence: use -np 1");
-    if (rc == 0 && a.backend.gpu) {
-        GpuEngineOptions go = engine_options(&a, &ep);
-        if (cli_ep_start(&ep, &m, &err) || gpu_engine_open(&gpu, &m, &go, stderr, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        else snprintf(describe, sizeof describe, "--backend fast on %s", gpu_engine_describe(gpu));
-    } else if (rc == 0 && cli_ep_gpu_env(&ep)) {
-        if (!(rank = cli_ep_join_ref(&ep, &m, &err))) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
-        else snprintf(describe, sizeof describe, "reference, routed experts over %d processes", ep.env.world_size);
+    GpuEngineOptions go = engine_options(&a, &ep);
+    if (rc == 0) rc = cli_load_backend(cmd, &l, a.backend.gpu ? &go : NULL, &ep);
+    if (rc == 0 && l.gpu) snprintf(describe, sizeof describe, "--backend fast on %s", gpu_engine_describe(l.gpu));
+    else if (rc == 0 && l.ep_rank) snprintf(describe, sizeof describe, "reference, routed experts over %d processes", ep.env.world_size);
+    RoutingCounter routing = { 0 };
+    MoeHook *hook = l.ep_rank ? &l.ep_rank->hook : NULL;
+    if (rc == 0 && a.routing_stats) {
+        if (l.gpu) rc = cli_fail(cmd, EXIT_USAGE, "--routing-stats: counts the reference's MoE layers: drop --backend fast");
+        else if (routing_counter_init(&routing, &l.m.config, l.m.w.n_mtp, hook, &err))
+            rc = cli_fail(cmd, EXIT_USAGE, "--routing-stats: %s", err.msg);
+        else hook = &routing.hook;
     }
     if (rc == 0) {
-        ServeModel sm = { &m, tok, gpu, rank ? &rank->hook : NULL, (AttnMode)a.model.attn, (Fp8Mode)a.model.fp8, a.ctx, describe };
+        ServeModel sm = { &l.m, l.tok, l.gpu, hook, (AttnMode)a.model.attn, (Fp8Mode)a.model.fp8, a.ctx, describe,
+                        tpl };
         if (serve_attach(srv, &sm, &err)) rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
         else serve_wait(srv);
     }
-    serve_free(srv);
-    gpu_engine_close(gpu);
-    tokenizer_free(tok);
-    if (loaded) model_free(&m);
+    serve_free(srv); /* the step thread has stopped: the counts are final */
+    if (rc == 0 && a.routing_stats && routing_stats_write(&routing.stats, a.routing_stats, &err))
+        rc = cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
+    routing_counter_free(&routing);
+    cli_loaded_free(&l);
     free(a.keys_text);
     return cli_ep_finish(&ep, cmd, rc);
 }

@@ -74,7 +74,7 @@ int routing_stats_read(RoutingStats *s, const char *path, Err *err);
 /**
  * A MoeHook that counts the routing of every MoE layer it sees into its RoutingStats, running the
  * layer through @p next (expert parallelism) or, when NULL, the local moe_forward. What
- * `--routing-stats FILE` installs in generate, chat and perplexity.
+ * `--routing-stats FILE` installs in generate, chat, perplexity and serve.
  */
 typedef struct {
     MoeHook hook;       /**< install &hook as ForwardContext.moe_hook */

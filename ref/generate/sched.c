@@ -116,14 +116,22 @@ static void finish(struct Sched *s, Slot *sl, SchedFinish why, const char *error
     req_free(r);
 }
 
+/** 1 when @p token ends request @p r: the EOS, or one of its stop ids. */
+static int ends(const struct Sched *s, const Req *r, int token) {
+    if (token == s->o.eos) return 1;
+    for (int i = 0; i < r->p.n_stop_ids; i++)
+        if (token == r->p.stop_ids[i]) return 1;
+    return 0;
+}
+
 /**
- * Delivers out[0..k) (at positions pos0..) to the slot's request, ending it at EOS, at a stop
+ * Delivers out[0..k) (at positions pos0..) to the slot's request, ending it at EOS or a stop id, at a stop
  * its sink asks for or at max_new. Returns how many of them count (the rest never happened).
  */
 static int deliver(struct Sched *s, Slot *sl, const int *out, int k, int64_t pos0) {
     Req *r = sl->req;
     for (int i = 0; i < k; i++) {
-        if (out[i] == s->o.eos) {
+        if (ends(s, r, out[i])) {
             finish(s, sl, SCHED_STOP, NULL);
             return i + 1;
         }
@@ -247,6 +255,8 @@ int sched_submit(Sched *s, const int *prompt, int64_t n, const SchedParams *p, c
     if (sampler_init(&check, p->temperature, p->top_k, p->top_p, p->seed, err)) return -1;
     if (logits_params_check(&p->logits, s->o.n_sample, err)) return -1;
     if (p->top_logprobs > LOGPROBS_MAX_TOP) return err_set(err, "top_logprobs must be ≤ %d", LOGPROBS_MAX_TOP);
+    if (p->n_stop_ids < 0 || p->n_stop_ids > SCHED_MAX_STOP_IDS)
+        return err_set(err, "n_stop_ids must be in [0, %d], got %d", SCHED_MAX_STOP_IDS, p->n_stop_ids);
     Req *r = xcalloc(1, sizeof *r);
     if (!r || !(r->prompt = xcalloc((size_t)n, sizeof *r->prompt)) ||
         (p->logits.n_bias > 0 && !(r->bias = xcalloc((size_t)p->logits.n_bias, sizeof *r->bias)))) {

@@ -36,6 +36,9 @@
 #include "logits_process.h"
 #include "model/model.h"
 
+/** The most ids besides EOS that may end one request (SchedParams.stop_ids). */
+#define SCHED_MAX_STOP_IDS 4
+
 /** How one request is sampled and how long it runs. */
 typedef struct {
     float temperature;   /**< as Sampler (0: greedy) */
@@ -45,11 +48,13 @@ typedef struct {
     LogitsParams logits; /**< penalties, biases, min-p (bias is copied by sched_submit) */
     int64_t max_new;     /**< tokens to generate at most, ≥ 1; prompt + max_new ≤ the context */
     int top_logprobs;    /**< −1: no log-probabilities; 0..LOGPROBS_MAX_TOP: the token's and this many alternatives */
+    int stop_ids[SCHED_MAX_STOP_IDS]; /**< [n_stop_ids] ids that end this request as the EOS does (a chat template's end of turn) */
+    int n_stop_ids;      /**< 0: the EOS alone */
 } SchedParams;
 
 /** One generated token as a request's sink receives it. */
 typedef struct {
-    int token;                           /**< id (never the EOS that ends a request) */
+    int token;                           /**< id (never the EOS or stop id that ends a request) */
     float logprob;                       /**< when top_logprobs ≥ 0: its log-probability (logits_process.h) */
     int n_top;                           /**< entries of top */
     TokenLogprob top[LOGPROBS_MAX_TOP];  /**< the most likely tokens at its position, best first */
@@ -57,7 +62,7 @@ typedef struct {
 
 /** Why a request ended. */
 typedef enum {
-    SCHED_STOP,      /**< EOS, or the sink asked to stop (a stop string) */
+    SCHED_STOP,      /**< EOS or a stop id, or the sink asked to stop (a stop string) */
     SCHED_LENGTH,    /**< max_new tokens */
     SCHED_CANCELLED, /**< sched_cancel */
     SCHED_ERROR      /**< the forward failed (message in SchedResult.error) */

@@ -165,6 +165,22 @@ static int parse_messages(const cJSON *root, ApiRequest *r, ApiError *e) {
     return 0;
 }
 
+/**
+ * chat_template_kwargs, as vLLM and SGLang take it: the variables of the Jinja template. The one
+ * dsv3's templates read is deepseek-v3.1's `thinking`; other keys are ignored, as a template
+ * ignores variables it does not use.
+ */
+static int parse_template_kwargs(const cJSON *root, ApiRequest *r, ApiError *e) {
+    const cJSON *k = field(root, "chat_template_kwargs");
+    if (!k) return 0;
+    if (!cJSON_IsObject(k)) return BAD("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    const cJSON *t = field(k, "thinking");
+    if (!t) return 0;
+    if (!cJSON_IsBool(t)) return BAD("chat_template_kwargs.thinking", "'chat_template_kwargs.thinking' must be true or false");
+    r->thinking = cJSON_IsTrue(t);
+    return 0;
+}
+
 /* ---- prompt, ids, stop, logit_bias ----------------------------------------------------------- */
 
 /** An array of token ids into r->ids. */
@@ -321,6 +337,7 @@ int api_parse_request(ApiKind kind, const char *body, size_t len, ApiRequest *r,
     memset(r, 0, sizeof *r);
     r->kind = kind;
     r->max_tokens = -1;
+    r->thinking = -1;
     r->temperature = 0.8, r->top_p = 0.95, r->top_k = 40;
     r->logits = logits_params_default();
     cJSON *root = cJSON_ParseWithLength(body ? body : "", len);
@@ -328,7 +345,8 @@ int api_parse_request(ApiKind kind, const char *body, size_t len, ApiRequest *r,
     int rc = 0;
     if (!root) rc = BAD(NULL, "the body is not valid JSON");
     else if (!cJSON_IsObject(root)) rc = BAD(NULL, "the body must be a JSON object");
-    else if (kind == API_CHAT) rc = parse_messages(root, r, e) || parse_generation(root, r, e) ? -1 : 0;
+    else if (kind == API_CHAT)
+        rc = parse_messages(root, r, e) || parse_template_kwargs(root, r, e) || parse_generation(root, r, e) ? -1 : 0;
     else if (kind == API_COMPLETION) rc = parse_prompt(root, r, e) || parse_generation(root, r, e) ? -1 : 0;
     else if (kind == API_TOKENIZE) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "content");

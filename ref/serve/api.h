@@ -40,6 +40,7 @@ typedef struct {
     /* chat */
     ChatMessage *msgs;         /**< [n_msgs] roles "system", "user", "assistant" ("developer" reads "system") */
     int n_msgs;                /**< messages */
+    int thinking;              /**< chat_template_kwargs.thinking: 1 true, 0 false, −1 absent */
     char **owned;              /**< [n_owned] contents joined from text parts */
     int n_owned;               /**< entries of owned */
     /* completions, tokenize */

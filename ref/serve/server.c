@@ -48,6 +48,7 @@ struct Server {
     int have_thread;
     int64_t ctx;
     int n_sample, bos;
+    int eot;                    /* the chat template's end of turn when it is not the EOS (−1: it is) */
     Metrics metrics;
     pthread_mutex_t mu;         /* guards rng and next_id */
     Rng rng;                    /* seeds of requests without one */
@@ -114,7 +115,11 @@ typedef struct {
     DecodeStream ds;
     StopMatcher stop;
     ByteBuf scratch;          /* text released by the stop matcher in this call */
-    ByteBuf text;             /* non-streaming: the whole reply */
+    int reasons;              /* chat with a template that reasons: <think>...</think> becomes reasoning_content */
+    ChatReasoning rs;         /* its splitter */
+    ByteBuf part_think, part_answer; /* what the splitter made of this call's text */
+    ByteBuf text;             /* non-streaming: the whole reply (the answer, when it reasons) */
+    ByteBuf think;            /* non-streaming: the whole reasoning */
     ByteBuf out;              /* streaming: SSE bytes not yet sent */
     size_t out_sent;
     cJSON *lp;                /* log-probabilities not yet sent (streaming) or all of them */
@@ -135,7 +140,9 @@ static void req_unref(ServeReq *q) {
     if (left) return;
     decode_stream_free(&q->ds);
     stop_free(&q->stop);
+    chat_reasoning_free(&q->rs);
     bytebuf_free(&q->scratch), bytebuf_free(&q->text), bytebuf_free(&q->out);
+    bytebuf_free(&q->think), bytebuf_free(&q->part_think), bytebuf_free(&q->part_answer);
     cJSON_Delete(q->lp);
     pthread_mutex_destroy(&q->mu);
     pthread_cond_destroy(&q->cv);
@@ -235,8 +242,11 @@ static void sse_append(ServeReq *q, cJSON *o) {
     free(text);
 }
 
-/** One streamed choice chunk: @p content (may be NULL), @p finish (NULL: null), the role on the first. */
-static void sse_chunk(ServeReq *q, const char *content, const char *finish, int role) {
+/**
+ * One streamed choice chunk: @p reasoning (chat's delta.reasoning_content) and @p content (either may
+ * be NULL), @p finish (NULL: null), the role on the first.
+ */
+static void sse_chunk(ServeReq *q, const char *reasoning, const char *content, const char *finish, int role) {
     int chat = q->kind == API_CHAT;
     cJSON *o = response_head(q, chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choice = cJSON_CreateObject();
@@ -244,6 +254,7 @@ static void sse_chunk(ServeReq *q, const char *content, const char *finish, int 
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
+        if (reasoning) cJSON_AddStringToObject(delta, "reasoning_content", reasoning);
         if (content) cJSON_AddStringToObject(delta, "content", content);
     } else
         cJSON_AddStringToObject(choice, "text", content ? content : "");
@@ -253,6 +264,39 @@ static void sse_chunk(ServeReq *q, const char *content, const char *finish, int 
     else cJSON_AddNullToObject(choice, "finish_reason");
     cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), choice);
     sse_append(q, o);
+}
+
+/** Empties @p b, keeping it a valid C string. */
+static void buf_clear(ByteBuf *b) {
+    b->len = 0;
+    if (b->data) b->data[0] = 0;
+}
+
+/** The text of @p b ("" while it has never held any). */
+static const char *buf_str(const ByteBuf *b) { return b->data ? b->data : ""; }
+
+/**
+ * Passes on the reply text in q->scratch (what the stop matcher released; the request's mutex
+ * held): through the reasoning splitter when the request's template reasons (@p last: the end of
+ * the reply, which flushes it), then into the non-streaming reply, or as SSE chunks — the
+ * reasoning's first, then the answer's (which also carries log-probabilities not yet sent).
+ */
+static void put_text(ServeReq *q, int last) {
+    const ByteBuf *answer = &q->scratch, *think = &q->part_think;
+    buf_clear(&q->part_think);
+    if (q->reasons) {
+        buf_clear(&q->part_answer);
+        chat_reasoning_split(&q->rs, buf_str(&q->scratch), q->scratch.len, &q->part_think, &q->part_answer);
+        if (last) chat_reasoning_split_flush(&q->rs, &q->part_think, &q->part_answer);
+        answer = &q->part_answer;
+    }
+    if (!q->stream) {
+        bytebuf_append(&q->think, buf_str(think), think->len);
+        bytebuf_append(&q->text, buf_str(answer), answer->len);
+        return;
+    }
+    if (think->len > 0) sse_chunk(q, buf_str(think), NULL, NULL, 0);
+    if (answer->len > 0 || q->lp) sse_chunk(q, NULL, buf_str(answer), NULL, 0);
 }
 
 /** The step thread: one token. */
@@ -268,15 +312,13 @@ static int on_token(void *user, const SchedToken *t) {
     size_t len = 0;
     Err err;
     if (decode_stream_step(&q->ds, t->token, &piece, &len, &err)) piece = "", len = 0;
-    q->scratch.len = 0;
+    buf_clear(&q->scratch);
     const char *shown;
     size_t n_shown;
     int stopped = stop_feed(&q->stop, piece, len, &shown, &n_shown);
     if (stopped >= 0) bytebuf_append(&q->scratch, shown, n_shown);
     if (q->logprobs) lp_add(q, t);
-    const char *content = q->scratch.data ? q->scratch.data : "";
-    if (!q->stream) bytebuf_append(&q->text, content, q->scratch.len);
-    else if (q->scratch.len > 0 || q->lp) sse_chunk(q, content, NULL, 0);
+    put_text(q, 0);
     pthread_cond_broadcast(&q->cv);
     pthread_mutex_unlock(&q->mu);
     return stopped == 1;
@@ -295,7 +337,7 @@ static void on_done(void *user, const SchedResult *r) {
         const char *piece;
         size_t len;
         Err err;
-        q->scratch.len = 0;
+        buf_clear(&q->scratch);
         const char *shown;
         size_t n_shown;
         if (decode_stream_flush(&q->ds, &piece, &len, &err) == 0 && len > 0 && stop_feed(&q->stop, piece, len, &shown, &n_shown) >= 0)
@@ -303,10 +345,9 @@ static void on_done(void *user, const SchedResult *r) {
         stop_flush(&q->stop, &shown, &n_shown);
         bytebuf_append(&q->scratch, shown, n_shown);
         const char *finish = r->finish == SCHED_STOP ? "stop" : "length";
-        if (!q->stream) bytebuf_append(&q->text, q->scratch.data ? q->scratch.data : "", q->scratch.len);
-        else {
-            if (q->scratch.len > 0 || q->lp) sse_chunk(q, q->scratch.data ? q->scratch.data : "", NULL, 0);
-            sse_chunk(q, NULL, finish, 0);
+        put_text(q, 1);
+        if (q->stream) {
+            sse_chunk(q, NULL, NULL, finish, 0);
             if (q->include_usage) {
                 cJSON *o = response_head(q, q->kind == API_CHAT ? "chat.completion.chunk" : "text_completion");
                 cJSON_AddArrayToObject(o, "choices");
@@ -470,6 +511,7 @@ static enum MHD_Result answer_models(Server *s, struct MHD_Connection *c) {
         cJSON_AddNumberToObject(meta, "hidden_size", cf->hidden_size);
         cJSON_AddNumberToObject(meta, "n_routed_experts", cf->n_routed_experts);
         cJSON_AddBoolToObject(meta, "mtp_speculation", s->o.draft > 0);
+        cJSON_AddStringToObject(meta, "chat_template", chat_template_name(s->sm.chat.kind));
     }
     cJSON_AddItemToArray(data, m);
     return send_json(s, c, EP_MODELS, 200, o);
@@ -548,12 +590,12 @@ static enum MHD_Result answer_tokenize(Server *s, struct MHD_Connection *c, cons
 
 /* ---- generation endpoints ----------------------------------------------------------------------- */
 
-/** The prompt's token ids of a parsed request; −1 with @p e on a bad one. */
-static int prompt_ids(Server *s, const ApiRequest *a, IntVec *ids, ApiError *e) {
+/** The prompt's token ids of a parsed request (a chat's rendered with @p tpl); −1 with @p e on a bad one. */
+static int prompt_ids(Server *s, const ApiRequest *a, const ChatTemplate *tpl, IntVec *ids, ApiError *e) {
     Err err = { "" };
     if (a->kind == API_CHAT) {
         int *v = NULL, n = 0;
-        if (chat_encode(s->sm.tok, a->msgs, a->n_msgs, 1, &v, &n, &err))
+        if (chat_template_encode(tpl, s->sm.tok, a->msgs, a->n_msgs, 1, &v, &n, &err))
             return api_error(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
         int rc = intvec_append(ids, v, (size_t)n);
         free(v);
@@ -581,6 +623,7 @@ static cJSON *final_json(ServeReq *q) {
     if (chat) {
         cJSON *m = cJSON_AddObjectToObject(choice, "message");
         cJSON_AddStringToObject(m, "role", "assistant");
+        if (q->reasons) cJSON_AddStringToObject(m, "reasoning_content", buf_str(&q->think));
         cJSON_AddStringToObject(m, "content", text);
     } else
         cJSON_AddStringToObject(choice, "text", text);
@@ -604,8 +647,10 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
     if (api_parse_request(kind, cn->body.data, cn->body.len, &a, &e)) return send_error(s, c, ep, &e);
     IntVec ids = { 0 };
     int rc = 0;
+    ChatTemplate tpl = s->sm.chat; /* chat_template_kwargs.thinking overrides --think */
+    if (a.thinking >= 0) tpl.think = a.thinking;
     if (atomic_load(&s->closing)) rc = api_error(&e, 503, "unavailable_error", NULL, NULL, "the server is shutting down");
-    else rc = prompt_ids(s, &a, &ids, &e);
+    else rc = prompt_ids(s, &a, &tpl, &ids, &e);
     if (rc == 0 && ids.n == 0) rc = api_error(&e, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt", NULL, "the prompt has no tokens");
     int64_t n = (int64_t)ids.n, max_new = a.max_tokens > 0 ? a.max_tokens : s->ctx - n;
     if (rc == 0 && (n + max_new > s->ctx || max_new < 1))
@@ -625,6 +670,8 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         q->fd = ci ? ci->connect_fd : -1;
         decode_stream_init(&q->ds, s->sm.tok);
+        q->reasons = kind == API_CHAT && chat_template_reasons(&tpl);
+        chat_reasoning_init(&q->rs, REASONING_SPLIT, chat_template_opens_reasoning(&tpl));
         pthread_mutex_lock(&s->mu);
         uint64_t serial = s->next_id++;
         uint64_t seed = a.have_seed ? (uint64_t)a.seed : ((uint64_t)rng_u32(&s->rng) << 32 | rng_u32(&s->rng));
@@ -632,9 +679,9 @@ static enum MHD_Result answer_generate(Server *s, struct MHD_Connection *c, cons
         snprintf(q->id, sizeof q->id, "%s-%llx%06llx", kind == API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)s->started,
                  (unsigned long long)serial);
         if (stop_init_copy(&q->stop, a.stop, a.n_stop)) rc = api_error(&e, 500, "server_error", NULL, NULL, "out of memory");
-        if (rc == 0 && q->stream && kind == API_CHAT) sse_chunk(q, "", NULL, 1);
+        if (rc == 0 && q->stream && kind == API_CHAT) sse_chunk(q, NULL, "", NULL, 1);
         SchedParams p = { (float)a.temperature, a.top_k, a.top_p > 0 ? (float)a.top_p : 1e-9f, seed, a.logits, max_new,
-                          a.logprobs ? a.top_logprobs : -1 };
+                          a.logprobs ? a.top_logprobs : -1, { s->eot }, kind == API_CHAT && s->eot >= 0 };
         SchedSink sink = { on_token, on_done, req_alive, q };
         int sr = rc ? -1 : sched_submit(s->sched, ids.v, n, &p, &sink, &q->sched_id, &err);
         if (rc == 0 && sr == SCHED_FULL)
@@ -839,6 +886,9 @@ int serve_attach(Server *s, const ServeModel *sm, Err *err) {
     s->bos = tokenizer_bos_id(sm->tok);
     int eos = tokenizer_eos_id(sm->tok);
     if (eos < 0) eos = c->eos_token_id;
+    /* A chat reply ends at its template's end of turn (Kimi's <|im_end|> is not its EOS), a completion at the EOS. */
+    s->eot = tokenizer_token_id(sm->tok, chat_template_end_of_turn(&sm->chat));
+    if (s->eot == eos) s->eot = -1;
     s->ctx = sm->ctx;
     SchedOptions so = { s->o.n_slots, sm->ctx, s->o.batch, s->o.draft, s->n_sample, eos, s->o.max_queue, sm->attn, sm->fp8,
                         sm->moe_hook };
@@ -846,9 +896,10 @@ int serve_attach(Server *s, const ServeModel *sm, Err *err) {
     if (pthread_create(&s->thread, NULL, step_thread, s)) return err_set(err, "cannot start the step thread");
     s->have_thread = 1;
     atomic_store(&s->ready, 1);
-    fprintf(stderr, "dsv3 serve: ready: model '%s', %d slots x %lld positions, %lld tokens per step, %s%s%s\n", s->o.alias,
-            s->o.n_slots, (long long)s->ctx, (long long)s->o.batch, sm->describe ? sm->describe : "reference",
-            s->o.draft > 0 ? ", MTP speculation" : "", s->o.n_api_keys ? ", API key required" : "");
+    fprintf(stderr, "dsv3 serve: ready: model '%s', %d slots x %lld positions, %lld tokens per step, %s%s%s, chat template %s%s\n",
+            s->o.alias, s->o.n_slots, (long long)s->ctx, (long long)s->o.batch, sm->describe ? sm->describe : "reference",
+            s->o.draft > 0 ? ", MTP speculation" : "", s->o.n_api_keys ? ", API key required" : "", chat_template_name(sm->chat.kind),
+            chat_template_has_think_switch(&sm->chat) ? (sm->chat.think ? " (thinking by default)" : " (not thinking by default)") : "");
     return 0;
 }
 

@@ -20,6 +20,7 @@
 
 #include "backend.h"
 #include "model/model.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
 /** Flags of `dsv3 serve` (llama-server's names). */
@@ -51,6 +52,7 @@ typedef struct {
     Fp8Mode fp8;            /**< reference: FP8 numerics */
     int64_t ctx;            /**< positions per slot (-c), prompt + reply */
     const char *describe;   /**< one line for the ready message (backend, numerics) */
+    ChatTemplate chat;      /**< every chat request's template; its think is the default of chat_template_kwargs.thinking */
 } ServeModel;
 
 /** A running server (opaque). */

@@ -88,6 +88,10 @@ int chat_template_opens_reasoning(const ChatTemplate *tpl) {
     return tpl->kind == CHAT_DEEPSEEK_R1 || (tpl->kind == CHAT_DEEPSEEK_V31 && tpl->think);
 }
 
+int chat_template_reasons(const ChatTemplate *tpl) {
+    return chat_template_opens_reasoning(tpl) || tpl->kind == CHAT_KIMI_K2_THINKING;
+}
+
 const char *chat_template_end_of_turn(const ChatTemplate *tpl) { return is_kimi(tpl) ? KIMI_END : CHAT_END; }
 
 static int role_ok(const char *role) {
@@ -318,26 +322,28 @@ void chat_reasoning_init(ChatReasoning *r, ReasoningMode mode, int in_reasoning)
     r->in_reasoning = r->pending_open = in_reasoning;
 }
 
-/** Emits a span of reasoning or answer text in the mode's form. */
-static int emit(ChatReasoning *r, const char *s, size_t n, ByteBuf *out) {
+/** Emits a span of reasoning or answer text in the mode's form: reasoning to @p think, the rest to @p answer. */
+static int emit(ChatReasoning *r, const char *s, size_t n, ByteBuf *think, ByteBuf *answer) {
     if (n == 0 || (r->in_reasoning && r->mode == REASONING_HIDE)) return 0;
     if (!r->in_reasoning && !r->answer_started)
         for (size_t i = 0; i < n; i++)
             if (s[i] != ' ' && s[i] != '\n' && s[i] != '\t' && s[i] != '\r') r->answer_started = 1;
-    return bytebuf_append(out, s, n);
+    return bytebuf_append(r->in_reasoning ? think : answer, s, n);
 }
 
 /** The reasoning opens (`<think>`) or closes (`</think>`): the mode's marker. */
 static int toggle(ChatReasoning *r, ByteBuf *out) {
-    static const char *const open[] = { THINK_OPEN, DIM_ON, "" }, *const close[] = { THINK_CLOSE, DIM_OFF, "" };
+    static const char *const open[] = { THINK_OPEN, DIM_ON, "", "" }, *const close[] = { THINK_CLOSE, DIM_OFF, "", "" };
     int rc = bytebuf_puts(out, r->in_reasoning ? close[r->mode] : open[r->mode]);
     r->in_reasoning = !r->in_reasoning;
     return rc;
 }
 
-int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf *out) {
+int chat_reasoning_split(ChatReasoning *r, const char *text, size_t len, ByteBuf *reasoning, ByteBuf *answer) {
+    /* Outside REASONING_SPLIT the reasoning is shown inline: one output for both. */
+    ByteBuf *think = r->mode == REASONING_SPLIT ? reasoning : answer;
     if (r->pending_open) { /* a reasoning the prompt opened: dimmed from the first piece (tags: as written) */
-        if (r->mode == REASONING_SHOW_DIM && bytebuf_puts(out, DIM_ON)) return -1;
+        if (r->mode == REASONING_SHOW_DIM && bytebuf_puts(answer, DIM_ON)) return -1;
         r->pending_open = 0;
     }
     ByteBuf buf = {0};
@@ -352,7 +358,7 @@ int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf 
     while (rc == 0 && at < n) {
         const char *tag = r->in_reasoning ? THINK_CLOSE : (r->answer_started ? NULL : THINK_OPEN);
         if (!tag) {
-            rc = emit(r, s + at, n - at, out);
+            rc = emit(r, s + at, n - at, think, answer);
             break;
         }
         size_t tl = strlen(tag);
@@ -370,8 +376,8 @@ int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf 
                     if (s[i] != ' ' && s[i] != '\n' && s[i] != '\t' && s[i] != '\r') r->answer_started = 1;
                 if (r->answer_started) continue;
             }
-            rc = emit(r, s + at, k - at, out);
-            if (rc == 0) rc = toggle(r, out);
+            rc = emit(r, s + at, k - at, think, answer);
+            if (rc == 0) rc = toggle(r, answer);
             at = k + tl;
             continue;
         }
@@ -379,7 +385,7 @@ int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf 
         size_t keep = 0;
         for (size_t m = tl - 1; m > 0 && !keep; m--)
             if (n - at >= m && !memcmp(s + n - m, tag, m)) keep = m;
-        rc = emit(r, s + at, n - at - keep, out);
+        rc = emit(r, s + at, n - at - keep, think, answer);
         if (rc == 0 && keep) rc = bytebuf_append(&r->hold, s + n - keep, keep);
         break;
     }
@@ -387,13 +393,19 @@ int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf 
     return rc;
 }
 
-int chat_reasoning_flush(ChatReasoning *r, ByteBuf *out) {
-    int rc = emit(r, r->hold.data ? r->hold.data : "", r->hold.len, out);
+int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf *out) {
+    return chat_reasoning_split(r, text, len, out, out);
+}
+
+int chat_reasoning_split_flush(ChatReasoning *r, ByteBuf *reasoning, ByteBuf *answer) {
+    int rc = emit(r, r->hold.data ? r->hold.data : "", r->hold.len, r->mode == REASONING_SPLIT ? reasoning : answer, answer);
     r->hold.len = 0;
-    if (rc == 0 && r->in_reasoning && r->mode == REASONING_SHOW_DIM) rc = bytebuf_puts(out, DIM_OFF);
+    if (rc == 0 && r->in_reasoning && r->mode == REASONING_SHOW_DIM) rc = bytebuf_puts(answer, DIM_OFF);
     r->in_reasoning = 0;
     return rc;
 }
+
+int chat_reasoning_flush(ChatReasoning *r, ByteBuf *out) { return chat_reasoning_split_flush(r, out, out); }
 
 void chat_reasoning_free(ChatReasoning *r) { bytebuf_free(&r->hold); }
 

@@ -113,6 +113,13 @@ int chat_template_has_think_switch(const ChatTemplate *tpl);
 /** 1 when the generation prompt opens the reply inside `<think>` (deepseek-r1; v3.1 with think). */
 int chat_template_opens_reasoning(const ChatTemplate *tpl);
 
+/**
+ * 1 when the template's replies reason first (`<think>` … `</think>`, then the answer): deepseek-r1,
+ * deepseek-v3.1 with think, kimi-k2-thinking (whose reply opens the `<think>` itself). A server
+ * returns that part as reasoning_content.
+ */
+int chat_template_reasons(const ChatTemplate *tpl);
+
 /** The text that ends an assistant turn: "`<｜end▁of▁sentence｜>`" or "<|im_end|>" (a chat stops there). */
 const char *chat_template_end_of_turn(const ChatTemplate *tpl);
 
@@ -176,6 +183,7 @@ typedef enum {
     REASONING_SHOW_TAGS, /**< printed as the model wrote it, tags included: the text is unchanged */
     REASONING_SHOW_DIM,  /**< printed dimmed (ANSI SGR 2), without the tags: a terminal */
     REASONING_HIDE,      /**< not printed: the answer only */
+    REASONING_SPLIT,     /**< apart, without the tags: chat_reasoning_split (a server's reasoning_content) */
 } ReasoningMode;
 
 /**
@@ -199,6 +207,16 @@ int chat_reasoning_feed(ChatReasoning *r, const char *text, size_t len, ByteBuf 
 
 /** Ends the reply: appends what is held back (and closes a dimmed or tagged reasoning). */
 int chat_reasoning_flush(ChatReasoning *r, ByteBuf *out);
+
+/**
+ * chat_reasoning_feed with two outputs: in REASONING_SPLIT mode the reasoning of @p text goes to
+ * @p reasoning and the rest to @p answer, the tags to neither; in the other modes everything goes
+ * to @p answer as chat_reasoning_feed writes it.
+ */
+int chat_reasoning_split(ChatReasoning *r, const char *text, size_t len, ByteBuf *reasoning, ByteBuf *answer);
+
+/** chat_reasoning_flush with chat_reasoning_split's two outputs. */
+int chat_reasoning_split_flush(ChatReasoning *r, ByteBuf *reasoning, ByteBuf *answer);
 
 /** Releases the held bytes. */
 void chat_reasoning_free(ChatReasoning *r);
