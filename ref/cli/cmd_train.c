@@ -51,6 +51,13 @@ static void usage(FILE *f) {
             "  --bias-update X        gamma: aux-loss-free bias update speed (0.001)\n"
             "  --balance-alpha X      alpha: sequence-wise balance loss weight (0.0001)\n"
             "  --mtp-lambda X         lambda: MTP loss weight (0.3)\n"
+            "numerics (paper §3.3; docs/training.md)\n"
+            "  --precision P          fp32 (default) or fp8: every linear's GEMMs in the emulated FP8 recipe\n"
+            "  --fp8-promote N        fp8: promote partial sums to FP32 every N products (128; 0 = never)\n"
+            "  --fp8-acc-bits N       fp8: mantissa bits of the accumulator between promotions (14; 23 = FP32)\n"
+            "  --fp8-scaling S        fp8: tile (1x128 activations, 128x128 weights; default) or tensor\n"
+            "  --fp8-grad F           fp8: format of output gradients in Dgrad/Wgrad: e4m3 (default) or e5m2\n"
+            "  --moments M            AdamW moments fp32 or bf16 (default: bf16 under fp8, else fp32)\n"
             "init and data order\n"
             "  --seed N               random init and shuffling (default 1337)\n"
             "  --init-std X           std of random matrices (default 0.006*sqrt(7168/hidden))\n"
@@ -74,7 +81,7 @@ typedef struct {
     TrainOptions o;
     const char *train, *val, *preset, *config, *init, *out, *tokenizer, *log, *resume;
     char *sets[64];
-    int n_sets, shape_flags, warmup_given, lr_min_given, mtp_given;
+    int n_sets, shape_flags, warmup_given, lr_min_given, mtp_given, moments_given, fp8_flags;
     long vocab, save_every, keep, val_every, val_batches, stop_after;
     CkptFormat format;
 } Args;
@@ -126,6 +133,28 @@ static int parse(Args *a, int argc, char **argv) {
         else if (IS("--seed")) { if (!LONG(0, 0x7fffffffL)) return -1; a->o.seed = (uint64_t)l; }
         else if (IS("--init-std")) { if (!DBL(0, 10)) return -1; a->o.init_std = d; }
         else if (IS("--shuffle")) a->o.shuffle = 1;
+        else if (IS("--precision")) {
+            if (!VALUE()) return -1;
+            if (!strcmp(v, "fp32") || !strcmp(v, "fp8")) a->o.precision = !strcmp(v, "fp8") ? TRAIN_FP8 : TRAIN_FP32;
+            else return cli_fail(CMD, EXIT_USAGE, "--precision must be fp32 or fp8, got '%s'", v), -1;
+        }
+        else if (IS("--fp8-promote")) { if (!LONG(0, 1L << 30)) return -1; a->o.fp8.promote = (int)l; a->fp8_flags++; }
+        else if (IS("--fp8-acc-bits")) { if (!LONG(1, 23)) return -1; a->o.fp8.acc_bits = (int)l; a->fp8_flags++; }
+        else if (IS("--fp8-scaling")) {
+            if (!VALUE()) return -1;
+            if (strcmp(v, "tile") && strcmp(v, "tensor")) return cli_fail(CMD, EXIT_USAGE, "--fp8-scaling must be tile or tensor, got '%s'", v), -1;
+            a->o.fp8.per_tensor = !strcmp(v, "tensor"), a->fp8_flags++;
+        }
+        else if (IS("--fp8-grad")) {
+            if (!VALUE()) return -1;
+            if (strcmp(v, "e4m3") && strcmp(v, "e5m2")) return cli_fail(CMD, EXIT_USAGE, "--fp8-grad must be e4m3 or e5m2, got '%s'", v), -1;
+            a->o.fp8.grad_format = !strcmp(v, "e5m2") ? FMT_E5M2 : FMT_E4M3, a->fp8_flags++;
+        }
+        else if (IS("--moments")) {
+            if (!VALUE()) return -1;
+            if (strcmp(v, "fp32") && strcmp(v, "bf16")) return cli_fail(CMD, EXIT_USAGE, "--moments must be fp32 or bf16, got '%s'", v), -1;
+            a->o.bf16_moments = !strcmp(v, "bf16"), a->moments_given = 1;
+        }
         else if (IS("-o") || IS("--out")) { if (!VALUE()) return -1; a->out = v; }
         else if (IS("--save-every")) { if (!LONG(0, 1L << 40)) return -1; a->save_every = l; }
         else if (IS("--save-format")) {
@@ -200,6 +229,7 @@ static int new_run(Args *a, Trainer *tr, Err *err) {
     if (a->o.init_std < 0) a->o.init_std = train_options_default(c.hidden_size).init_std;
     if (!a->warmup_given) a->o.lr.warmup = a->o.steps / 10 < 100 ? a->o.steps / 10 : 100;
     if (!a->lr_min_given) a->o.lr.min = a->o.lr.peak / 10;
+    if (!a->moments_given) a->o.bf16_moments = a->o.precision == TRAIN_FP8; /* the paper's BF16 moments go with its recipe */
     if (trainer_init(tr, &c, &a->o, err)) goto fail;
     ParamInit pi = { a->o.seed, (float)a->o.init_std };
     int rc;
@@ -356,6 +386,10 @@ int cmd_train(int argc, char **argv) {
         return cli_fail(CMD, EXIT_USAGE, "%s", err.msg);
     }
     if (!a.out) a.out = "out";
+    if (a.fp8_flags && tr.opt.precision != TRAIN_FP8) {
+        trainer_free(&tr);
+        return cli_fail(CMD, EXIT_USAGE, "--fp8-promote/--fp8-acc-bits/--fp8-scaling/--fp8-grad need --precision fp8");
+    }
     if (!a.train) {
         trainer_free(&tr);
         return cli_fail(CMD, EXIT_USAGE, "--train FILE is required (dsv3 train --help)");
@@ -388,6 +422,10 @@ int cmd_train(int argc, char **argv) {
             (double)main_p / 1e6, (double)(mtp_p - 2 * (uint64_t)tr.opt.n_mtp * (uint64_t)c->vocab_size * (uint64_t)c->hidden_size) / 1e6,
             tr.opt.n_mtp, (long long)train.n, a.train, (long long)tr.opt.batch, (long long)tr.opt.seq_len,
             (long long)tr.opt.steps);
+    if (tr.opt.precision == TRAIN_FP8)
+        fprintf(stderr, "dsv3 train: fp8 recipe: e4m3 (gradients %s), %s scales, %d-bit accumulation promoted every %d%s, %s moments\n",
+                fp8_format_name(tr.opt.fp8.grad_format), tr.opt.fp8.per_tensor ? "per-tensor" : "1x128 / 128x128",
+                tr.opt.fp8.acc_bits, tr.opt.fp8.promote, tr.opt.fp8.promote ? "" : " (never)", tr.opt.bf16_moments ? "bf16" : "fp32");
     if (run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     else rc = EXIT_OK;
 done:

@@ -64,6 +64,16 @@ static const OptField opt_fields[] = {
     { "shuffle", 'i', offsetof(TrainOptions, shuffle) },
 };
 
+/* Added with --precision: optional when read, so a checkpoint written before resumes as an FP32 run. */
+static const OptField opt_fields_precision[] = {
+    { "precision", 'i', offsetof(TrainOptions, precision) },
+    { "bf16_moments", 'i', offsetof(TrainOptions, bf16_moments) },
+    { "fp8_acc_bits", 'i', offsetof(TrainOptions, fp8.acc_bits) },
+    { "fp8_promote", 'i', offsetof(TrainOptions, fp8.promote) },
+    { "fp8_per_tensor", 'i', offsetof(TrainOptions, fp8.per_tensor) },
+    { "fp8_grad_format", 'i', offsetof(TrainOptions, fp8.grad_format) },
+};
+
 static void meta_put(cJSON *o, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void meta_put(cJSON *o, const char *key, const char *fmt, ...) {
     char buf[64];
@@ -79,8 +89,9 @@ static char *state_metadata(const Trainer *tr) {
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "format", "dsv3-train-state-1");
     const char *base = (const char *)&tr->opt;
-    for (size_t i = 0; i < sizeof opt_fields / sizeof opt_fields[0]; i++) {
-        const OptField *f = &opt_fields[i];
+    size_t n1 = sizeof opt_fields / sizeof opt_fields[0], n2 = sizeof opt_fields_precision / sizeof opt_fields_precision[0];
+    for (size_t i = 0; i < n1 + n2; i++) {
+        const OptField *f = i < n1 ? &opt_fields[i] : &opt_fields_precision[i - n1];
         const void *at = base + f->offset;
         switch (f->type) {
         case 'd': meta_put(o, f->key, "%.17g", *(const double *)at); break;
@@ -147,6 +158,10 @@ int train_read_checkpoint_options(const char *dir, Config *c, TrainOptions *opt,
     *opt = train_options_default(c->hidden_size);
     for (size_t i = 0; i < sizeof opt_fields / sizeof opt_fields[0] && rc == 0; i++)
         rc = meta_num(meta, opt_fields[i].key, label, opt_fields[i].type, (char *)opt + opt_fields[i].offset, err);
+    for (size_t i = 0; i < sizeof opt_fields_precision / sizeof opt_fields_precision[0] && rc == 0; i++) {
+        const OptField *f = &opt_fields_precision[i];
+        if (cJSON_GetObjectItemCaseSensitive(meta, f->key)) rc = meta_num(meta, f->key, label, f->type, (char *)opt + f->offset, err);
+    }
     opt->lr.total = opt->steps;
     if (rc == 0 && opt->n_mtp != c->num_nextn_predict_layers)
         rc = err_set(err, "%s: %d MTP depths in the state but num_nextn_predict_layers = %d in config.json", label,
