@@ -67,6 +67,47 @@ static float nearest(const Magnitudes *m, float x) {
 
 static Magnitudes e5m2, e5m6;
 
+static int same_float(float a, float b) { return memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)); }
+
+/**
+ * The operands' bit-level E4M3 rounding equals ref/model/fp8.c's encoder + table: on every exponent
+ * with every pattern of the kept bits, the round bit and the sticky bits (exactly half, just below,
+ * just above), every point of the subnormal grid and its neighbours, both signs, and a million random
+ * bit patterns.
+ */
+static void e4m3_fast_equals_fp8c(void **state) {
+    (void)state;
+    int checked = 0;
+    static const uint32_t low[] = { 0, 1, 2, 0x3ffff, 0x40000, 0x40001, 0x7fffe, 0x7ffff };
+    for (uint32_t e = 0; e < 256; e++)
+        for (uint32_t top = 0; top < 32; top++)           /* 3 kept bits, the round bit, the first sticky bit */
+            for (size_t l = 0; l < sizeof low / sizeof low[0]; l++)
+                for (uint32_t sign = 0; sign < 2; sign++) {
+                    uint32_t u = sign << 31 | e << 23 | top << 18 | (low[l] & 0x3ffff);
+                    float x;
+                    memcpy(&x, &u, sizeof x);
+                    assert_true(same_float(fp8_round_e4m3_fast(x), fp8_round(FMT_E4M3, x)));
+                    checked++;
+                }
+    for (int k = 0; k <= 64; k++) /* k·2^-10: the subnormal grid's points and midpoints, and their neighbours */
+        for (int d = -1; d <= 1; d++) {
+            float x = ldexpf((float)k, -10);
+            x = d < 0 ? nextafterf(x, 0) : d > 0 ? nextafterf(x, 1) : x;
+            assert_true(same_float(fp8_round_e4m3_fast(x), fp8_round(FMT_E4M3, x)));
+            assert_true(same_float(fp8_round_e4m3_fast(-x), fp8_round(FMT_E4M3, -x)));
+            checked += 2;
+        }
+    Rng r;
+    rng_seed(&r, 99);
+    for (int i = 0; i < 1000000; i++) {
+        uint32_t u = rng_u32(&r);
+        float x;
+        memcpy(&x, &u, sizeof x);
+        assert_true(same_float(fp8_round_e4m3_fast(x), fp8_round(FMT_E4M3, x)));
+    }
+    printf("    %d structured values and 1e6 random bit patterns: equal\n", checked);
+}
+
 /** Every E5M2 and E5M6 value rounds to itself, every midpoint to its even neighbour, just off it to the nearer. */
 static void formats_by_code(void **state) {
     (void)state;
@@ -495,6 +536,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(formats_by_code),
+        cmocka_unit_test(e4m3_fast_equals_fp8c),
         cmocka_unit_test(gemms_equal_direct_rule),
         cmocka_unit_test(promotion_bounds_error_by_quantization),
         cmocka_unit_test(fp8_gradients_match_fp32),

@@ -106,10 +106,38 @@ static float round_generic(Fp8Fmt f, float x) {
     return copysignf(fminf(r, fmts[f].max), x);
 }
 
+/**
+ * fp8_e4m3_to_f32(fp8_e4m3_from_f32(x)) on the float's bits, without the table or libm, for the
+ * GEMM operands (the cache's codes come from fp8.c itself): the same clamp to ±448 and ties-to-even
+ * rounding to 3 mantissa bits, or to a multiple of 2^-9 below 2^-6. tests/test_fp8_recipe.c checks
+ * the two agree on every exponent, rounding boundary and sign.
+ */
+static inline float e4m3_round(float x) {
+    uint32_t u, a;
+    memcpy(&u, &x, sizeof u);
+    a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return x;         /* NaN */
+    if (a > 0x43e00000u) a = 0x43e00000u;  /* saturate at 448 = 1.75·2^8 */
+    if (a < 0x3c800000u) {                 /* below 2^-6: adding 2^14 rounds to the 2^-9 grid, ties to even */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        f = (f + 16384.0f) - 16384.0f;
+        memcpy(&a, &f, sizeof a);
+    } else {
+        a += 0x7ffffu + ((a >> 20) & 1u); /* ties to even at the 3rd mantissa bit; a carry bumps the exponent */
+        a &= 0xfff00000u;
+    }
+    u = (u & 0x80000000u) | a;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
 float fp8_round(Fp8Fmt f, float x) {
     if (f == FMT_E4M3) return fp8_e4m3_to_f32(fp8_e4m3_from_f32(x));
     return round_generic(f, x);
 }
+
+float fp8_round_e4m3_fast(float x) { return e4m3_round(x); }
 
 float fp8_tile_scale(Fp8Fmt f, float amax, int pow2) {
     float s = fmaxf(amax, 1e-30f) / fmts[f].max;
@@ -141,16 +169,21 @@ static void quantize_impl(float *out, uint8_t *c8, uint16_t *c16, float *scales,
             int64_t c1 = C - c0 < tc ? C : c0 + tc;
             float amax = 0.0f;
             for (int64_t i = r0; i < r1; i++)
-                for (int64_t j = c0; j < c1; j++) amax = fmaxf(amax, fabsf(x[i * C + j]));
+                for (int64_t j = c0; j < c1; j++) {
+                    float v = fabsf(x[i * C + j]);
+                    amax = v > amax ? v : amax; /* NaN never wins, as with fmaxf */
+                }
             float s = fp8_tile_scale(f, amax, pow2);
             if (scales) scales[(r0 / tr) * nbc + c0 / tc] = s;
             for (int64_t i = r0; i < r1; i++)
                 for (int64_t j = c0; j < c1; j++) {
                     float v = x[i * C + j] / s, q;
-                    if (f == FMT_E4M3) {
+                    if (f == FMT_E4M3 && c8) {
                         uint8_t code = fp8_e4m3_from_f32(v);
                         q = fp8_e4m3_to_f32(code);
-                        if (c8) c8[i * C + j] = code;
+                        c8[i * C + j] = code;
+                    } else if (f == FMT_E4M3) {
+                        q = e4m3_round(v);
                     } else {
                         q = round_generic(f, v);
                         if (c16) c16[i * C + j] = f16_bits_exact(q);
@@ -187,7 +220,7 @@ float fp8_acc_round(float v, int acc_bits) { return cut(v, acc_mask(acc_bits)); 
  * row of Bt are contiguous, so the inner loop vectorizes over j while every C[i][j] still runs its
  * own k in order (the rule is per element; tiling only changes which elements run together).
  */
-enum { EA = 4, EB = 16 };
+enum { EA = 4, EB = 8 };
 
 void fp8_emulated_gemm(float *C, const float *A, const float *Bt, int64_t M, int64_t K, int64_t N, int acc_bits, int promote,
                        int accumulate) {

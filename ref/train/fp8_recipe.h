@@ -45,6 +45,9 @@ const char *fp8_format_name(Fp8Fmt f);
  *  (E4M3 through ref/model/fp8.c's encoder; NaN stays NaN). */
 float fp8_round(Fp8Fmt f, float x);
 
+/** fp8_round(FMT_E4M3, x) computed on the float's bits (what the GEMM operands use; equal for every x). */
+float fp8_round_e4m3_fast(float x);
+
 /**
  * The scale of a tile whose largest magnitude is @p amax: amax / max(f) (amax floored at 1e-30, so a
  * zero tile gets a tiny finite scale and stays zero), or with @p pow2 the smallest power of two that
