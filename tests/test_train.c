@@ -4,7 +4,8 @@
  *        group: embedding, norms, attention, dense FFN, gate, experts, shared experts, lm_head,
  *        MTP depths 1 and 2), the aux-loss-free bias update, AdamW and the LR schedule, token
  *        files, overfitting a fixed batch, bitwise resume after a clean stop and after SIGKILL,
- *        and trained checkpoints giving the trainer's logits through model_load and `dsv3 logits`.
+ *        and trained checkpoints giving the trainer's logits through model_load and `dsv3 logits`
+ *        (also after an FP8 run, which resumes bit for bit like an FP32 one).
  *
  * Finite differences: see test_backward.c for the precision argument (FP32 forward, loss in
  * double, difference quotient over the FP32 step taken) and the tolerances. One difference: the
@@ -544,6 +545,66 @@ static void checkpoint_matches_inference(void **state) {
     trainer_free(&tr);
 }
 
+/**
+ * `--precision fp8` (the paper's recipe, fp8_recipe.h): a run stopped after step 4 of 8 and resumed
+ * equals the uninterrupted one bit for bit (the recipe's options and BF16 moments travel with the
+ * checkpoint), and the checkpoint's FP32 masters load for inference: `dsv3 logits` gives what an
+ * FP32 trainer restored from it computes.
+ */
+static void fp8_run_resumes_and_loads(void **state) {
+    (void)state;
+    char flags[8192], cmd[16384], p1[4096], p2[4096];
+    cli_setup(flags, sizeof flags);
+    snprintf(cmd, sizeof cmd, "%s train %s --precision fp8 -n 8 -o %s/f8 --log %s/f8.log > /dev/null 2>&1", dsv3_bin(), flags,
+             test_tmp, test_tmp);
+    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s train %s --precision fp8 -n 8 -o %s/c8 --log %s/c8.log --stop-after 4 > /dev/null 2>&1",
+             dsv3_bin(), flags, test_tmp, test_tmp);
+    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s train --resume %s/c8 --train %s/train.bin --log %s/c8.log > /dev/null 2>&1", dsv3_bin(),
+             test_tmp, test_tmp, test_tmp);
+    run_ok(cmd);
+    snprintf(p1, sizeof p1, "%s/f8.log", test_tmp);
+    snprintf(p2, sizeof p2, "%s/c8.log", test_tmp);
+    assert_same_run(p1, p2, 8);
+    const char *files[] = { "model.safetensors", "optimizer.safetensors" };
+    for (int i = 0; i < 2; i++) {
+        snprintf(p1, sizeof p1, "%s/f8/latest/%s", test_tmp, files[i]);
+        snprintf(p2, sizeof p2, "%s/c8/latest/%s", test_tmp, files[i]);
+        assert_same_file(p1, p2);
+    }
+    /* The options came back. */
+    Config c;
+    TrainOptions o;
+    Err err;
+    snprintf(p1, sizeof p1, "%s/f8/latest", test_tmp);
+    if (train_read_checkpoint_options(p1, &c, &o, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(o.precision, TRAIN_FP8);
+    assert_int_equal(o.bf16_moments, 1);
+    assert_true(o.fp8.acc_bits == 14 && o.fp8.promote == 128 && !o.fp8.per_tensor && o.fp8.grad_format == FMT_E4M3);
+    /* Inference: dsv3 logits on the masters == an FP32 trainer restored from the checkpoint. */
+    Trainer tr;
+    o.precision = TRAIN_FP32, o.seq_len = 12;
+    if (trainer_init(&tr, &c, &o, &err) || trainer_load_state(&tr, p1, &err)) fail_msg("%s", err.msg);
+    int seq[13];
+    phrases(seq, 13, cfg.vocab_size, 14);
+    TrainLosses L;
+    trainer_eval(&tr, seq, 1, &L);
+    char *ids = ids_to_csv(seq, 12);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --attn naive -o %s/f8.f32 2>/dev/null", dsv3_bin(), p1, ids, test_tmp);
+    run_ok(cmd);
+    free(ids);
+    size_t got, n = (size_t)12 * (size_t)cfg.vocab_size;
+    snprintf(p2, sizeof p2, "%s/f8.f32", test_tmp);
+    float *cli = read_all_f32(p2, &got);
+    assert_int_equal(got, n);
+    double rel = max_rel_diff(cli, tr.logits, n);
+    printf("    fp8 run resumed bit for bit; dsv3 logits of its checkpoint vs an FP32 trainer on it: max rel %.3g\n", rel);
+    assert_true(rel <= 1e-6);
+    free(cli);
+    trainer_free(&tr);
+}
+
 /** A BF16 checkpoint with its FP32 masters in the sidecar resumes the exact parameters. */
 static void bf16_checkpoint_keeps_masters(void **state) {
     (void)state;
@@ -593,6 +654,7 @@ int main(void) {
         cmocka_unit_test(token_files),           cmocka_unit_test(overfit_fixed_batch),
         cmocka_unit_test(resume_after_stop),     cmocka_unit_test(resume_after_kill),
         cmocka_unit_test(checkpoint_matches_inference), cmocka_unit_test(bf16_checkpoint_keeps_masters),
+        cmocka_unit_test(fp8_run_resumes_and_loads),
     };
     return cmocka_run_group_tests_name("train", tests, setup, test_tmp_teardown);
 }
