@@ -313,9 +313,9 @@ experiments: data $(BUILD)/dsv3 $(BUILD)/train_report
 # ---- the FP8 training experiment (docs/experiments.md): FP32 vs the paper's FP8 recipe + 4 ablations ----
 # Same model, data, seed and data order; only the numerics differ. Each arm is a file target, so
 # `make -j2 experiments-fp8` trains two at a time (single-threaded each), niced for a shared machine.
-EXP8_STEPS ?= 200
+EXP8_STEPS ?= 100
 EXP8_ARGS = --train data/train.bin --val data/val.bin --config models/kjv-config.json -n $(EXP8_STEPS) -b 8 -t 256 \
-  --lr 1.5e-3 --lr-min 1e-4 --warmup 20 --shuffle --val-every 20 --val-batches 8 --seed 7
+  --lr 1.5e-3 --lr-min 1e-4 --warmup 10 --shuffle --val-every 10 --val-batches 8 --seed 7
 FP8_ARMS := fp32 fp8 tensor nopromote e5m2 moments32
 runs/fp8/fp32.jsonl: ARM_FLAGS := --precision fp32
 runs/fp8/fp8.jsonl: ARM_FLAGS := --precision fp8

@@ -39,14 +39,21 @@ static const char *const TINY = GRADCHECK_CONFIG_JSON;
 
 static Config cfg;
 
-/** A trainer on the tiny config with T tokens per sequence, randomly initialized. */
-static void tiny_trainer(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std) {
+/** A trainer on the tiny config with T tokens per sequence, randomly initialized, in @p precision
+ *  (TRAIN_FP8 with BF16 moments, as `dsv3 train --precision fp8` runs). */
+static void tiny_trainer_in(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std, int precision) {
     TrainOptions o = train_options_default(cfg.hidden_size);
     o.seq_len = T, o.batch = B, o.n_mtp = n_mtp, o.steps = 100, o.lr.warmup = 5;
+    o.precision = precision, o.bf16_moments = precision == TRAIN_FP8;
     Err err;
     if (trainer_init(tr, &cfg, &o, &err)) fail_msg("%s", err.msg);
     ParamInit pi = { 7, init_std };
     assert_int_equal(params_fill(&tr->ps, params_init_source, &pi, &err), 0);
+}
+
+/** tiny_trainer_in, FP32. */
+static void tiny_trainer(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std) {
+    tiny_trainer_in(tr, T, B, n_mtp, init_std, TRAIN_FP32);
 }
 
 /** Deterministic "text": a few repeating phrases, so a model can learn something. */
@@ -290,17 +297,16 @@ static void token_files(void **state) {
 /* ---------------------------------------------------------------------------------------- */
 /* learning                                                                                   */
 
-/** 60 steps on one fixed batch drive the loss far below its start (memorization). */
-static void overfit_fixed_batch(void **state) {
-    (void)state;
+/** 60 steps of @p precision on one fixed batch drive the loss far below its start (memorization). */
+static void overfit(int precision) {
     Trainer tr;
-    tiny_trainer(&tr, 16, 2, 1, 0.1f);
+    tiny_trainer_in(&tr, 16, 2, 1, 0.1f, precision);
     tr.opt.lr.peak = 1e-2, tr.opt.lr.min = 1e-3, tr.opt.lr.total = tr.opt.steps = 60;
     int seqs[2 * 17];
     Rng r;
     rng_seed(&r, 8);
     for (int i = 0; i < 34; i++) seqs[i] = (int)(rng_u32(&r) % (uint32_t)cfg.vocab_size); /* random: only memorizable */
-    TrainLosses L, first;
+    TrainLosses L, first = { 0 };
     StepStats st;
     for (int s = 0; s < 60; s++) {
         trainer_grad(&tr, seqs, 2, &L);
@@ -308,12 +314,29 @@ static void overfit_fixed_batch(void **state) {
         trainer_update(&tr, &st);
     }
     trainer_eval(&tr, seqs, 2, &L);
-    printf("    main loss %.4f -> %.4f, MTP %.4f -> %.4f over 60 steps (ln V = %.4f)\n", first.main, L.main,
-           first.mtp_mean, L.mtp_mean, log((double)cfg.vocab_size));
+    printf("    %s: main loss %.4f -> %.4f, MTP %.4f -> %.4f over 60 steps (ln V = %.4f)\n",
+           precision == TRAIN_FP8 ? "fp8" : "fp32", first.main, L.main, first.mtp_mean, L.mtp_mean, log((double)cfg.vocab_size));
     assert_true(first.main > 0.9 * log((double)cfg.vocab_size));
     assert_true(L.main < 0.2 * first.main);
     assert_true(L.mtp_mean < 0.5 * first.mtp_mean);
+    if (tr.opt.bf16_moments) /* every stored moment is a BF16 value */
+        for (size_t i = 0; i < tr.ps.n; i++) {
+            uint32_t um, uv;
+            memcpy(&um, &tr.m[i], 4), memcpy(&uv, &tr.v[i], 4);
+            assert_true((um & 0xffff) == 0 && (uv & 0xffff) == 0);
+        }
     trainer_free(&tr);
+}
+
+static void overfit_fixed_batch(void **state) {
+    (void)state;
+    overfit(TRAIN_FP32);
+}
+
+/** The same under --precision fp8: the emulated recipe and BF16 moments learn as FP32 does. */
+static void overfit_fixed_batch_fp8(void **state) {
+    (void)state;
+    overfit(TRAIN_FP8);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -652,6 +675,7 @@ int main(void) {
         cmocka_unit_test(whole_model_gradient),  cmocka_unit_test(bias_update),
         cmocka_unit_test(loads_count_every_token), cmocka_unit_test(adamw_and_schedule),
         cmocka_unit_test(token_files),           cmocka_unit_test(overfit_fixed_batch),
+        cmocka_unit_test(overfit_fixed_batch_fp8),
         cmocka_unit_test(resume_after_stop),     cmocka_unit_test(resume_after_kill),
         cmocka_unit_test(checkpoint_matches_inference), cmocka_unit_test(bf16_checkpoint_keeps_masters),
         cmocka_unit_test(fp8_run_resumes_and_loads),
