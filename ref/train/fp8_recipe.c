@@ -163,9 +163,10 @@ static uint16_t f16_bits_exact(float v) {
 static void quantize_impl(float *out, uint8_t *c8, uint16_t *c16, float *scales, const float *x, int64_t R, int64_t C,
                           int64_t tr, int64_t tc, Fp8Fmt f, int pow2) {
     int64_t nbc = (C + tc - 1) / tc;
+#pragma omp parallel for collapse(2) schedule(static) /* tiles are independent */
     for (int64_t r0 = 0; r0 < R; r0 += tr) {
-        int64_t r1 = R - r0 < tr ? R : r0 + tr;
         for (int64_t c0 = 0; c0 < C; c0 += tc) {
+            int64_t r1 = R - r0 < tr ? R : r0 + tr;
             int64_t c1 = C - c0 < tc ? C : c0 + tc;
             float amax = 0.0f;
             for (int64_t i = r0; i < r1; i++)
