@@ -31,6 +31,9 @@
  *   Wgrad   dW[o][i] += Σ_t dy̌[t][o]·x̌[t][i]       dy̌, x̌: 128×1 tiles along t (the tokens)
  *   each Σ: part = cut_m(part + a·b) over chunks of N_C products, acc32 += part after each chunk,
  *           cut_m = the FP32 sum with its mantissa truncated to m bits (fp8_emulated_gemm)
+ * The scales are folded into the operands (q·s) rather than applied at promotion, so a chunk that
+ * spans several tiles (N_C > 128, or no promotion at all) is still defined; with N_C = 128 on the
+ * tile grid the two differ only by FP32 rounding, far below the m-bit cut.
  *
  * x̌ is requantized from the FP8 cache of the forward (x itself is not kept), except where the
  * paper says otherwise (§3.3.3), which the roles below encode:
