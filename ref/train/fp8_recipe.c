@@ -32,8 +32,9 @@
  *   each Σ: part = cut_m(part + a·b) over chunks of N_C products, acc32 += part after each chunk,
  *           cut_m = the FP32 sum with its mantissa truncated to m bits (fp8_emulated_gemm)
  * The scales are folded into the operands (q·s) rather than applied at promotion, so a chunk that
- * spans several tiles (N_C > 128, or no promotion at all) is still defined; with N_C = 128 on the
- * tile grid the two differ only by FP32 rounding, far below the m-bit cut.
+ * spans several tiles (N_C > 128, or no promotion at all) is still defined. With N_C = 128 on the
+ * tile grid the two are equal for power-of-two scales; otherwise the cut drops different bits of a
+ * differently scaled sum, at the same relative precision.
  *
  * x̌ is requantized from the FP8 cache of the forward (x itself is not kept), except where the
  * paper says otherwise (§3.3.3), which the roles below encode:
