@@ -337,6 +337,7 @@ experiments-fp8: $(FP8_ARMS:%=runs/fp8/%.jsonl) $(BUILD)/fp8_report $(BUILD)/not
 	$(BUILD)/notebooks/04_fp8_accumulation | tee runs/fp8/accumulation.txt
 	nice $(BUILD)/fp8_report --memory models/kjv-config.json data/train.bin 256 | tee runs/fp8/memory.md
 	$(BUILD)/fp8_report runs/fp8 $(foreach a,$(FP8_ARMS),$(a)=runs/fp8/$(a).jsonl) | tee runs/fp8/table.md
+	nice $(BUILD)/fp8_report --fidelity runs/fp8/fp32/latest data/val.bin 8 | tee runs/fp8/fidelity.md
 	@command -v gnuplot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y gnuplot-nox; fi; }
 	gnuplot -e 'dir="runs/fp8"' tools/plot_fp8.gp
 

@@ -4,6 +4,7 @@
  *
  *   fp8_report OUTDIR BASE=LOG.jsonl ARM=LOG.jsonl [...]     losses of FP8 arms against the FP32 base
  *   fp8_report --memory CONFIG.json TRAIN.bin T               activation cache of one FP8 step, per layer
+ *   fp8_report --fidelity CKPT VAL.bin B                      one batch's loss and gradient per numerics
  *
  * The first form reads `dsv3 train --log` files of runs with the same seed and data order and
  * writes OUTDIR/fp8_gap.dat (step, then per arm the relative gap of its training loss to the base's,
@@ -17,6 +18,11 @@
  * `--precision fp8` and prints, per decoder layer, the bytes of activations the recipe cached for
  * the backward (codes + scales, what fp8_recipe_cache_bytes counted in that real step, routing
  * included) against what the same tensors take in FP32.
+ *
+ * The third form loads a checkpoint's FP32 masters and computes the loss and the gradient of the
+ * first B sequences of VAL.bin (its seq_len) under FP32 and under each FP8 variant, from the same
+ * weights, and prints each variant's loss gap and the relative L2 error and cosine of its gradient
+ * against FP32's: the per-step fidelity that a training curve only shows accumulated.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -174,11 +180,73 @@ static int memory(const char *config, const char *train, long T) {
     return 0;
 }
 
+/** One numerics variant of the fidelity table. */
+typedef struct {
+    const char *name;
+    int precision, acc_bits, promote, per_tensor, grad_format;
+} Variant;
+
+static int fidelity(const char *ckpt, const char *valpath, long B) {
+    static const Variant vs[] = {
+        { "FP32", TRAIN_FP32, 14, 128, 0, FMT_E4M3 },
+        { "FP8 recipe (14 bits, promote 128)", TRAIN_FP8, 14, 128, 0, FMT_E4M3 },
+        { "quantization only (23 bits, promote every product)", TRAIN_FP8, 23, 1, 0, FMT_E4M3 },
+        { "(a) per-tensor scales", TRAIN_FP8, 14, 128, 1, FMT_E4M3 },
+        { "(b) no promotion", TRAIN_FP8, 14, 0, 0, FMT_E4M3 },
+        { "(b') no promotion, 12-bit accumulator", TRAIN_FP8, 12, 0, 0, FMT_E4M3 },
+        { "(c) E5M2 gradients", TRAIN_FP8, 14, 128, 0, FMT_E5M2 },
+    };
+    Config c;
+    TrainOptions o;
+    Err err;
+    TokenFile f;
+    if (train_read_checkpoint_options(ckpt, &c, &o, &err) || tokenfile_open(&f, valpath, c.vocab_size, o.seq_len + 1, &err))
+        return fprintf(stderr, "%s\n", err.msg), 1;
+    int64_t T = o.seq_len;
+    int *seqs = malloc(sizeof(int) * (size_t)(B * (T + 1)));
+    DataCursor cur = { 0, 0, 0 };
+    for (long b = 0; b < B; b++) data_next(&f, &cur, NULL, T, seqs + b * (T + 1));
+    float *g32 = NULL;
+    double loss32 = 0;
+    printf("| numerics | loss gap to FP32 | gradient: relative L2 error | cosine |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++) {
+        Trainer tr;
+        TrainOptions v = o;
+        v.batch = B, v.precision = vs[i].precision, v.fp8.acc_bits = vs[i].acc_bits, v.fp8.promote = vs[i].promote;
+        v.fp8.per_tensor = vs[i].per_tensor, v.fp8.grad_format = vs[i].grad_format;
+        if (trainer_init(&tr, &c, &v, &err) || trainer_load_state(&tr, ckpt, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+        TrainLosses L;
+        trainer_grad(&tr, seqs, B, &L);
+        if (!g32) {
+            g32 = malloc(sizeof(float) * tr.ps.n);
+            memcpy(g32, tr.ps.grad, sizeof(float) * tr.ps.n);
+            loss32 = L.total;
+            printf("| %s | (loss %.5f) | — | — |\n", vs[i].name, L.total);
+        } else {
+            double d2 = 0, n2 = 0, dot = 0, h2 = 0;
+            for (size_t j = 0; j < tr.ps.n; j++) {
+                double a = g32[j], b = tr.ps.grad[j];
+                d2 += (b - a) * (b - a), n2 += a * a, dot += a * b, h2 += b * b;
+            }
+            printf("| %s | %+.3f %% | %.4f | %.5f |\n", vs[i].name, 100.0 * (L.total - loss32) / loss32, sqrt(d2 / n2),
+                   dot / sqrt(n2 * h2));
+        }
+        fflush(stdout);
+        trainer_free(&tr);
+    }
+    free(g32);
+    free(seqs);
+    tokenfile_close(&f);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "--memory")) return memory(argv[2], argv[3], atol(argv[4]));
+    if (argc == 5 && !strcmp(argv[1], "--fidelity")) return fidelity(argv[2], argv[3], atol(argv[4]));
     if (argc < 4) {
         fprintf(stderr, "usage: fp8_report OUTDIR BASE=LOG.jsonl ARM=LOG.jsonl [...]\n"
-                        "       fp8_report --memory CONFIG.json TRAIN.bin T\n");
+                        "       fp8_report --memory CONFIG.json TRAIN.bin T\n"
+                        "       fp8_report --fidelity CKPT VAL.bin B\n");
         return 2;
     }
     return losses(argc, argv);
