@@ -182,7 +182,7 @@ static void linear_grad(void **state) {
                   randn(LIN_T * LIN_OUT, 1, &r), linear_scratch_init(scratch, LIN_T, LIN_IN) };
     float *dx = calloc(LIN_T * LIN_IN, 4), *dw = calloc(LIN_OUT * LIN_IN, 4);
     Tensor W = tensor_f32(c.w, LIN_OUT, LIN_IN);
-    linear_backward(dx, dw, c.g, c.x, LIN_T, &W);
+    linear_backward(dx, dw, c.g, c.x, LIN_T, &W, FP8_DEQUANT, NULL);
     GradFn f = { lin_loss, NULL, &c };
     check("linear.x", c.x, dx, LIN_T * LIN_IN, &f);
     check("linear.W", c.w, dw, LIN_OUT * LIN_IN, &f);
@@ -223,7 +223,7 @@ static void ffn_grad(void **state) {
     FFNActs da = { calloc(FFN_T * FFN_I, 4), calloc(FFN_T * FFN_I, 4), calloc(FFN_T * FFN_I, 4) };
     ffn_loss(&c);
     FFNWeights w = ffn_weights(c.w1, c.w2, c.w3), dw = ffn_weights(d1, d2, d3);
-    ffn_backward(dx, &dw, c.g, c.x, FFN_T, &w, &c.a, &da);
+    ffn_backward(dx, &dw, c.g, c.x, FFN_T, &w, &c.a, &da, FP8_DEQUANT, NULL);
     GradFn f = { ffn_loss, NULL, &c };
     check("ffn.x", c.x, dx, FFN_T * FFN_D, &f);
     check("ffn.gate_proj (W1)", c.w1, d1, FFN_I * FFN_D, &f);

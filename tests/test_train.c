@@ -4,7 +4,8 @@
  *        group: embedding, norms, attention, dense FFN, gate, experts, shared experts, lm_head,
  *        MTP depths 1 and 2), the aux-loss-free bias update, AdamW and the LR schedule, token
  *        files, overfitting a fixed batch, bitwise resume after a clean stop and after SIGKILL,
- *        and trained checkpoints giving the trainer's logits through model_load and `dsv3 logits`.
+ *        and trained checkpoints giving the trainer's logits through model_load and `dsv3 logits`
+ *        (also after an FP8 run, which resumes bit for bit like an FP32 one).
  *
  * Finite differences: see test_backward.c for the precision argument (FP32 forward, loss in
  * double, difference quotient over the FP32 step taken) and the tolerances. One difference: the
@@ -38,14 +39,21 @@ static const char *const TINY = GRADCHECK_CONFIG_JSON;
 
 static Config cfg;
 
-/** A trainer on the tiny config with T tokens per sequence, randomly initialized. */
-static void tiny_trainer(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std) {
+/** A trainer on the tiny config with T tokens per sequence, randomly initialized, in @p precision
+ *  (TRAIN_FP8 with BF16 moments, as `dsv3 train --precision fp8` runs). */
+static void tiny_trainer_in(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std, int precision) {
     TrainOptions o = train_options_default(cfg.hidden_size);
     o.seq_len = T, o.batch = B, o.n_mtp = n_mtp, o.steps = 100, o.lr.warmup = 5;
+    o.precision = precision, o.bf16_moments = precision == TRAIN_FP8;
     Err err;
     if (trainer_init(tr, &cfg, &o, &err)) fail_msg("%s", err.msg);
     ParamInit pi = { 7, init_std };
     assert_int_equal(params_fill(&tr->ps, params_init_source, &pi, &err), 0);
+}
+
+/** tiny_trainer_in, FP32. */
+static void tiny_trainer(Trainer *tr, int64_t T, int64_t B, int n_mtp, float init_std) {
+    tiny_trainer_in(tr, T, B, n_mtp, init_std, TRAIN_FP32);
 }
 
 /** Deterministic "text": a few repeating phrases, so a model can learn something. */
@@ -306,17 +314,16 @@ static void token_files(void **state) {
 /* ---------------------------------------------------------------------------------------- */
 /* learning                                                                                   */
 
-/** 60 steps on one fixed batch drive the loss far below its start (memorization). */
-static void overfit_fixed_batch(void **state) {
-    (void)state;
+/** 60 steps of @p precision on one fixed batch drive the loss far below its start (memorization). */
+static void overfit(int precision) {
     Trainer tr;
-    tiny_trainer(&tr, 16, 2, 1, 0.1f);
+    tiny_trainer_in(&tr, 16, 2, 1, 0.1f, precision);
     tr.opt.lr.peak = 1e-2, tr.opt.lr.min = 1e-3, tr.opt.lr.total = tr.opt.steps = 60;
     int seqs[2 * 17];
     Rng r;
     rng_seed(&r, 8);
     for (int i = 0; i < 34; i++) seqs[i] = (int)(rng_u32(&r) % (uint32_t)cfg.vocab_size); /* random: only memorizable */
-    TrainLosses L, first;
+    TrainLosses L, first = { 0 };
     StepStats st;
     for (int s = 0; s < 60; s++) {
         trainer_grad(&tr, seqs, 2, &L);
@@ -324,12 +331,29 @@ static void overfit_fixed_batch(void **state) {
         trainer_update(&tr, &st);
     }
     trainer_eval(&tr, seqs, 2, &L);
-    printf("    main loss %.4f -> %.4f, MTP %.4f -> %.4f over 60 steps (ln V = %.4f)\n", first.main, L.main,
-           first.mtp_mean, L.mtp_mean, log((double)cfg.vocab_size));
+    printf("    %s: main loss %.4f -> %.4f, MTP %.4f -> %.4f over 60 steps (ln V = %.4f)\n",
+           precision == TRAIN_FP8 ? "fp8" : "fp32", first.main, L.main, first.mtp_mean, L.mtp_mean, log((double)cfg.vocab_size));
     assert_true(first.main > 0.9 * log((double)cfg.vocab_size));
     assert_true(L.main < 0.2 * first.main);
     assert_true(L.mtp_mean < 0.5 * first.mtp_mean);
+    if (tr.opt.bf16_moments) /* every stored moment is a BF16 value */
+        for (size_t i = 0; i < tr.ps.n; i++) {
+            uint32_t um, uv;
+            memcpy(&um, &tr.m[i], 4), memcpy(&uv, &tr.v[i], 4);
+            assert_true((um & 0xffff) == 0 && (uv & 0xffff) == 0);
+        }
     trainer_free(&tr);
+}
+
+static void overfit_fixed_batch(void **state) {
+    (void)state;
+    overfit(TRAIN_FP32);
+}
+
+/** The same under --precision fp8: the emulated recipe and BF16 moments learn as FP32 does. */
+static void overfit_fixed_batch_fp8(void **state) {
+    (void)state;
+    overfit(TRAIN_FP8);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -544,6 +568,66 @@ static void checkpoint_matches_inference(void **state) {
     trainer_free(&tr);
 }
 
+/**
+ * `--precision fp8` (the paper's recipe, fp8_recipe.h): a run stopped after step 4 of 8 and resumed
+ * equals the uninterrupted one bit for bit (the recipe's options and BF16 moments travel with the
+ * checkpoint), and the checkpoint's FP32 masters load for inference: `dsv3 logits` gives what an
+ * FP32 trainer restored from it computes.
+ */
+static void fp8_run_resumes_and_loads(void **state) {
+    (void)state;
+    char flags[8192], cmd[16384], p1[4096], p2[4096];
+    cli_setup(flags, sizeof flags);
+    snprintf(cmd, sizeof cmd, "%s train %s --precision fp8 -n 8 -o %s/f8 --log %s/f8.log > /dev/null 2>&1", dsv3_bin(), flags,
+             test_tmp, test_tmp);
+    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s train %s --precision fp8 -n 8 -o %s/c8 --log %s/c8.log --stop-after 4 > /dev/null 2>&1",
+             dsv3_bin(), flags, test_tmp, test_tmp);
+    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s train --resume %s/c8 --train %s/train.bin --log %s/c8.log > /dev/null 2>&1", dsv3_bin(),
+             test_tmp, test_tmp, test_tmp);
+    run_ok(cmd);
+    snprintf(p1, sizeof p1, "%s/f8.log", test_tmp);
+    snprintf(p2, sizeof p2, "%s/c8.log", test_tmp);
+    assert_same_run(p1, p2, 8);
+    const char *files[] = { "model.safetensors", "optimizer.safetensors" };
+    for (int i = 0; i < 2; i++) {
+        snprintf(p1, sizeof p1, "%s/f8/latest/%s", test_tmp, files[i]);
+        snprintf(p2, sizeof p2, "%s/c8/latest/%s", test_tmp, files[i]);
+        assert_same_file(p1, p2);
+    }
+    /* The options came back. */
+    Config c;
+    TrainOptions o;
+    Err err;
+    snprintf(p1, sizeof p1, "%s/f8/latest", test_tmp);
+    if (train_read_checkpoint_options(p1, &c, &o, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(o.precision, TRAIN_FP8);
+    assert_int_equal(o.bf16_moments, 1);
+    assert_true(o.fp8.acc_bits == 14 && o.fp8.promote == 128 && !o.fp8.per_tensor && o.fp8.grad_format == FMT_E4M3);
+    /* Inference: dsv3 logits on the masters == an FP32 trainer restored from the checkpoint. */
+    Trainer tr;
+    o.precision = TRAIN_FP32, o.seq_len = 12;
+    if (trainer_init(&tr, &c, &o, &err) || trainer_load_state(&tr, p1, &err)) fail_msg("%s", err.msg);
+    int seq[13];
+    phrases(seq, 13, cfg.vocab_size, 14);
+    TrainLosses L;
+    trainer_eval(&tr, seq, 1, &L);
+    char *ids = ids_to_csv(seq, 12);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --attn naive -o %s/f8.f32 2>/dev/null", dsv3_bin(), p1, ids, test_tmp);
+    run_ok(cmd);
+    free(ids);
+    size_t got, n = (size_t)12 * (size_t)cfg.vocab_size;
+    snprintf(p2, sizeof p2, "%s/f8.f32", test_tmp);
+    float *cli = read_all_f32(p2, &got);
+    assert_int_equal(got, n);
+    double rel = max_rel_diff(cli, tr.logits, n);
+    printf("    fp8 run resumed bit for bit; dsv3 logits of its checkpoint vs an FP32 trainer on it: max rel %.3g\n", rel);
+    assert_true(rel <= 1e-6);
+    free(cli);
+    trainer_free(&tr);
+}
+
 /** A BF16 checkpoint with its FP32 masters in the sidecar resumes the exact parameters. */
 static void bf16_checkpoint_keeps_masters(void **state) {
     (void)state;
@@ -591,8 +675,10 @@ int main(void) {
         cmocka_unit_test(whole_model_gradient),  cmocka_unit_test(bias_update),
         cmocka_unit_test(loads_count_every_token), cmocka_unit_test(adamw_and_schedule),
         cmocka_unit_test(token_files),           cmocka_unit_test(overfit_fixed_batch),
+        cmocka_unit_test(overfit_fixed_batch_fp8),
         cmocka_unit_test(resume_after_stop),     cmocka_unit_test(resume_after_kill),
         cmocka_unit_test(checkpoint_matches_inference), cmocka_unit_test(bf16_checkpoint_keeps_masters),
+        cmocka_unit_test(fp8_run_resumes_and_loads),
     };
     return cmocka_run_group_tests_name("train", tests, setup, test_tmp_teardown);
 }

@@ -33,13 +33,15 @@ typedef struct {
     TrainOptions o; /* what trainer_init gets: the flags of a new run, or a checkpoint's options and the flags given */
     const char *train, *val, *preset, *config, *init, *out, *tokenizer, *log, *resume;
     CliList sets;
-    int shape_flags, warmup_given, lr_min_given, mtp_given;
+    int shape_flags, warmup_given, lr_min_given, mtp_given, moments_given, fp8_flags;
     long vocab, save_every, keep, val_every, val_batches, stop_after;
     int format; /* a CkptFormat */
     /* the flags of TrainOptions' fields (take_options copies them into o) */
     long n_mtp, steps, batch, seq_len, warmup, seed;
     double lr, lr_min, beta1, beta2, eps, wd, clip, bias_update, balance_alpha, mtp_lambda, init_std;
     int shuffle;
+    int precision, fp8_scaling, fp8_grad, moments; /* a TrainPrecision, per_tensor, an Fp8Fmt, bf16_moments */
+    long fp8_promote, fp8_acc_bits;
     CliThreads threads;
     long pipeline;             /* --pipeline N (0: one process) */
     const char *schedule;      /* --schedule */
@@ -94,6 +96,25 @@ static const CliOpt init_opts[] = {
     { "--init-std", NULL, CLI_DOUBLE, offsetof(Args, init_std), "X", .lo = 0, .hi = 10,
       .help = "std of random matrices (default 0.006*sqrt(7168/hidden))" },
     { "--shuffle", NULL, CLI_FLAG, offsetof(Args, shuffle), .help = "random sequence starts instead of one sequential pass" },
+};
+static const int precision_values[] = { TRAIN_FP32, TRAIN_FP8 };
+static const int scaling_values[] = { 0, 1 };
+static const int grad_values[] = { FMT_E4M3, FMT_E5M2 };
+static const int moments_values[] = { 0, 1 };
+/* The defaults are fp8_options_default()'s, the paper's recipe. */
+static const CliOpt numerics_opts[] = {
+    { "--precision", NULL, CLI_CHOICE, offsetof(Args, precision), .choices = "fp32|fp8", .values = precision_values, .def = "fp32",
+      .help = "fp8: every linear's GEMMs in the emulated FP8 recipe (docs/training.md)" },
+    { "--fp8-promote", NULL, CLI_LONG, offsetof(Args, fp8_promote), "N", .lo = 0, .hi = 1L << 30, .def = "128",
+      .help = "fp8: partial sums promoted to FP32 every N products, 0 = never" },
+    { "--fp8-acc-bits", NULL, CLI_LONG, offsetof(Args, fp8_acc_bits), "N", .lo = 1, .hi = 23, .def = "14",
+      .help = "fp8: mantissa bits of the accumulator between promotions (23 = FP32)" },
+    { "--fp8-scaling", NULL, CLI_CHOICE, offsetof(Args, fp8_scaling), .choices = "tile|tensor", .values = scaling_values, .def = "tile",
+      .help = "fp8: 1x128 activation tiles and 128x128 weight blocks, or one scale per tensor" },
+    { "--fp8-grad", NULL, CLI_CHOICE, offsetof(Args, fp8_grad), .choices = "e4m3|e5m2", .values = grad_values, .def = "e4m3",
+      .help = "fp8: format of the output gradients in Dgrad and Wgrad" },
+    { "--moments", NULL, CLI_CHOICE, offsetof(Args, moments), .choices = "fp32|bf16", .values = moments_values,
+      .help = "AdamW moments' storage (default: bf16 under fp8, else fp32)" },
 };
 static const int format_values[] = { CKPT_F32, CKPT_BF16, CKPT_FP8 };
 static const CliOpt output_opts[] = {
@@ -152,6 +173,12 @@ static void take_options(const CliCmd *c, Args *a, int all) {
     TAKE("--save-every", a->o.save_every, a->save_every);
     TAKE("--keep", a->o.keep, a->keep);
     TAKE("--save-format", a->o.save_format, a->format);
+    TAKE("--precision", a->o.precision, a->precision);
+    TAKE("--fp8-promote", a->o.fp8.promote, (int)a->fp8_promote);
+    TAKE("--fp8-acc-bits", a->o.fp8.acc_bits, (int)a->fp8_acc_bits);
+    TAKE("--fp8-scaling", a->o.fp8.per_tensor, a->fp8_scaling);
+    TAKE("--fp8-grad", a->o.fp8.grad_format, a->fp8_grad);
+    TAKE("--moments", a->o.bf16_moments, a->moments);
 #undef TAKE
 }
 
@@ -208,6 +235,7 @@ static int new_run(Args *a, Trainer *tr, Err *err) {
     if (a->o.init_std < 0) a->o.init_std = train_options_default(c.hidden_size).init_std;
     if (!a->warmup_given) a->o.lr.warmup = a->o.steps / 10 < 100 ? a->o.steps / 10 : 100;
     if (!a->lr_min_given) a->o.lr.min = a->o.lr.peak / 10;
+    if (!a->moments_given) a->o.bf16_moments = a->o.precision == TRAIN_FP8; /* the paper's BF16 moments go with its recipe */
     if (trainer_init(tr, &c, &a->o, err)) goto fail;
     ParamInit pi = { a->o.seed, (float)a->o.init_std };
     int rc;
@@ -360,6 +388,7 @@ int cmd_train(int argc, char **argv) {
     cli_add(&cmd, CLI_GROUP("model of a new run", model_opts, &a));
     cli_add(&cmd, CLI_GROUP("schedule and optimizer", schedule_opts, &a));
     cli_add(&cmd, CLI_GROUP("load balancing and MTP", balance_opts, &a));
+    cli_add(&cmd, CLI_GROUP("numerics (paper §3.3)", numerics_opts, &a));
     cli_add(&cmd, CLI_GROUP("init and data order", init_opts, &a));
     cli_add(&cmd, CLI_GROUP("output", output_opts, &a));
     cli_add(&cmd, CLI_GROUP("pipeline parallelism", pipeline_opts, &a));
@@ -369,6 +398,9 @@ int cmd_train(int argc, char **argv) {
     static const char *const shape[] = { "--preset", "--config", "--init", "--vocab", "--set", "--mtp" };
     for (int i = 0; i < 6; i++) a.shape_flags += cli_given(&cmd, shape[i]);
     a.mtp_given = cli_given(&cmd, "--mtp"), a.warmup_given = cli_given(&cmd, "--warmup"), a.lr_min_given = cli_given(&cmd, "--lr-min");
+    a.moments_given = cli_given(&cmd, "--moments");
+    static const char *const fp8_flags[] = { "--fp8-promote", "--fp8-acc-bits", "--fp8-scaling", "--fp8-grad" };
+    for (int i = 0; i < 4; i++) a.fp8_flags += cli_given(&cmd, fp8_flags[i]);
     rc = start(a, &cmd, argc, argv);
     cli_free(&cmd);
     return rc;
@@ -429,6 +461,10 @@ static int train_command(Args a, const CliCmd *cmd, PipeKind kind) {
         }
     }
     if (!a.out) a.out = "out";
+    if (a.fp8_flags && tr.opt.precision != TRAIN_FP8) {
+        trainer_free(&tr);
+        return cli_fail(CMD, EXIT_USAGE, "--fp8-promote/--fp8-acc-bits/--fp8-scaling/--fp8-grad need --precision fp8");
+    }
     if (!a.train) {
         trainer_free(&tr);
         return cli_fail(CMD, EXIT_USAGE, "--train FILE is required (dsv3 train --help)");
@@ -475,6 +511,10 @@ static int train_command(Args a, const CliCmd *cmd, PipeKind kind) {
             (double)main_p / 1e6, (double)(mtp_p - 2 * (uint64_t)tr.opt.n_mtp * (uint64_t)c->vocab_size * (uint64_t)c->hidden_size) / 1e6,
             tr.opt.n_mtp, (long long)train.n, a.train, (long long)tr.opt.batch, (long long)tr.opt.seq_len,
             (long long)tr.opt.steps);
+    if (!quiet && tr.opt.precision == TRAIN_FP8)
+        fprintf(stderr, "dsv3 train: fp8 recipe: e4m3 (gradients %s), %s scales, %d-bit accumulation promoted every %d%s, %s moments\n",
+                fp8_format_name(tr.opt.fp8.grad_format), tr.opt.fp8.per_tensor ? "per-tensor" : "1x128 / 128x128",
+                tr.opt.fp8.acc_bits, tr.opt.fp8.promote, tr.opt.fp8.promote ? "" : " (never)", tr.opt.bf16_moments ? "bf16" : "fp32");
     if (a.pipe && cli_pipe_start(a.pipe, &tr, kind, &err)) rc = cli_fail(CMD, EXIT_RUNTIME, "--pipeline: %s", err.msg);
     else if ((rc = run(&tr, &a, &train, a.val ? &valf : NULL, log, &err)) == -1) rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
     if (rc == EXIT_OK && !quiet && a.pipe && cli_pipe_report(a.pipe, stdout, a.pipeline_png, &err))

@@ -109,7 +109,7 @@ void block_backward(float *dh, int64_t T, const LayerWeights *w, const LayerWeig
     DSV3_ASSERT(a->h_in && a->h_mid);
     /* h_out = h_mid + FFN(ffn_norm(h_mid)) */
     if (w->is_moe) moe_backward(da->x_ffn, dw, dh, a->x_ffn, T, w, &a->moe, &da->moe, balance_alpha, ctx);
-    else ffn_backward(da->x_ffn, &dw->mlp, dh, a->x_ffn, T, &w->mlp, &a->dense, &da->dense);
+    else ffn_backward(da->x_ffn, &dw->mlp, dh, a->x_ffn, T, &w->mlp, &a->dense, &da->dense, ctx->fp8, &ctx->lin);
     rmsnorm_backward(dh, D, f32_mut(dw->post_attention_layernorm), da->x_ffn, D, a->h_mid, D, w->post_attention_layernorm,
                      a->rstd_ffn, T, D);
     /* h_mid = h_in + MLA(attn_norm(h_in)) */

@@ -35,10 +35,10 @@ void ffn_forward(float *out, const float *x, int64_t T, const FFNWeights *w, FFN
 }
 
 void ffn_backward(float *dx, const FFNWeights *dw, const float *dout, const float *x, int64_t T, const FFNWeights *w,
-                  const FFNActs *a, FFNActs *da) {
+                  const FFNActs *a, FFNActs *da, Fp8Mode mode, const LinearScratch *s) {
     int64_t I = w->gate_proj.rows;
-    linear_backward(da->h_act, tensor_f32_mut(&dw->down_proj), dout, a->h_act, T, &w->down_proj);
+    linear_backward(da->h_act, tensor_f32_mut(&dw->down_proj), dout, a->h_act, T, &w->down_proj, mode, s);
     swiglu_backward(da->h_gate, da->h_up, da->h_act, a->h_gate, a->h_up, T * I);
-    linear_backward(dx, tensor_f32_mut(&dw->gate_proj), da->h_gate, x, T, &w->gate_proj);
-    linear_backward(dx, tensor_f32_mut(&dw->up_proj), da->h_up, x, T, &w->up_proj);
+    linear_backward(dx, tensor_f32_mut(&dw->gate_proj), da->h_gate, x, T, &w->gate_proj, mode, s);
+    linear_backward(dx, tensor_f32_mut(&dw->up_proj), da->h_up, x, T, &w->up_proj, mode, s);
 }

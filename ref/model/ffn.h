@@ -29,9 +29,10 @@ void ffn_forward(float *out, const float *x, int64_t T, const FFNWeights *w, FFN
  * Backward of ffn_forward, accumulating (+=): dx [T][D] += ∂L/∂x and the weight gradients into
  * the FP32 tensors of @p dw (a tensor without data is skipped), given dout [T][D] = ∂L/∂out,
  * the forward's input @p x and intermediates @p a. @p da is scratch of the FFNActs shape that
- * must be zero on entry (it receives ∂L/∂(W1·x), ∂L/∂(W3·x), ∂L/∂h_act). W must be FP32.
+ * must be zero on entry (it receives ∂L/∂(W1·x), ∂L/∂(W3·x), ∂L/∂h_act). W must be FP32; @p mode and
+ * @p s as for linear_backward.
  */
 void ffn_backward(float *dx, const FFNWeights *dw, const float *dout, const float *x, int64_t T, const FFNWeights *w,
-                  const FFNActs *a, FFNActs *da);
+                  const FFNActs *a, FFNActs *da, Fp8Mode mode, const LinearScratch *s);
 
 #endif

@@ -42,6 +42,7 @@ LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in) {
     s.max_in = max_in;
     s.max_T = T;
     s.scale_ue8m0 = 0;
+    s.hook = NULL;
     return s;
 }
 
@@ -120,6 +121,11 @@ static void linear_w8a8(float *y, const float *x, int64_t T, const Tensor *W, co
 }
 
 void linear_forward(float *y, const float *x, int64_t T, const Tensor *W, Fp8Mode mode, const LinearScratch *s) {
+    if (mode == FP8_TRAIN) {
+        DSV3_ASSERT(s->hook);
+        s->hook->forward(s->hook, y, x, T, W);
+        return;
+    }
     DSV3_ASSERT(W->cols <= s->max_in);
     if (mode == FP8_W8A8 && W->dtype == DT_F8_E4M3) {
         DSV3_ASSERT(T <= s->max_T);
@@ -190,8 +196,14 @@ static void backward_dw(float *dW, const float *dy, const float *x, int64_t T, i
     }
 }
 
-void linear_backward(float *dx, float *dW, const float *dy, const float *x, int64_t T, const Tensor *W) {
+void linear_backward(float *dx, float *dW, const float *dy, const float *x, int64_t T, const Tensor *W, Fp8Mode mode,
+                     const LinearScratch *s) {
     DSV3_ASSERT(W->dtype == DT_F32);
+    if (mode == FP8_TRAIN) {
+        DSV3_ASSERT(s && s->hook);
+        s->hook->backward(s->hook, dx, dW, dy, x, T, W);
+        return;
+    }
     const float *w = (const float *)(const void *)W->data;
     if (dx) backward_dx(dx, dy, w, T, W->rows, W->cols);
     if (dW) backward_dw(dW, dy, x, T, W->rows, W->cols);

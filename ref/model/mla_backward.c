@@ -42,7 +42,7 @@ void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const floa
     float scale = c->softmax_scale;
     DSV3_ASSERT(ctx->attn == ATTN_NAIVE && a->att && a->att_stride >= T && da->att);
     /* y = W_O o */
-    linear_backward(da->o, tensor_f32_mut(&dw->o_proj), dy, a->o, T, &w->o_proj);
+    linear_backward(da->o, tensor_f32_mut(&dw->o_proj), dy, a->o, T, &w->o_proj, ctx->fp8, &ctx->lin);
     /* Attention, one head per thread. da->att rows serve as dP scratch. */
 #pragma omp parallel for schedule(static)
     for (int64_t h = 0; h < H; h++) {
@@ -80,7 +80,7 @@ void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const floa
         }
     }
     /* [k_nope | v] = W_UKV ĉ_kv */
-    linear_backward(da->c_kv, tensor_f32_mut(&dw->kv_b_proj), da->kv, a->c_kv, T, &w->kv_b_proj);
+    linear_backward(da->c_kv, tensor_f32_mut(&dw->kv_b_proj), da->kv, a->c_kv, T, &w->kv_b_proj, ctx->fp8, &ctx->lin);
     /* kv_a = [c_kv | k_pe] before norm/rope: the rope part goes back through the rotation, the
      * latent part through kv_a_layernorm. */
     for (int64_t t = 0; t < T; t++) {
@@ -90,17 +90,17 @@ void mla_backward(float *dx, const LayerWeights *dw, const float *dy, const floa
     }
     rmsnorm_backward(da->kv_a, Dc + Dr, f32_mut(dw->kv_a_layernorm), da->c_kv, Dc, a->kv_a, Dc + Dr, w->kv_a_layernorm,
                      a->rstd_kv, T, Dc);
-    linear_backward(dx, tensor_f32_mut(&dw->kv_a_proj_with_mqa), da->kv_a, x, T, &w->kv_a_proj_with_mqa);
+    linear_backward(dx, tensor_f32_mut(&dw->kv_a_proj_with_mqa), da->kv_a, x, T, &w->kv_a_proj_with_mqa, ctx->fp8, &ctx->lin);
     /* Queries: undo the rope on each head's q_pe gradient, then q_b_proj, q_a_layernorm, q_a_proj. */
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++)
             rope_backward(da->q + (t * H + h) * Dqk + Dn, ctx->rope_cos + t * half, ctx->rope_sin + t * half, (int)Dr);
     if (Dq == 0) { /* q_lora_rank null: q = W_Q x */
-        linear_backward(dx, tensor_f32_mut(&dw->q_proj), da->q, x, T, &w->q_proj);
+        linear_backward(dx, tensor_f32_mut(&dw->q_proj), da->q, x, T, &w->q_proj, ctx->fp8, &ctx->lin);
         return;
     }
-    linear_backward(da->c_q_norm, tensor_f32_mut(&dw->q_b_proj), da->q, a->c_q_norm, T, &w->q_b_proj);
+    linear_backward(da->c_q_norm, tensor_f32_mut(&dw->q_b_proj), da->q, a->c_q_norm, T, &w->q_b_proj, ctx->fp8, &ctx->lin);
     rmsnorm_backward(da->c_q, Dq, f32_mut(dw->q_a_layernorm), da->c_q_norm, Dq, a->c_q, Dq, w->q_a_layernorm, a->rstd_q, T,
                      Dq);
-    linear_backward(dx, tensor_f32_mut(&dw->q_a_proj), da->c_q, x, T, &w->q_a_proj);
+    linear_backward(dx, tensor_f32_mut(&dw->q_a_proj), da->c_q, x, T, &w->q_a_proj, ctx->fp8, &ctx->lin);
 }

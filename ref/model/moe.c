@@ -176,7 +176,7 @@ void moe_backward(float *dx, const LayerWeights *dw, const float *dout, const fl
         FFNActs acts = { a->routed.h_gate + r0 * Ie, a->routed.h_up + r0 * Ie, a->routed.h_act + r0 * Ie };
         FFNActs dacts = { da->routed.h_gate + r0 * Ie, da->routed.h_up + r0 * Ie, da->routed.h_act + r0 * Ie };
         ffn_backward(da->x_perm + r0 * D, &dw->experts[e], da->y_perm + r0 * D, a->x_perm + r0 * D, r1 - r0, &w->experts[e],
-                     &acts, &dacts);
+                     &acts, &dacts, ctx->fp8, &ctx->lin);
     }
     /* 3. The gather x_perm[r] = x[token of r] transposes to a scatter-add. */
     for (int64_t r = 0; r < T * K; r++) {
@@ -188,8 +188,9 @@ void moe_backward(float *dx, const LayerWeights *dw, const float *dout, const fl
     for (int64_t t = 0; t < T; t++)
         gate_backward(da->logits + t * E, da->weights + t * K, a->idx + t * K, a->scores + t * E, c);
     moe_balance_backward(da->logits, a, T, c, alpha, ctx->gate_work);
-    linear_backward(dx, tensor_f32_mut(&dw->gate), da->logits, x, T, &w->gate);
+    linear_backward(dx, tensor_f32_mut(&dw->gate), da->logits, x, T, &w->gate, FP8_DEQUANT, NULL);
     /* 5. Shared experts see every token with weight 1. */
     if (c->n_shared_experts > 0)
-        ffn_backward(dx, &dw->shared_experts, dout, x, T, &w->shared_experts, &a->shared, &da->shared);
+        ffn_backward(dx, &dw->shared_experts, dout, x, T, &w->shared_experts, &a->shared, &da->shared, ctx->fp8,
+                     &ctx->lin);
 }

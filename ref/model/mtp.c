@@ -59,7 +59,7 @@ void mtp_module_backward(float *dh_prev, const MTPWeights *dw, const float *dnor
     rmsnorm_backward(da->h, D, f32_mut(dw->shared_head_norm), dnormed, D, a->h, D, w->shared_head_norm, a->rstd_out, T, D);
     /* z = block(eh_proj · cat); the block keeps its input (eh_proj's output) in h_in */
     block_backward(da->h, T, &w->block, &dw->block, cache, dcache, &a->block, &da->block, balance_alpha, ctx);
-    linear_backward(da->cat, tensor_f32_mut(&dw->eh_proj), da->h, a->cat, T, &w->eh_proj);
+    linear_backward(da->cat, tensor_f32_mut(&dw->eh_proj), da->h, a->cat, T, &w->eh_proj, ctx->fp8, &ctx->lin);
     /* cat = [enorm(e) | hnorm(h_prev)]: each half back through its norm */
     rmsnorm_backward(da->emb, D, f32_mut(dw->enorm), da->cat, 2 * D, a->emb, D, w->enorm, a->rstd_e, T, D);
     embedding_backward(tensor_f32_mut(&dw->embed_tokens), da->emb, next_ids, T, D);

@@ -6,12 +6,15 @@
  * warmed up linearly over the first 2K steps to 2.2e-4, held, then decayed along a cosine to
  * 2.2e-5 (then two constant tails). A short run has no room for the hold and the tails, so the
  * schedule here is warmup followed directly by the cosine, to min = peak/10 by default (the
- * paper's 2.2e-4 → 2.2e-5 ratio). Moments are FP32 here (the paper stores them in BF16, §3.3.3:
- * a memory trick of the 671B run that changes nothing about the algorithm).
+ * paper's 2.2e-4 → 2.2e-5 ratio). Moments are FP32 by default; the paper stores them in BF16
+ * (§3.3.3), which `--moments bf16` (the default of `--precision fp8`) reproduces with round_to_bf16
+ * after every update.
  */
 #include "optim.h"
 
 #include <math.h>
+
+#include "base/util.h"
 
 void adamw_update(float *p, float *m, float *v, const float *g, size_t n, const AdamW *h, double lr, int64_t t, int decay) {
     /* Bias corrections in double: 1 − 0.95ᵗ is tiny for t = 1 and must not lose digits. */
@@ -25,6 +28,10 @@ void adamw_update(float *p, float *m, float *v, const float *g, size_t n, const 
         v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
         p[i] = p[i] * shrink - step * m[i] / (sqrtf(v[i] * rbc2) + eps);
     }
+}
+
+void round_to_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }
 
 double lr_at(const LrSchedule *s, int64_t step) {

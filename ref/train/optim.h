@@ -26,6 +26,12 @@ typedef struct {
  */
 void adamw_update(float *p, float *m, float *v, const float *g, size_t n, const AdamW *h, double lr, int64_t t, int decay);
 
+/**
+ * Rounds each of @p x [n] to the nearest BF16 value (ties to even): AdamW moments kept in BF16
+ * (paper §3.3.3) are computed in FP32 from their stored values, then stored back this way.
+ */
+void round_to_bf16(float *x, size_t n);
+
 /** Learning-rate schedule: linear warmup to the peak, then cosine decay to a floor. */
 typedef struct {
     double peak;     /**< learning rate after warmup */

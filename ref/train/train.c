@@ -67,6 +67,9 @@ TrainOptions train_options_default(int hidden) {
     o.save_every = 0;
     o.keep = 3;
     o.save_format = CKPT_F32;
+    o.precision = TRAIN_FP32;
+    o.fp8 = fp8_options_default();
+    o.bf16_moments = 0;
     return o;
 }
 
@@ -155,6 +158,9 @@ int trainer_init(Trainer *tr, const Config *cfg, const TrainOptions *opt, Err *e
         return err_set(err, "seq_len = %lld must be at least 2 and exceed the MTP depth %d", (long long)o->seq_len, o->n_mtp);
     if (o->steps < 1) return err_set(err, "steps = %lld must be at least 1", (long long)o->steps);
     if (o->lr.warmup < 0) return err_set(err, "warmup = %lld must not be negative", (long long)o->lr.warmup);
+    if (o->precision != TRAIN_FP32 && o->precision != TRAIN_FP8) return err_set(err, "precision %d must be fp32 or fp8", o->precision);
+    if (o->bf16_moments != 0 && o->bf16_moments != 1) return err_set(err, "bf16_moments = %d must be 0 or 1", o->bf16_moments);
+    if (o->precision == TRAIN_FP8 && fp8_options_check(&o->fp8, err)) return -1;
     o->lr.total = o->steps;
     if (config_check_positions(cfg, o->seq_len, "seq_len", err)) return -1;
     if (params_init(&tr->ps, cfg, o->n_mtp, 1, err)) return -1;
@@ -207,6 +213,12 @@ int trainer_init(Trainer *tr, const Config *cfg, const TrainOptions *opt, Err *e
     tr->ctx.cfg = c;
     tr->ctx.attn = ATTN_NAIVE;
     tr->ctx.fp8 = FP8_DEQUANT;
+    if (o->precision == TRAIN_FP8) { /* the linears' GEMMs go through the recipe (fp8_recipe.h) */
+        if (!(tr->fp8 = fp8_recipe_new(&o->fp8, T, (int)L + o->n_mtp, err)) || fp8_recipe_add_params(tr->fp8, &tr->ps, err))
+            goto fail;
+        tr->ctx.fp8 = FP8_TRAIN;
+        tr->ctx.lin.hook = fp8_recipe_hook(tr->fp8);
+    }
     rng_seed(&tr->rng, o->seed);
     tr->data.shuffle = o->shuffle;
     return 0;
@@ -227,6 +239,7 @@ void trainer_free(Trainer *tr) {
     free(tr->mtp);
     free(tr->mem);
     free(tr->dmem);
+    fp8_recipe_free(tr->fp8);
     memset(tr, 0, sizeof *tr);
 }
 
@@ -280,6 +293,7 @@ static void forward_sequence(Trainer *tr, const int *ids, TrainLosses *out, int 
     const Config *c = &tr->ps.config;
     const Weights *w = &tr->ps.w;
     int64_t T = tr->opt.seq_len, E = c->n_routed_experts;
+    if (tr->fp8) fp8_recipe_begin_sequence(tr->fp8);
     /* Main model (docs/model.md §2): embed, blocks, final norm, head; then the MTP depths. */
     embedding_forward(tr->h, ids, T, &w->embed_tokens);
     for (int l = 0; l < c->num_hidden_layers; l++)
@@ -317,7 +331,7 @@ void train_head_backward(Trainer *tr, const TrainHead *hd, const float *h, const
         cross_entropy_backward(tr->dlogits, logits_of(tr, hd->probs, k), hd->targets + k * T, Tk, V,
                                scale * (float)(tr->opt.mtp_lambda / Dm) / (float)T);
         linear_backward(dn, tensor_f32_mut(&g->mtp[k - 1].shared_head_head), tr->dlogits, a->normed, Tk,
-                        &w->mtp[k - 1].shared_head_head);
+                        &w->mtp[k - 1].shared_head_head, FP8_DEQUANT, NULL);
         train_clear_block_scratch(tr);
         memset(tr->dmtp.emb, 0, sizeof(float) * (size_t)(T * D));
         memset(tr->dmtp.cat, 0, sizeof(float) * (size_t)(T * 2 * D));
@@ -331,7 +345,7 @@ void train_head_backward(Trainer *tr, const TrainHead *hd, const float *h, const
     /* Main head and final norm. */
     memset(tr->dlogits, 0, sizeof(float) * (size_t)(T * V));
     cross_entropy_backward(tr->dlogits, hd->probs, hd->targets, T, V, scale / (float)T);
-    linear_backward(tr->dnormed, tensor_f32_mut(&g->lm_head), tr->dlogits, hd->normed, T, &w->lm_head);
+    linear_backward(tr->dnormed, tensor_f32_mut(&g->lm_head), tr->dlogits, hd->normed, T, &w->lm_head, FP8_DEQUANT, NULL);
     memset(dh, 0, sizeof(float) * (size_t)(T * D));
     rmsnorm_backward(dh, D, f32_mut(g->norm), tr->dnormed, D, h, D, w->norm, hd->rstd, T, D);
 }
@@ -372,6 +386,7 @@ void train_finish_losses(const Trainer *tr, TrainLosses *out, int64_t n) {
 void trainer_grad(Trainer *tr, const int *seqs, int64_t n, TrainLosses *out) {
     int64_t T = tr->opt.seq_len;
     memset(out, 0, sizeof *out);
+    if (tr->fp8) fp8_recipe_begin_pass(tr->fp8);
     memset(tr->ps.grad, 0, tr->ps.n * sizeof *tr->ps.grad);
     memset(tr->load, 0, sizeof *tr->load * (size_t)tr->n_moe * (size_t)tr->ps.config.n_routed_experts);
     for (int64_t b = 0; b < n; b++) {
@@ -384,6 +399,7 @@ void trainer_grad(Trainer *tr, const int *seqs, int64_t n, TrainLosses *out) {
 
 void trainer_eval(Trainer *tr, const int *seqs, int64_t n, TrainLosses *out) {
     memset(out, 0, sizeof *out);
+    if (tr->fp8) fp8_recipe_begin_pass(tr->fp8);
     for (int64_t b = 0; b < n; b++) forward_sequence(tr, seqs + b * (tr->opt.seq_len + 1), out, 0);
     train_finish_losses(tr, out, n);
 }
@@ -407,6 +423,7 @@ void trainer_update(Trainer *tr, StepStats *st) {
             for (size_t j = 0; j < e->n; j++) g[j] *= clip;
         adamw_update(p->data + e->offset, tr->m + e->offset, tr->v + e->offset, g, e->n, &tr->opt.adamw, st->lr,
                      tr->step + 1, e->role == PARAM_DECAY);
+        if (tr->opt.bf16_moments) round_to_bf16(tr->m + e->offset, e->n), round_to_bf16(tr->v + e->offset, e->n);
     }
     /* Aux-loss-free balancing: one bias step per MoE layer from this step's loads. */
     for (int j = 0; j < tr->n_moe; j++) {

@@ -22,11 +22,18 @@
 #include "model/block.h"
 #include "model/ckpt.h"
 #include "data.h"
+#include "fp8_recipe.h"
 #include "model/model.h"
 #include "model/mtp.h"
 #include "optim.h"
 #include "params.h"
 #include "base/rng.h"
+
+/** The numerics of a run's linear layers. */
+typedef enum {
+    TRAIN_FP32 = 0, /**< FP32 everywhere: the oracle */
+    TRAIN_FP8 = 1,  /**< the paper's FP8 recipe (§3.3) for every linear's three GEMMs, emulated (fp8_recipe.h) */
+} TrainPrecision;
 
 /** Hyper-parameters of a run; each is a `dsv3 train` flag and is saved with every checkpoint. */
 typedef struct {
@@ -46,6 +53,9 @@ typedef struct {
     int64_t save_every;       /**< checkpoint every N steps (0: at the end only); kept by --resume */
     int64_t keep;             /**< newest checkpoints kept (0: all); kept by --resume */
     int save_format;          /**< CkptFormat of model.safetensors; kept by --resume */
+    int precision;            /**< a TrainPrecision */
+    Fp8Options fp8;           /**< the FP8 recipe's options (TRAIN_FP8) */
+    int bf16_moments;         /**< AdamW moments stored in BF16 (paper §3.3.3; `dsv3 train`'s default under fp8) */
 } TrainOptions;
 
 /** Defaults for a model of hidden size @p hidden (paper values; see docs/training.md). */
@@ -101,6 +111,7 @@ typedef struct {
     void *mem;           /**< one allocation behind the buffers above */
     void *dmem;          /**< the allocation behind dacts */
     size_t dbytes;       /**< its size */
+    Fp8Recipe *fp8;      /**< TRAIN_FP8: the recipe behind ctx.lin.hook (NULL under FP32) */
 } Trainer;
 
 /**

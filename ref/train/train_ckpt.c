@@ -68,6 +68,13 @@ static const OptField opt_fields[] = {
     { "save_every", 'l', offsetof(TrainOptions, save_every), 1 },
     { "keep", 'l', offsetof(TrainOptions, keep), 1 },
     { "save_format", 'i', offsetof(TrainOptions, save_format), 1 },
+    /* --precision's: a checkpoint written before resumes as an FP32 run */
+    { "precision", 'i', offsetof(TrainOptions, precision), 1 },
+    { "bf16_moments", 'i', offsetof(TrainOptions, bf16_moments), 1 },
+    { "fp8_acc_bits", 'i', offsetof(TrainOptions, fp8.acc_bits), 1 },
+    { "fp8_promote", 'i', offsetof(TrainOptions, fp8.promote), 1 },
+    { "fp8_per_tensor", 'i', offsetof(TrainOptions, fp8.per_tensor), 1 },
+    { "fp8_grad_format", 'i', offsetof(TrainOptions, fp8.grad_format), 1 },
 };
 
 static void meta_put(cJSON *o, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -143,6 +143,7 @@ static double *rec_load(PipeTrainer *pt) { return rec_bal(pt) + (size_t)pt->sche
 int pipe_trainer_check(const Trainer *tr, PipeKind kind, int n_ranks, Err *err) {
     PipeSchedule s;
     if (tr->opt.batch > 1 << 16) return err_set(err, "pipeline: %lld sequences per step is too many", (long long)tr->opt.batch);
+    if (tr->opt.precision != TRAIN_FP32) return err_set(err, "the FP8 recipe trains in one process: drop --pipeline or --precision fp8");
     if (pipe_build(&s, kind, n_ranks, (int)tr->opt.batch, err)) return err_prefix(err, "--batch %lld", (long long)tr->opt.batch);
     int S = s.n_stages, L = tr->ps.config.num_hidden_layers;
     pipe_free(&s);
@@ -276,7 +277,7 @@ static void block_backward_input(PipeTrainer *pt, float *dh, int l, PipeSlot *s,
     memset(tr->dkv.mem, 0, tr->dkv.bytes);
     memcpy(s->dh_out + (size_t)i * T * D, dh, bytes);
     if (w->is_moe) moe_backward(da->x_ffn, ng, dh, a->x_ffn, T, w, &a->moe, &da->moe, alpha, &tr->ctx);
-    else ffn_backward(da->x_ffn, &ng->mlp, dh, a->x_ffn, T, &w->mlp, &a->dense, &da->dense);
+    else ffn_backward(da->x_ffn, &ng->mlp, dh, a->x_ffn, T, &w->mlp, &a->dense, &da->dense, FP8_DEQUANT, NULL);
     rmsnorm_backward(dh, D, NULL, da->x_ffn, D, a->h_mid, D, w->post_attention_layernorm, a->rstd_ffn, T, D);
     memcpy(s->dh_mid + (size_t)i * T * D, dh, bytes);
     mla_backward(da->x_attn, ng, dh, a->x_attn, T, w, &s->kv.layers[i], &tr->dkv.layers[0], &a->mla, &da->mla, &tr->ctx);
@@ -286,9 +287,9 @@ static void block_backward_input(PipeTrainer *pt, float *dh, int l, PipeSlot *s,
 /** The weight gradients of ffn_backward from its kept activation gradients (@p dout: its output's). */
 static void ffn_weight_grad(const FFNWeights *dw, const float *dout, const float *x, int64_t T, const FFNWeights *w,
                             const FFNActs *a, const FFNActs *da) {
-    linear_backward(NULL, tensor_f32_mut(&dw->down_proj), dout, a->h_act, T, &w->down_proj);
-    linear_backward(NULL, tensor_f32_mut(&dw->gate_proj), da->h_gate, x, T, &w->gate_proj);
-    linear_backward(NULL, tensor_f32_mut(&dw->up_proj), da->h_up, x, T, &w->up_proj);
+    linear_backward(NULL, tensor_f32_mut(&dw->down_proj), dout, a->h_act, T, &w->down_proj, FP8_DEQUANT, NULL);
+    linear_backward(NULL, tensor_f32_mut(&dw->gate_proj), da->h_gate, x, T, &w->gate_proj, FP8_DEQUANT, NULL);
+    linear_backward(NULL, tensor_f32_mut(&dw->up_proj), da->h_up, x, T, &w->up_proj, FP8_DEQUANT, NULL);
 }
 
 /**
@@ -311,7 +312,7 @@ static void block_weight_grad(PipeTrainer *pt, int l, const PipeSlot *s, int i) 
             FFNActs fd = { da->moe.routed.h_gate + r0 * Ie, da->moe.routed.h_up + r0 * Ie, da->moe.routed.h_act + r0 * Ie };
             ffn_weight_grad(&g->experts[e], da->moe.y_perm + r0 * D, a->moe.x_perm + r0 * D, r1 - r0, &w->experts[e], &fa, &fd);
         }
-        linear_backward(NULL, tensor_f32_mut(&g->gate), da->moe.logits, a->x_ffn, T, &w->gate);
+        linear_backward(NULL, tensor_f32_mut(&g->gate), da->moe.logits, a->x_ffn, T, &w->gate, FP8_DEQUANT, NULL);
         if (c->n_shared_experts > 0)
             ffn_weight_grad(&g->shared_experts, dh_out, a->x_ffn, T, &w->shared_experts, &a->moe.shared, &da->moe.shared);
     } else {
@@ -320,15 +321,15 @@ static void block_weight_grad(PipeTrainer *pt, int l, const PipeSlot *s, int i) 
     rmsnorm_backward(NULL, D, f32_mut(g->post_attention_layernorm), da->x_ffn, D, a->h_mid, D, w->post_attention_layernorm,
                      a->rstd_ffn, T, D);
     /* mla_backward's, in its order */
-    linear_backward(NULL, tensor_f32_mut(&g->o_proj), dh_mid, a->mla.o, T, &w->o_proj);
-    linear_backward(NULL, tensor_f32_mut(&g->kv_b_proj), da->mla.kv, a->mla.c_kv, T, &w->kv_b_proj);
+    linear_backward(NULL, tensor_f32_mut(&g->o_proj), dh_mid, a->mla.o, T, &w->o_proj, FP8_DEQUANT, NULL);
+    linear_backward(NULL, tensor_f32_mut(&g->kv_b_proj), da->mla.kv, a->mla.c_kv, T, &w->kv_b_proj, FP8_DEQUANT, NULL);
     rmsnorm_backward(NULL, Dc + Dr, f32_mut(g->kv_a_layernorm), da->mla.c_kv, Dc, a->mla.kv_a, Dc + Dr, w->kv_a_layernorm,
                      a->mla.rstd_kv, T, Dc);
-    linear_backward(NULL, tensor_f32_mut(&g->kv_a_proj_with_mqa), da->mla.kv_a, a->x_attn, T, &w->kv_a_proj_with_mqa);
-    linear_backward(NULL, tensor_f32_mut(&g->q_b_proj), da->mla.q, a->mla.c_q_norm, T, &w->q_b_proj);
+    linear_backward(NULL, tensor_f32_mut(&g->kv_a_proj_with_mqa), da->mla.kv_a, a->x_attn, T, &w->kv_a_proj_with_mqa, FP8_DEQUANT, NULL);
+    linear_backward(NULL, tensor_f32_mut(&g->q_b_proj), da->mla.q, a->mla.c_q_norm, T, &w->q_b_proj, FP8_DEQUANT, NULL);
     rmsnorm_backward(NULL, Dq, f32_mut(g->q_a_layernorm), da->mla.c_q_norm, Dq, a->mla.c_q, Dq, w->q_a_layernorm, a->mla.rstd_q,
                      T, Dq);
-    linear_backward(NULL, tensor_f32_mut(&g->q_a_proj), da->mla.c_q, a->x_attn, T, &w->q_a_proj);
+    linear_backward(NULL, tensor_f32_mut(&g->q_a_proj), da->mla.c_q, a->x_attn, T, &w->q_a_proj, FP8_DEQUANT, NULL);
     rmsnorm_backward(NULL, D, f32_mut(g->input_layernorm), da->x_attn, D, a->h_in, D, w->input_layernorm, a->rstd_attn, T, D);
 }
 
