@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "notebook.h"
 #include "base/rng.h"
 #include "model/ckpt.h"
 #include "model/rope.h"
@@ -34,14 +35,6 @@
 enum { DR = 64, HALF = DR / 2, HEADS = 8, NMAX = 163840 };
 
 static const double PI = 3.14159265358979323846;
-
-static int failures = 0;
-
-/** Prints a claim and whether it holds; a false claim makes the notebook exit non-zero. */
-static void check(int ok, const char *claim) {
-    printf("  [%s] %s\n", ok ? "ok" : "FAILED", claim);
-    failures += !ok;
-}
 
 /** Entropy (nats) of softmax(scale · s[0..n)), and the probability mass on s[far..n). */
 static double softmax_entropy(const float *s, int n, double scale, int far, double *far_mass) {
@@ -201,12 +194,8 @@ static void part_entropy(Entropy *out, float *score[2], const Config *v3) {
 static void plot(const char *out_dir, const Config *v3, const Rope *rope, const Rope *yarn, const Entropy *e) {
     int L0 = v3->original_max_position_embeddings;
     char png[4096];
-    snprintf(png, sizeof png, "%s/04_yarn.png", out_dir);
-    FILE *gp = popen("gnuplot", "w");
-    if (!gp) {
-        check(0, "gnuplot runs");
-        return;
-    }
+    FILE *gp = plot_open(out_dir, "04_yarn", png, sizeof png);
+    if (!gp) return;
     fprintf(gp, "set terminal pngcairo size 1300,520 font ',11'\nset output '%s'\nset multiplot layout 1,2\n", png);
     fprintf(gp, "$ramp << EOD\n");
     for (int i = 0; i < HALF; i++)
@@ -231,10 +220,7 @@ static void plot(const char *out_dir, const Config *v3, const Rope *rope, const 
                 "$ent using 1:4 with linespoints pt 9 title \"YaRN theta' + mscale^2 (DeepSeek-V3)\", "
                 "%g with lines dt 2 lc rgb 'gray' title 'plain RoPE at N = 4096'\nunset multiplot\n",
             L0, L0, L0, e->H[2][0]);
-    struct stat st;
-    int plotted = pclose(gp) == 0 && stat(png, &st) == 0 && st.st_size > 0;
-    check(plotted, "the plot was written");
-    printf("\n  plot: %s\n", png);
+    plot_close(gp, png);
 }
 
 int main(int argc, char **argv) {

@@ -26,22 +26,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "notebook.h"
 #include "model/ckpt.h"
 #include "model/model.h"
-
-static int failures = 0;
-
-/** Prints a claim and whether it holds; a false claim makes the notebook exit non-zero. */
-static void check(int ok, const char *claim) {
-    printf("  [%s] %s\n", ok ? "ok" : "FAILED", claim);
-    failures += !ok;
-}
-
-/** A setup failure (a file that cannot be read, no memory): the notebook cannot make its point. */
-static void die(const char *msg) {
-    fprintf(stderr, "%s\n", msg);
-    exit(1);
-}
 
 /** max|a−b| / max|b| over n values: the project's way of comparing two float arrays. */
 static double max_rel_diff(const float *a, const float *b, size_t n) {
@@ -203,9 +190,8 @@ static void part_equivalence(void) {
 /** The plot: one sequence's cache against its context length, into OUT_DIR/05_latent_kv_cache.png. */
 static void plot(const char *out_dir, double gib[][3]) {
     char png[4096];
-    snprintf(png, sizeof png, "%s/05_latent_kv_cache.png", out_dir);
-    FILE *gp = popen("gnuplot", "w");
-    if (!gp) die("cannot run gnuplot");
+    FILE *gp = plot_open(out_dir, "05_latent_kv_cache", png, sizeof png);
+    if (!gp) return;
     fprintf(gp, "set terminal pngcairo size 900,560 font ',11'\nset output '%s'\n$d << EOD\n", png);
     for (int i = 0; i < NCTX; i++) fprintf(gp, "%d %g %g %g\n", ctx[i], gib[i][0], gib[i][1], gib[i][2]);
     fprintf(gp, "EOD\nset title 'KV cache of one sequence, DeepSeek-V3 shape (61 layers, BF16)'\n"
@@ -215,9 +201,7 @@ static void plot(const char *out_dir, double gib[][3]) {
                 "$d using 1:3 with linespoints pt 5 title 'GQA, 8 groups x (192 + 128)', "
                 "$d using 1:4 with linespoints pt 9 title 'MLA, c_{kv} 512 + k_{pe} 64', "
                 "80 with lines dt 2 lc rgb 'red' title '80 GiB (one H100/H800)'\n");
-    struct stat st;
-    check(pclose(gp) == 0 && stat(png, &st) == 0 && st.st_size > 0, "the plot was written");
-    printf("\n  plot: %s\n", png);
+    plot_close(gp, png);
 }
 
 int main(int argc, char **argv) {

@@ -32,24 +32,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "notebook.h"
 #include "base/rng.h"
 #include "model/fp8.h"
 #include "model/linear.h"
 #include "model/tensor.h"
-
-static int failures = 0;
-
-/** Prints a claim and whether it holds; a false claim makes the notebook exit non-zero. */
-static void check(int ok, const char *claim) {
-    printf("  [%s] %s\n", ok ? "ok" : "FAILED", claim);
-    failures += !ok;
-}
-
-/** A setup failure (no memory, no gnuplot): the notebook cannot make its point. */
-static void die(const char *msg) {
-    fprintf(stderr, "%s\n", msg);
-    exit(1);
-}
 
 /* ================================ A. Quantization error per block =============================== */
 
@@ -365,9 +352,8 @@ static void plot(const char *out_dir, const Results *res) {
     const double *act_err = res->act_err, *act_worst = res->act_worst;
     const double(*err)[4] = res->err;
     char png[4096];
-    snprintf(png, sizeof png, "%s/06_fp8_blocks.png", out_dir);
-    FILE *gp = popen("gnuplot", "w");
-    if (!gp) die("cannot run gnuplot");
+    FILE *gp = plot_open(out_dir, "06_fp8_blocks", png, sizeof png);
+    if (!gp) return;
     fprintf(gp, "set terminal pngcairo size 1300,520 font ',11'\nset output '%s'\nset multiplot layout 1,2\n", png);
     fprintf(gp, "$a << EOD\n");
     for (int i = 0; i < NW; i++) fprintf(gp, "%d %g %g\n", widths[i], 100 * act_err[i], 100 * act_worst[i]);
@@ -391,9 +377,7 @@ static void plot(const char *out_dir, const Results *res) {
                 "$b using 1:4 with linespoints pt 5 lc 2 title 'every addition rounded, 14-bit only', "
                 "$b using 1:5 with linespoints pt 4 lc 2 dt 2 title '... promoted to FP32 every 128', "
                 "2 with lines dt 3 lc rgb 'black' title 'paper: nearly 2 %% at K = 4096 on H800'\nunset multiplot\n");
-    struct stat st;
-    check(pclose(gp) == 0 && stat(png, &st) == 0 && st.st_size > 0, "the plot was written");
-    printf("\n  plot: %s\n", png);
+    plot_close(gp, png);
 
     printf("\n%s\n", failures ? "SOME CLAIMS FAILED" : "OK: every claim above holds.");
 }

@@ -35,23 +35,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "notebook.h"
 #include "generate/generate.h"
 #include "model/mtp.h"
 #include "tokenizer/tokenizer.h"
-
-static int failures = 0;
-
-/** Prints a claim and whether it holds; a false claim makes the notebook exit non-zero. */
-static void check(int ok, const char *claim) {
-    printf("  [%s] %s\n", ok ? "ok" : "FAILED", claim);
-    failures += !ok;
-}
-
-/** A setup failure (a file that cannot be read, no memory): the notebook cannot make its point. */
-static void die(const char *msg) {
-    fprintf(stderr, "%s\n", msg);
-    exit(1);
-}
 
 /** Generates n tokens after @p prompt with @p draft MTP drafts per step (0: plain). Returns how many
  *  tokens each gen_next call produced in @p per_step (its count in *steps) and the session's stats. */
@@ -187,9 +174,8 @@ static void plot_position(const char *out_dir, const Tokenizer *tok, const int *
                           const float *q, const float *law, double beta) {
     char name[64];
     char png[4096];
-    snprintf(png, sizeof png, "%s/07_mtp_speculative.png", out_dir);
-    FILE *gp = popen("gnuplot", "w");
-    if (!gp) die("cannot run gnuplot");
+    FILE *gp = plot_open(out_dir, "07_mtp_speculative", png, sizeof png);
+    if (!gp) return;
     fprintf(gp, "set terminal pngcairo size 1100,560 font ',11'\nset output '%s'\n$d << EOD\n", png);
     for (int k = 0; k < ntop; k++) {
         int y = top[k];
@@ -204,9 +190,7 @@ static void plot_position(const char *out_dir, const Tokenizer *tok, const int *
                 "$d using ($1+0.19):4 with boxes lc rgb '#3b7dd8' title 'min(p, q): accepted drafts', "
                 "$d using ($1+0.19):6 with points pt 7 ps 1.3 lc rgb 'black' title 'p: main model'\n",
             beta);
-    struct stat st_png;
-    check(pclose(gp) == 0 && stat(png, &st_png) == 0 && st_png.st_size > 0, "the plot was written");
-    printf("  plot: %s\n", png);
+    plot_close(gp, png);
 }
 
 /* ---- B. The acceptance algebra on the real p and q ---------------------------------------------

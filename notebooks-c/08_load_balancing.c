@@ -38,20 +38,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "notebook.h"
 #include "base/rng.h"
 #include "model/ckpt.h"
 #include "model/gate.h"
 #include "model/moe.h"
 
 enum { DX = 8, TYPES = 32, T = 512, STEPS = 800, EVAL = 4096, MAXE = 64, MAXK = 16 };
-
-static int failures = 0;
-
-/** Prints a claim and whether it holds; a false claim makes the notebook exit non-zero. */
-static void check(int ok, const char *claim) {
-    printf("  [%s] %s\n", ok ? "ok" : "FAILED", claim);
-    failures += !ok;
-}
 
 /** The toy's world: token types with centers and Zipf frequencies, and the true gate G*. */
 typedef struct {
@@ -247,12 +240,8 @@ static void report(const Arm *res, int E) {
 static void plot(const char *out_dir, const Arm *res, int E) {
     const Arm *b = &res[BIAS];
     char png[4096];
-    snprintf(png, sizeof png, "%s/08_load_balancing.png", out_dir);
-    FILE *gp = popen("gnuplot", "w");
-    if (!gp) {
-        check(0, "gnuplot runs");
-        return;
-    }
+    FILE *gp = plot_open(out_dir, "08_load_balancing", png, sizeof png);
+    if (!gp) return;
     fprintf(gp, "set terminal pngcairo size 1500,480 font ',10'\nset output '%s'\nset multiplot layout 1,3\n", png);
     fprintf(gp, "$v << EOD\n");
     enum { SMOOTH = 20 }; /* running mean over 20 steps: one batch's MaxVio is noisy */
@@ -292,9 +281,7 @@ static void plot(const char *out_dir, const Arm *res, int E) {
                 "title 'bias update (gamma 0.0003, 0.001, 0.003)', "
                 "$q using 1:($4 == 2 ? $2 : 1/0) with points pt 5 ps 1.5 lc rgb '#c05010' title 'auxiliary loss', "
                 "$q using 1:($4 == 2 ? $2 : 1/0):3 with labels offset 0,1 font ',9' notitle\nunset multiplot\n");
-    struct stat st_png;
-    check(pclose(gp) == 0 && stat(png, &st_png) == 0 && st_png.st_size > 0, "the plot was written");
-    printf("\n  plot: %s\n", png);
+    plot_close(gp, png);
 }
 
 int main(int argc, char **argv) {
