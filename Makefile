@@ -228,7 +228,7 @@ check-layers:
 check-citations:
 	@bash tools/check_citations.sh
 
-test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
+test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(BUILD)/train_report $(BUILD)/fp8_report $(TEST_GPU_RUN) $(if $(TEST_GPU_RUN),$(GPU_BENCH_BIN) $(BUILD)/tests/dsv3_mock)
 	@pass=0; fail=0; failed=""; \
 	for c in check-layers check-citations test-js; do \
 	  if $(MAKE) --no-print-directory $$c; then pass=$$((pass+1)); else fail=$$((fail+1)); failed="$$failed $$c"; fi; \

@@ -160,7 +160,7 @@ static int memory(const char *config, const char *train, long T) {
     if (params_fill(&tr.ps, params_init_source, &pi, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     int *seq = malloc(sizeof(int) * (size_t)(T + 1));
     TrainLosses L;
-    trainer_next_batch(&tr, &f, seq);
+    if (trainer_next_batch(&tr, &f, seq, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     trainer_grad(&tr, seq, 1, &L);
     int layers = c.num_hidden_layers + o.n_mtp;
     printf("| layer | cached for the backward, FP8 recipe | the same tensors in FP32 | ratio | saved |\n|---|---|---|---|---|\n");
@@ -205,7 +205,8 @@ static int fidelity(const char *ckpt, const char *valpath, long B) {
     int64_t T = o.seq_len;
     int *seqs = malloc(sizeof(int) * (size_t)(B * (T + 1)));
     DataCursor cur = { 0, 0, 0 };
-    for (long b = 0; b < B; b++) data_next(&f, &cur, NULL, T, seqs + b * (T + 1));
+    for (long b = 0; b < B; b++)
+        if (data_next(&f, &cur, NULL, T, seqs + b * (T + 1), &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     float *g32 = NULL;
     double loss32 = 0;
     printf("| numerics | loss gap to FP32 | gradient: relative L2 error | cosine |\n|---|---|---|---|\n");
