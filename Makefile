@@ -435,6 +435,16 @@ experiments-fp8: $(FP8_ARMS:%=runs/fp8/%.jsonl) $(BUILD)/fp8_report $(BUILD)/not
 	nice $(BUILD)/fp8_report --fidelity runs/fp8/fp32/latest data/val.bin 8 | tee runs/fp8/fidelity.md
 	@command -v gnuplot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends gnuplot-nox; else sudo apt-get install -y gnuplot-nox; fi; }
 	gnuplot -e 'dir="runs/fp8"' tools/plot_fp8.gp
+	$(MAKE) --no-print-directory runs/fp8/wide-fidelity.md
+
+# Ablation (b) where promotion matters: the per-step fidelity at DeepSeek-V3's inner dimension
+# (hidden 4096, models/fp8-wide-config.json), from a checkpoint after 4 FP32 steps. ~5 CPU-minutes.
+runs/fp8/wide-fidelity.md: | data $(BUILD)/dsv3 $(BUILD)/fp8_report
+	@mkdir -p runs/fp8
+	nice $(BUILD)/dsv3 train --train data/train.bin --config models/fp8-wide-config.json -n 4 -b 2 -T 128 --val-every 0 \
+	  -o runs/fp8/wide > runs/fp8/wide.out 2>&1
+	nice $(BUILD)/fp8_report --fidelity runs/fp8/wide/latest data/val.bin 2 | tee $@.tmp
+	@mv $@.tmp $@
 
 # ---- CUDA build, GPU tests and benchmarks --------------------------------------------------
 ifeq ($(HAVE_CUDA),1)
