@@ -424,9 +424,14 @@ static void concurrent_equals_solo(void **state) {
     (void)state;
     concurrent_equals_solo_on(main_srv.port);
     assert_true(metric(main_srv.port, "dsv3_slots_busy") == 0);
+    /* 16 slots: every request decodes in the same steps as the 15 others */
+    TestServer wide;
+    assert_int_equal(test_server_start(&wide, "-m " MODEL " -np 16 -b 64 --metrics", 1), 0);
+    concurrent_equals_solo_on(wide.port);
+    assert_int_equal(test_server_stop(&wide, SIGTERM, 10), 0);
 }
 
-/** --spec mtp: the same texts as plain decoding (greedy and seeded), and drafts were accepted. */
+/** --spec mtp: the same texts as plain decoding (greedy and seeded sampling, text for text), and drafts were accepted. */
 static void speculation_changes_nothing(void **state) {
     (void)state;
     TestServer spec;
@@ -438,6 +443,16 @@ static void speculation_changes_nothing(void **state) {
     cJSON *b = post(main_srv.port, "/v1/completions", &st, "%s", req);
     assert_string_equal(jstr(a, "choices.0.text"), jstr(b, "choices.0.text"));
     cJSON_Delete(a), cJSON_Delete(b);
+    /* sampled with a seed: the very text plain decoding draws, not only its law */
+    for (int seed = 1; seed <= 6; seed++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"prompt\": \"And God said\", \"max_tokens\": 40, \"temperature\": %s, \"seed\": %d%s}",
+                 seed % 2 ? "0.7" : "1.0", seed, seed % 3 ? ", \"top_p\": 0.9" : "");
+        a = post(spec.port, "/v1/completions", &st, "%s", body);
+        b = post(main_srv.port, "/v1/completions", &st, "%s", body);
+        assert_string_equal(jstr(a, "choices.0.text"), jstr(b, "choices.0.text"));
+        cJSON_Delete(a), cJSON_Delete(b);
+    }
     double drafted = metric(spec.port, "dsv3_mtp_draft_tokens_total"), accepted = metric(spec.port, "dsv3_mtp_accepted_tokens_total");
     printf("    MTP: %.0f of %.0f drafts accepted\n", accepted, drafted);
     assert_true(drafted > 0 && accepted > 0);

@@ -28,8 +28,7 @@ int infile_open(const char *path, int *fd, struct stat *sb, Err *err) {
     }
     if (!S_ISREG(sb->st_mode)) {
         close(f);
-        return err_set(err, "%s: is %s, not a regular file%s", path, kind_of(sb->st_mode),
-                       S_ISFIFO(sb->st_mode) || S_ISCHR(sb->st_mode) ? " (give '-' to read standard input)" : "");
+        return err_set(err, "%s: is %s, not a regular file", path, kind_of(sb->st_mode));
     }
     int fl = fcntl(f, F_GETFL);
     if (fl >= 0) fcntl(f, F_SETFL, fl & ~O_NONBLOCK);
@@ -53,7 +52,15 @@ int infile_pread(int fd, void *buf, size_t n, uint64_t off, const char *label, E
 }
 
 int read_input(const char *path, size_t max_bytes, char **data, size_t *len, Err *err) {
-    if (strcmp(path, "-") != 0) return read_file(path, max_bytes, data, len, err);
+    if (strcmp(path, "-") != 0) {
+        if (read_file(path, max_bytes, data, len, err) == 0) return 0;
+        /* this input can be a stream: say how */
+        if (strstr(err->msg, "is a FIFO,") || strstr(err->msg, "is a character device,")) {
+            size_t n = strlen(err->msg);
+            snprintf(err->msg + n, sizeof err->msg - n, " (give '-' to read standard input)");
+        }
+        return -1;
+    }
     *data = NULL;
     *len = 0;
     size_t cap = 65536, n = 0;

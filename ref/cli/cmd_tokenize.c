@@ -29,14 +29,15 @@
 #include "cli_util.h"
 #include "tokenizer/tokenizer.h"
 #include "base/infile.h"
+#include "base/outfile.h"
 #include "base/util.h"
 
 /** Largest --file we read (a prompt or an id list). */
 #define CMD_MAX_INPUT ((size_t)1 << 30)
 
 static int write_out(const char *cmd, const void *p, size_t n) {
-    if ((n && fwrite(p, 1, n, stdout) != n) || fflush(stdout) != 0)
-        return cli_fail(cmd, EXIT_RUNTIME, "cannot write to standard output");
+    Err err = { "" };
+    if (stdout_write(p, n, &err) || stdout_check(&err)) return cli_fail(cmd, EXIT_RUNTIME, "%s", err.msg);
     return 0;
 }
 

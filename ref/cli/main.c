@@ -56,10 +56,11 @@ static void usage(FILE *f) {
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].summary);
 }
 
-/** What went to stdout must have reached it: a write error (a full disk, /dev/full) is exit 1, not 0. */
+/** What went to stdout must have reached it: a write error (a full disk, /dev/full) is exit 1, not 0.
+ *  A command that failed has said why in its one line (a write error included): nothing more then. */
 static int checked(const char *cmd, int rc) {
     Err err = { "" };
-    if (stdout_check(&err) == 0) return rc;
+    if (stdout_check(&err) == 0 || rc != 0) return rc;
     fprintf(stderr, "dsv3%s%s: %s\n", cmd ? " " : "", cmd ? cmd : "", err.msg);
     return rc ? rc : 1;
 }

@@ -248,8 +248,12 @@ static int draft_tokens(Generator *g, int n, Err *err) {
         memcpy(g->mtp_h, h, (size_t)D * sizeof(float));
         if (run_mtp(g, &token, g->mtp_h, 1, g->mtp_logits, 1, g->normed, err)) return -1;
         float *q = g->q_probs + (size_t)k * stride;
-        sampler_probs(g->sampler, g->mtp_logits, V, q, g->cands);
-        g->drafts[k] = g->sampler->temperature == 0.0f ? sampler_argmax(g->mtp_logits, V) : sampler_draw(g->sampler, q, V);
+        if (g->sampler->temperature == 0.0f || g->spec_exact) { /* no draw: the sampler's stream is plain decoding's */
+            g->drafts[k] = sampler_argmax(g->mtp_logits, V);
+        } else {
+            sampler_probs(g->sampler, g->mtp_logits, V, q, g->cands);
+            g->drafts[k] = sampler_draw(g->sampler, q, V);
+        }
         token = g->drafts[k];
         memcpy(g->mtp_h + D, g->normed, (size_t)D * sizeof(float)); /* shared_head.norm output → next h */
         h = g->mtp_h + D;
@@ -280,8 +284,10 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
         float *logits = g->logits + (size_t)a * stride;
         int d = g->drafts[a];
         if (g->hook) g->hook(g->hook_ctx, g->tokens, L + 1 + a, logits, V);
-        if (g->sampler->temperature == 0.0f) {
-            int target = sampler_argmax(logits, V);
+        if (g->sampler->temperature == 0.0f || g->spec_exact) {
+            /* the token plain decoding would produce here (its draw, in its order) decides */
+            int target = g->sampler->temperature == 0.0f ? sampler_argmax(logits, V)
+                                                          : sampler_sample(g->sampler, logits, V, g->p_probs, g->cands);
             if (target == d) continue;
             next = target;
             break;
@@ -324,6 +330,8 @@ static int next_speculative(Generator *g, int *out, int *n_out, Err *err) {
     g->stats.accepted += a;
     return 0;
 }
+
+void gen_set_spec_exact(Generator *g, int on) { g->spec_exact = on; }
 
 int gen_next(Generator *g, int *out, int *n_out, Err *err) {
     if (!g->pending && !g->have_logits) return err_set(err, "nothing to continue from: feed a prompt first");

@@ -73,6 +73,7 @@ typedef struct {
     GpuEngine *gpu;      /**< when set (gen_use_gpu), the main model runs there (not owned) */
     GenLogitsHook hook;  /**< when set (gen_set_logits_hook), applied to every row before drawing */
     void *hook_ctx;      /**< its argument */
+    int spec_exact;      /**< gen_set_spec_exact: sampled drafts verified by drawing, not by the ratio test */
     void *mem;           /**< the one allocation behind the buffers above */
 } Generator;
 
@@ -120,6 +121,15 @@ int gen_keep(Generator *g, int keep, Err *err);
 
 /** Installs @p hook (NULL: none) with its argument @p ctx; see GenLogitsHook. */
 void gen_set_logits_hook(Generator *g, GenLogitsHook hook, void *ctx);
+
+/**
+ * With @p on, speculation never changes a sampled sequence: drafts are the MTP module's argmax and
+ * each is accepted only when the main model's own draw at that position — the sampler's next draw,
+ * as plain decoding would make it — is that token. The text for a seed is then the one plain
+ * decoding gives, at a lower acceptance than the default ratio test (Leviathan et al.), which keeps
+ * only the output's law. Greedy decoding is exact either way. What `dsv3 serve` uses.
+ */
+void gen_set_spec_exact(Generator *g, int on);
 
 /**
  * Forgets everything after the first @p n committed tokens (0 ≤ n ≤ kv.len), so that a new

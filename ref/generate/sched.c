@@ -203,6 +203,7 @@ int sched_open(Sched **out, const Model *m, GpuEngine *gpu, const SchedOptions *
         } else if (gen_init(&sl->g, m, &sl->sampler, o->ctx, o->draft, o->max_T, o->attn, o->fp8, err) == 0) {
             sl->have_g = 1;
             gen_set_moe_hook(&sl->g, o->moe_hook);
+            gen_set_spec_exact(&sl->g, 1); /* a request's text does not depend on --spec */
             gen_limit_vocab(&sl->g, o->n_sample);
             gen_set_logits_hook(&sl->g, slot_process, sl);
             if (gpu) rc = gen_use_gpu(&sl->g, gpu, err);
