@@ -2,9 +2,17 @@
  * @file linear.c
  * @brief The one matrix product of the reference (docs/model.md §8.2–8.5).
  *
- * Dequant mode: for each output row o, decode W[o][:] into FP32 once (fp8 × block scale,
- * or bf16 → f32), then dot it with every token's x. The model never exists in FP32 as a
- * whole; one row at a time does.
+ * Dequant mode, y[t][o] = Σ_i x[t][i]·W[o][i] in the order linear.h states (16 lanes, then a
+ * tree; FP8: per 128-column block, times the block's scale, blocks in ascending order). The
+ * model never exists in FP32 as a whole. Two kernels compute exactly that sum:
+ *
+ *   - decode (T < 4 tokens): one weight row at a time, each element decoded from its stored
+ *     type inside the dot product (row_dot); nothing is copied, so the weights stream from memory
+ *     once, sequentially, which is the whole cost of a decode step;
+ *   - prefill (T ≥ 4): LINEAR_PANEL_ROWS rows are decoded once into an FP32 panel (raw e4m3
+ *     values for FP8) that stays in cache, and every tile of 4 tokens × 2 rows of the chunk runs
+ *     over it with its 4·2·16 lane sums in vector registers (tile_lanes): each weight is read
+ *     from memory once per chunk and each load feeds 4 or 2 multiply-adds.
  *
  * W8A8 mode (the official `act_quant` + `fp8_gemm`, docs/model.md §8.3–8.4):
  *     s_x[t][b]  = max(amax(x[t][128b : 128b+128]), 1e-4) / 448
@@ -13,45 +21,270 @@
  * The inner block sum is exact (products of two e4m3 values have ≤ 8 significant bits and
  * span < 2^36; 128 of them fit a double's 53 bits), which is what tensor cores compute before
  * the FP32 "promotion"; the scaled partials are accumulated in FP32 in block order.
+ *
+ * Threads: the rows of W (decode) or its panels (prefill) are split over the threads of
+ * threads_set(); every output is computed by one thread in the one order, so results do not
+ * depend on the number of threads.
  */
 #include "linear.h"
 
 #include <string.h>
 
+#include "base/threads.h"
 #include "fp8.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 static int thread_id(void) { return omp_get_thread_num(); }
-static int max_threads(void) { return omp_get_max_threads(); }
+static int in_parallel(void) { return omp_in_parallel(); }
 #else
 static int thread_id(void) { return 0; }
-static int max_threads(void) { return 1; }
+static int in_parallel(void) { return 0; }
 #endif
+
+enum {
+    LANES = 16, /* partial sums of one output (linear.h) */
+    TILE_T = 4, /* tokens of a prefill tile */
+    TILE_O = 2, /* weight rows of a prefill tile */
+};
+
+/** Below this many multiply-adds a product runs on one thread: waking the others costs more. */
+#define PARALLEL_MIN_WORK (1 << 16)
+
+static int scratch_threads(void) {
+    int n = threads_get(), online = threads_online();
+    return n > online ? n : online;
+}
 
 size_t linear_scratch_floats(int64_t T, int64_t max_in) {
     int64_t blocks = (max_in + FP8_BLOCK - 1) / FP8_BLOCK;
-    return (size_t)(max_threads() * max_in + T * max_in + T * blocks);
+    return (size_t)((int64_t)scratch_threads() * LINEAR_PANEL_ROWS * max_in + T * max_in + T * blocks);
 }
 
 LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in) {
     LinearScratch s;
+    s.threads = scratch_threads();
     s.row = buf;
-    s.xq = s.row + (size_t)max_threads() * (size_t)max_in;
+    s.xq = s.row + (size_t)s.threads * LINEAR_PANEL_ROWS * (size_t)max_in;
     s.x_scale = s.xq + (size_t)T * (size_t)max_in;
     s.max_in = max_in;
     s.max_T = T;
     return s;
 }
 
+float *linear_scratch_panel(const LinearScratch *s, int tid) {
+    DSV3_ASSERT(tid >= 0 && tid < s->threads);
+    return s->row + (size_t)tid * LINEAR_PANEL_ROWS * (size_t)s->max_in;
+}
+
+/** Threads for a product of @p work multiply-adds: threads_get(), at most what the scratch holds. */
+static int threads_for(const LinearScratch *s, int64_t work) {
+    DSV3_ASSERT(!in_parallel()); /* the per-thread scratch is indexed by the thread number of one team */
+    int n = threads_get();
+    if (n > s->threads) n = s->threads;
+    return work < PARALLEL_MIN_WORK ? 1 : n;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* the sum of one output                                                                   */
+
+/** The lanes' tree of linear.h: l += l+8, l += l+4, l += l+2, then 0 + 1. */
+static inline float lanes_sum(float *p) {
+    for (int l = 0; l < 8; l++) p[l] += p[l + 8];
+    for (int l = 0; l < 4; l++) p[l] += p[l + 4];
+    for (int l = 0; l < 2; l++) p[l] += p[l + 2];
+    return p[0] + p[1];
+}
+
+/** Element i of stored data of type @p dt (the scalar tails of the loops below). */
+static inline float elem(const uint8_t *w, int64_t i, DType dt) {
+    switch (dt) {
+    case DT_F32: return elem_f32(w, i);
+    case DT_BF16: return elem_bf16(w, i);
+    case DT_F16: return elem_f16(w, i);
+    default: return elem_e4m3(w, i);
+    }
+}
+
+/**
+ * p[i mod 16] += x[i]·w[i] for i in [0, n), ascending, w stored as @p dt (raw values for FP8).
+ * One loop per type, so each is a plain loop over 16 lanes that the compiler vectorizes with the
+ * decode inside it (for BF16 a zero-extension and a shift per element).
+ */
+static inline void dot_lanes(float *restrict p, const float *restrict x, const uint8_t *restrict w, int64_t n, DType dt) {
+    int64_t m = n - n % LANES;
+    switch (dt) {
+    case DT_F32:
+        for (int64_t i = 0; i < m; i += LANES)
+            for (int l = 0; l < LANES; l++) p[l] += x[i + l] * elem_f32(w, i + l);
+        break;
+    case DT_BF16:
+        for (int64_t i = 0; i < m; i += LANES)
+            for (int l = 0; l < LANES; l++) p[l] += x[i + l] * elem_bf16(w, i + l);
+        break;
+    case DT_F16:
+        for (int64_t i = 0; i < m; i += LANES)
+            for (int l = 0; l < LANES; l++) p[l] += x[i + l] * elem_f16(w, i + l);
+        break;
+    default:
+        for (int64_t i = 0; i < m; i += LANES)
+            for (int l = 0; l < LANES; l++) p[l] += x[i + l] * elem_e4m3(w, i + l);
+        break;
+    }
+    for (int64_t i = m; i < n; i++) p[i - m] += x[i] * elem(w, i, dt);
+}
+
 float dot_f32(const float *a, const float *b, int64_t n) {
-    float acc[8] = { 0 };
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
+    float p[LANES] = { 0 };
+    dot_lanes(p, a, (const uint8_t *)b, n, DT_F32);
+    return lanes_sum(p);
+}
+
+/** Stored bytes of row @p o of W. */
+static const uint8_t *row_data(const Tensor *W, int64_t o) {
+    return W->data + (size_t)o * (size_t)W->cols * (size_t)(dtype_bits(W->dtype) / 8);
+}
+
+/** The decode kernel: Σ_i x[i]·W[o][i] in linear.h's order, W's row decoded inside the dot. */
+static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
+    int64_t K = W->cols;
+    const uint8_t *w = row_data(W, o);
+    if (W->dtype != DT_F8_E4M3) {
+        float p[LANES] = { 0 };
+        dot_lanes(p, x, w, K, W->dtype);
+        return lanes_sum(p);
+    }
+    float acc = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += FP8_BLOCK) {
+        int64_t n = K - k0 < FP8_BLOCK ? K - k0 : FP8_BLOCK;
+        float p[LANES] = { 0 };
+        dot_lanes(p, x + k0, w + k0, n, DT_F8_E4M3);
+        acc += lanes_sum(p) * tensor_scale(W, o, k0);
+    }
+    return acc;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* the prefill kernel                                                                      */
+
+/* Eight floats as one value (GCC/Clang vector extension): lanes 0–7 or 8–15 of a sum. The
+ * compiler maps it to one AVX register, or two SSE registers on a PORTABLE build. */
+typedef float f32x8 __attribute__((vector_size(32)));
+
+static inline f32x8 load8(const float *p) {
+    f32x8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/**
+ * The tile of the blocked kernel: p[t][o][l] = Σ_{i ≡ l (mod 16), i < n} x[t][i]·w[o][i] for
+ * t < tm ≤ 4 tokens and o < tn ≤ 2 decoded rows — dot_lanes' sums, bit for bit (each lane adds
+ * its products in ascending i from 0), with the 16 lanes of each (t, o) as two 8-wide vectors
+ * that stay in registers while the loop runs. Inlined with constant tm, tn (tile()).
+ */
+static inline __attribute__((always_inline)) void tile_lanes(float p[TILE_T][TILE_O][LANES], const float *const *x,
+                                                             const float *const *w, int64_t n, int tm, int tn) {
+    f32x8 acc[TILE_T][TILE_O][2] = { { { { 0 } } } };
+    int64_t m = n - n % LANES;
+    for (int64_t i = 0; i < m; i += LANES) {
+        f32x8 wv[TILE_O][2];
+        for (int o = 0; o < tn; o++) wv[o][0] = load8(w[o] + i), wv[o][1] = load8(w[o] + i + 8);
+        for (int t = 0; t < tm; t++) {
+            f32x8 lo = load8(x[t] + i), hi = load8(x[t] + i + 8);
+            for (int o = 0; o < tn; o++) {
+                acc[t][o][0] += lo * wv[o][0];
+                acc[t][o][1] += hi * wv[o][1];
+            }
+        }
+    }
+    for (int t = 0; t < tm; t++)
+        for (int o = 0; o < tn; o++) {
+            memcpy(p[t][o], &acc[t][o][0], sizeof acc[t][o][0]);
+            memcpy(p[t][o] + 8, &acc[t][o][1], sizeof acc[t][o][1]);
+            for (int64_t i = m; i < n; i++) p[t][o][i - m] += x[t][i] * w[o][i];
+        }
+}
+
+/** tile_lanes with the tile's shape as a constant, so that its loops unroll into registers. */
+static void tile(float p[TILE_T][TILE_O][LANES], const float *const *x, const float *const *w, int64_t n, int tm, int tn) {
+    switch (tm * 10 + tn) {
+    case 42: tile_lanes(p, x, w, n, 4, 2); break;
+    case 41: tile_lanes(p, x, w, n, 4, 1); break;
+    case 32: tile_lanes(p, x, w, n, 3, 2); break;
+    case 31: tile_lanes(p, x, w, n, 3, 1); break;
+    case 22: tile_lanes(p, x, w, n, 2, 2); break;
+    case 21: tile_lanes(p, x, w, n, 2, 1); break;
+    case 12: tile_lanes(p, x, w, n, 1, 2); break;
+    default: tile_lanes(p, x, w, n, 1, 1); break;
+    }
+}
+
+/** Rows [r0, r1) of W (at most LINEAR_PANEL_ROWS) decoded once into @p panel, applied to all T tokens. */
+static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Tensor *W, int64_t r0, int64_t r1,
+                       float *panel) {
+    int64_t K = W->cols, rows = r1 - r0;
+    int fp8 = W->dtype == DT_F8_E4M3;
+    DSV3_ASSERT(rows <= LINEAR_PANEL_ROWS);
+    for (int64_t r = 0; r < rows; r++) tensor_row(W, r0 + r, 0, K, 0, panel + r * K); /* FP8: raw e4m3 values */
+    float p[TILE_T][TILE_O][LANES];
+    for (int64_t t0 = 0; t0 < T; t0 += TILE_T) {
+        int tm = T - t0 < TILE_T ? (int)(T - t0) : TILE_T;
+        for (int64_t o0 = 0; o0 < rows; o0 += TILE_O) {
+            int tn = rows - o0 < TILE_O ? (int)(rows - o0) : TILE_O;
+            const float *xt[TILE_T], *wo[TILE_O];
+            if (!fp8) {
+                for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx;
+                for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K;
+                tile(p, xt, wo, K, tm, tn);
+                for (int t = 0; t < tm; t++)
+                    for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = lanes_sum(p[t][o]);
+                continue;
+            }
+            float acc[TILE_T][TILE_O] = { { 0 } };
+            for (int64_t k0 = 0; k0 < K; k0 += FP8_BLOCK) {
+                int64_t n = K - k0 < FP8_BLOCK ? K - k0 : FP8_BLOCK;
+                for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx + k0;
+                for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K + k0;
+                tile(p, xt, wo, n, tm, tn);
+                for (int t = 0; t < tm; t++)
+                    for (int o = 0; o < tn; o++) acc[t][o] += lanes_sum(p[t][o]) * tensor_scale(W, r0 + o0 + o, k0);
+            }
+            for (int t = 0; t < tm; t++)
+                for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = acc[t][o];
+        }
+    }
+}
+
+void linear_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Tensor *W, int64_t r0, int64_t r1,
+                 float *panel) {
+    if (!panel || T < TILE_T) {
+        for (int64_t o = r0; o < r1; o++)
+            for (int64_t t = 0; t < T; t++) y[t * ldy + o - r0] = row_dot(W, o, x + t * ldx);
+        return;
+    }
+    for (int64_t p0 = r0; p0 < r1; p0 += LINEAR_PANEL_ROWS) {
+        int64_t p1 = p0 + LINEAR_PANEL_ROWS < r1 ? p0 + LINEAR_PANEL_ROWS : r1;
+        rows_panel(y + (p0 - r0), ldy, x, ldx, T, W, p0, p1, panel);
+    }
+}
+
+/** Dequant mode: decode (one row at a time) below 4 tokens, else the blocked kernel, over the threads. */
+static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
+    int64_t out = W->rows, in = W->cols;
+    int nt = threads_for(s, out * in * T);
+    if (T < TILE_T) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t t = 0; t < T; t++) y[t * out + o] = row_dot(W, o, x + t * in);
+        return;
+    }
+    int64_t panels = (out + LINEAR_PANEL_ROWS - 1) / LINEAR_PANEL_ROWS;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t p = 0; p < panels; p++) {
+        int64_t r0 = p * LINEAR_PANEL_ROWS, r1 = r0 + LINEAR_PANEL_ROWS < out ? r0 + LINEAR_PANEL_ROWS : out;
+        rows_panel(y + r0, out, x, in, T, W, r0, r1, linear_scratch_panel(s, thread_id()));
+    }
 }
 
 /**
@@ -69,41 +302,14 @@ static double dot_exact_e4m3(const float *a, const float *b, int64_t n) {
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-/**
- * Dequant mode: decode a row once (raw e4m3 values for FP8, exact floats otherwise), dot it
- * with every token. FP8 blocks are scaled per 128-wide block, y = Σ_b s_w[o/128][b] · (x_b·q_b),
- * which is the dequantized product up to FP32 rounding and the same arithmetic for any T.
- */
-static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
-    int64_t out = W->rows, in = W->cols, blocks = tensor_col_blocks(W);
-    int fp8 = W->dtype == DT_F8_E4M3;
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < out; o++) {
-        float *row = s->row + (size_t)thread_id() * (size_t)s->max_in;
-        tensor_row(W, o, 0, in, !fp8, row);
-        for (int64_t t = 0; t < T; t++) {
-            const float *xt = x + t * in;
-            if (!fp8) {
-                y[t * out + o] = dot_f32(xt, row, in);
-                continue;
-            }
-            float acc = 0.0f;
-            for (int64_t b = 0; b < blocks; b++) {
-                int64_t k0 = b * FP8_BLOCK, n = in - k0 < FP8_BLOCK ? in - k0 : FP8_BLOCK;
-                acc += dot_f32(xt + k0, row + k0, n) * tensor_scale(W, o, k0);
-            }
-            y[t * out + o] = acc;
-        }
-    }
-}
-
 /** W8A8 mode: quantize activations per 128 channels, exact block partials, FP32 accumulation. */
 static void linear_w8a8(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
     int64_t out = W->rows, in = W->cols, blocks = tensor_col_blocks(W);
     for (int64_t t = 0; t < T; t++) fp8_quantize_row(s->xq + t * in, s->x_scale + t * blocks, x + t * in, in);
-#pragma omp parallel for schedule(static)
+    int nt = threads_for(s, out * in * T);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t o = 0; o < out; o++) {
-        float *wq = s->row + (size_t)thread_id() * (size_t)s->max_in;
+        float *wq = linear_scratch_panel(s, thread_id());
         tensor_row(W, o, 0, in, 0, wq); /* raw e4m3 values, no scale */
         for (int64_t t = 0; t < T; t++) {
             const float *xq = s->xq + t * in;
