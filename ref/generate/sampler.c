@@ -9,7 +9,6 @@
 #include "sampler.h"
 
 #include <math.h>
-#include <stdlib.h>
 
 int sampler_init(Sampler *s, float temperature, int top_k, float top_p, uint64_t seed, Err *err) {
     if (!(temperature >= 0.0f) || !isfinite(temperature)) return err_set(err, "temperature must be ≥ 0, got %g", temperature);
@@ -29,10 +28,51 @@ int sampler_argmax(const float *logits, int n) {
     return best;
 }
 
-static int cmp_cand(const void *a, const void *b) {
-    const SamplerCand *x = a, *y = b;
-    if (x->p != y->p) return x->p > y->p ? -1 : 1;
-    return x->i - y->i; /* ties: lower index first, so the result does not depend on qsort */
+/** Candidate order: higher probability first, ties to the lower index — a total order, so the
+ *  truncation below does not depend on how the candidates are found. */
+static int better(SamplerCand a, SamplerCand b) { return a.p > b.p || (a.p == b.p && a.i < b.i); }
+
+/** Restores the heap order of h[0..n) below position r: no parent better than its children, so h[0]
+ *  is the worst candidate kept. */
+static void sift_down(SamplerCand *h, int n, int r) {
+    for (;;) {
+        int w = r, l = 2 * r + 1, rr = l + 1;
+        if (l < n && better(h[w], h[l])) w = l;
+        if (rr < n && better(h[w], h[rr])) w = rr;
+        if (w == r) return;
+        SamplerCand t = h[r];
+        h[r] = h[w], h[w] = t;
+        r = w;
+    }
+}
+
+/**
+ * The @p m best candidates of probs[0..n), best first, into out[0..m): a partial selection that
+ * keeps the m best seen so far in a heap whose root is the worst of them (one comparison for
+ * most tokens, O(n log m) at worst), then empties the heap from the back.
+ */
+static void select_best(SamplerCand *out, const float *probs, int n, int m) {
+    int size = 0;
+    for (int i = 0; i < n; i++) {
+        SamplerCand c = { probs[i], i };
+        if (size < m) {
+            int j = size++; /* sift up: no parent is better than its children */
+            out[j] = c;
+            while (j > 0 && better(out[(j - 1) / 2], out[j])) {
+                SamplerCand t = out[j];
+                out[j] = out[(j - 1) / 2], out[(j - 1) / 2] = t;
+                j = (j - 1) / 2;
+            }
+        } else if (better(c, out[0])) {
+            out[0] = c;
+            sift_down(out, size, 0);
+        }
+    }
+    for (int last = size - 1; last > 0; last--) { /* the worst goes last */
+        SamplerCand t = out[0];
+        out[0] = out[last], out[last] = t;
+        sift_down(out, last, 0);
+    }
 }
 
 void sampler_probs(const Sampler *s, const float *logits, int n, float *probs, SamplerCand *cands) {
@@ -41,7 +81,7 @@ void sampler_probs(const Sampler *s, const float *logits, int n, float *probs, S
         probs[sampler_argmax(logits, n)] = 1.0f;
         return;
     }
-    /* Softmax of logits / T in FP32 (max subtracted). */
+    /* Softmax of logits / T in FP32 (max subtracted), computed once; the sum in double, in index order. */
     float m = -INFINITY;
     for (int i = 0; i < n; i++) m = fmaxf(m, logits[i]);
     double sum = 0.0;
@@ -53,15 +93,21 @@ void sampler_probs(const Sampler *s, const float *logits, int n, float *probs, S
     int keep = n;
     if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
     if (keep == n && s->top_p >= 1.0f) return; /* nothing to truncate */
-    /* Candidates by probability, descending (ties by index, so qsort's instability is moot). */
-    for (int i = 0; i < n; i++) cands[i] = (SamplerCand){ probs[i], i };
-    qsort(cands, (size_t)n, sizeof *cands, cmp_cand);
+    /* The kept tokens are a prefix of the candidates in order (best first): the top-k, cut where
+     * their mass first reaches top_p. Only that prefix is selected, never the whole vocabulary
+     * sorted: with top-k, its k best; with top-p alone, 256 best, then 8× more until the mass is
+     * reached (the prefix of a total order does not depend on how far one selects). */
     double mass = 0.0;
     int k = 0;
-    while (k < keep) {
-        mass += cands[k].p;
-        k++;
-        if (mass >= s->top_p) break;
+    for (int m_sel = keep < 256 ? keep : 256;; m_sel = m_sel > keep / 8 ? keep : 8 * m_sel) {
+        select_best(cands, probs, n, m_sel);
+        mass = 0.0, k = 0;
+        while (k < m_sel) {
+            mass += cands[k].p;
+            k++;
+            if (mass >= s->top_p) break;
+        }
+        if (k < m_sel || mass >= s->top_p || m_sel == keep) break;
     }
     for (int i = 0; i < n; i++) probs[i] = 0.0f;
     for (int j = 0; j < k; j++) probs[cands[j].i] = (float)(cands[j].p / mass);

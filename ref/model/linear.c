@@ -33,15 +33,6 @@
 #include "base/threads.h"
 #include "fp8.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-static int thread_id(void) { return omp_get_thread_num(); }
-static int in_parallel(void) { return omp_in_parallel(); }
-#else
-static int thread_id(void) { return 0; }
-static int in_parallel(void) { return 0; }
-#endif
-
 enum {
     LANES = 16, /* partial sums of one output (linear.h) */
     TILE_T = 4, /* tokens of a prefill tile */
@@ -77,9 +68,8 @@ float *linear_scratch_panel(const LinearScratch *s, int tid) {
     return s->row + (size_t)tid * LINEAR_PANEL_ROWS * (size_t)s->max_in;
 }
 
-/** Threads for a product of @p work multiply-adds: threads_get(), at most what the scratch holds. */
-static int threads_for(const LinearScratch *s, int64_t work) {
-    DSV3_ASSERT(!in_parallel()); /* the per-thread scratch is indexed by the thread number of one team */
+int linear_threads(const LinearScratch *s, int64_t work) {
+    DSV3_ASSERT(!threads_in_parallel()); /* the per-thread scratch is indexed by the thread number of one team */
     int n = threads_get();
     if (n > s->threads) n = s->threads;
     return work < PARALLEL_MIN_WORK ? 1 : n;
@@ -272,7 +262,7 @@ void linear_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, 
 /** Dequant mode: decode (one row at a time) below 4 tokens, else the blocked kernel, over the threads. */
 static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
     int64_t out = W->rows, in = W->cols;
-    int nt = threads_for(s, out * in * T);
+    int nt = linear_threads(s, out * in * T);
     if (T < TILE_T) {
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t o = 0; o < out; o++)
@@ -283,7 +273,7 @@ static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W,
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t p = 0; p < panels; p++) {
         int64_t r0 = p * LINEAR_PANEL_ROWS, r1 = r0 + LINEAR_PANEL_ROWS < out ? r0 + LINEAR_PANEL_ROWS : out;
-        rows_panel(y + r0, out, x, in, T, W, r0, r1, linear_scratch_panel(s, thread_id()));
+        rows_panel(y + r0, out, x, in, T, W, r0, r1, linear_scratch_panel(s, threads_id()));
     }
 }
 
@@ -306,10 +296,10 @@ static double dot_exact_e4m3(const float *a, const float *b, int64_t n) {
 static void linear_w8a8(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
     int64_t out = W->rows, in = W->cols, blocks = tensor_col_blocks(W);
     for (int64_t t = 0; t < T; t++) fp8_quantize_row(s->xq + t * in, s->x_scale + t * blocks, x + t * in, in);
-    int nt = threads_for(s, out * in * T);
+    int nt = linear_threads(s, out * in * T);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t o = 0; o < out; o++) {
-        float *wq = linear_scratch_panel(s, thread_id());
+        float *wq = linear_scratch_panel(s, threads_id());
         tensor_row(W, o, 0, in, 0, wq); /* raw e4m3 values, no scale */
         for (int64_t t = 0; t < T; t++) {
             const float *xq = s->xq + t * in;

@@ -63,6 +63,10 @@ void linear_forward(float *y, const float *x, int64_t T, const Tensor *W, Fp8Mod
 void linear_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Tensor *W, int64_t r0, int64_t r1,
                  float *panel);
 
+/** Threads for a parallel loop of @p work multiply-adds that uses @p s's per-thread scratch:
+ *  threads_get(), at most s->threads, and 1 below 2^16 (waking threads would cost more). */
+int linear_threads(const LinearScratch *s, int64_t work);
+
 /** Thread @p tid's panel in @p s (LINEAR_PANEL_ROWS × max_in floats), for linear_rows. */
 float *linear_scratch_panel(const LinearScratch *s, int tid);
 

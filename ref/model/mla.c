@@ -25,6 +25,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/threads.h"
 #include "rmsnorm.h"
 #include "rope.h"
 
@@ -100,24 +101,52 @@ static void round_bf16_inplace(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }
 
+/**
+ * q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc"), each sum in
+ * ascending d from 0. Heads run in parallel; each thread decodes one row of W_UK[h] at a time
+ * into its own scratch row (Dc floats) and applies it to every token.
+ */
+static void absorb_queries(float *q_abs, const float *q, int64_t T, const Tensor *kv_b, const Config *c,
+                           const LinearScratch *lin) {
+    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
+    int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr, Dkv = Dn + Dv;
+    int nt = linear_threads(lin, T * H * Dn * Dc);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t h = 0; h < H; h++) {
+        float *restrict row = linear_scratch_panel(lin, threads_id());
+        for (int64_t t = 0; t < T; t++) memset(q_abs + (t * H + h) * Dc, 0, (size_t)Dc * sizeof *q_abs);
+        for (int64_t d = 0; d < Dn; d++) {
+            tensor_row(kv_b, h * Dkv + d, 0, Dc, 1, row);
+            for (int64_t t = 0; t < T; t++) {
+                float qd = q[(t * H + h) * Dqk + d];
+                float *restrict qa = q_abs + (t * H + h) * Dc;
+                for (int64_t i = 0; i < Dc; i++) qa[i] += qd * row[i];
+            }
+        }
+    }
+}
+
+/**
+ * o[t][h][d] = u[t][h] · W_UV[h][d]   (einsum "shc,hdc->shd"): for each head, rows
+ * h·(Dn+Dv)+Dn .. +Dv of kv_b_proj applied to that head's latent sums, as a linear (the same
+ * kernels and summation order as linear_forward). Heads run in parallel.
+ */
+static void absorb_values(float *o, const float *u, int64_t T, const Tensor *kv_b, const Config *c, const LinearScratch *lin) {
+    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dv = c->v_head_dim, Dc = c->kv_lora_rank, Dkv = Dn + Dv;
+    int nt = linear_threads(lin, T * H * Dv * Dc);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t h = 0; h < H; h++)
+        linear_rows(o + h * Dv, H * Dv, u + h * Dc, H * Dc, T, kv_b, h * Dkv + Dn, h * Dkv + Dn + Dv,
+                    linear_scratch_panel(lin, threads_id()));
+}
+
 /** Absorbed form: attend over the latent cache with q_abs = W_UKᵀ q_nope, apply W_UV after the sum. */
 static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache, MLAActs *a,
                              const ForwardContext *ctx) {
     const Config *c = ctx->cfg;
-    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
-    int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr, Dkv = Dn + Dv;
-    float *row = ctx->lin.row; /* one dequantized row of kv_b_proj, Dc floats */
-    /* q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc") */
-    memset(a->q_abs, 0, (size_t)(T * H * Dc) * sizeof *a->q_abs);
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t d = 0; d < Dn; d++) {
-            tensor_row(&w->kv_b_proj, h * Dkv + d, 0, Dc, 1, row);
-            for (int64_t t = 0; t < T; t++) {
-                float qd = a->q[(t * H + h) * Dqk + d];
-                float *qa = a->q_abs + (t * H + h) * Dc;
-                for (int64_t i = 0; i < Dc; i++) qa[i] += qd * row[i];
-            }
-        }
+    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim;
+    int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr;
+    absorb_queries(a->q_abs, a->q, T, &w->kv_b_proj, c, &ctx->lin);
     for (int64_t t = 0; t < T; t++) {
         memcpy(cache->c_kv + (pos0 + t) * Dc, a->c_kv + t * Dc, (size_t)Dc * sizeof(float));
         memcpy(cache->k_pe + (pos0 + t) * Dr, a->k_pe + t * Dr, (size_t)Dr * sizeof(float));
@@ -132,12 +161,7 @@ static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, Lay
         mla_attend_absorb(a->u + t * H * Dc, a->q_abs + t * H * Dc, a->q + t * H * Dqk + Dn, Dqk, cache->c_kv,
                           cache->k_pe, pos0 + t + 1, H, Dc, Dr, c->softmax_scale, P, P_stride);
     }
-    /* o[t][h][d] = u[t][h] · W_UV[h][d]   (einsum "shc,hdc->shd") */
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t d = 0; d < Dv; d++) {
-            tensor_row(&w->kv_b_proj, h * Dkv + Dn + d, 0, Dc, 1, row);
-            for (int64_t t = 0; t < T; t++) a->o[(t * H + h) * Dv + d] = dot_f32(a->u + (t * H + h) * Dc, row, Dc);
-        }
+    absorb_values(a->o, a->u, T, &w->kv_b_proj, c, &ctx->lin);
 }
 
 void mla_forward(float *y, const float *x, int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache,
