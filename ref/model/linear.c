@@ -10,9 +10,9 @@
  *     type inside the dot product (row_dot); nothing is copied, so the weights stream from memory
  *     once, sequentially, which is the whole cost of a decode step;
  *   - prefill (T ≥ 4): LINEAR_PANEL_ROWS rows are decoded once into an FP32 panel (raw e4m3
- *     values for FP8) that stays in cache, and every tile of 4 tokens × 2 rows of the chunk runs
- *     over it with its 4·2·16 lane sums in vector registers (tile_lanes): each weight is read
- *     from memory once per chunk and each load feeds 4 or 2 multiply-adds.
+ *     values for FP8) that stays in cache, and every tile of 4 tokens × 4 rows (2 without
+ *     AVX-512) of the chunk runs over it with its lane sums in vector registers (tile_lanes):
+ *     each weight is read from memory once per chunk and each load feeds 4 multiply-adds.
  *
  * W8A8 mode (the official `act_quant` + `fp8_gemm`, docs/model.md §8.3–8.4):
  *     s_x[t][b]  = max(amax(x[t][128b : 128b+128]), 1e-4) / 448
@@ -35,8 +35,7 @@
 
 enum {
     LANES = 16, /* partial sums of one output (linear.h) */
-    TILE_T = 4, /* tokens of a prefill tile */
-    TILE_O = 2, /* weight rows of a prefill tile */
+    TILE_T = 4, /* tokens of a prefill tile (and the fewest tokens that take the blocked kernel) */
 };
 
 /** Below this many multiply-adds a product runs on one thread: waking the others costs more. */
@@ -132,7 +131,7 @@ float dot_f32(const float *a, const float *b, int64_t n) {
 
 /** Stored bytes of row @p o of W. */
 static const uint8_t *row_data(const Tensor *W, int64_t o) {
-    return W->data + (size_t)o * (size_t)W->cols * (size_t)(dtype_bits(W->dtype) / 8);
+    return W->data + (size_t)o * (size_t)W->cols * (size_t)tensor_elem_bytes(W->dtype);
 }
 
 /** The decode kernel: Σ_i x[i]·W[o][i] in linear.h's order, W's row decoded inside the dot. */
@@ -157,57 +156,87 @@ static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
 /* ------------------------------------------------------------------------------------- */
 /* the prefill kernel                                                                      */
 
-/* Eight floats as one value (GCC/Clang vector extension): lanes 0–7 or 8–15 of a sum. The
- * compiler maps it to one AVX register, or two SSE registers on a PORTABLE build. */
+/* The 16 lanes of one output's sum as one value (GCC/Clang vector extension): one AVX-512
+ * register, or two AVX / four SSE registers, whichever the target has; lane l is lane l
+ * everywhere, so the target changes nothing in the result. f32x8: half of it, for the tree. */
+typedef float f32x16 __attribute__((vector_size(4 * LANES)));
 typedef float f32x8 __attribute__((vector_size(32)));
 
-static inline f32x8 load8(const float *p) {
-    f32x8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
+/* Weight rows per tile: as many accumulators as the target's vector registers hold — 4 tokens × 4
+ * rows with AVX-512's 32 registers, 4 × 2 otherwise. */
+#ifdef __AVX512F__
+enum { TILE_O = 4 };
+#else
+enum { TILE_O = 2 };
+#endif
+
+/**
+ * The tile of the blocked kernel: acc[t][o] lane l = Σ_{i ≡ l (mod 16), i < n} x[t][i]·w[o][i] for
+ * t < tm ≤ 4 tokens and o < tn ≤ TILE_O decoded rows — dot_lanes' sums, bit for bit: each lane
+ * adds its products in ascending i from 0, the columns past the last multiple of 16 included
+ * (lanes 0.. again). The tile's accumulators stay in registers while the loop runs, and each
+ * load feeds tn or tm multiply-adds. Inlined with constant tm, tn (tile_sums()).
+ */
+static inline __attribute__((always_inline)) void tile_lanes(f32x16 acc[TILE_T][TILE_O], const float *const *x,
+                                                             const float *const *w, int64_t n, int tm, int tn) {
+    int64_t m = n - n % LANES;
+    for (int64_t i = 0; i < m; i += LANES) {
+        f32x16 wv[TILE_O];
+        for (int o = 0; o < TILE_O && o < tn; o++) memcpy(&wv[o], w[o] + i, sizeof wv[o]); /* memcpy: no alignment needed */
+        for (int t = 0; t < TILE_T && t < tm; t++) {
+            f32x16 xv;
+            memcpy(&xv, x[t] + i, sizeof xv);
+            for (int o = 0; o < TILE_O && o < tn; o++) acc[t][o] += xv * wv[o];
+        }
+    }
+    for (int t = 0; t < TILE_T && t < tm; t++)
+        for (int o = 0; o < TILE_O && o < tn; o++)
+            for (int64_t i = m; i < n; i++) acc[t][o][i - m] += x[t][i] * w[o][i];
 }
 
 /**
- * The tile of the blocked kernel: p[t][o][l] = Σ_{i ≡ l (mod 16), i < n} x[t][i]·w[o][i] for
- * t < tm ≤ 4 tokens and o < tn ≤ 2 decoded rows — dot_lanes' sums, bit for bit (each lane adds
- * its products in ascending i from 0), with the 16 lanes of each (t, o) as two 8-wide vectors
- * that stay in registers while the loop runs. Inlined with constant tm, tn (tile()).
+ * lanes_sum of 8 outputs at once, in vectors: the same tree — l += l+8, l += l+4, l += l+2,
+ * 0 + 1 — with the lanes of one, two, four, then eight outputs side by side, so that each step is
+ * one vector add (and the shuffles that line the lanes up). out[j] = the sum of v[j].
  */
-static inline __attribute__((always_inline)) void tile_lanes(float p[TILE_T][TILE_O][LANES], const float *const *x,
-                                                             const float *const *w, int64_t n, int tm, int tn) {
-    f32x8 acc[TILE_T][TILE_O][2] = { { { { 0 } } } };
-    int64_t m = n - n % LANES;
-    for (int64_t i = 0; i < m; i += LANES) {
-        f32x8 wv[TILE_O][2];
-        for (int o = 0; o < tn; o++) wv[o][0] = load8(w[o] + i), wv[o][1] = load8(w[o] + i + 8);
-        for (int t = 0; t < tm; t++) {
-            f32x8 lo = load8(x[t] + i), hi = load8(x[t] + i + 8);
-            for (int o = 0; o < tn; o++) {
-                acc[t][o][0] += lo * wv[o][0];
-                acc[t][o][1] += hi * wv[o][1];
-            }
-        }
-    }
-    for (int t = 0; t < tm; t++)
-        for (int o = 0; o < tn; o++) {
-            memcpy(p[t][o], &acc[t][o][0], sizeof acc[t][o][0]);
-            memcpy(p[t][o] + 8, &acc[t][o][1], sizeof acc[t][o][1]);
-            for (int64_t i = m; i < n; i++) p[t][o][i - m] += x[t][i] * w[o][i];
-        }
+static inline __attribute__((always_inline)) void tree_of_eight(float out[8], const f32x16 *v) {
+    f32x8 s[8], q[4], r[2], o;
+    for (int j = 0; j < 8; j++)
+        s[j] = __builtin_shufflevector(v[j], v[j], 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v[j], v[j], 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int j = 0; j < 4; j++)
+        q[j] = __builtin_shufflevector(s[2 * j], s[2 * j + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+               __builtin_shufflevector(s[2 * j], s[2 * j + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int j = 0; j < 2; j++)
+        r[j] = __builtin_shufflevector(q[2 * j], q[2 * j + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+               __builtin_shufflevector(q[2 * j], q[2 * j + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    o = __builtin_shufflevector(r[0], r[1], 0, 2, 4, 6, 8, 10, 12, 14) + __builtin_shufflevector(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15);
+    memcpy(out, &o, sizeof o);
 }
 
-/** tile_lanes with the tile's shape as a constant, so that its loops unroll into registers. */
-static void tile(float p[TILE_T][TILE_O][LANES], const float *const *x, const float *const *w, int64_t n, int tm, int tn) {
-    switch (tm * 10 + tn) {
-    case 42: tile_lanes(p, x, w, n, 4, 2); break;
-    case 41: tile_lanes(p, x, w, n, 4, 1); break;
-    case 32: tile_lanes(p, x, w, n, 3, 2); break;
-    case 31: tile_lanes(p, x, w, n, 3, 1); break;
-    case 22: tile_lanes(p, x, w, n, 2, 2); break;
-    case 21: tile_lanes(p, x, w, n, 2, 1); break;
-    case 12: tile_lanes(p, x, w, n, 1, 2); break;
-    default: tile_lanes(p, x, w, n, 1, 1); break;
+/** The tile with a constant shape, then its sums (sums[t][o], unused entries left alone). */
+static inline __attribute__((always_inline)) void tile_shape(float sums[TILE_T][TILE_O], const float *const *x,
+                                                             const float *const *w, int64_t n, int tm, int tn) {
+    f32x16 acc[TILE_T][TILE_O];
+    memset(acc, 0, sizeof acc); /* every lane's sum starts from 0; unused outputs stay 0 */
+    tile_lanes(acc, x, w, n, tm, tn);
+    float out[TILE_T * TILE_O];
+    for (int j = 0; j < TILE_T * TILE_O; j += 8) tree_of_eight(out + j, &acc[0][0] + j);
+    for (int t = 0; t < tm; t++)
+        for (int o = 0; o < tn; o++) sums[t][o] = out[t * TILE_O + o];
+}
+
+/** sums[t][o] = Σ_{i < n} x[t][i]·w[o][i] in linear.h's order, for a tile of tm × tn. */
+static void tile_sums(float sums[TILE_T][TILE_O], const float *const *x, const float *const *w, int64_t n, int tm, int tn) {
+    if (tn == TILE_O) {
+        switch (tm) {
+        case 4: tile_shape(sums, x, w, n, 4, TILE_O); return;
+        case 3: tile_shape(sums, x, w, n, 3, TILE_O); return;
+        case 2: tile_shape(sums, x, w, n, 2, TILE_O); return;
+        default: tile_shape(sums, x, w, n, 1, TILE_O); return;
+        }
     }
+    tile_shape(sums, x, w, n, tm, tn); /* a panel's last rows: loops with variable bounds */
 }
 
 /** Rows [r0, r1) of W (at most LINEAR_PANEL_ROWS) decoded once into @p panel, applied to all T tokens. */
@@ -217,7 +246,7 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
     int fp8 = W->dtype == DT_F8_E4M3;
     DSV3_ASSERT(rows <= LINEAR_PANEL_ROWS);
     for (int64_t r = 0; r < rows; r++) tensor_row(W, r0 + r, 0, K, 0, panel + r * K); /* FP8: raw e4m3 values */
-    float p[TILE_T][TILE_O][LANES];
+    float sums[TILE_T][TILE_O];
     for (int64_t t0 = 0; t0 < T; t0 += TILE_T) {
         int tm = T - t0 < TILE_T ? (int)(T - t0) : TILE_T;
         for (int64_t o0 = 0; o0 < rows; o0 += TILE_O) {
@@ -226,9 +255,9 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
             if (!fp8) {
                 for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx;
                 for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K;
-                tile(p, xt, wo, K, tm, tn);
+                tile_sums(sums, xt, wo, K, tm, tn);
                 for (int t = 0; t < tm; t++)
-                    for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = lanes_sum(p[t][o]);
+                    for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = sums[t][o];
                 continue;
             }
             float acc[TILE_T][TILE_O] = { { 0 } };
@@ -236,9 +265,9 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
                 int64_t n = K - k0 < FP8_BLOCK ? K - k0 : FP8_BLOCK;
                 for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx + k0;
                 for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K + k0;
-                tile(p, xt, wo, n, tm, tn);
+                tile_sums(sums, xt, wo, n, tm, tn);
                 for (int t = 0; t < tm; t++)
-                    for (int o = 0; o < tn; o++) acc[t][o] += lanes_sum(p[t][o]) * tensor_scale(W, r0 + o0 + o, k0);
+                    for (int o = 0; o < tn; o++) acc[t][o] += sums[t][o] * tensor_scale(W, r0 + o0 + o, k0);
             }
             for (int t = 0; t < tm; t++)
                 for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = acc[t][o];

@@ -41,6 +41,9 @@ float *tensor_f32_mut(const Tensor *t);
 /** The writable form of a gradient vector bound like a norm weight (see tensor_f32_mut). */
 static inline float *f32_mut(const float *v) { return (float *)(uintptr_t)v; }
 
+/** Bytes of one stored element of a weight dtype (F32 4, BF16/F16 2, F8_E4M3 1). */
+static inline int64_t tensor_elem_bytes(DType dt) { return dt == DT_F32 ? 4 : dt == DT_F8_E4M3 ? 1 : 2; }
+
 /** Number of 128-wide column blocks: ceil(cols/128). */
 static inline int64_t tensor_col_blocks(const Tensor *t) { return (t->cols + 127) / 128; }
 
