@@ -5,7 +5,8 @@
  *
  *  - the blocked prefill kernel == the one-row decode kernel, bit for bit, for F32, BF16, F16 and
  *    FP8 weights with ragged shapes (rows not a multiple of the tile or panel, columns not a
- *    multiple of 16, FP8 edge blocks), for 1..9 tokens, strided rows included;
+ *    multiple of 16, FP8 edge blocks), for 1..9 tokens: linear_rows (strided, an offset row
+ *    range) and linear_forward (t tokens at once == one at a time);
  *  - linear_forward on 1, 2 and 3 threads (dequant and W8A8) == one thread;
  *  - model_forward: a 21-token prefill chunk (logits of every position, hiddens) and then 4
  *    decode steps, BF16 and FP8 checkpoints, absorbed and naive attention: -t 2 and -t 3 == -t 1;
@@ -96,6 +97,17 @@ static void kernels_agree(void **state) {
                 linear_rows(y3, ldy, x + (t - 1) * ldx, ldx, 1, &W, r0, r1, NULL);
                 assert_memory_equal(y3, y2 + (t - 1) * ldy, sizeof(float) * (size_t)(r1 - r0));
                 free(y3);
+                /* linear_forward (FP8: block partials × scales): t tokens at once == one at a time */
+                float *xs = malloc(sizeof(float) * (size_t)(t * cols)), *ya = malloc(sizeof(float) * (size_t)(t * rows));
+                float *yb = malloc(sizeof(float) * (size_t)rows), *sc = malloc(sizeof(float) * linear_scratch_floats(t, cols));
+                LinearScratch ls = linear_scratch_init(sc, t, cols);
+                for (int64_t k = 0; k < t; k++) memcpy(xs + k * cols, x + k * ldx, sizeof(float) * (size_t)cols);
+                linear_forward(ya, xs, t, &W, FP8_DEQUANT, &ls);
+                for (int64_t k = 0; k < t; k++) {
+                    linear_forward(yb, xs + k * cols, 1, &W, FP8_DEQUANT, &ls);
+                    assert_memory_equal(yb, ya + k * rows, sizeof(float) * (size_t)rows);
+                }
+                free(xs), free(ya), free(yb), free(sc);
                 cases++;
             }
             free(x), free(panel), free(y1), free(y2), free(buf), free(scales);

@@ -134,8 +134,12 @@ static const uint8_t *row_data(const Tensor *W, int64_t o) {
     return W->data + (size_t)o * (size_t)W->cols * (size_t)tensor_elem_bytes(W->dtype);
 }
 
-/** The decode kernel: Σ_i x[i]·W[o][i] in linear.h's order, W's row decoded inside the dot. */
-static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
+/**
+ * The decode kernel: Σ_i x[i]·W[o][i] in linear.h's order, W's row decoded inside the dot. FP8:
+ * per 128-column block times its scale, or with @p dequant_rows the row dequantized element by
+ * element (e4m3 · scale, rounded to FP32) and summed as one FP32 row (linear_rows).
+ */
+static float row_dot(const Tensor *W, int64_t o, const float *restrict x, int dequant_rows) {
     int64_t K = W->cols;
     const uint8_t *w = row_data(W, o);
     if (W->dtype != DT_F8_E4M3) {
@@ -143,14 +147,22 @@ static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
         dot_lanes(p, x, w, K, W->dtype);
         return lanes_sum(p);
     }
-    float acc = 0.0f;
+    float acc = 0.0f, p[LANES] = { 0 };
     for (int64_t k0 = 0; k0 < K; k0 += FP8_BLOCK) {
         int64_t n = K - k0 < FP8_BLOCK ? K - k0 : FP8_BLOCK;
-        float p[LANES] = { 0 };
+        float s = tensor_scale(W, o, k0);
+        if (dequant_rows) { /* lanes run on across blocks: the block starts are multiples of 16 */
+            int64_t i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int l = 0; l < LANES; l++) p[l] += x[k0 + i + l] * (elem_e4m3(w, k0 + i + l) * s);
+            for (int l = 0; i < n; i++, l++) p[l] += x[k0 + i] * (elem_e4m3(w, k0 + i) * s);
+            continue;
+        }
+        memset(p, 0, sizeof p);
         dot_lanes(p, x + k0, w + k0, n, DT_F8_E4M3);
-        acc += lanes_sum(p) * tensor_scale(W, o, k0);
+        acc += lanes_sum(p) * s;
     }
-    return acc;
+    return dequant_rows ? lanes_sum(p) : acc;
 }
 
 /* ------------------------------------------------------------------------------------- */
@@ -241,11 +253,11 @@ static void tile_sums(float sums[TILE_T][TILE_O], const float *const *x, const f
 
 /** Rows [r0, r1) of W (at most LINEAR_PANEL_ROWS) decoded once into @p panel, applied to all T tokens. */
 static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Tensor *W, int64_t r0, int64_t r1,
-                       float *panel) {
+                       float *panel, int dequant_rows) {
     int64_t K = W->cols, rows = r1 - r0;
-    int fp8 = W->dtype == DT_F8_E4M3;
+    int fp8 = W->dtype == DT_F8_E4M3 && !dequant_rows;
     DSV3_ASSERT(rows <= LINEAR_PANEL_ROWS);
-    for (int64_t r = 0; r < rows; r++) tensor_row(W, r0 + r, 0, K, 0, panel + r * K); /* FP8: raw e4m3 values */
+    for (int64_t r = 0; r < rows; r++) tensor_row(W, r0 + r, 0, K, !fp8, panel + r * K); /* FP8: raw e4m3 values */
     float sums[TILE_T][TILE_O];
     for (int64_t t0 = 0; t0 < T; t0 += TILE_T) {
         int tm = T - t0 < TILE_T ? (int)(T - t0) : TILE_T;
@@ -279,12 +291,12 @@ void linear_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, 
                  float *panel) {
     if (!panel || T < TILE_T) {
         for (int64_t o = r0; o < r1; o++)
-            for (int64_t t = 0; t < T; t++) y[t * ldy + o - r0] = row_dot(W, o, x + t * ldx);
+            for (int64_t t = 0; t < T; t++) y[t * ldy + o - r0] = row_dot(W, o, x + t * ldx, 1);
         return;
     }
     for (int64_t p0 = r0; p0 < r1; p0 += LINEAR_PANEL_ROWS) {
         int64_t p1 = p0 + LINEAR_PANEL_ROWS < r1 ? p0 + LINEAR_PANEL_ROWS : r1;
-        rows_panel(y + (p0 - r0), ldy, x, ldx, T, W, p0, p1, panel);
+        rows_panel(y + (p0 - r0), ldy, x, ldx, T, W, p0, p1, panel, 1);
     }
 }
 
@@ -295,14 +307,14 @@ static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W,
     if (T < TILE_T) {
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t o = 0; o < out; o++)
-            for (int64_t t = 0; t < T; t++) y[t * out + o] = row_dot(W, o, x + t * in);
+            for (int64_t t = 0; t < T; t++) y[t * out + o] = row_dot(W, o, x + t * in, 0);
         return;
     }
     int64_t panels = (out + LINEAR_PANEL_ROWS - 1) / LINEAR_PANEL_ROWS;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t p = 0; p < panels; p++) {
         int64_t r0 = p * LINEAR_PANEL_ROWS, r1 = r0 + LINEAR_PANEL_ROWS < out ? r0 + LINEAR_PANEL_ROWS : out;
-        rows_panel(y + r0, out, x, in, T, W, r0, r1, linear_scratch_panel(s, threads_id()));
+        rows_panel(y + r0, out, x, in, T, W, r0, r1, linear_scratch_panel(s, threads_id()), 0);
     }
 }
 

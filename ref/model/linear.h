@@ -53,12 +53,14 @@ LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in);
 void linear_forward(float *y, const float *x, int64_t T, const Tensor *W, Fp8Mode mode, const LinearScratch *s);
 
 /**
- * Rows [r0, r1) of the dequant-mode product, with strides: y[t·ldy + (o − r0)] = Σ_i x[t·ldx + i]·W[o][i]
- * for t < T, r0 ≤ o < r1 — e.g. one head's slice of kv_b_proj applied to that head's latent.
- * Same order as linear_forward, single-threaded (callers may run it inside their own parallel loop).
- * @p panel: LINEAR_PANEL_ROWS × W->cols floats of scratch for the blocked kernel, or NULL for the
- * one-row kernel (the plain form: each weight row decoded inside its dot product, one token at a
- * time), which gives the same bits — tests/test_threads.c checks that they do.
+ * Rows [r0, r1) of W applied with strides: y[t·ldy + (o − r0)] = Σ_i x[t·ldx + i]·W[o][i] for t < T,
+ * r0 ≤ o < r1 — one head's slice of kv_b_proj applied to that head's latent (MLA's absorbed form).
+ * The rows are W dequantized to FP32 (for FP8: each element e4m3 · scale rounded to FP32, as the
+ * official code dequantizes kv_b_proj for the absorbed form) and summed in the 16-lane order.
+ * Single-threaded (callers may run it inside their own parallel loop). @p panel:
+ * LINEAR_PANEL_ROWS × W->cols floats of scratch for the blocked kernel, or NULL for the one-row
+ * kernel (each weight row decoded inside its dot product, one token at a time), which gives the
+ * same bits — tests/test_threads.c checks that they do.
  */
 void linear_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Tensor *W, int64_t r0, int64_t r1,
                  float *panel);
