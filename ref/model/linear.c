@@ -365,39 +365,53 @@ void linear_forward(float *y, const float *x, int64_t T, const Tensor *W, Fp8Mod
 }
 
 /*
- * Backward GEMMs. Both products are written as register-tiled loops: a TILE_A × TILE_B block of
- * the result is accumulated in a local array over the whole inner dimension, then added to
- * memory once. Compared with the textbook axpy form (one store per multiply-add), this reads
- * each operand TILE times less and stores once per tile, which is what lets a plain C compiler
- * keep the tile in vector registers. Each tile's sum runs in a fixed order, so results do not
- * depend on the number of threads.
+ * Backward GEMMs. Both products are one register-tiled kernel: a 4 × 32 block of the result is
+ * accumulated in vector registers over the whole inner dimension, in ascending order from 0,
+ * then added to memory once. Compared with the textbook axpy form (one store per multiply-add),
+ * this reads each operand 4 or 32 times less and stores once per tile. Each tile's sums run in a
+ * fixed order, so results do not depend on the number of threads (and the edge tiles, done with
+ * scalars, add in the same order).
  */
-enum { TILE_A = 4, TILE_B = 8 };
+enum { TILE_A = 4, TILE_B = 32 };
+
+/**
+ * C[a][b] += Σ_k A[a·as + k·ks] · B[k·ldb + b] for a < na ≤ 4, b < nb ≤ 32, the sum over
+ * k = 0 .. K−1 in ascending order from 0, then added to C.
+ */
+static void tile_accumulate(float *C, int64_t ldc, const float *A, int64_t as, int64_t ks, const float *B, int64_t ldb,
+                            int64_t K, int64_t na, int64_t nb) {
+    if (na == TILE_A && nb == TILE_B) {
+        f32x16 acc[TILE_A][2];
+        memset(acc, 0, sizeof acc);
+        for (int64_t k = 0; k < K; k++) {
+            f32x16 b0, b1;
+            memcpy(&b0, B + k * ldb, sizeof b0);
+            memcpy(&b1, B + k * ldb + 16, sizeof b1);
+            for (int a = 0; a < TILE_A; a++) {
+                float g = A[a * as + k * ks];
+                acc[a][0] += g * b0;
+                acc[a][1] += g * b1;
+            }
+        }
+        for (int a = 0; a < TILE_A; a++)
+            for (int b = 0; b < TILE_B; b++) C[a * ldc + b] += acc[a][b / 16][b % 16];
+        return;
+    }
+    float acc[TILE_A][TILE_B] = { { 0 } };
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t a = 0; a < na; a++)
+            for (int64_t b = 0; b < nb; b++) acc[a][b] += A[a * as + k * ks] * B[k * ldb + b];
+    for (int64_t a = 0; a < na; a++)
+        for (int64_t b = 0; b < nb; b++) C[a * ldc + b] += acc[a][b];
+}
 
 /** dx[t][i] += Σ_o dy[t][o] · W[o][i]  (inner dimension: out). */
 static void backward_dx(float *dx, const float *dy, const float *w, int64_t T, int64_t out, int64_t in) {
 #pragma omp parallel for schedule(static)
     for (int64_t t0 = 0; t0 < T; t0 += TILE_A) {
         int64_t nt = T - t0 < TILE_A ? T - t0 : TILE_A;
-        for (int64_t i0 = 0; i0 < in; i0 += TILE_B) {
-            int64_t ni = in - i0 < TILE_B ? in - i0 : TILE_B;
-            float acc[TILE_A][TILE_B] = { { 0 } };
-            if (nt == TILE_A && ni == TILE_B) {
-                for (int64_t o = 0; o < out; o++) {
-                    const float *wr = w + o * in + i0;
-                    for (int a = 0; a < TILE_A; a++) {
-                        float g = dy[(t0 + a) * out + o];
-                        for (int b = 0; b < TILE_B; b++) acc[a][b] += g * wr[b];
-                    }
-                }
-            } else {
-                for (int64_t o = 0; o < out; o++)
-                    for (int64_t a = 0; a < nt; a++)
-                        for (int64_t b = 0; b < ni; b++) acc[a][b] += dy[(t0 + a) * out + o] * w[o * in + i0 + b];
-            }
-            for (int64_t a = 0; a < nt; a++)
-                for (int64_t b = 0; b < ni; b++) dx[(t0 + a) * in + i0 + b] += acc[a][b];
-        }
+        for (int64_t i0 = 0; i0 < in; i0 += TILE_B)
+            tile_accumulate(dx + t0 * in + i0, in, dy + t0 * out, out, 1, w + i0, in, out, nt, in - i0 < TILE_B ? in - i0 : TILE_B);
     }
 }
 
@@ -406,23 +420,8 @@ static void backward_dw(float *dW, const float *dy, const float *x, int64_t T, i
 #pragma omp parallel for schedule(static)
     for (int64_t o0 = 0; o0 < out; o0 += TILE_A) {
         int64_t no = out - o0 < TILE_A ? out - o0 : TILE_A;
-        for (int64_t i0 = 0; i0 < in; i0 += TILE_B) {
-            int64_t ni = in - i0 < TILE_B ? in - i0 : TILE_B;
-            float acc[TILE_A][TILE_B] = { { 0 } };
-            if (no == TILE_A && ni == TILE_B) {
-                for (int64_t t = 0; t < T; t++) {
-                    const float *xr = x + t * in + i0, *g = dy + t * out + o0;
-                    for (int a = 0; a < TILE_A; a++)
-                        for (int b = 0; b < TILE_B; b++) acc[a][b] += g[a] * xr[b];
-                }
-            } else {
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t a = 0; a < no; a++)
-                        for (int64_t b = 0; b < ni; b++) acc[a][b] += dy[t * out + o0 + a] * x[t * in + i0 + b];
-            }
-            for (int64_t a = 0; a < no; a++)
-                for (int64_t b = 0; b < ni; b++) dW[(o0 + a) * in + i0 + b] += acc[a][b];
-        }
+        for (int64_t i0 = 0; i0 < in; i0 += TILE_B)
+            tile_accumulate(dW + o0 * in + i0, in, dy + o0, 1, out, x + i0, in, T, no, in - i0 < TILE_B ? in - i0 : TILE_B);
     }
 }
 
