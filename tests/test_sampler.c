@@ -113,6 +113,18 @@ static void sample_is_probs_then_draw(void **state) {
         assert_int_equal(t, sampler_draw(&b, p2, N));
         assert_true(probs[t] > 0.0f);
     }
+    /* broken logits (NaN) still give a valid token, whatever the settings */
+    for (int i = 0; i < N; i += 3) logits[i] = NAN;
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(sampler_init(&a, 0.8f, k == 0 ? 0 : 40, k == 1 ? 1.0f : 0.9f, 5, &err), 0);
+        int t = sampler_sample(&a, logits, N, probs, cands);
+        assert_true(t >= 0 && t < N);
+    }
+    for (int i = 0; i < N; i++) logits[i] = NAN;
+    assert_int_equal(sampler_init(&a, 0.8f, 0, 0.5f, 5, &err), 0);
+    int t = sampler_sample(&a, logits, N, probs, cands);
+    assert_true(t >= 0 && t < N);
+    random_logits(logits, N, &r, 0, 3.0f);
     logits[17] = logits[99] = 100.0f;
     assert_int_equal(sampler_init(&a, 0.0f, 0, 1.0f, 1, &err), 0);
     assert_int_equal(sampler_sample(&a, logits, N, probs, cands), 17);
