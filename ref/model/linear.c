@@ -251,6 +251,16 @@ static void tile_sums(float sums[TILE_T][TILE_O], const float *const *x, const f
     tile_shape(sums, x, w, n, tm, tn); /* a panel's last rows: loops with variable bounds */
 }
 
+/** y[t·ldy + o] = sums[t][o]; a full row of the tile as one fixed-size copy (a loop of variable
+ *  length would become a slow string instruction). */
+static void store_sums(float *y, int64_t ldy, float sums[TILE_T][TILE_O], int tm, int tn) {
+    for (int t = 0; t < tm; t++) {
+        if (tn == TILE_O) memcpy(y + t * ldy, sums[t], sizeof sums[t]);
+        else
+            for (int o = 0; o < tn; o++) y[t * ldy + o] = sums[t][o];
+    }
+}
+
 /** Rows [r0, r1) of W (at most LINEAR_PANEL_ROWS) decoded once into @p panel, applied to all T tokens. */
 static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Tensor *W, int64_t r0, int64_t r1,
                        float *panel, int dequant_rows) {
@@ -258,9 +268,16 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
     int fp8 = W->dtype == DT_F8_E4M3 && !dequant_rows;
     DSV3_ASSERT(rows <= LINEAR_PANEL_ROWS);
     for (int64_t r = 0; r < rows; r++) tensor_row(W, r0 + r, 0, K, !fp8, panel + r * K); /* FP8: raw e4m3 values */
+    /* While this panel computes, have the memory system bring the next one's stored rows into L2
+     * (a share of its cache lines per token tile): its decode then reads from cache instead of
+     * waiting on DRAM at every panel's start. */
+    int64_t next_rows = W->rows - r1 < rows ? W->rows - r1 : rows, tiles = (T + TILE_T - 1) / TILE_T;
+    const char *next = next_rows > 0 ? (const char *)row_data(W, r1) : NULL;
+    int64_t next_bytes = next_rows > 0 ? next_rows * K * tensor_elem_bytes(W->dtype) : 0, share = (next_bytes / 64 + tiles) / tiles * 64;
     float sums[TILE_T][TILE_O];
     for (int64_t t0 = 0; t0 < T; t0 += TILE_T) {
         int tm = T - t0 < TILE_T ? (int)(T - t0) : TILE_T;
+        for (int64_t b = t0 / TILE_T * share; b < next_bytes && b < (t0 / TILE_T + 1) * share; b += 64) __builtin_prefetch(next + b, 0, 2);
         for (int64_t o0 = 0; o0 < rows; o0 += TILE_O) {
             int tn = rows - o0 < TILE_O ? (int)(rows - o0) : TILE_O;
             const float *xt[TILE_T], *wo[TILE_O];
@@ -268,8 +285,7 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
                 for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx;
                 for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K;
                 tile_sums(sums, xt, wo, K, tm, tn);
-                for (int t = 0; t < tm; t++)
-                    for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = sums[t][o];
+                store_sums(y + t0 * ldy + o0, ldy, sums, tm, tn);
                 continue;
             }
             float acc[TILE_T][TILE_O] = { { 0 } };
@@ -281,8 +297,7 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
                 for (int t = 0; t < tm; t++)
                     for (int o = 0; o < tn; o++) acc[t][o] += sums[t][o] * tensor_scale(W, r0 + o0 + o, k0);
             }
-            for (int t = 0; t < tm; t++)
-                for (int o = 0; o < tn; o++) y[(t0 + t) * ldy + o0 + o] = acc[t][o];
+            store_sums(y + t0 * ldy + o0, ldy, acc, tm, tn);
         }
     }
 }
@@ -403,6 +418,14 @@ static void tile_accumulate(float *C, int64_t ldc, const float *A, int64_t as, i
             for (int64_t b = 0; b < nb; b++) acc[a][b] += A[a * as + k * ks] * B[k * ldb + b];
     for (int64_t a = 0; a < na; a++)
         for (int64_t b = 0; b < nb; b++) C[a * ldc + b] += acc[a][b];
+}
+
+void linear_accumulate(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t T, int64_t K,
+                       int64_t N) {
+    for (int64_t t0 = 0; t0 < T; t0 += TILE_A)
+        for (int64_t n0 = 0; n0 < N; n0 += TILE_B)
+            tile_accumulate(C + t0 * ldc + n0, ldc, A + t0 * lda, lda, 1, B + n0, ldb, K, T - t0 < TILE_A ? T - t0 : TILE_A,
+                            N - n0 < TILE_B ? N - n0 : TILE_B);
 }
 
 /** dx[t][i] += Σ_o dy[t][o] · W[o][i]  (inner dimension: out). */

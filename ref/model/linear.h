@@ -73,6 +73,14 @@ int linear_threads(const LinearScratch *s, int64_t work);
 float *linear_scratch_panel(const LinearScratch *s, int tid);
 
 /**
+ * C[t·ldc + n] += Σ_k A[t·lda + k] · B[k·ldb + n] for t < T, n < N, k < K — a product with B not
+ * transposed (FP32, e.g. decoded weight rows), each sum in ascending k from 0 and then added to C,
+ * in register tiles of 4 × 32 outputs (linear_backward's kernel). Single-threaded.
+ */
+void linear_accumulate(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t T, int64_t K,
+                       int64_t N);
+
+/**
  * Backward of linear_forward in FP32 (training; W must be DT_F32):
  * dx[T][in] += dy · W (if dx), dW[out][in] += dyᵀ · x (if dW).
  */

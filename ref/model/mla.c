@@ -102,26 +102,26 @@ static void round_bf16_inplace(float *x, int64_t n) {
 }
 
 /**
- * q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc"), each sum in
- * ascending d from 0. Heads run in parallel; each thread decodes one row of W_UK[h] at a time
- * into its own scratch row (Dc floats) and applies it to every token.
+ * q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc"). Heads run in
+ * parallel; each thread decodes W_UK[h] (dequantized) into its scratch once for all tokens and
+ * multiplies with linear_accumulate: each sum in ascending d from 0 — in pieces of the rows that
+ * fit the scratch (16 × the widest linear input: all Dn rows for every real config), the pieces
+ * added in order.
  */
 static void absorb_queries(float *q_abs, const float *q, int64_t T, const Tensor *kv_b, const Config *c,
                            const LinearScratch *lin) {
     int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
     int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr, Dkv = Dn + Dv;
+    int64_t piece = LINEAR_PANEL_ROWS * lin->max_in / Dc; /* rows of W_UK[h] the scratch holds */
     int nt = linear_threads(lin, T * H * Dn * Dc);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t h = 0; h < H; h++) {
-        float *restrict row = linear_scratch_panel(lin, threads_id());
+        float *w = linear_scratch_panel(lin, threads_id());
         for (int64_t t = 0; t < T; t++) memset(q_abs + (t * H + h) * Dc, 0, (size_t)Dc * sizeof *q_abs);
-        for (int64_t d = 0; d < Dn; d++) {
-            tensor_row(kv_b, h * Dkv + d, 0, Dc, 1, row);
-            for (int64_t t = 0; t < T; t++) {
-                float qd = q[(t * H + h) * Dqk + d];
-                float *restrict qa = q_abs + (t * H + h) * Dc;
-                for (int64_t i = 0; i < Dc; i++) qa[i] += qd * row[i];
-            }
+        for (int64_t d0 = 0; d0 < Dn; d0 += piece) {
+            int64_t nd = Dn - d0 < piece ? Dn - d0 : piece;
+            for (int64_t d = 0; d < nd; d++) tensor_row(kv_b, h * Dkv + d0 + d, 0, Dc, 1, w + d * Dc);
+            linear_accumulate(q_abs + h * Dc, H * Dc, q + h * Dqk + d0, H * Dqk, w, Dc, T, nd, Dc);
         }
     }
 }
