@@ -8,8 +8,9 @@
  * The tests are llama-bench's, so the two can be read side by side:
  *  - pp128: one 128-token chunk from an empty cache, logits of the last position only;
  *  - tg64:  64 single-token steps from an empty cache, logits every step.
- * Each runs once to warm up (page in the mapped weights), then BENCH_REPS times (default 3); the
- * median is reported. Both run for each thread count of BENCH_THREADS (default "1,<online cores>").
+ * Each runs once to warm up (page in the mapped weights), then BENCH_REPS times (default 3) in one
+ * session (run state and KV cache allocated once, the cache emptied before each run, as llama-bench
+ * reuses its context); the median is reported. Both run for each thread count of BENCH_THREADS (default "1,<online cores>").
  * Decode is reported also as weight bandwidth — the bytes one token reads (model_decode_weight_bytes)
  * over the time per token — against this core's streaming-read bandwidth measured in the same run
  * (the best of 3 passes of a plain sum over 1 GiB, one thread): decoding a model larger than the
@@ -83,32 +84,45 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/** Seconds of one pp128 (P tokens, last logits) or one tg64 (D single steps) from an empty cache; < 0 on error. */
-static double run_test(const Model *m, int prefill, int n, const int *ids, Fp8Mode fp8, float *logits) {
-    Err err;
+/** One session's state, allocated once and reused by every run (as llama-bench reuses its context). */
+typedef struct {
     RunState s;
     KVCache kv;
-    if (runstate_init(&s, m, prefill ? n : 1, n, ATTN_ABSORB, fp8, &err) ||
-        kvcache_init(&kv, &m->config, ATTN_ABSORB, m->config.num_hidden_layers, n, &err))
+} Session;
+
+static int session_init(Session *se, const Model *m, int max_T, int max_seq, Fp8Mode fp8) {
+    Err err;
+    if (runstate_init(&se->s, m, max_T, max_seq, ATTN_ABSORB, fp8, &err) ||
+        kvcache_init(&se->kv, &m->config, ATTN_ABSORB, m->config.num_hidden_layers, max_seq, &err))
         return fprintf(stderr, "%s\n", err.msg), -1;
+    return 0;
+}
+
+static void session_free(Session *se) {
+    kvcache_free(&se->kv);
+    runstate_free(&se->s);
+}
+
+/** Seconds of one pp (n tokens, last logits) or one tg (n single steps), from an empty cache; < 0 on error. */
+static double run_test(const Model *m, Session *se, int prefill, int n, const int *ids, float *logits) {
+    Err err;
+    se->kv.len = 0; /* an empty cache: positions are overwritten */
     double t0 = now_seconds();
     int rc = 0;
-    if (prefill) rc = model_forward(m, &s, &kv, ids, n, logits, 1, NULL, NULL, &err);
+    if (prefill) rc = model_forward(m, &se->s, &se->kv, ids, n, logits, 1, NULL, NULL, &err);
     else
-        for (int p = 0; p < n && !rc; p++) rc = model_forward(m, &s, &kv, ids + p, 1, logits, 1, NULL, NULL, &err);
+        for (int p = 0; p < n && !rc; p++) rc = model_forward(m, &se->s, &se->kv, ids + p, 1, logits, 1, NULL, NULL, &err);
     double t = now_seconds() - t0;
-    kvcache_free(&kv);
-    runstate_free(&s);
     if (rc) return fprintf(stderr, "%s\n", err.msg), -1;
     return t;
 }
 
 /** Median tokens/s of a test over @p reps runs after one warm-up. */
-static double bench_test(const Model *m, int prefill, int n, const int *ids, Fp8Mode fp8, float *logits, int reps) {
+static double bench_test(const Model *m, Session *se, int prefill, int n, const int *ids, float *logits, int reps) {
     double t[16];
-    if (run_test(m, prefill, n, ids, fp8, logits) < 0) return -1;
+    if (run_test(m, se, prefill, n, ids, logits) < 0) return -1;
     for (int r = 0; r < reps; r++)
-        if ((t[r] = run_test(m, prefill, n, ids, fp8, logits)) < 0) return -1;
+        if ((t[r] = run_test(m, se, prefill, n, ids, logits)) < 0) return -1;
     return n / median(t, reps);
 }
 
@@ -241,10 +255,13 @@ int main(int argc, char **argv) {
     double decode_bytes = (double)model_decode_weight_bytes(&m);
     double pp[8], tg[8];
     for (int k = 0; k < n_threads; k++) {
-        threads[k] = threads_set(threads[k]);
-        if ((pp[k] = bench_test(&m, 1, P, ids, FP8_DEQUANT, logits, reps)) < 0 ||
-            (tg[k] = bench_test(&m, 0, D, ids, FP8_DEQUANT, logits, reps)) < 0)
-            return 1;
+        threads[k] = threads_set(threads[k]); /* before the session: its scratch is per thread */
+        Session se;
+        if (session_init(&se, &m, P, P + D, FP8_DEQUANT)) return 1;
+        pp[k] = bench_test(&m, &se, 1, P, ids, logits, reps);
+        tg[k] = bench_test(&m, &se, 0, D, ids, logits, reps);
+        session_free(&se);
+        if (pp[k] < 0 || tg[k] < 0) return 1;
     }
     /* Peak RSS before the baseline allocates its array. */
     size_t rss = peak_rss_bytes();
@@ -266,14 +283,17 @@ int main(int argc, char **argv) {
      * turns (forward, greedy, sampled; BENCH_REPS rounds) so that a busy machine slows all three. */
     for (int k = 0; k < n_threads; k++) {
         threads_set(threads[k]);
+        Session se;
+        if (session_init(&se, &m, P, P + D, FP8_DEQUANT)) return 1;
         double fw[16], gr[16], sa[16];
         for (int r = 0; r < reps; r++) {
-            double t = run_test(&m, 0, D, ids, FP8_DEQUANT, logits);
+            double t = run_test(&m, &se, 0, D, ids, logits);
             fw[r] = t > 0 ? D / t : -1;
             gr[r] = gen_rate(&m, 0.0f, 0, 1.0f, D, ids);
             sa[r] = gen_rate(&m, 0.8f, 40, 0.95f, D, ids);
             if (fw[r] < 0 || gr[r] < 0 || sa[r] < 0) return 1;
         }
+        session_free(&se);
         double f = median(fw, reps), greedy = median(gr, reps), sampled = median(sa, reps);
         printf("-t %-2d     generate decode: greedy %.1f tokens/s = %.2fx the bare forward (%.1f tokens/s in the same rounds),"
                " sampled (T 0.8, top-k 40, top-p 0.95) %.1f tokens/s = %.2fx\n", threads[k], greedy, greedy / f, f, sampled, sampled / f);
@@ -284,7 +304,10 @@ int main(int argc, char **argv) {
     }
     threads_set(threads[0]);
     if (m.config.has_fp8) {
-        double ppw = bench_test(&m, 1, P, ids, FP8_W8A8, logits, reps), tgw = bench_test(&m, 0, D, ids, FP8_W8A8, logits, reps);
+        Session se;
+        if (session_init(&se, &m, P, P + D, FP8_W8A8)) return 1;
+        double ppw = bench_test(&m, &se, 1, P, ids, logits, reps), tgw = bench_test(&m, &se, 0, D, ids, logits, reps);
+        session_free(&se);
         if (ppw < 0 || tgw < 0) return 1;
         printf("w8a8      -t %d: pp%d %.1f tokens/s | tg%d %.1f tokens/s (the GPU's numerics, emulated exactly)\n", threads[0], P,
                ppw, D, tgw);
