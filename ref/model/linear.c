@@ -187,16 +187,17 @@ enum { TILE_O = 2 };
 #endif
 
 /**
- * The tile of the blocked kernel: acc[t][o] lane l = Σ_{i ≡ l (mod 16), i < n} x[t][i]·w[o][i] for
+ * The tile of the blocked kernel: acc[t][o] lane l = Σ_{i ≡ l (mod 16), k0 ≤ i < k0 + n} x[t][i]·w[o][i] for
  * t < tm ≤ 4 tokens and o < tn ≤ TILE_O decoded rows — dot_lanes' sums, bit for bit: each lane
  * adds its products in ascending i from 0, the columns past the last multiple of 16 included
  * (lanes 0.. again). The tile's accumulators stay in registers while the loop runs, and each
  * load feeds tn or tm multiply-adds. Inlined with constant tm, tn (tile_sums()).
  */
 static inline __attribute__((always_inline)) void tile_lanes(f32x16 acc[TILE_T][TILE_O], const float *const *x,
-                                                             const float *const *w, int64_t n, int tm, int tn) {
-    int64_t m = n - n % LANES;
-    for (int64_t i = 0; i < m; i += LANES) {
+                                                             const float *const *w, int64_t k0, int64_t n, int tm, int tn) {
+    int64_t m = k0 + (n - n % LANES);
+    n += k0;
+    for (int64_t i = k0; i < m; i += LANES) {
         f32x16 wv[TILE_O];
         for (int o = 0; o < TILE_O && o < tn; o++) memcpy(&wv[o], w[o] + i, sizeof wv[o]); /* memcpy: no alignment needed */
         for (int t = 0; t < TILE_T && t < tm; t++) {
@@ -230,29 +231,48 @@ static inline __attribute__((always_inline)) void tree_of_eight(float out[8], co
     memcpy(out, &o, sizeof o);
 }
 
-/** The tile with a constant shape, then its sums (sums[t][o], unused entries left alone). */
+/**
+ * The tile with a constant shape, then its sums into sums[t][o] (unused entries left alone): the
+ * lanes' tree over all n columns, or for FP8 (@p scales: the F32 scale_inv entries of the tile's
+ * 128-row block row) the tree over each 128-column block times its scale, accumulated in block
+ * order from 0 — row_dot's arithmetic.
+ */
 static inline __attribute__((always_inline)) void tile_shape(float sums[TILE_T][TILE_O], const float *const *x,
-                                                             const float *const *w, int64_t n, int tm, int tn) {
-    f32x16 acc[TILE_T][TILE_O];
-    memset(acc, 0, sizeof acc); /* every lane's sum starts from 0; unused outputs stay 0 */
-    tile_lanes(acc, x, w, n, tm, tn);
-    float out[TILE_T * TILE_O];
-    for (int j = 0; j < TILE_T * TILE_O; j += 8) tree_of_eight(out + j, &acc[0][0] + j);
-    for (int t = 0; t < tm; t++)
-        for (int o = 0; o < tn; o++) sums[t][o] = out[t * TILE_O + o];
-}
-
-/** sums[t][o] = Σ_{i < n} x[t][i]·w[o][i] in linear.h's order, for a tile of tm × tn. */
-static void tile_sums(float sums[TILE_T][TILE_O], const float *const *x, const float *const *w, int64_t n, int tm, int tn) {
-    if (tn == TILE_O) {
-        switch (tm) {
-        case 4: tile_shape(sums, x, w, n, 4, TILE_O); return;
-        case 3: tile_shape(sums, x, w, n, 3, TILE_O); return;
-        case 2: tile_shape(sums, x, w, n, 2, TILE_O); return;
-        default: tile_shape(sums, x, w, n, 1, TILE_O); return;
+                                                             const float *const *w, int64_t n, int tm, int tn,
+                                                             const uint8_t *scales) {
+    enum { OUTS = TILE_T * TILE_O };
+    float res[OUTS] = { 0 };
+    int64_t block = scales ? FP8_BLOCK : n;
+    for (int64_t k0 = 0; k0 < n; k0 += block) {
+        f32x16 acc[TILE_T][TILE_O];
+        for (int t = 0; t < TILE_T; t++)
+            for (int o = 0; o < TILE_O; o++) acc[t][o] = (f32x16){ 0 }; /* every lane's sum starts from 0 */
+        tile_lanes(acc, x, w, k0, n - k0 < block ? n - k0 : block, tm, tn);
+        float out[OUTS];
+        for (int j = 0; j < OUTS; j += 8) tree_of_eight(out + j, &acc[0][0] + j);
+        if (!scales) memcpy(res, out, sizeof res);
+        else {
+            float sb = st_load_f32(scales + 4 * (k0 / FP8_BLOCK));
+            for (int j = 0; j < OUTS; j++) res[j] += out[j] * sb;
         }
     }
-    tile_shape(sums, x, w, n, tm, tn); /* a panel's last rows: loops with variable bounds */
+    for (int t = 0; t < tm; t++)
+        for (int o = 0; o < tn; o++) sums[t][o] = res[t * TILE_O + o];
+}
+
+/** sums[t][o] = Σ_{i < n} x[t][i]·w[o][i] in linear.h's order, for a tile of tm × tn (FP8: with
+ *  the block row's @p scales, else NULL). */
+static void tile_sums(float sums[TILE_T][TILE_O], const float *const *x, const float *const *w, int64_t n, int tm, int tn,
+                      const uint8_t *scales) {
+    if (tn == TILE_O) {
+        switch (tm) {
+        case 4: tile_shape(sums, x, w, n, 4, TILE_O, scales); return;
+        case 3: tile_shape(sums, x, w, n, 3, TILE_O, scales); return;
+        case 2: tile_shape(sums, x, w, n, 2, TILE_O, scales); return;
+        default: tile_shape(sums, x, w, n, 1, TILE_O, scales); return;
+        }
+    }
+    tile_shape(sums, x, w, n, tm, tn, scales); /* a panel's last rows: loops with variable bounds */
 }
 
 /** y[t·ldy + o] = sums[t][o]; a full row of the tile as one fixed-size copy (a loop of variable
@@ -271,6 +291,9 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
     int64_t K = W->cols, rows = r1 - r0;
     int fp8 = W->dtype == DT_F8_E4M3 && !dequant_rows;
     DSV3_ASSERT(rows <= LINEAR_PANEL_ROWS);
+    /* FP8 block scales: the panel's rows share one 128-row block row (panels start at multiples of 16) */
+    DSV3_ASSERT(!fp8 || r0 / 128 == (r1 - 1) / 128);
+    const uint8_t *scales = fp8 ? W->scale_inv + 4 * (size_t)((r0 / 128) * tensor_col_blocks(W)) : NULL;
     for (int64_t r = 0; r < rows; r++) tensor_row(W, r0 + r, 0, K, !fp8, panel + r * K); /* FP8: raw e4m3 values */
     /* While this panel computes, have the memory system bring the next one's stored rows into L2
      * (a share of its cache lines per token tile): its decode then reads from cache instead of
@@ -285,23 +308,10 @@ static void rows_panel(float *y, int64_t ldy, const float *x, int64_t ldx, int64
         for (int64_t o0 = 0; o0 < rows; o0 += TILE_O) {
             int tn = rows - o0 < TILE_O ? (int)(rows - o0) : TILE_O;
             const float *xt[TILE_T], *wo[TILE_O];
-            if (!fp8) {
-                for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx;
-                for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K;
-                tile_sums(sums, xt, wo, K, tm, tn);
-                store_sums(y + t0 * ldy + o0, ldy, sums, tm, tn);
-                continue;
-            }
-            float acc[TILE_T][TILE_O] = { { 0 } };
-            for (int64_t k0 = 0; k0 < K; k0 += FP8_BLOCK) {
-                int64_t n = K - k0 < FP8_BLOCK ? K - k0 : FP8_BLOCK;
-                for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx + k0;
-                for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K + k0;
-                tile_sums(sums, xt, wo, n, tm, tn);
-                for (int t = 0; t < tm; t++)
-                    for (int o = 0; o < tn; o++) acc[t][o] += sums[t][o] * tensor_scale(W, r0 + o0 + o, k0);
-            }
-            store_sums(y + t0 * ldy + o0, ldy, acc, tm, tn);
+            for (int t = 0; t < tm; t++) xt[t] = x + (t0 + t) * ldx;
+            for (int o = 0; o < tn; o++) wo[o] = panel + (o0 + o) * K;
+            tile_sums(sums, xt, wo, K, tm, tn, scales);
+            store_sums(y + t0 * ldy + o0, ldy, sums, tm, tn);
         }
     }
 }
