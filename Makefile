@@ -259,19 +259,11 @@ test: $(BUILD)/dsv3 $(TEST_BIN) $(NOTEBOOK_BIN) $(TEST_GPU_RUN) $(if $(TEST_GPU_
 	test $$fail -eq 0
 
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
-# clang's -fopenmp needs LLVM's OpenMP runtime (Debian: libomp-14-dev), installed here when missing.
+# clang's -fopenmp needs LLVM's OpenMP runtime (Debian: libomp-14-dev): the ASan tree's package check
+# (its own build/asan/.deps-ok) installs it and clang with the others when missing.
 ASAN_DEB_PACKAGES := clang libomp-14-dev
 test-asan:
-	@missing=""; for p in $(ASAN_DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "dsv3: installing missing Debian packages:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing || \
-	    { echo "dsv3: apt-get failed; install these packages by hand:$$missing"; exit 1; }; \
-	fi
-	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= DEB_PACKAGES="$(DEB_PACKAGES) $(ASAN_DEB_PACKAGES)" OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  LDLIBS="-lcjson -lpcre2-8 -lonig -lm -pthread -fsanitize=address,undefined $(if $(filter 1,$(OMP)),-fopenmp)" test
 
 # The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).

@@ -172,10 +172,11 @@ static float row_dot_dequantized(const Tensor *W, int64_t o, const float *restri
 /* ------------------------------------------------------------------------------------- */
 /* the prefill kernel                                                                      */
 
-/* The 16 lanes of one output's sum as one value (GCC/Clang vector extension): one AVX-512
- * register, or two AVX / four SSE registers, whichever the target has; lane l is lane l
- * everywhere, so the target changes nothing in the result. f32x8: half of it, for the tree. */
+/** The 16 lanes of one output's sum as one value (GCC/Clang vector extension): one AVX-512
+ *  register, or two AVX / four SSE registers, whichever the target has; lane l is lane l
+ *  everywhere, so the target changes nothing in the result. */
 typedef float f32x16 __attribute__((vector_size(4 * LANES)));
+/** Half of an f32x16, for the tree of the lane sums. */
 typedef float f32x8 __attribute__((vector_size(32)));
 
 /* Weight rows per tile: as many accumulators as the target's vector registers hold — 4 tokens × 4

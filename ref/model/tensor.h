@@ -78,7 +78,7 @@ static inline float elem_e4m3(const uint8_t *p, int64_t i) { return fp8_e4m3_dec
  * an FP8 row comes back as raw e4m3 values (what the W8A8 GEMM multiplies); otherwise fully
  * dequantized.
  */
-void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_scale, float *out);
+void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_scale, float *restrict out);
 
 /** Block scale of element (r, c) of an FP8 tensor (1.0 for other dtypes). */
 float tensor_scale(const Tensor *t, int64_t r, int64_t c);
