@@ -42,19 +42,19 @@ enum {
 /** Below this many multiply-adds a product runs on one thread: waking the others costs more. */
 #define PARALLEL_MIN_WORK (1 << 16)
 
-static int scratch_threads(void) {
+int linear_scratch_threads(void) {
     int n = threads_get(), online = threads_online();
     return n > online ? n : online;
 }
 
 size_t linear_scratch_floats(int64_t T, int64_t max_in) {
     int64_t blocks = (max_in + FP8_BLOCK - 1) / FP8_BLOCK;
-    return (size_t)((int64_t)scratch_threads() * LINEAR_PANEL_ROWS * max_in + T * max_in + T * blocks);
+    return (size_t)((int64_t)linear_scratch_threads() * LINEAR_PANEL_ROWS * max_in + T * max_in + T * blocks);
 }
 
 LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in) {
     LinearScratch s;
-    s.threads = scratch_threads();
+    s.threads = linear_scratch_threads();
     s.row = buf;
     s.xq = s.row + (size_t)s.threads * LINEAR_PANEL_ROWS * (size_t)max_in;
     s.x_scale = s.xq + (size_t)T * (size_t)max_in;

@@ -42,6 +42,8 @@ typedef struct {
 /** Floats the three scratch arrays need together for up to @p T tokens and @p max_in inputs
  *  (room for the larger of the current thread count and the online cores). */
 size_t linear_scratch_floats(int64_t T, int64_t max_in);
+/** The threads that per-thread scratch is sized for now: max(threads_get(), online cores). */
+int linear_scratch_threads(void);
 /** Carves a LinearScratch out of @p buf (linear_scratch_floats() floats). */
 LinearScratch linear_scratch_init(float *buf, int64_t T, int64_t max_in);
 

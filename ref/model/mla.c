@@ -30,8 +30,8 @@
 #include "rope.h"
 
 void softmax_inplace(float *x, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = fmaxf(m, x[i]);
+    float m = -INFINITY; /* the max, NaNs skipped as fmaxf would */
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     float sum = 0.0f;
     for (int64_t i = 0; i < n; i++) {
         x[i] = expf(x[i] - m);
@@ -41,9 +41,15 @@ void softmax_inplace(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-/** Where the probabilities of query (t, h) go: the saved array, or the shared row scratch. */
+/** Where the probabilities of query (t, h) go: the saved array, or this thread's scratch row. */
 static float *att_row(const MLAActs *a, const ForwardContext *ctx, int64_t t, int64_t h, int64_t H) {
-    return a->att ? a->att + (t * H + h) * a->att_stride : ctx->att_row;
+    return a->att ? a->att + (t * H + h) * a->att_stride : ctx->att_row + threads_id() * ctx->att_row_len;
+}
+
+/** Threads for the T·H queries of a chunk over pos0+T keys of width @p Dk: the queries are
+ *  independent, and each runs on one thread in the serial order, so any count gives the same bits. */
+static int attention_threads(const ForwardContext *ctx, int64_t T, int64_t H, int64_t pos0, int64_t Dk) {
+    return linear_threads(&ctx->lin, T * H * (pos0 + T) * Dk);
 }
 
 /** Naive form: materialize k = [k_nope | k_pe] and v per head into the cache, attend with 192-d keys. */
@@ -63,18 +69,19 @@ static void attention_naive(int64_t T, int64_t pos0, const LayerWeights *w, Laye
             memcpy(v, kv + Dn, (size_t)Dv * sizeof *v);
         }
     }
-    for (int64_t t = 0; t < T; t++) {
-        int64_t S = pos0 + t + 1; /* causal: keys 0 .. pos0+t */
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = a->q + (t * H + h) * Dqk;
-            float *P = att_row(a, ctx, t, h, H), *o = a->o + (t * H + h) * Dv;
-            for (int64_t j = 0; j < S; j++) P[j] = c->softmax_scale * dot_f32(q, cache->k + (j * H + h) * Dqk, Dqk);
-            softmax_inplace(P, S);
-            memset(o, 0, (size_t)Dv * sizeof *o);
-            for (int64_t j = 0; j < S; j++) {
-                const float *v = cache->v + (j * H + h) * Dv;
-                for (int64_t d = 0; d < Dv; d++) o[d] += P[j] * v[d];
-            }
+    /* One query (t, h) per iteration; interleaved over the threads, as later tokens see more keys. */
+    int nt = attention_threads(ctx, T, H, pos0, Dqk + Dv);
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+    for (int64_t th = 0; th < T * H; th++) {
+        int64_t t = th / H, h = th % H, S = pos0 + t + 1; /* causal: keys 0 .. pos0+t */
+        const float *q = a->q + th * Dqk;
+        float *P = att_row(a, ctx, t, h, H), *o = a->o + th * Dv;
+        for (int64_t j = 0; j < S; j++) P[j] = c->softmax_scale * dot_f32(q, cache->k + (j * H + h) * Dqk, Dqk);
+        softmax_inplace(P, S);
+        memset(o, 0, (size_t)Dv * sizeof *o);
+        for (int64_t j = 0; j < S; j++) { /* o = Σ_j P_j v_j, ascending j */
+            const float *v = cache->v + (j * H + h) * Dv;
+            for (int64_t d = 0; d < Dv; d++) o[d] += P[j] * v[d];
         }
     }
 }
@@ -155,12 +162,12 @@ static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, Lay
             round_bf16_inplace(cache->k_pe + (pos0 + t) * Dr, Dr);
         }
     }
-    for (int64_t t = 0; t < T; t++) {
-        float *P = att_row(a, ctx, t, 0, H);
-        int64_t P_stride = a->att ? a->att_stride : 0; /* kept per head, or one shared scratch row */
-        mla_attend_absorb(a->u + t * H * Dc, a->q_abs + t * H * Dc, a->q + t * H * Dqk + Dn, Dqk, cache->c_kv,
-                          cache->k_pe, pos0 + t + 1, H, Dc, Dr, c->softmax_scale, P, P_stride);
-    }
+    /* One query (t, h) per iteration; interleaved over the threads, as later tokens see more keys. */
+    int nt = attention_threads(ctx, T, H, pos0, Dc + Dr + Dc);
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+    for (int64_t th = 0; th < T * H; th++)
+        mla_attend_absorb(a->u + th * Dc, a->q_abs + th * Dc, a->q + th * Dqk + Dn, Dqk, cache->c_kv, cache->k_pe,
+                          pos0 + th / H + 1, 1, Dc, Dr, c->softmax_scale, att_row(a, ctx, th / H, th % H, H), 0);
     absorb_values(a->o, a->u, T, &w->kv_b_proj, c, &ctx->lin);
 }
 
