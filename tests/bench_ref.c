@@ -12,9 +12,10 @@
  * session (run state and KV cache allocated once, the cache emptied before each run, as llama-bench
  * reuses its context); the median is reported. Both run for each thread count of BENCH_THREADS (default "1,<online cores>").
  * Decode is reported also as weight bandwidth — the bytes one token reads (model_decode_weight_bytes)
- * over the time per token — against this core's streaming-read bandwidth measured in the same run
- * (the best of 3 passes of a plain sum over 1 GiB, one thread): decoding a model larger than the
- * caches cannot beat that, so the ratio says how close to the machine's limit it runs.
+ * over the time per token — against the streaming-read bandwidth on as many threads, measured in
+ * the same run (the best of 3 passes of a plain sum over 1 GiB): decoding a model larger than the
+ * caches cannot beat that, so the ratio says how close to the machine's limit it runs (and the
+ * N-thread read over the 1-thread one bounds what -t N can gain on decode).
  *
  * Then generation as a user sees it: gen_next's own decode rate (GenStats) over 64 tokens, greedy
  * and sampled (T = 0.8, top-k 40, top-p 0.95), against the bare forward's tg64 at the same thread
@@ -38,21 +39,33 @@
 
 #define MINI_DIR "build/bench/mini"
 
-/** Single-core streaming read bandwidth in bytes/s: best of 3 passes summing 1 GiB of floats. */
-static double stream_read_bandwidth(void) {
+/**
+ * Streaming-read bandwidth in bytes/s on @p threads threads: the best of 3 passes of a plain sum
+ * over 1 GiB of floats, each thread summing its contiguous share. The buffer is written by the
+ * same split, so on a multi-socket machine each share sits near the thread that reads it.
+ */
+static double stream_read_bandwidth(int threads) {
     size_t n = (1024u << 20) / sizeof(float);
     float *a = malloc(n * sizeof *a);
     if (!a) return 0;
-    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 1023);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (size_t i = 0; i < n; i += 16)
+        for (size_t j = i; j < i + 16 && j < n; j++) a[j] = (float)(j & 1023);
     double best = 0;
     volatile float sink = 0;
     for (int pass = 0; pass < 3; pass++) {
         double t0 = now_seconds();
-        float acc[16] = { 0 };
-        for (size_t i = 0; i + 16 <= n; i += 16)
-            for (int j = 0; j < 16; j++) acc[j] += a[i + j];
+        float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+        {
+            float acc[16] = { 0 };
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < n; i += 16)
+                for (int j = 0; j < 16; j++) acc[j] += a[i + j];
+            for (int j = 0; j < 16; j++) total += acc[j];
+        }
         double t = now_seconds() - t0;
-        sink += acc[0] + acc[15];
+        sink += total;
         if ((double)(n * sizeof *a) / t > best) best = (double)(n * sizeof *a) / t;
     }
     (void)sink;
@@ -265,19 +278,24 @@ int main(int argc, char **argv) {
     }
     /* Peak RSS before the baseline allocates its array. */
     size_t rss = peak_rss_bytes();
-    threads_set(1);
-    double bw = stream_read_bandwidth();
-    printf("baseline  single-core streaming read of 1 GiB: %.2f GB/s\n", bw / 1e9);
-    printf("RESULT bench=ref test=stream_read threads=1 gbs=%.3f\n", bw / 1e9);
+    /* The machine's limit for each thread count: a streaming read on as many threads. */
+    double bw[8];
+    for (int k = 0; k < n_threads; k++) {
+        bw[k] = stream_read_bandwidth(threads[k]);
+        printf("baseline  streaming read of 1 GiB on %d thread%s: %.2f GB/s", threads[k], threads[k] > 1 ? "s" : "", bw[k] / 1e9);
+        if (k > 0) printf(" = %.2fx -t %d", bw[k] / bw[0], threads[0]);
+        printf("\n");
+        printf("RESULT bench=ref test=stream_read threads=%d gbs=%.3f\n", threads[k], bw[k] / 1e9);
+    }
     for (int k = 0; k < n_threads; k++) {
         double gbs = decode_bytes * tg[k] / 1e9;
         printf("-t %-2d     pp%d %.1f tokens/s | tg%d %.1f tokens/s = %.2f GB/s of weights (%.1f MiB/token) = %.2fx streaming read",
-               threads[k], P, pp[k], D, tg[k], gbs, decode_bytes / 1048576.0, gbs / (bw / 1e9));
+               threads[k], P, pp[k], D, tg[k], gbs, decode_bytes / 1048576.0, gbs / (bw[k] / 1e9));
         if (k > 0) printf(" | vs -t %d: pp %.2fx, tg %.2fx", threads[0], pp[k] / pp[0], tg[k] / tg[0]);
         printf("\n");
         printf("RESULT bench=ref model=%s dtype=%s threads=%d test=pp%d tokens_per_s=%.2f\n", name, dtype, threads[k], P, pp[k]);
         printf("RESULT bench=ref model=%s dtype=%s threads=%d test=tg%d tokens_per_s=%.2f weight_gbs=%.3f vs_stream=%.3f\n", name,
-               dtype, threads[k], D, tg[k], gbs, gbs / (bw / 1e9));
+               dtype, threads[k], D, tg[k], gbs, gbs / (bw[k] / 1e9));
     }
     /* Generation as a user sees it, against the bare forward at the same thread count, run in
      * turns (forward, greedy, sampled; BENCH_REPS rounds) so that a busy machine slows all three. */

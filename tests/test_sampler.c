@@ -29,10 +29,12 @@ static int cmp_cand(const void *a, const void *b) {
 static void oracle_probs(const Sampler *s, const float *logits, int n, float *probs, SamplerCand *cands) {
     float m = -INFINITY;
     for (int i = 0; i < n; i++) m = fmaxf(m, logits[i]);
-    double sum = 0.0;
+    double sum = 0.0, part = 0.0; /* in double: per slice in index order, then over the slices */
+    int len = (n + SAMPLER_SLICES - 1) / SAMPLER_SLICES;
     for (int i = 0; i < n; i++) {
         probs[i] = expf((logits[i] - m) / s->temperature);
-        sum += probs[i];
+        part += probs[i];
+        if ((i + 1) % len == 0 || i + 1 == n) sum += part, part = 0.0;
     }
     for (int i = 0; i < n; i++) probs[i] = (float)(probs[i] / sum);
     int keep = s->top_k > 0 && s->top_k < n ? s->top_k : n;

@@ -11,6 +11,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "base/threads.h"
+
+/** Vocabularies smaller than this are normalized on one thread (waking the others costs more). */
+#define SAMPLER_PARALLEL_MIN 32768
+
 int sampler_init(Sampler *s, float temperature, int top_k, float top_p, uint64_t seed, Err *err) {
     if (!(temperature >= 0.0f) || !isfinite(temperature)) return err_set(err, "temperature must be ≥ 0, got %g", temperature);
     if (top_k < 0) return err_set(err, "top-k must be ≥ 0, got %d", top_k);
@@ -63,6 +68,16 @@ static void sift_down(SamplerCand *h, int n, int r) {
 static void heap_best(SamplerCand *out, const float *probs, int n, int m) {
     int size = 0;
     for (int i = 0; i < n; i++) {
+        /* Most tokens lose to the worst one kept: skip 16 at a time when none is ≥ it (a plain
+         * compare that vectorizes; a NaN is never ≥, and ranks last anyway). */
+        if (size == m && out[0].p == out[0].p && i % 16 == 0 && i + 16 <= n) {
+            int any = 0;
+            for (int l = 0; l < 16; l++) any |= probs[i + l] >= out[0].p;
+            if (!any) {
+                i += 15;
+                continue;
+            }
+        }
         SamplerCand c = { probs[i], i };
         if (size < m) {
             int j = size++; /* sift up: no parent is better than its children */
@@ -115,7 +130,7 @@ void sampler_probs(const Sampler *s, const float *logits, int n, float *probs, S
         return;
     }
     /* Softmax of logits / T in FP32 (max subtracted; NaNs skipped, as fmaxf does), computed once;
-     * the sum in double, in index order. */
+     * the sum in double, in the slice order of SAMPLER_SLICES. */
     float lane_max[16];
     for (int l = 0; l < 16; l++) lane_max[l] = -INFINITY;
     for (int i = 0; i + 16 <= n; i += 16) /* 16 lanes so that it vectorizes; a max is exact in any order */
@@ -123,11 +138,20 @@ void sampler_probs(const Sampler *s, const float *logits, int n, float *probs, S
     float m = -INFINITY;
     for (int i = n - n % 16; i < n; i++) m = logits[i] > m ? logits[i] : m;
     for (int l = 0; l < 16; l++) m = lane_max[l] > m ? lane_max[l] : m;
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        probs[i] = expf((logits[i] - m) / s->temperature);
-        sum += probs[i];
+    double part[SAMPLER_SLICES], sum = 0.0;
+    int len = (n + SAMPLER_SLICES - 1) / SAMPLER_SLICES, par = n >= SAMPLER_PARALLEL_MIN && !threads_in_parallel();
+#pragma omp parallel for schedule(static) if (par)
+    for (int b = 0; b < SAMPLER_SLICES; b++) { /* slice b: exp and its partial sum, in index order */
+        int lo = b * len < n ? b * len : n, hi = lo + len < n ? lo + len : n;
+        double acc = 0.0;
+        for (int i = lo; i < hi; i++) {
+            probs[i] = expf((logits[i] - m) / s->temperature);
+            acc += probs[i];
+        }
+        part[b] = acc;
     }
+    for (int b = 0; b < SAMPLER_SLICES; b++) sum += part[b];
+#pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < n; i++) probs[i] = (float)(probs[i] / sum);
     int keep = n;
     if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
