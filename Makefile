@@ -16,7 +16,11 @@
 #   make test-gpu-mock          the GPU test against a host emulation of the kernels (no GPU needed)
 #   make clean
 #
-# Variables: OMP=1 adds -fopenmp (the code stays plain single-threaded C without it);
+# Variables: OPT (default -O3); PORTABLE=1 builds for any x86-64 CPU into build/portable (default:
+#            -march=native, the local CPU's vector units, like llama.cpp's GGML_NATIVE); OMP=0 builds
+#            without OpenMP (default on: the parallel loops use threads_set()'s count, see
+#            ref/base/threads.h; the code stays plain single-threaded C without it);
+#            BENCH_MODEL=DIR: the checkpoint `make bench` measures (default: the mini preset);
 #            CUDA_HOME (default /usr/local/cuda-13.0, else /usr/local/cuda, else nvcc's on PATH) — the fast/
 #            backend is built when $(CUDA_HOME)/bin/nvcc exists.
 
@@ -34,8 +38,19 @@ ifneq ($(findstring clang,$(CC)),clang)
 WARN    += -Wno-format-truncation
 endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L
-OPT     ?= -O2
-CFLAGS  := $(CSTD) $(OPT) -g $(WARN) -Iref -Ifast -MMD -MP
+OPT     ?= -O3
+# PORTABLE=1: no -march=native, for a binary that runs on any x86-64 (its own build tree).
+PORTABLE ?= 0
+ifeq ($(PORTABLE),1)
+ARCH_FLAGS :=
+BUILD   := build/portable
+else
+ARCH_FLAGS := -march=native
+endif
+# -ffp-contract=off: a·b + c stays a rounded product and a rounded sum (no fused multiply-add), so
+# results are the same on every CPU and compiler, with or without -march=native (clang's default
+# is "on"). No -ffast-math: the reference's FP32 sums run in the order the code states.
+CFLAGS  := $(CSTD) $(OPT) $(ARCH_FLAGS) -ffp-contract=off -g $(WARN) -Iref -Ifast -MMD -MP
 LDLIBS  := -lcjson -lpcre2-8 -lonig -lmicrohttpd -ledit -lm -pthread
 # MPI=1: launch under mpirun with MPI_Bcast for the NCCL id (Debian openmpi: libopenmpi-dev, openmpi-bin).
 MPI ?= 0
@@ -53,12 +68,19 @@ DEB_LIBDIR := $(DEB_ROOT)/usr/lib/x86_64-linux-gnu
 CFLAGS  += -I$(DEB_ROOT)/usr/include
 LDLIBS  := -L$(DEB_LIBDIR) -Wl,-rpath,$(abspath $(DEB_LIBDIR)) $(LDLIBS)
 endif
+OMP ?= 1
 ifeq ($(OMP),1)
 CFLAGS  += -fopenmp
 LDLIBS  += -fopenmp
 endif
+# The linear kernels (ref/model/linear.c) under GCC: schedule before register allocation, with an
+# eye on register pressure, so that a prefill tile's 16 vector accumulators stay in registers and
+# every weight load feeds 4 multiply-adds (without it GCC 12 reloads operands: ~2x slower prefill).
+ifneq ($(findstring clang,$(CC)),clang)
+KERNEL_CFLAGS := -fsched-pressure -fschedule-insns
+endif
 
-BUILD   := build
+BUILD   ?= build
 REF_SRC := $(filter-out ref/cli/main.c,$(wildcard ref/*.c ref/*/*.c))
 REF_OBJ := $(REF_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -143,13 +165,21 @@ gpu-debs:
 	@mkdir -p $(BUILD)/debs && cd $(BUILD)/debs && apt-get download $(GPU_DEBS) && ls -1 $(CURDIR)/$(BUILD)/debs
 
 # ---- the library and the binary -------------------------------------------------------
-$(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
+# Objects depend on the compiler and its flags (OPT, PORTABLE, OMP, ...): a change rebuilds them.
+$(BUILD)/.cflags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS) $(KERNEL_CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(KERNEL_CFLAGS)' > $@
+FORCE:
+.PHONY: FORCE
+
+$(BUILD)/obj/%.o: %.c $(BUILD)/.cflags | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
 # The chat page is assembled into webui.o as it is (.incbin), so the object depends on it.
 $(BUILD)/obj/ref/serve/webui.o: ref/serve/chat.html
+$(BUILD)/obj/ref/model/linear.o: CFLAGS += $(KERNEL_CFLAGS)
 
 $(BUILD)/libdsv3.a: $(REF_OBJ)
 	@rm -f $@
@@ -268,9 +298,12 @@ test-soak: $(BUILD)/dsv3 $(BUILD)/tests/test_serve
 	DSV3_BIN=$(BUILD)/dsv3 $(BUILD)/tests/test_serve --soak 10000
 
 # ASan/UBSan build in its own tree, same tests (CPU only: the CUDA runtime and ASan do not mix).
+# clang's -fopenmp needs LLVM's OpenMP runtime (Debian: libomp-14-dev): the ASan tree's package check
+# (its own build/asan/.deps-ok) installs it and clang with the others when missing.
+ASAN_DEB_PACKAGES := clang libomp-14-dev
 test-asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDLIBS="-lcjson -lpcre2-8 -lonig -lmicrohttpd -ledit -lm -pthread -fsanitize=address,undefined" test
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=clang HAVE_CUDA= DEB_PACKAGES="$(DEB_PACKAGES) $(ASAN_DEB_PACKAGES)" OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	  LDLIBS="-lcjson -lpcre2-8 -lonig -lmicrohttpd -ledit -lm -pthread -fsanitize=address,undefined $(if $(filter 1,$(OMP)),-fopenmp)" test
 
 # The mpirun launch path in an MPI build of its own tree (CPU only; needs libopenmpi-dev + openmpi-bin).
 MPI_RANKS ?= 3
@@ -306,8 +339,11 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libdsv3.a
 	@mkdir -p $(dir $@)
 	@$(CC) -o $@ $^ $(LDLIBS)
 
+# BENCH_MODEL=DIR (command line or environment) points bench_ref at any checkpoint; BENCH_THREADS
+# ("1,2") and BENCH_REPS (3) are read by bench_ref. The other benchmarks use their own presets.
 bench: $(BUILD)/dsv3 $(BENCH_BIN)
-	@for b in $(BENCH_BIN); do echo "=== $$b"; DSV3_BIN=$(BUILD)/dsv3 $$b || exit 1; done
+	@for b in $(BENCH_BIN); do echo "=== $$b"; \
+	  BENCH_MODEL=$(if $(filter-out file undefined,$(origin BENCH_MODEL)),$(BENCH_MODEL)) DSV3_BIN=$(BUILD)/dsv3 $$b || exit 1; done
 
 # `dsv3 serve` against `generate --batch` on the same prompts at 1, 4 and 16 clients (tests/bench_serve.c), on the
 # bundled model and on a mkckpt --preset mini checkpoint (with the bundled tokenizer's 4096 ids).

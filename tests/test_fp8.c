@@ -2,7 +2,8 @@
  * @file test_fp8.c
  * @brief FP8 numerics (docs/model.md §8): every e4m3 code by hand-derived formula, the encoder's
  *        rounding and saturation, block dequantization at a partial 128-row edge (576 rows,
- *        like kv_a_proj_with_mqa), and the golden W8A8 GEMM case (w8a8_gemm.safetensors).
+ *        like kv_a_proj_with_mqa), the golden W8A8 GEMM case (w8a8_gemm.safetensors), and the
+ *        computed e4m3/F16 decoders of the kernels against the table and f16_to_f32.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -194,12 +195,40 @@ static void golden_w8a8_ue8m0(void **state) {
     st_close(&st);
 }
 
+/**
+ * The decoders the kernels use (computed, so that loops vectorize) equal the definitions: every
+ * e4m3 code against the table, every F16 bit pattern against f16_to_f32, bit for bit (NaN: NaN
+ * with the same sign), and a BF16 row through tensor_row.
+ */
+static void computed_decoders(void **state) {
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        uint8_t code = (uint8_t)c;
+        float want = fp8_e4m3_to_f32(code), got = elem_e4m3(&code, 0);
+        if (isnan(want)) assert_true(isnan(got) && !signbit(got) == !signbit(want));
+        else assert_memory_equal(&got, &want, sizeof got);
+    }
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint16_t bits = (uint16_t)h;
+        float want = f16_to_f32(bits), got = elem_f16((const uint8_t *)&bits, 0);
+        if (isnan(want)) assert_true(isnan(got) && !signbit(got) == !signbit(want));
+        else assert_memory_equal(&got, &want, sizeof got);
+    }
+    uint16_t row[40];
+    for (int i = 0; i < 40; i++) row[i] = (uint16_t)(0x3f80 + 977 * i);
+    Tensor t = { (const uint8_t *)row, DT_BF16, 2, 20, NULL };
+    float out[20];
+    tensor_row(&t, 1, 0, 20, 1, out);
+    for (int i = 0; i < 20; i++) assert_true(out[i] == bf16_to_f32(row[20 + i]));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(all_256_codes),          cmocka_unit_test(encoder),
         cmocka_unit_test(activation_quant),       cmocka_unit_test(block_dequant_576_edge),
         cmocka_unit_test(golden_w8a8_gemm),       cmocka_unit_test(ue8m0_scales),
         cmocka_unit_test(golden_w8a8_ue8m0),
+        cmocka_unit_test(computed_decoders),
     };
     return cmocka_run_group_tests_name("fp8", tests, NULL, NULL);
 }

@@ -237,9 +237,9 @@ static void scheduled_equals_solo_with(int draft) {
     assert_int_equal(left, 0);
     for (int i = 0; i < N; i++) {
         int want[256];
-        /* Speculative sampling draws other random numbers than plain sampling (the same law): a
-         * seeded request's text is that of a lone run with the same drafting; greedy, of any. */
-        int n = solo(prompts[i], 3 + i * 5, &ps[i], ps[i].temperature > 0 ? draft : 0, want);
+        /* The scheduler's speculation is exact (gen_set_spec_exact): greedy or seeded, a request's
+         * text is that of a lone plain run. */
+        int n = solo(prompts[i], 3 + i * 5, &ps[i], 0, want);
         assert_int_equal(got[i].done, 1);
         if (got[i].n != n || memcmp(got[i].tokens, want, (size_t)n * sizeof(int))) {
             fprintf(stderr, "request %d (temp %g): got", i, ps[i].temperature);
@@ -293,7 +293,7 @@ static void prefix_reuse_with(int draft) {
     /* The first reply's last token was sampled but never run; with drafting one more is re-run. */
     assert_int_equal(b.res.cached_tokens, 10 + 12 - 1 - (draft > 0));
     int want[256];
-    int n = solo(prompt, n2, &p2, draft, want);
+    int n = solo(prompt, n2, &p2, 0, want); /* seeded: plain decoding's text, with or without drafts */
     assert_int_equal(b.n, n);
     assert_memory_equal(b.tokens, want, (size_t)n * sizeof(int));
     sched_close(s);

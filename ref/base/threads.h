@@ -16,5 +16,9 @@ int threads_set(int n);
 int threads_get(void);
 /** The machine's online cores: the default of -t. */
 int threads_online(void);
+/** This thread's number in the innermost parallel region (0 outside one): indexes per-thread scratch. */
+int threads_id(void);
+/** 1 inside a parallel region (where per-thread scratch of an enclosing loop may be in use). */
+int threads_in_parallel(void);
 
 #endif

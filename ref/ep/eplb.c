@@ -107,7 +107,7 @@ int routing_stats_read(RoutingStats *s, const char *path, Err *err) {
         line++;
         if (strspn(p, " \t\r") == strlen(p)) continue;
         cJSON *o = cJSON_Parse(p);
-        int64_t layer, tokens, E, G = 1;
+        int64_t layer = 0, tokens = 0, E = 0, G = 1;
         const cJSON *mtp = o ? cJSON_GetObjectItemCaseSensitive(o, "mtp") : NULL;
         if (!o || !cJSON_IsObject(o)) rc = err_set(err, "not a JSON object");
         else if (json_int(o, "layer", 0, 1 << 20, &layer, err) || json_int(o, "tokens", 0, 9e15, &tokens, err) ||
@@ -496,7 +496,7 @@ int eplb_plan_read(EplbPlan *p, const char *path, Err *err) {
     cJSON *o = cJSON_Parse(text);
     free(text);
     int rc = 0;
-    int64_t E, R, G, N, P, ver;
+    int64_t E = 0, R = 0, G = 0, N = 0, P = 0, ver = 0;
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(o, "format"), *pol = cJSON_GetObjectItemCaseSensitive(o, "policy");
     const cJSON *layers = cJSON_GetObjectItemCaseSensitive(o, "layers");
     if (!o || !cJSON_IsObject(o)) rc = err_set(err, "not a JSON object");
@@ -533,7 +533,7 @@ int eplb_plan_read(EplbPlan *p, const char *path, Err *err) {
     int l = 0;
     const cJSON *L;
     if (!rc) cJSON_ArrayForEach(L, layers) {
-        int64_t layer;
+        int64_t layer = 0;
         int *p2l = p->phy2log + (size_t)l * R, *cnt = p->log_count + (size_t)l * E;
         if (!cJSON_IsObject(L) || json_int(L, "layer", 0, 1 << 20, &layer, err) ||
             json_ints(L, "physical_to_logical", (int)R, 0, (double)E - 1, NULL, p2l, err) ||

@@ -33,10 +33,16 @@ int sampler_init(Sampler *s, float temperature, int top_k, float top_p, uint64_t
 /** Index of the largest logit; ties go to the lower index. */
 int sampler_argmax(const float *logits, int n);
 
+/** The softmax's normalizer Σ_i exp((logit_i − max)/T) runs in double over each of this many equal
+ *  slices of the vocabulary (index order within a slice), then over the slices in order: a fixed
+ *  order, so the slices can run on any number of threads and give the same bits. */
+#define SAMPLER_SLICES 64
+
 /**
  * The distribution the sampler draws from, into probs [n]: softmax(logits / T) restricted to
  * the top-k, then to the top-p nucleus, renormalized (zeros elsewhere). With temperature 0 it
- * is one-hot on the argmax. @p work must hold n candidates.
+ * is one-hot on the argmax. @p work must hold n candidates. Runs over the threads of
+ * base/threads.h for a large vocabulary (the same result for any count).
  */
 void sampler_probs(const Sampler *s, const float *logits, int n, float *probs, SamplerCand *work);
 

@@ -39,7 +39,8 @@ typedef struct ForwardContext {
     LinearScratch lin;      /**< scratch of linear_forward */
     const float *rope_cos;  /**< [T][Dr/2] cos of p·θ' for the chunk's positions */
     const float *rope_sin;  /**< [T][Dr/2] */
-    float *att_row;         /**< [max_seq] one attention row, when the acts do not keep probabilities */
+    float *att_row;         /**< [threads][att_row_len] one attention row per thread, when the acts do not keep probabilities */
+    int64_t att_row_len;    /**< floats of one thread's att_row (the longest sequence) */
     float *gate_work;       /**< [2·(E + n_group)] gate_forward scratch */
     MoeHook *moe_hook;      /**< MoE layers call it instead of moe_forward (NULL: local experts) */
 } ForwardContext;

@@ -12,7 +12,14 @@
 
 #include <math.h>
 
+#include "base/threads.h"
+
+/** Fewer elements than this run on one thread (an expf each: waking the others would cost more). */
+#define SWIGLU_PARALLEL_MIN 16384
+
 void swiglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+    /* elementwise, so any split over the threads gives the same values */
+#pragma omp parallel for schedule(static) if (n >= SWIGLU_PARALLEL_MIN && !threads_in_parallel())
     for (int64_t i = 0; i < n; i++) h[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 

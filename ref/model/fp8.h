@@ -15,13 +15,35 @@
 #ifndef DSV3_FP8_H
 #define DSV3_FP8_H
 
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /** Value of every e4m3fn code: S.EEEE.MMM, bias 7, no infinities, NaN only at 0x7F/0xFF. */
 extern const float fp8_e4m3_values[256];
 
 /** e4m3fn code → float (exact). */
 static inline float fp8_e4m3_to_f32(uint8_t code) { return fp8_e4m3_values[code]; }
+
+/**
+ * The same value as fp8_e4m3_to_f32(), computed instead of looked up, so that a loop over a row
+ * of codes vectorizes (a table lookup would be a gather). The 7 bits EEEE.MMM shifted to bits
+ * 26..20 of an FP32 word are an FP32 number whose exponent field is E: 2^(E−127)·(1 + M/8), or
+ * for E = 0 the subnormal M·2^−129. Multiplying by 2^120 (exact: a power of two) moves the bias
+ * from 127 to 7, which gives e4m3's 2^(E−7)·(1 + M/8) and M·2^−9. Then the NaN code (E = 15,
+ * M = 7) and the sign. tests/test_fp8.c checks all 256 codes against the table.
+ */
+static inline float fp8_e4m3_decode(uint8_t code) {
+    uint32_t bits = (uint32_t)(code & 0x7f) << 20;
+    float f;
+    memcpy(&f, &bits, 4);
+    f *= 0x1p120f;
+    if ((code & 0x7f) == 0x7f) f = NAN;
+    memcpy(&bits, &f, 4);
+    bits |= (uint32_t)(code & 0x80) << 24;
+    memcpy(&f, &bits, 4);
+    return f;
+}
 
 /** float → e4m3fn code: NaN → 0x7F, |x| clamped to 448 first (docs/model.md §11 #23), then round to nearest even. */
 uint8_t fp8_e4m3_from_f32(float x);

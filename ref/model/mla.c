@@ -26,12 +26,13 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/threads.h"
 #include "rmsnorm.h"
 #include "rope.h"
 
 void softmax_inplace(float *x, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = fmaxf(m, x[i]);
+    float m = -INFINITY; /* the max, NaNs skipped as fmaxf would */
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     float sum = 0.0f;
     for (int64_t i = 0; i < n; i++) {
         x[i] = expf(x[i] - m);
@@ -41,9 +42,15 @@ void softmax_inplace(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-/** Where the probabilities of query (t, h) go: the saved array, or the shared row scratch. */
+/** Where the probabilities of query (t, h) go: the saved array, or this thread's scratch row. */
 static float *att_row(const MLAActs *a, const ForwardContext *ctx, int64_t t, int64_t h, int64_t H) {
-    return a->att ? a->att + (t * H + h) * a->att_stride : ctx->att_row;
+    return a->att ? a->att + (t * H + h) * a->att_stride : ctx->att_row + threads_id() * ctx->att_row_len;
+}
+
+/** Threads for the T·H queries of a chunk over pos0+T keys of width @p Dk: the queries are
+ *  independent, and each runs on one thread in the serial order, so any count gives the same bits. */
+static int attention_threads(const ForwardContext *ctx, int64_t T, int64_t H, int64_t pos0, int64_t Dk) {
+    return linear_threads(&ctx->lin, T * H * (pos0 + T) * Dk);
 }
 
 /** Naive form: materialize k = [k_nope | k_pe] and v per head into the cache, attend with 192-d keys. */
@@ -63,18 +70,19 @@ static void attention_naive(int64_t T, int64_t pos0, const LayerWeights *w, Laye
             memcpy(v, kv + Dn, (size_t)Dv * sizeof *v);
         }
     }
-    for (int64_t t = 0; t < T; t++) {
-        int64_t S = pos0 + t + 1; /* causal: keys 0 .. pos0+t */
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = a->q + (t * H + h) * Dqk;
-            float *P = att_row(a, ctx, t, h, H), *o = a->o + (t * H + h) * Dv;
-            for (int64_t j = 0; j < S; j++) P[j] = c->softmax_scale * dot_f32(q, cache->k + (j * H + h) * Dqk, Dqk);
-            softmax_inplace(P, S);
-            memset(o, 0, (size_t)Dv * sizeof *o);
-            for (int64_t j = 0; j < S; j++) {
-                const float *v = cache->v + (j * H + h) * Dv;
-                for (int64_t d = 0; d < Dv; d++) o[d] += P[j] * v[d];
-            }
+    /* One query (t, h) per iteration; interleaved over the threads, as later tokens see more keys. */
+    int nt = attention_threads(ctx, T, H, pos0, Dqk + Dv);
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+    for (int64_t th = 0; th < T * H; th++) {
+        int64_t t = th / H, h = th % H, S = pos0 + t + 1; /* causal: keys 0 .. pos0+t */
+        const float *q = a->q + th * Dqk;
+        float *P = att_row(a, ctx, t, h, H), *o = a->o + th * Dv;
+        for (int64_t j = 0; j < S; j++) P[j] = c->softmax_scale * dot_f32(q, cache->k + (j * H + h) * Dqk, Dqk);
+        softmax_inplace(P, S);
+        memset(o, 0, (size_t)Dv * sizeof *o);
+        for (int64_t j = 0; j < S; j++) { /* o = Σ_j P_j v_j, ascending j */
+            const float *v = cache->v + (j * H + h) * Dv;
+            for (int64_t d = 0; d < Dv; d++) o[d] += P[j] * v[d];
         }
     }
 }
@@ -101,24 +109,52 @@ static void round_bf16_inplace(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }
 
+/**
+ * q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc"). Heads run in
+ * parallel; each thread decodes W_UK[h] (dequantized) into its scratch once for all tokens and
+ * multiplies with linear_accumulate: each sum in ascending d from 0 — in pieces of the rows that
+ * fit the scratch (16 × the widest linear input: all Dn rows for every real config), the pieces
+ * added in order.
+ */
+static void absorb_queries(float *q_abs, const float *q, int64_t T, const Tensor *kv_b, const Config *c,
+                           const LinearScratch *lin) {
+    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
+    int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr, Dkv = Dn + Dv;
+    int64_t piece = LINEAR_PANEL_ROWS * lin->max_in / Dc; /* rows of W_UK[h] the scratch holds */
+    int nt = linear_threads(lin, T * H * Dn * Dc);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t h = 0; h < H; h++) {
+        float *w = linear_scratch_panel(lin, threads_id());
+        for (int64_t t = 0; t < T; t++) memset(q_abs + (t * H + h) * Dc, 0, (size_t)Dc * sizeof *q_abs);
+        for (int64_t d0 = 0; d0 < Dn; d0 += piece) {
+            int64_t nd = Dn - d0 < piece ? Dn - d0 : piece;
+            for (int64_t d = 0; d < nd; d++) tensor_row(kv_b, h * Dkv + d0 + d, 0, Dc, 1, w + d * Dc);
+            linear_accumulate(q_abs + h * Dc, H * Dc, q + h * Dqk + d0, H * Dqk, w, Dc, T, nd, Dc);
+        }
+    }
+}
+
+/**
+ * o[t][h][d] = u[t][h] · W_UV[h][d]   (einsum "shc,hdc->shd"): for each head, rows
+ * h·(Dn+Dv)+Dn .. +Dv of kv_b_proj applied to that head's latent sums, as a linear (the same
+ * kernels and summation order as linear_forward). Heads run in parallel.
+ */
+static void absorb_values(float *o, const float *u, int64_t T, const Tensor *kv_b, const Config *c, const LinearScratch *lin) {
+    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dv = c->v_head_dim, Dc = c->kv_lora_rank, Dkv = Dn + Dv;
+    int nt = linear_threads(lin, T * H * Dv * Dc);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t h = 0; h < H; h++)
+        linear_rows(o + h * Dv, H * Dv, u + h * Dc, H * Dc, T, kv_b, h * Dkv + Dn, h * Dkv + Dn + Dv,
+                    linear_scratch_panel(lin, threads_id()));
+}
+
 /** Absorbed form: attend over the latent cache with q_abs = W_UKᵀ q_nope, apply W_UV after the sum. */
 static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache, MLAActs *a,
                              const ForwardContext *ctx) {
     const Config *c = ctx->cfg;
-    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
-    int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr, Dkv = Dn + Dv;
-    float *row = ctx->lin.row; /* one dequantized row of kv_b_proj, Dc floats */
-    /* q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc") */
-    memset(a->q_abs, 0, (size_t)(T * H * Dc) * sizeof *a->q_abs);
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t d = 0; d < Dn; d++) {
-            tensor_row(&w->kv_b_proj, h * Dkv + d, 0, Dc, 1, row);
-            for (int64_t t = 0; t < T; t++) {
-                float qd = a->q[(t * H + h) * Dqk + d];
-                float *qa = a->q_abs + (t * H + h) * Dc;
-                for (int64_t i = 0; i < Dc; i++) qa[i] += qd * row[i];
-            }
-        }
+    int64_t H = c->num_attention_heads, Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim;
+    int64_t Dc = c->kv_lora_rank, Dqk = Dn + Dr;
+    absorb_queries(a->q_abs, a->q, T, &w->kv_b_proj, c, &ctx->lin);
     for (int64_t t = 0; t < T; t++) {
         memcpy(cache->c_kv + (pos0 + t) * Dc, a->c_kv + t * Dc, (size_t)Dc * sizeof(float));
         memcpy(cache->k_pe + (pos0 + t) * Dr, a->k_pe + t * Dr, (size_t)Dr * sizeof(float));
@@ -127,18 +163,13 @@ static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, Lay
             round_bf16_inplace(cache->k_pe + (pos0 + t) * Dr, Dr);
         }
     }
-    for (int64_t t = 0; t < T; t++) {
-        float *P = att_row(a, ctx, t, 0, H);
-        int64_t P_stride = a->att ? a->att_stride : 0; /* kept per head, or one shared scratch row */
-        mla_attend_absorb(a->u + t * H * Dc, a->q_abs + t * H * Dc, a->q + t * H * Dqk + Dn, Dqk, cache->c_kv,
-                          cache->k_pe, pos0 + t + 1, H, Dc, Dr, c->softmax_scale, P, P_stride);
-    }
-    /* o[t][h][d] = u[t][h] · W_UV[h][d]   (einsum "shc,hdc->shd") */
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t d = 0; d < Dv; d++) {
-            tensor_row(&w->kv_b_proj, h * Dkv + Dn + d, 0, Dc, 1, row);
-            for (int64_t t = 0; t < T; t++) a->o[(t * H + h) * Dv + d] = dot_f32(a->u + (t * H + h) * Dc, row, Dc);
-        }
+    /* One query (t, h) per iteration; interleaved over the threads, as later tokens see more keys. */
+    int nt = attention_threads(ctx, T, H, pos0, Dc + Dr + Dc);
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+    for (int64_t th = 0; th < T * H; th++)
+        mla_attend_absorb(a->u + th * Dc, a->q_abs + th * Dc, a->q + th * Dqk + Dn, Dqk, cache->c_kv, cache->k_pe,
+                          pos0 + th / H + 1, 1, Dc, Dr, c->softmax_scale, att_row(a, ctx, th / H, th % H, H), 0);
+    absorb_values(a->o, a->u, T, &w->kv_b_proj, c, &ctx->lin);
 }
 
 void mla_forward(float *y, const float *x, int64_t T, int64_t pos0, const LayerWeights *w, LayerCache *cache,

@@ -93,7 +93,8 @@ static void runstate_layout(RunState *s, const Config *c, int64_t max_T, int64_t
         s->ctx.lin = linear_scratch_init(lin, max_T, max_in);
         s->ctx.lin.scale_ue8m0 = c->scale_ue8m0; /* V3.1's power-of-two activation scales (docs/model.md §13.4) */
     }
-    ARENA_TAKE(ar, s->ctx.att_row, max_seq);
+    ARENA_TAKE(ar, s->ctx.att_row, max_seq * linear_scratch_threads());
+    s->ctx.att_row_len = max_seq;
     ARENA_TAKE(ar, s->ctx.gate_work, 2 * ((int64_t)c->n_routed_experts + c->n_group));
     LayerActsSpec spec = { max_T, 0, 0, 0, s->attn, 0 };
     for (int l = 0; l < c->num_hidden_layers + c->num_nextn_predict_layers; l++) {

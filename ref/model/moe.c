@@ -33,6 +33,7 @@
 
 #include <string.h>
 
+#include "base/threads.h"
 #include "gate.h"
 
 /** FFN on rows [r0, r1) of the permuted arrays (one expert's tokens). */
@@ -53,18 +54,27 @@ void moe_permute(int *perm, int *expert_start, const int *idx, int64_t T, int64_
     expert_start[0] = 0;
 }
 
+/** Columns of the combine one thread takes at a time (the threads split the hidden dimension). */
+#define COMBINE_COLS 64
+
 void moe_combine(float *out, const float *y_perm, const float *y_shared, const int *perm, const float *weights,
                  int64_t T, int64_t K, int64_t D) {
-    memset(out, 0, (size_t)(T * D) * sizeof *out);
-    for (int64_t r = 0; r < T * K; r++) {
-        int s = perm[r];
-        float wgt = weights[s];
-        float *o = out + (s / K) * D;
-        const float *y = y_perm + r * D;
-        for (int64_t i = 0; i < D; i++) o[i] += wgt * y[i];
+    /* Each output element gets its routed rows in ascending r (= expert) order, then the shared
+     * expert; the threads split the columns, so that order is the same for any thread count. */
+#pragma omp parallel for schedule(static) if (T * K * D >= (1 << 16) && !threads_in_parallel())
+    for (int64_t c0 = 0; c0 < D; c0 += COMBINE_COLS) {
+        int64_t c1 = c0 + COMBINE_COLS < D ? c0 + COMBINE_COLS : D;
+        for (int64_t t = 0; t < T; t++) memset(out + t * D + c0, 0, (size_t)(c1 - c0) * sizeof *out);
+        for (int64_t r = 0; r < T * K; r++) {
+            int s = perm[r];
+            float wgt = weights[s], *o = out + (s / K) * D;
+            const float *y = y_perm + r * D;
+            for (int64_t i = c0; i < c1; i++) o[i] += wgt * y[i];
+        }
+        if (y_shared)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t i = c0; i < c1; i++) out[t * D + i] += y_shared[t * D + i];
     }
-    if (y_shared)
-        for (int64_t i = 0; i < T * D; i++) out[i] += y_shared[i];
 }
 
 void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, MoEActs *a, const ForwardContext *ctx) {
@@ -77,6 +87,7 @@ void moe_forward(float *out, const float *x, int64_t T, const LayerWeights *w, M
                      w->e_score_correction_bias, c, ctx->gate_work);
     /* 2. Permute: counting sort of the T·K slots by expert, then gather the inputs. */
     moe_permute(a->perm, a->expert_start, a->idx, T, K, E);
+#pragma omp parallel for schedule(static) if (T * K * D >= (1 << 16))
     for (int64_t r = 0; r < T * K; r++) memcpy(a->x_perm + r * D, x + (a->perm[r] / K) * D, (size_t)D * sizeof(float));
     /* 3. Routed experts, one grouped pass each; the shared experts on every token. */
     for (int64_t e = 0; e < E; e++)

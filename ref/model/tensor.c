@@ -12,7 +12,6 @@
  */
 #include "tensor.h"
 
-#include "fp8.h"
 
 Tensor tensor_f32(const float *data, int64_t rows, int64_t cols) {
     Tensor t = { (const uint8_t *)data, DT_F32, rows, cols, NULL };
@@ -30,22 +29,22 @@ float tensor_scale(const Tensor *t, int64_t r, int64_t c) {
     return st_load_f32(t->scale_inv + 4 * ((r / 128) * tensor_col_blocks(t) + c / 128));
 }
 
-void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_scale, float *out) {
+void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_scale, float *restrict out) {
     int64_t n = c1 - c0, base = r * t->cols + c0;
+    const uint8_t *p = t->data;
     switch (t->dtype) {
     case DT_F32:
-        for (int64_t j = 0; j < n; j++) out[j] = st_load_f32(t->data + 4 * (base + j));
+        for (int64_t j = 0; j < n; j++) out[j] = elem_f32(p, base + j);
         break;
     case DT_BF16:
-        for (int64_t j = 0; j < n; j++) out[j] = bf16_to_f32(st_load_u16(t->data + 2 * (base + j)));
+        for (int64_t j = 0; j < n; j++) out[j] = elem_bf16(p, base + j);
         break;
     case DT_F16:
-        for (int64_t j = 0; j < n; j++) out[j] = f16_to_f32(st_load_u16(t->data + 2 * (base + j)));
+        for (int64_t j = 0; j < n; j++) out[j] = elem_f16(p, base + j);
         break;
-    case DT_F8_E4M3: {
-        const uint8_t *q = t->data + base;
+    case DT_F8_E4M3:
         if (!apply_scale) {
-            for (int64_t j = 0; j < n; j++) out[j] = fp8_e4m3_to_f32(q[j]);
+            for (int64_t j = 0; j < n; j++) out[j] = elem_e4m3(p, base + j);
             break;
         }
         /* One scale per 128-column block of this row's 128-row block. */
@@ -53,10 +52,9 @@ void tensor_row(const Tensor *t, int64_t r, int64_t c0, int64_t c1, int apply_sc
             int64_t c = c0 + j, block_end = (c / 128 + 1) * 128 - c0;
             if (block_end > n) block_end = n;
             float s = tensor_scale(t, r, c);
-            for (; j < block_end; j++) out[j] = fp8_e4m3_to_f32(q[j]) * s;
+            for (; j < block_end; j++) out[j] = elem_e4m3(p, base + j) * s;
         }
         break;
-    }
     default:
         DSV3_ASSERT(!"tensor_row: dtype not validated at load");
     }

@@ -189,7 +189,7 @@ static int parse_ids(const cJSON *a, const char *name, ApiRequest *r, ApiError *
     if (!(r->ids = xcalloc((size_t)n + 1, sizeof *r->ids))) return api_error(e, 500, "server_error", NULL, NULL, "out of memory");
     const cJSON *v;
     cJSON_ArrayForEach(v, a) {
-        int64_t id;
+        int64_t id = 0;
         if (int_value(v, name, 0, 2147483647.0, &id, e)) return BAD(name, "'%s' must hold token ids (integers ≥ 0)", name);
         r->ids[r->n_ids++] = (int)id;
     }

@@ -110,7 +110,8 @@ static void trainer_layout(Trainer *tr, Arena *ar) {
     if (lin) tr->ctx.lin = linear_scratch_init(lin, T, max_in);
     tr->ctx.rope_cos = ARENA_TAKE(ar, tr->rope_cos, T * half);
     tr->ctx.rope_sin = ARENA_TAKE(ar, tr->rope_sin, T * half);
-    ARENA_TAKE(ar, tr->ctx.att_row, T);
+    ARENA_TAKE(ar, tr->ctx.att_row, T * linear_scratch_threads());
+    tr->ctx.att_row_len = T;
     ARENA_TAKE(ar, tr->ctx.gate_work, 2 * (E + c->n_group));
     for (int64_t l = 0; l < L; l++) {
         int moe = config_layer_is_moe(c, (int)l);
