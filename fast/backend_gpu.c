@@ -70,6 +70,9 @@ const char *gpu_backend_name(void) { return "CUDA fast backend"; }
 
 int gpu_engine_open(GpuEngine **out, const Model *m, const GpuEngineOptions *opt, FILE *log, Err *err) {
     *out = NULL;
+    if (opt->kv_bf16 == 2) /* KV_FP8: the reference emulates it; kv_cache_write and the MLA kernels do not read it yet */
+        return err_set(err, "--kv-cache fp8: the CUDA backend has no FP8 latent cache kernels yet (issue 23); "
+                            "use bf16 or f32, or --backend ref, which emulates the FP8 cache");
     GpuEngine *e = xcalloc(1, sizeof *e);
     if (!e) return err_set(err, "out of memory");
     FastOptions fo = { .fp8 = opt->fp8, .kv_bf16 = opt->kv_bf16 < 0 ? fast_mla_kernel_shapes(&m->config) : opt->kv_bf16,

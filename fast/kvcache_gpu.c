@@ -22,8 +22,8 @@ static int64_t pool_blocks(const FastOptions *opt) {
 }
 
 uint64_t fast_kv_bytes(const Config *c, const FastOptions *opt, int n_layers) {
-    return (uint64_t)n_layers * (uint64_t)pool_blocks(opt) * 64u * (uint64_t)(c->kv_lora_rank + c->qk_rope_head_dim) *
-           (opt->kv_bf16 ? 2u : 4u);
+    return (uint64_t)n_layers * (uint64_t)pool_blocks(opt) * 64u *
+           (uint64_t)kvcache_bytes_per_token(c, opt->kv_bf16 ? KV_BF16 : KV_F32);
 }
 
 int fast_kv_init(FastKVCache *kv, const FastModel *fm, const FastOptions *opt, Err *err) {

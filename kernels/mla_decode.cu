@@ -29,6 +29,7 @@
 
 #include "common.cuh"
 #include "mla_decode.h"
+#include "mla_split.h"
 
 namespace dsv3 {
 
@@ -91,10 +92,10 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
     const int g = lane / 4, t = lane % 4;
 
     /* This CTA's positions [t_begin, t_end) of request b. */
+    static_assert(TN == MLA_SPLIT_TILE && MLA_PAGE == MLA_SPLIT_PAGE, "fast/mla_split.h's tile and page");
     const int S_b = p.seq_lens[b];
-    const int chunk = ceil_div(ceil_div(S_b > 0 ? S_b : 1, p.num_splits), TN) * TN;
-    const int t_begin = split * chunk;
-    const int t_end = min(S_b, t_begin + chunk);
+    int t_begin, t_end;
+    mla_split_range(S_b, p.num_splits, split, &t_begin, &t_end);
     const int ntiles = t_end > t_begin ? ceil_div(t_end - t_begin, TN) : 0;
     const int *btab = p.block_table + (int64_t)b * p.block_table_stride;
 
@@ -114,7 +115,7 @@ template <class Tile> __global__ void __launch_bounds__(Tile::THREADS, 1) mla_de
             const int tok = tt0 + j;
             const bool ok = tok < t_end;
             const uint16_t *src = p.kv_cache;
-            if (ok) src = p.kv_cache + ((int64_t)btab[tok / MLA_PAGE] * MLA_PAGE + tok % MLA_PAGE) * Tile::D + ch * 8;
+            if (ok) src = p.kv_cache + mla_page_row(btab, tok) * Tile::D + ch * 8;
             cp_async_16(dst + j * LDK + ch * 8, src, ok ? 16 : 0);
         }
     };
@@ -291,14 +292,13 @@ __global__ void mla_combine_kernel(const MlaArgs p) {
     const int h = blockIdx.x, b = blockIdx.y;
     const int S = p.num_splits;
     const float *lse2 = p.lse2_part + (int64_t)b * S * p.H + h;
-    float mx = -INFINITY;
-    for (int s = 0; s < S; s++) mx = fmaxf(mx, lse2[(int64_t)s * p.H]);
+    const float mx = mla_combine_max(lse2, p.H, S);
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float wsum = 0.0f;
     const int c = threadIdx.x * 4;
     if (mx > -INFINITY) {
         for (int s = 0; s < S; s++) {
-            const float w = exp2f(lse2[(int64_t)s * p.H] - mx);
+            const float w = mla_combine_weight(lse2[(int64_t)s * p.H], mx);
             const float4 v = *reinterpret_cast<const float4 *>(p.o_part + (((int64_t)b * S + s) * p.H + h) * MLA_DC + c);
             acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
             wsum += w;
@@ -327,15 +327,11 @@ using namespace dsv3;
 extern "C" int mla_decode_num_splits(int B, int H, int max_seq_len) {
     FastDevice dev;
     if (B <= 0 || H <= 0 || fast_device(&dev, NULL)) return 1;
-    const int ctas = B * ceil_div(H, MLA_HEADS_PER_CTA);
-    /* At most one wave (one CTA per SM: 210 KB of shared memory), and ≥ 128 positions per
-     * split (the 64-head Q tile costs as much to load as 64 positions of cache). Measured on
-     * H100 (docs/benchmarks.md, split sweep): best or within 2% of best at B = 1, 32, 64, 128;
-     * the former "1.5 waves, ≥ 256 positions" rule was 1.38× slower at B = 1 and 1.06× at B = 32. */
-    int s = dev.sm_count / ctas;
-    const int cap = ceil_div(max_seq_len > 0 ? max_seq_len : 1, 128);
-    s = s < cap ? s : cap;
-    return s < 1 ? 1 : s > 64 ? 64 : s;
+    /* mla_split_count: at most one wave (one CTA per SM: 210 KB of shared memory), ≥ 128 positions
+     * per split. Measured on H100 (docs/benchmarks.md, split sweep): best or within 2% of best at
+     * B = 1, 32, 64, 128; the former "1.5 waves, ≥ 256 positions" rule was 1.38× slower at B = 1
+     * and 1.06× at B = 32. */
+    return mla_split_count(dev.sm_count, B, H, max_seq_len);
 }
 
 extern "C" size_t mla_decode_workspace_bytes(int B, int H, int num_splits) {

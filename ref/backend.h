@@ -26,7 +26,7 @@ typedef struct GpuEngine GpuEngine;
 /** Settings of the GPU engine. */
 typedef struct {
     Fp8Mode fp8;      /**< FP8 linears: FP8_W8A8 (what GPUs run) or FP8_DEQUANT */
-    int kv_bf16;      /**< -1: automatic (BF16 where the tensor-core MLA kernel applies), 0: FP32, 1: BF16 */
+    int kv_bf16;      /**< -1: automatic (BF16 where the tensor-core MLA kernel applies), 0: FP32, 1: BF16, 2: FP8 (refused for now) */
     int64_t max_T;    /**< tokens per forward */
     int64_t ctx;      /**< positions of the sequence */
     int mtp;          /**< 1: also upload MTP module 0 (gpu_engine_mtp, speculative decoding) */

@@ -22,7 +22,7 @@ static void v3_numbers(void **state) {
     Err err;
     assert_int_equal(config_preset(&c, "v3", &err), 0);
     /* One GPU holding everything: the checkpoint's size. */
-    Deployment all = { "all", 1, 1, 1, 1, 1, 0, 1, 2000, 3.35, 400, 0, 1979 };
+    Deployment all = { "all", 1, 1, 1, 1, 1, 0, 1, 2000, 3.35, 400, 0, 1979, 0 };
     PlanResult r;
     plan_evaluate(&c, &all, 1, 1, 1, &r);
     printf("    whole model with MTP, as stored: %.1f GB\n", r.weight_bytes / 1e9);

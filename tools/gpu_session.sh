@@ -4,6 +4,8 @@
 #   tools/gpu_session.sh bench   C benchmark (our kernels, cuBLASLt peers), then the PyTorch peers
 #   tools/gpu_session.sh sanitize compute-sanitizer memcheck + racecheck over the quick test
 #   tools/gpu_session.sh ncu     Nsight Compute sections of the GEMM, grouped GEMM, cuBLASLt FP8 and MLA decode kernels
+#   tools/gpu_session.sh mla     MLA decode only (issue 23): its test group, memcheck of it, its benchmark with the
+#                                split sweep, one Nsight Compute profile of mla_decode_kernel at B = 64, S = 8192
 #   tools/gpu_session.sh model   the whole model: dsv3 --backend fast vs the reference, end-to-end benchmark vs peers
 #                                (carry build/debs, made by `make gpu-debs`)
 # Logs go to $OUT (the device tool brings them back), or to build/gpu-session/ elsewhere.
@@ -69,6 +71,22 @@ ncu)
   prof grouped 'fp8_gemm_wgmma' --only grouped
   prof mla 'mla_decode_kernel' --only mla --mla 64x8192
   ;;
+mla)
+  # One call of at most ~5 minutes for the MLA decode work: tests, sanitizer, benchmark, one profile.
+  t0=$(date +%s); build >/dev/null; echo "build: $(( $(date +%s) - t0 )) s"
+  nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>&1
+  timeout 150 build/tests/test_gpu_kernels --group mla > "$OUT/test-mla.log" 2>&1; echo "exit $?" >> "$OUT/test-mla.log"
+  grep -E 'FAIL|fail|error|passed|exit' "$OUT/test-mla.log" | tail -12
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 99 build/tests/test_gpu_kernels --quick --group mla \
+    > "$OUT/sanitize-mla.log" 2>&1; echo "memcheck exit $?"
+  grep -E 'ERROR|SUMMARY|passed' "$OUT/sanitize-mla.log" | tail -6
+  timeout 150 build/bench/bench_gpu_kernels --only mla --mla-sweep > "$OUT/bench-mla.log" 2>&1; echo "bench exit $?"
+  grep -v '^RESULT' "$OUT/bench-mla.log" | tail -40
+  sec="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
+  timeout 150 ncu --clock-control none --kernel-name "regex:mla_decode_kernel" --launch-skip 2 --launch-count 1 $sec \
+    build/bench/bench_gpu_kernels --only mla --mla 64x8192 > "$OUT/ncu-mla.txt" 2>&1; echo "ncu mla exit $?"
+  grep -E 'Duration|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Stall' "$OUT/ncu-mla.txt" | head -16
+  ;;
 model)
   # The whole model on the GPU: needs the Debian libraries the CLI uses, carried as .deb files
   # (make gpu-debs here, then carry build/debs) and unpacked outside / (dpkg -x).
@@ -92,5 +110,5 @@ model)
     PEER_TIME_BUDGET="${PEER_TIME_BUDGET:-240}" > "$OUT/bench-model.log" 2>&1; echo "bench-gpu-model exit $?"
   grep -E 'RESULT|REFUSED|SKIPPED|CHECK|batch' "$OUT/bench-model.log" | tail -30
   ;;
-*) echo "usage: $0 test|bench|sanitize|ncu|model"; exit 2 ;;
+*) echo "usage: $0 test|bench|sanitize|ncu|mla|model"; exit 2 ;;
 esac

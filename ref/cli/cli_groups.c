@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "base/threads.h"
+#include "model/kvcache.h"
 
 static const CliOpt model_opts[] = {
     { "--model", "-m", CLI_STR, offsetof(CliModel, dir), "DIR", .help = "checkpoint directory (config.json + *.safetensors)" },
@@ -43,12 +44,14 @@ static const CliOpt penalties_opts[] = {
       .help = "subtract A times its count in the window from a token's logit" },
 };
 
-static const int backend_values[] = { 0, 1 }, kv_values[] = { -1, 0, 1 };
+static const int backend_values[] = { 0, 1 }, kv_values[] = { -1, KV_F32, KV_BF16, KV_FP8 };
 static const CliOpt backend_opts[] = {
     { "--backend", NULL, CLI_CHOICE, offsetof(CliBackend, gpu), .choices = "ref|fast", .values = backend_values, .def = "ref",
       .help = "the C reference, or the whole model on a GPU (with --fp8 w8a8 unless given)" },
-    { "--kv-cache", NULL, CLI_CHOICE, offsetof(CliBackend, kv_bf16), .choices = "auto|f32|bf16", .values = kv_values,
-      .def = "auto", .help = "latent cache storage; auto: bf16 where the GPU's tensor-core MLA kernel applies" },
+    { "--kv-cache", NULL, CLI_CHOICE, offsetof(CliBackend, kv_bf16), .choices = "auto|f32|bf16|fp8", .values = kv_values,
+      .def = "auto", .help = "latent cache storage; auto: bf16 where the GPU's tensor-core MLA kernel applies;\n"
+                             "fp8: e4m3 c_kv, a scale per 128 values, bf16 k_pe (emulated by logits on the reference;\n"
+                             "--backend fast refuses it for now)" },
 };
 
 static const CliOpt ep_opts[] = {

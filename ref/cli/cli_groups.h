@@ -45,7 +45,7 @@ typedef struct {
 /** Where the model runs. */
 typedef struct {
     int gpu;     /**< --backend fast */
-    int kv_bf16; /**< --kv-cache: −1 auto, 0 f32, 1 bf16 */
+    int kv_bf16; /**< --kv-cache: −1 auto, else a KvFormat (0 f32, 1 bf16, 2 fp8) */
 } CliBackend;
 
 /** -t/--threads. */
@@ -61,7 +61,7 @@ CliGroup cli_numerics_group(CliModel *m);
 CliGroup cli_sampling_group(CliSampling *s);
 /** --min-p, --repeat-penalty, --repeat-last-n, --presence-penalty, --frequency-penalty (listed under sampling). */
 CliGroup cli_penalties_group(CliPenalties *p);
-/** --backend ref|fast and --kv-cache auto|f32|bf16. */
+/** --backend ref|fast and --kv-cache auto|f32|bf16|fp8. */
 CliGroup cli_backend_group(CliBackend *b);
 /** --ep N and --ep-transport nccl|tcp (see cli_ep.h). */
 CliGroup cli_ep_group(CliEpFlags *f);

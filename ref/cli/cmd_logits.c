@@ -53,7 +53,7 @@ int cmd_logits(int argc, char **argv) {
     a.prefill = -1;
     CliCmd cmd = { .name = CMD, .usage = "-m MODEL_DIR --ids 5,17,3,... -o OUT.f32 [options]",
                    .about = "writes the logits of every input position as little-endian float32 [T][vocab_size]\n"
-                            "(on the reference, --kv-cache bf16 rounds the f32 cache as a BF16 GPU cache would)" };
+                            "(on the reference, --kv-cache bf16|fp8 rounds the f32 cache as a BF16 or FP8 GPU cache would)" };
     cli_add(&cmd, cli_model_group(&mo));
     cli_add(&cmd, cli_numerics_group(&mo));
     cli_add(&cmd, CLI_GROUP("input and output", opts, &a));
@@ -134,7 +134,7 @@ static int run(const char *model_dir, const char *ids_arg, const char *out_path,
         rc = cli_fail(CMD, EXIT_RUNTIME, "%s", err.msg);
         goto done;
     } else {
-        kvcache_set_bf16(&kv, kv_bf16 == 1); /* the reference emulates a BF16 GPU cache on request */
+        kvcache_set_format(&kv, kv_bf16 > 0 ? (KvFormat)kv_bf16 : KV_F32); /* emulates a GPU's cache on request */
         if (cli_ep_gpu_env(ep) && !(ep_rank = cli_ep_join_ref(ep, &m, &err))) goto fail_msg;
         if (ep_rank) s.ctx.moe_hook = &ep_rank->hook;
     }

@@ -20,9 +20,11 @@ static const char *const CMD = "plan";
 typedef struct {
     const char *preset, *plan_path;
     long batch, ctx;
-    int with_mtp;
+    int with_mtp, kv_fp8;
     double hbm, nvl, ib; /* 0 (ib: −1): the presets' */
 } Args;
+
+static const int kv_values[] = { 0, 1 };
 
 static const CliOpt opts[] = {
     { "--preset", NULL, CLI_STR, offsetof(Args, preset), "NAME", .def = "v3", .help = "a built-in config instead of -m" },
@@ -30,6 +32,8 @@ static const CliOpt opts[] = {
       .help = "decode batch: sequences per attention rank" },
     { "--ctx", NULL, CLI_LONG, offsetof(Args, ctx), "N", .lo = 1, .hi = 1 << 24, .def = "4096", .help = "tokens of context per sequence" },
     { "--mtp", NULL, CLI_FLAG, offsetof(Args, with_mtp), .help = "the MTP module stays resident" },
+    { "--kv-cache", NULL, CLI_CHOICE, offsetof(Args, kv_fp8), .choices = "bf16|fp8", .values = kv_values, .def = "bf16",
+      .help = "latent cache storage: bf16, or fp8 (e4m3 c_kv + a scale per 128 values, bf16 k_pe)" },
     { "--ep-plan", NULL, CLI_STR, offsetof(Args, plan_path), "PLAN.json",
       .help = "add the deployment an EPLB plan describes (dsv3 eplb -o), on H100s: its GPUs,\n"
               "redundant experts, and the all-to-all time scaled by its measured load imbalance" },
@@ -44,7 +48,7 @@ int cmd_plan(int argc, char **argv) {
     CliModel mo = { 0 };
     Args a = { 0 };
     a.ib = -1;
-    CliCmd cmd = { .name = CMD, .usage = "[-m MODEL_DIR | --preset v3] [--batch N] [--ctx N] [--mtp] [--hbm-tbs X] [--nvlink-gbs X] [--ib-gbs X]\n"
+    CliCmd cmd = { .name = CMD, .usage = "[-m MODEL_DIR | --preset v3] [--batch N] [--ctx N] [--mtp] [--kv-cache bf16|fp8] [--hbm-tbs X] [--nvlink-gbs X] [--ib-gbs X]\n"
                             "       [--ep-plan PLAN.json]",
                    .about = "the model's config (default: the real DeepSeek-V3) laid out on the paper's prefill and decode\n"
                             "units, one 8x H200 node and two 8x H100 nodes: weights and KV cache per GPU, all-to-all bytes\n"
@@ -83,9 +87,12 @@ int cmd_plan(int argc, char **argv) {
         if (hbm > 0) d.hbm_tbs = hbm;
         if (nvl > 0) d.nvlink_gbs = nvl;
         if (ib >= 0 && d.ib_gbs > 0) d.ib_gbs = ib;
+        d.kv_fp8 = a.kv_fp8;
+        Deployment hw = presets[3];
+        hw.kv_fp8 = a.kv_fp8;
         PlanResult r;
         if (i < n) plan_evaluate(&c, &d, (int)batch, (int)ctx, with_mtp, &r);
-        else if (plan_evaluate_eplb(&c, &presets[3], &ep_plan, (int)batch, (int)ctx, with_mtp, &d, &r, &err)) {
+        else if (plan_evaluate_eplb(&c, &hw, &ep_plan, (int)batch, (int)ctx, with_mtp, &d, &r, &err)) {
             eplb_plan_free(&ep_plan);
             return cli_fail(CMD, EXIT_USAGE, "--ep-plan %s: %s", plan_path, err.msg);
         }
@@ -96,8 +103,8 @@ int cmd_plan(int argc, char **argv) {
                    ep_plan.hierarchical ? "hierarchical" : "global", d.redundant, r.load_imbalance, r.load_imbalance_contiguous);
         printf("  weights/GPU      %.1f GB (%.2f routed experts per GPU per layer)%s\n", r.weight_bytes / 1e9,
                r.experts_per_gpu, r.fits ? "" : "  DOES NOT FIT");
-        printf("  KV cache         %.0f B/token (latent c_kv + k_pe, BF16); room for %.0f tokens/GPU\n",
-               r.kv_bytes_per_token, r.kv_tokens);
+        printf("  KV cache         %.0f B/token (latent c_kv + k_pe, %s); room for %.0f tokens/GPU\n",
+               r.kv_bytes_per_token, a.kv_fp8 ? "FP8 c_kv + scales, BF16 k_pe" : "BF16", r.kv_tokens);
         printf("  all-to-all       %.0f B dispatch (FP8 + scales) + %.0f B combine (BF16) per token per MoE layer;"
                " %.0f%% crosses nodes\n", r.dispatch_bytes, r.combine_bytes, 100 * r.remote_fraction);
         if (!r.kv_fits) /* no speed for a batch whose cache does not fit */

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "eplb.h"
+#include "model/kvcache.h"
 #include "model/weights.h"
 
 /** Bytes of a stored tensor in the real checkpoint's format: FP8 + F32 scales where eligible. */
@@ -87,8 +88,9 @@ void plan_evaluate(const Config *c, const Deployment *d, int batch, int ctx, int
                      r->experts_per_gpu * t.expert * t.moe_layers;
     if (d->shared_on_ep) per_gpu += t.shared;
     r->weight_bytes = per_gpu;
-    /* Latent KV cache: normalized c_kv + roped k_pe per token per layer, BF16 (docs/model.md §3.3). */
-    r->kv_bytes_per_token = 2.0 * (c->kv_lora_rank + c->qk_rope_head_dim) * (c->num_hidden_layers + n_mtp);
+    /* Latent KV cache: normalized c_kv + roped k_pe per token per layer, BF16 or FP8 (docs/model.md §3.3). */
+    r->kv_bytes_per_token =
+        (double)kvcache_bytes_per_token(c, d->kv_fp8 ? KV_FP8 : KV_BF16) * (c->num_hidden_layers + n_mtp);
     double free_bytes = 0.9 * d->hbm_gb * 1e9 - per_gpu;
     r->fits = free_bytes > 0;
     r->kv_tokens = r->fits ? free_bytes / r->kv_bytes_per_token : 0;
@@ -148,12 +150,12 @@ const Deployment *plan_presets(int *n) {
     static const Deployment presets[] = {
         /* Paper §3.4: prefill unit = 4 nodes / 32 GPUs, attention TP4 + DP8, EP32 with 32 redundant
          * experts (8 + 1 per GPU), dense MLPs TP1, shared expert with every rank. */
-        { "prefill unit (paper: TP4/DP8/EP32, 32 redundant)", 32, 8, 4, 1, 32, 32, 1, 80, 3.35, 400, 50, 1979 },
+        { "prefill unit (paper: TP4/DP8/EP32, 32 redundant)", 32, 8, 4, 1, 32, 32, 1, 80, 3.35, 400, 50, 1979, 0 },
         /* Decode unit = 40 nodes / 320 GPUs, attention TP4 + DP80, EP320: one expert per GPU,
          * 64 GPUs for the redundant and shared experts. */
-        { "decode unit (paper: TP4/DP80/EP320)", 320, 8, 4, 1, 320, 64, 0, 80, 3.35, 400, 50, 1979 },
-        { "one node of 8x H200 (TP1/DP8/EP8)", 8, 8, 1, 1, 8, 0, 1, 141, 4.8, 450, 0, 1979 },
-        { "two nodes of 8x H100 (TP1/DP16/EP16)", 16, 8, 1, 1, 16, 0, 1, 80, 3.35, 450, 50, 1979 },
+        { "decode unit (paper: TP4/DP80/EP320)", 320, 8, 4, 1, 320, 64, 0, 80, 3.35, 400, 50, 1979, 0 },
+        { "one node of 8x H200 (TP1/DP8/EP8)", 8, 8, 1, 1, 8, 0, 1, 141, 4.8, 450, 0, 1979, 0 },
+        { "two nodes of 8x H100 (TP1/DP16/EP16)", 16, 8, 1, 1, 16, 0, 1, 80, 3.35, 450, 50, 1979, 0 },
     };
     *n = (int)(sizeof presets / sizeof presets[0]);
     return presets;

@@ -26,13 +26,14 @@ typedef struct {
     double nvlink_gbs;      /**< NVLink bandwidth per GPU per direction, GB/s */
     double ib_gbs;          /**< InfiniBand bandwidth per GPU per direction, GB/s */
     double fp8_tflops;      /**< dense FP8 tensor throughput per GPU, TFLOP/s */
+    int kv_fp8;             /**< 1: the FP8 latent cache (--kv-cache fp8, 656 B per token per layer for V3); 0: BF16 */
 } Deployment;
 
 /** What a deployment costs, per GPU unless said otherwise. */
 typedef struct {
     double weight_bytes;        /**< resident weights per GPU (the fullest GPU) */
     double experts_per_gpu;     /**< routed experts (incl. redundant copies) per EP rank and layer, on the fullest rank */
-    double kv_bytes_per_token;  /**< latent cache per token, all layers, BF16 (c_kv + k_pe) */
+    double kv_bytes_per_token;  /**< latent cache per token, all layers (c_kv + k_pe; BF16, or FP8 with kv_fp8) */
     double kv_tokens;           /**< tokens of KV cache that fit beside the weights (90 % of HBM) */
     double dispatch_bytes;      /**< per token per MoE layer: FP8 hidden + 1×128 scales to each expert */
     double combine_bytes;       /**< per token per MoE layer: BF16 expert outputs back */

@@ -16,6 +16,8 @@
 
 #include <string.h>
 
+#include "fp8.h"
+
 int64_t kvcache_floats_per_token(const Config *c, AttnMode mode) {
     if (mode == ATTN_ABSORB) return (int64_t)c->kv_lora_rank + c->qk_rope_head_dim;
     return (int64_t)c->num_attention_heads * (c->qk_head_dim + c->v_head_dim);
@@ -57,6 +59,36 @@ void kvcache_free(KVCache *kv) {
     memset(kv, 0, sizeof *kv);
 }
 
-void kvcache_set_bf16(KVCache *kv, int on) {
-    for (int l = 0; l < kv->n_layers; l++) kv->layers[l].bf16 = on;
+void kvcache_set_bf16(KVCache *kv, int on) { kvcache_set_format(kv, on ? KV_BF16 : KV_F32); }
+
+void kvcache_set_format(KVCache *kv, KvFormat f) {
+    for (int l = 0; l < kv->n_layers; l++) kv->layers[l].format = f;
+}
+
+int64_t kvcache_bytes_per_token(const Config *c, KvFormat f) {
+    int64_t Dc = c->kv_lora_rank, Dr = c->qk_rope_head_dim;
+    if (f == KV_FP8) return Dc + 4 * ((Dc + KV_FP8_GROUP - 1) / KV_FP8_GROUP) + 2 * Dr;
+    return (f == KV_BF16 ? 2 : 4) * (Dc + Dr);
+}
+
+void kvcache_round_fp8(float *x, int64_t n, float *scales) {
+    for (int64_t g0 = 0, g = 0; g0 < n; g0 += KV_FP8_GROUP, g++) {
+        int64_t m = n - g0 < KV_FP8_GROUP ? n - g0 : KV_FP8_GROUP;
+        float s;
+        fp8_quantize_row(x + g0, &s, x + g0, m, 1); /* in place: a group's amax is taken before it is written */
+        for (int64_t k = 0; k < m; k++) x[g0 + k] *= s; /* dequantize on read: code value × 2^k, exact */
+        if (scales) scales[g] = s;
+    }
+}
+
+/** x[i] ← bf16(x[i]) (round to nearest even), the BF16 cache's storage rule. */
+static void round_bf16_inplace(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
+void kvcache_round_position(const LayerCache *L, float *c_kv, int64_t Dc, float *k_pe, int64_t Dr) {
+    if (L->format == KV_F32) return;
+    if (L->format == KV_FP8) kvcache_round_fp8(c_kv, Dc, NULL);
+    else round_bf16_inplace(c_kv, Dc);
+    round_bf16_inplace(k_pe, Dr); /* k_pe stays BF16 in the FP8 cache too: RoPE's phases need the bits */
 }

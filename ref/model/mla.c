@@ -104,11 +104,6 @@ void mla_attend_absorb(float *u, const float *q_abs, const float *q_pe, int64_t 
     }
 }
 
-/** x[i] ← bf16(x[i]) (round to nearest even), the BF16 cache's storage rule. */
-static void round_bf16_inplace(float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-}
-
 /**
  * q_abs[t][h][:] = Σ_d q_nope[t][h][d] · W_UK[h][d][:]   (einsum "shd,hdc->shc"). Heads run in
  * parallel; each thread decodes W_UK[h] (dequantized) into its scratch once for all tokens and
@@ -158,10 +153,8 @@ static void attention_absorb(int64_t T, int64_t pos0, const LayerWeights *w, Lay
     for (int64_t t = 0; t < T; t++) {
         memcpy(cache->c_kv + (pos0 + t) * Dc, a->c_kv + t * Dc, (size_t)Dc * sizeof(float));
         memcpy(cache->k_pe + (pos0 + t) * Dr, a->k_pe + t * Dr, (size_t)Dr * sizeof(float));
-        if (cache->bf16) { /* emulate the GPU's BF16 latent cache: the values attention reads back are rounded */
-            round_bf16_inplace(cache->c_kv + (pos0 + t) * Dc, Dc);
-            round_bf16_inplace(cache->k_pe + (pos0 + t) * Dr, Dr);
-        }
+        /* emulate a GPU's BF16 or FP8 latent cache: the values attention reads back are rounded */
+        kvcache_round_position(cache, cache->c_kv + (pos0 + t) * Dc, Dc, cache->k_pe + (pos0 + t) * Dr, Dr);
     }
     /* One query (t, h) per iteration; interleaved over the threads, as later tokens see more keys. */
     int nt = attention_threads(ctx, T, H, pos0, Dc + Dr + Dc);

@@ -25,6 +25,7 @@
 #include "fp8_gemm.h"
 #include "model/gate.h"
 #include "mla_decode.h"
+#include "mla_split.h"
 #include "moe_cuda.h"
 #include "ops.h"
 #include "base/util.h"
@@ -206,12 +207,8 @@ int fp8_gemm_cuda(const Fp8GemmParams *p, cudaStream_t stream, Err *err) {
 
 /* ---- MLA: the kernel's tiles of 32 positions, base-2 online softmax, bf16 P, split merge ---- */
 
-int mla_decode_num_splits(int B, int H, int max_seq_len) {
-    (void)H;
-    int s = (3 * 132) / (2 * B * 2) + 1, cap = (max_seq_len + 255) / 256;
-    s = s < cap ? s : cap;
-    return s < 1 ? 1 : s;
-}
+/** The kernel's rule (fast/mla_split.h) on the emulated device, an H100 with 132 SMs. */
+int mla_decode_num_splits(int B, int H, int max_seq_len) { return mla_split_count(132, B, H, max_seq_len); }
 size_t mla_decode_workspace_bytes(int B, int H, int n) {
     return n <= 1 ? 0 : (size_t)B * (size_t)n * (size_t)H * (MLA_DC + 1) * sizeof(float);
 }
@@ -225,11 +222,11 @@ int mla_decode_cuda(const MlaDecodeParams *p, cudaStream_t stream, Err *err) {
     float *lse2 = malloc((size_t)S_split * sizeof *lse2);
     for (int b = 0; b < p->B; b++) {
         const int Sb = p->seq_lens[b];
-        const int chunk = ((((Sb > 0 ? Sb : 1) + S_split - 1) / S_split) + 31) / 32 * 32;
         for (int h = 0; h < p->H; h++) {
             const uint16_t *qa = p->q_abs + ((int64_t)b * p->H + h) * MLA_DC, *qp = p->q_pe + ((int64_t)b * p->H + h) * MLA_DR;
             for (int sp = 0; sp < S_split; sp++) {
-                int t0 = sp * chunk, t1 = t0 + chunk < Sb ? t0 + chunk : Sb;
+                int t0, t1;
+                mla_split_range(Sb, S_split, sp, &t0, &t1);
                 float m = -INFINITY, l = 0.0f;
                 memset(o, 0, MLA_DC * sizeof *o);
                 for (int tt = t0; tt < t1; tt += 32) {
@@ -240,7 +237,7 @@ int mla_decode_cuda(const MlaDecodeParams *p, cudaStream_t stream, Err *err) {
                         s[j] = -INFINITY;
                         if (j >= n) continue;
                         int t = tt + j;
-                        const uint16_t *row = p->kv_cache + ((int64_t)p->block_table[(int64_t)b * p->block_table_stride + t / 64] * 64 + t % 64) * D;
+                        const uint16_t *row = p->kv_cache + mla_page_row(p->block_table + (int64_t)b * p->block_table_stride, t) * D;
                         float acc = 0.0f;
                         for (int i = 0; i < MLA_DC; i++) acc += bf16_to_f32(qa[i]) * bf16_to_f32(row[i]);
                         for (int i = 0; i < MLA_DR; i++) acc += bf16_to_f32(qp[i]) * bf16_to_f32(row[MLA_DC + i]);
@@ -254,7 +251,7 @@ int mla_decode_cuda(const MlaDecodeParams *p, cudaStream_t stream, Err *err) {
                     for (int c = 0; c < MLA_DC; c++) o[c] *= alpha;
                     for (int j = 0; j < n; j++) {
                         int t = tt + j;
-                        const uint16_t *row = p->kv_cache + ((int64_t)p->block_table[(int64_t)b * p->block_table_stride + t / 64] * 64 + t % 64) * D;
+                        const uint16_t *row = p->kv_cache + mla_page_row(p->block_table + (int64_t)b * p->block_table_stride, t) * D;
                         float pj = bf16r(pr[j]);
                         for (int c = 0; c < MLA_DC; c++) o[c] += pj * bf16_to_f32(row[c]);
                     }
@@ -263,13 +260,12 @@ int mla_decode_cuda(const MlaDecodeParams *p, cudaStream_t stream, Err *err) {
                 for (int c = 0; c < MLA_DC; c++) om[sp * MLA_DC + c] = o[c] * inv;
                 lse2[sp] = l > 0 ? m + log2f(l) : -INFINITY;
             }
-            float mx = -INFINITY, wsum = 0.0f;
-            for (int sp = 0; sp < S_split; sp++) mx = fmaxf(mx, lse2[sp]);
+            float mx = mla_combine_max(lse2, 1, S_split), wsum = 0.0f;
             float *u = p->u + ((int64_t)b * p->H + h) * MLA_DC;
             for (int c = 0; c < MLA_DC; c++) u[c] = 0.0f;
             if (mx > -INFINITY)
                 for (int sp = 0; sp < S_split; sp++) {
-                    float w = exp2f(lse2[sp] - mx);
+                    float w = mla_combine_weight(lse2[sp], mx);
                     wsum += w;
                     for (int c = 0; c < MLA_DC; c++) u[c] += w * om[sp * MLA_DC + c];
                 }
