@@ -106,7 +106,7 @@ static void dense_covers_every_tile_once(void **state) {
             for (int cluster = 1; cluster <= 2; cluster++)
                 for (int raster = 0; raster <= 16; raster += 16)
                     for (size_t k = 0; k < sizeof sms / sizeof sms[0]; k++) {
-                        GemmSched s;
+                        GemmSched s = { 0 };
                         assert_int_equal(gemm_sched_dense(&s, Ms[mi], shapes[si][0], (int)(shapes[si][1] / 128), 128,
                                                           128, sms[k], cluster, raster),
                                          0);
@@ -117,7 +117,7 @@ static void dense_covers_every_tile_once(void **state) {
 
 static void dense_grid_and_balance(void **state) {
     (void)state;
-    GemmSched s;
+    GemmSched s = { 0 };
     /* M = 4096, N = 7168, cluster 2: 16 unit rows × 56 columns = 896 units on 66 clusters */
     assert_int_equal(gemm_sched_dense(&s, 4096, 7168, 128, 128, 128, 132, 2, 16), 0);
     assert_int_equal(s.unit_rows, 16);
@@ -144,7 +144,7 @@ static void dense_grid_and_balance(void **state) {
 
 static void raster_order_by_hand(void **state) {
     (void)state;
-    GemmSched s;
+    GemmSched s = { 0 };
     /* 5 unit rows (M = 5·128), 3 columns, raster groups of 2 rows: rows {0,1} column by column,
      * then {2,3}, then the short group {4} */
     assert_int_equal(gemm_sched_dense(&s, 5 * 128, 3 * 128, 2, 128, 128, 4, 1, 2), 0);
@@ -193,7 +193,7 @@ static void check_grouped(const int *rows, int G, int cluster, int raster, int n
         want_units += (rows[g] + 128 * cluster - 1) / (128 * cluster);
     }
     assert_int_equal(gemm_sched_unit_start(gs, G, 128, cluster, us), want_units);
-    GemmSched s;
+    GemmSched s = { 0 };
     assert_int_equal(gemm_sched_grouped(&s, gs, us, G, N, 4, 128, 128, num_sms, cluster, raster), 0);
     assert_int_equal(s.units, want_units * gemm_sched_cdiv(N, 128));
     check_schedule(&s, num_sms);
@@ -235,7 +235,7 @@ static void grouped_per_expert_rows(void **state) {
     const int none[3] = { 0, 0, 0 };
     int gs[4] = { 0, 0, 0, 0 }, us[4];
     assert_int_equal(gemm_sched_unit_start(gs, 3, 128, 2, us), 0);
-    GemmSched s;
+    GemmSched s = { 0 };
     assert_int_equal(gemm_sched_grouped(&s, gs, us, 3, 7168, 56, 128, 128, 132, 2, 0), 0);
     assert_int_equal(s.units, 0);
     assert_int_equal(s.ctas, 0);
@@ -272,7 +272,7 @@ static void check_streamk(int64_t units, int kblocks, int num_sms) {
         const int64_t len = e - b;
         lmin = len < lmin ? len : lmin, lmax = len > lmax ? len : lmax;
         assert_true(len >= 2); /* at least two K blocks per CTA */
-        GemmSplit w;
+        GemmSplit w = { 0 };
         int item = 0;
         for (int64_t it = b; it < e; item++) {
             assert_int_equal(gemm_sched_streamk_item(units, kblocks, ctas, c, it, &w), 0);
@@ -337,7 +337,7 @@ static void streamk_fixup_is_deterministic(void **state) {
         int nown[20] = { 0 };
         for (int c = 0; c < ctas; c++) {
             const int64_t e = gemm_sched_streamk_begin(units, kblocks, ctas, c + 1);
-            GemmSplit w;
+            GemmSplit w = { 0 };
             for (int64_t it = gemm_sched_streamk_begin(units, kblocks, ctas, c); it < e;
                  it = w.pid * kblocks + w.kb_end) {
                 gemm_sched_streamk_item(units, kblocks, ctas, c, it, &w);
@@ -351,7 +351,7 @@ static void streamk_fixup_is_deterministic(void **state) {
         for (int i = 0; i < ctas; i++) {
             const int c = trial ? ctas - 1 - i : i;
             for (int j = 0; j < nown[c]; j++) {
-                GemmSplit w;
+                GemmSplit w = { 0 };
                 const int64_t u = own_pid[c][j];
                 gemm_sched_streamk_item(units, kblocks, ctas, c, u * kblocks, &w);
                 float acc = own[c][j];
@@ -363,7 +363,7 @@ static void streamk_fixup_is_deterministic(void **state) {
     for (int64_t u = 0; u < units; u++) {
         assert_memory_equal(&out[0][u], &out[1][u], sizeof(float));
         /* = the segments' partials added in ascending K */
-        GemmSplit w;
+        GemmSplit w = { 0 };
         const int first = gemm_sched_streamk_cta_of(units, kblocks, ctas, u * kblocks);
         gemm_sched_streamk_item(units, kblocks, ctas, first, u * kblocks, &w);
         float want = 0.0f;
@@ -371,7 +371,7 @@ static void streamk_fixup_is_deterministic(void **state) {
             const int c = first + sgm;
             int64_t b = gemm_sched_streamk_begin(units, kblocks, ctas, c);
             if (b < u * kblocks) b = u * kblocks;
-            GemmSplit x;
+            GemmSplit x = { 0 };
             gemm_sched_streamk_item(units, kblocks, ctas, c, b, &x);
             float acc = 0.0f;
             for (int kb = x.kb_begin; kb < x.kb_end; kb++) acc += block_partial(u, kb);
