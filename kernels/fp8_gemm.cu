@@ -346,6 +346,71 @@ struct wg {
 };
 
 /**
+ * Producer step of Kernels 2 and 3: waits until ring slot @p s is free (phase @p ph; freed by the
+ * consumers of this CTA and, MC, of its pair), then TMA-loads K block @p kt of the A rows from
+ * @p a_row and of the B rows from @p b_row into it (MC: this CTA's 64-row half of B, multicast
+ * into both CTAs of the pair).
+ */
+template <bool MC>
+__device__ __forceinline__ void wg_load_stage(const CUtensorMap *tmap_a, const CUtensorMap *tmap_b, uint32_t sA,
+                                              uint32_t sB, uint32_t full, uint32_t empty, int s, uint32_t ph, int kt,
+                                              int32_t a_row, int32_t b_row, uint32_t rank) {
+    sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers (of both CTAs) released it */
+    sm90::mbar_arrive_expect_tx(full + 8 * s, wg::A_STAGE + wg::B_STAGE);
+    sm90::tma_load_2d(sA + s * wg::A_STAGE, tmap_a, kt * wg::BK, a_row, full + 8 * s);
+    if (MC)
+        sm90::tma_load_2d_multicast(sB + s * wg::B_STAGE + rank * (wg::B_STAGE / 2), tmap_b, kt * wg::BK,
+                                    b_row + (int32_t)rank * (wg::BN / 2), full + 8 * s, 0x3);
+    else
+        sm90::tma_load_2d(sB + s * wg::B_STAGE, tmap_b, kt * wg::BK, b_row, full + 8 * s);
+}
+
+/**
+ * Consumer step of Kernels 2 and 3 for one 128-K block in ring slot @p s: waits for it, issues
+ * 4 × wgmma.m64n128k32 of warpgroup @p cw's 64 rows into @p part, waits for them, releases the
+ * slot (one arrival per warp, MC: on both CTAs' barriers), then promotes part · s_a · s_b into
+ * the FP32 accumulator @p acc (sa_lo for the warp's row g, sa_hi for row g + 8).
+ */
+template <bool MC>
+__device__ __forceinline__ void wg_mma_block(float (&acc)[64], float (&part)[64], uint32_t sA, uint32_t sB,
+                                             uint32_t full, uint32_t empty, int s, uint32_t ph, int cw, int lane,
+                                             uint32_t rank, float sa_lo, float sa_hi, float sb) {
+    sm90::mbar_wait(full + 8 * s, ph);
+
+#pragma unroll
+    for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < wg::BK / 32; k++) {
+        const uint64_t da = sm90::smem_desc_sw128(sA + s * wg::A_STAGE + cw * 64 * wg::BK + k * 32);
+        const uint64_t db = sm90::smem_desc_sw128(sB + s * wg::B_STAGE + k * 32);
+        sm90::wgmma_m64n128k32_e4m3(part, da, db, k > 0 ? 1 : 0);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
+    if (lane == 0) { /* this warp is done reading stage s */
+        sm90::mbar_arrive(empty + 8 * s);
+        if (MC) sm90::mbar_arrive_cluster(empty + 8 * s, rank ^ 1u);
+    }
+
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
+}
+
+/** Epilogue of Kernels 2 and 3: a warp's rows r_lo and r_hi = r_lo + 8 of columns n0.. (t = lane % 4), masked by row_end and N. */
+__device__ __forceinline__ void wg_store(const GemmArgs &p, const float (&acc)[64], int64_t n0, int t, int64_t r_lo,
+                                         int64_t r_hi, int64_t row_end) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int64_t n = n0 + j * 8 + 2 * t;
+        if (r_lo < row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
+        if (r_hi < row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
+
+/**
  * Kernel 2: one CTA computes a 128 × 128 output tile with TMA, mbarriers and wgmma (sm_90a).
  * MC (dense GEMMs): CTAs run in clusters of 2 along M, the two row tiles of one column tile;
  * each loads its own A tile and one 64-row half of the shared B tile, multicast into both
@@ -405,18 +470,9 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
         if (threadIdx.x == 0) {
             const int32_t a_row = (int32_t)tr.row0;
             const int32_t b_row = (int32_t)((int64_t)tr.group * p.N + n0);
-            for (int kt = 0; kt < nk; kt++) {
-                const int s = kt % STAGES;
-                const uint32_t ph = (uint32_t)(kt / STAGES) & 1u;
-                sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers (of both CTAs) released it */
-                sm90::mbar_arrive_expect_tx(full + 8 * s, A_STAGE + B_STAGE);
-                sm90::tma_load_2d(sA + s * A_STAGE, &tmap_a, kt * BK, a_row, full + 8 * s);
-                if (MC)
-                    sm90::tma_load_2d_multicast(sB + s * B_STAGE + rank * (B_STAGE / 2), &tmap_b, kt * BK,
-                                                b_row + (int32_t)rank * (BN / 2), full + 8 * s, 0x3);
-                else
-                    sm90::tma_load_2d(sB + s * B_STAGE, &tmap_b, kt * BK, b_row, full + 8 * s);
-            }
+            for (int kt = 0; kt < nk; kt++)
+                wg_load_stage<MC>(&tmap_a, &tmap_b, sA, sB, full, empty, kt % STAGES, (uint32_t)(kt / STAGES) & 1u, kt,
+                                  a_row, b_row, rank);
         }
     } else {
         /* Consumer warpgroups: cw = 0/1 owns tile rows 64·cw .. 64·cw+63. */
@@ -438,36 +494,9 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
             const float sa_lo = r_lo < tr.row_end ? p.a_scale[r_lo * nk + kt] : 0.0f;
             const float sa_hi = r_hi < tr.row_end ? p.a_scale[r_hi * nk + kt] : 0.0f;
             const float sb = bsg[kt];
-            sm90::mbar_wait(full + 8 * s, ph);
-
-#pragma unroll
-            for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-            sm90::wgmma_fence();
-#pragma unroll
-            for (int k = 0; k < BK / 32; k++) {
-                const uint64_t da = sm90::smem_desc_sw128(sA + s * A_STAGE + cw * 64 * BK + k * 32);
-                const uint64_t db = sm90::smem_desc_sw128(sB + s * B_STAGE + k * 32);
-                sm90::wgmma_m64n128k32_e4m3(part, da, db, k > 0 ? 1 : 0);
-            }
-            sm90::wgmma_commit();
-            sm90::wgmma_wait<0>();
-#pragma unroll
-            for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-            if (lane == 0) { /* this warp is done reading stage s */
-                sm90::mbar_arrive(empty + 8 * s);
-                if (MC) sm90::mbar_arrive_cluster(empty + 8 * s, rank ^ 1u);
-            }
-
-#pragma unroll
-            for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
+            wg_mma_block<MC>(acc, part, sA, sB, full, empty, s, ph, cw, lane, rank, sa_lo, sa_hi, sb);
         }
-
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int64_t n = n0 + j * 8 + 2 * t;
-            if (r_lo < tr.row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
-            if (r_hi < tr.row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
-        }
+        wg_store(p, acc, n0, t, r_lo, r_hi, tr.row_end);
     }
     /* Neither CTA of a pair may exit while the other can still arrive on its barriers. */
     if (MC) sm90::cluster_sync();
@@ -558,18 +587,9 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
                 const GemmTile t = gemm_sched_tile(&sc, gemm_sched_pid(&sc, cta, k), (int)rank);
                 const int32_t a_row = (int32_t)t.row0;
                 const int32_t b_row = (int32_t)((int64_t)t.group * p.N + t.n_tile * BN);
-                for (int kt = 0; kt < nk; kt++, it++) {
-                    const int s = (int)(it % STAGES);
-                    const uint32_t ph = (it / STAGES) & 1u;
-                    sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers (of both CTAs) released it */
-                    sm90::mbar_arrive_expect_tx(full + 8 * s, A_STAGE + B_STAGE);
-                    sm90::tma_load_2d(sA + s * A_STAGE, &tmap_a, kt * BK, a_row, full + 8 * s);
-                    if (MC)
-                        sm90::tma_load_2d_multicast(sB + s * B_STAGE + rank * (B_STAGE / 2), &tmap_b, kt * BK,
-                                                    b_row + (int32_t)rank * (BN / 2), full + 8 * s, 0x3);
-                    else
-                        sm90::tma_load_2d(sB + s * B_STAGE, &tmap_b, kt * BK, b_row, full + 8 * s);
-                }
+                for (int kt = 0; kt < nk; kt++, it++)
+                    wg_load_stage<MC>(&tmap_a, &tmap_b, sA, sB, full, empty, (int)(it % STAGES), (it / STAGES) & 1u, kt,
+                                      a_row, b_row, rank);
             }
         }
     } else {
@@ -594,37 +614,10 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
                 const float sa_lo = r_lo < t.row_end ? p.a_scale[r_lo * nk + kt] : 0.0f;
                 const float sa_hi = r_hi < t.row_end ? p.a_scale[r_hi * nk + kt] : 0.0f;
                 const float sb = bsg[kt];
-                sm90::mbar_wait(full + 8 * s, ph);
-
-#pragma unroll
-                for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-                sm90::wgmma_fence();
-#pragma unroll
-                for (int kk = 0; kk < BK / 32; kk++) {
-                    const uint64_t da = sm90::smem_desc_sw128(sA + s * A_STAGE + cw * 64 * BK + kk * 32);
-                    const uint64_t db = sm90::smem_desc_sw128(sB + s * B_STAGE + kk * 32);
-                    sm90::wgmma_m64n128k32_e4m3(part, da, db, kk > 0 ? 1 : 0);
-                }
-                sm90::wgmma_commit();
-                sm90::wgmma_wait<0>();
-#pragma unroll
-                for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-                if (lane == 0) { /* this warp is done reading stage s */
-                    sm90::mbar_arrive(empty + 8 * s);
-                    if (MC) sm90::mbar_arrive_cluster(empty + 8 * s, rank ^ 1u);
-                }
-
-#pragma unroll
-                for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
+                wg_mma_block<MC>(acc, part, sA, sB, full, empty, s, ph, cw, lane, rank, sa_lo, sa_hi, sb);
             }
-
             /* Epilogue: direct stores (the producer is already filling the ring for the next tile). */
-#pragma unroll
-            for (int j = 0; j < 16; j++) {
-                const int64_t n = n0 + j * 8 + 2 * t4;
-                if (r_lo < t.row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
-                if (r_hi < t.row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
-            }
+            wg_store(p, acc, n0, t4, r_lo, r_hi, t.row_end);
         }
     }
     /* Neither CTA of a pair may exit while the other can still arrive on its barriers. */
