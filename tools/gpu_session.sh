@@ -77,16 +77,16 @@ gemm)
   # ends in time even when a step hangs; a skipped step says so.
   t_end=$(( $(date +%s) + ${GEMM_SESSION_S:-560} ))
   left() { local l=$(( t_end - $(date +%s) )); [ "$l" -gt "$1" ] && l=$1; echo $(( l > 0 ? l : 0 )); }
-  step() { # name, cap in s, command...
-    local name=$1 cap; cap=$(left "$2"); shift 2
+  step() { # name, cap in s, log file, command...
+    local name=$1 cap log=$3; cap=$(left "$2"); shift 3
     if [ "$cap" -lt 5 ]; then echo "=== $name: skipped (session time spent)"; return 1; fi
-    echo "=== $name (timeout $cap s)"; timeout "$cap" "$@"; local rc=$?; echo "$name exit $rc"; return $rc
+    echo "=== $name (timeout $cap s)"; timeout "$cap" "$@" > "$log" 2>&1; local rc=$?
+    echo "exit $rc" >> "$log"; echo "$name: exit $rc"; return $rc
   }
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>&1
   for v in 0 1; do
     t0=$(date +%s)
-    step "build GEMM_PERSISTENT=$v" 240 make -j"$JOBS" GEMM_PERSISTENT=$v build/tests/test_gpu_kernels build/bench/bench_gpu_kernels \
-      > "$OUT/gemm-build-$v.log" 2>&1
+    step "build GEMM_PERSISTENT=$v" 240 "$OUT/gemm-build-$v.log" make -j"$JOBS" GEMM_PERSISTENT=$v build/tests/test_gpu_kernels build/bench/bench_gpu_kernels
     tail -3 "$OUT/gemm-build-$v.log"; echo "build: $(( $(date +%s) - t0 )) s"
     mkdir -p "build/gemm-$v" && cp build/tests/test_gpu_kernels build/bench/bench_gpu_kernels "build/gemm-$v/"
     cp build/gpu/obj/kernels/fp8_gemm.o.ptxas.txt "$OUT/gemm-ptxas-$v.txt" 2>/dev/null
@@ -94,18 +94,18 @@ gemm)
   cuobjdump -sass build/gemm-1/test_gpu_kernels 2>/dev/null | awk '/Function :/{f=/persistent/} f' > "$OUT/gemm-sass-persistent.txt"
   echo "persistent SASS: QGMMA $(grep -c QGMMA "$OUT/gemm-sass-persistent.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/gemm-sass-persistent.txt")"
   for v in 1 0; do # the new kernel first: its results matter most if time runs out
-    step "test gemm_wgmma GEMM_PERSISTENT=$v" 120 "build/gemm-$v/test_gpu_kernels" --group gemm_wgmma > "$OUT/gemm-test-wgmma-$v.log" 2>&1
+    step "test gemm_wgmma GEMM_PERSISTENT=$v" 120 "$OUT/gemm-test-wgmma-$v.log" "build/gemm-$v/test_gpu_kernels" --group gemm_wgmma
     grep -E 'FAIL|fail|error|passed' "$OUT/gemm-test-wgmma-$v.log" | tail -12
   done
-  step "test moe GEMM_PERSISTENT=1" 60 build/gemm-1/test_gpu_kernels --group moe > "$OUT/gemm-test-moe-1.log" 2>&1
+  step "test moe GEMM_PERSISTENT=1" 60 "$OUT/gemm-test-moe-1.log" build/gemm-1/test_gpu_kernels --group moe
   grep -E 'FAIL|fail|error|passed' "$OUT/gemm-test-moe-1.log" | tail -8
   for v in 1 0; do
-    step "bench GEMM_PERSISTENT=$v" 110 "build/gemm-$v/bench_gpu_kernels" --only gemm --only grouped > "$OUT/gemm-bench-$v.log" 2>&1
+    step "bench GEMM_PERSISTENT=$v" 110 "$OUT/gemm-bench-$v.log" "build/gemm-$v/bench_gpu_kernels" --only gemm --only grouped
     grep -v '^RESULT' "$OUT/gemm-bench-$v.log" | tail -60
   done
   sec="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
-  step "ncu persistent" 90 ncu --clock-control none --kernel-name regex:fp8_gemm_wgmma_persistent --launch-skip 2 --launch-count 1 $sec \
-    build/gemm-1/bench_gpu_kernels --only gemm --shape 7168x16384 --m 4096 > "$OUT/gemm-ncu-persistent.txt" 2>&1
+  step "ncu persistent" 90 "$OUT/gemm-ncu-persistent.txt" ncu --clock-control none --kernel-name regex:fp8_gemm_wgmma_persistent --launch-skip 2 --launch-count 1 $sec \
+    build/gemm-1/bench_gpu_kernels --only gemm --shape 7168x16384 --m 4096
   grep -E 'Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Grid Size|Cluster Size|No Eligible|Stall' \
     "$OUT/gemm-ncu-persistent.txt" | head -20
   ;;
