@@ -103,8 +103,12 @@ NVCC_GENCODE ?= -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,cod
                 -gencode=arch=compute_90a,code=sm_90a
 # NVCC_EXTRA: e.g. "-DDSV3_WG_STAGES=6" to build a tuning variant (kernels/fp8_gemm.cu).
 NVCC_EXTRA ?=
+# GEMM_PERSISTENT=1: FP8_GEMM_WGMMA runs the persistent kernel (kernels/fp8_gemm.cu, Kernel 3; not yet
+# run on a GPU, issue 22). Switching it rebuilds only kernels/fp8_gemm.cu (the stamp below).
+GEMM_PERSISTENT ?= 0
 NVCC_FLAGS := -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -Werror all-warnings \
-              -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -Xptxas -v -Iref -Ifast -Ikernels $(NVCC_GENCODE) $(NVCC_EXTRA)
+              -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -Xptxas -v -Iref -Ifast -Ikernels $(NVCC_GENCODE) $(NVCC_EXTRA) \
+              $(if $(filter 1,$(GEMM_PERSISTENT)),-DDSV3_GEMM_PERSISTENT=1)
 GPU     := $(BUILD)/gpu
 CU_SRC  := $(wildcard kernels/*.cu fast/*.cu)
 FAST_C  := $(wildcard fast/*.c)
@@ -490,6 +494,14 @@ $(GPU)/obj/%.o: %.cu
 	@echo "  NVCC    $<"
 	@$(NVCC) $(NVCC_FLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@ 2> $@.ptxas.txt || { cat $@.ptxas.txt; exit 1; }
 	@grep -v "^ptxas info\|^    [0-9]* bytes stack frame\|^$$" $@.ptxas.txt || true
+
+# The GEMM_PERSISTENT value of the last build, rewritten (so newer) when it changes: fp8_gemm.o then
+# rebuilds. Written at parse time: a file made by a rule would be secondary (.SECONDARY above), and
+# a missing secondary prerequisite does not trigger a rebuild.
+GEMM_FLAG_FILE := $(GPU)/gemm_persistent.flag
+$(shell mkdir -p $(GPU) && { test "$$(cat $(GEMM_FLAG_FILE) 2>/dev/null)" = "$(GEMM_PERSISTENT)" || \
+        echo "$(GEMM_PERSISTENT)" > $(GEMM_FLAG_FILE); })
+$(GPU)/obj/kernels/fp8_gemm.o: $(GEMM_FLAG_FILE)
 
 $(GPU)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -25,6 +25,8 @@
  * pipeline, split-K for small M) and FP8_GEMM_WGMMA (sm_90a: TMA + mbarrier pipeline, one
  * producer warpgroup and two consumer warpgroups issuing wgmma.m64n128k32, promotion after
  * every 4 wgmma = 128 K). VALIDATION STATUS: both pass make test-gpu on an H100 (2026-11-22).
+ * Built with make GEMM_PERSISTENT=1, FP8_GEMM_WGMMA runs a persistent version of the WGMMA
+ * kernel instead (kernels/gemm_sched.h schedules it); it has not run on a GPU yet (issue 22).
  */
 #ifndef DSV3_FAST_FP8_GEMM_H
 #define DSV3_FAST_FP8_GEMM_H

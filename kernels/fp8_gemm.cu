@@ -21,13 +21,19 @@
  * mbarrier), and promote. While one consumer promotes, the other's wgmma keeps the tensor
  * cores busy (the paper's overlap of promotion and MMA).
  *
- * VALIDATION STATUS: make test-gpu and compute-sanitizer pass on an H100 (2026-11-22).
+ * Kernel 3, persistent WGMMA (sm_90a, only with -DDSV3_GEMM_PERSISTENT=1, make GEMM_PERSISTENT=1):
+ * Kernel 2 looping over the tiles kernels/gemm_sched.h assigns to its CTA, one CTA per SM, in
+ * 2-CTA clusters multicasting B. It then replaces Kernel 2 for FP8_GEMM_WGMMA.
+ *
+ * VALIDATION STATUS: Kernels 1 and 2: make test-gpu and compute-sanitizer pass on an H100
+ * (2026-11-22). Kernel 3 HAS NOT RUN ON A GPU YET (compiles for sm_90a; issue 22).
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
 
 #include "common.cuh"
 #include "fp8_gemm.h"
+#include "gemm_sched.h"
 #include "hopper.cuh"
 
 namespace dsv3 {
@@ -340,6 +346,71 @@ struct wg {
 };
 
 /**
+ * Producer step of Kernels 2 and 3: waits until ring slot @p s is free (phase @p ph; freed by the
+ * consumers of this CTA and, MC, of its pair), then TMA-loads K block @p kt of the A rows from
+ * @p a_row and of the B rows from @p b_row into it (MC: this CTA's 64-row half of B, multicast
+ * into both CTAs of the pair).
+ */
+template <bool MC>
+__device__ __forceinline__ void wg_load_stage(const CUtensorMap *tmap_a, const CUtensorMap *tmap_b, uint32_t sA,
+                                              uint32_t sB, uint32_t full, uint32_t empty, int s, uint32_t ph, int kt,
+                                              int32_t a_row, int32_t b_row, uint32_t rank) {
+    sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers (of both CTAs) released it */
+    sm90::mbar_arrive_expect_tx(full + 8 * s, wg::A_STAGE + wg::B_STAGE);
+    sm90::tma_load_2d(sA + s * wg::A_STAGE, tmap_a, kt * wg::BK, a_row, full + 8 * s);
+    if (MC)
+        sm90::tma_load_2d_multicast(sB + s * wg::B_STAGE + rank * (wg::B_STAGE / 2), tmap_b, kt * wg::BK,
+                                    b_row + (int32_t)rank * (wg::BN / 2), full + 8 * s, 0x3);
+    else
+        sm90::tma_load_2d(sB + s * wg::B_STAGE, tmap_b, kt * wg::BK, b_row, full + 8 * s);
+}
+
+/**
+ * Consumer step of Kernels 2 and 3 for one 128-K block in ring slot @p s: waits for it, issues
+ * 4 × wgmma.m64n128k32 of warpgroup @p cw's 64 rows into @p part, waits for them, releases the
+ * slot (one arrival per warp, MC: on both CTAs' barriers), then promotes part · s_a · s_b into
+ * the FP32 accumulator @p acc (sa_lo for the warp's row g, sa_hi for row g + 8).
+ */
+template <bool MC>
+__device__ __forceinline__ void wg_mma_block(float (&acc)[64], float (&part)[64], uint32_t sA, uint32_t sB,
+                                             uint32_t full, uint32_t empty, int s, uint32_t ph, int cw, int lane,
+                                             uint32_t rank, float sa_lo, float sa_hi, float sb) {
+    sm90::mbar_wait(full + 8 * s, ph);
+
+#pragma unroll
+    for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < wg::BK / 32; k++) {
+        const uint64_t da = sm90::smem_desc_sw128(sA + s * wg::A_STAGE + cw * 64 * wg::BK + k * 32);
+        const uint64_t db = sm90::smem_desc_sw128(sB + s * wg::B_STAGE + k * 32);
+        sm90::wgmma_m64n128k32_e4m3(part, da, db, k > 0 ? 1 : 0);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
+    if (lane == 0) { /* this warp is done reading stage s */
+        sm90::mbar_arrive(empty + 8 * s);
+        if (MC) sm90::mbar_arrive_cluster(empty + 8 * s, rank ^ 1u);
+    }
+
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
+}
+
+/** Epilogue of Kernels 2 and 3: a warp's rows r_lo and r_hi = r_lo + 8 of columns n0.. (t = lane % 4), masked by row_end and N. */
+__device__ __forceinline__ void wg_store(const GemmArgs &p, const float (&acc)[64], int64_t n0, int t, int64_t r_lo,
+                                         int64_t r_hi, int64_t row_end) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int64_t n = n0 + j * 8 + 2 * t;
+        if (r_lo < row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
+        if (r_hi < row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
+
+/**
  * Kernel 2: one CTA computes a 128 × 128 output tile with TMA, mbarriers and wgmma (sm_90a).
  * MC (dense GEMMs): CTAs run in clusters of 2 along M, the two row tiles of one column tile;
  * each loads its own A tile and one 64-row half of the shared B tile, multicast into both
@@ -399,18 +470,9 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
         if (threadIdx.x == 0) {
             const int32_t a_row = (int32_t)tr.row0;
             const int32_t b_row = (int32_t)((int64_t)tr.group * p.N + n0);
-            for (int kt = 0; kt < nk; kt++) {
-                const int s = kt % STAGES;
-                const uint32_t ph = (uint32_t)(kt / STAGES) & 1u;
-                sm90::mbar_wait(empty + 8 * s, ph ^ 1u); /* consumers (of both CTAs) released it */
-                sm90::mbar_arrive_expect_tx(full + 8 * s, A_STAGE + B_STAGE);
-                sm90::tma_load_2d(sA + s * A_STAGE, &tmap_a, kt * BK, a_row, full + 8 * s);
-                if (MC)
-                    sm90::tma_load_2d_multicast(sB + s * B_STAGE + rank * (B_STAGE / 2), &tmap_b, kt * BK,
-                                                b_row + (int32_t)rank * (BN / 2), full + 8 * s, 0x3);
-                else
-                    sm90::tma_load_2d(sB + s * B_STAGE, &tmap_b, kt * BK, b_row, full + 8 * s);
-            }
+            for (int kt = 0; kt < nk; kt++)
+                wg_load_stage<MC>(&tmap_a, &tmap_b, sA, sB, full, empty, kt % STAGES, (uint32_t)(kt / STAGES) & 1u, kt,
+                                  a_row, b_row, rank);
         }
     } else {
         /* Consumer warpgroups: cw = 0/1 owns tile rows 64·cw .. 64·cw+63. */
@@ -432,41 +494,137 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
             const float sa_lo = r_lo < tr.row_end ? p.a_scale[r_lo * nk + kt] : 0.0f;
             const float sa_hi = r_hi < tr.row_end ? p.a_scale[r_hi * nk + kt] : 0.0f;
             const float sb = bsg[kt];
-            sm90::mbar_wait(full + 8 * s, ph);
-
-#pragma unroll
-            for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-            sm90::wgmma_fence();
-#pragma unroll
-            for (int k = 0; k < BK / 32; k++) {
-                const uint64_t da = sm90::smem_desc_sw128(sA + s * A_STAGE + cw * 64 * BK + k * 32);
-                const uint64_t db = sm90::smem_desc_sw128(sB + s * B_STAGE + k * 32);
-                sm90::wgmma_m64n128k32_e4m3(part, da, db, k > 0 ? 1 : 0);
-            }
-            sm90::wgmma_commit();
-            sm90::wgmma_wait<0>();
-#pragma unroll
-            for (int i = 0; i < 64; i++) sm90::fence_operand(part[i]);
-            if (lane == 0) { /* this warp is done reading stage s */
-                sm90::mbar_arrive(empty + 8 * s);
-                if (MC) sm90::mbar_arrive_cluster(empty + 8 * s, rank ^ 1u);
-            }
-
-#pragma unroll
-            for (int i = 0; i < 64; i++) acc[i] = promote(acc[i], part[i], (i & 2) ? sa_hi : sa_lo, sb);
+            wg_mma_block<MC>(acc, part, sA, sB, full, empty, s, ph, cw, lane, rank, sa_lo, sa_hi, sb);
         }
+        wg_store(p, acc, n0, t, r_lo, r_hi, tr.row_end);
+    }
+    /* Neither CTA of a pair may exit while the other can still arrive on its barriers. */
+    if (MC) sm90::cluster_sync();
+#endif
+}
 
+/* ------------------------------------------------------------------------------------------
+ * Kernel 3: persistent WGMMA (sm_90a), behind -DDSV3_GEMM_PERSISTENT=1 (make GEMM_PERSISTENT=1)
+ *
+ * NOT YET RUN ON A GPU: it compiles for sm_90a; make test-gpu, compute-sanitizer and the
+ * benchmark have not run it (issue 22; tools/gpu_session.sh gemm is the prepared check).
+ * ---------------------------------------------------------------------------------------- */
+#ifndef DSV3_GEMM_PERSISTENT
+/** 1: FP8_GEMM_WGMMA runs the persistent kernel (Kernel 3) instead of Kernel 2. Off by default. */
+#define DSV3_GEMM_PERSISTENT 0
+#endif
+#ifndef DSV3_GEMM_PERSISTENT_MC
+/** 1: the persistent kernel runs in 2-CTA clusters with B multicast (dense and grouped). */
+#define DSV3_GEMM_PERSISTENT_MC 1
+#endif
+
+#if DSV3_GEMM_PERSISTENT
+/** Experts whose unit-row prefix the persistent kernel keeps in shared memory; more run Kernel 2. */
+constexpr int PERSIST_MAX_GROUPS = 1024;
+
+/**
+ * Kernel 3: Kernel 2 made persistent. One CTA per SM (gridDim.x = the schedule's CTAs, in
+ * clusters of 2 when MC) walks its tiles in the order of kernels/gemm_sched.h: cluster q takes
+ * units q, q + Q, ... (grouped rasterization over the unit grid; a unit is MC ? the two row
+ * tiles of one column tile : one tile). The producer thread and the consumer warpgroups keep
+ * one running stage counter across tiles, so the ring is never drained between tiles: the
+ * producer loads the next tile's first stages while the consumers promote and store the last
+ * one (epilogue overlapped with the next main loop's loads). Per tile the consumers do exactly
+ * what Kernel 2's do: 4 × wgmma per 128-K block into `part`, wait, release the stage, promote
+ * with both scales into FP32 `acc`, then store through store_pair. Grouped: thread 0 computes
+ * the experts' unit-row prefix into shared memory once (gemm_sched_unit_start); each tile is
+ * then found by a binary search, with no block-wide barrier inside the loop. A pair's second
+ * tile past its expert's rows still loads its half of B and arrives on both CTAs' empty
+ * barriers, and stores nothing (store_pair is masked by row_end).
+ */
+template <bool MC>
+__global__ void __launch_bounds__(wg::THREADS, 1)
+    fp8_gemm_wgmma_persistent_kernel(const __grid_constant__ CUtensorMap tmap_a,
+                                     const __grid_constant__ CUtensorMap tmap_b, const GemmArgs p) {
+#if DSV3_SM90A
+    constexpr int BM = wg::BM, BN = wg::BN, BK = wg::BK, STAGES = wg::STAGES, A_STAGE = wg::A_STAGE,
+                  B_STAGE = wg::B_STAGE, CL = MC ? 2 : 1;
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ int s_unit_start[PERSIST_MAX_GROUPS + 1];
+    __shared__ GemmSched s_sched;
+    const uint32_t rank = MC ? sm90::cluster_ctarank() : 0u;
+    const uint32_t raw = smem_u32(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    const uint32_t sA = base, sB = base + STAGES * A_STAGE;
+    const uint32_t full = sB + STAGES * B_STAGE, empty = full + STAGES * 8;
+    const int nk = (int)(p.K / BK);
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            sm90::mbar_init(full + 8 * s, 1);
+            sm90::mbar_init(empty + 8 * s, CL * wg::CONSUMER_WARPS);
+        }
+        sm90::fence_mbar_init();
+        /* Decreasing offsets (a caller's bug) give no work rather than a wild schedule. */
+        if (p.group_start && gemm_sched_unit_start(p.group_start, p.num_groups, BM, CL, s_unit_start) < 0)
+            for (int gi = 0; gi <= p.num_groups; gi++) s_unit_start[gi] = 0;
+        /* The schedule, identical in every CTA (gridDim.x CTAs launched: the host's bound). It
+         * lives in shared memory: in registers it spilled (ptxas, 168-register cap). */
+        const int raster = p.raster && !p.group_start ? DSV3_WG_RASTER : 0;
+        const int bad = p.group_start ? gemm_sched_grouped(&s_sched, p.group_start, s_unit_start, p.num_groups, p.N,
+                                                           nk, BM, BN, (int)gridDim.x, CL, raster)
+                                      : gemm_sched_dense(&s_sched, p.M, p.N, nk, BM, BN, (int)gridDim.x, CL, raster);
+        if (bad) s_sched.ctas = 0; /* fp8_gemm_cuda validated the shape: not reached */
+    }
+    if (MC) sm90::cluster_sync(); /* the peer's barriers exist before anything arrives on them */
+    else __syncthreads();
+
+    const GemmSched &sc = s_sched;
+    const int cta = (int)blockIdx.x;
+    const int64_t count = cta < sc.ctas ? gemm_sched_count(&sc, cta) : 0; /* equal within a cluster */
+
+    const int wgi = threadIdx.x / 128;
+    if (wgi == 0) {
+        sm90::setmaxnreg_dec<40>();
+        if (threadIdx.x == 0) {
+            uint32_t it = 0; /* running stage counter across tiles */
+            for (int64_t k = 0; k < count; k++) {
+                const GemmTile t = gemm_sched_tile(&sc, gemm_sched_pid(&sc, cta, k), (int)rank);
+                const int32_t a_row = (int32_t)t.row0;
+                const int32_t b_row = (int32_t)((int64_t)t.group * p.N + t.n_tile * BN);
+                for (int kt = 0; kt < nk; kt++, it++)
+                    wg_load_stage<MC>(&tmap_a, &tmap_b, sA, sB, full, empty, (int)(it % STAGES), (it / STAGES) & 1u, kt,
+                                      a_row, b_row, rank);
+            }
+        }
+    } else {
+        sm90::setmaxnreg_inc<232>();
+        const int cw = wgi - 1;
+        const int lane = threadIdx.x % 32, warp_in_wg = (threadIdx.x / 32) % 4;
+        const int g = lane / 4, t4 = lane % 4;
+        uint32_t it = 0;
+        for (int64_t k = 0; k < count; k++) {
+            const GemmTile t = gemm_sched_tile(&sc, gemm_sched_pid(&sc, cta, k), (int)rank);
+            const int64_t n0 = t.n_tile * BN;
+            const int64_t r_lo = t.row0 + cw * 64 + warp_in_wg * 16 + g, r_hi = r_lo + 8;
+            const float *bsg = p.b_scale + ((int64_t)t.group * ceil_div<int64_t>(p.N, 128) + n0 / 128) * nk;
+
+            float acc[64], part[64];
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int64_t n = n0 + j * 8 + 2 * t;
-            if (r_lo < tr.row_end) store_pair(p, r_lo, n, acc[4 * j + 0], acc[4 * j + 1]);
-            if (r_hi < tr.row_end) store_pair(p, r_hi, n, acc[4 * j + 2], acc[4 * j + 3]);
+            for (int i = 0; i < 64; i++) acc[i] = part[i] = 0.0f;
+
+            for (int kt = 0; kt < nk; kt++, it++) {
+                const int s = (int)(it % STAGES);
+                const uint32_t ph = (it / STAGES) & 1u;
+                const float sa_lo = r_lo < t.row_end ? p.a_scale[r_lo * nk + kt] : 0.0f;
+                const float sa_hi = r_hi < t.row_end ? p.a_scale[r_hi * nk + kt] : 0.0f;
+                const float sb = bsg[kt];
+                wg_mma_block<MC>(acc, part, sA, sB, full, empty, s, ph, cw, lane, rank, sa_lo, sa_hi, sb);
+            }
+            /* Epilogue: direct stores (the producer is already filling the ring for the next tile). */
+            wg_store(p, acc, n0, t4, r_lo, r_hi, t.row_end);
         }
     }
     /* Neither CTA of a pair may exit while the other can still arrive on its barriers. */
     if (MC) sm90::cluster_sync();
 #endif
 }
+#endif /* DSV3_GEMM_PERSISTENT */
 
 /* ------------------------------------------------------------------------------------------
  * Host side
@@ -597,6 +755,54 @@ static int launch_wgmma(const GemmArgs &args, int64_t m_tiles, cudaStream_t stre
     return fast_check_launch(fn, "fp8_gemm_wgmma_kernel<cluster>", err);
 }
 
+#if DSV3_GEMM_PERSISTENT
+/**
+ * Launches Kernel 3 on one CTA per SM (at most the schedule's units; grouped: the bound
+ * ceil(M / (BM·cluster)) + G unit rows, since each expert adds at most one partial unit row).
+ * Clusters of 2: no more pairs than cudaOccupancyMaxActiveClusters says can be resident at once.
+ */
+static int launch_wgmma_persistent(const GemmArgs &args, int sm_count, cudaStream_t stream, Err *err) {
+    const char *fn = "fp8_gemm_cuda";
+    const bool mc = DSV3_GEMM_PERSISTENT_MC != 0;
+    const int cl = mc ? 2 : 1;
+    const int64_t n_tiles = ceil_div<int64_t>(args.N, wg::BN);
+    const int64_t unit_rows = args.group_start ? ceil_div<int64_t>(args.M, (int64_t)wg::BM * cl) + args.num_groups
+                                               : gemm_sched_unit_rows(args.M, wg::BM, cl);
+    CUtensorMap ta, tb;
+    if (make_tmap(&ta, args.a, args.M, args.K, wg::BM, "A", err)) return -1;
+    if (make_tmap(&tb, args.b, (int64_t)args.num_groups * args.N, args.K, mc ? wg::BN / 2 : wg::BN, "B", err)) return -1;
+    auto kernel = mc ? fp8_gemm_wgmma_persistent_kernel<true> : fp8_gemm_wgmma_persistent_kernel<false>;
+    if (fast_cuda_err(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM), fn,
+                      "cudaFuncSetAttribute(wgmma persistent)", err))
+        return -1;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    cfg.blockDim = dim3(wg::THREADS, 1, 1);
+    cfg.dynamicSmemBytes = wg::SMEM;
+    cfg.stream = stream;
+    int slots = sm_count;
+    if (mc) {
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 2, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr, cfg.numAttrs = 1;
+        cfg.gridDim = dim3((unsigned)(sm_count / 2 * 2), 1, 1);
+        int clusters = 0;
+        if (fast_cuda_err(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg), fn,
+                          "cudaOccupancyMaxActiveClusters(wgmma persistent)", err))
+            return -1;
+        if (clusters < 1)
+            return err_set(err, "%s: no 2-CTA cluster of the persistent GEMM fits on device (%d SMs)", fn, sm_count);
+        slots = clusters * 2 < sm_count ? clusters * 2 : sm_count;
+    }
+    const int ctas = gemm_sched_grid(unit_rows * n_tiles, slots, cl);
+    if (ctas == 0) return 0;
+    cfg.gridDim = dim3((unsigned)ctas, 1, 1);
+    if (fast_cuda_err(cudaLaunchKernelEx(&cfg, kernel, ta, tb, args), fn, "cudaLaunchKernelEx(wgmma persistent)", err))
+        return -1;
+    return fast_check_launch(fn, "fp8_gemm_wgmma_persistent_kernel", err);
+}
+#endif
+
 } // namespace dsv3
 
 using namespace dsv3;
@@ -673,6 +879,9 @@ extern "C" int fp8_gemm_cuda(const Fp8GemmParams *p, cudaStream_t stream, Err *e
     const int64_t m_tiles = ceil_div<int64_t>(p->M, bm) + (p->group_start ? G : 0);
     if (m_tiles > 65535) return err_set(err, "%s: %lld row tiles exceed the grid limit 65535", fn, (long long)m_tiles);
 
+#if DSV3_GEMM_PERSISTENT
+    if (path == FP8_GEMM_WGMMA && G <= PERSIST_MAX_GROUPS) return launch_wgmma_persistent(args, dev.sm_count, stream, err);
+#endif
     if (path == FP8_GEMM_WGMMA) return launch_wgmma(args, m_tiles, stream, err);
 
     if (!p->group_start && p->workspace && p->splits != 1) {

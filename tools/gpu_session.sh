@@ -6,6 +6,9 @@
 #   tools/gpu_session.sh ncu     Nsight Compute sections of the GEMM, grouped GEMM, cuBLASLt FP8 and MLA decode kernels
 #   tools/gpu_session.sh mla     MLA decode only (issue 23): its test group, memcheck of it, its benchmark with the
 #                                split sweep, one Nsight Compute profile of mla_decode_kernel at B = 64, S = 8192
+#   tools/gpu_session.sh gemm    issue 22 in one call (< 10 min): build without and with GEMM_PERSISTENT=1, the WGMMA
+#                                GEMM tests of both (+ moe for the persistent one), the GEMM benchmarks of both
+#                                (ratios vs cuBLASLt) and one ncu profile of the persistent kernel
 #   tools/gpu_session.sh model   the whole model: dsv3 --backend fast vs the reference, end-to-end benchmark vs peers
 #                                (carry build/debs, made by `make gpu-debs`)
 # Logs go to $OUT (the device tool brings them back), or to build/gpu-session/ elsewhere.
@@ -87,6 +90,43 @@ mla)
     build/bench/bench_gpu_kernels --only mla --mla 64x8192 > "$OUT/ncu-mla.txt" 2>&1; echo "ncu mla exit $?"
   grep -E 'Duration|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Stall' "$OUT/ncu-mla.txt" | head -16
   ;;
+gemm)
+  # Every step's timeout is cut to what is left of GEMM_SESSION_S (default 560 s), so the call
+  # ends in time even when a step hangs; a skipped step says so.
+  t_end=$(( $(date +%s) + ${GEMM_SESSION_S:-560} ))
+  left() { local l=$(( t_end - $(date +%s) )); [ "$l" -gt "$1" ] && l=$1; echo $(( l > 0 ? l : 0 )); }
+  step() { # name, cap in s, log file, command...
+    local name=$1 cap log=$3; cap=$(left "$2"); shift 3
+    if [ "$cap" -lt 5 ]; then echo "=== $name: skipped (session time spent)"; return 1; fi
+    echo "=== $name (timeout $cap s)"; timeout "$cap" "$@" > "$log" 2>&1; local rc=$?
+    echo "exit $rc" >> "$log"; echo "$name: exit $rc"; return $rc
+  }
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>&1
+  for v in 0 1; do
+    t0=$(date +%s)
+    step "build GEMM_PERSISTENT=$v" 240 "$OUT/gemm-build-$v.log" make -j"$JOBS" GEMM_PERSISTENT=$v build/tests/test_gpu_kernels build/bench/bench_gpu_kernels
+    tail -3 "$OUT/gemm-build-$v.log"; echo "build: $(( $(date +%s) - t0 )) s"
+    mkdir -p "build/gemm-$v" && cp build/tests/test_gpu_kernels build/bench/bench_gpu_kernels "build/gemm-$v/"
+    cp build/gpu/obj/kernels/fp8_gemm.o.ptxas.txt "$OUT/gemm-ptxas-$v.txt" 2>/dev/null
+  done
+  cuobjdump -sass build/gemm-1/test_gpu_kernels 2>/dev/null | awk '/Function :/{f=/persistent/} f' > "$OUT/gemm-sass-persistent.txt"
+  echo "persistent SASS: QGMMA $(grep -c QGMMA "$OUT/gemm-sass-persistent.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/gemm-sass-persistent.txt")"
+  for v in 1 0; do # the new kernel first: its results matter most if time runs out
+    step "test gemm_wgmma GEMM_PERSISTENT=$v" 120 "$OUT/gemm-test-wgmma-$v.log" "build/gemm-$v/test_gpu_kernels" --group gemm_wgmma
+    grep -E 'FAIL|fail|error|passed' "$OUT/gemm-test-wgmma-$v.log" | tail -12
+  done
+  step "test moe GEMM_PERSISTENT=1" 60 "$OUT/gemm-test-moe-1.log" build/gemm-1/test_gpu_kernels --group moe
+  grep -E 'FAIL|fail|error|passed' "$OUT/gemm-test-moe-1.log" | tail -8
+  for v in 1 0; do
+    step "bench GEMM_PERSISTENT=$v" 110 "$OUT/gemm-bench-$v.log" "build/gemm-$v/bench_gpu_kernels" --only gemm --only grouped
+    grep -v '^RESULT' "$OUT/gemm-bench-$v.log" | tail -60
+  done
+  sec="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
+  step "ncu persistent" 90 "$OUT/gemm-ncu-persistent.txt" ncu --clock-control none --kernel-name regex:fp8_gemm_wgmma_persistent --launch-skip 2 --launch-count 1 $sec \
+    build/gemm-1/bench_gpu_kernels --only gemm --shape 7168x16384 --m 4096
+  grep -E 'Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Grid Size|Cluster Size|No Eligible|Stall' \
+    "$OUT/gemm-ncu-persistent.txt" | head -20
+  ;;
 model)
   # The whole model on the GPU: needs the Debian libraries the CLI uses, carried as .deb files
   # (make gpu-debs here, then carry build/debs) and unpacked outside / (dpkg -x).
@@ -110,5 +150,5 @@ model)
     PEER_TIME_BUDGET="${PEER_TIME_BUDGET:-240}" > "$OUT/bench-model.log" 2>&1; echo "bench-gpu-model exit $?"
   grep -E 'RESULT|REFUSED|SKIPPED|CHECK|batch' "$OUT/bench-model.log" | tail -30
   ;;
-*) echo "usage: $0 test|bench|sanitize|ncu|mla|model"; exit 2 ;;
+*) echo "usage: $0 test|bench|sanitize|ncu|mla|gemm|model"; exit 2 ;;
 esac
