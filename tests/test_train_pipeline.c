@@ -237,12 +237,29 @@ static char *losses_of(const char *log) {
     return t;
 }
 
+/* Under make test-asan (clang 14's LeakSanitizer with Debian 12's glibc 2.36 and LLVM's OpenMP
+ * runtime), the leak check that runs at the exit of a `--pipeline` rank 0 crashes in the sanitizer
+ * itself ("Tracer caught signal 11" while it reads a thread's dynamic TLS, whose bounds it misreads)
+ * and the process exits 1. Address and UB checks stay on; only that exit-time leak scan is off for
+ * the pipelined runs. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN_PIPE_ENV "ASAN_OPTIONS=detect_leaks=0 "
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN_PIPE_ENV "ASAN_OPTIONS=detect_leaks=0 "
+#endif
+#endif
+#ifndef ASAN_PIPE_ENV
+#define ASAN_PIPE_ENV ""
+#endif
+
 /** Runs `dsv3 train` with @p extra into run directory @p name; returns its losses. */
 static char *train_run(const char *name, const char *extra, char **out) {
     char dir[4300], log[4300];
     snprintf(dir, sizeof dir, "%s/%s", test_tmp, name);
     snprintf(log, sizeof log, "%s/%s.jsonl", test_tmp, name);
-    RunResult r = run_shell(NULL, "%s train --train %s %s -o %s --log %s %s", dsv3_bin(), tokens, RUN, dir, log, extra);
+    RunResult r = run_shell(NULL, "%s%s train --train %s %s -o %s --log %s %s", strstr(extra, "--pipeline") ? ASAN_PIPE_ENV : "",
+                            dsv3_bin(), tokens, RUN, dir, log, extra);
     if (r.status) fprintf(stderr, "%s", r.err);
     assert_int_equal(r.status, 0);
     if (out) *out = strdup(r.out);
