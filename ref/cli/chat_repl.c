@@ -154,6 +154,7 @@ static int user_turn(Chat *c, const char *text, size_t len, Err *err) {
     ByteBuf rtext = { 0 };
     int rc = 0;
     int64_t reserve = reply_reserve(c);
+    out_interrupts_defer(1); /* Ctrl-C now stops the reply instead of the process, from the prefill on */
     double t0 = now_seconds();
     int64_t before = g->stats.prefilled;
     if (c->fresh) {
@@ -188,7 +189,6 @@ static int user_turn(Chat *c, const char *text, size_t len, Err *err) {
     double d0 = g->stats.decode_seconds;
     ReplyEnd end;
     long left = r->n_predict;
-    out_interrupts_defer(1); /* Ctrl-C now stops the reply instead of the process */
     chat_reasoning_free(r->reasoning);
     chat_reasoning_init(r->reasoning, r->reasoning_mode, chat_template_opens_reasoning(r->tpl));
     for (;;) {
@@ -223,6 +223,7 @@ static int user_turn(Chat *c, const char *text, size_t len, Err *err) {
             c->turns, (long long)prefilled, prefilled / (t_prefill + 1e-9), (long long)gen,
             gen / (g->stats.decode_seconds - d0 + 1e-9), (long long)g->kv.len);
 done:
+    out_interrupts_defer(0);
     free(ids.v), free(rids.v);
     bytebuf_free(&rtext);
     return rc;
