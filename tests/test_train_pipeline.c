@@ -312,10 +312,10 @@ static void processes_like_one(void **state) {
     char dir[4300];
     snprintf(dir, sizeof dir, "%s/byhand", test_tmp);
     RunResult r = run_shell(NULL,
-                            "export WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=%d; "
+                            "export %sWORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=%d; "
                             "RANK=1 %s train --train %s %s -o %s --pipeline 2 --schedule 1f1b >/dev/null & "
                             "RANK=0 %s train --train %s %s -o %s --pipeline 2 --schedule 1f1b; s=$?; wait $! || s=9; exit $s",
-                            port, dsv3_bin(), tokens, RUN, dir, dsv3_bin(), tokens, RUN, dir);
+                            ASAN_PIPE_ENV, port, dsv3_bin(), tokens, RUN, dir, dsv3_bin(), tokens, RUN, dir);
     if (r.status) fprintf(stderr, "%s", r.err);
     assert_int_equal(r.status, 0);
     run_result_free(&r);
