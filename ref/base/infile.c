@@ -54,8 +54,9 @@ int infile_pread(int fd, void *buf, size_t n, uint64_t off, const char *label, E
 int read_input(const char *path, size_t max_bytes, char **data, size_t *len, Err *err) {
     if (strcmp(path, "-") != 0) {
         if (read_file(path, max_bytes, data, len, err) == 0) return 0;
-        /* this input can be a stream: say how */
-        if (strstr(err->msg, "is a FIFO,") || strstr(err->msg, "is a character device,")) {
+        /* refused as a stream (a FIFO, a terminal): this input can read one, so say how */
+        struct stat sb;
+        if (stat(path, &sb) == 0 && (S_ISFIFO(sb.st_mode) || S_ISCHR(sb.st_mode))) {
             size_t n = strlen(err->msg);
             snprintf(err->msg + n, sizeof err->msg - n, " (give '-' to read standard input)");
         }
