@@ -7,6 +7,8 @@
  *    FP8 weights with ragged shapes (rows not a multiple of the tile or panel, columns not a
  *    multiple of 16, FP8 edge blocks), for 1..9 tokens: linear_rows (strided, an offset row
  *    range) and linear_forward (t tokens at once == one at a time);
+ *  - the FP8 decode kernel == linear.h's sum written out with scalars, for every code, NaN codes
+ *    and activations where its 2^-8 scaling would not be exact;
  *  - linear_forward on 1, 2 and 3 threads (dequant and W8A8) == one thread;
  *  - model_forward: a 21-token prefill chunk (logits of every position, hiddens) and then 4
  *    decode steps, BF16 and FP8 checkpoints, absorbed and naive attention: -t 2 and -t 3 == -t 1;
@@ -113,6 +115,70 @@ static void kernels_agree(void **state) {
             free(x), free(panel), free(y1), free(y2), free(buf), free(scales);
         }
     printf("    %d cases: blocked kernel == one-row kernel, bit for bit\n", cases);
+}
+
+/** linear.h's FP8 sum of one output, written out with scalars: per 128-column block, 16 lanes in
+ *  ascending columns, the lanes' tree, times the block's scale, the blocks in order. */
+static float fp8_sum_by_the_book(const Tensor *W, int64_t o, const float *x) {
+    float acc = 0.0f;
+    for (int64_t k0 = 0; k0 < W->cols; k0 += 128) {
+        float p[16] = { 0 };
+        for (int64_t i = k0; i < W->cols && i < k0 + 128; i++) p[(i - k0) % 16] += x[i] * fp8_e4m3_to_f32(W->data[o * W->cols + i]);
+        for (int l = 0; l < 8; l++) p[l] += p[l + 8];
+        for (int l = 0; l < 4; l++) p[l] += p[l + 4];
+        for (int l = 0; l < 2; l++) p[l] += p[l + 2];
+        acc += (p[0] + p[1]) * tensor_scale(W, o, k0);
+    }
+    return acc;
+}
+
+/**
+ * The FP8 decode kernel (whole rows of eight blocks, runs of short rows, the hardware's
+ * half-precision widening, the 2^-8 scaling) == the sum written out with scalars, bit for bit:
+ * every one of the 256 codes (subnormals, ±0) in random rows, rows with a NaN code (their run
+ * falls back to the plain kernel: NaN there, the other rows unchanged), and activations outside
+ * the range where the 2^-8 scaling is exact (tiny, huge, ∞: the plain kernel again).
+ */
+static void fp8_decode_exact(void **state) {
+    (void)state;
+    const int64_t shapes[][2] = { { 40, 1024 }, { 19, 384 }, { 130, 2048 }, { 5, 128 }, { 33, 256 }, { 17, 896 } };
+    const float odd_x[] = { 1e-36f, 1e36f, INFINITY }; /* the scale of all of x, or one element */
+    Rng r;
+    rng_seed(&r, 11);
+    int cases = 0;
+    for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++) {
+        int64_t rows = shapes[sh][0], cols = shapes[sh][1], gr = (rows + 127) / 128, gc = cols / 128;
+        uint8_t *codes = malloc((size_t)(rows * cols));
+        float *scales = malloc(sizeof(float) * (size_t)(gr * gc)), *x = malloc(sizeof(float) * (size_t)cols);
+        float *y = malloc(sizeof(float) * (size_t)rows), *sc = malloc(sizeof(float) * linear_scratch_floats(1, cols));
+        for (int64_t i = 0; i < rows * cols; i++) {
+            uint8_t c = (uint8_t)rng_u32(&r);
+            codes[i] = (c & 0x7f) == 0x7f ? (uint8_t)(c ^ 1) : c; /* NaN only where placed below */
+        }
+        for (int64_t i = 0; i < gr * gc; i++) scales[i] = 1e-3f * (1.0f + 0.5f * rng_normal(&r));
+        Tensor W = { codes, DT_F8_E4M3, rows, cols, (const uint8_t *)scales };
+        LinearScratch ls = linear_scratch_init(sc, 1, cols);
+        for (int variant = 0; variant < 2 + (int)(sizeof odd_x / sizeof *odd_x); variant++) {
+            for (int64_t i = 0; i < cols; i++) x[i] = rng_normal(&r) * (i % 7 == 0 ? 1e-3f : 1.0f);
+            if (variant == 1) codes[(rows / 2) * cols + cols / 3] = 0xff; /* a NaN code in one row */
+            if (variant >= 2 && isinf(odd_x[variant - 2])) x[cols / 5] = odd_x[variant - 2];
+            else if (variant >= 2)
+                for (int64_t i = 0; i < cols; i++) x[i] *= odd_x[variant - 2];
+            linear_forward(y, x, 1, &W, FP8_DEQUANT, &ls);
+            for (int64_t o = 0; o < rows; o++) {
+                float want = fp8_sum_by_the_book(&W, o, x);
+                if (isnan(want)) assert_true(isnan(y[o]));
+                else assert_memory_equal(&want, &y[o], sizeof want);
+            }
+            if (variant == 1) {
+                assert_true(isnan(y[rows / 2]));
+                codes[(rows / 2) * cols + cols / 3] = 0x7e;
+            }
+            cases++;
+        }
+        free(codes), free(scales), free(x), free(y), free(sc);
+    }
+    printf("    %d cases: the FP8 decode kernel == the sum written out, bit for bit\n", cases);
 }
 
 static void linear_threads_agree(void **state) {
@@ -304,7 +370,8 @@ static void train_threads_agree(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(kernels_agree),         cmocka_unit_test(linear_threads_agree),
+        cmocka_unit_test(kernels_agree),         cmocka_unit_test(fp8_decode_exact),
+        cmocka_unit_test(linear_threads_agree),
         cmocka_unit_test(forward_threads_agree), cmocka_unit_test(generate_threads_agree),
         cmocka_unit_test(train_threads_agree),
     };

@@ -7,9 +7,10 @@
  * model never exists in FP32 as a whole. Two kernels compute exactly that sum:
  *
  *   - decode (T < 4 tokens): one weight row at a time, each element decoded from its stored
- *     type inside the dot product (row_dot; FP8 a 128-value block at a time through L1); no row
- *     is copied, so the weights stream from memory once, sequentially, which is the whole cost
- *     of a decode step;
+ *     type inside the dot product (row_dot; FP8: fp8_rows_dot, eight 128-value blocks at a time
+ *     in vector registers, through the hardware's half-precision conversion where there is
+ *     one); no row is copied, so the weights stream from memory once, sequentially, which is
+ *     the whole cost of a decode step;
  *   - prefill (T ≥ 4): LINEAR_PANEL_ROWS rows are decoded once into an FP32 panel (raw e4m3
  *     values for FP8) that stays in cache, and every tile of 4 tokens × 4 rows (2 without
  *     AVX-512) of the chunk runs over it with its lane sums in vector registers (tile_lanes):
@@ -30,6 +31,9 @@
 #include "linear.h"
 
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "base/threads.h"
 #include "fp8.h"
@@ -37,6 +41,7 @@
 enum {
     LANES = 16, /* partial sums of one output (linear.h) */
     TILE_T = 4, /* tokens of a prefill tile (and the fewest tokens that take the blocked kernel) */
+    FP8_RUN_ROWS = 16, /* FP8 rows per call of the decode kernel (≤ 16 KiB of codes at K = 1024) */
 };
 
 /** Below this many multiply-adds a product runs on one thread: waking the others costs more. */
@@ -114,7 +119,7 @@ static inline void dot_lanes(float *restrict p, const float *restrict x, const u
             for (int l = 0; l < LANES; l++) p[l] += x[i + l] * elem_bf16(w, i + l);
         break;
     default:
-        DSV3_ASSERT(dt == DT_F16); /* FP8 goes through a decoded block (row_dot) */
+        DSV3_ASSERT(dt == DT_F16); /* FP8 goes through its own kernel (fp8_rows_dot) */
         for (int64_t i = 0; i < m; i += LANES)
             for (int l = 0; l < LANES; l++) p[l] += x[i + l] * elem_f16(w, i + l);
         break;
@@ -128,22 +133,48 @@ float dot_f32(const float *a, const float *b, int64_t n) {
     return lanes_sum(p);
 }
 
+/** The 16 lanes of one output's sum as one value (GCC/Clang vector extension): one AVX-512
+ *  register, or two AVX / four SSE registers, whichever the target has; lane l is lane l
+ *  everywhere, so the target changes nothing in the result. */
+typedef float f32x16 __attribute__((vector_size(4 * LANES)));
+/** Half of an f32x16, for the tree of the lane sums. */
+typedef float f32x8 __attribute__((vector_size(32)));
+
+/**
+ * lanes_sum of 8 outputs at once, in vectors: the same tree — l += l+8, l += l+4, l += l+2,
+ * 0 + 1 — with the lanes of one, two, four, then eight outputs side by side, so that each step is
+ * one vector add (and the shuffles that line the lanes up). out[j] = the sum of v[j].
+ */
+static inline __attribute__((always_inline)) void tree_of_eight(float out[8], const f32x16 *v) {
+    f32x8 s[8], q[4], r[2], o;
+    for (int j = 0; j < 8; j++)
+        s[j] = __builtin_shufflevector(v[j], v[j], 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v[j], v[j], 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int j = 0; j < 4; j++)
+        q[j] = __builtin_shufflevector(s[2 * j], s[2 * j + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+               __builtin_shufflevector(s[2 * j], s[2 * j + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int j = 0; j < 2; j++)
+        r[j] = __builtin_shufflevector(q[2 * j], q[2 * j + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+               __builtin_shufflevector(q[2 * j], q[2 * j + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    o = __builtin_shufflevector(r[0], r[1], 0, 2, 4, 6, 8, 10, 12, 14) + __builtin_shufflevector(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15);
+    memcpy(out, &o, sizeof o);
+}
+
 /** Stored bytes of row @p o of W. */
 static const uint8_t *row_data(const Tensor *W, int64_t o) {
     return W->data + (size_t)o * (size_t)W->cols * (size_t)tensor_elem_bytes(W->dtype);
 }
 
-/** The decode kernel: Σ_i x[i]·W[o][i] in linear.h's order, W's row decoded inside the dot. */
-static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
+/**
+ * The plain FP8 decode: Σ_i x[i]·W[o][i] in linear.h's order — each 128-wide block's codes
+ * decoded into a 512-byte buffer that stays in L1, dotted in 16 lanes, the lanes' tree times
+ * the block's scale, added in block order. fp8_rows_dot() must equal it bit for bit; it is the
+ * path for rows that hold a NaN code or whose length is not a multiple of 128, and for
+ * activations outside fp8_x_scalable().
+ */
+static float row_dot_fp8_plain(const Tensor *W, int64_t o, const float *restrict x) {
     int64_t K = W->cols;
     const uint8_t *w = row_data(W, o);
-    if (W->dtype != DT_F8_E4M3) {
-        float p[LANES] = { 0 };
-        dot_lanes(p, x, w, K, W->dtype);
-        return lanes_sum(p);
-    }
-    /* FP8: each 128-wide block's codes are decoded into a 512-byte buffer that stays in L1, then
-     * dotted (GCC 12 does not vectorize the e4m3 decode inside the 16-lane dot), times the scale. */
     float acc = 0.0f, wf[FP8_BLOCK];
     for (int64_t k0 = 0; k0 < K; k0 += FP8_BLOCK) {
         int64_t n = K - k0 < FP8_BLOCK ? K - k0 : FP8_BLOCK;
@@ -153,6 +184,155 @@ static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
         acc += lanes_sum(p) * tensor_scale(W, o, k0);
     }
     return acc;
+}
+
+/**
+ * Whether any of the @p n codes (a multiple of 8) is e4m3fn's NaN, S.1111.111. Eight codes at a
+ * time in a 64-bit word: with the signs cleared, adding 1 to each byte carries into its top bit
+ * only from 0x7f (and never into the next byte), so the OR of those top bits over the row is the
+ * answer — a plain loop of AND, ADD, OR that vectorizes.
+ */
+static int e4m3_any_nan(const uint8_t *c, int64_t n) {
+    uint64_t any = 0;
+    for (int64_t i = 0; i < n; i += 8) {
+        uint64_t v;
+        memcpy(&v, c + i, sizeof v);
+        any |= (v & 0x7f7f7f7f7f7f7f7fu) + 0x0101010101010101u;
+    }
+    return (any & 0x8080808080808080u) != 0;
+}
+
+/**
+ * 16 e4m3 codes (none NaN) → *f, their FP32 values, fp8_e4m3_decode()'s arithmetic on a vector: a
+ * code sign-extended to 32 bits and shifted left by 20 holds S in bits 31..27 and EEEE.MMM in bits
+ * 26..20; clearing bits 30..27 leaves the sign and the word fp8_e4m3_decode() scales by 2^120
+ * (a negative number's magnitude scales the same, so the sign can go in first).
+ */
+static inline __attribute__((always_inline)) void e4m3x16(f32x16 *f, const uint8_t *c) {
+    for (int l = 0; l < LANES; l++) {
+        uint32_t v = ((uint32_t)(int32_t)(int8_t)c[l] << 20) & 0x87f00000u;
+        float g;
+        memcpy(&g, &v, sizeof g);
+        (*f)[l] = g * 0x1p120f;
+    }
+}
+
+/**
+ * *f = e4m3x16(c) · 2^−8, exactly (a power of two; the smallest magnitude, 2^−17, is far from
+ * FP32's subnormals). With AVX-512 it takes the hardware's half-precision conversion: the code
+ * sign-extended to 16 bits and shifted left by 7, bit 14 cleared, is the IEEE half S.0EEEE.MMM0000000
+ * = 2^(E−15)·(1 + M/8), or M·2^−17 for E = 0 — the e4m3 value times 2^−8 — which vcvtph2ps widens
+ * with no multiply and no subnormal FP32 operand on the way (each of those costs a microcode
+ * assist: with e4m3x16, the 1 in 16 codes that are subnormal made a random row 1.5× slower).
+ * tests/test_threads.c (fp8_decode_exact) checks every code, in both builds.
+ */
+static inline __attribute__((always_inline)) void e4m3x16_2m8(f32x16 *f, const uint8_t *c) {
+#ifdef __AVX512F__
+    __m256i h = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)c));
+    h = _mm256_and_si256(_mm256_slli_epi16(h, 7), _mm256_set1_epi16((short)0xbfff));
+    *f = (f32x16)_mm512_cvtph_ps(h);
+#else
+    e4m3x16(f, c);
+    *f *= 0x1p-8f;
+#endif
+}
+
+/**
+ * Whether every x[i] is 0 or has 2^−100 ≤ |x[i]| ≤ 2^100 (no NaN, no ∞). For such x the products
+ * x·(w·2^−8) with e4m3 values w (2^−9 ≤ |w| ≤ 448 or 0) stay among FP32's normal numbers or
+ * zero, where a power-of-two scale commutes with every rounding: Σ x·(w·2^−8), times 2^8, equals
+ * Σ x·w bit for bit (sums that land among the subnormals are exact either way).
+ */
+static int fp8_x_scalable(const float *x, int64_t n) {
+    int ok = 1;
+    for (int64_t i = 0; i < n; i++) {
+        float a = x[i] < 0 ? -x[i] : x[i];
+        ok &= a == 0.0f || (a >= 0x1p-100f && a <= 0x1p100f);
+    }
+    return ok;
+}
+
+/**
+ * p[b] lane l += x_b[i]·(e4m3(c[128b + i])·2^−8) for i ≡ l (mod 16), ascending i < 128,
+ * b < nb ≤ 8, where x_b = x[0] + 128b if @p one_row, else x[b]: the 16-lane sums of nb blocks,
+ * 2^−8 times row_dot_fp8_plain's. The blocks advance side by side, 16 columns at a time, so that
+ * nb independent additions are in flight rather than one block's chain of 8. Inlined with
+ * constant nb and one_row, the registers p[] never leave the core.
+ */
+static inline __attribute__((always_inline)) void fp8_blocks_lanes(f32x16 p[8], const float *const x[8], int one_row,
+                                                                   const uint8_t *restrict c, int nb) {
+    for (int i = 0; i < FP8_BLOCK; i += LANES)
+#pragma GCC unroll 8
+        for (int b = 0; b < nb; b++) {
+            f32x16 xv, wv;
+            memcpy(&xv, (one_row ? x[0] + b * FP8_BLOCK : x[b]) + i, sizeof xv);
+            e4m3x16_2m8(&wv, c + b * FP8_BLOCK + i);
+            p[b] += xv * wv;
+        }
+}
+
+/**
+ * The FP8 decode kernel: y[o − r0] = row_dot_fp8_plain(W, o, x) for the rows [r0, r1) (at most
+ * FP8_RUN_ROWS), bit for bit, with the decode inside the dot (@p x_ok: fp8_x_scalable(x,
+ * W->cols), which the caller checks once for all the runs of rows). The rows' blocks lie one
+ * after another in memory and are taken eight at a time — eight of one row when the row has a
+ * multiple of eight, else whichever rows they belong to (a row of K = 256 is two blocks, and
+ * per-row work would otherwise dominate): each block's 16 lanes are one vector register that
+ * starts from 0 and adds its products in ascending column order, the eight registers go through
+ * the lanes' tree together (tree_of_eight), and each partial, times 2^8 and its scale, is added
+ * to its row's sum in block order — row_dot_fp8_plain's operations in its order, on weights
+ * scaled by 2^−8 (fp8_x_scalable says why the bits agree), without the trip through memory and
+ * with one tree per eight blocks. Eight blocks with a NaN code among them send the whole run to
+ * row_dot_fp8_plain (checked on codes already in L1, just before their dot: no second trip to
+ * memory).
+ */
+static void fp8_rows_dot(float *y, const Tensor *W, int64_t r0, int64_t r1, const float *restrict x, int x_ok) {
+    int64_t K = W->cols, kb = K / FP8_BLOCK, cb = tensor_col_blocks(W), n = (r1 - r0) * kb;
+    const uint8_t *w = row_data(W, r0);
+    float acc[FP8_RUN_ROWS] = { 0 };
+    DSV3_ASSERT(r1 - r0 <= FP8_RUN_ROWS);
+    if (K % FP8_BLOCK || !x_ok) goto plain;
+    for (int64_t j0 = 0; j0 < n; j0 += 8) { /* block j: row r0 + j / kb, column block j % kb */
+        int nb = n - j0 < 8 ? (int)(n - j0) : 8;
+        const uint8_t *c = w + j0 * FP8_BLOCK;
+        if (e4m3_any_nan(c, nb * FP8_BLOCK)) goto plain;
+        f32x16 p[8] = { { 0 } };
+        const float *xb[8];
+        float part[8];
+        if (kb % 8 == 0) { /* eight blocks of one row: their scales are consecutive */
+            int64_t o = r0 + j0 / kb, k0 = j0 % kb;
+            xb[0] = x + k0 * FP8_BLOCK;
+            fp8_blocks_lanes(p, xb, 1, c, 8);
+            tree_of_eight(part, p);
+            f32x8 v, sc;
+            memcpy(&v, part, sizeof v);
+            memcpy(&sc, W->scale_inv + 4 * (size_t)((o / 128) * cb + k0), sizeof sc); /* 8 × st_load_f32 */
+            v = v * 0x1p8f * sc;
+            for (int b = 0; b < 8; b++) acc[o - r0] += v[b];
+            continue;
+        }
+        for (int b = 0; b < 8; b++) xb[b] = x + ((j0 + (b < nb ? b : 0)) % kb) * FP8_BLOCK;
+        if (nb == 8) fp8_blocks_lanes(p, xb, 0, c, 8);
+        else fp8_blocks_lanes(p, xb, 0, c, nb);
+        tree_of_eight(part, p);
+        for (int b = 0; b < nb; b++) {
+            int64_t o = r0 + (j0 + b) / kb, k = (j0 + b) % kb;
+            acc[o - r0] += part[b] * 0x1p8f * st_load_f32(W->scale_inv + 4 * (size_t)((o / 128) * cb + k));
+        }
+    }
+    memcpy(y, acc, sizeof(float) * (size_t)(r1 - r0));
+    return;
+plain:
+    for (int64_t r = r0; r < r1; r++) y[r - r0] = row_dot_fp8_plain(W, r, x);
+}
+
+/** The decode kernel for F32, BF16 and F16: Σ_i x[i]·W[o][i] in linear.h's order, W's row
+ *  decoded inside the dot (FP8 takes fp8_rows_dot). */
+static float row_dot(const Tensor *W, int64_t o, const float *restrict x) {
+    DSV3_ASSERT(W->dtype != DT_F8_E4M3);
+    float p[LANES] = { 0 };
+    dot_lanes(p, x, row_data(W, o), W->cols, W->dtype);
+    return lanes_sum(p);
 }
 
 /** row_dot with W's row dequantized first (FP8: each element e4m3 · scale rounded to FP32) and
@@ -173,13 +353,6 @@ static float row_dot_dequantized(const Tensor *W, int64_t o, const float *restri
 
 /* ------------------------------------------------------------------------------------- */
 /* the prefill kernel                                                                      */
-
-/** The 16 lanes of one output's sum as one value (GCC/Clang vector extension): one AVX-512
- *  register, or two AVX / four SSE registers, whichever the target has; lane l is lane l
- *  everywhere, so the target changes nothing in the result. */
-typedef float f32x16 __attribute__((vector_size(4 * LANES)));
-/** Half of an f32x16, for the tree of the lane sums. */
-typedef float f32x8 __attribute__((vector_size(32)));
 
 /* Weight rows per tile: as many accumulators as the target's vector registers hold — 4 tokens × 4
  * rows with AVX-512's 32 registers, 4 × 2 otherwise. */
@@ -212,26 +385,6 @@ static inline __attribute__((always_inline)) void tile_lanes(f32x16 acc[TILE_T][
     for (int t = 0; t < TILE_T && t < tm; t++)
         for (int o = 0; o < TILE_O && o < tn; o++)
             for (int64_t i = m; i < n; i++) acc[t][o][i - m] += x[t][i] * w[o][i];
-}
-
-/**
- * lanes_sum of 8 outputs at once, in vectors: the same tree — l += l+8, l += l+4, l += l+2,
- * 0 + 1 — with the lanes of one, two, four, then eight outputs side by side, so that each step is
- * one vector add (and the shuffles that line the lanes up). out[j] = the sum of v[j].
- */
-static inline __attribute__((always_inline)) void tree_of_eight(float out[8], const f32x16 *v) {
-    f32x8 s[8], q[4], r[2], o;
-    for (int j = 0; j < 8; j++)
-        s[j] = __builtin_shufflevector(v[j], v[j], 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(v[j], v[j], 8, 9, 10, 11, 12, 13, 14, 15);
-    for (int j = 0; j < 4; j++)
-        q[j] = __builtin_shufflevector(s[2 * j], s[2 * j + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
-               __builtin_shufflevector(s[2 * j], s[2 * j + 1], 4, 5, 6, 7, 12, 13, 14, 15);
-    for (int j = 0; j < 2; j++)
-        r[j] = __builtin_shufflevector(q[2 * j], q[2 * j + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
-               __builtin_shufflevector(q[2 * j], q[2 * j + 1], 2, 3, 6, 7, 10, 11, 14, 15);
-    o = __builtin_shufflevector(r[0], r[1], 0, 2, 4, 6, 8, 10, 12, 14) + __builtin_shufflevector(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15);
-    memcpy(out, &o, sizeof o);
 }
 
 /**
@@ -336,6 +489,17 @@ void linear_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, 
 static void linear_dequant(float *y, const float *x, int64_t T, const Tensor *W, const LinearScratch *s) {
     int64_t out = W->rows, in = W->cols;
     int nt = linear_threads(s, out * in * T);
+    if (T < TILE_T && W->dtype == DT_F8_E4M3) { /* runs of rows, so that short rows share the per-call work */
+        int64_t runs = (out + FP8_RUN_ROWS - 1) / FP8_RUN_ROWS;
+        int x_ok[TILE_T];
+        for (int64_t t = 0; t < T; t++) x_ok[t] = fp8_x_scalable(x + t * in, in);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t r = 0; r < runs; r++) {
+            int64_t r0 = r * FP8_RUN_ROWS, r1 = r0 + FP8_RUN_ROWS < out ? r0 + FP8_RUN_ROWS : out;
+            for (int64_t t = 0; t < T; t++) fp8_rows_dot(y + t * out + r0, W, r0, r1, x + t * in, x_ok[t]);
+        }
+        return;
+    }
     if (T < TILE_T) {
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t o = 0; o < out; o++)
