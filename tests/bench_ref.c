@@ -34,7 +34,10 @@
 
 #include "base/threads.h"
 #include "generate/generate.h"
+#include "base/rng.h"
 #include "model/ckpt.h"
+#include "model/fp8.h"
+#include "model/linear.h"
 #include "model/model.h"
 
 #define MINI_DIR "build/bench/mini"
@@ -70,6 +73,54 @@ static double stream_read_bandwidth(int threads) {
     }
     (void)sink;
     free(a);
+    return best;
+}
+
+/**
+ * The decode kernel alone: y = W·x for one token over 256 MiB of weights (copies of one 4096 × 1024
+ * matrix stored as @p dt: random BF16 values, or e4m3 codes of random values with a 128 × 128 scale
+ * grid), streaming from memory — or, with @p in_l2, one (256 · threads) × 1024 matrix (≤ 512 KiB a
+ * thread) run over again from the cores' L2, which leaves the kernel's own instructions as the
+ * limit. On @p threads
+ * threads; the best of 3 passes, in bytes/s, with *elems_per_s the weights per second: what a
+ * decode step's linears can reach on this machine for that storage type.
+ */
+static double decode_kernel_bandwidth(DType dt, int threads, int in_l2, double *elems_per_s) {
+    const int64_t R = in_l2 ? 256 * (int64_t)threads : 4096, K = 1024;
+    size_t eb = (size_t)tensor_elem_bytes(dt), bytes = (size_t)(R * K) * eb, copies = in_l2 ? 1 : (256u << 20) / bytes;
+    int repeats = in_l2 ? 512 : 1;
+    uint8_t *w = malloc(bytes * copies);
+    float *scales = malloc(sizeof(float) * (size_t)((R / 128) * (K / 128))), *x = malloc(sizeof(float) * K),
+          *y = malloc(sizeof(float) * R), *scratch = malloc(sizeof(float) * linear_scratch_floats(1, K));
+    double best = 0;
+    if (!w || !scales || !x || !y || !scratch) goto done;
+    Rng r;
+    rng_seed(&r, 7);
+    for (int64_t i = 0; i < R * K; i++) {
+        float v = 0.1f * rng_normal(&r);
+        if (dt == DT_BF16) {
+            uint16_t h = f32_to_bf16(v);
+            memcpy(w + 2 * i, &h, 2);
+        } else w[i] = fp8_e4m3_from_f32(300.0f * v);
+    }
+    for (size_t c = 1; c < copies; c++) memcpy(w + c * bytes, w, bytes);
+    for (int64_t i = 0; i < (R / 128) * (K / 128); i++) scales[i] = 1e-3f;
+    for (int64_t i = 0; i < K; i++) x[i] = rng_normal(&r);
+    threads_set(threads);
+    LinearScratch ls = linear_scratch_init(scratch, 1, K);
+    for (int pass = 0; pass < 3; pass++) {
+        double t0 = now_seconds();
+        for (int rep = 0; rep < repeats; rep++)
+            for (size_t c = 0; c < copies; c++) {
+                Tensor W = { w + c * bytes, dt, R, K, dt == DT_F8_E4M3 ? (const uint8_t *)scales : NULL };
+                linear_forward(y, x, 1, &W, FP8_DEQUANT, &ls);
+            }
+        double t = now_seconds() - t0, total = (double)bytes * (double)copies * repeats;
+        if (total / t > best) best = total / t;
+    }
+    *elems_per_s = best / (double)eb;
+done:
+    free(w), free(scales), free(x), free(y), free(scratch);
     return best;
 }
 
@@ -287,6 +338,23 @@ int main(int argc, char **argv) {
         printf("\n");
         printf("RESULT bench=ref test=stream_read threads=%d gbs=%.3f\n", threads[k], bw[k] / 1e9);
     }
+    /* The decode kernel of each storage type alone, against the same read. */
+    for (int k = 0; k < n_threads; k++)
+        for (int in_l2 = 0; in_l2 < 2; in_l2++) {
+            double el[2], gb[2];
+            const DType kdt[2] = { DT_BF16, DT_F8_E4M3 };
+            for (int d = 0; d < 2; d++) {
+                gb[d] = decode_kernel_bandwidth(kdt[d], threads[k], in_l2, &el[d]);
+                if (gb[d] <= 0) return fprintf(stderr, "bench: out of memory for the kernel test\n"), 1;
+                printf("RESULT bench=ref test=decode_kernel%s dtype=%s threads=%d gbs=%.3f gelems=%.3f vs_stream=%.3f\n",
+                       in_l2 ? "_l2" : "", dtype_name(kdt[d]), threads[k], gb[d] / 1e9, el[d] / 1e9, gb[d] / bw[k]);
+            }
+            printf("kernel    -t %-2d y = Wx %s: BF16 %.2f GB/s (%.2f G weights/s) = %.2fx the read | FP8 %.2f GB/s"
+                   " (%.2f G weights/s) = %.2fx BF16's weights/s\n",
+                   threads[k], in_l2 ? "from L2 (256 rows a thread, again and again)" : "over 256 MiB", gb[0] / 1e9, el[0] / 1e9,
+                   gb[0] / bw[k], gb[1] / 1e9, el[1] / 1e9, el[1] / el[0]);
+        }
+    threads_set(threads[0]);
     for (int k = 0; k < n_threads; k++) {
         double gbs = decode_bytes * tg[k] / 1e9;
         printf("-t %-2d     pp%d %.1f tokens/s | tg%d %.1f tokens/s = %.2f GB/s of weights (%.1f MiB/token) = %.2fx streaming read",
