@@ -203,28 +203,18 @@ static int e4m3_any_nan(const uint8_t *c, int64_t n) {
 }
 
 /**
- * 16 e4m3 codes (none NaN) → *f, their FP32 values, fp8_e4m3_decode()'s arithmetic on a vector: a
- * code sign-extended to 32 bits and shifted left by 20 holds S in bits 31..27 and EEEE.MMM in bits
- * 26..20; clearing bits 30..27 leaves the sign and the word fp8_e4m3_decode() scales by 2^120
- * (a negative number's magnitude scales the same, so the sign can go in first).
- */
-static inline __attribute__((always_inline)) void e4m3x16(f32x16 *f, const uint8_t *c) {
-    for (int l = 0; l < LANES; l++) {
-        uint32_t v = ((uint32_t)(int32_t)(int8_t)c[l] << 20) & 0x87f00000u;
-        float g;
-        memcpy(&g, &v, sizeof g);
-        (*f)[l] = g * 0x1p120f;
-    }
-}
-
-/**
- * *f = e4m3x16(c) · 2^−8, exactly (a power of two; the smallest magnitude, 2^−17, is far from
- * FP32's subnormals). With AVX-512 it takes the hardware's half-precision conversion: the code
- * sign-extended to 16 bits and shifted left by 7, bit 14 cleared, is the IEEE half S.0EEEE.MMM0000000
- * = 2^(E−15)·(1 + M/8), or M·2^−17 for E = 0 — the e4m3 value times 2^−8 — which vcvtph2ps widens
- * with no multiply and no subnormal FP32 operand on the way (each of those costs a microcode
- * assist: with e4m3x16, the 1 in 16 codes that are subnormal made a random row 1.5× slower).
- * tests/test_threads.c (fp8_decode_exact) checks every code, in both builds.
+ * *f = the FP32 values of 16 e4m3 codes (none NaN) times 2^−8, exactly (a power of two; the
+ * smallest magnitude, 2^−17, is far from FP32's subnormals).
+ *
+ * With AVX-512 the hardware's half-precision conversion does it: the code sign-extended to 16
+ * bits and shifted left by 7, bit 14 cleared, is the IEEE half S.0EEEE.MMM0000000 =
+ * 2^(E−15)·(1 + M/8), or M·2^−17 for E = 0 — the e4m3 value times 2^−8 — which vcvtph2ps widens
+ * with no subnormal FP32 operand on the way. The plain version is fp8_e4m3_decode()'s arithmetic
+ * on a vector: a code sign-extended to 32 bits and shifted left by 20 holds S in bits 31..27 and
+ * EEEE.MMM in bits 26..20; clearing bits 30..27 leaves the sign and the word fp8_e4m3_decode()
+ * scales by 2^120 (here 2^112: times 2^−8). Its subnormal FP32 words cost a microcode assist each
+ * (a random row, 1 code in 16 subnormal, ran 1.5× slower that way). tests/test_threads.c
+ * (fp8_decode_exact) checks every code; PORTABLE=1 builds the plain version.
  */
 static inline __attribute__((always_inline)) void e4m3x16_2m8(f32x16 *f, const uint8_t *c) {
 #ifdef __AVX512F__
@@ -232,8 +222,12 @@ static inline __attribute__((always_inline)) void e4m3x16_2m8(f32x16 *f, const u
     h = _mm256_and_si256(_mm256_slli_epi16(h, 7), _mm256_set1_epi16((short)0xbfff));
     *f = (f32x16)_mm512_cvtph_ps(h);
 #else
-    e4m3x16(f, c);
-    *f *= 0x1p-8f;
+    for (int l = 0; l < LANES; l++) {
+        uint32_t v = ((uint32_t)(int32_t)(int8_t)c[l] << 20) & 0x87f00000u;
+        float g;
+        memcpy(&g, &v, sizeof g);
+        (*f)[l] = g * 0x1p112f;
+    }
 #endif
 }
 
