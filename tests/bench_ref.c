@@ -32,13 +32,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/rng.h"
 #include "base/threads.h"
 #include "generate/generate.h"
-#include "base/rng.h"
 #include "model/ckpt.h"
-#include "model/fp8.h"
 #include "model/linear.h"
 #include "model/model.h"
+#include "util_model.h"
 
 #define MINI_DIR "build/bench/mini"
 
@@ -78,33 +78,25 @@ static double stream_read_bandwidth(int threads) {
 
 /**
  * The decode kernel alone: y = W·x for one token over 256 MiB of weights (copies of one 4096 × 1024
- * matrix stored as @p dt: random BF16 values, or e4m3 codes of random values with a 128 × 128 scale
- * grid), streaming from memory — or, with @p in_l2, one (256 · threads) × 1024 matrix (≤ 512 KiB a
- * thread) run over again from the cores' L2, which leaves the kernel's own instructions as the
- * limit. On @p threads
- * threads; the best of 3 passes, in bytes/s, with *elems_per_s the weights per second: what a
- * decode step's linears can reach on this machine for that storage type.
+ * matrix stored as @p dt, random_weight()'s values), streaming from memory — or, with @p in_l2, one
+ * (256 · threads) × 1024 matrix (≤ 512 KiB a thread) run over again from the cores' L2, which
+ * leaves the kernel's own instructions as the limit. On @p threads threads; the best of 3 passes,
+ * in bytes/s, with *elems_per_s the weights per second: what a decode step's linears can reach on
+ * this machine for that storage type.
  */
 static double decode_kernel_bandwidth(DType dt, int threads, int in_l2, double *elems_per_s) {
     const int64_t R = in_l2 ? 256 * (int64_t)threads : 4096, K = 1024;
     size_t eb = (size_t)tensor_elem_bytes(dt), bytes = (size_t)(R * K) * eb, copies = in_l2 ? 1 : (256u << 20) / bytes;
     int repeats = in_l2 ? 512 : 1;
-    uint8_t *w = malloc(bytes * copies);
-    float *scales = malloc(sizeof(float) * (size_t)((R / 128) * (K / 128))), *x = malloc(sizeof(float) * K),
-          *y = malloc(sizeof(float) * R), *scratch = malloc(sizeof(float) * linear_scratch_floats(1, K));
-    double best = 0;
-    if (!w || !scales || !x || !y || !scratch) goto done;
     Rng r;
     rng_seed(&r, 7);
-    for (int64_t i = 0; i < R * K; i++) {
-        float v = 0.1f * rng_normal(&r);
-        if (dt == DT_BF16) {
-            uint16_t h = f32_to_bf16(v);
-            memcpy(w + 2 * i, &h, 2);
-        } else w[i] = fp8_e4m3_from_f32(300.0f * v);
-    }
-    for (size_t c = 1; c < copies; c++) memcpy(w + c * bytes, w, bytes);
-    for (int64_t i = 0; i < (R / 128) * (K / 128); i++) scales[i] = 1e-3f;
+    uint8_t *one, *w = malloc(bytes * copies);
+    float *scales, *x = malloc(sizeof(float) * K), *y = malloc(sizeof(float) * R),
+          *scratch = malloc(sizeof(float) * linear_scratch_floats(1, K));
+    Tensor W0 = random_weight(dt, R, K, &one, &scales, &r);
+    double best = 0;
+    if (!w || !W0.data || !x || !y || !scratch) goto done;
+    for (size_t c = 0; c < copies; c++) memcpy(w + c * bytes, W0.data, bytes);
     for (int64_t i = 0; i < K; i++) x[i] = rng_normal(&r);
     threads_set(threads);
     LinearScratch ls = linear_scratch_init(scratch, 1, K);
@@ -112,7 +104,8 @@ static double decode_kernel_bandwidth(DType dt, int threads, int in_l2, double *
         double t0 = now_seconds();
         for (int rep = 0; rep < repeats; rep++)
             for (size_t c = 0; c < copies; c++) {
-                Tensor W = { w + c * bytes, dt, R, K, dt == DT_F8_E4M3 ? (const uint8_t *)scales : NULL };
+                Tensor W = W0;
+                W.data = w + c * bytes;
                 linear_forward(y, x, 1, &W, FP8_DEQUANT, &ls);
             }
         double t = now_seconds() - t0, total = (double)bytes * (double)copies * repeats;
@@ -120,7 +113,7 @@ static double decode_kernel_bandwidth(DType dt, int threads, int in_l2, double *
     }
     *elems_per_s = best / (double)eb;
 done:
-    free(w), free(scales), free(x), free(y), free(scratch);
+    free(w), free(one), free(scales), free(x), free(y), free(scratch);
     return best;
 }
 

@@ -31,6 +31,7 @@
 #include "model/model.h"
 #include "base/rng.h"
 #include "util_compare.h"
+#include "util_model.h"
 
 static Model model;
 
@@ -88,15 +89,9 @@ static void *layer_rank(void *arg) {
 static void layer_matches(int nranks, const int *hot, int n_hot) {
     const Config *c = &model.config;
     int64_t D = c->hidden_size, T = 23;
-    float *x = malloc(sizeof(float) * T * D), *ref = malloc(sizeof(float) * T * D), *got = calloc((size_t)(T * D), sizeof(float));
-    Rng rng;
-    rng_seed(&rng, 77);
-    for (int64_t i = 0; i < T * D; i++) x[i] = rng_normal(&rng);
-    RunState s;
+    float *x, *ref = moe_reference(&model, 1, T, 77, &x), *got = calloc((size_t)(T * D), sizeof(float));
+    assert_non_null(ref);
     Err err;
-    assert_int_equal(runstate_init(&s, &model, T, T, ATTN_ABSORB, FP8_DEQUANT, &err), 0);
-    moe_forward(ref, x, T, &model.w.layers[1], &s.acts.moe, &s.ctx);
-    runstate_free(&s);
     EpTransport t;
     EpPlan plan;
     assert_int_equal(ep_cpu_transport_init(&t, nranks, &err), 0);

@@ -33,6 +33,7 @@
 #include "ep/eplb.h"
 #include "model/model.h"
 #include "util_compare.h"
+#include "util_model.h"
 #include "util_run.h"
 
 static const char *const KJV = "models/kjv";
@@ -284,15 +285,9 @@ static void layer_plans_route(void **state) {
     (void)state;
     const Config *c = &model.config;
     int64_t D = c->hidden_size, T = 20, E = c->n_routed_experts;
-    float *x = malloc(sizeof(float) * T * D), *ref = malloc(sizeof(float) * T * D), *got = calloc((size_t)(T * D), sizeof(float));
-    Rng rng;
-    rng_seed(&rng, 5);
-    for (int64_t i = 0; i < T * D; i++) x[i] = rng_normal(&rng);
-    RunState s;
+    float *x, *ref = moe_reference(&model, 1, T, 5, &x), *got = calloc((size_t)(T * D), sizeof(float));
+    assert_non_null(ref);
     Err err;
-    assert_int_equal(runstate_init(&s, &model, T, T, ATTN_ABSORB, FP8_DEQUANT, &err), 0);
-    moe_forward(ref, x, T, &model.w.layers[1], &s.acts.moe, &s.ctx);
-    runstate_free(&s);
     /* layer 1: every expert on rank 1 only; the default plan (contiguous halves) for the rest */
     EpTransport t;
     EpPlan plan, *layers = calloc((size_t)c->num_hidden_layers, sizeof *layers);

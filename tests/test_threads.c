@@ -37,40 +37,13 @@
 #include "model/linear.h"
 #include "train/train.h"
 #include "util_compare.h"
+#include "util_model.h"
 
 static const int thread_counts[] = { 1, 2, 3 };
 #define N_COUNTS 3
 
 /* ------------------------------------------------------------------------------------- */
 /* the kernels                                                                             */
-
-/** A random [rows][cols] weight stored as @p dt (FP8: with a random scale grid), in @p buf/@p scales. */
-static Tensor random_tensor(DType dt, int64_t rows, int64_t cols, uint8_t **buf, float **scales, Rng *r) {
-    int64_t n = rows * cols, gr = (rows + 127) / 128, gc = (cols + 127) / 128;
-    *buf = malloc((size_t)n * 4);
-    *scales = NULL;
-    for (int64_t i = 0; i < n; i++) {
-        float v = 0.1f * rng_normal(r);
-        if (dt == DT_F32) memcpy(*buf + 4 * i, &v, 4);
-        else if (dt == DT_BF16) {
-            uint16_t h = f32_to_bf16(v);
-            memcpy(*buf + 2 * i, &h, 2);
-        } else if (dt == DT_F16) {
-            uint16_t h = (uint16_t)(rng_u32(r) & 0xffff);
-            if ((h & 0x7c00) == 0x7c00) h &= 0xbfff; /* finite */
-            memcpy(*buf + 2 * i, &h, 2);
-        } else {
-            uint8_t c = fp8_e4m3_from_f32(300.0f * v);
-            (*buf)[i] = c;
-        }
-    }
-    if (dt == DT_F8_E4M3) {
-        *scales = malloc(sizeof(float) * (size_t)(gr * gc));
-        for (int64_t i = 0; i < gr * gc; i++) (*scales)[i] = 1e-3f * (1.0f + 0.5f * rng_normal(r));
-    }
-    Tensor t = { *buf, dt, rows, cols, (const uint8_t *)*scales };
-    return t;
-}
 
 static void kernels_agree(void **state) {
     (void)state;
@@ -84,7 +57,7 @@ static void kernels_agree(void **state) {
             int64_t rows = shapes[sh][0], cols = shapes[sh][1], T = 9, ldx = cols + 3, ldy = rows + 5;
             uint8_t *buf;
             float *scales;
-            Tensor W = random_tensor(dts[d], rows, cols, &buf, &scales, &r);
+            Tensor W = random_weight(dts[d], rows, cols, &buf, &scales, &r);
             float *x = malloc(sizeof(float) * (size_t)(T * ldx)), *panel = malloc(sizeof(float) * LINEAR_PANEL_ROWS * (size_t)cols);
             float *y1 = calloc((size_t)(T * ldy), sizeof(float)), *y2 = calloc((size_t)(T * ldy), sizeof(float));
             for (int64_t i = 0; i < T * ldx; i++) x[i] = rng_normal(&r);
@@ -192,7 +165,7 @@ static void linear_threads_agree(void **state) {
                 int64_t rows = 300, cols = 520;
                 uint8_t *buf;
                 float *scales;
-                Tensor W = random_tensor(dts[d], rows, cols, &buf, &scales, &r);
+                Tensor W = random_weight(dts[d], rows, cols, &buf, &scales, &r);
                 float *x = malloc(sizeof(float) * (size_t)(T * cols)), *ref = malloc(sizeof(float) * (size_t)(T * rows));
                 for (int64_t i = 0; i < T * cols; i++) x[i] = rng_normal(&r);
                 for (int k = 0; k < N_COUNTS; k++) {
